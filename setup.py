@@ -1,5 +1,7 @@
 """Packaging for the Inference Engine appliance (``pip install -e .``)."""
 
+import glob
+
 from setuptools import find_packages, setup
 
 setup(
@@ -10,6 +12,12 @@ setup(
     packages=find_packages(include=["appliance", "appliance.*", "logviewer", "logviewer.*"]),
     package_data={"": ["*.j2"]},
     include_package_data=True,
+    # Templates live at the top of the checkout (envoy/, supervisor/); an installed copy finds
+    # them under <prefix>/share/appliance (see appliance.render.template_dirs).
+    data_files=[
+        ("share/appliance/envoy", glob.glob("envoy/*.j2")),
+        ("share/appliance/supervisor", glob.glob("supervisor/*.j2")),
+    ],
     install_requires=[
         "tensorflow==2.21.0",            # CPU on Linux; the SavedModel runtime
         "tensorflow-serving-api==2.21.0",  # official protos and gRPC stubs
@@ -25,7 +33,7 @@ setup(
         "orjson>=3.9",
     ],
     extras_require={
-        "test": ["pytest>=8", "requests>=2.31"],
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31"],
     },
     entry_points={
         "console_scripts": [

@@ -1,0 +1,110 @@
+"""The ``appliance`` command: validate, render, start, stop and inspect a node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import Config, NodePaths, effective_values, load_config, resolve_root
+from .errors import ApplianceError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="appliance", description=__doc__)
+    parser.add_argument("--root", help="node root prefix (default $APPLIANCE_ROOT or /)")
+    parser.add_argument("--config", type=Path,
+                        help="config file (default <root>/etc/appliance/appliance.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_overrides(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set model.name=resnet --set http.port=8081")
+        return p
+
+    with_overrides(sub.add_parser("validate-config", help="check the config and print it"))
+    render = with_overrides(sub.add_parser("render", help="render the node's files"))
+    render.add_argument("--dry-run", action="store_true", help="print every file instead of writing")
+    up = with_overrides(sub.add_parser("up", help="render, start every process, wait until serving"))
+    up.add_argument("--foreground", action="store_true",
+                    help="stay attached; Ctrl-C stops every process")
+    up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
+    sub.add_parser("down", help="stop every process of the node")
+    status = sub.add_parser("status", help="processes, their state and uptime; models and versions")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    builtin = sub.add_parser("builtin-models", help="build the built-in models into the local store")
+    builtin.add_argument("--only", action="append", help="build only this model (repeatable)")
+    return parser
+
+
+def _config(args: argparse.Namespace, paths: NodePaths) -> Config:
+    path = args.config
+    if path is None and paths.config_file.exists():
+        path = paths.config_file
+    return load_config(path, getattr(args, "overrides", []))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    paths = NodePaths(resolve_root(args.root))
+    try:
+        return _dispatch(args, paths)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except ApplianceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
+    from .node import Node  # after config: keeps `validate-config` light
+
+    if args.command == "validate-config":
+        config = _config(args, paths)
+        for key, value in effective_values(config).items():
+            print(f"{key} = {value}")
+        print("config is valid")
+        return 0
+    if args.command == "render":
+        from . import render
+
+        config = _config(args, paths)
+        files = render.render_all(config, paths)
+        if args.dry_run:
+            for rendered in files:
+                print(f"==> {rendered.path} (mode {rendered.mode:o})")
+                print(rendered.content)
+            return 0
+        changed = Node(config, paths).render()
+        for rendered in files:
+            print(f"{'wrote' if rendered.path in changed else 'unchanged'} {rendered.path}")
+        return 0
+    if args.command == "up":
+        Node(_config(args, paths), paths).up(foreground=args.foreground, timeout=args.timeout)
+        return 0
+    if args.command == "down":
+        Node.from_run_dir(paths).down()
+        return 0
+    if args.command == "status":
+        status = Node.from_run_dir(paths).status()
+        print(json.dumps(status.as_dict(), indent=2) if args.json else status.text())
+        return 0 if status.supervisord == "RUNNING" else 3
+    if args.command == "builtin-models":
+        from .builtin_models import build_all
+
+        config = _config(args, paths)
+        build_all(paths.local(config.model.base_path), args.only)
+        return 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

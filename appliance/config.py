@@ -1,0 +1,399 @@
+"""The node's configuration: one YAML file, validated once into a typed :class:`Config`.
+
+Keys are the user guide's dotted parameter names (``model.name``, ``model.base.path``,
+``s3.type``, ``http.port``, ``enable.access.log``, ...). A YAML file may spell them nested
+(``model: {name: resnet}``) or dotted (``model.name: resnet``); both flatten to the same key,
+and ``--set key=value`` overrides use the same names. Validation collects *every* problem
+with its key path before failing (Patroni's validator), so a user fixes a file in one go.
+
+Local paths in the config (``model.base.path`` when ``s3.type`` is ``none``) are relative to
+the node root prefix, so a trial from a checkout or a test under a temp dir uses exactly the
+layout of a VM image (``/data/models``, ``/var/lib/appliance/run``, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/appliance/appliance.yaml")
+# TF Serving's own ports: the user guide reserves them for the model server.
+RESERVED_PORTS = (8500, 8501)
+S3_TYPES = ("none", "minio", "s3", "qingstor")
+NODE_ROLES = ("serving", "repo")
+BUILTIN_DEFAULT_MODELS = ("saved_model_half_plus_two_mkl", "resnet")
+
+
+# ----------------------------------------------------------------------------- typed config
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    role: str
+    address: str
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    names: tuple[str, ...]
+    base_path: str
+
+    @property
+    def default(self) -> str:
+        """The user guide's default model: the first one named."""
+        return self.names[0]
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    type: str
+    endpoint: str
+    region: str
+    access_key: str = field(repr=False)
+    secret_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class EnvoySettings:
+    admin_port: int
+    concurrency: int
+    log_level: str
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    rest_port: int
+    grpc_port: int
+    poll_seconds: int
+    num_threads: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a node needs, validated. Build it with :func:`load_config`."""
+
+    node: NodeSettings
+    model: ModelSettings
+    s3: S3Settings
+    http_port: int
+    grpc_port: int
+    access_log: bool
+    envoy: EnvoySettings
+    serving: ServingSettings
+
+    def connect_address(self) -> str:
+        """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
+        return "127.0.0.1" if self.node.address in ("0.0.0.0", "::") else self.node.address
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    """The node's directory layout under one root prefix (DESIGN.md)."""
+
+    root: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "etc/appliance/appliance.yaml"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "data/models"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "var/lib/appliance/run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "var/log/appliance"
+
+    def local(self, path: str) -> Path:
+        """A path from the config, placed under the root prefix."""
+        return self.root / path.lstrip("/")
+
+
+# ----------------------------------------------------------------------------- the schema
+
+
+class _Invalid(ValueError):
+    """A value that does not parse; the message is shown after the key path."""
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool):
+        raise _Invalid(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise _Invalid(f"expected an integer, got {value!r}")
+
+
+def _port(value: Any) -> int:
+    port = _integer(value)
+    if not 1 <= port <= 65535:
+        raise _Invalid(f"port must be between 1 and 65535, got {port}")
+    return port
+
+
+def _public_port(value: Any) -> int:
+    port = _port(value)
+    if port in RESERVED_PORTS:
+        raise _Invalid(f"{port} is reserved for the model server (8500 gRPC, 8501 REST); "
+                       "pick another port, e.g. 8080 or 9000")
+    return port
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise _Invalid(f"expected true or false, got {value!r}")
+
+
+def _string(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        raise _Invalid(f"expected a string, got {type(value).__name__}")
+    return str(value)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _string(value).strip().lower()
+        if text not in choices:
+            raise _Invalid(f"unknown value {value!r}; valid: {', '.join(choices)}")
+        return text
+    return parse
+
+
+def _model_names(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else _string(value).split(",")
+    names = tuple(_string(item).strip() for item in items)
+    if not names or any(not n for n in names):
+        raise _Invalid("expected one model name or a comma-separated list of names")
+    for name in names:
+        if "/" in name or ":" in name or name in (".", "..") or name.startswith("."):
+            raise _Invalid(f"model name {name!r} may not contain '/' or ':' or start with '.'")
+    if len(set(names)) != len(names):
+        raise _Invalid("a model is named twice")
+    return names
+
+
+def _address(value: Any) -> str:
+    text = _string(value).strip()
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise _Invalid(f"expected an IP address to bind, got {value!r}") from None
+    return text
+
+
+def _non_negative(value: Any) -> int:
+    number = _integer(value)
+    if number < 0:
+        raise _Invalid(f"must be 0 or more, got {number}")
+    return number
+
+
+def _positive(value: Any) -> int:
+    number = _integer(value)
+    if number < 1:
+        raise _Invalid(f"must be 1 or more, got {number}")
+    return number
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its dotted name, where it lands, its parser, default and doc."""
+
+    name: str
+    section: str            # attribute of Config ("" for a top-level field)
+    attr: str
+    parse: Callable[[Any], Any]
+    default: Any
+    doc: str
+    secret: bool = False
+
+
+SCHEMA: tuple[Key, ...] = (
+    Key("node.role", "node", "role", _choice(*NODE_ROLES), "serving",
+        "serving runs a model server; repo runs the object store (both run Envoy)."),
+    Key("node.address", "node", "address", _address, "0.0.0.0",
+        "Address the node's listeners bind (Envoy's public ports and the model server)."),
+    Key("model.name", "model", "names", _model_names, ",".join(BUILTIN_DEFAULT_MODELS),
+        "Model(s) to serve: a name or a comma-separated list; the first is the default model."),
+    Key("model.base.path", "model", "base_path", _string, "/data/models",
+        "Model repository root: a local directory (under the node root) or s3://bucket[/prefix]."),
+    Key("s3.type", "s3", "type", _choice(*S3_TYPES), "none",
+        "Where models live: none (local disk), minio, s3 or qingstor."),
+    Key("s3.endpoint", "s3", "endpoint", _string, "",
+        "S3 endpoint URL; empty means the preset of s3.type."),
+    Key("s3.region", "s3", "region", _string, "", "S3 region; empty means the preset of s3.type."),
+    Key("s3.access.key", "s3", "access_key", _string, "", "S3 access key.", secret=True),
+    Key("s3.secret.key", "s3", "secret_key", _string, "", "S3 secret key.", secret=True),
+    Key("http.port", "", "http_port", _public_port, 8080, "Envoy's public REST port."),
+    Key("grpc.port", "", "grpc_port", _public_port, 9000, "Envoy's public gRPC port."),
+    Key("enable.access.log", "", "access_log", _boolean, False,
+        "Write Envoy's access log: one line per inference request, with the node that served it."),
+    Key("envoy.admin.port", "envoy", "admin_port", _port, 8001,
+        "Envoy's admin port, always bound to 127.0.0.1."),
+    Key("envoy.concurrency", "envoy", "concurrency", _non_negative, 0,
+        "Envoy worker threads; 0 means one per CPU."),
+    Key("envoy.log.level", "envoy", "log_level",
+        _choice("trace", "debug", "info", "warning", "error", "critical", "off"), "info",
+        "Envoy's own log level."),
+    Key("serving.rest.port", "serving", "rest_port", _port, 8501, "The model server's REST port."),
+    Key("serving.grpc.port", "serving", "grpc_port", _port, 8500, "The model server's gRPC port."),
+    Key("serving.poll.seconds", "serving", "poll_seconds", _positive, 1,
+        "How often the model server looks for new or removed model versions."),
+    Key("serving.threads", "serving", "num_threads", _non_negative, 0,
+        "Runtime threads of the model server; 0 means one per CPU."),
+)
+KEYS = {key.name: key for key in SCHEMA}
+SECTIONS = {
+    "node": NodeSettings, "model": ModelSettings, "s3": S3Settings,
+    "envoy": EnvoySettings, "serving": ServingSettings,
+}
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"base": {"path": x}}}`` -> ``{"model.base.path": x}``; lists stay leaves."""
+    flat: dict[str, Any] = {}
+    for raw_key, value in tree.items():
+        key = f"{prefix}{raw_key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def parse_overrides(pairs: list[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """``["http.port=8081"]`` -> ``({"http.port": "8081"}, problems)``."""
+    values: dict[str, str] = {}
+    problems: list[tuple[str, str]] = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            problems.append((pair, "an override must look like key=value (e.g. http.port=8081)"))
+        else:
+            values[key.strip()] = value.strip()
+    return values, problems
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The flattened contents of a YAML config file, or the problems reading it."""
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        return {}, [("(file)", f"cannot read {path}: {exc.strerror}")]
+    except yaml.YAMLError as exc:
+        return {}, [("(file)", f"not valid YAML: {exc}")]
+    if tree is None:
+        return {}, []
+    if not isinstance(tree, Mapping):
+        return {}, [("(file)", f"the top level must be a mapping of keys, got {type(tree).__name__}")]
+    return flatten(tree), []
+
+
+def build(values: Mapping[str, Any]) -> Config:
+    """Validate flat ``values`` (dotted keys) into a :class:`Config`, reporting every problem."""
+    problems: list[tuple[str, str]] = []
+    for name in values:
+        if name not in KEYS:
+            close = difflib.get_close_matches(name, KEYS, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            problems.append((name, f"unknown key{hint}"))
+    parsed: dict[str, Any] = {}
+    for key in SCHEMA:
+        raw = values.get(key.name, key.default)
+        try:
+            parsed[key.name] = key.parse(raw)
+        except _Invalid as exc:
+            problems.append((key.name, str(exc)))
+    problems += _cross_checks(parsed)
+    if problems:
+        raise ConfigError(problems)
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    top: dict[str, Any] = {}
+    for key in SCHEMA:
+        (sections[key.section] if key.section else top)[key.attr] = parsed[key.name]
+    return Config(**top, **{name: cls(**sections[name]) for name, cls in SECTIONS.items()})
+
+
+def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Rules that involve several keys; skipped for keys that already failed to parse."""
+    problems: list[tuple[str, str]] = []
+    ports = [k for k in ("http.port", "grpc.port", "envoy.admin.port",
+                         "serving.rest.port", "serving.grpc.port") if k in parsed]
+    seen: dict[int, str] = {}
+    for name in ports:
+        other = seen.setdefault(parsed[name], name)
+        if other != name:
+            problems.append((name, f"port {parsed[name]} is already used by {other}"))
+    s3_type, base = parsed.get("s3.type"), parsed.get("model.base.path")
+    if s3_type is not None and base is not None:
+        if s3_type == "none" and base.startswith("s3://"):
+            problems.append(("model.base.path", "an s3:// path needs s3.type minio, s3 or qingstor"))
+        elif s3_type != "none":
+            problems.append(("s3.type", f"{s3_type}: model repositories in object storage are "
+                             "not available in this release yet; use none (local disk)"))
+        elif not base.startswith("/"):
+            problems.append(("model.base.path", "a local model store must be an absolute path"))
+    return problems
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
+    """Read ``path`` (absent means all defaults), apply ``--set`` overrides, validate once."""
+    values: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    if path is not None:
+        values, problems = read_yaml(path)
+    override_values, override_problems = parse_overrides(overrides or [])
+    problems += override_problems
+    values.update(override_values)
+    try:
+        config = build(values)
+    except ConfigError as exc:
+        raise ConfigError(problems + exc.problems, str(path or "")) from None
+    if problems:
+        raise ConfigError(problems, str(path or ""))
+    return config
+
+
+def effective_values(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
+    """The config as flat dotted keys (what ``render`` shows and ``status`` reads back)."""
+    out: dict[str, Any] = {}
+    for key in SCHEMA:
+        holder = getattr(config, key.section) if key.section else config
+        value = getattr(holder, key.attr)
+        if isinstance(value, tuple):
+            value = ",".join(value)
+        if key.secret and mask_secrets and value:
+            value = "********"
+        out[key.name] = value
+    return out
+
+
+def resolve_root(cli_root: str | None) -> Path:
+    """The node root prefix: ``--root``, else ``$APPLIANCE_ROOT``, else ``/``."""
+    root = cli_root or os.environ.get("APPLIANCE_ROOT") or "/"
+    return Path(root).resolve()

@@ -1,0 +1,285 @@
+"""One node's lifecycle: ``up`` (render, start supervisord, wait until serving), ``down``, ``status``.
+
+This is the composition root of the CLI's node commands: config + paths -> rendered files ->
+supervisord -> readiness checks against the real model server and Envoy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from . import render
+from .atomic import write_atomic
+from .config import Config, NodePaths, build, effective_values
+from .errors import ApplianceError, SupervisorError
+from .supervision import ProcessInfo, Supervisor
+
+log = logging.getLogger(__name__)
+
+EFFECTIVE = "effective.yaml"
+
+
+class Node:
+    """A node rooted at ``paths.root`` with its validated config."""
+
+    def __init__(self, config: Config, paths: NodePaths) -> None:
+        self.config = config
+        self.paths = paths
+        self.supervisor = Supervisor(render.supervisor_socket(paths))
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_run_dir(cls, paths: NodePaths) -> "Node":
+        """The node as last started by ``up`` (its effective config lives in the run dir)."""
+        effective = paths.run / EFFECTIVE
+        try:
+            values = yaml.safe_load(effective.read_text(encoding="utf-8"))
+        except OSError:
+            raise ApplianceError(f"no node was started under {paths.root} "
+                                 f"({effective} is missing); run `appliance up` first") from None
+        return cls(build(values), paths)
+
+    # ------------------------------------------------------------------ up
+
+    def check_models(self) -> None:
+        """Every named model must have a version in the local store before we start."""
+        store = self.paths.local(self.config.model.base_path)
+        missing = [name for name in self.config.model.names
+                   if not any(p.name.isdigit() for p in _children(store / name))]
+        if missing:
+            raise ApplianceError(
+                f"no version of model(s) {', '.join(missing)} in {store}: put a SavedModel in "
+                f"{store}/<name>/<version>/ (e.g. `appliance builtin-models` for the built-in ones) "
+                "or change model.name")
+
+    def render(self) -> list[Path]:
+        """Render, validate and atomically install the run dir; return the files that changed."""
+        files = render.render_all(self.config, self.paths)
+        changed = render.install(files, self.paths)
+        effective = yaml.safe_dump(effective_values(self.config, mask_secrets=False), sort_keys=False)
+        write_atomic(self.paths.run / EFFECTIVE, effective, mode=0o600)
+        return changed
+
+    def supervisord_cmd(self, foreground: bool) -> list[str]:
+        cmd = [render.find_binary("supervisord"), "-c", str(self.paths.run / "supervisord.conf")]
+        return cmd + ["-n"] if foreground else cmd
+
+    def up(self, foreground: bool = False, timeout: float = 600.0,
+           progress: Callable[[str], None] = print) -> None:
+        if self.config.node.role == "serving":
+            self.check_models()
+        changed = self.render()
+        if self.supervisor.is_running():
+            self._apply_changes(changed, progress)
+            self.wait_ready(timeout, progress)
+            return
+        if foreground:
+            self._run_foreground(timeout, progress)
+            return
+        proc = subprocess.run(self.supervisord_cmd(False), capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SupervisorError(f"supervisord failed to start: {proc.stderr.strip() or proc.stdout}")
+        self.wait_ready(timeout, progress)
+
+    def _apply_changes(self, changed: list[Path], progress: Callable[[str], None]) -> None:
+        names = {p.name for p in changed}
+        if "supervisord.conf" in names:
+            progress("supervisord.conf changed: reloading every process")
+            self.supervisor.call("reloadConfig")
+            for info in self.supervisor.processes():
+                self.supervisor.restart(info.name)
+            return
+        if "envoy.yaml" in names:
+            progress("envoy.yaml changed: restarting envoy")
+            self.supervisor.restart("envoy")
+        if "models.config" in names:
+            progress("models.config changed: restarting the model server")
+            self.supervisor.restart("model_server")
+        if not names:
+            progress("already up; nothing changed")
+
+    def _run_foreground(self, timeout: float, progress: Callable[[str], None]) -> None:
+        """supervisord as our child; Ctrl-C or SIGTERM stops it and everything it started."""
+        proc = subprocess.Popen(self.supervisord_cmd(True))
+        previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(proc.pid, signal.SIGTERM))
+        try:
+            try:
+                self.wait_ready(timeout, progress, supervisord=proc)
+                progress("serving; press Ctrl-C to stop every process")
+            except ApplianceError as exc:
+                progress(f"not ready: {exc}")
+            proc.wait()
+        except KeyboardInterrupt:
+            progress("stopping ...")
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        finally:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            signal.signal(signal.SIGTERM, previous)
+        progress(f"stopped (supervisord exit code {proc.returncode})")
+
+    # ------------------------------------------------------------------ readiness
+
+    def wait_ready(self, timeout: float, progress: Callable[[str], None] = print,
+                   supervisord: subprocess.Popen | None = None) -> None:
+        """Block until each model serves and a request through Envoy answers; fail fast on FATAL."""
+        deadline = time.monotonic() + timeout
+        shown: set[str] = set()
+
+        def step(label: str, check: Callable[[], bool]) -> None:
+            while True:
+                if supervisord is not None and supervisord.poll() is not None:
+                    raise SupervisorError(f"supervisord exited with code {supervisord.returncode}; "
+                                          f"see {self.paths.logs}/supervisord.log")
+                if check():
+                    progress(f"  ok  {label}")
+                    return
+                if label not in shown:
+                    progress(f"  ... {label}")
+                    shown.add(label)
+                self._raise_if_failed()
+                if time.monotonic() > deadline:
+                    raise ApplianceError(f"timed out after {timeout:.0f}s waiting for {label}; "
+                                         f"logs are in {self.paths.logs}")
+                time.sleep(0.25)
+
+        step("supervisord", self.supervisor.is_running)
+        host = self.config.connect_address()
+        if self.config.node.role == "serving":
+            for name in self.config.model.names:
+                url = f"http://{host}:{self.config.serving.rest_port}/v1/models/{name}"
+                step(f"model {name} AVAILABLE on the model server", lambda u=url: _available(u))
+        admin = f"http://127.0.0.1:{self.config.envoy.admin_port}/ready"
+        step("envoy ready", lambda: _get(admin)[0] == 200)
+        front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
+        step(f"REST through Envoy on port {self.config.http_port}", lambda: _get(front)[0] == 200)
+
+    def _raise_if_failed(self) -> None:
+        try:
+            infos = self.supervisor.processes()
+        except SupervisorError:
+            return
+        for info in infos:
+            if info.state == "FATAL":
+                raise SupervisorError(f"{info.name} failed to start ({info.description}); last "
+                                      f"lines of {info.logfile}:\n{_tail(Path(info.logfile))}")
+
+    # ------------------------------------------------------------------ down and status
+
+    def down(self, progress: Callable[[str], None] = print) -> None:
+        if not self.supervisor.is_running():
+            progress("not running")
+            return
+        self.supervisor.shutdown()
+        progress("stopped")
+
+    def status(self) -> "NodeStatus":
+        status = NodeStatus(root=str(self.paths.root), role=self.config.node.role)
+        try:
+            status.processes = self.supervisor.processes()
+            status.supervisord = "RUNNING"
+        except SupervisorError:
+            status.supervisord = "STOPPED"
+            return status
+        if self.config.node.role == "serving":
+            host = self.config.connect_address()
+            for name in self.config.model.names:
+                url = f"http://{host}:{self.config.serving.rest_port}/v1/models/{name}"
+                code, body = _get(url)
+                if code == 200:
+                    versions = [{"version": v["version"], "state": v["state"],
+                                 "error": v["status"].get("error_message", "")}
+                                for v in json.loads(body)["model_version_status"]]
+                    status.models[name] = versions
+                else:
+                    status.models[name] = [{"version": "-", "state": "UNREACHABLE" if code == 0
+                                            else f"HTTP {code}", "error": body[:200]}]
+        return status
+
+
+@dataclass
+class NodeStatus:
+    root: str
+    role: str
+    supervisord: str = "UNKNOWN"
+    processes: list[ProcessInfo] = field(default_factory=list)
+    models: dict[str, list[dict]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"root": self.root, "role": self.role, "supervisord": self.supervisord,
+                "processes": [{"name": p.name, "state": p.state, "pid": p.pid,
+                               "uptime_seconds": p.uptime_seconds} for p in self.processes],
+                "models": self.models}
+
+    def text(self) -> str:
+        lines = [f"node root {self.root} (role {self.role}), supervisord {self.supervisord}"]
+        if self.processes:
+            lines.append(f"  {'PROCESS':<14}{'STATE':<10}{'PID':>8}  UPTIME")
+            for p in self.processes:
+                lines.append(f"  {p.name:<14}{p.state:<10}{p.pid or '-':>8}  "
+                             f"{_duration(p.uptime_seconds) if p.uptime_seconds else '-'}")
+        if self.models:
+            lines.append(f"  {'MODEL':<32}{'VERSION':>9}  STATE")
+            for name, versions in self.models.items():
+                for v in versions:
+                    error = f"  ({v['error']})" if v["error"] else ""
+                    lines.append(f"  {name:<32}{v['version']:>9}  {v['state']}{error}")
+        return "\n".join(lines)
+
+
+def _duration(seconds: int) -> str:
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def _children(path: Path) -> list[Path]:
+    try:
+        return list(path.iterdir())
+    except OSError:
+        return []
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body) of a GET; status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return 0, ""
+
+
+def _available(url: str) -> bool:
+    code, body = _get(url)
+    if code != 200:
+        return False
+    states = [v["state"] for v in json.loads(body).get("model_version_status", [])]
+    return "AVAILABLE" in states
+
+
+def _tail(path: Path, size: int = 3000) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - size))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
