@@ -1,8 +1,29 @@
 #!/usr/bin/env bash
 # Install what is missing into .venv (idempotent: a re-run with nothing to do takes seconds).
-# Usage: scripts/install.sh            # the appliance and its test tools
+# Usage: scripts/install.sh                    # the appliance (and its Python test tools)
+#        scripts/install.sh --with-test-tools  # plus the Debian packages the tests drive
+#                                              # (listed in scripts/test-packages.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Debian packages, installed with apt-get only when missing.
+ensure_apt() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "[install] apt-get install ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >/dev/null || true
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+if [ "${1:-}" = "--with-test-tools" ]; then
+  mapfile -t pkgs < <(grep -v '^\s*#' scripts/test-packages.txt | tr -s ' \t' '\n' | grep -v '^$' || true)
+  [ ${#pkgs[@]} -eq 0 ] || ensure_apt "${pkgs[@]}"
+fi
 
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
