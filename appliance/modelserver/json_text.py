@@ -1,0 +1,253 @@
+"""How TF Serving reads and writes JSON text: rapidjson parsing rules, error texts, decimals.
+
+TF Serving parses request bodies with rapidjson (``kParseNanAndInfFlag``, the first complete
+value wins, trailing bytes ignored) and quotes offending JSON in error messages with rapidjson's
+``PrettyWriter`` (4-space indent). Floats in responses go through ``WriteDecimal``: ``%g`` with 6
+significant digits, widened to ``max_digits10`` when that does not round-trip, and ``.0``
+appended to whole numbers. Clients (and TF Serving's own tests) compare those texts, so they
+are reproduced here. Parsing uses orjson first because it is several times faster than ``json``;
+``json`` is the fallback for NaN/Infinity, trailing data and precise error messages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import orjson
+
+from appliance.modelserver.status import invalid_argument
+
+FLT_MAX = float(np.finfo(np.float32).max)
+
+_JSON_ERRORS = {
+    "Expecting value": "Invalid value.",
+    "Expecting property name enclosed in double quotes": "Missing a name for object member.",
+    "Expecting ':' delimiter": "Missing a colon after a name of object member.",
+    "Unterminated string starting at": "Missing a closing quotation mark in string.",
+    "Invalid control character at": "Invalid encoding in string.",
+    "Invalid \\escape": "Invalid escape character in string.",
+    "Invalid \\uXXXX escape": "Incorrect hex digit after \\u escape in string.",
+}
+_WHITESPACE = b" \t\r\n"
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """Parse a request body as ``json_tensor.cc ParseJson`` does; raise its exact errors."""
+    if not body:
+        raise invalid_argument("JSON Parse error: The document is empty")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = _parse_slow(body)
+    if type(doc) is not dict:
+        raise invalid_argument(f"JSON Value: {json_value_to_string(doc)} Is not object")
+    return doc
+
+
+def _parse_slow(body: bytes) -> Any:
+    """json-module parse: accepts NaN/Infinity, ignores trailing data, maps error texts."""
+    text = body.decode("utf-8", errors="surrogateescape")
+    start = len(text) - len(text.lstrip(" \t\r\n"))
+    if start == len(text):
+        raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
+    try:
+        value, _end = json.JSONDecoder().raw_decode(text, start)
+        return value
+    except json.JSONDecodeError as exc:
+        raise invalid_argument(f"JSON Parse error: {_rapidjson_message(exc)} "
+                               f"at offset: {len(text[:exc.pos].encode('utf-8', 'surrogateescape'))}")
+    except RecursionError:
+        raise invalid_argument("JSON Parse error: Terminate parsing due to Handler error. at offset: 0")
+
+
+def _rapidjson_message(exc: json.JSONDecodeError) -> str:
+    if exc.msg == "Expecting ',' delimiter":
+        return ("Missing a comma or '}' after an object member." if _innermost_open(exc.doc, exc.pos) == "{"
+                else "Missing a comma or ']' after an array element.")
+    for prefix, message in _JSON_ERRORS.items():
+        if exc.msg.startswith(prefix):
+            return message
+    return "Invalid value."
+
+
+def _innermost_open(text: str, pos: int) -> str:
+    """The bracket enclosing ``pos`` (strings skipped): tells a ``,`` error's container."""
+    stack: list[str] = []
+    in_string = escaped = False
+    for ch in text[:pos]:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            stack.append(ch)
+        elif ch in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing values the way TF Serving writes them
+
+
+def json_type_string(value: Any) -> str:
+    """``JsonTypeString``: rapidjson's type names, as quoted in type errors."""
+    if value is None:
+        return "Null"
+    if value is True:
+        return "True"
+    if value is False:
+        return "False"
+    if isinstance(value, dict):
+        return "Object"
+    if isinstance(value, list):
+        return "Array"
+    if isinstance(value, str):
+        return "String"
+    return "Number"
+
+
+def json_value_to_string(value: Any) -> str:
+    """``JsonValueToString``: PrettyWriter text; a top-level decimal goes through WriteDecimal."""
+    if type(value) is float:
+        if -FLT_MAX <= value <= FLT_MAX or not math.isfinite(value):
+            return format_float32(value)
+        return format_float64(value)
+    parts: list[str] = []
+    _pretty(value, 0, parts)
+    return "".join(parts)
+
+
+def _pretty(value: Any, depth: int, out: list[str]) -> None:
+    if isinstance(value, dict):
+        if not value:
+            out.append("{}")
+            return
+        inner = "\n" + "    " * (depth + 1)
+        out.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            out.append(("," if i else "") + inner + dump_string(key) + ": ")
+            _pretty(item, depth + 1, out)
+        out.append("\n" + "    " * depth + "}")
+    elif isinstance(value, list):
+        if not value:
+            out.append("[]")
+            return
+        inner = "\n" + "    " * (depth + 1)
+        out.append("[")
+        for i, item in enumerate(value):
+            out.append(("," if i else "") + inner)
+            _pretty(item, depth + 1, out)
+        out.append("\n" + "    " * depth + "]")
+    elif isinstance(value, str):
+        out.append(dump_string(value))
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif value is None:
+        out.append("null")
+    elif type(value) is float:
+        out.append(_rapidjson_double(value))
+    else:
+        out.append(str(value))
+
+
+def _rapidjson_double(value: float) -> str:
+    """rapidjson ``Writer::Double`` (Grisu shortest digits + ``Prettify``) for nested decimals."""
+    if not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    _s, digit_tuple, exp = Decimal(repr(abs(value))).as_tuple()
+    digits = "".join(map(str, digit_tuple)).rstrip("0") or "0"
+    exp += len(digit_tuple) - len(digits)
+    length = len(digits)
+    kk = length + exp
+    if 0 <= exp and kk <= 21:
+        text = digits + "0" * exp + ".0"
+    elif 0 < kk <= 21:
+        text = digits[:kk] + "." + digits[kk:]
+    elif -6 < kk <= 0:
+        text = "0." + "0" * (-kk) + digits
+    elif length == 1:
+        text = f"{digits}e{kk - 1}"
+    else:
+        text = f"{digits[0]}.{digits[1:]}e{kk - 1}"
+    return sign + text
+
+
+def dump_string(text: str) -> str:
+    """A JSON string literal, non-ASCII kept as UTF-8 like rapidjson's writer."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _finish_decimal(text: str) -> str:
+    if "." not in text and "e" not in text:
+        return text + ".0"
+    return text
+
+
+def format_float32(value: float) -> str:
+    """``WriteDecimal<float>`` for one value."""
+    if not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+    f32 = np.float32(value)
+    text = "%g" % f32
+    if np.float32(float(text)) != f32:
+        text = "%.9g" % f32
+    return _finish_decimal(text)
+
+
+def format_float64(value: float) -> str:
+    """``WriteDecimal<double>`` for one value."""
+    if not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+    text = "%g" % value
+    if float(text) != value:
+        text = "%.17g" % value
+    return _finish_decimal(text)
+
+
+def format_decimals(arr: np.ndarray) -> list[str]:
+    """``WriteDecimal`` over a whole float array (flattened), vectorised with numpy.
+
+    ``%g`` via ``np.char.mod`` then a vectorised round-trip check; only the values that do not
+    round-trip are re-formatted with ``max_digits10``.
+    """
+    flat = arr.ravel()
+    if flat.size == 0:
+        return []
+    is_double = flat.dtype == np.float64
+    if not is_double:
+        flat = flat.astype(np.float32, copy=False)
+    wide = flat.astype(np.float64)
+    if flat.size <= 8:
+        fmt = format_float64 if is_double else format_float32
+        return [fmt(v) for v in wide.tolist()]
+    finite = np.isfinite(wide)
+    text = np.char.mod("%g", wide)
+    with np.errstate(all="ignore"):
+        back = text.astype(np.float64 if is_double else np.float32)
+    redo = finite & (back != flat)
+    if redo.any():
+        wider = np.char.mod("%.17g" if is_double else "%.9g", wide[redo])
+        text = text.astype(wider.dtype if wider.dtype.itemsize > text.dtype.itemsize else text.dtype)
+        text[redo] = wider
+    plain = finite & (np.char.find(text, ".") < 0) & (np.char.find(text, "e") < 0)
+    if plain.any():
+        text = np.char.add(text, np.where(plain, ".0", ""))
+    out = text.tolist()
+    if not finite.all():
+        for i in np.flatnonzero(~finite).tolist():
+            v = wide[i]
+            out[i] = "NaN" if math.isnan(v) else ("-Infinity" if v < 0 else "Infinity")
+    return out
