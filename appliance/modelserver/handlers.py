@@ -1,0 +1,184 @@
+"""The REST API of ``http_rest_api_handler.cc``: routing, status, metadata and predict.
+
+Kept apart from the HTTP transport (``rest.py``) so the API logic sees plain
+``(method, path, headers, body)`` and answers ``(status, headers, body)``. Routing uses TF
+Serving's exact regexes; every failure becomes ``{"error": "<message>"}`` with the HTTP code of
+its canonical status. Inference runs in the runtime thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import unquote
+
+from appliance.modelserver import json_predict
+from appliance.modelserver.json_tensor import InputCodec, make_codec
+from appliance.modelserver.json_text import dump_string, parse_json_object
+from appliance.modelserver.manager import ModelManager, VersionState
+from appliance.modelserver.status import ServingError, invalid_argument
+from appliance.runtimes import Signature
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+_V1 = re.compile(r"(?i)/v1/.*", re.DOTALL)
+_PREDICT = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+                      re.IGNORECASE)
+_STATUS = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+                     re.IGNORECASE)
+_ORIGIN = re.compile(r"https?://.*", re.IGNORECASE)
+
+JSON_HEADERS = (("Content-Type", "application/json"),)
+CORS_HEADERS = (("Access-Control-Allow-Origin", "*"), ("Access-Control-Allow-Methods", "POST, GET"),
+                ("Access-Control-Allow-Headers", "Content-Type"))
+NOT_FOUND_PAGE = (b"<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
+                  b"</BODY></HTML>\n")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+def error_body(message: str) -> bytes:
+    return ('{"error": ' + dump_string(message) + "}").encode("utf-8")
+
+
+class RestApi:
+    """Answers one parsed HTTP request; never raises."""
+
+    def __init__(self, manager: ModelManager, executor: Executor, enable_cors: bool = False) -> None:
+        self.manager = manager
+        self.executor = executor
+        self.extra_headers = CORS_HEADERS if enable_cors else ()
+
+    async def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
+        if not _V1.fullmatch(path):
+            return Response(404, (("Content-Type", "text/html"),), NOT_FOUND_PAGE)
+        try:
+            status, payload = await self._dispatch(method, path, headers, body)
+        except ServingError as err:
+            status, payload = err.http_status, error_body(err.message)
+        except Exception as exc:  # noqa: BLE001 - a request never takes the server down
+            log.exception("unexpected error handling %s %s", method, path)
+            status, payload = 500, error_body(f"Internal error: {type(exc).__name__}: {exc}")
+        return Response(status, JSON_HEADERS + self.extra_headers, payload)
+
+    async def _dispatch(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
+        if method == "OPTIONS":
+            if _ORIGIN.fullmatch(headers.get("origin", "")):
+                return 200, b""
+            raise invalid_argument("Origin header is missing in CORS preflight")
+        if method == "POST":
+            match = _PREDICT.fullmatch(path)
+            if match:
+                name, version, label, verb = match.groups()
+                return 200, await self._infer(verb.lower(), name, version, label, body)
+        elif method == "GET":
+            match = _STATUS.fullmatch(path)
+            if match:
+                name, version, label, subresource = match.groups()
+                if not name:
+                    raise invalid_argument("Missing model name in request.")
+                if subresource:
+                    return 200, self._metadata(name, version, label)
+                return 200, self._status(name, version)
+        raise invalid_argument(f"Malformed request: {method} {path}")
+
+    # ---------------------------------------------------------------- model spec
+
+    @staticmethod
+    def _version(text: str | None) -> int | None:
+        if text is None:
+            return None
+        version = int(text)
+        if version > 2 ** 63 - 1:
+            raise invalid_argument(f"Failed to convert version: {text} to numeric.")
+        return version
+
+    def _lookup(self, name: str, version: str | None, label: str | None) -> VersionState:
+        return self.manager.lookup(unquote(name), self._version(version),
+                                   unquote(label) if label is not None else None)
+
+    # ---------------------------------------------------------------- status and metadata
+
+    def _status(self, name: str, version: str | None) -> bytes:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for state in self.manager.version_states(unquote(name), self._version(version)):
+            row = response.model_version_status.add()
+            row.version = state.version
+            row.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
+            row.status.SetInParent()
+            if state.error is not None:
+                row.status.error_code = int(state.error.code)
+                row.status.error_message = state.error.message
+        return json_format.MessageToJson(response, always_print_fields_with_no_presence=True).encode("utf-8")
+
+    def _metadata(self, name: str, version: str | None, label: str | None) -> bytes:
+        state = self._lookup(name, version, label)
+        cached = state.cache.get("metadata")
+        if cached is None:
+            cached = self._build_metadata(unquote(name), state)
+            state.cache["metadata"] = cached
+        return cached
+
+    @staticmethod
+    def _build_metadata(name: str, state: VersionState) -> bytes:
+        from google.protobuf import json_format
+        from tensorflow_serving.apis import model_pb2
+
+        spec = model_pb2.ModelSpec(name=name)
+        spec.version.value = state.version
+        options = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        spec_json = json_format.MessageToJson(spec, **options)
+        sigs_json = json_format.MessageToJson(state.model.signature_def_map(), **options)
+        return ('{\n "model_spec": ' + spec_json + ',\n "metadata": {"signature_def": ' + sigs_json + "}\n}"
+                ).encode("utf-8")
+
+    # ---------------------------------------------------------------- inference
+
+    async def _infer(self, verb: str, name: str, version: str | None, label: str | None, body: bytes) -> bytes:
+        if verb != "predict":
+            from appliance.modelserver.examples import classify_or_regress
+
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, classify_or_regress, self, verb, name, version, label, body)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, self._predict, name, version, label, body)
+
+    def signature(self, state: VersionState, signature_name: str) -> Signature:
+        signature = state.model.signatures.get(signature_name or DEFAULT_SIGNATURE)
+        if signature is None:
+            raise invalid_argument(f'Serving signature name: "{signature_name or DEFAULT_SIGNATURE}" '
+                                   "not found in signature def")
+        return signature
+
+    def _input_codecs(self, state: VersionState, signature: Signature) -> dict[str, InputCodec]:
+        per_model = state.cache.get("codecs")
+        if per_model is None:
+            per_model = state.cache.setdefault("codecs", {})
+        codecs = per_model.get(signature.name)
+        if codecs is None:
+            codecs = {alias: make_codec(spec.dtype) for alias, spec in signature.inputs.items()}
+            per_model[signature.name] = codecs
+        return codecs
+
+    def _predict(self, name: str, version: str | None, label: str | None, body: bytes) -> bytes:
+        doc = parse_json_object(body)
+        signature_name = json_predict.request_signature_name(doc)
+        state = self._lookup(name, version, label)
+        signature = self.signature(state, signature_name)
+        fmt, inputs = json_predict.decode_predict(doc, self._input_codecs(state, signature))
+        outputs = state.model.run(signature.name, inputs)
+        return json_predict.encode_predict_response(outputs, fmt)
+

@@ -1,0 +1,144 @@
+"""``appliance-model-server``: a drop-in for ``tensorflow_model_server``.
+
+The composition root: parse flags, configure logging, load every configured model, and only
+then open the ports (TF Serving's "port open means ready"). SIGTERM/SIGINT stop accepting and
+exit 0 at once; in-flight inference is not waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+from appliance.modelserver.flags import FlagError, Options, parse_flags, usage, warn_ignored
+from appliance.modelserver.manager import ModelConfig, ModelManager
+from appliance.modelserver.model_config import ConfigFileError, read_model_server_config
+from appliance.modelserver.status import Code, ServingError
+
+log = logging.getLogger("appliance.modelserver")
+
+VERSION = "0.1.0"
+
+
+def configure_logging() -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
+
+
+def _model_configs(options: Options) -> list[ModelConfig]:
+    if options.model_config_file:
+        return read_model_server_config(options.model_config_file)
+    if not options.model_base_path:
+        raise ServingError(Code.INVALID_ARGUMENT, "Both server_model_config_file and model_base_path are empty!")
+    return [ModelConfig(name=options.model_name, base_path=options.model_base_path)]
+
+
+def _load_options(options: Options) -> object:
+    from appliance.runtimes import LoadOptions
+
+    intra = options.tensorflow_intra_op_parallelism or options.tensorflow_session_parallelism
+    inter = options.tensorflow_inter_op_parallelism or options.tensorflow_session_parallelism
+    return LoadOptions(tags=tuple(t for t in options.saved_model_tags.split(",") if t),
+                       intra_op_threads=intra, inter_op_threads=inter,
+                       run_timeout_ms=max(options.rest_api_timeout_in_ms, 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        options = parse_flags(args)
+    except FlagError as exc:
+        print(f"{exc}\n{usage()}", file=sys.stderr)
+        return 1
+    if options.version:
+        print(f"TensorFlow ModelServer: appliance-{VERSION}\nTensorFlow Library: (loaded on demand)")
+        return 0
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    configure_logging()
+    warn_ignored(options)
+    try:
+        configs = _model_configs(options)
+    except ConfigFileError as exc:
+        print(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {exc.details}", file=sys.stderr)
+        print(f"Failed to start server. Error: INVALID_ARGUMENT: {exc}", file=sys.stderr)
+        return 1
+    except ServingError as exc:
+        print(f"Failed to start server. Error: {exc.to_string()}", file=sys.stderr)
+        return 1
+    if options.port == options.rest_api_port and options.rest_api_port:
+        log.error("--rest_api_port cannot be the same as --port. Please use a different port for HTTP/REST API. "
+                  "Skipped exporting HTTP/REST API.")
+        options.values["rest_api_port"] = 0
+    manager = ModelManager(configs, _load_options(options), options.file_system_poll_wait_seconds,
+                           load_threads=4 * (os.cpu_count() or 1))
+    try:
+        manager.load_initial()
+    except ServingError as exc:
+        print(f"Failed to start server. Error: {exc.to_string()}", file=sys.stderr)
+        return 1
+    manager.start_polling()
+    code = _serve(options, manager)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # TF's threads and atexit hooks can stall a normal exit for seconds
+
+
+def _serve(options: Options, manager: ModelManager) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is not None:
+        return uvloop.run(_run_servers(options, manager))
+    return asyncio.run(_run_servers(options, manager))
+
+
+async def _run_servers(options: Options, manager: ModelManager) -> int:
+    from appliance.modelserver.handlers import RestApi
+    from appliance.modelserver.rest import start_rest_server
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    executor = ThreadPoolExecutor(options.rest_api_num_threads, thread_name_prefix="runtime")
+    servers = []
+    try:
+        if options.port > 0:
+            servers.append(await _start_grpc(options, manager, executor))
+        if options.rest_api_port > 0:
+            api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support)
+            servers.append(await start_rest_server(api, options.listen_address, options.rest_api_port))
+            log.info("Exporting HTTP/REST API at:%s:%d ...", options.listen_address, options.rest_api_port)
+    except OSError as exc:
+        log.error("Failed to start server. Error: %s", exc)
+        return 1
+    await stop.wait()
+    log.info("Received a termination signal; shutting down")
+    manager.stop()
+    for server in servers:
+        if server is not None:
+            await server.stop(0) if hasattr(server, "stop") else server.close()
+    executor.shutdown(wait=False, cancel_futures=True)
+    return 0
+
+
+async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadPoolExecutor) -> object:
+    try:
+        from appliance.modelserver.grpc_server import start_grpc_server
+    except ImportError:
+        log.warning("gRPC is not served yet: --port=%d is not opened", options.port)
+        return None
+    server = await start_grpc_server(manager, executor, options.listen_address, options.port)
+    log.info("Running gRPC ModelServer at %s:%d ...", options.listen_address, options.port)
+    return server
+
+
+if __name__ == "__main__":
+    sys.exit(main())

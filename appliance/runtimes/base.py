@@ -1,0 +1,92 @@
+"""The runtime interface: load a version directory, describe its signatures, run them.
+
+The model server only speaks TF Serving's vocabulary (signatures, aliases, ``DT_*`` dtypes), so
+every runtime describes its models in those terms; adding a runtime (ONNX next) means one
+module with a :class:`Runtime` and a :class:`LoadedModel`, nothing else. The public
+:meth:`LoadedModel.run` does the shared checks and calls the runtime's ``_run``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from appliance.modelserver.status import Code, ServingError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One signature input or output: its alias, ``DT_*`` dtype, shape and graph tensor name."""
+
+    alias: str
+    dtype: str
+    shape: tuple[int, ...] | None  # None: unknown rank; -1: unknown dimension
+    tensor_name: str
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A named signature; inputs and outputs are keyed by alias in sorted order."""
+
+    name: str
+    method_name: str
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What the server's flags say about loading and running models."""
+
+    tags: tuple[str, ...] = ("serve",)
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    run_timeout_ms: int = 0  # 0: no timeout; TF Serving uses --rest_api_timeout_in_ms for REST
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+class LoadedModel(abc.ABC):
+    """One loaded model version. ``run`` may be called from many threads at once."""
+
+    def __init__(self, path: str, signatures: Mapping[str, Signature]) -> None:
+        self.path = path
+        self.signatures = dict(signatures)
+
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a signature on tensors keyed by input alias; returns outputs keyed by alias."""
+        signature = self.signatures.get(signature_name)
+        if signature is None:
+            raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.')
+        if inputs.keys() != signature.inputs.keys():
+            sent, wanted = set(inputs), set(signature.inputs)
+            raise ServingError(
+                Code.INVALID_ARGUMENT,
+                f"input size does not match signature: {len(sent)}!={len(wanted)} "
+                f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(wanted))}}}). "
+                f"Sent extra: {{{','.join(sorted(sent - wanted))}}}. "
+                f"Missing but required: {{{','.join(sorted(wanted - sent))}}}.")
+        return self._run(signature, inputs)
+
+    @abc.abstractmethod
+    def _run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the checked request; raise :class:`ServingError` with the runtime's message."""
+
+    @abc.abstractmethod
+    def signature_def_map(self) -> Any:
+        """A ``tensorflow.serving.SignatureDefMap`` proto, for GetModelMetadata."""
+
+    def close(self) -> None:
+        """Release runtime resources; in-flight ``run`` calls hold their own references."""
+
+
+class Runtime(abc.ABC):
+    """Loads model versions of one ``model_platform``."""
+
+    platform: str = ""
+
+    @abc.abstractmethod
+    def load(self, path: str, options: LoadOptions) -> LoadedModel:
+        """Load the version directory ``path``; raise :class:`ServingError` when it cannot."""

@@ -1,0 +1,119 @@
+"""The TensorFlow SavedModel runtime, loading like TF Serving's C++ ``LoadSavedModel``.
+
+Models load with the TF1 session loader into their own Graph and Session: ``tf.saved_model.load``
+rejects some official test models (``half_plus_three``'s sigdef shapes disagree with its graph).
+Each signature gets one callable made once at load time with ``_make_callable_from_options``; it
+feeds and fetches by the SignatureDef's tensor names and, unlike ``Session.run``, skips Python's
+feed-shape check, because TF Serving never checks request shapes against the SignatureDef (a
+``[3]`` tensor fed to a ``[-1,1]`` placeholder is valid there). That API is private, so
+``tests/unit/test_modelserver_runtime.py`` pins it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import config_pb2
+
+from appliance.modelserver.status import Code, ServingError
+from appliance.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
+
+log = logging.getLogger(__name__)
+
+
+def _spec(alias: str, info: Any) -> TensorSpec:
+    shape_proto = info.tensor_shape
+    shape = None if shape_proto.unknown_rank else tuple(d.size for d in shape_proto.dim)
+    return TensorSpec(alias=alias, dtype=types_pb2.DataType.Name(info.dtype), shape=shape, tensor_name=info.name)
+
+
+def _signature(name: str, sigdef: Any) -> Signature:
+    return Signature(
+        name=name,
+        method_name=sigdef.method_name,
+        inputs={alias: _spec(alias, sigdef.inputs[alias]) for alias in sorted(sigdef.inputs)},
+        outputs={alias: _spec(alias, sigdef.outputs[alias]) for alias in sorted(sigdef.outputs)},
+    )
+
+
+def _serving_error(exc: BaseException) -> ServingError:
+    if isinstance(exc, tf.errors.OpError):
+        return ServingError(Code(exc.error_code), exc.message)
+    return ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+class TensorFlowModel(LoadedModel):
+    """A SavedModel in its own Session, with one prepared callable per signature."""
+
+    def __init__(self, path: str, session: Any, meta_graph: Any, options: LoadOptions) -> None:
+        sigdefs = meta_graph.signature_def
+        super().__init__(path, {name: _signature(name, sigdefs[name]) for name in sigdefs})
+        self._session = session
+        self._sigdefs = {name: sigdefs[name] for name in sigdefs}
+        self._callables: dict[str, Callable[..., list]] = {}
+        for name, signature in self.signatures.items():
+            if not signature.outputs:
+                continue  # e.g. __saved_model_init_op: nothing to fetch, nothing to serve
+            callable_options = config_pb2.CallableOptions(
+                feed=[spec.tensor_name for spec in signature.inputs.values()],
+                fetch=[spec.tensor_name for spec in signature.outputs.values()])
+            if options.run_timeout_ms > 0:
+                callable_options.run_options.timeout_in_ms = options.run_timeout_ms
+            try:
+                self._callables[name] = session._make_callable_from_options(callable_options)
+            except Exception as exc:  # noqa: BLE001 - a broken signature must not fail the others
+                log.warning("signature %r of %s cannot be served: %s", name, path, exc)
+
+    def _run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        run = self._callables.get(signature.name)
+        if run is None:
+            raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature.name}" not found.')
+        try:
+            values = run(*[inputs[alias] for alias in signature.inputs])
+        except Exception as exc:  # noqa: BLE001 - every runtime failure becomes a status
+            raise _serving_error(exc) from None
+        return dict(zip(signature.outputs, values))
+
+    def signature_def_map(self) -> Any:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        result = get_model_metadata_pb2.SignatureDefMap()
+        for name, sigdef in self._sigdefs.items():
+            result.signature_def[name].CopyFrom(sigdef)
+        return result
+
+    def close(self) -> None:
+        self._callables.clear()
+
+
+class TensorFlowRuntime(Runtime):
+    """``model_platform: "tensorflow"``: SavedModels through the TF1 session loader."""
+
+    platform = "tensorflow"
+
+    def load(self, path: str, options: LoadOptions) -> LoadedModel:
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")) and \
+                not os.path.isfile(os.path.join(path, "saved_model.pbtxt")):
+            raise ServingError(Code.NOT_FOUND, f"Could not find SavedModel .pb or .pbtxt at supplied export "
+                                               f"directory path: {path}")
+        config = config_pb2.ConfigProto(intra_op_parallelism_threads=options.intra_op_threads,
+                                        inter_op_parallelism_threads=options.inter_op_threads)
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph, config=config)
+        try:
+            with graph.as_default():
+                meta_graph = tf.compat.v1.saved_model.loader.load(session, list(options.tags), path)
+            return TensorFlowModel(path, session, meta_graph, options)
+        except ServingError:
+            session.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - report any loader failure as the load status
+            session.close()
+            if isinstance(exc, tf.errors.OpError):
+                raise _serving_error(exc) from None
+            raise ServingError(Code.UNKNOWN, f"Failed to load SavedModel at {path}: {exc}") from None

@@ -1,0 +1,136 @@
+"""Small SavedModels built with TensorFlow for the model server tests (TF1-style graphs).
+
+Each model is exported the way TF Serving's own test models are: a Graph, placeholders, and
+SignatureDefs saved with ``SavedModelBuilder`` under the ``serve`` tag, into
+``<dest>/<model>/<version>/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _save(path: Path, build) -> None:
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default(), v1.Session(graph=graph) as sess:
+        signatures = build(tf, v1)
+        sess.run(v1.global_variables_initializer())
+        builder = v1.saved_model.Builder(str(path))
+        builder.add_meta_graph_and_variables(sess, ["serve"], signature_def_map=signatures)
+        builder.save()
+
+
+def _sig(v1, inputs: dict, outputs: dict, method: str = "tensorflow/serving/predict"):
+    info = v1.saved_model.utils.build_tensor_info
+    return v1.saved_model.signature_def_utils.build_signature_def(
+        inputs={k: info(t) for k, t in inputs.items()}, outputs={k: info(t) for k, t in outputs.items()},
+        method_name=method)
+
+
+def half_plus(bias: float):
+    """y = 0.5 * x + bias, with predict, classify and regress signatures like TF Serving's half_plus_two."""
+    def build(tf, v1):
+        a = v1.Variable(0.5, name="a")
+        b = v1.Variable(bias, name="b")
+        x = v1.placeholder(tf.float32, shape=[None, 1], name="x")
+        y = tf.add(a * x, b, name="y")
+        serialized = v1.placeholder(tf.string, name="tf_example")
+        parsed = v1.parse_example(serialized, {"x": v1.FixedLenFeature([1], tf.float32)})
+        y_ex = tf.add(a * parsed["x"], b, name="y_ex")
+        return {
+            "serving_default": _sig(v1, {"x": x}, {"y": y}),
+            "classify_x_to_y": _sig(v1, {"inputs": serialized}, {"scores": y_ex}, "tensorflow/serving/classify"),
+            "regress_x_to_y": _sig(v1, {"inputs": serialized}, {"outputs": y_ex}, "tensorflow/serving/regress"),
+        }
+    return build
+
+
+def two_inputs(tf, v1):
+    """Two named inputs and two outputs: sum and difference."""
+    a = v1.placeholder(tf.float32, shape=[None], name="a")
+    b = v1.placeholder(tf.float32, shape=[None], name="b")
+    return {"serving_default": _sig(v1, {"a": a, "b": b}, {"sum": a + b, "diff": a - b})}
+
+
+def strings(tf, v1):
+    """String in; the same bytes out as ``echo_bytes`` (b64 in JSON) and ``echo`` (plain), and lengths."""
+    s = v1.placeholder(tf.string, shape=[None], name="s")
+    return {"serving_default": _sig(v1, {"s": s}, {"echo_bytes": tf.identity(s), "echo": tf.identity(s),
+                                                   "length": tf.strings.length(s)})}
+
+
+def ints(tf, v1):
+    """int32 in, doubled int32 out; int64 out as well."""
+    x = v1.placeholder(tf.int32, shape=[None], name="x")
+    return {"serving_default": _sig(v1, {"x": x}, {"y": x * 2})}
+
+
+MODELS = {
+    "half_plus_two": {1: half_plus(2.0)},
+    "half_plus": {1: half_plus(2.0), 2: half_plus(3.0)},
+    "two_inputs": {1: two_inputs},
+    "strings": {1: strings},
+    "ints": {1: ints},
+}
+
+
+def build_all(dest: Path) -> dict[str, Path]:
+    """Export every model under ``dest``; returns model name -> base path."""
+    paths = {}
+    for name, versions in MODELS.items():
+        for version, build in versions.items():
+            _save(dest / name / str(version), build)
+        paths[name] = dest / name
+    return paths
+
+
+def model_config(paths: dict[str, Path]) -> str:
+    """A ModelServerConfig text serving every built model; ``half_plus`` serves all versions with labels."""
+    parts = []
+    for name, path in paths.items():
+        extra = ""
+        if name == "half_plus":
+            extra = ("    model_version_policy { all {} }\n"
+                     "    version_labels { key: 'stable' value: 1 }\n"
+                     "    version_labels { key: 'canary' value: 2 }\n")
+        parts.append(f"  config {{\n    name: '{name}'\n    base_path: '{path}'\n    model_platform: 'tensorflow'\n"
+                     f"{extra}  }}\n")
+    return "model_config_list {\n" + "".join(parts) + "}\n"
+
+
+def start_model_server(processes, args: list[str], log: Path, timeout: float = 120.0) -> str:
+    """Start ``appliance-model-server`` on a free loopback REST port; return its base URL once ready.
+
+    The REST port opens only after every model is AVAILABLE, so "port answers" means "ready".
+    """
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import free_port, venv_bin, wait_until
+
+    port = free_port()
+    proc = processes.start([venv_bin("appliance-model-server"), "--listen_address=127.0.0.1", "--port=0",
+                            f"--rest_api_port={port}", *args], log=log)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"model server exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url + "/v1/models/x", timeout=2)
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    try:
+        wait_until(ready, timeout=timeout, what=f"model server on {url}")
+    except TimeoutError:
+        raise
+    except RuntimeError as exc:
+        raise AssertionError(str(exc)) from None
+    return url

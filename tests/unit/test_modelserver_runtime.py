@@ -1,0 +1,63 @@
+"""Pins the private TF API the TensorFlow runtime relies on, and the runtime's behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from appliance.modelserver.status import Code, ServingError
+
+tf = pytest.importorskip("tensorflow")
+
+
+@pytest.fixture(scope="module")
+def half_plus_two(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests import tfmodels
+
+    path = tmp_path_factory.mktemp("runtime") / "hp2" / "1"
+    tfmodels._save(path, tfmodels.half_plus(2.0))
+    return path
+
+
+def test_make_callable_from_options_skips_python_shape_check(half_plus_two: Path) -> None:
+    """TF Serving feeds shape [3] to a [-1,1] placeholder; Session.run refuses, the callable must not."""
+    from tensorflow.core.protobuf import config_pb2
+
+    graph = tf.Graph()
+    sess = tf.compat.v1.Session(graph=graph)
+    with graph.as_default():
+        tf.compat.v1.saved_model.loader.load(sess, ["serve"], str(half_plus_two))
+    with pytest.raises(ValueError, match="Cannot feed value of shape"):
+        sess.run("y:0", feed_dict={"x:0": np.array([2.0, 3.0, 4.0], np.float32)})
+    run = sess._make_callable_from_options(config_pb2.CallableOptions(feed=["x:0"], fetch=["y:0"]))
+    (out,) = run(np.array([2.0, 3.0, 4.0], np.float32))
+    assert out.tolist() == [3.0, 3.5, 4.0]
+
+
+def test_runtime_load_and_run(half_plus_two: Path) -> None:
+    from appliance.runtimes import LoadOptions, get_runtime
+
+    model = get_runtime("tensorflow").load(str(half_plus_two), LoadOptions(run_timeout_ms=30000))
+    sig = model.signatures["serving_default"]
+    assert sig.inputs["x"].dtype == "DT_FLOAT" and sig.inputs["x"].shape == (-1, 1)
+    assert sig.inputs["x"].tensor_name == "x:0"
+    assert model.run("serving_default", {"x": np.array([2.0, 3.0], np.float32)})["y"].tolist() == [3.0, 3.5]
+    with pytest.raises(ServingError) as info:
+        model.run("serving_default", {"x": np.array([[1.0, 2.0]], np.float32), "z": np.zeros(1)})
+    assert info.value.code == Code.INVALID_ARGUMENT
+    with pytest.raises(ServingError) as info:
+        model.run("serving_default", {"x": np.array([1, 2], np.int32)})
+    assert info.value.code == Code.INVALID_ARGUMENT
+    assert set(model.signature_def_map().signature_def) == {"serving_default", "classify_x_to_y", "regress_x_to_y"}
+
+
+def test_runtime_load_failure_and_unknown_platform(tmp_path: Path) -> None:
+    from appliance.runtimes import LoadOptions, get_runtime
+
+    with pytest.raises(ServingError) as info:
+        get_runtime("tensorflow").load(str(tmp_path), LoadOptions())
+    assert info.value.code == Code.NOT_FOUND
+    with pytest.raises(ServingError, match="valid platforms: tensorflow"):
+        get_runtime("caffe")
