@@ -224,3 +224,33 @@ def test_garbage_http_gets_400_and_server_survives(server: str) -> None:
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         assert sock.recv(65536).startswith(b"HTTP/1.1 400")
     assert post(server, PREDICT, {"instances": [1.0]}).status_code == 200
+
+
+# ------------------------------------------------------------------ classify / regress (§1.4)
+
+
+def test_regress_and_classify(server: str) -> None:
+    r = post(server, "/v1/models/half_plus_two:regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"results": [3.0]}
+    r = post(server, "/v1/models/half_plus_two:classify",
+             {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}, {"x": [4.0]}]})
+    assert r.json() == {"results": [[["", 3.0]], [["", 4.0]]]}
+    r = post(server, "/v1/models/half_plus_two:regress",
+             {"signature_name": "regress_x_to_y", "context": {"x": 1.0}, "examples": [{}, {"x": 4.0}]})
+    assert r.json() == {"results": [2.5, 4.0]}
+
+
+@pytest.mark.parametrize("verb,body,message", [
+    ("regress", {"signature_name": "regress_x_to_y"},
+     'JSON Value: {\n    "signature_name": "regress_x_to_y"\n} When method is classify, key \'examples\' is '
+     "expected and was not found"),
+    ("regress", {"examples": []}, "JSON Value: {\n    \"examples\": []\n} 'examples' value is an empty array"),
+    ("regress", {"examples": 1}, "JSON Value: {\n    \"examples\": 1\n} Expecting 'examples' value to be an list/array"),
+    ("regress", {"examples": [1]}, "Example must be JSON object but got JSON Number"),
+    ("regress", {"examples": [{"x": [1.0, 2]}]}, "Unexpected element type in feature: x expecting type: float"),
+    ("regress", {"examples": [{"x": None}]}, "Feature: x has element with unexpected JSON type: Null"),
+    ("regress", {"signature_name": "nope", "examples": [{"x": 1.0}]}, "No signature was found with the name: nope"),
+])
+def test_classify_regress_errors(server: str, verb: str, body: dict, message: str) -> None:
+    assert_error(post(server, f"/v1/models/half_plus_two:{verb}", body), 400, message)

@@ -71,3 +71,18 @@ def test_two_versions_serves_latest(server: str) -> None:
     missing = predict(server, "two_versions/versions/123", {"instances": [1.0]})
     assert missing.status_code == 404
     assert missing.json() == {"error": "Servable not found for request: Specific(two_versions, 123)"}
+
+
+@pytest.mark.parametrize("model,verb,body,expected", [
+    ("half_plus_two", "regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}, [3.0]),
+    ("half_plus_two", "classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]}, [[["", 3.0]]]),
+    ("half_plus_two_tf2", "regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}, [3.0]),
+    ("half_plus_two_tf2", "classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}]},
+     [[["", 3.0]]]),
+    ("half_plus_three", "regress", {"signature_name": "tensorflow/serving/regress",
+                                    "examples": [{"x": 1.0}, {"x": 2.0}]}, [3.5, 4.0]),
+])
+def test_classify_regress(server: str, model: str, verb: str, body: dict, expected: list) -> None:
+    r = requests.post(f"{server}/v1/models/{model}:{verb}", data=json.dumps(body), timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"results": expected}
