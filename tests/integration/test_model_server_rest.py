@@ -254,3 +254,41 @@ def test_regress_and_classify(server: str) -> None:
 ])
 def test_classify_regress_errors(server: str, verb: str, body: dict, message: str) -> None:
     assert_error(post(server, f"/v1/models/half_plus_two:{verb}", body), 400, message)
+
+
+# ------------------------------------------------------------------ lifecycle
+
+
+def test_version_polling_and_sigterm(tmp_path: Path, processes: Processes) -> None:
+    """New version dirs are served within a poll, removed ones unloaded; SIGTERM exits 0 quickly."""
+    import shutil
+    import signal
+    import time
+
+    from tests.conftest import wait_until
+
+    built = tfmodels.build_all(tmp_path / "built")
+    base = tmp_path / "served"
+    base.mkdir()
+    shutil.copytree(built["half_plus"] / "1", base / "1")
+    log = tmp_path / "server.log"
+    url = tfmodels.start_model_server(processes, ["--model_name=m", f"--model_base_path={base}",
+                                                  "--file_system_poll_wait_seconds=1"], log)
+    body = {"instances": [1.0]}
+    assert post(url, "/v1/models/m:predict", body).json() == {"predictions": [2.5]}
+    staging = tmp_path / "staging"
+    shutil.copytree(built["half_plus"] / "2", staging)
+    staging.rename(base / "2")   # atomic, as the sync agent does
+    wait_until(lambda: post(url, "/v1/models/m:predict", body).json() == {"predictions": [3.5]}, timeout=30,
+               what="version 2 served")
+    wait_until(lambda: [s["state"] for s in requests.get(url + "/v1/models/m", timeout=5).json()
+                        ["model_version_status"]] == ["AVAILABLE", "END"], timeout=30, what="version 1 unloaded")
+    shutil.rmtree(base / "2")
+    shutil.copytree(built["half_plus"] / "1", base / "3")
+    wait_until(lambda: post(url, "/v1/models/m:predict", body).json() == {"predictions": [2.5]}, timeout=30,
+               what="version 3 served")
+    proc = processes.procs[-1]
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
+    assert time.monotonic() - started < 10
