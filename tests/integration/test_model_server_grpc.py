@@ -1,0 +1,83 @@
+"""The gRPC port with the official tensorflow_serving stubs (Predict, GetModelMetadata, GetModelStatus)."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+
+from tests import tfmodels
+from tests.conftest import ARTIFACTS, Processes, free_port, wait_until
+
+tf = pytest.importorskip("tensorflow")
+
+
+@pytest.fixture(scope="module")
+def channel(tmp_path_factory: pytest.TempPathFactory, session_processes: Processes):
+    root = tmp_path_factory.mktemp("grpc_models")
+    paths = tfmodels.build_all(root / "models")
+    config = root / "models.config"
+    config.write_text(tfmodels.model_config(paths))
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / "model_server_grpc.log"
+    log.write_bytes(b"")
+    port = free_port()
+    tfmodels.start_model_server(session_processes, [f"--model_config_file={config}", f"--port={port}"], log)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+        grpc.channel_ready_future(chan).result(timeout=30)
+        yield chan
+
+
+def test_predict(channel) -> None:
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0], shape=[1]))   # shape [1] to a [-1,1] placeholder
+    response = stub.Predict(request, timeout=10)
+    assert response.outputs["y"].float_val[0] == 3.0
+    assert response.model_spec.signature_name == "serving_default" and response.model_spec.version.value == 1
+    request.model_spec.version_label = "canary"
+    request.model_spec.name = "half_plus"
+    assert stub.Predict(request, timeout=10).outputs["y"].float_val[0] == 4.0
+    strings = predict_pb2.PredictRequest()
+    strings.model_spec.name = "strings"
+    strings.inputs["s"].CopyFrom(tf.make_tensor_proto([b"ab"]))
+    strings.output_filter.append("length")
+    out = stub.Predict(strings, timeout=10).outputs
+    assert list(out) == ["length"] and out["length"].int_val[:] == [2]
+
+
+@pytest.mark.parametrize("name,signature,code,message", [
+    ("nope", "", grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(nope)"),
+    ("half_plus_two", "nope", grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "nope" not found.'),
+])
+def test_predict_errors(channel, name: str, signature: str, code, message: str) -> None:
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.model_spec.signature_name = signature
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([1.0], np.float32)))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=10)
+    assert info.value.code() == code and info.value.details() == message
+
+
+def test_metadata_and_status(channel) -> None:
+    from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
+                                         prediction_service_pb2_grpc)
+
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "half_plus_two"
+    response = stub.GetModelMetadata(request, timeout=10)
+    sigs = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(sigs)
+    assert "serving_default" in sigs.signature_def
+    status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+        get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "half_plus"}), timeout=10)
+    assert [s.version for s in status.model_version_status] == [2, 1]
+    assert all(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for s in status.model_version_status)
