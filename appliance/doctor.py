@@ -1,0 +1,440 @@
+"""``appliance doctor``: check a node and say, for each problem, exactly what to fix.
+
+Each check returns :class:`Finding` s: an ``ok`` line (with what was found: versions, owners)
+or a problem with the command or edit that fixes it. Checks never change the node; the one
+write is the model store probe (a temp file created and removed), because only a real write
+tells a read-only mount from a writable one, whoever runs the doctor.
+
+Checks: config valid (every error with its key path) and private when it holds secrets;
+binaries present and their versions; every port free or held by this node's own processes;
+disk space; the model store writable; the model repository reachable (the local store and a
+version of each model for ``s3.type: none``; TCP + HTTP reachability of ``s3.endpoint``
+otherwise); supervisord's processes running when the node is up.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from . import portowners, subp
+from .config import SCHEMA, Config, NodePaths, effective_values, load_config
+from .errors import ApplianceError, ConfigError, SupervisorError
+
+log = logging.getLogger(__name__)
+
+#: Below either limit a filesystem the node writes to is reported (models and logs fill disks).
+MIN_FREE_BYTES = 1 << 30
+MIN_FREE_FRACTION = 0.05
+#: Binaries the node cannot run without, and how each reports its version.
+REQUIRED = {"supervisord": ["--version"], "envoy": ["--version"], "appliance-model-server": None}
+#: Real servers the install script can add (``--with-tensorflow-model-server``, ``--with-minio``).
+OPTIONAL = {"tensorflow_model_server": ["--version"], "minio": ["--version"]}
+#: Port keys that only matter for one role, or only when their feature is on.
+ROLE_PORTS = {"serving.rest.port": "serving", "serving.grpc.port": "serving", "repo.port": "repo"}
+FEATURE_PORTS = {"logviewer.port": "logviewer.enabled"}
+LOOPBACK_PORTS = ("envoy.admin.port",)
+REINSTALL = "re-run scripts/install-node.sh (or `pip install` the appliance into its venv)"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the report: ``ok`` with what was seen, or a problem with its ``fix``."""
+
+    check: str
+    ok: bool
+    message: str
+    fix: str = ""
+
+    def as_dict(self) -> dict:
+        return {"check": self.check, "ok": self.ok, "message": self.message, "fix": self.fix}
+
+
+def _ok(check: str, message: str) -> Finding:
+    return Finding(check, True, message)
+
+
+def _problem(check: str, message: str, fix: str) -> Finding:
+    return Finding(check, False, message, fix)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def check_config(paths: NodePaths, config_path: Path | None,
+                 overrides: list[str]) -> tuple[Config | None, list[Finding]]:
+    path = config_path or (paths.config_file if paths.config_file.exists() else None)
+    shown = str(path) if path else f"{paths.config_file} (absent: defaults)"
+    try:
+        config = load_config(path, overrides)
+    except ConfigError as exc:
+        return None, [_problem("config", f"{key}: {message}",
+                               f"fix {key} in {path or paths.config_file}"
+                               + (" (or the --set override)" if overrides else "")
+                               + "; `appliance validate-config` re-checks it")
+                      for key, message in exc.problems]
+    findings = [_ok("config", f"valid ({shown})")]
+    if path is not None and config_holds_secret(config):
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            findings.append(_problem("config", f"{path} holds credentials but is mode {mode:o}",
+                                     f"chmod 600 {path}"))
+    return config, findings
+
+
+def config_holds_secret(config: Config) -> bool:
+    return bool(config.s3.access_key or config.s3.secret_key)
+
+
+# ----------------------------------------------------------------------------- binaries
+
+
+def _find(name: str, extra_dirs: Iterable[Path]) -> str | None:
+    for directory in extra_dirs:
+        candidate = directory / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which(name)
+
+
+def _version(binary: str, args: list[str] | None) -> str:
+    if args is None:
+        return ""
+    try:
+        result = subp.run([binary, *args], timeout=30, check=False)
+    except ApplianceError as exc:
+        return f"(does not run: {exc})"
+    text = (result.stdout or result.stderr).strip().splitlines()
+    if not text:
+        return f"(exit code {result.returncode})"
+    return text[0].replace(binary, "").strip()[:160]
+
+
+def check_binaries(paths: NodePaths, bin_dir: Path) -> list[Finding]:
+    """Required binaries in the venv (or PATH); the optional real servers when installed."""
+    dirs = [bin_dir, paths.local("/opt/appliance/bin")]
+    findings = []
+    for name, args in REQUIRED.items():
+        found = _find(name, dirs)
+        if found is None:
+            findings.append(_problem("binaries", f"{name} is not installed (looked in "
+                                     f"{', '.join(map(str, dirs))} and PATH)", REINSTALL))
+            continue
+        version = _version(found, args)
+        if version.startswith("(does not run"):
+            findings.append(_problem("binaries", f"{found} {version}", REINSTALL))
+        else:
+            findings.append(_ok("binaries", f"{name}: {found} {version}".rstrip()))
+    for name, args in OPTIONAL.items():
+        found = _find(name, dirs)
+        if found is not None:
+            findings.append(_ok("binaries", f"{name} (optional): {found} {_version(found, args)}"))
+    return findings
+
+
+# ----------------------------------------------------------------------------- ports
+
+
+def node_ports(config: Config) -> dict[str, int]:
+    """Every port this node listens on, by config key (read from the schema: new keys count too)."""
+    values = effective_values(config)
+    ports = {}
+    for key in SCHEMA:
+        if not key.name.endswith(".port"):
+            continue
+        if ROLE_PORTS.get(key.name, config.node.role) != config.node.role:
+            continue
+        feature = FEATURE_PORTS.get(key.name)
+        if feature is not None and str(values.get(feature)).lower() != "true":
+            continue
+        ports[key.name] = int(values[key.name])
+    return ports
+
+
+def _bind_error(address: str, port: int) -> OSError | None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((address, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
+def our_pids(paths: NodePaths) -> set[int]:
+    """supervisord of this node root and every process it runs (empty when it is down)."""
+    from .render import supervisor_socket
+    from .supervision import Supervisor
+
+    supervisor = Supervisor(supervisor_socket(paths))
+    try:
+        pids = {supervisor.pid()}
+        pids |= {p.pid for p in supervisor.processes() if p.pid}
+    except SupervisorError:
+        return set()
+    return pids
+
+
+def check_ports(config: Config, paths: NodePaths) -> list[Finding]:
+    ours = our_pids(paths)
+    config_file = paths.config_file
+    findings = []
+    for key, port in node_ports(config).items():
+        address = "127.0.0.1" if key in LOOPBACK_PORTS else config.node.address
+        error = _bind_error(address, port)
+        if error is None:
+            findings.append(_ok("ports", f"{key} {port} is free on {address}"))
+            continue
+        if error.errno != errno.EADDRINUSE:
+            findings.append(_problem("ports", f"{key} {port} cannot be bound on {address}: "
+                                     f"{error.strerror}",
+                                     f"set node.address to an address of this machine, or "
+                                     f"another {key} in {config_file}"))
+            continue
+        owners = portowners.listeners(port)
+        mine = [o for o in owners if o.pid in ours]
+        if mine:
+            findings.append(_ok("ports", f"{key} {port} is held by this node's "
+                                f"{mine[0].command} (pid {mine[0].pid})"))
+            continue
+        who = (", ".join(f"{o.command} (pid {o.pid})" for o in owners) if owners
+               else "a process this user cannot see (run the doctor as root, or `ss -ltnp`)")
+        findings.append(_problem(
+            "ports", f"{key} {port} on {address} is taken by {who}, not by this node",
+            f"stop that process, or give {key} a free port: `{key}: <port>` in {config_file} "
+            f"(or `--set {key}=<port>`), then `appliance up`"))
+    return findings
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk(paths: NodePaths, config: Config | None, min_free: int = MIN_FREE_BYTES) -> list[Finding]:
+    targets = {"logs": paths.logs, "run dir": paths.run}
+    if config is not None and config.s3.type == "none":
+        targets["model store"] = paths.local(config.model.base_path)
+    findings = []
+    for label, path in targets.items():
+        where = _existing_ancestor(path)
+        usage = shutil.disk_usage(where)
+        free_mib = usage.free // (1 << 20)
+        if usage.free < min_free or usage.free < usage.total * MIN_FREE_FRACTION:
+            findings.append(_problem("disk", f"{label} {path}: only {free_mib} MiB free "
+                                     f"({usage.free * 100 // max(usage.total, 1)}%) on its filesystem",
+                                     f"free space on the filesystem of {where} (old model versions "
+                                     f"in the store, rotated logs in {paths.logs}) or move it to a "
+                                     "bigger disk"))
+        else:
+            findings.append(_ok("disk", f"{label} {path}: {free_mib} MiB free"))
+    return findings
+
+
+def _write_probe(directory: Path) -> OSError | None:
+    """Create and remove a temp file in ``directory``: the only test a read-only mount fails for root."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".doctor-probe.", dir=directory)
+    except OSError as exc:
+        return exc
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def service_user(paths: NodePaths) -> str:
+    """The service user that owns ``/etc/appliance`` on an installed node ('' if root or unknown)."""
+    import pwd
+
+    try:
+        uid = paths.config_file.parent.stat().st_uid
+        return pwd.getpwuid(uid).pw_name if uid != 0 else ""
+    except (OSError, KeyError):
+        return ""
+
+
+def _user_can_write(path: Path, user: str) -> bool:
+    import grp
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    st = path.stat()
+    groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    if st.st_uid == entry.pw_uid:
+        return bool(st.st_mode & stat.S_IWUSR)
+    if st.st_gid in groups:
+        return bool(st.st_mode & stat.S_IWGRP)
+    return bool(st.st_mode & stat.S_IWOTH)
+
+
+def check_model_store(paths: NodePaths, config: Config) -> list[Finding]:
+    """The local store must exist and take writes (the sync agent stages versions into it)."""
+    store = paths.local("/data/models") if config.s3.type != "none" else paths.local(config.model.base_path)
+    if not store.is_dir():
+        return []   # reported by check_repository with its fix
+    error = _write_probe(store)
+    if error is not None:
+        if error.errno == errno.EROFS:
+            fix = (f"remount the filesystem of {store} read-write (see `findmnt -T {store}`), "
+                   "or set model.base.path to a writable directory")
+        else:
+            fix = f"give the node write access: chown -R <service user> {store} (or chmod u+w)"
+        return [_problem("model store", f"{store} is not writable: {error.strerror}", fix)]
+    user = service_user(paths)
+    if os.geteuid() == 0 and user and not _user_can_write(store, user):
+        return [_problem("model store", f"{store} is not writable by the service user {user}",
+                         f"chown -R {user}: {store}")]
+    return [_ok("model store", f"{store} is writable")]
+
+
+# ----------------------------------------------------------------------------- repository
+
+
+def check_repository(paths: NodePaths, config: Config, timeout: float = 5.0) -> list[Finding]:
+    if config.s3.type != "none":
+        return [endpoint_reachable(s3_endpoint(config), timeout)]
+    store = paths.local(config.model.base_path)
+    if not store.is_dir():
+        return [_problem("repository", f"the model repository {store} (model.base.path "
+                         f"{config.model.base_path}) does not exist",
+                         f"create it (mkdir -p {store}) and put each model in "
+                         f"{store}/<name>/<version>/ (`appliance builtin-models` builds the built-in "
+                         "ones), or fix model.base.path")]
+    findings = []
+    for name in config.model.names:
+        versions = sorted(p.name for p in _children(store / name) if p.name.isdigit())
+        if versions:
+            findings.append(_ok("repository", f"model {name}: version(s) {', '.join(versions)} "
+                                f"in {store / name}"))
+        else:
+            findings.append(_problem("repository", f"model {name} has no version in {store / name}",
+                                     f"put a SavedModel in {store / name}/<version>/ (e.g. "
+                                     f"{store / name}/1/saved_model.pb), run `appliance builtin-models` "
+                                     "for a built-in model, or remove it from model.name"))
+    return findings
+
+
+def s3_endpoint(config: Config) -> str:
+    """s3.endpoint, else the preset's endpoint for s3.type, else AWS's regional endpoint."""
+    if config.s3.endpoint:
+        return config.s3.endpoint
+    try:
+        from .sources.presets import PRESETS
+    except ImportError:
+        return ""
+    preset = PRESETS.get(config.s3.type)
+    if preset is None:
+        return ""
+    region = config.s3.region or preset.region
+    return preset.endpoint_for("", region) or f"https://s3.{region}.amazonaws.com"
+
+
+def endpoint_reachable(endpoint: str, timeout: float = 5.0) -> Finding:
+    """Whether an S3 endpoint answers HTTP at all (any status counts: credentials are not checked)."""
+    if not endpoint:
+        return _problem("repository", "s3.endpoint is empty", "set s3.endpoint to the object "
+                        "store's URL, e.g. http://<repo node>:9000")
+    url = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return _problem("repository", f"s3.endpoint {endpoint!r} is not an http(s) URL",
+                        "set s3.endpoint like http://<host>:<port> or https://<host>")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        sock = socket.create_connection((url.hostname, port), timeout=timeout)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return _problem("repository", f"the model repository s3.endpoint {endpoint} is unreachable "
+                        f"({url.hostname}:{port}: {reason})",
+                        f"check that the object store runs (on a repo node: `appliance status` "
+                        f"there), that {url.hostname} resolves and that port {port} is open "
+                        "between the nodes; or fix s3.endpoint")
+    with sock:
+        if url.scheme == "http":     # https: a TCP connect is as far as we go without TLS
+            try:
+                sock.sendall(f"HEAD / HTTP/1.1\r\nHost: {url.hostname}\r\nConnection: close\r\n\r\n"
+                             .encode("ascii"))
+                head = sock.recv(64)
+            except OSError:
+                head = b""
+            if not head.startswith(b"HTTP/"):
+                return _problem("repository", f"s3.endpoint {endpoint} accepts connections but "
+                                "does not answer HTTP",
+                                "point s3.endpoint at the object store's S3 API port")
+    return _ok("repository", f"s3.endpoint {endpoint} answers")
+
+
+def _children(path: Path) -> list[Path]:
+    try:
+        return list(path.iterdir())
+    except OSError:
+        return []
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def check_processes(paths: NodePaths) -> list[Finding]:
+    from .render import supervisor_socket
+    from .supervision import Supervisor
+
+    supervisor = Supervisor(supervisor_socket(paths))
+    try:
+        infos = supervisor.processes()
+    except SupervisorError:
+        return [_ok("processes", "the node is not running (start it: `appliance up`, or "
+                    "`systemctl start appliance` on an image)")]
+    findings = []
+    for info in infos:
+        if info.state == "RUNNING":
+            findings.append(_ok("processes", f"{info.name} RUNNING (pid {info.pid})"))
+        else:
+            findings.append(_problem("processes", f"{info.name} is {info.state} ({info.description})",
+                                     f"read {info.logfile}, fix the cause, then `appliance up`"))
+    return findings
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def run_checks(paths: NodePaths, config_path: Path | None = None, overrides: list[str] | None = None,
+               bin_dir: Path | None = None) -> list[Finding]:
+    from .render import bin_dir as default_bin_dir
+
+    config, findings = check_config(paths, config_path, overrides or [])
+    findings += check_binaries(paths, bin_dir or default_bin_dir())
+    findings += check_disk(paths, config)
+    if config is None:
+        findings.append(Finding("config", False, "ports, model store and repository are not "
+                                "checked until the config is valid", "fix the config errors above"))
+        return findings
+    findings += check_ports(config, paths)
+    findings += check_model_store(paths, config)
+    findings += check_repository(paths, config)
+    findings += check_processes(paths)
+    return findings
+
+
+def report(findings: list[Finding], paths: NodePaths) -> str:
+    lines = [f"appliance doctor: node root {paths.root}"]
+    for finding in findings:
+        mark = "ok  " if finding.ok else "FAIL"
+        lines.append(f"  {mark} [{finding.check}] {finding.message}")
+        if finding.fix:
+            lines.append(f"       fix: {finding.fix}")
+    problems = sum(not f.ok for f in findings)
+    lines.append(f"{problems} problem(s) found" if problems else "no problems found")
+    return "\n".join(lines)

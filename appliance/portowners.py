@@ -1,0 +1,68 @@
+"""Which processes listen on a TCP port, read from ``/proc`` (what ``ss -ltnp`` shows).
+
+The doctor needs it to tell "port taken by this node's Envoy" from "port taken by something
+else"; ``/proc/net/tcp{,6}`` gives the listening socket's inode and ``/proc/<pid>/fd`` links
+name the process holding it. Without root only the caller's own processes are visible, which
+the doctor says in its message.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+_LISTEN = "0A"
+
+
+@dataclass(frozen=True)
+class Listener:
+    pid: int
+    command: str
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (PROC / "net" / table).read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != _LISTEN:
+                continue
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def listeners(port: int) -> list[Listener]:
+    """Every visible process holding a listening socket on ``port`` (any address)."""
+    targets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not targets:
+        return []
+    found = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = os.listdir(entry / "fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(entry / "fd" / fd) in targets:
+                    found.append(Listener(int(entry.name), _command(entry)))
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def _command(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "comm").read_text(encoding="utf-8").strip()
+    except OSError:
+        return "?"
