@@ -1,0 +1,1 @@
+"""appliance-model-server: a TF-Serving-compatible model server (REST and gRPC)."""

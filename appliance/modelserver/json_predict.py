@@ -200,6 +200,8 @@ def _nest(texts: list[str], shape: tuple[int, ...]) -> list[str]:
         dim = shape[axis]
         if dim == 0:
             items = ["[]"] * math.prod(shape[:axis])
+        elif dim == 1:
+            items = ["[" + item + "]" for item in items]
         else:
             items = ["[" + ", ".join(items[i:i + dim]) + "]" for i in range(0, len(items), dim)]
     return items
