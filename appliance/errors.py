@@ -45,3 +45,11 @@ class ProcessError(ApplianceError):
 
 class SupervisorError(ApplianceError):
     """supervisord is not reachable or a process did not reach the wanted state."""
+
+
+class SourceError(ApplianceError):
+    """A model repository (local directory or S3 bucket) could not be listed, read or written."""
+
+
+class SyncError(ApplianceError):
+    """A model version could not be synced into the local store (refused, or a cycle failed)."""

