@@ -32,6 +32,7 @@ PART_SUFFIX = ".part"
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART = re.compile(r"^([0-9a-f]{32})-(\d+)$")
 _TRANSIENT_RETRIES = 3
+_COMMON_PART_MIB = (8, 5, 15, 16, 64, 100, 128)
 
 
 class VerificationError(SyncError):
@@ -140,9 +141,13 @@ class Downloader:
         multipart = _MULTIPART.match(obj.etag) if self.verify == "etag" else None
         if multipart:
             parts = int(multipart.group(2))
-            part = size if parts == 1 else self.source.part_size(version.key(obj))
-            if part and -(-size // part) == parts:
-                return "multipart", [(s, min(part, size - s)) for s in range(0, size, part)]
+            # The store's answer first, then the part sizes common clients use (boto3 and aws
+            # 8 MiB, s3cmd 15 MiB, mc 16 MiB, ...): the combined ETag tells which was right.
+            candidates = [size] if parts == 1 else [self.source.part_size(version.key(obj)),
+                                                    *(m << 20 for m in _COMMON_PART_MIB)]
+            for part in candidates:
+                if part and -(-size // part) == parts:
+                    return "multipart", [(s, min(part, size - s)) for s in range(0, size, part)]
             log.warning("%s: cannot find the part size of a %d-part upload; checking its size only",
                         version.key(obj), parts)
         elif self.verify == "etag" and obj.etag:
