@@ -1,0 +1,161 @@
+"""A whole node, for real: `appliance up` starts supervisord, Envoy and the model server under a
+temp root on free loopback ports; requests go through Envoy; `appliance down` stops every PID."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from tests.conftest import Processes, wait_until
+from tests.integration.node_harness import CLI, NodeUnderTest, new_node, wait_gone
+from tests.jpeg import make_jpeg
+
+pytestmark = pytest.mark.slow
+MODELS = ["saved_model_half_plus_two_mkl", "resnet"]
+
+
+@pytest.fixture(scope="module")
+def node(builtin_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeUnderTest]:
+    node = new_node(tmp_path_factory.mktemp("node"), builtin_models, MODELS)
+    started = node.cli("up", "--timeout", "300", "--set", "enable.access.log=true", *node.overrides)
+    pids = node.pids()
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield node
+    finally:
+        node.cli("down", timeout=120)
+        node.kill_all(wait_gone(pids, 30))
+
+
+def test_the_user_guide_request_through_envoy(node: NodeUnderTest) -> None:
+    resp = requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict",
+                         data='{"instances": [1.0, 2.0, 5.0]}', timeout=30)
+    assert resp.status_code == 200
+    assert resp.json() == {"predictions": [2.5, 3.0, 4.5]}
+    assert resp.text == '{"predictions": [2.5, 3.0, 4.5]}'
+    assert resp.headers["content-type"] == "application/json"
+
+
+def test_resnet_takes_a_base64_jpeg_through_envoy(node: NodeUnderTest) -> None:
+    image = base64.b64encode(make_jpeg(seed=1)).decode()
+    resp = requests.post(f"{node.url}/v1/models/resnet:predict",
+                         json={"instances": [{"b64": image}]}, timeout=120)
+    assert resp.status_code == 200, resp.text
+    (prediction,) = resp.json()["predictions"]
+    probabilities = prediction["probabilities"]
+    assert isinstance(prediction["classes"], int)
+    assert 0 <= prediction["classes"] < len(probabilities)
+    assert abs(sum(probabilities) - 1.0) < 1e-3
+    assert probabilities.index(max(probabilities)) == prediction["classes"]
+
+
+MALFORMED = [
+    # (method, path, body, status, error text)
+    ("POST", "/v1/models/saved_model_half_plus_two_mkl:predict", "", 400,
+     "JSON Parse error: The document is empty"),
+    ("POST", "/v1/models/saved_model_half_plus_two_mkl:predict", "{bad json", 400, "JSON Parse error"),
+    ("POST", "/v1/models/nosuchmodel:predict", '{"instances": [1.0]}', 404,
+     "Servable not found for request: Latest(nosuchmodel)"),
+    ("POST", "/v1/models/saved_model_half_plus_two_mkl:predict", '{"instances": ["a"]}', 400,
+     "is not of expected type: float"),
+    ("POST", "/v1/models/saved_model_half_plus_two_mkl:predict",
+     '{"signature_name": "nope", "instances": [1.0]}', 400,
+     'Serving signature name: "nope" not found in signature def'),
+    ("POST", "/v1/models/saved_model_half_plus_two_mkl:predict", '{"nothing": 1}', 400,
+     "Missing 'inputs' or 'instances' key"),
+    ("GET", "/v1/models/nosuchmodel", None, 404, "Could not find any versions of model nosuchmodel"),
+    ("GET", "/v1/models/saved_model_half_plus_two_mkl:predict", None, 400, "Malformed request"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,error", MALFORMED)
+def test_malformed_requests_get_tf_serving_errors(node: NodeUnderTest, method: str, path: str,
+                                                  body: str | None, status: int, error: str) -> None:
+    resp = requests.request(method, node.url + path, data=body, timeout=30)
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    assert error in resp.json()["error"]
+    # and the server is still up
+    ok = requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict",
+                       data='{"instances": [1.0]}', timeout=30)
+    assert ok.json() == {"predictions": [2.5]}
+
+
+def test_status_shows_processes_uptime_and_model_versions(node: NodeUnderTest) -> None:
+    status = node.status()
+    processes = {p["name"]: p for p in status["processes"]}
+    assert {"envoy", "model_server"} <= set(processes)
+    assert all(p["state"] == "RUNNING" and p["pid"] > 0 for p in processes.values())
+    assert all(p["uptime_seconds"] >= 0 for p in processes.values())
+    assert status["models"]["saved_model_half_plus_two_mkl"][0]["state"] == "AVAILABLE"
+    assert status["models"]["resnet"][0]["state"] == "AVAILABLE"
+    text = node.cli("status").stdout
+    assert "model_server" in text and "RUNNING" in text and "resnet" in text and "AVAILABLE" in text
+
+
+def test_access_log_names_the_upstream(node: NodeUnderTest) -> None:
+    requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict",
+                  data='{"instances": [3.0]}', timeout=30)
+    log = node.root / "var/log/appliance/access.log"
+
+    def predict_lines() -> list[dict]:
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        return [entry for entry in lines if entry["path"].endswith(":predict")]
+
+    entries = wait_until(predict_lines, timeout=15, what="access log lines")
+    assert entries[-1]["upstream_host"] == f"{node.address}:{node.rest_port}"
+    assert entries[-1]["method"] == "POST"
+
+
+def test_up_again_changes_nothing(node: NodeUnderTest) -> None:
+    pids = sorted(p["pid"] for p in node.status()["processes"])
+    again = node.cli("up", "--timeout", "120", "--set", "enable.access.log=true", *node.overrides)
+    assert again.returncode == 0, again.stderr
+    assert "nothing changed" in again.stdout
+    assert sorted(p["pid"] for p in node.status()["processes"]) == pids
+
+
+def test_envoy_admin_is_on_loopback_only(node: NodeUnderTest) -> None:
+    ready = requests.get(f"http://127.0.0.1:{node.admin_port}/ready", timeout=5)
+    assert ready.status_code == 200
+    text = (node.root / "var/lib/appliance/run/envoy.yaml").read_text()
+    assert f"address: {{socket_address: {{address: 127.0.0.1, port_value: {node.admin_port}}}}}" in text
+
+
+def test_foreground_up_stops_every_process_on_ctrl_c(builtin_models: Path, tmp_path: Path,
+                                                     processes: Processes) -> None:
+    node = new_node(tmp_path, builtin_models, ["saved_model_half_plus_two_mkl"])
+    log = tmp_path / "foreground.log"
+    proc = processes.start(CLI + ["--root", str(node.root), "up", "--foreground",
+                                  "--set", "model.name=saved_model_half_plus_two_mkl",
+                                  *node.overrides], log=log)
+
+    def answers() -> bool:
+        resp = requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict",
+                             data='{"instances": [1.0, 2.0, 5.0]}', timeout=5)
+        return resp.json() == {"predictions": [2.5, 3.0, 4.5]}
+
+    wait_until(answers, timeout=240, what="the node to serve")
+    pids = node.pids()
+    assert len(pids) >= 3  # supervisord, envoy, the model server (and the logviewer)
+    processes.stop(proc, sig=signal.SIGINT, timeout=90)  # what Ctrl-C sends to the foreground group
+    assert wait_gone(pids + [proc.pid], 30) == []
+    assert "stopped" in log.read_text()
+    with pytest.raises(OSError):
+        socket.create_connection((node.address, node.http_port), timeout=1)
+
+
+def test_up_refuses_a_missing_model_and_starts_nothing(tmp_path: Path) -> None:
+    node = new_node(tmp_path, tmp_path, [])
+    result = node.cli("up", "--set", "model.name=ghost", *node.overrides, timeout=60)
+    assert result.returncode != 0
+    assert "no version of model(s) ghost" in result.stderr
+    assert not (tmp_path / "var/lib/appliance/run/supervisord.pid").exists()
