@@ -7,7 +7,6 @@ directory never sees half a version.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -22,14 +21,11 @@ log = logging.getLogger(__name__)
 _COPY_CHUNK = 1 << 20
 
 
-class _Window(io.RawIOBase):
-    """``length`` bytes of an open file from its current position."""
+class _Window:
+    """``length`` bytes of an open file from its current position (what S3 ranged GETs return)."""
 
     def __init__(self, handle: BinaryIO, length: int) -> None:
         self._handle, self._left = handle, length
-
-    def readable(self) -> bool:
-        return True
 
     def read(self, size: int = -1) -> bytes:
         if self._left <= 0:
@@ -40,7 +36,6 @@ class _Window(io.RawIOBase):
 
     def close(self) -> None:
         self._handle.close()
-        super().close()
 
 
 class LocalSource(ModelSource):
@@ -79,7 +74,7 @@ class LocalSource(ModelSource):
         except OSError as exc:
             raise SourceError(f"cannot read {key} in {self.root}: {exc.strerror}") from exc
         handle.seek(start)
-        return io.BufferedReader(_Window(handle, length), _COPY_CHUNK)  # type: ignore[return-value]
+        return _Window(handle, length)  # type: ignore[return-value]
 
     def _read_small(self, key: str) -> bytes:
         return self._path(key).read_bytes()
