@@ -9,7 +9,9 @@ its canonical status. Inference runs in the runtime thread pool, never on the ev
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -142,8 +144,10 @@ class RestApi:
         options = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
         spec_json = json_format.MessageToJson(spec, **options)
         sigs_json = json_format.MessageToJson(state.model.signature_def_map(), **options)
-        return ('{\n "model_spec": ' + spec_json + ',\n "metadata": {"signature_def": ' + sigs_json + "}\n}"
-                ).encode("utf-8")
+        card = _model_card(state.model.path)
+        extra = f', "model_card": {card}' if card else ""
+        return ('{\n "model_spec": ' + spec_json + ',\n "metadata": {"signature_def": ' + sigs_json
+                + extra + "}\n}").encode("utf-8")
 
     # ---------------------------------------------------------------- inference
 
@@ -182,3 +186,16 @@ class RestApi:
         outputs = state.model.run(signature.name, inputs)
         return json_predict.encode_predict_response(outputs, fmt)
 
+
+def _model_card(version_dir: str) -> str:
+    """The version's ``assets.extra/model_card.json`` as JSON text, or "" when it has none.
+
+    An addition to TF Serving's metadata (clients ignore unknown keys): it is how a model says,
+    for instance, that its weights are random.
+    """
+    path = os.path.join(version_dir, "assets.extra", "model_card.json")
+    try:
+        with open(path, "rb") as handle:
+            return json.dumps(json.loads(handle.read()))
+    except (OSError, ValueError):
+        return ""

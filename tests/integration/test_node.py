@@ -159,3 +159,12 @@ def test_up_refuses_a_missing_model_and_starts_nothing(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "no version of model(s) ghost" in result.stderr
     assert not (tmp_path / "var/lib/appliance/run/supervisord.pid").exists()
+
+
+def test_resnet_metadata_says_its_weights_are_random(node: NodeUnderTest) -> None:
+    resp = requests.get(f"{node.url}/v1/models/resnet/metadata", timeout=30)
+    assert resp.status_code == 200
+    metadata = resp.json()["metadata"]
+    assert "random" in metadata["model_card"]["weights"]
+    signature = metadata["signature_def"]["signature_def"]["serving_default"]
+    assert signature["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
