@@ -21,7 +21,7 @@ ensure_apt() {
 }
 
 if [ "${1:-}" = "--with-test-tools" ]; then
-  mapfile -t pkgs < <(grep -v '^\s*#' scripts/test-packages.txt | tr -s ' \t' '\n' | grep -v '^$' || true)
+  mapfile -t pkgs < <(sed 's/#.*//' scripts/test-packages.txt | tr -s ' \t' '\n' | grep -v '^$' || true)
   [ ${#pkgs[@]} -eq 0 ] || ensure_apt "${pkgs[@]}"
 fi
 
