@@ -168,3 +168,22 @@ def test_resnet_metadata_says_its_weights_are_random(node: NodeUnderTest) -> Non
     assert "random" in metadata["model_card"]["weights"]
     signature = metadata["signature_def"]["signature_def"]["serving_default"]
     assert signature["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+
+
+def test_grpc_predict_through_envoy(node: NodeUnderTest) -> None:
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    import tensorflow as tf
+
+    with grpc.insecure_channel(f"{node.address}:{node.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "saved_model_half_plus_two_mkl"
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0, 2.0, 5.0], dtype=tf.float32))
+        response = stub.Predict(request, timeout=30)
+        assert list(response.outputs["y"].float_val) == [2.5, 3.0, 4.5]
+        assert response.model_spec.signature_name == "serving_default"
+        request.model_spec.name = "nosuchmodel"
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(request, timeout=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
