@@ -87,14 +87,19 @@ fetch_verified() {
 }
 
 # put_file DEST MODE < content: write stdin to DEST only when the bytes or the mode differ.
+# The content is compared from a scratch file outside DEST's directory: even a temp file
+# created and removed there would change the directory's mtime on a run that changes nothing.
 put_file() {
-  local dest=$1 mode=$2 tmp
+  local dest=$1 mode=$2 scratch tmp
+  scratch=$(mktemp)
+  CLEANUP+=("$scratch")
+  cat > "$scratch"
+  if [ -f "$dest" ] && cmp -s "$scratch" "$dest" && [ "$(stat -c %a "$dest")" = "${mode#0}" ]; then
+    return 0
+  fi
   mkdir -p "$(dirname "$dest")"
   tmp=$(mktemp "$(dirname "$dest")/.$(basename "$dest").XXXXXX")
-  cat > "$tmp"
-  if [ -f "$dest" ] && cmp -s "$tmp" "$dest" && [ "$(stat -c %a "$dest")" = "${mode#0}" ]; then
-    rm -f "$tmp"; return 0
-  fi
+  cat "$scratch" > "$tmp"
   chmod "$mode" "$tmp"
   mv -f "$tmp" "$dest"
   log "wrote $dest"

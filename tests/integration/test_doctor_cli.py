@@ -1,0 +1,101 @@
+"""`appliance doctor` as a user runs it, on deliberately broken nodes: every problem with its
+fix, exit code 1. The read-only model store is a real read-only bind mount, made in a private
+mount namespace (`unshare -m`) so nothing outside the doctor's process sees it; root writes
+through mode bits, so a chmod would prove nothing when the tests run as root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+CLI = [sys.executable, "-m", "appliance.cli"]
+
+
+def _doctor(root: Path, *extra: str, wrap: list[str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*(wrap or []), *CLI, "--root", str(root), "doctor", *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _fails(output: str) -> dict[str, str]:
+    """FAIL message -> its fix line, from the report."""
+    lines = output.splitlines()
+    return {line.split("] ", 1)[1]: lines[i + 1].strip() for i, line in enumerate(lines)
+            if line.strip().startswith("FAIL")}
+
+
+def test_bad_config_each_key_and_its_fix(tmp_path: Path) -> None:
+    config = tmp_path / "etc/appliance/appliance.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("http.port: 70000\nnode.role: master\n")
+    result = _doctor(tmp_path)
+    assert result.returncode == 1
+    fails = _fails(result.stdout)
+    assert any(m.startswith("http.port: port must be between 1 and 65535") for m in fails)
+    assert any(m.startswith("node.role: unknown value 'master'; valid: serving, repo") for m in fails)
+    assert all(fix.startswith("fix:") for fix in fails.values())
+    assert f"fix: fix http.port in {config}" in result.stdout
+    assert result.stdout.rstrip().endswith("problem(s) found")
+
+
+def _readonly_wrap(store: Path) -> list[str]:
+    if os.geteuid() != 0:
+        store.chmod(0o555)
+        return []
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a mount namespace here: {probe.stderr.decode().strip()}")
+    script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(store)]
+
+
+def test_port_taken_read_only_store_and_missing_model_are_each_reported(tmp_path: Path) -> None:
+    store = tmp_path / "data/models"
+    (store / "half/1").mkdir(parents=True)
+    ports = {k: free_port() for k in ("grpc.port", "envoy.admin.port", "serving.rest.port",
+                                      "serving.grpc.port", "logviewer.port", "repo.port")}
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        sets = ["--set", "node.address=127.0.0.1", "--set", f"http.port={taken}",
+                "--set", "model.name=half,missing"]
+        from appliance.config import KEYS
+        for key, port in ports.items():
+            if key in KEYS:
+                sets += ["--set", f"{key}={port}"]
+        result = _doctor(tmp_path, *sets, wrap=_readonly_wrap(store))
+    store.chmod(0o755)
+    assert result.returncode == 1, result.stdout + result.stderr
+    fails = _fails(result.stdout)
+    port_line = next(m for m in fails if m.startswith(f"http.port {taken}"))
+    assert f"pid {os.getpid()}" in port_line and "not by this node" in port_line
+    assert f"--set http.port=<port>" in fails[port_line]
+    ro_line = next(m for m in fails if m.startswith(f"{store} is not writable"))
+    assert ("remount" in fails[ro_line]) if os.geteuid() == 0 else ("chown" in fails[ro_line])
+    missing = f"model missing has no version in {store / 'missing'}"
+    assert missing in fails and "appliance builtin-models" in fails[missing]
+    assert len(fails) == 3, result.stdout
+    # The mount was private to the doctor: the store is writable again out here.
+    (store / "probe").touch()
+
+
+def test_an_unreachable_repository_names_the_store_and_the_fix(tmp_path: Path) -> None:
+    result = _doctor(tmp_path, "--set", "model.base.path=/srv/models", "--json")
+    assert result.returncode == 1
+    import json
+
+    findings = [f for f in json.loads(result.stdout) if not f["ok"]]
+    repo = [f for f in findings if f["check"] == "repository"]
+    assert len(repo) == 1
+    assert f"{tmp_path}/srv/models" in repo[0]["message"] and "does not exist" in repo[0]["message"]
+    assert repo[0]["fix"].startswith(f"create it (mkdir -p {tmp_path}/srv/models)")

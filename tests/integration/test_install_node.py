@@ -1,0 +1,277 @@
+"""scripts/install-node.sh for real: install a node into a temp root prefix, run the install a
+second time (nothing changes), check no secret is in the tree, then boot it the way the systemd
+unit does (`appliance bootstrap`, `appliance up --foreground` from the installed venv) and get
+the user guide's answer through Envoy; logrotate's config rotates Envoy's access log for real.
+
+The venv is a fresh, full `pip install` of a snapshot of this checkout (not editable, the way
+an image gets it): pip resolves every dependency from the configured index. That is the honest
+install and takes about a minute here; reusing the dev venv would test something else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+import yaml
+
+from tests.conftest import REPO, Processes, free_port, wait_until
+from tests.integration.node_harness import wait_gone
+
+SCRIPT = REPO / "scripts" / "install-node.sh"
+MODEL = "saved_model_half_plus_two_mkl"
+PUBLISHED_SECRETS = ["AKIAIOSXODNN7EXAMPLE", "wJalrXUtqFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "p12cHANgepwD"]
+OUR_SECRET_PATTERNS = [re.compile(p) for p in (
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+    r"(?i)(password|passwd|secret[._-]?key|access[._-]?key)\s*[:=]\s*[\"'][^\"'\s]{4,}[\"']",
+)]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+def _snapshot_source(dest: Path) -> Path:
+    """The checkout's installable files, copied once: other edits during the test change nothing."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    dest.mkdir()
+    shutil.copy2(REPO / "setup.py", dest / "setup.py")
+    for name in ("appliance", "envoy", "supervisor", "logviewer", "scripts"):
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, dest / name, ignore=ignore)
+    return dest
+
+
+def _install(source: Path, root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(source / "scripts/install-node.sh"), "--prefix", str(root),
+                           "--source", str(source)], capture_output=True, text=True, timeout=1200)
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    """Every path under ``root``: type, mode, size, mtime and content hash (or link target)."""
+    state: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                state[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                state[rel] = ("dir", st.st_mode, st.st_mtime_ns)
+            else:
+                digest = hashlib.sha256()
+                with path.open("rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                state[rel] = ("file", st.st_mode, st.st_size, st.st_mtime_ns, digest.hexdigest())
+    return state
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    base = tmp_path_factory.mktemp("install-node")
+    source = _snapshot_source(base / "src")
+    root = base / "root"
+    first = _install(source, root)
+    assert first.returncode == 0, first.stdout + first.stderr[-5000:]
+    yield source, root
+
+
+# ----------------------------------------------------------------------------- the install
+
+
+@pytest.mark.slow
+def test_a_second_install_changes_nothing(installed: tuple[Path, Path]) -> None:
+    source, root = installed
+    before = tree_state(root)
+    second = _install(source, root)
+    assert second.returncode == 0, second.stderr[-5000:]
+    assert "is up to date" in second.stderr
+    after = tree_state(root)
+    assert sorted(set(before) ^ set(after)) == []
+    assert [p for p in before if before[p] != after[p]] == []
+
+
+@pytest.mark.slow
+def test_the_layout_of_design_md_and_the_system_files(installed: tuple[Path, Path]) -> None:
+    _, root = installed
+    for rel in ("etc/appliance", "data/models", "var/lib/appliance/run", "var/log/appliance",
+                "opt/appliance/venv/bin/appliance", "opt/appliance/venv/bin/envoy",
+                "opt/appliance/venv/bin/supervisord", "opt/appliance/venv/share/appliance/envoy"):
+        assert (root / rel).exists(), rel
+    assert os.readlink(root / "usr/local/bin/appliance") == str(root / "opt/appliance/venv/bin/appliance")
+    # Not editable: the package lives in the venv, not in the source snapshot.
+    where = subprocess.run([str(root / "opt/appliance/venv/bin/python"), "-c",
+                            "import appliance; print(appliance.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=root).stdout
+    assert where.startswith(str(root / "opt/appliance/venv/lib/"))
+    unit = (root / "etc/systemd/system/appliance.service").read_text()
+    assert f"ExecStart={root}/opt/appliance/venv/bin/appliance --root {root} up --foreground" in unit
+    assert f"ExecStartPre=+{root}/opt/appliance/venv/bin/appliance --root {root} bootstrap" in unit
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(["systemd-analyze", "verify", str(root / "etc/systemd/system/appliance.service")],
+                                capture_output=True, text=True, timeout=60)
+        assert verify.returncode == 0, verify.stderr
+    assert f"{root}/var/log/appliance/access.log {{" in (root / "etc/logrotate.d/appliance").read_text()
+
+
+@pytest.mark.slow
+def test_no_secret_is_baked_into_the_install(installed: tuple[Path, Path]) -> None:
+    source, root = installed
+    assert list((root / "etc/appliance").iterdir()) == []    # no config, no credential
+    # The user guide's published keys and password: nowhere in the tree, venv included.
+    found = subprocess.run(["grep", "-rlF", *sum((["-e", s] for s in PUBLISHED_SECRETS), []), str(root)],
+                           capture_output=True, text=True)
+    assert found.stdout == "", found.stdout
+    # Generic patterns: in our own files (third-party packages in the venv are not ours).
+    site = next((root / "opt/appliance/venv/lib").glob("python3*/site-packages"))
+    ours = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()
+            and (root / "opt/appliance/venv") not in p.parents]
+    ours += [p for p in (site / "appliance").rglob("*.py")]
+    ours += [p for p in (root / "opt/appliance/venv/share/appliance").rglob("*") if p.is_file()]
+    ours += [SCRIPT, *(REPO / "supervisor").glob("*.in")]
+    for path in ours:
+        text = path.read_text(errors="replace")
+        for pattern in OUR_SECRET_PATTERNS:
+            assert not pattern.search(text), f"{path}: matches {pattern.pattern}"
+    assert not re.search(r"(?i)password\s*=", SCRIPT.read_text())
+
+
+# ----------------------------------------------------------------------------- boot it
+
+
+def _installed_keys(venv: Path) -> set[str]:
+    out = subprocess.run([str(venv / "bin/python"), "-c",
+                          "from appliance.config import KEYS; print('\\n'.join(KEYS))"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+@pytest.mark.slow
+def test_the_installed_node_answers_the_user_guide_through_envoy(
+        installed: tuple[Path, Path], processes: Processes, tmp_path: Path) -> None:
+    _, root = installed
+    venv = root / "opt/appliance/venv"
+    appliance = str(venv / "bin/appliance")
+    build = subprocess.run([appliance, "--root", str(root), "builtin-models", "--only", MODEL],
+                           capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stderr[-3000:]
+
+    # Boot-time config the way the unit makes it: bootstrap from a file of appliance keys.
+    values: dict[str, object] = {"node.address": "127.0.0.1", "model.name": MODEL,
+                                 "enable.access.log": True, "envoy.concurrency": 1}
+    values.update({key: free_port() for key in _installed_keys(venv) if key.endswith(".port")})
+    given = tmp_path / "node.yaml"
+    given.write_text(yaml.safe_dump(values))
+    boot = subprocess.run([appliance, "--root", str(root), "bootstrap", "--from", str(given)],
+                          capture_output=True, text=True, timeout=120)
+    assert boot.returncode == 0, boot.stderr
+    assert (root / "etc/appliance/appliance.yaml").stat().st_mode & 0o077 in (0, 0o040)
+
+    # ExecStart of the unit, under the processes fixture (stopped by PID whatever happens).
+    node = processes.start([appliance, "--root", str(root), "up", "--foreground", "--timeout", "600"],
+                           log=tmp_path / "up.log")
+    url = f"http://127.0.0.1:{values['http.port']}/v1/models/{MODEL}:predict"
+
+    def predict() -> requests.Response | None:
+        assert node.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+        resp = requests.post(url, data='{"instances": [1.0, 2.0, 5.0]}', timeout=10)
+        return resp if resp.status_code == 200 else None
+
+    resp = wait_until(predict, timeout=600, interval=0.5, what="the user guide's request through Envoy")
+    pids = _node_pids(appliance, root)
+    try:
+        assert resp.json() == {"predictions": [2.5, 3.0, 4.5]}
+
+        doctor = subprocess.run([appliance, "--root", str(root), "doctor"], capture_output=True,
+                                text=True, timeout=120)
+        assert doctor.returncode == 0, doctor.stdout + doctor.stderr
+        assert "held by this node's envoy" in doctor.stdout
+
+        _rotate_access_log(root, url)
+    finally:
+        processes.stop(node, timeout=90)
+        for pid in wait_gone(pids, 30):
+            os.kill(pid, 9)
+    assert wait_gone(pids, 5) == []
+
+
+def _node_pids(appliance: str, root: Path) -> list[int]:
+    import json
+
+    status = subprocess.run([appliance, "--root", str(root), "status", "--json"],
+                            capture_output=True, text=True, timeout=60)
+    pidfile = root / "var/lib/appliance/run/supervisord.pid"
+    pids = [int(pidfile.read_text())] if pidfile.exists() else []
+    return pids + [p["pid"] for p in json.loads(status.stdout)["processes"] if p["pid"]]
+
+
+def _rotate_access_log(root: Path, url: str) -> None:
+    """The installed logrotate config moves access.log aside and Envoy writes a fresh one."""
+    logrotate = shutil.which("logrotate") or ("/usr/sbin/logrotate" if Path("/usr/sbin/logrotate").exists() else None)
+    if logrotate is None:
+        return
+    access = root / "var/log/appliance/access.log"
+    wait_until(lambda: access.exists() and access.stat().st_size > 0, timeout=30, what="an access log line")
+    lines_before = access.read_text().count("\n")
+    rotated = subprocess.run([logrotate, "-f", "-s", str(root / "logrotate.state"),
+                              str(root / "etc/logrotate.d/appliance")],
+                             capture_output=True, text=True, timeout=60)
+    assert rotated.returncode == 0, rotated.stderr
+    assert (root / "var/log/appliance/access.log.1").read_text().count("\n") >= lines_before
+    resp = requests.post(url, data='{"instances": [1.0]}', timeout=10)
+    assert resp.json() == {"predictions": [2.5]}
+    wait_until(lambda: access.exists() and access.stat().st_size > 0, timeout=30,
+               what="Envoy writing the reopened access log")
+
+
+# ----------------------------------------------------------------------------- pinned downloads
+
+
+def _bash(snippet: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f'source "{SCRIPT}"; {snippet}', "test", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_checksum_verification_accepts_only_the_pinned_file(tmp_path: Path) -> None:
+    blob = tmp_path / "minio"
+    blob.write_bytes(b"not really minio\n")
+    good = hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert _bash('verify_sha256 "$1" "$2"', str(blob), good).returncode == 0
+    assert _bash('verify_sha256 "$1" "$2"', str(blob), good.upper()).returncode == 0
+    bad = _bash('verify_sha256 "$1" "$2"', str(blob), "0" * 64)
+    assert bad.returncode != 0 and f"expected {'0' * 64}, got {good}" in bad.stderr
+    assert _bash('verify_sha256 "$1" ""', str(blob)).returncode != 0          # nothing pinned
+    assert _bash('verify_sha256 "$1" "$2"', str(tmp_path / "absent"), good).returncode != 0
+
+
+def test_fetch_verified_installs_only_a_matching_download(tmp_path: Path) -> None:
+    """The download path of --with-minio, on a file:// URL (curl, no network)."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    blob = tmp_path / "upstream"
+    blob.write_bytes(os.urandom(4096))
+    good = hashlib.sha256(blob.read_bytes()).hexdigest()
+    dest = tmp_path / "bin" / "minio"
+    refused = _bash('fetch_verified "$1" "$2" "$3"', blob.as_uri(), "f" * 64, str(dest))
+    assert refused.returncode != 0 and "checksum mismatch" in refused.stderr
+    assert not dest.exists() and list(dest.parent.iterdir()) == []   # no partial file left
+    assert _bash('fetch_verified "$1" "$2" "$3"', blob.as_uri(), good, str(dest)).returncode == 0
+    assert dest.read_bytes() == blob.read_bytes()
+    mtime = dest.stat().st_mtime_ns
+    assert _bash('fetch_verified "$1" "$2" "$3"', blob.as_uri(), good, str(dest)).returncode == 0
+    assert dest.stat().st_mtime_ns == mtime          # already there: not downloaded again
+
+
+def test_the_pinned_minio_checksum_is_well_formed() -> None:
+    text = SCRIPT.read_text()
+    assert re.search(r"^MINIO_SHA256=[0-9a-f]{64}$", text, re.M)
+    assert re.search(r"^MINIO_URL=\"https://", text, re.M)
