@@ -151,3 +151,27 @@ def test_low_disk_space_is_reported(tmp_path: Path) -> None:
     problems = _problems(findings)
     assert {p.message.split()[0] for p in problems} == {"logs", "run", "model"}
     assert all("free space" in p.fix for p in problems)
+
+
+def test_an_endpoint_answering_http_is_reachable() -> None:
+    """Any HTTP status counts (an S3 server answers 403 without credentials)."""
+    import http.server
+    import threading
+
+    class Forbidden(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(403)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Forbidden)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        finding = doctor.endpoint_reachable(f"http://127.0.0.1:{server.server_port}", timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert finding.ok and "answers" in finding.message
