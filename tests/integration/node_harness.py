@@ -41,7 +41,6 @@ class NodeUnderTest:
     def url(self) -> str:
         return f"http://{self.address}:{self.http_port}"
 
-    @property
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(CLI + ["--root", str(self.root), *args], capture_output=True,
                               text=True, timeout=timeout)
