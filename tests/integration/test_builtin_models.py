@@ -17,14 +17,13 @@ import pytest
 
 from appliance.builtin_models import (BUILTIN_MODELS, CARD_PATH, TEMP_PREFIX, BuiltinModel,
                                       BuiltinModelError, build_all, main)
+from tests.conftest import TFS_TESTDATA
 from tests.jpeg import make_jpeg
 
 pytestmark = pytest.mark.slow
 
 HPT = "saved_model_half_plus_two_mkl"
 HPT_VERSION = "00000123"
-TFS_TESTDATA = (Path(__file__).resolve().parents[3] / "shared" / "tfs_testdata" / "tensorflow_serving"
-                / "servables" / "tensorflow" / "testdata")
 
 
 class Loaded:
@@ -82,6 +81,8 @@ def _dims(tensor_info: Any) -> list[int] | None:
 
 # --- half_plus_two ---------------------------------------------------------------------------
 
+@pytest.mark.skipif(not TFS_TESTDATA.is_dir(),
+                    reason=f"TF Serving's official test models are not at {TFS_TESTDATA}")
 def test_half_plus_two_metadata_equals_official(half_plus_two: Loaded) -> None:
     from google.protobuf import json_format
     from tensorflow_serving.apis import get_model_metadata_pb2
