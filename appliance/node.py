@@ -75,6 +75,18 @@ class Node:
         write_atomic(self.paths.run / EFFECTIVE, effective, mode=0o600)
         return changed
 
+    def ensure_logviewer_password(self, progress: Callable[[str], None] = print) -> None:
+        """First start: generate the log browser's password, store its hash, print it once."""
+        if not self.config.logviewer.enabled:
+            return
+        from logviewer import credentials
+
+        password = credentials.ensure_password(self.paths.etc)
+        if password:
+            progress(f"logviewer password (shown once, only its hash is kept): {password}")
+            progress(f"  log in at http://{self.config.connect_address()}:"
+                     f"{self.config.logviewer.port}/ ; `appliance logviewer-password` sets a new one")
+
     def supervisord_cmd(self, foreground: bool) -> list[str]:
         cmd = [render.find_binary("supervisord"), "-c", str(self.paths.run / "supervisord.conf")]
         return cmd + ["-n"] if foreground else cmd
@@ -84,6 +96,7 @@ class Node:
         if self.config.node.role == "serving":
             self.check_models()
         changed = self.render()
+        self.ensure_logviewer_password(progress)
         if self.supervisor.is_running():
             self._apply_changes(changed, progress)
             self.wait_ready(timeout, progress)
@@ -176,6 +189,9 @@ class Node:
             return
         front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
         step(f"REST through Envoy on port {self.config.http_port}", lambda: _get(front)[0] == 200)
+        if self.config.logviewer.enabled:
+            viewer = f"http://{host}:{self.config.logviewer.port}/healthz"
+            step(f"logviewer on port {self.config.logviewer.port}", lambda: _get(viewer)[0] == 200)
 
     def _raise_if_failed(self) -> None:
         try:

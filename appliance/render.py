@@ -96,7 +96,9 @@ def _context(config: Config, paths: NodePaths) -> dict:
              "upstream_port": config.serving.grpc_port,
              "retry_on": "connect-failure,refused-stream,reset,unavailable"},
         ],
-        "bin": {"model_server": find_binary("appliance-model-server"), "envoy": find_binary("envoy")},
+        "logviewer": config.logviewer,
+        "bin": {"model_server": find_binary("appliance-model-server"), "envoy": find_binary("envoy"),
+                "python": sys.executable},
     }
 
 

@@ -25,6 +25,7 @@ class NodeUnderTest:
     admin_port: int
     rest_port: int
     model_grpc_port: int
+    logviewer_port: int = 0     # 0: the logviewer keeps its default port (8090)
 
     @property
     def overrides(self) -> list[str]:
@@ -32,6 +33,8 @@ class NodeUnderTest:
                  "grpc.port": self.grpc_port, "envoy.admin.port": self.admin_port,
                  "serving.rest.port": self.rest_port, "serving.grpc.port": self.model_grpc_port,
                  "envoy.concurrency": 2}
+        if self.logviewer_port:
+            pairs["logviewer.port"] = self.logviewer_port
         out: list[str] = []
         for key, value in pairs.items():
             out += ["--set", f"{key}={value}"]
@@ -40,6 +43,10 @@ class NodeUnderTest:
     @property
     def url(self) -> str:
         return f"http://{self.address}:{self.http_port}"
+
+    @property
+    def logviewer_url(self) -> str:
+        return f"http://{self.address}:{self.logviewer_port}"
 
     def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(CLI + ["--root", str(self.root), *args], capture_output=True,
@@ -74,7 +81,7 @@ def new_node(root: Path, models: Path, names: list[str], address: str = "127.0.0
     for name in names:
         (store / name).symlink_to(models / name, target_is_directory=True)
     return NodeUnderTest(root, address, free_port(address), free_port(address), free_port(),
-                         free_port(address), free_port(address))
+                         free_port(address), free_port(address), free_port(address))
 
 
 def alive(pid: int) -> bool:

@@ -1,0 +1,84 @@
+"""Every upstream host as this node's Envoy sees it, read from Envoy's admin on 127.0.0.1.
+
+Only two admin endpoints are read (``/clusters?format=json`` and the outlier-detection
+counters of ``/stats?format=json``), server side, and only the parsed fields are shown: the
+admin interface itself is never proxied or linked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .models import http_json
+
+
+@dataclass
+class Host:
+    address: str
+    health: str
+    flags: list[str]
+    stats: dict[str, int]
+    weight: int
+
+
+@dataclass
+class Cluster:
+    name: str
+    hosts: list[Host] = field(default_factory=list)
+    ejections_active: int = 0
+    ejections_total: int = 0
+
+
+def _int(value: object) -> int:
+    try:
+        return int(value)  # proto JSON renders uint64 as strings
+    except (TypeError, ValueError):
+        return 0
+
+
+HEALTH_FLAGS = {
+    "failed_active_health_check": "failed health check",
+    "failed_outlier_check": "ejected (outlier)",
+    "failed_eds_health": "EDS unhealthy",
+    "pending_dynamic_removal": "pending removal",
+    "pending_active_hc": "pending first health check",
+    "excluded_via_immediate_hc_fail": "excluded (immediate HC fail)",
+    "active_hc_timeout": "health check timed out",
+}
+
+
+def parse_clusters(body: dict) -> list[Cluster]:
+    clusters = []
+    for status in body.get("cluster_statuses", []) or []:
+        cluster = Cluster(str(status.get("name", "")))
+        for host in status.get("host_statuses", []) or []:
+            sock = (host.get("address") or {}).get("socket_address") or {}
+            address = f"{sock.get('address', '?')}:{sock.get('port_value', '?')}"
+            health = host.get("health_status") or {}
+            flags = [label for key, label in HEALTH_FLAGS.items() if health.get(key)]
+            eds = str(health.get("eds_health_status", "HEALTHY"))
+            state = "HEALTHY" if not flags and eds in ("HEALTHY", "UNKNOWN") else "UNHEALTHY"
+            stats = {s.get("name", ""): _int(s.get("value", 0)) for s in host.get("stats", []) or []}
+            cluster.hosts.append(Host(address, state, flags, stats, _int(host.get("weight", 1))))
+        clusters.append(cluster)
+    return clusters
+
+
+def read_cluster_view(admin_port: int) -> tuple[str, list[Cluster]]:
+    """("ok" or why not, clusters) from the local Envoy admin."""
+    base = f"http://127.0.0.1:{admin_port}"
+    code, body = http_json(f"{base}/clusters?format=json")
+    if code == 0:
+        return "Envoy's admin does not answer (is envoy running?)", []
+    if code != 200 or not isinstance(body, dict):
+        return f"Envoy's admin answered HTTP {code}", []
+    clusters = parse_clusters(body)
+    code, stats = http_json(f"{base}/stats?format=json&filter=outlier_detection%5C.ejections_")
+    if code == 200 and isinstance(stats, dict):
+        values = {s.get("name", ""): _int(s.get("value", 0)) for s in stats.get("stats", []) or []
+                  if "value" in s}
+        for cluster in clusters:
+            prefix = f"cluster.{cluster.name}.outlier_detection."
+            cluster.ejections_active = values.get(prefix + "ejections_active", 0)
+            cluster.ejections_total = values.get(prefix + "ejections_enforced_total", 0)
+    return "ok", clusters

@@ -1,0 +1,78 @@
+"""Models of the local store: list, one model's versions, one version's files and signatures."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, render_template
+
+from .. import safepath
+from ..security import login_required
+from . import site, stream_file
+
+bp = Blueprint("models", __name__)
+
+
+def _valid_name(name: str) -> str:
+    try:
+        safepath.check_relative(name)
+    except safepath.BadPath:
+        abort(400, "not a model name")
+    if "/" in name:
+        abort(404)
+    return name
+
+
+@bp.get("/models")
+@login_required
+def listing():
+    store = site().store
+    models = [store.model(name) for name in store.names()]
+    return render_template("models.html", models=models, store_root=store.store)
+
+
+@bp.get("/models/<name>")
+@login_required
+def model(name: str):
+    store = site().store
+    name = _valid_name(name)
+    if name not in store.names():
+        abort(404, "No such model in the store or the config.")
+    info = store.model(name)
+    signatures = {}
+    status = ""
+    if info.serving_versions:
+        status, signatures = store.metadata(name, info.serving_versions[0])
+    return render_template("model.html", info=info, signatures=signatures, meta_status=status)
+
+
+@bp.get("/models/<name>/<version>")
+@login_required
+def version(name: str, version: str):
+    store = site().store
+    name = _valid_name(name)
+    if not version.isdigit() or len(version) > 19:
+        abort(400, "a version is a number")
+    info = store.model(name)
+    match = [v for v in info.versions if v.version == str(int(version))]
+    if not match:
+        abort(404, "No such version.")
+    files = []
+    if match[0].on_disk:
+        files = store.files(name, match[0].dirname)
+    status, signatures = ("not loaded", {})
+    if match[0].state in ("AVAILABLE",):
+        status, signatures = store.metadata(name, match[0].version)
+    return render_template("version.html", info=info, v=match[0], files=files,
+                           signatures=signatures, meta_status=status)
+
+
+@bp.get("/models/<name>/<version>/file/<path:rel>")
+@login_required
+def download(name: str, version: str, rel: str):
+    name = _valid_name(name)
+    if not version.isdigit() or len(version) > 19:
+        abort(400, "a version is a number")
+    dirname = site().store.version_dir(name, version)
+    if dirname is None:
+        abort(404, "No such version.")
+    handle, st, real = safepath.open_inside(site().model_root, f"{name}/{dirname}/{rel}")
+    return stream_file(handle, st, real.name, "application/octet-stream")

@@ -1,0 +1,177 @@
+"""The logviewer in real headless Chromium against a running node.
+
+`appliance up` starts a real node (supervisord, model server, Envoy, logviewer) under a temp
+root on free ports with the light built-in model only; Debian's chromium + chromium-driver,
+driven by selenium, log in with the password `up` printed once, open the access log, see the
+line of a predict request appear in the live tail without a reload, and open the model page
+to see the version that serves. Screenshots go to test-artifacts/logviewer/.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from tests.conftest import ARTIFACTS
+from tests.integration.node_harness import NodeUnderTest, new_node, wait_gone
+
+pytestmark = pytest.mark.slow
+MODEL = "saved_model_half_plus_two_mkl"
+SHOTS = ARTIFACTS / "logviewer"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--window-size=1366,900"]
+
+
+def _browser_binaries() -> tuple[str, str]:
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not (os.access(chromium, os.X_OK) and os.access(driver, os.X_OK)):
+        message = "Debian's chromium and chromium-driver are needed (scripts/test.sh installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return chromium, driver
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeUnderTest, str]]:
+    """A running node serving the light model; (node, the logviewer password `up` printed)."""
+    from appliance.builtin_models import build_all
+
+    built = tmp_path_factory.mktemp("models")
+    build_all(built, [MODEL], progress=lambda _: None)
+    node = new_node(tmp_path_factory.mktemp("node"), built, [])
+    # A copy, not the harness's symlink: the logviewer never browses a link out of the store.
+    shutil.copytree(built / MODEL, node.root / "data/models" / MODEL)
+    started = node.cli("up", "--timeout", "300", "--set", "enable.access.log=true",
+                       "--set", f"model.name={MODEL}", *node.overrides)
+    pids = node.pids()
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        found = re.search(r"logviewer password \(shown once[^)]*\): (\S+)", started.stdout)
+        assert found, started.stdout
+        yield node, found.group(1)
+    finally:
+        node.cli("down", timeout=120)
+        node.kill_all(wait_gone(pids, 30))
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    chromium, driver_path = _browser_binaries()
+    os.environ.setdefault("SE_OFFLINE", "true")   # selenium must not look for drivers online
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
+    options.add_argument(f"--user-data-dir={profile}")
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path,
+                                              log_output=str(tmp_path / "chromedriver.log")),
+                              options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def shot(driver, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+
+
+def test_login_live_tail_and_model_page_in_chromium(node, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    node, password = node
+    wait = WebDriverWait(browser, 30)
+    base = node.logviewer_url
+
+    # Log in.
+    browser.get(base + "/")
+    field = wait.until(ec.presence_of_element_located((By.ID, "password")))
+    assert "/login" in browser.current_url
+    field.send_keys(password)
+    shot(browser, "01-login")
+    browser.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+    try:
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "a.logname")))
+    except Exception:
+        shot(browser, "01-login-failed")
+        raise AssertionError(f"login failed at {browser.current_url}: {browser.page_source[:3000]}")
+    names = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "a.logname")]
+    for expected in ("access.log", "envoy.log", "model_server.log", "supervisord.log", "logviewer.log"):
+        assert expected in names, names
+    shot(browser, "02-logs")
+
+    # Open the access log: the live tail is on.
+    browser.find_element(By.LINK_TEXT, "access.log").click()
+    log = wait.until(ec.presence_of_element_located((By.ID, "log")))
+    assert browser.find_element(By.ID, "live").is_selected()
+    wait.until(lambda d: "following" in d.find_element(By.ID, "tail-status").text)
+    browser.execute_script("window.__sameDocument = true;")
+
+    # A predict request through Envoy, recognisable by its body size in the access log.
+    padding = random.randint(100, 900)
+    body = '{"instances": [1.0, 2.0, 5.0]}' + " " * padding
+    resp = requests.post(f"{node.url}/v1/models/{MODEL}:predict", data=body, timeout=30)
+    assert resp.json() == {"predictions": [2.5, 3.0, 4.5]}
+    marker = f'"bytes_received":{len(body)}'
+
+    def tailed_line(driver):
+        for span in driver.find_elements(By.CSS_SELECTOR, "#log span"):
+            line = span.text
+            if ":predict" in line and marker in line.replace(" ", ""):
+                return span
+        return False
+    span = WebDriverWait(browser, 30, poll_frequency=0.25).until(tailed_line)
+    assert '"POST"' in span.text.replace(" ", "") or "POST" in span.text
+    assert browser.execute_script("return window.__sameDocument === true;"), "the page reloaded"
+    browser.execute_script("arguments[0].scrollIntoView();", span)
+    shot(browser, "03-live-tail")
+    assert log.is_displayed()
+
+    # The access log as a table, filtered by model.
+    browser.get(f"{base}/access?model={MODEL}")
+    rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "table.access tbody tr"))
+    assert any(":predict" in r.text and "POST" in r.text for r in rows)
+    shot(browser, "04-access-table")
+
+    # Models: the list, then the model page with the serving version and its signature.
+    browser.find_element(By.LINK_TEXT, "Models").click()
+    wait.until(ec.presence_of_element_located((By.LINK_TEXT, MODEL)))
+    shot(browser, "05-models")
+    browser.find_element(By.LINK_TEXT, MODEL).click()
+    serving = wait.until(ec.presence_of_element_located((By.ID, "serving")))
+    status = requests.get(f"http://{node.address}:{node.rest_port}/v1/models/{MODEL}", timeout=10).json()
+    version = next(v["version"] for v in status["model_version_status"] if v["state"] == "AVAILABLE")
+    assert serving.text == f"serving version {version}"
+    assert "serving_default" in browser.page_source
+    shot(browser, "06-model")
+
+    # The cluster as Envoy sees it.
+    browser.find_element(By.LINK_TEXT, "Cluster").click()
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "section.card")))
+    assert "HEALTHY" in browser.page_source and "model_server_rest" in browser.page_source
+    shot(browser, "07-cluster")
+
+    # Log out (a POST with the CSRF token): the pages are closed again.
+    browser.find_element(By.CSS_SELECTOR, "form.logout button").click()
+    wait.until(ec.presence_of_element_located((By.ID, "password")))
+    browser.get(base + "/models")
+    assert "/login" in browser.current_url
