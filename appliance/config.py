@@ -294,7 +294,7 @@ SCHEMA: tuple[Key, ...] = (
         "Runtime threads of the model server; 0 means one per CPU."),
     Key("sync.interval.seconds", "sync", "interval_seconds", _positive, 10,
         "How often the agent polls the model repository (s3.type other than none)."),
-    Key("sync.concurrency", "sync", "concurrency", _positive, 8,
+    Key("sync.concurrency", "sync", "concurrency", _positive, 10,
         "Concurrent downloads (whole small objects, parts of big ones) while syncing."),
     Key("sync.verify", "sync", "verify", _choice("etag", "size"), "etag",
         "etag: check the size and MD5 ETag of every object; size: size only (for stores whose "
