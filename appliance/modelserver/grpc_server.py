@@ -1,10 +1,10 @@
-"""The gRPC port: PredictionService (Predict, GetModelMetadata) and ModelService (GetModelStatus).
+"""The gRPC port: PredictionService, ModelService and (optionally) grpc.health.v1.Health.
 
 Uses the official ``tensorflow_serving.apis`` stubs on ``grpc.aio`` with TF Serving's 2 GiB
-message limit. Outputs are written to the typed ``*_val`` fields (TF Serving's default, which
-clients such as the official tests read), not ``tensor_content``. Inference runs in the same
-runtime pool as REST. Classify, Regress, MultiInference and HandleReloadConfigRequest answer
-UNIMPLEMENTED for now.
+message limit, ``--grpc_channel_arguments`` on top, and an optional unix socket
+(``--grpc_socket_path``) next to the TCP port. The servicers only resolve the model spec and
+map errors to TF Serving's status codes and messages; the inference itself is
+:mod:`appliance.modelserver.grpc_inference`, run in the runtime pool shared with REST.
 """
 
 from __future__ import annotations
@@ -12,21 +12,48 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import Executor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import grpc
-import numpy as np
 
+from appliance.modelserver import grpc_inference
 from appliance.modelserver.manager import ModelManager, VersionState
 from appliance.modelserver.status import Code, ServingError, invalid_argument
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 2 ** 31 - 1
-DEFAULT_SIGNATURE = "serving_default"
-_VAL_FIELDS = {"f": "float_val", "d": "double_val", "b": "bool_val", "q": "int64_val", "l": "int64_val",
-               "i": "int_val", "h": "int_val", "b8": "int_val", "B": "int_val", "I": "uint32_val",
-               "L": "uint64_val", "Q": "uint64_val", "O": "string_val", "S": "string_val", "e": "half_val"}
+MAX_ERROR_MESSAGE = 1024  # grpc_status_util.cc: longer messages are cut and marked
+HEALTH_SERVICES = ("", "ModelService", "PredictionService",
+                   "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService")
+
+
+@dataclass(frozen=True)
+class GrpcOptions:
+    """The gRPC flags of ``tensorflow_model_server``."""
+
+    host: str = "0.0.0.0"
+    port: int = 0
+    socket_path: str = ""
+    channel_arguments: str = ""
+    enable_health: bool = False
+
+
+def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
+    """``--grpc_channel_arguments``: ``k=v,k2=v2``; values that parse as int32 are passed as int."""
+    result: list[tuple[str, Any]] = []
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"Invalid --grpc_channel_arguments entry {item!r}: expected key=value")
+        try:
+            number = int(value)
+        except ValueError:
+            result.append((key, value))
+            continue
+        result.append((key, number) if -(2 ** 31) <= number < 2 ** 31 else (key, value))
+    return result
 
 
 def _lookup(manager: ModelManager, spec: Any) -> VersionState:
@@ -40,71 +67,59 @@ def _lookup(manager: ModelManager, spec: Any) -> VersionState:
     return manager.lookup(spec.name)
 
 
-def _to_proto(arr: np.ndarray) -> Any:
-    """A numpy array as a TensorProto with ``*_val`` fields."""
-    import tensorflow as tf
-    from tensorflow.core.framework import tensor_pb2
-
-    proto = tensor_pb2.TensorProto()
-    for size in arr.shape:
-        proto.tensor_shape.dim.add().size = size
-    flat = arr.ravel()
-    if arr.dtype.kind in "OSU":
-        proto.dtype = tf.string.as_datatype_enum
-        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist())
-        return proto
-    proto.dtype = tf.as_dtype(arr.dtype).as_datatype_enum
-    if arr.dtype == np.float16:
-        proto.half_val.extend(flat.view(np.uint16).tolist())
-        return proto
-    field = _VAL_FIELDS.get("b8" if arr.dtype == np.int8 else arr.dtype.char) or _VAL_FIELDS.get(arr.dtype.kind)
-    if field is None:
-        raise ServingError(Code.UNIMPLEMENTED, f"Cannot serialize output of dtype {arr.dtype}")
-    getattr(proto, field).extend(flat.tolist())
-    return proto
+def _status_message(message: str) -> str:
+    if len(message) <= MAX_ERROR_MESSAGE:
+        return message
+    return message[:MAX_ERROR_MESSAGE] + "...TRUNCATED"
 
 
-async def _unimplemented(request: Any, context: grpc.aio.ServicerContext) -> Any:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Not implemented yet by appliance-model-server")
+async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, func: Callable[[Any], Any],
+                request: Any) -> Any:
+    """Run ``func`` (in the pool when ``executor`` is given) and turn failures into gRPC statuses."""
+    try:
+        if executor is None:
+            return func(request)
+        return await asyncio.get_running_loop().run_in_executor(executor, func, request)
+    except ServingError as err:
+        await context.abort(grpc.StatusCode[err.code.name], _status_message(err.message))
+    except Exception as exc:  # noqa: BLE001 - a request never takes the server down
+        if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
+            raise
+        log.exception("unexpected gRPC error")
+        await context.abort(grpc.StatusCode.INTERNAL, _status_message(f"{type(exc).__name__}: {exc}"))
 
 
 class PredictionServicer:
-    Classify = Regress = MultiInference = staticmethod(_unimplemented)
+    """``tensorflow.serving.PredictionService``."""
 
     def __init__(self, manager: ModelManager, executor: Executor) -> None:
         self.manager = manager
         self.executor = executor
 
+    def _run(self, spec: Any, run: Callable[[Any, int, Any], Any], request: Any) -> Any:
+        state = _lookup(self.manager, spec)
+        return run(state.model, state.version, request)
+
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _call(context, self.executor, self._predict, request)
+        return await _call(context, self.executor,
+                           lambda r: self._run(r.model_spec, grpc_inference.predict, r), request)
 
-    def _predict(self, request: Any) -> Any:
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await _call(context, self.executor,
+                           lambda r: self._run(r.model_spec, grpc_inference.classify, r), request)
 
-        state = _lookup(self.manager, request.model_spec)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        signature = state.model.signatures.get(signature_name)
-        if signature is None:
-            raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature_name}" not found.')
-        wanted = list(request.output_filter)
-        for alias in wanted:
-            if alias not in signature.outputs:
-                raise invalid_argument(f"output tensor alias not found in signature: {alias} Outputs expected to "
-                                       f"be in the set {{{','.join(signature.outputs)}}}.")
-        if len(set(wanted)) != len(wanted):
-            duplicate = next(a for a in wanted if wanted.count(a) > 1)
-            raise invalid_argument(f"duplicate output tensor alias: {duplicate}")
-        inputs = {alias: tf.make_ndarray(proto) for alias, proto in request.inputs.items()}
-        outputs = state.model.run(signature.name, inputs)
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = state.version
-        response.model_spec.signature_name = signature.name
-        for alias, arr in outputs.items():
-            if not wanted or alias in wanted:
-                response.outputs[alias].CopyFrom(_to_proto(np.asarray(arr)))
-        return response
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await _call(context, self.executor,
+                           lambda r: self._run(r.model_spec, grpc_inference.regress, r), request)
+
+    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await _call(context, self.executor, self._multi_inference, request)
+
+    def _multi_inference(self, request: Any) -> Any:
+        if not request.tasks:
+            raise invalid_argument("MultiInferenceRequest must contain at least one task.")
+        # Every task must name the same model (checked in the core); the first one picks the version.
+        return self._run(request.tasks[0].model_spec, grpc_inference.multi_inference, request)
 
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, None, self._metadata, request)
@@ -128,7 +143,7 @@ class PredictionServicer:
 
 
 class ModelServicer:
-    HandleReloadConfigRequest = staticmethod(_unimplemented)
+    """``tensorflow.serving.ModelService``."""
 
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
@@ -154,32 +169,63 @@ class ModelServicer:
                 row.status.error_message = state.error.message
         return response
 
+    async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Blocks (in a thread, not on the event loop) until newly added models are AVAILABLE."""
+        from tensorflow_serving.apis import model_management_pb2
 
-async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, func: Any, request: Any) -> Any:
-    """Run ``func`` (in the pool when ``executor`` is given) and turn failures into gRPC statuses."""
-    try:
-        if executor is None:
-            return func(request)
-        return await asyncio.get_running_loop().run_in_executor(executor, func, request)
-    except ServingError as err:
-        message = err.message if len(err.message) <= 1024 else err.message[:1024] + "...TRUNCATED"
-        await context.abort(grpc.StatusCode[err.code.name], message)
-    except Exception as exc:  # noqa: BLE001 - a request never takes the server down
-        if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
-            raise
-        log.exception("unexpected gRPC error")
-        await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._reload, request)
+        except ServingError as err:
+            log.error("ReloadConfig failed: %s", err.message)
+            await context.abort(grpc.StatusCode[err.code.name], _status_message(err.message))
+        except Exception as exc:  # noqa: BLE001 - a bad reload never takes the server down
+            log.exception("ReloadConfig failed")
+            await context.abort(grpc.StatusCode.INTERNAL, _status_message(f"{type(exc).__name__}: {exc}"))
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.error_code = 0
+        return response
+
+    def _reload(self, request: Any) -> None:
+        from appliance.modelserver.model_config import model_configs_from_proto
+
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                                   "ModelConfigList is currently supported")
+        configs = model_configs_from_proto(request.config)
+        log.info("Reloading the model config: %s", ", ".join(c.name for c in configs) or "(no models)")
+        self.manager.reload(configs)
 
 
-async def start_grpc_server(manager: ModelManager, executor: Executor, host: str, port: int) -> grpc.aio.Server:
+async def start_grpc_server(manager: ModelManager, executor: Executor, host: str | GrpcOptions,
+                            port: int = 0) -> grpc.aio.Server:
+    """Serve on ``host:port`` (and the unix socket); ``host`` may be a :class:`GrpcOptions`."""
     from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                      ("grpc.max_send_message_length", MAX_MESSAGE)])
+    options = host if isinstance(host, GrpcOptions) else GrpcOptions(host=host, port=port)
+    channel_options = [("grpc.max_receive_message_length", MAX_MESSAGE),
+                       ("grpc.max_send_message_length", MAX_MESSAGE)]
+    channel_options += parse_channel_arguments(options.channel_arguments)
+    server = grpc.aio.server(options=channel_options)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager, executor), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot bind gRPC port {address}")
+    if options.enable_health:
+        await _add_health(server)
+    if options.port > 0:
+        address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
+        if server.add_insecure_port(address) == 0:
+            raise OSError(f"cannot bind gRPC port {address}")
+    if options.socket_path:
+        if server.add_insecure_port(f"unix:{options.socket_path}") == 0:
+            raise OSError(f"cannot bind gRPC unix socket {options.socket_path}")
     await server.start()
     return server
+
+
+async def _add_health(server: grpc.aio.Server) -> None:
+    """``grpc.health.v1.Health``: the port opens only once every model is loaded, so SERVING."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    servicer = health.aio.HealthServicer()
+    for name in HEALTH_SERVICES:
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)

@@ -15,7 +15,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from appliance.modelserver.flags import FlagError, Options, parse_flags, usage, warn_ignored
-from appliance.modelserver.manager import ModelConfig, ModelManager
+from appliance.modelserver.manager import ModelConfig, ModelManager, WarmupOptions
 from appliance.modelserver.model_config import ConfigFileError, read_model_server_config
 from appliance.modelserver.status import Code, ServingError
 
@@ -75,18 +75,29 @@ def main(argv: list[str] | None = None) -> int:
                   "Skipped exporting HTTP/REST API.")
         options.values["rest_api_port"] = 0
     manager = ModelManager(configs, _load_options(options), options.file_system_poll_wait_seconds,
-                           load_threads=4 * (os.cpu_count() or 1))
+                           load_threads=4 * (os.cpu_count() or 1),
+                           warmup=WarmupOptions(options.enable_model_warmup,
+                                                max(options.num_request_iterations_for_warmup, 1)))
     try:
         manager.load_initial()
     except ServingError as exc:
         print(f"Failed to start server. Error: {exc.to_string()}", file=sys.stderr)
         return 1
     manager.start_polling()
+    _watch_config_file(options, manager)
     code = _serve(options, manager)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # TF's threads and atexit hooks can stall a normal exit for seconds
+
+
+def _watch_config_file(options: Options, manager: ModelManager) -> None:
+    """``--model_config_file_poll_wait_seconds`` > 0: reload models.config when it changes."""
+    if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
+        from appliance.modelserver.config_watch import ConfigFileWatcher
+
+        ConfigFileWatcher(options.model_config_file, manager, options.model_config_file_poll_wait_seconds).start()
 
 
 def _serve(options: Options, manager: ModelManager) -> int:
@@ -110,13 +121,13 @@ async def _run_servers(options: Options, manager: ModelManager) -> int:
     executor = ThreadPoolExecutor(options.rest_api_num_threads, thread_name_prefix="runtime")
     servers = []
     try:
-        if options.port > 0:
+        if options.port > 0 or options.grpc_socket_path:
             servers.append(await _start_grpc(options, manager, executor))
         if options.rest_api_port > 0:
             api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support)
             servers.append(await start_rest_server(api, options.listen_address, options.rest_api_port))
             log.info("Exporting HTTP/REST API at:%s:%d ...", options.listen_address, options.rest_api_port)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.error("Failed to start server. Error: %s", exc)
         return 1
     await stop.wait()
@@ -131,12 +142,21 @@ async def _run_servers(options: Options, manager: ModelManager) -> int:
 
 async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadPoolExecutor) -> object:
     try:
-        from appliance.modelserver.grpc_server import start_grpc_server
+        from appliance.modelserver.grpc_server import GrpcOptions, start_grpc_server
     except ImportError:
         log.warning("gRPC is not served yet: --port=%d is not opened", options.port)
         return None
-    server = await start_grpc_server(manager, executor, options.listen_address, options.port)
-    log.info("Running gRPC ModelServer at %s:%d ...", options.listen_address, options.port)
+    grpc_options = GrpcOptions(host=options.listen_address, port=options.port, socket_path=options.grpc_socket_path,
+                               channel_arguments=options.grpc_channel_arguments,
+                               enable_health=options.enable_grpc_healthcheck_service)
+    if options.grpc_max_threads:
+        log.info("--grpc_max_threads=%d: gRPC runs on asyncio here, with no thread per RPC to cap; inference "
+                 "concurrency is the runtime pool's size", options.grpc_max_threads)
+    server = await start_grpc_server(manager, executor, grpc_options)
+    if options.port > 0:
+        log.info("Running gRPC ModelServer at %s:%d ...", options.listen_address, options.port)
+    if options.grpc_socket_path:
+        log.info("Running gRPC ModelServer at UNIX socket %s ...", options.grpc_socket_path)
     return server
 
 

@@ -6,8 +6,15 @@ versions, the version policy picks the aspired ones, new aspired versions are lo
 first) *before* un-aspired ones are unloaded, so a model never drops to zero versions while a
 replacement is coming (and keeps its old version if the new one fails to load).
 
-Request threads read an immutable snapshot (``ServedModel.available``) replaced wholesale on
-every change, so lookups never take the lock that loading holds.
+Request threads read immutable snapshots (``ModelManager.models`` and ``ServedModel.available``)
+replaced wholesale on every change, so lookups never take the lock that loading holds. An
+unloaded version leaves the snapshot at once but is closed only after a short drain, so a
+request that looked it up just before keeps a working model.
+
+A version is warmed up (``assets.extra/tf_serving_warmup_requests``) before it is published; a
+version that fails to load or warm up is kept in the status history (END, with its error) and
+never replaces a serving one. :meth:`ModelManager.reload` is the declarative config reload that
+``HandleReloadConfigRequest`` and ``--model_config_file_poll_wait_seconds`` share.
 """
 
 from __future__ import annotations
@@ -28,6 +35,17 @@ log = logging.getLogger(__name__)
 
 _VERSION_RE = re.compile(r"[+-]?\d+")
 _INT64_MAX = 2 ** 63 - 1
+# How long an unloaded version stays open for requests that looked it up just before it left
+# the snapshot (they go from lookup to ``model.run`` in microseconds; this is ample).
+DRAIN_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class WarmupOptions:
+    """``--enable_model_warmup`` and ``--num_request_iterations_for_warmup``."""
+
+    enabled: bool = True
+    iterations: int = 1
 
 
 @dataclass(frozen=True)
@@ -108,12 +126,15 @@ class ModelManager:
     """Owns every served model; one poll thread loads and unloads, request threads only read."""
 
     def __init__(self, configs: list[ModelConfig], options: LoadOptions, poll_wait_seconds: float,
-                 load_threads: int) -> None:
+                 load_threads: int, warmup: WarmupOptions | None = None) -> None:
         self.options = options
         self.poll_wait_seconds = poll_wait_seconds
         self.load_threads = max(load_threads, 1)
-        self.models: dict[str, ServedModel] = {c.name: ServedModel(c) for c in configs}
-        self._lock = threading.RLock()
+        self.warmup = warmup or WarmupOptions()
+        self.models: dict[str, ServedModel] = {c.name: ServedModel(c) for c in configs}  # replaced, never mutated
+        self.retired: dict[str, ServedModel] = {}   # removed by a reload; kept for their status history
+        self._lock = threading.RLock()              # guards version states
+        self._change_lock = threading.RLock()       # serialises polls and reloads
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_missing: set[str] = set()
@@ -125,26 +146,32 @@ class ModelManager:
 
         Models with no version on disk keep startup waiting, as TF Serving does.
         """
-        pending = set(self.models)
+        if self._wait_available(list(self.models.values())):
+            for model in self.models.values():
+                self._apply_labels(model)
+
+    def _wait_available(self, models: list[ServedModel]) -> bool:
+        """Poll ``models`` until each has an AVAILABLE version (False when stopped first).
+
+        Raises UNKNOWN ``N model(s) did not become available`` if a version fails to load.
+        """
+        pending = {m.config.name: m for m in models}
         while pending:
-            with ThreadPoolExecutor(self.load_threads, thread_name_prefix="load") as pool:
-                list(pool.map(self._poll_model, [self.models[n] for n in sorted(pending)]))
+            with self._change_lock, ThreadPoolExecutor(self.load_threads, thread_name_prefix="load") as pool:
+                list(pool.map(self._poll_model, [pending[n] for n in sorted(pending)]))
             failures = []
             for name in sorted(pending):
-                model = self.models[name]
-                for state in sorted(model.versions.values(), key=lambda s: s.version):
+                for state in sorted(pending[name].versions.values(), key=lambda s: s.version):
                     if state.error is not None:
                         failures.append(f"{{name: {name} version: {state.version}}} due to error: "
                                         f"{state.error.to_string()}")
             if failures:
                 raise ServingError(Code.UNKNOWN, f"{len(failures)} model(s) did not become available: "
                                                  f"{{{', '.join(failures)}}}")
-            pending = {n for n in pending if not self.models[n].available}
-            if pending:
-                if self._stop.wait(max(self.poll_wait_seconds, 1.0)):
-                    return
-        for model in self.models.values():
-            self._apply_labels(model)
+            pending = {n: m for n, m in pending.items() if not m.available}
+            if pending and self._stop.wait(max(self.poll_wait_seconds, 1.0)):
+                return False
+        return True
 
     def start_polling(self) -> None:
         """Poll base paths in the background (not when ``--file_system_poll_wait_seconds`` <= 0)."""
@@ -160,9 +187,64 @@ class ModelManager:
         while not self._stop.wait(self.poll_wait_seconds):
             for model in list(self.models.values()):
                 try:
-                    self._poll_model(model)
+                    with self._change_lock:
+                        if self.models.get(model.config.name) is model:
+                            self._poll_model(model)
                 except Exception:  # noqa: BLE001 - one bad poll never stops polling
                     log.exception("polling model %s failed", model.config.name)
+
+    # ---------------------------------------------------------------- config reload
+
+    def reload(self, configs: list[ModelConfig]) -> None:
+        """Replace the model set (``ServerCore::ReloadConfig``), declaratively.
+
+        Models missing from ``configs`` are unloaded; changed ones get their new policy and
+        labels (labels first, and only onto versions AVAILABLE now, else FAILED_PRECONDITION);
+        new ones are loaded, and this blocks until they are AVAILABLE, raising UNKNOWN
+        ``N model(s) did not become available`` if one fails. Labels of new models are applied
+        once they are loaded.
+        """
+        with self._change_lock:
+            current = self.models
+            for config in configs:
+                old = current.get(config.name)
+                if old is not None and old.config.platform != config.platform:
+                    raise invalid_argument(f"Illegal to change a model's platform. For model {config.name} platform "
+                                           f"was {old.config.platform} and new platform requested is "
+                                           f"{config.platform}")
+            added: list[ServedModel] = []
+            kept: list[ServedModel] = []
+            models: dict[str, ServedModel] = {}
+            for config in configs:
+                model = current.get(config.name)
+                if model is None:
+                    model = self.retired.pop(config.name, None) or ServedModel(config)
+                    added.append(model)
+                else:
+                    kept.append(model)
+                model.config = config
+                models[config.name] = model
+            removed = [m for name, m in current.items() if name not in models]
+            self.models = models
+            for model in removed:
+                log.info("Model %s is no longer in the config; unloading it", model.config.name)
+                for version in sorted(model.available):
+                    self._unload(model, version)
+                model.labels = {}
+                self.retired[model.config.name] = model
+            label_error: ServingError | None = None
+            for model in kept:
+                try:
+                    self._apply_labels(model)
+                except ServingError as exc:
+                    label_error = label_error or exc
+            for model in kept:
+                self._poll_model(model)
+            if label_error is not None:
+                raise label_error
+        if added and self._wait_available(added):
+            for model in added:
+                self._apply_labels(model)
 
     # ---------------------------------------------------------------- versions
 
@@ -202,11 +284,18 @@ class ModelManager:
             model.versions[version] = state
         log.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
         started = time.monotonic()
+        loaded: LoadedModel | None = None
         try:
             loaded = get_runtime(model.config.platform).load(path, self.options)
+            if self.warmup.enabled:
+                from appliance.modelserver.warmup import run_warmup
+
+                run_warmup(loaded, version, path, self.warmup.iterations)
         except Exception as exc:  # noqa: BLE001 - a failed load is a version state, not a crash
             error = exc if isinstance(exc, ServingError) else ServingError(Code.UNKNOWN, str(exc))
             log.error("Loading servable: {name: %s version: %d} failed: %s", name, version, error.to_string())
+            if loaded is not None:
+                loaded.close()
             with self._lock:
                 state.state, state.error = "END", error
                 model.failed_on_disk.add(version)
@@ -218,17 +307,27 @@ class ModelManager:
                  name, version, time.monotonic() - started)
 
     def _unload(self, model: ServedModel, version: int) -> None:
+        """Unpublish now; close after :data:`DRAIN_SECONDS` (state UNLOADING until then)."""
         with self._lock:
             state = model.versions[version]
             state.state = "UNLOADING"
             model.publish()
+        model.labels = {k: v for k, v in model.labels.items() if v != version}
         log.info("Unloading servable version {name: %s version: %d}", model.config.name, version)
+        timer = threading.Timer(DRAIN_SECONDS, self._finish_unload, (model.config.name, state))
+        timer.daemon = True
+        timer.start()
+
+    def _finish_unload(self, name: str, state: VersionState) -> None:
         if state.model is not None:
-            state.model.close()
+            try:
+                state.model.close()
+            except Exception:  # noqa: BLE001 - a runtime's close failing must not kill the timer thread
+                log.exception("closing {name: %s version: %d} failed", name, state.version)
         with self._lock:
             state.model, state.state = None, "END"
             state.cache.clear()
-        model.labels = {k: v for k, v in model.labels.items() if v != version}
+        log.info("Done unloading servable version {name: %s version: %d}", name, state.version)
 
     def _apply_labels(self, model: ServedModel) -> None:
         for label, version in model.config.labels.items():
@@ -260,7 +359,7 @@ class ModelManager:
 
     def version_states(self, name: str, version: int | None = None) -> list[VersionState]:
         """Rows for GetModelStatus, newest first; historical (END) versions included."""
-        model = self.models.get(name)
+        model = self.models.get(name) or self.retired.get(name)
         with self._lock:
             states = sorted(model.versions.values(), key=lambda s: -s.version) if model else []
         if not states:

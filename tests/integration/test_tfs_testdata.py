@@ -1,14 +1,19 @@
-"""The official TF Serving test models (``TFS_TESTDATA``), read in place, never copied."""
+"""The official TF Serving test models (``TFS_TESTDATA``), read in place, never copied.
+
+One server, started like ``tensorflow_model_server`` (``--port``, ``--rest_api_port``,
+``--model_config_file``), driven over plain HTTP and the official ``tensorflow_serving`` stubs.
+"""
 
 from __future__ import annotations
 
 import json
 
+import grpc
 import pytest
 import requests
 
 from tests import tfmodels
-from tests.conftest import ARTIFACTS, TFS_TESTDATA, Processes
+from tests.conftest import ARTIFACTS, TFS_TESTDATA, Processes, free_port
 
 if not TFS_TESTDATA.is_dir():
     pytest.skip(f"TF Serving testdata not found at {TFS_TESTDATA}", allow_module_level=True)
@@ -22,7 +27,8 @@ MODELS = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, session_processes: Processes) -> str:
+def servers(tmp_path_factory: pytest.TempPathFactory, session_processes: Processes) -> tuple[str, int]:
+    """(REST base URL, gRPC port) of one server for the module."""
     config = tmp_path_factory.mktemp("tfs_testdata") / "models.config"
     entries = "".join(f"  config {{ name: '{name}' base_path: '{TFS_TESTDATA / folder}' model_platform: 'tensorflow' }}\n"
                       for name, folder in MODELS.items())
@@ -30,7 +36,22 @@ def server(tmp_path_factory: pytest.TempPathFactory, session_processes: Processe
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / "model_server_tfs_testdata.log"
     log.write_bytes(b"")
-    return tfmodels.start_model_server(session_processes, [f"--model_config_file={config}"], log)
+    port = free_port()
+    url = tfmodels.start_model_server(session_processes, [f"--model_config_file={config}", f"--port={port}"], log)
+    return url, port
+
+
+@pytest.fixture(scope="module")
+def server(servers: tuple[str, int]) -> str:
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def stub(servers: tuple[str, int]):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{servers[1]}") as channel:
+        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
 def predict(server: str, model: str, body: dict) -> requests.Response:
@@ -86,3 +107,133 @@ def test_classify_regress(server: str, model: str, verb: str, body: dict, expect
     r = requests.post(f"{server}/v1/models/{model}:{verb}", data=json.dumps(body), timeout=30)
     assert r.status_code == 200, r.text
     assert r.json() == {"results": expected}
+
+
+def test_tf2_metadata_matches_official_file(server: str) -> None:
+    """TF2 exports also list ``__saved_model_init_op``; compared with the official TF2 file.
+
+    That file was written for a TF2 two-versions model that is not in the testdata; the TF2 model
+    that is (``saved_model_half_plus_two_tf2_cpu``) has the same signatures, inputs, outputs and
+    method names, but its ``serving_default`` also declares a default value for ``x``. So
+    ``defaults`` is compared with the model's own, everything else with the official file.
+    """
+    expected = json.loads((TFS_TESTDATA / "saved_model_half_plus_two_tf2_2_versions_metadata.json").read_text())
+    got = requests.get(f"{server}/v1/models/half_plus_two_tf2/versions/123/metadata", timeout=10).json()
+    assert got["model_spec"] == {"name": "half_plus_two_tf2", "signature_name": "", "version": "123"}
+    want_sigs = expected["metadata"]["signature_def"]["signature_def"]
+    got_sigs = got["metadata"]["signature_def"]["signature_def"]
+    assert set(got_sigs) == set(want_sigs) and "__saved_model_init_op" in got_sigs
+    for name, want in want_sigs.items():
+        assert {k: v for k, v in got_sigs[name].items() if k != "defaults"} == \
+            {k: v for k, v in want.items() if k != "defaults"}, name
+    assert set(got_sigs["serving_default"]["defaults"]) == {"x"}
+    assert all(got_sigs[name]["defaults"] == {} for name in got_sigs if name != "serving_default")
+
+
+# ------------------------------------------------------------------ gRPC, official stubs
+
+
+def _examples(*values: float):
+    from tensorflow_serving.apis import input_pb2
+
+    request_input = input_pb2.Input()
+    for value in values:
+        request_input.example_list.examples.add().features.feature["x"].float_list.value.append(value)
+    return request_input
+
+
+@pytest.mark.parametrize("model", ["half_plus_two", "half_plus_two_tf2", "two_versions"])
+def test_grpc_predict_with_and_without_output_filter(stub, model: str) -> None:
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0], shape=[1]))  # TF Serving's own test request
+    response = stub.Predict(request, timeout=30)
+    assert list(response.outputs) == ["y"] and response.outputs["y"].float_val[:] == [3.0]
+    assert response.model_spec.signature_name == "serving_default"
+    request.output_filter.append("y")
+    assert stub.Predict(request, timeout=30).outputs["y"].float_val[:] == [3.0]
+
+
+def test_grpc_predict_by_version_and_errors(stub) -> None:
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "two_versions"
+    request.model_spec.version.value = 124
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0, 4.0], shape=[2]))
+    response = stub.Predict(request, timeout=30)
+    assert response.outputs["y"].float_val[:] == [3.0, 4.0] and response.model_spec.version.value == 124
+    request.model_spec.version.value = 123
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == "Servable not found for request: Specific(two_versions, 123)"
+    request.model_spec.version.value = 124
+    request.output_filter.append("z")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Predict(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "output tensor alias not found in signature: z Outputs expected to be in the set {y}."
+
+
+@pytest.mark.parametrize("model", ["half_plus_two", "half_plus_two_tf2"])
+def test_grpc_classify_regress_multi_inference(stub, model: str) -> None:
+    from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
+
+    regress = regression_pb2.RegressionRequest(input=_examples(2.0, 4.0))
+    regress.model_spec.name = model
+    regress.model_spec.signature_name = "regress_x_to_y"
+    response = stub.Regress(regress, timeout=30)
+    assert [r.value for r in response.result.regressions] == [3.0, 4.0]
+    assert (response.model_spec.name, response.model_spec.signature_name, response.model_spec.version.value) == \
+        (model, "regress_x_to_y", 123)
+    classify = classification_pb2.ClassificationRequest(input=_examples(2.0))
+    classify.model_spec.name = model
+    classify.model_spec.signature_name = "classify_x_to_y"
+    result = stub.Classify(classify, timeout=30).result
+    assert [[(c.label, c.score) for c in row.classes] for row in result.classifications] == [[("", 3.0)]]
+    multi = inference_pb2.MultiInferenceRequest(input=_examples(2.0))
+    for signature, method in [("regress_x_to_y", "tensorflow/serving/regress"),
+                              ("classify_x_to_y", "tensorflow/serving/classify")]:
+        task = multi.tasks.add(method_name=method)
+        task.model_spec.name = model
+        task.model_spec.signature_name = signature
+    if model == "half_plus_two_tf2":
+        # TF2 exports give every signature its own input placeholder; TF Serving refuses those.
+        with pytest.raises(grpc.RpcError) as info:
+            stub.MultiInference(multi, timeout=30)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == "Input tensor must be the same for all Signatures."
+        return
+    results = stub.MultiInference(multi, timeout=30).results
+    assert results[0].regression_result.regressions[0].value == 3.0
+    assert results[1].classification_result.classifications[0].classes[0].score == 3.0
+    assert [r.model_spec.signature_name for r in results] == ["regress_x_to_y", "classify_x_to_y"]
+
+
+def test_grpc_half_plus_three_regress_signature(stub) -> None:
+    from tensorflow_serving.apis import regression_pb2
+
+    request = regression_pb2.RegressionRequest(input=_examples(1.0, 2.0))
+    request.model_spec.name = "half_plus_three"
+    request.model_spec.signature_name = "tensorflow/serving/regress"
+    assert [r.value for r in stub.Regress(request, timeout=30).result.regressions] == [3.5, 4.0]
+
+
+def test_grpc_metadata_matches_official_file(stub) -> None:
+    from google.protobuf import json_format
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = "half_plus_two"
+    response = stub.GetModelMetadata(request, timeout=30)
+    sigs = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(sigs)
+    expected = json.loads((TFS_TESTDATA / "half_plus_two_model_metadata.json").read_text())
+    options = dict(preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    assert json.loads(json_format.MessageToJson(sigs, **options)) == expected["metadata"]["signature_def"]
+    assert response.model_spec.version.value == 123

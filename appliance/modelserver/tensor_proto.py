@@ -1,0 +1,124 @@
+"""``TensorProto`` <-> numpy, with TensorFlow's ``Tensor::FromProto`` rules and none of its risks.
+
+gRPC requests carry ``TensorProto``s. ``tf.make_ndarray`` would do, but it trusts the shape: a
+proto with ``dim { size: 1000000000000 }`` and one ``float_val`` makes it allocate terabytes
+(``FromProto`` repeats the last value to fill the shape). Decoding here checks the shape and the
+byte budget first, so a hostile request fails cheaply with TF Serving's
+``tensor parsing error: <alias>`` (INVALID_ARGUMENT) instead of taking the process down.
+
+Outputs are written to the typed ``*_val`` fields (``Tensor::AsProtoField``, TF Serving's
+default) because clients such as the official tests read ``float_val``, not ``tensor_content``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from appliance.modelserver.status import Code, ServingError, invalid_argument
+
+# A value broadcast (or zero-filled) to more than this many bytes is refused: no request can
+# legitimately need more than the 2 GiB a gRPC message may carry.
+MAX_TENSOR_BYTES = 2 ** 31 - 1
+_MAX_ELEMENTS = 2 ** 62
+
+# DataType enum value -> (numpy dtype, TensorProto field holding its values)
+_DTYPES: dict[int, tuple[Any, str]] = {
+    1: (np.float32, "float_val"),      # DT_FLOAT
+    2: (np.float64, "double_val"),     # DT_DOUBLE
+    3: (np.int32, "int_val"),          # DT_INT32
+    4: (np.uint8, "int_val"),          # DT_UINT8
+    5: (np.int16, "int_val"),          # DT_INT16
+    6: (np.int8, "int_val"),           # DT_INT8
+    7: (object, "string_val"),         # DT_STRING
+    9: (np.int64, "int64_val"),        # DT_INT64
+    10: (np.bool_, "bool_val"),        # DT_BOOL
+    17: (np.uint16, "int_val"),        # DT_UINT16
+    19: (np.float16, "half_val"),      # DT_HALF
+    22: (np.uint32, "uint32_val"),     # DT_UINT32
+    23: (np.uint64, "uint64_val"),     # DT_UINT64
+}
+# numpy dtype -> (DataType enum value, field), for outputs
+_OUT: dict[np.dtype, tuple[int, str]] = {np.dtype(dt): (enum, field) for enum, (dt, field) in _DTYPES.items()
+                                         if dt is not object}
+
+
+def _shape(proto: Any) -> tuple[int, ...] | None:
+    """``TensorShape::IsValid``: known rank, every dim >= 0, element count without overflow."""
+    shape = proto.tensor_shape
+    if shape.unknown_rank:
+        return None
+    dims = tuple(d.size for d in shape.dim)
+    total = 1
+    for size in dims:
+        if size < 0:
+            return None
+        total *= size
+        if total > _MAX_ELEMENTS:
+            return None
+    return dims
+
+
+def ndarray_from_proto(proto: Any, alias: str) -> np.ndarray:
+    """``Tensor::FromProto`` for one request input; any failure is ``tensor parsing error: alias``."""
+    entry = _DTYPES.get(proto.dtype)
+    shape = _shape(proto)
+    if entry is None or shape is None:
+        raise invalid_argument(f"tensor parsing error: {alias}")
+    dtype, field = entry
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    itemsize = 8 if dtype is object else np.dtype(dtype).itemsize
+    if count * itemsize > MAX_TENSOR_BYTES:
+        raise invalid_argument(f"tensor parsing error: {alias}")
+    if dtype is not object and proto.tensor_content:
+        content = proto.tensor_content
+        if len(content) != count * itemsize:
+            raise invalid_argument(f"tensor parsing error: {alias}")
+        return np.frombuffer(content, dtype=dtype).reshape(shape)
+    values = getattr(proto, field)
+    n = len(values)
+    if dtype is object:
+        out = np.empty(count, dtype=object)
+        if n:
+            out[:min(n, count)] = list(values[:count])
+            if n < count:
+                out[n:] = values[n - 1]
+        else:
+            out[:] = b""
+        return out.reshape(shape)
+    if n == 0:
+        return np.zeros(shape, dtype=dtype)
+    if dtype is np.float16:
+        flat = np.array(values[:count], dtype=np.int64).astype(np.uint16).view(np.float16)
+    else:
+        try:
+            flat = np.array(values[:count], dtype=dtype)
+        except OverflowError:  # int_val 300 for DT_INT8: C++'s static_cast wraps, and so do we
+            flat = np.array(values[:count], dtype=np.int64).astype(dtype)
+    if n < count:  # FromProto repeats the last value
+        flat = np.concatenate([flat, np.full(count - n, flat[-1], dtype=dtype)])
+    return flat.reshape(shape)
+
+
+def proto_from_ndarray(arr: np.ndarray) -> Any:
+    """A numpy array as a ``TensorProto`` with ``*_val`` fields (``Tensor::AsProtoField``)."""
+    from tensorflow.core.framework import tensor_pb2
+
+    proto = tensor_pb2.TensorProto()
+    for size in arr.shape:
+        proto.tensor_shape.dim.add().size = size
+    flat = arr.ravel()
+    if arr.dtype.kind in "OSU":
+        proto.dtype = 7
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist())
+        return proto
+    entry = _OUT.get(arr.dtype)
+    if entry is None:
+        raise ServingError(Code.UNIMPLEMENTED, f"Cannot serialize output of dtype {arr.dtype}")
+    proto.dtype, field = entry
+    if arr.dtype == np.float16:
+        proto.half_val.extend(flat.view(np.uint16).tolist())
+    else:
+        getattr(proto, field).extend(flat.tolist())
+    return proto
