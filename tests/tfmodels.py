@@ -77,14 +77,21 @@ MODELS = {
 }
 
 
-def build_all(dest: Path) -> dict[str, Path]:
-    """Export every model under ``dest``; returns model name -> base path."""
+def build_all(dest: Path, only: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Export every model (or just those in ``only``) under ``dest``; returns model name -> base path."""
     paths = {}
     for name, versions in MODELS.items():
+        if only and name not in only:
+            continue
         for version, build in versions.items():
             _save(dest / name / str(version), build)
         paths[name] = dest / name
     return paths
+
+
+def save_version(path: Path, build) -> None:
+    """Export one version directory (``build`` as in :data:`MODELS`), e.g. into a staging dir."""
+    _save(path, build)
 
 
 def model_config(paths: dict[str, Path]) -> str:
