@@ -78,6 +78,12 @@ class ServingSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    members: tuple[str, ...]
+    dns: str
+
+
+@dataclass(frozen=True)
 class LogviewerSettings:
     enabled: bool
     port: int
@@ -113,6 +119,7 @@ class Config:
     sync: SyncSettings
     repo: RepoSettings
     logviewer: LogviewerSettings
+    cluster: ClusterSettings
 
     def connect_address(self) -> str:
         """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
@@ -232,6 +239,27 @@ def _address(value: Any) -> str:
     return text
 
 
+def _addresses(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else _string(value).split(",")
+    members = tuple(_string(item).strip() for item in items if _string(item).strip())
+    for member in members:
+        try:
+            ipaddress.ip_address(member)
+        except ValueError:
+            raise _Invalid(f"{member!r} is not an IP address (use cluster.dns for a DNS name)") from None
+    if len(set(members)) != len(members):
+        raise _Invalid("an address is listed twice")
+    return members
+
+
+def _hostname(value: Any) -> str:
+    text = _string(value).strip().rstrip(".")
+    if text and not all(part and len(part) < 64 and part.replace("-", "").isalnum()
+                        for part in text.split(".")):
+        raise _Invalid(f"{value!r} is not a DNS name")
+    return text
+
+
 def _non_negative(value: Any) -> int:
     number = _integer(value)
     if number < 0:
@@ -305,6 +333,11 @@ SCHEMA: tuple[Key, ...] = (
         "First of 7 consecutive loopback ports SeaweedFS uses internally on a repo node."),
     Key("repo.data.path", "repo", "data_path", _string, "/data/objectstore",
         "Where the repo node's object store keeps its data (under the node root)."),
+    Key("cluster.members", "cluster", "members", _addresses, "",
+        "Serving nodes' addresses (comma-separated IPs); Envoy on every node balances over them. "
+        "Empty: this node alone (on a serving node)."),
+    Key("cluster.dns", "cluster", "dns", _hostname, "",
+        "A DNS name resolving to every serving node; re-resolved by the agent, joined to members."),
     Key("logviewer.enabled", "logviewer", "enabled", _boolean, True,
         "Run the log and model browser (a login-protected web UI) on every node."),
     Key("logviewer.port", "logviewer", "port", _public_port, 8090,
@@ -318,6 +351,7 @@ SECTIONS = {
     "sync": SyncSettings, "repo": RepoSettings,
     "node": NodeSettings, "model": ModelSettings, "s3": S3Settings,
     "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
+    "cluster": ClusterSettings,
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .models import http_json
+from .localhttp import get_json as http_json
 
 
 @dataclass

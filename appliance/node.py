@@ -12,8 +12,6 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,7 +21,9 @@ import yaml
 from . import render
 from .atomic import write_atomic
 from .config import Config, NodePaths, build, effective_values, local_store
+from .envoy_admin import read_cluster_view
 from .errors import ApplianceError, SupervisorError
+from .localhttp import get_text
 from .supervision import ProcessInfo, Supervisor
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,8 @@ class Node:
         if "models.config" in names:
             progress("models.config changed: restarting the model server")
             self.supervisor.restart("model_server")
+        if any(name.startswith("eds_") for name in names):
+            progress("cluster membership changed: Envoy swapped its endpoints (no restart)")
         if not names:
             progress("already up; nothing changed")
 
@@ -182,16 +184,16 @@ class Node:
                 url = f"http://{host}:{self.config.serving.rest_port}/v1/models/{name}"
                 step(f"model {name} AVAILABLE on the model server", lambda u=url: _available(u))
         admin = f"http://127.0.0.1:{self.config.envoy.admin_port}/ready"
-        step("envoy ready", lambda: _get(admin)[0] == 200)
+        step("envoy ready", lambda: get_text(admin)[0] == 200)
         if self.config.node.role == "repo":
             s3 = f"http://{host}:{self.config.repo.port}/"
-            step(f"object store S3 API on port {self.config.repo.port}", lambda: _get(s3)[0] > 0)
+            step(f"object store S3 API on port {self.config.repo.port}", lambda: get_text(s3)[0] > 0)
             return
         front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
-        step(f"REST through Envoy on port {self.config.http_port}", lambda: _get(front)[0] == 200)
+        step(f"REST through Envoy on port {self.config.http_port}", lambda: get_text(front)[0] == 200)
         if self.config.logviewer.enabled:
             viewer = f"http://{host}:{self.config.logviewer.port}/healthz"
-            step(f"logviewer on port {self.config.logviewer.port}", lambda: _get(viewer)[0] == 200)
+            step(f"logviewer on port {self.config.logviewer.port}", lambda: get_text(viewer)[0] == 200)
 
     def _raise_if_failed(self) -> None:
         try:
@@ -213,7 +215,10 @@ class Node:
         progress("stopped")
 
     def status(self) -> "NodeStatus":
-        status = NodeStatus(root=str(self.paths.root), role=self.config.node.role)
+        cpus = os.cpu_count() or 1
+        status = NodeStatus(root=str(self.paths.root), role=self.config.node.role, cpus=cpus,
+                            envoy_workers=self.config.envoy.concurrency or cpus,
+                            model_server_threads=self.config.serving.num_threads or cpus)
         try:
             status.processes = self.supervisor.processes()
             status.supervisord = "RUNNING"
@@ -224,7 +229,7 @@ class Node:
             host = self.config.connect_address()
             for name in self.config.model.names:
                 url = f"http://{host}:{self.config.serving.rest_port}/v1/models/{name}"
-                code, body = _get(url)
+                code, body = get_text(url)
                 if code == 200:
                     versions = [{"version": v["version"], "state": v["state"],
                                  "error": v["status"].get("error_message", "")}
@@ -233,6 +238,14 @@ class Node:
                 else:
                     status.models[name] = [{"version": "-", "state": "UNREACHABLE" if code == 0
                                             else f"HTTP {code}", "error": body[:200]}]
+        why, clusters = read_cluster_view(self.config.envoy.admin_port)
+        status.envoy = why
+        for cluster in clusters:
+            for host in cluster.hosts:
+                status.upstreams.append({
+                    "cluster": cluster.name, "address": host.address, "health": host.health,
+                    "flags": host.flags, "requests": host.stats.get("rq_total", 0),
+                    "errors": host.stats.get("rq_error", 0)})
         return status
 
 
@@ -243,15 +256,25 @@ class NodeStatus:
     supervisord: str = "UNKNOWN"
     processes: list[ProcessInfo] = field(default_factory=list)
     models: dict[str, list[dict]] = field(default_factory=dict)
+    cpus: int = 0
+    envoy_workers: int = 0
+    model_server_threads: int = 0
+    envoy: str = ""
+    upstreams: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"root": self.root, "role": self.role, "supervisord": self.supervisord,
+                "sizing": {"cpus": self.cpus, "envoy_workers": self.envoy_workers,
+                           "model_server_threads": self.model_server_threads},
+                "envoy": self.envoy, "upstreams": self.upstreams,
                 "processes": [{"name": p.name, "state": p.state, "pid": p.pid,
                                "uptime_seconds": p.uptime_seconds} for p in self.processes],
                 "models": self.models}
 
     def text(self) -> str:
-        lines = [f"node root {self.root} (role {self.role}), supervisord {self.supervisord}"]
+        lines = [f"node root {self.root} (role {self.role}), supervisord {self.supervisord}",
+                 f"  sizing: {self.cpus} CPUs -> {self.envoy_workers} Envoy workers, "
+                 f"{self.model_server_threads} model server threads"]
         if self.processes:
             lines.append(f"  {'PROCESS':<14}{'STATE':<10}{'PID':>8}  UPTIME")
             for p in self.processes:
@@ -263,6 +286,14 @@ class NodeStatus:
                 for v in versions:
                     error = f"  ({v['error']})" if v["error"] else ""
                     lines.append(f"  {name:<32}{v['version']:>9}  {v['state']}{error}")
+        if self.upstreams:
+            lines.append(f"  {'SERVING NODE (as Envoy sees it)':<34}{'CLUSTER':<20}{'HEALTH':<10}"
+                         f"{'REQUESTS':>9}  FLAGS")
+            for up in self.upstreams:
+                lines.append(f"  {up['address']:<34}{up['cluster']:<20}{up['health']:<10}"
+                             f"{up['requests']:>9}  {', '.join(up['flags'])}")
+        elif self.envoy and self.envoy != "ok":
+            lines.append(f"  envoy: {self.envoy}")
         return "\n".join(lines)
 
 
@@ -278,19 +309,8 @@ def _children(path: Path) -> list[Path]:
         return []
 
 
-def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    """(status, body) of a GET; status 0 when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read().decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode("utf-8", "replace")
-    except (OSError, ValueError):
-        return 0, ""
-
-
 def _available(url: str) -> bool:
-    code, body = _get(url)
+    code, body = get_text(url)
     if code != 200:
         return False
     states = [v["state"] for v in json.loads(body).get("model_version_status", [])]

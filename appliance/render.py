@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import subp
+from . import membership, subp
 from .atomic import write_atomic
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
@@ -71,7 +71,6 @@ def supervisor_socket(paths: NodePaths) -> Path:
 
 def _context(config: Config, paths: NodePaths) -> dict:
     cpus = os.cpu_count() or 1
-    upstream = config.connect_address()
     return {
         "config": config,
         "node": config.node,
@@ -87,11 +86,10 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "supervisor_socket": supervisor_socket(paths),
         "envoy_concurrency": config.envoy.concurrency or cpus,
         "serving_threads": config.serving.num_threads or cpus,
-        "upstreams": [upstream],
         "listeners": [
             {"name": "rest", "port": config.http_port, "codec": "AUTO", "cluster": "model_server_rest",
              "upstream_port": config.serving.rest_port,
-             "retry_on": "connect-failure,refused-stream,reset"},
+             "retry_on": "connect-failure,refused-stream,reset,gateway-error"},
             {"name": "grpc", "port": config.grpc_port, "codec": "HTTP2", "cluster": "model_server_grpc",
              "upstream_port": config.serving.grpc_port,
              "retry_on": "connect-failure,refused-stream,reset,unavailable"},
@@ -142,6 +140,8 @@ def render_all(config: Config, paths: NodePaths) -> list[RenderedFile]:
         files.append(RenderedFile(paths.run / target, text))
     if config.node.role == "serving":
         files.append(RenderedFile(paths.run / "models.config", models_config(config, paths)))
+    for cluster, text in membership.eds_documents(config, membership.members(config)).items():
+        files.append(RenderedFile(membership.eds_path(paths, cluster), text))
     return files
 
 
@@ -164,10 +164,14 @@ def install(files: list[RenderedFile], paths: NodePaths) -> list[Path]:
     """Create the node's directories, validate, then write atomically; return what changed."""
     for directory in (paths.run, paths.logs, paths.models):
         directory.mkdir(parents=True, exist_ok=True)
+    # EDS files first: Envoy's validation needs the paths the bootstrap names to exist, and a
+    # membership change alone must not wait for (or trigger) anything else.
+    eds = [f for f in files if f.path.parent == membership.xds_dir(paths)]
+    changed = [f.path for f in eds if write_atomic(f.path, f.content, f.mode)]
     for rendered in files:
         if rendered.path.name == "envoy.yaml":
             validate_envoy(rendered.content, paths.run)
-    changed = [f.path for f in files if write_atomic(f.path, f.content, f.mode)]
+    changed += [f.path for f in files if f not in eds and write_atomic(f.path, f.content, f.mode)]
     for path in changed:
         log.info("wrote %s", path)
     return changed

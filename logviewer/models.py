@@ -8,32 +8,15 @@ model server's TF Serving REST API: ``GET /v1/models/<name>`` and
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.localhttp import get_json as http_json
+
 from . import safepath
 
-TIMEOUT = 2.0
-
-
-def http_json(url: str, timeout: float = TIMEOUT) -> tuple[int, object]:
-    """(status, parsed JSON or error text); status 0 when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read(8 * 1024 * 1024))
-    except urllib.error.HTTPError as exc:
-        body = exc.read(64 * 1024).decode("utf-8", "replace")
-        try:
-            return exc.code, json.loads(body)
-        except ValueError:
-            return exc.code, body
-    except (OSError, ValueError) as exc:
-        return 0, str(exc)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, render_template
 
-from ..cluster import read_cluster_view
+from appliance.envoy_admin import read_cluster_view
 from ..security import login_required
 from . import site
 

@@ -1,0 +1,35 @@
+"""Blocking GETs to this node's own services: the model server's REST status, Envoy's admin.
+
+One place for "ask a local HTTP endpoint, never raise": the CLI, the agent and the logviewer
+all poll these endpoints, and a service that is down is an answer (status 0), not an error.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+MAX_BODY = 8 * 1024 * 1024
+
+
+def get_text(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body text); status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read(MAX_BODY).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(64 * 1024).decode("utf-8", "replace")
+    except (OSError, ValueError) as exc:
+        return 0, str(exc)
+
+
+def get_json(url: str, timeout: float = 2.0) -> tuple[int, object]:
+    """(status, parsed JSON, or the body text when it is not JSON); status 0 when nothing answers."""
+    code, text = get_text(url, timeout)
+    if code == 0:
+        return 0, text
+    try:
+        return code, json.loads(text)
+    except ValueError:
+        return code, text

@@ -1,0 +1,91 @@
+"""Cluster membership -> Envoy endpoints, through file-based EDS.
+
+Every node's Envoy balances over the model servers of all serving nodes. The set of serving
+nodes (``cluster.members``, plus whatever ``cluster.dns`` resolves to) is written as one EDS
+file per upstream cluster; Envoy watches those files and swaps the endpoints in place, so a
+node joining or leaving never restarts Envoy or drops an in-flight request. Envoy only notices
+a *rename* into place (ref/envoy.md §9), which is exactly what :func:`write_atomic` does, and
+unchanged bytes are not rewritten.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import yaml
+
+from .atomic import write_atomic
+from .config import Config, NodePaths
+
+log = logging.getLogger(__name__)
+
+# Upstream cluster name -> which model server port it reaches.
+CLUSTERS = {"model_server_rest": "rest", "model_server_grpc": "grpc"}
+
+
+def xds_dir(paths: NodePaths) -> Path:
+    return paths.run / "xds"
+
+
+def eds_path(paths: NodePaths, cluster: str) -> Path:
+    return xds_dir(paths) / f"eds_{cluster}.yaml"
+
+
+def resolve(name: str) -> list[str]:
+    """Every IPv4/IPv6 address ``name`` resolves to (empty when it does not resolve)."""
+    try:
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        log.warning("cluster.dns %s does not resolve: %s", name, exc)
+        return []
+    return sorted({info[4][0] for info in infos})
+
+
+def members(config: Config) -> list[str]:
+    """The serving nodes' addresses: static members plus DNS, or this node alone."""
+    found = list(config.cluster.members)
+    if config.cluster.dns:
+        found += [addr for addr in resolve(config.cluster.dns) if addr not in found]
+    if not found and not config.cluster.dns and config.node.role == "serving":
+        found = [config.connect_address()]
+    return found
+
+
+def eds_documents(config: Config, addresses: list[str]) -> dict[str, str]:
+    """The EDS DiscoveryResponse of each upstream cluster, as YAML text."""
+    docs = {}
+    for cluster, kind in CLUSTERS.items():
+        port = config.serving.rest_port if kind == "rest" else config.serving.grpc_port
+        endpoints = [{
+            "endpoint": {
+                "address": {"socket_address": {"address": addr, "port_value": port}},
+                # gRPC has no health service in stock TF Serving: health-check the REST port.
+                "health_check_config": {"port_value": config.serving.rest_port},
+            }} for addr in addresses]
+        doc = {
+            "version_info": ",".join(addresses) or "none",
+            "resources": [{
+                "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+                "cluster_name": cluster,
+                "endpoints": [{"lb_endpoints": endpoints}] if endpoints else [],
+            }],
+        }
+        header = "# Written by the appliance from cluster.members / cluster.dns -- do not edit.\n"
+        docs[cluster] = header + yaml.safe_dump(doc, sort_keys=False)
+    return docs
+
+
+def write_endpoints(config: Config, paths: NodePaths, addresses: list[str] | None = None) -> list[Path]:
+    """Install the EDS files for the current membership; return those that changed."""
+    addresses = members(config) if addresses is None else addresses
+    xds_dir(paths).mkdir(parents=True, exist_ok=True)
+    changed = []
+    for cluster, text in eds_documents(config, addresses).items():
+        path = eds_path(paths, cluster)
+        if write_atomic(path, text):
+            changed.append(path)
+    if changed:
+        log.info("serving members: %s", ", ".join(addresses) or "(none)")
+    return changed
