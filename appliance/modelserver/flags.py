@@ -59,16 +59,18 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
          "serve grpc.health.v1.Health (SERVING once every model is loaded)"),
     Flag("enable_model_warmup", bool, True, "replay assets.extra/tf_serving_warmup_requests before serving"),
     Flag("num_request_iterations_for_warmup", int, 0, "times each warmup record is replayed; 0 means once"),
+    Flag("monitoring_config_file", str, "", "MonitoringConfig text proto; prometheus_config serves metrics on REST"),
+    Flag("enable_batching", bool, False, "merge concurrent requests to a signature into one runtime call"),
+    Flag("batching_parameters_file", str, "", "BatchingParameters text proto (needs --enable_batching)"),
+    Flag("model_platform", str, "tensorflow",
+         "model_platform of --model_name/--model_base_path, e.g. onnx (appliance extension)"),
 ]}
 
 # Accepted for compatibility, not implemented yet: a warning when given.
 IGNORED: dict[str, Flag] = {f.name: f for f in [
-    Flag("enable_batching", bool, False, ""),
-    Flag("batching_parameters_file", str, "", ""),
     Flag("enable_per_model_batching_parameters", bool, False, ""),
     Flag("allow_version_labels", bool, True, ""),
     Flag("allow_version_labels_for_unavailable_models", bool, False, ""),
-    Flag("monitoring_config_file", str, "", ""),
     Flag("platform_config_file", str, "", ""),
     Flag("ssl_config_file", str, "", ""),
     Flag("use_alts_credentials", bool, False, ""),

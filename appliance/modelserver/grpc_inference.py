@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from appliance.modelserver import examples
+from appliance.modelserver import examples, monitoring
 from appliance.modelserver.status import Code, ServingError, invalid_argument
 from appliance.modelserver.tensor_proto import ndarray_from_proto, proto_from_ndarray
 from appliance.runtimes import LoadedModel
@@ -63,6 +63,7 @@ def classify(model: LoadedModel, version: int, request: Any) -> Any:
     response = classification_pb2.ClassificationResponse()
     _model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name, version)
     serialized = examples.serialized_from_input(request.input)
+    monitoring.record_examples(request.model_spec.name, len(serialized))
     fill_classifications(response.result, examples.classify(model, signature, serialized))
     return response
 
@@ -75,6 +76,7 @@ def regress(model: LoadedModel, version: int, request: Any) -> Any:
     response = regression_pb2.RegressionResponse()
     _model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name, version)
     serialized = examples.serialized_from_input(request.input)
+    monitoring.record_examples(request.model_spec.name, len(serialized))
     fill_regressions(response.result, examples.regress(model, signature, serialized))
     return response
 
@@ -86,6 +88,7 @@ def multi_inference(model: LoadedModel, version: int, request: Any) -> Any:
     tasks = examples.multi_inference_tasks(
         model, [(t.model_spec.name, t.model_spec.signature_name, t.method_name) for t in request.tasks])
     serialized = examples.serialized_from_input(request.input)
+    monitoring.record_examples(request.tasks[0].model_spec.name, len(serialized))
     response = inference_pb2.MultiInferenceResponse()
     for spec, task in zip((t.model_spec for t in request.tasks), tasks):
         result = examples.run_task(model, task, serialized)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import grpc
 
-from appliance.modelserver import grpc_inference
+from appliance.modelserver import grpc_inference, monitoring
 from appliance.modelserver.manager import ModelManager, VersionState
 from appliance.modelserver.status import Code, ServingError, invalid_argument
 
@@ -74,19 +75,33 @@ def _status_message(message: str) -> str:
 
 
 async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, func: Callable[[Any], Any],
-                request: Any) -> Any:
-    """Run ``func`` (in the pool when ``executor`` is given) and turn failures into gRPC statuses."""
+                request: Any, api: str = "") -> Any:
+    """Run ``func`` (in the pool when ``executor`` is given) and turn failures into gRPC statuses.
+
+    With ``api`` (``Predict``, ``Classify``, ``Regress``) the call is counted in request_count and
+    request_latency under ``request.model_spec.name``, as TF Serving's PredictionServiceImpl does.
+    """
+    start = time.perf_counter()
+    code = Code.INTERNAL
     try:
         if executor is None:
-            return func(request)
-        return await asyncio.get_running_loop().run_in_executor(executor, func, request)
+            result = func(request)
+        else:
+            result = await asyncio.get_running_loop().run_in_executor(executor, func, request)
+        code = Code.OK
+        return result
     except ServingError as err:
+        code = err.code
         await context.abort(grpc.StatusCode[err.code.name], _status_message(err.message))
     except Exception as exc:  # noqa: BLE001 - a request never takes the server down
         if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
+            code = Code.CANCELLED
             raise
         log.exception("unexpected gRPC error")
         await context.abort(grpc.StatusCode.INTERNAL, _status_message(f"{type(exc).__name__}: {exc}"))
+    finally:
+        if api:
+            monitoring.record_request(request.model_spec.name, api, "GRPC", code, start)
 
 
 class PredictionServicer:
@@ -102,24 +117,26 @@ class PredictionServicer:
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, self.executor,
-                           lambda r: self._run(r.model_spec, grpc_inference.predict, r), request)
+                           lambda r: self._run(r.model_spec, grpc_inference.predict, r), request, "Predict")
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, self.executor,
-                           lambda r: self._run(r.model_spec, grpc_inference.classify, r), request)
+                           lambda r: self._run(r.model_spec, grpc_inference.classify, r), request, "Classify")
 
     async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, self.executor,
-                           lambda r: self._run(r.model_spec, grpc_inference.regress, r), request)
+                           lambda r: self._run(r.model_spec, grpc_inference.regress, r), request, "Regress")
 
     async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, self.executor, self._multi_inference, request)
 
     def _multi_inference(self, request: Any) -> Any:
-        if not request.tasks:
-            raise invalid_argument("MultiInferenceRequest must contain at least one task.")
         # Every task must name the same model (checked in the core); the first one picks the version.
-        return self._run(request.tasks[0].model_spec, grpc_inference.multi_inference, request)
+        # Without tasks the spec is empty, hence "ModelSpec has no name specified." as in TF Serving.
+        from tensorflow_serving.apis import model_pb2
+
+        spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        return self._run(spec, grpc_inference.multi_inference, request)
 
     async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, None, self._metadata, request)

@@ -13,16 +13,18 @@ import json
 import logging
 import os
 import re
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 from urllib.parse import unquote
 
 from appliance.modelserver import json_predict
 from appliance.modelserver.json_tensor import InputCodec, make_codec
+from appliance.modelserver import monitoring
 from appliance.modelserver.json_text import dump_string, parse_json_object
 from appliance.modelserver.manager import ModelManager, VersionState
-from appliance.modelserver.status import ServingError, invalid_argument
+from appliance.modelserver.status import Code, ServingError, invalid_argument
 from appliance.runtimes import Signature
 
 log = logging.getLogger(__name__)
@@ -56,12 +58,18 @@ def error_body(message: str) -> bytes:
 class RestApi:
     """Answers one parsed HTTP request; never raises."""
 
-    def __init__(self, manager: ModelManager, executor: Executor, enable_cors: bool = False) -> None:
+    def __init__(self, manager: ModelManager, executor: Executor, enable_cors: bool = False,
+                 metrics_path: str | None = None) -> None:
         self.manager = manager
         self.executor = executor
         self.extra_headers = CORS_HEADERS if enable_cors else ()
+        self.metrics_path = metrics_path  # Prometheus page, registered as an exact URI like TF's
 
     async def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
+        if path == self.metrics_path:
+            if method != "GET":
+                return Response(405, (("Content-Type", "text/plain"),), b"")
+            return Response(200, (("Content-Type", "text/plain"),), monitoring.prometheus_page())
         if not _V1.fullmatch(path):
             return Response(404, (("Content-Type", "text/html"),), NOT_FOUND_PAGE)
         try:
@@ -82,7 +90,8 @@ class RestApi:
             match = _PREDICT.fullmatch(path)
             if match:
                 name, version, label, verb = match.groups()
-                return 200, await self._infer(verb.lower(), name, version, label, body)
+                return 200, await self._counted(name, verb.lower(), self._infer(verb.lower(), name, version, label,
+                                                                                 body))
         elif method == "GET":
             match = _STATUS.fullmatch(path)
             if match:
@@ -90,9 +99,27 @@ class RestApi:
                 if not name:
                     raise invalid_argument("Missing model name in request.")
                 if subresource:
-                    return 200, self._metadata(name, version, label)
-                return 200, self._status(name, version)
+                    return 200, await self._counted(name, "", self._metadata, name, version, label)
+                return 200, await self._counted(name, "", self._status, name, version)
         raise invalid_argument(f"Malformed request: {method} {path}")
+
+    @staticmethod
+    async def _counted(name: str, api: str, work: Any, *args: Any) -> bytes:
+        """Run ``work`` (a coroutine, or a function of ``args``) and record it in request_count/latency."""
+        start = time.perf_counter()
+        code = Code.INTERNAL
+        try:
+            result = await work if asyncio.iscoroutine(work) else work(*args)
+            code = Code.OK
+            return result
+        except ServingError as err:
+            code = err.code
+            raise
+        except asyncio.CancelledError:
+            code = Code.CANCELLED
+            raise
+        finally:
+            monitoring.record_request(unquote(name), api, "REST", code, start)
 
     # ---------------------------------------------------------------- model spec
 

@@ -14,6 +14,7 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from appliance.modelserver.features import ServerFeatures
 from appliance.modelserver.flags import FlagError, Options, parse_flags, usage, warn_ignored
 from appliance.modelserver.manager import ModelConfig, ModelManager, WarmupOptions
 from appliance.modelserver.model_config import ConfigFileError, read_model_server_config
@@ -35,7 +36,7 @@ def _model_configs(options: Options) -> list[ModelConfig]:
         return read_model_server_config(options.model_config_file)
     if not options.model_base_path:
         raise ServingError(Code.INVALID_ARGUMENT, "Both server_model_config_file and model_base_path are empty!")
-    return [ModelConfig(name=options.model_name, base_path=options.model_base_path)]
+    return [ModelConfig(name=options.model_name, base_path=options.model_base_path, platform=options.model_platform)]
 
 
 def _load_options(options: Options) -> object:
@@ -63,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     warn_ignored(options)
     try:
         configs = _model_configs(options)
+        features = ServerFeatures.from_options(options)
     except ConfigFileError as exc:
-        print(f"Error parsing text-format tensorflow.serving.ModelServerConfig: {exc.details}", file=sys.stderr)
+        message_type = getattr(exc, "message_type", "tensorflow.serving.ModelServerConfig")
+        print(f"Error parsing text-format {message_type}: {exc.details}", file=sys.stderr)
         print(f"Failed to start server. Error: INVALID_ARGUMENT: {exc}", file=sys.stderr)
         return 1
     except ServingError as exc:
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                            load_threads=4 * (os.cpu_count() or 1),
                            warmup=WarmupOptions(options.enable_model_warmup,
                                                 max(options.num_request_iterations_for_warmup, 1)))
+    features.attach(manager)
     try:
         manager.load_initial()
     except ServingError as exc:
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     manager.start_polling()
     _watch_config_file(options, manager)
-    code = _serve(options, manager)
+    code = _serve(options, manager, features)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -100,17 +104,17 @@ def _watch_config_file(options: Options, manager: ModelManager) -> None:
         ConfigFileWatcher(options.model_config_file, manager, options.model_config_file_poll_wait_seconds).start()
 
 
-def _serve(options: Options, manager: ModelManager) -> int:
+def _serve(options: Options, manager: ModelManager, features: ServerFeatures) -> int:
     try:
         import uvloop
     except ImportError:
         uvloop = None
     if uvloop is not None:
-        return uvloop.run(_run_servers(options, manager))
-    return asyncio.run(_run_servers(options, manager))
+        return uvloop.run(_run_servers(options, manager, features))
+    return asyncio.run(_run_servers(options, manager, features))
 
 
-async def _run_servers(options: Options, manager: ModelManager) -> int:
+async def _run_servers(options: Options, manager: ModelManager, features: ServerFeatures) -> int:
     from appliance.modelserver.handlers import RestApi
     from appliance.modelserver.rest import start_rest_server
 
@@ -118,13 +122,15 @@ async def _run_servers(options: Options, manager: ModelManager) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    executor = ThreadPoolExecutor(options.rest_api_num_threads, thread_name_prefix="runtime")
+    executor = ThreadPoolExecutor(features.executor_threads(options.rest_api_num_threads),
+                                  thread_name_prefix="runtime")
     servers = []
     try:
         if options.port > 0 or options.grpc_socket_path:
             servers.append(await _start_grpc(options, manager, executor))
         if options.rest_api_port > 0:
-            api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support)
+            api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support,
+                          metrics_path=features.monitoring.prometheus_path)
             servers.append(await start_rest_server(api, options.listen_address, options.rest_api_port))
             log.info("Exporting HTTP/REST API at:%s:%d ...", options.listen_address, options.rest_api_port)
     except (OSError, ValueError) as exc:

@@ -26,7 +26,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from appliance.modelserver.status import Code, ServingError, invalid_argument, not_found
 from appliance.runtimes import LoadedModel, LoadOptions, get_runtime
@@ -122,6 +122,11 @@ def aspired_versions(config: ModelConfig, on_disk: Iterable[int]) -> set[int]:
     return set(present[:max(config.num_versions, 1)])
 
 
+def load_with_runtime(config: ModelConfig, path: str, options: LoadOptions) -> LoadedModel:
+    """Load ``path`` with the runtime of the model's platform (the default ``ModelManager.loader``)."""
+    return get_runtime(config.platform).load(path, options)
+
+
 class ModelManager:
     """Owns every served model; one poll thread loads and unloads, request threads only read."""
 
@@ -130,6 +135,8 @@ class ModelManager:
         self.options = options
         self.poll_wait_seconds = poll_wait_seconds
         self.load_threads = max(load_threads, 1)
+        # Loads one version directory; main.py swaps in one that also batches and counts loads.
+        self.loader: Callable[[ModelConfig, str, LoadOptions], LoadedModel] = load_with_runtime
         self.warmup = warmup or WarmupOptions()
         self.models: dict[str, ServedModel] = {c.name: ServedModel(c) for c in configs}  # replaced, never mutated
         self.retired: dict[str, ServedModel] = {}   # removed by a reload; kept for their status history
@@ -286,7 +293,7 @@ class ModelManager:
         started = time.monotonic()
         loaded: LoadedModel | None = None
         try:
-            loaded = get_runtime(model.config.platform).load(path, self.options)
+            loaded = self.loader(model.config, path, self.options)
             if self.warmup.enabled:
                 from appliance.modelserver.warmup import run_warmup
 

@@ -13,6 +13,7 @@ __all__ = ["LoadedModel", "LoadOptions", "Runtime", "Signature", "TensorSpec", "
 # model_platform -> "module:class". Importing TensorFlow takes seconds, so it happens on first use.
 PLATFORMS: dict[str, str] = {
     "tensorflow": "appliance.runtimes.tensorflow:TensorFlowRuntime",
+    "onnx": "appliance.runtimes.onnx:OnnxRuntime",
 }
 
 _instances: dict[str, Runtime] = {}

@@ -16,10 +16,11 @@ from tests.conftest import TFS_TESTDATA, venv_bin
 
 def test_flag_syntax() -> None:
     opts = parse_flags(["--port=9000", "--rest_api_port", "9001", "--rest_api_enable_cors_support",
-                        "--model_name=m", "--enable_batching=false", "--file_system_poll_wait_seconds", "0"])
+                        "--model_name=m", "--xla_cpu_compilation_enabled=false",
+                        "--file_system_poll_wait_seconds", "0"])
     assert (opts.port, opts.rest_api_port, opts.rest_api_enable_cors_support) == (9000, 9001, True)
     assert opts.model_name == "m" and opts.file_system_poll_wait_seconds == 0
-    assert opts.ignored_given == ["enable_batching"]
+    assert opts.ignored_given == ["xla_cpu_compilation_enabled"]
     assert parse_flags([]).rest_api_port == 0 and parse_flags([]).port == 8500
     assert parse_flags(["--rest_api_enable_cors_support", "false"]).rest_api_enable_cors_support is False
     assert parse_flags([]).rest_api_num_threads >= 1

@@ -59,5 +59,5 @@ def test_runtime_load_failure_and_unknown_platform(tmp_path: Path) -> None:
     with pytest.raises(ServingError) as info:
         get_runtime("tensorflow").load(str(tmp_path), LoadOptions())
     assert info.value.code == Code.NOT_FOUND
-    with pytest.raises(ServingError, match="valid platforms: tensorflow"):
+    with pytest.raises(ServingError, match="valid platforms: onnx, tensorflow"):
         get_runtime("caffe")

@@ -1,0 +1,139 @@
+"""TF Serving's metrics (``tfserving-api.md`` §5), recorded by the request paths and the loader.
+
+Names, label names, kinds and buckets are TF Serving's own (``servables/tensorflow/util.cc``,
+``batching/batching_session.cc``, TF's ``cc/saved_model/loader.cc``), so existing dashboards
+and alerts built on ``tensorflow_model_server`` keep working. Like TF, metrics are always
+collected; ``--monitoring_config_file`` only decides whether the page is served.
+
+One addition of ours: ``:appliance:serving:available_versions{model_name}``, a gauge of the
+versions that are AVAILABLE, computed from the manager at scrape time (zero cost per request).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import numpy as np
+
+from appliance.modelserver.metrics import Counter, Gauge, Histogram, Registry, exponential_buckets
+from appliance.modelserver.status import Code
+from appliance.runtimes.base import LoadedModel, Signature
+
+if TYPE_CHECKING:
+    from appliance.modelserver.manager import ModelManager
+
+log = logging.getLogger(__name__)
+
+REGISTRY = Registry()
+_LATENCY_BUCKETS = exponential_buckets(10, 1.8, 33)       # µs, ~20 minutes
+_BATCH_SIZE_BUCKETS = exponential_buckets(1, 2, 15)       # 1, 2, 4, ... 16384
+
+REQUEST_COUNT: Counter = REGISTRY.add(Counter(
+    "/tensorflow/serving/request_count", "The total number of requests.", ["model_name", "status"]))
+REQUEST_LATENCY: Histogram = REGISTRY.add(Histogram(
+    "/tensorflow/serving/request_latency",
+    "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+    ["model_name", "API", "entrypoint"], _LATENCY_BUCKETS))
+RUNTIME_LATENCY: Histogram = REGISTRY.add(Histogram(
+    "/tensorflow/serving/runtime_latency", "Distribution of wall time (in microseconds) for Tensorflow runtime.",
+    ["model_name", "API", "runtime"], _LATENCY_BUCKETS))
+EXAMPLE_COUNTS: Histogram = REGISTRY.add(Histogram(
+    "/tensorflow/serving/request_example_counts", "The number of tensorflow.Examples per request.", ["model"],
+    _BATCH_SIZE_BUCKETS))
+EXAMPLE_COUNT_TOTAL: Counter = REGISTRY.add(Counter(
+    "/tensorflow/serving/request_example_count_total", "The total number of tensorflow.Examples.", ["model"]))
+LOAD_ATTEMPT_COUNT: Counter = REGISTRY.add(Counter(
+    "/tensorflow/cc/saved_model/load_attempt_count", "The number of times a SavedModel was successfully loaded.",
+    ["model_path", "status"]))
+LOAD_LATENCY: Counter = REGISTRY.add(Counter(
+    "/tensorflow/cc/saved_model/load_latency",
+    "Latency in microseconds for SavedModels that were successfully loaded.", ["model_path"]))
+QUEUING_LATENCY: Histogram = REGISTRY.add(Histogram(
+    "/tensorflow/serving/batching_session/queuing_latency",
+    "Distribution of wall time spent (in microseconds) in queuing", ["thread_pool_name"],
+    exponential_buckets(100, 1.2, 52)))
+WRAPPED_RUN_COUNT: Counter = REGISTRY.add(Counter(
+    "/tensorflow/serving/batching_session/wrapped_run_count", "Total count of run calls on the wrapped session",
+    []))
+INPUT_BATCH_SIZE: Histogram = REGISTRY.add(Histogram(
+    "/tensorflow/serving/batching_session/input_batch_size", "Input batch size.", [], _BATCH_SIZE_BUCKETS))
+PROCESSED_BATCH_SIZE: Histogram = REGISTRY.add(Histogram(
+    "/tensorflow/serving/batching_session/processed_batch_size", "Processed batch size.", [], _BATCH_SIZE_BUCKETS))
+PADDING_SIZE: Histogram = REGISTRY.add(Histogram(
+    "/tensorflow/serving/batching_session/padding_size", "Tracks the padding size.", ["execution_batch_size"],
+    _BATCH_SIZE_BUCKETS))
+AVAILABLE_VERSIONS: Gauge = REGISTRY.add(Gauge(
+    "/appliance/serving/available_versions", "Versions of a model that are AVAILABLE.", ["model_name"]))
+
+# The runtime label TF Serving uses for a SavedModel session, and ours for other runtimes.
+RUNTIME_LABELS = {"tensorflow": "TF1", "onnx": "ONNX"}
+_METHOD_API = {"tensorflow/serving/classify": "Classify", "tensorflow/serving/regress": "Regress"}
+
+
+def micros_since(start: float) -> int:
+    return int((time.perf_counter() - start) * 1_000_000)
+
+
+def record_request(model_name: str, api: str, entrypoint: str, code: Code, start: float) -> None:
+    """One finished request: count it by status; its latency only when it succeeded (as TF does)."""
+    REQUEST_COUNT.increment(model_name, code.name)
+    if code is Code.OK:
+        REQUEST_LATENCY.observe(model_name, api, entrypoint, value=micros_since(start))
+
+
+def record_examples(model_name: str, count: int) -> None:
+    """Classify/Regress/MultiInference: the number of tf.Examples in one request."""
+    EXAMPLE_COUNTS.observe(model_name, value=count)
+    EXAMPLE_COUNT_TOTAL.increment(model_name, by=count)
+
+
+def record_load(model_path: str, ok: bool, start: float) -> None:
+    """One load attempt of one version directory (``loader.cc``: ``success``/``fail``)."""
+    LOAD_ATTEMPT_COUNT.increment(model_path, "success" if ok else "fail")
+    if ok:
+        LOAD_LATENCY.increment(model_path, by=micros_since(start))
+
+
+def watch_manager(manager: ModelManager) -> None:
+    """Compute the available-versions gauge from ``manager`` at each scrape."""
+    def collect() -> Iterable[tuple[tuple[str, ...], int]]:
+        return [((name, ), len(model.available)) for name, model in sorted(manager.models.items())]
+    AVAILABLE_VERSIONS.collect = collect
+
+
+def prometheus_page() -> bytes:
+    return REGISTRY.prometheus_text().encode("utf-8")
+
+
+class InstrumentedModel(LoadedModel):
+    """Times every run of a loaded model for ``runtime_latency``; everything else is delegated.
+
+    The ``API`` label comes from the signature's method name (prepared once per signature), which
+    is what the run is for unless a TF2 model declares every signature as predict.
+    """
+
+    def __init__(self, inner: LoadedModel, model_name: str, platform: str) -> None:
+        super().__init__(inner.path, inner.signatures)
+        self.inner = inner
+        runtime = RUNTIME_LABELS.get(platform, platform)
+        self._cells = {name: RUNTIME_LATENCY.cell(model_name, _METHOD_API.get(sig.method_name, "Predict"), runtime)
+                       for name, sig in inner.signatures.items()}
+
+    def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        result = self.inner.run(signature_name, inputs)
+        cell = self._cells.get(signature_name)
+        if cell is not None:
+            cell.add(micros_since(start))
+        return result
+
+    def _run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.inner._run(signature, inputs)
+
+    def signature_def_map(self) -> Any:
+        return self.inner.signature_def_map()
+
+    def close(self) -> None:
+        self.inner.close()
