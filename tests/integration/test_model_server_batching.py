@@ -201,3 +201,28 @@ def test_prometheus_page(ports: tuple[str, int, str]) -> None:
 def test_prometheus_page_only_answers_get(server: str) -> None:
     assert requests.post(server + METRICS_PATH, data=b"", timeout=10).status_code == 405
     assert requests.get(server + "/monitoring/prometheus/metrics", timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--monitoring_config_file={bad}"], "Error parsing text-format tensorflow.serving.MonitoringConfig: "),
+    (["--enable_batching", "--batching_parameters_file={bad}"],
+     "Error parsing text-format tensorflow.serving.BatchingParameters: "),
+    (["--batching_parameters_file={good}"],
+     "Failed to start server. Error: INVALID_ARGUMENT: server_options.batching_parameters_file is set without "
+     "setting server_options.enable_batching to true."),
+])
+def test_bad_config_files_stop_the_server(tmp_path, flags: list[str], expected: str) -> None:
+    import subprocess
+
+    from tests.conftest import venv_bin
+
+    bad, good = tmp_path / "bad.config", tmp_path / "good.config"
+    bad.write_text("prometheus_config { enable: yes please }\nmax_batch_size: 3\n")
+    good.write_text("max_batch_size { value: 8 }\n")
+    args = [flag.format(bad=bad, good=good) for flag in flags]
+    result = subprocess.run([venv_bin("appliance-model-server"), "--port=0", f"--model_base_path={tmp_path}", *args],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    if "parsing" in expected:
+        assert f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{bad}'" in result.stderr
