@@ -216,15 +216,16 @@ class ModelServicer:
 async def start_grpc_server(manager: ModelManager, executor: Executor, host: str | GrpcOptions,
                             port: int = 0) -> grpc.aio.Server:
     """Serve on ``host:port`` (and the unix socket); ``host`` may be a :class:`GrpcOptions`."""
-    from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 
     options = host if isinstance(host, GrpcOptions) else GrpcOptions(host=host, port=port)
     channel_options = [("grpc.max_receive_message_length", MAX_MESSAGE),
                        ("grpc.max_send_message_length", MAX_MESSAGE)]
     channel_options += parse_channel_arguments(options.channel_arguments)
     server = grpc.aio.server(options=channel_options)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(manager, executor), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(manager), server)
+    server.add_generic_rpc_handlers((
+        _service_handler(prediction_service_pb2, "PredictionService", PredictionServicer(manager, executor)),
+        _service_handler(model_service_pb2, "ModelService", ModelServicer(manager))))
     if options.enable_health:
         await _add_health(server)
     if options.port > 0:
@@ -236,6 +237,35 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
             raise OSError(f"cannot bind gRPC unix socket {options.socket_path}")
     await server.start()
     return server
+
+
+def _service_handler(module: Any, service: str, servicer: Any) -> grpc.GenericRpcHandler:
+    """The service's unary methods, parsing request bytes in the handler.
+
+    A body that does not parse as the request message gets INTERNAL with the parser's (empty)
+    initialization error, as C++ gRPC's ``GenericDeserialize`` answers it in TF Serving; a
+    deserializer passed to grpc would make Python's server answer UNKNOWN instead.
+    """
+    from google.protobuf import message_factory
+
+    descriptor = module.DESCRIPTOR.services_by_name[service]
+    handlers = {}
+    for method in descriptor.methods:
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+
+        async def handle(raw: bytes, context: grpc.aio.ServicerContext, impl: Any = getattr(servicer, method.name),
+                         request_class: Any = request_class) -> Any:
+            request = request_class()
+            try:
+                request.ParseFromString(raw)
+            except Exception:  # noqa: BLE001 - protobuf's DecodeError; the body is not this message
+                await context.abort(grpc.StatusCode.INTERNAL, "")
+            return await impl(request, context)
+
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            handle, request_deserializer=None, response_serializer=response_class.SerializeToString)
+    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
 
 async def _add_health(server: grpc.aio.Server) -> None:
