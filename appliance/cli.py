@@ -53,6 +53,22 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--user-data", type=Path,
                       help="user data file (default <root>/var/lib/cloud/instance/user-data.txt)")
     boot.add_argument("--force", action="store_true", help="re-apply user data applied before")
+    cluster = sub.add_parser("cluster", help="serving nodes this node's Envoy balances over")
+    cluster.add_argument("action", choices=["add-node", "remove-node", "members"])
+    cluster.add_argument("addresses", nargs="*", metavar="ADDR", help="serving node IP address(es)")
+    dev = with_overrides(sub.add_parser(
+        "dev-cluster", help="N complete nodes on this machine, each on its own loopback address"))
+    dev.add_argument("action", choices=["up", "down", "status", "add-node", "remove-node"])
+    dev.add_argument("name", nargs="?", help="remove-node: the node's name (e.g. serving-2)")
+    dev.add_argument("--dir", type=Path, default=Path(".dev-cluster"),
+                     help="where the nodes' roots live (default ./.dev-cluster)")
+    dev.add_argument("--serving", type=int, default=3, help="serving nodes (default 3)")
+    dev.add_argument("--repo", type=int, default=1, help="repo nodes: 0 or 1 (default 1)")
+    dev.add_argument("--models", default="saved_model_half_plus_two_mkl,resnet",
+                     help="built-in models to serve (comma-separated)")
+    dev.add_argument("--first-address", default="127.0.0.2", help="the first node's address")
+    dev.add_argument("--admin-port-base", type=int, default=8001,
+                     help="Envoy admin port of the first node; the next nodes count up")
     return parser
 
 
@@ -106,6 +122,39 @@ def _dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
         else:
             print(f"logviewer password (shown once): {credentials.set_password(paths.etc)}")
             print("every open logviewer session is logged out")
+        return 0
+    if args.command == "cluster":
+        from .cluster import change_members, show_members
+
+        if args.action == "members":
+            print("\n".join(show_members(paths)))
+            return 0
+        if not args.addresses:
+            raise ApplianceError(f"cluster {args.action} needs at least one ADDR")
+        add = args.addresses if args.action == "add-node" else []
+        remove = args.addresses if args.action == "remove-node" else []
+        change_members(paths, args.config or paths.config_file, add, remove)
+        return 0
+    if args.command == "dev-cluster":
+        from . import devcluster
+        from .config import parse_overrides
+
+        if args.action == "up":
+            overrides, problems = parse_overrides(args.overrides)
+            if problems:
+                raise ConfigError(problems)
+            devcluster.up(args.dir, args.serving, args.repo, args.models.split(","), overrides,
+                          args.first_address, args.admin_port_base)
+        elif args.action == "down":
+            devcluster.down(args.dir)
+        elif args.action == "add-node":
+            devcluster.add_serving(args.dir)
+        elif args.action == "remove-node":
+            if not args.name:
+                raise ApplianceError("dev-cluster remove-node needs the node's name, e.g. serving-2")
+            devcluster.remove_serving(args.dir, args.name)
+        else:
+            print(devcluster.status(args.dir))
         return 0
     if args.command == "validate-config":
         config = _config(args, paths)

@@ -1,0 +1,73 @@
+"""Membership changes on a running node: ``appliance cluster add-node|remove-node|members``.
+
+A user edits ``cluster.members`` in the config file, or lets these commands do it; either way
+the node's EDS files are rewritten and Envoy swaps its endpoints without a restart. The change
+is made on the node it runs on: run it on every node (or use ``cluster.dns``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from . import membership
+from .atomic import write_atomic
+from .config import Config, NodePaths, build, effective_values
+from .errors import ApplianceError, ConfigError
+from .node import EFFECTIVE, Node
+
+
+def static_members(config: Config) -> list[str]:
+    """The explicit member list; an empty one means "this node alone" on a serving node."""
+    if config.cluster.members:
+        return list(config.cluster.members)
+    return [config.connect_address()] if config.node.role == "serving" and not config.cluster.dns else []
+
+
+def _set_members_in_file(path: Path, members: list[str]) -> None:
+    """Set ``cluster.members`` in the YAML file, in whichever spelling the file already uses."""
+    try:
+        tree: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        tree, mode = {}, 0o600
+    if not isinstance(tree, dict):
+        raise ConfigError([("(file)", "the top level must be a mapping of keys")], str(path))
+    value = ",".join(members)
+    if isinstance(tree.get("cluster"), dict):
+        tree["cluster"]["members"] = value
+    else:
+        tree["cluster.members"] = value
+    write_atomic(path, yaml.safe_dump(tree, sort_keys=False), mode=mode)
+
+
+def change_members(paths: NodePaths, config_file: Path, add: list[str], remove: list[str],
+                   progress: Callable[[str], None] = print) -> list[str]:
+    """Add/remove serving nodes; persist in the config file and the running node; re-point Envoy."""
+    for address in add + remove:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ApplianceError(f"{address!r} is not an IP address") from None
+    node = Node.from_run_dir(paths)
+    members = static_members(node.config)
+    missing = [a for a in remove if a not in members]
+    if missing:
+        raise ApplianceError(f"not a member: {', '.join(missing)} (members: {', '.join(members)})")
+    members = [a for a in members if a not in remove] + [a for a in add if a not in members]
+    values = effective_values(node.config, mask_secrets=False)
+    values["cluster.members"] = ",".join(members)
+    config = build(values)  # validates the new list
+    _set_members_in_file(config_file, members)
+    write_atomic(paths.run / EFFECTIVE, yaml.safe_dump(values, sort_keys=False), mode=0o600)
+    changed = membership.write_endpoints(config, paths)
+    progress(f"members: {', '.join(membership.members(config)) or '(none)'}"
+             + ("" if changed else " (unchanged)"))
+    return members
+
+
+def show_members(paths: NodePaths) -> list[str]:
+    return membership.members(Node.from_run_dir(paths).config)

@@ -1,0 +1,218 @@
+"""A whole cluster on one machine, for development and tests: ``appliance dev-cluster up|down|status``.
+
+Each node is complete (its own root dir, config file, supervisord, Envoy, model server or
+object store) and listens on its own loopback address (127.0.0.2, 127.0.0.3, ...), so every
+node uses the same ports, as on real machines; only Envoy's admin, which always binds
+127.0.0.1, gets one port per node. With a repo node, the models live in its object store and
+the serving nodes' agents sync them; without one, each serving node gets them on local disk.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .atomic import write_atomic
+from .envoy_admin import read_cluster_view
+from .errors import ApplianceError
+
+STATE = "dev-cluster.json"
+CLI = [sys.executable, "-m", "appliance.cli"]
+
+
+@dataclass
+class DevNode:
+    name: str
+    role: str
+    address: str
+    root: str
+    admin_port: int
+
+
+def _cli(root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + ["--root", str(root), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _check(result: subprocess.CompletedProcess, what: str) -> str:
+    if result.returncode != 0:
+        raise ApplianceError(f"{what} failed (exit {result.returncode}):\n"
+                             f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def plan(base: Path, serving: int, repo: int, first: str, admin_base: int) -> list[DevNode]:
+    """Names, addresses and admin ports: serving nodes first, then the repo node(s)."""
+    start = ipaddress.ip_address(first)
+    nodes = []
+    for index in range(serving + repo):
+        role = "serving" if index < serving else "repo"
+        name = f"serving-{index + 1}" if role == "serving" else f"repo-{index - serving + 1}"
+        nodes.append(DevNode(name, role, str(start + index), str(base / name), admin_base + index))
+    return nodes
+
+
+def _write_config(node: DevNode, values: dict[str, object]) -> None:
+    path = Path(node.root) / "etc/appliance/appliance.yaml"
+    header = f"# dev-cluster node {node.name}: written by `appliance dev-cluster up`.\n"
+    write_atomic(path, header + yaml.safe_dump(values, sort_keys=False), mode=0o600)
+
+
+def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[str, str],
+       first: str = "127.0.0.2", admin_base: int = 8001,
+       progress: Callable[[str], None] = print) -> list[DevNode]:
+    """Start every node (repo first, so serving nodes can sync from it); idempotent."""
+    if serving < 1 or repo not in (0, 1):
+        raise ApplianceError("a dev cluster has 1 or more serving nodes and 0 or 1 repo node")
+    base = base.resolve()
+    nodes = plan(base, serving, repo, first, admin_base)
+    write_atomic(base / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
+    members = ",".join(n.address for n in nodes if n.role == "serving")
+    common: dict[str, object] = {"cluster.members": members, "model.name": ",".join(models),
+                                 **overrides}
+    builtin = base / "builtin-models"
+    from .builtin_models import build_all
+
+    build_all(builtin, models, progress=progress)
+    s3: dict[str, object] = {}
+    for node in (n for n in nodes if n.role == "repo"):
+        _write_config(node, {**common, "node.role": "repo", "node.address": node.address,
+                             "envoy.admin.port": node.admin_port})
+        progress(f"{node.name} ({node.address}): starting the object store")
+        _check(_cli(Path(node.root), "up"), f"starting {node.name}")
+        creds = yaml.safe_load((Path(node.root) / "etc/appliance/objectstore.credentials").read_text())
+        port = overrides.get("repo.port", 8333)
+        s3 = {"s3.type": "seaweedfs", "s3.endpoint": f"http://{node.address}:{port}",
+              "model.base.path": "s3://models", **creds}
+    for node in (n for n in nodes if n.role == "serving"):
+        _write_config(node, {**common, **s3, "node.role": "serving", "node.address": node.address,
+                             "envoy.admin.port": node.admin_port})
+        if not s3:
+            store = Path(node.root) / "data/models"
+            for name in models:
+                if not (store / name).exists():
+                    shutil.copytree(builtin / name, store / name, copy_function=_link_or_copy)
+    if s3:
+        _push_missing(next(n for n in nodes if n.role == "serving"), builtin, models)
+    for node in (n for n in nodes if n.role == "serving"):
+        progress(f"{node.name} ({node.address}): starting")
+        _check(_cli(Path(node.root), "up"), f"starting {node.name}")
+    progress(f"dev cluster up: {len(nodes)} nodes under {base}; REST on any of "
+             + ", ".join(f"http://{n.address}:{overrides.get('http.port', 8080)}" for n in nodes))
+    return nodes
+
+
+def _push_missing(node: DevNode, builtin: Path, models: list[str]) -> None:
+    """Upload the built-in models to the repo node's bucket, unless they are there already."""
+    from .config import NodePaths, load_config
+    from .models_cli import push
+    from .sources import open_source
+
+    root = Path(node.root)
+    paths = NodePaths(root)
+    config = load_config(paths.config_file)
+    source = open_source(config, paths)
+    for name in models:
+        if not source.versions(name):
+            push(config, paths, builtin / name, name, None)
+
+
+def add_serving(base: Path, progress: Callable[[str], None] = print) -> DevNode:
+    """Start one more serving node (next free address), then add it on every node."""
+    nodes = load(base)
+    template = next(n for n in nodes if n.role == "serving")
+    last = max(nodes, key=lambda n: ipaddress.ip_address(n.address))
+    number = sum(n.role == "serving" for n in nodes) + 1
+    while any(n.name == f"serving-{number}" for n in nodes):
+        number += 1
+    node = DevNode(f"serving-{number}", "serving", str(ipaddress.ip_address(last.address) + 1),
+                   str(Path(base).resolve() / f"serving-{number}"),
+                   max(n.admin_port for n in nodes) + 1)
+    values = yaml.safe_load((Path(template.root) / "etc/appliance/appliance.yaml").read_text())
+    members = [n.address for n in nodes if n.role == "serving"] + [node.address]
+    values.update({"node.address": node.address, "envoy.admin.port": node.admin_port,
+                   "cluster.members": ",".join(members)})
+    _write_config(node, values)
+    if values.get("s3.type", "none") == "none":
+        store = Path(node.root) / "data/models"
+        for name in str(values["model.name"]).split(","):
+            shutil.copytree(Path(template.root) / "data/models" / name, store / name,
+                            copy_function=_link_or_copy)
+    progress(f"{node.name} ({node.address}): starting")
+    _check(_cli(Path(node.root), "up"), f"starting {node.name}")
+    nodes.append(node)
+    write_atomic(Path(base).resolve() / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
+    for other in nodes:
+        if other is not node:
+            _check(_cli(Path(other.root), "cluster", "add-node", node.address), "add-node")
+    progress(f"{node.name} joined: every node balances over it")
+    return node
+
+
+def remove_serving(base: Path, name: str, progress: Callable[[str], None] = print) -> None:
+    """Take a serving node out of every node's Envoy first, then stop it."""
+    nodes = load(base)
+    node = next((n for n in nodes if n.name == name and n.role == "serving"), None)
+    if node is None:
+        raise ApplianceError(f"no serving node {name} in the dev cluster")
+    for other in nodes:
+        if other is not node:
+            _check(_cli(Path(other.root), "cluster", "remove-node", node.address), "remove-node")
+    for other in nodes:
+        if other is not node:
+            _wait_gone_from_envoy(other, node.address)
+    _check(_cli(Path(node.root), "down", timeout=300), f"stopping {name}")
+    nodes.remove(node)
+    write_atomic(Path(base).resolve() / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
+    progress(f"{name} left the cluster and stopped")
+
+
+def _wait_gone_from_envoy(node: DevNode, address: str, timeout: float = 30.0) -> None:
+    """Envoy applies an EDS rename within a moment; wait until it no longer lists ``address``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, clusters = read_cluster_view(node.admin_port)
+        if clusters and not any(h.address.startswith(f"{address}:") for c in clusters for h in c.hosts):
+            return
+        time.sleep(0.1)
+    raise ApplianceError(f"{node.name}'s Envoy still lists {address} after {timeout:.0f}s")
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard links: the models are read-only data and this keeps N copies cheap."""
+    try:
+        Path(dst).hardlink_to(src)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def load(base: Path) -> list[DevNode]:
+    try:
+        return [DevNode(**n) for n in json.loads((base.resolve() / STATE).read_text())]
+    except FileNotFoundError:
+        raise ApplianceError(f"no dev cluster under {base} ({STATE} is missing)") from None
+
+
+def down(base: Path, progress: Callable[[str], None] = print) -> None:
+    """Stop every node (serving first, the repo node last)."""
+    for node in reversed(load(base)):
+        result = _cli(Path(node.root), "down", timeout=300)
+        progress(f"{node.name}: {result.stdout.strip() or result.stderr.strip()}")
+
+
+def status(base: Path) -> str:
+    lines = []
+    for node in load(base):
+        result = _cli(Path(node.root), "status", timeout=60)
+        lines.append(f"== {node.name} ({node.role}, {node.address}, admin 127.0.0.1:{node.admin_port})")
+        lines.append(result.stdout.rstrip() or result.stderr.rstrip())
+    return "\n".join(lines)
