@@ -72,11 +72,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_file(args: argparse.Namespace, paths: NodePaths) -> Path | None:
+    if args.config is None and paths.config_file.exists():
+        return paths.config_file
+    return args.config
+
+
 def _config(args: argparse.Namespace, paths: NodePaths) -> Config:
-    path = args.config
-    if path is None and paths.config_file.exists():
-        path = paths.config_file
-    return load_config(path, getattr(args, "overrides", []))
+    return load_config(_config_file(args, paths), getattr(args, "overrides", []))
+
+
+def _node(args: argparse.Namespace, paths: NodePaths):  # -> Node (imported lazily)
+    from .node import Node
+
+    return Node(_config(args, paths), paths, _config_file(args, paths), args.overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,12 +181,12 @@ def _dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
                 print(f"==> {rendered.path} (mode {rendered.mode:o})")
                 print(rendered.content)
             return 0
-        changed = Node(config, paths).render()
+        changed = _node(args, paths).render()
         for rendered in files:
             print(f"{'wrote' if rendered.path in changed else 'unchanged'} {rendered.path}")
         return 0
     if args.command == "up":
-        Node(_config(args, paths), paths).up(foreground=args.foreground, timeout=args.timeout)
+        _node(args, paths).up(foreground=args.foreground, timeout=args.timeout)
         return 0
     if args.command == "down":
         Node.from_run_dir(paths).down()

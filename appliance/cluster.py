@@ -15,7 +15,8 @@ import yaml
 
 from . import membership
 from .atomic import write_atomic
-from .config import Config, NodePaths, build, effective_values
+from .config import (Config, NodePaths, build, effective_values, record_sources, reload_config,
+                     reload_sources)
 from .errors import ApplianceError, ConfigError
 from .node import EFFECTIVE, Node
 
@@ -52,16 +53,22 @@ def change_members(paths: NodePaths, config_file: Path, add: list[str], remove: 
             ipaddress.ip_address(address)
         except ValueError:
             raise ApplianceError(f"{address!r} is not an IP address") from None
-    node = Node.from_run_dir(paths)
-    members = static_members(node.config)
+    Node.from_run_dir(paths)  # a node must have been started here
+    current = reload_config(paths)  # the config file as it is now, plus `up`'s overrides
+    members = static_members(current)
     missing = [a for a in remove if a not in members]
     if missing:
         raise ApplianceError(f"not a member: {', '.join(missing)} (members: {', '.join(members)})")
     members = [a for a in members if a not in remove] + [a for a in add if a not in members]
-    values = effective_values(node.config, mask_secrets=False)
+    values = effective_values(current, mask_secrets=False)
     values["cluster.members"] = ",".join(members)
     config = build(values)  # validates the new list
     _set_members_in_file(config_file, members)
+    recorded_file, overrides = reload_sources(paths)
+    if any(o.split("=", 1)[0].strip() == "cluster.members" for o in overrides):
+        # `up --set cluster.members=...` would win over the file: keep the override in step.
+        overrides = [o for o in overrides if o.split("=", 1)[0].strip() != "cluster.members"]
+        record_sources(paths, recorded_file, overrides + [f"cluster.members={values['cluster.members']}"])
     write_atomic(paths.run / EFFECTIVE, yaml.safe_dump(values, sort_keys=False), mode=0o600)
     changed = membership.write_endpoints(config, paths)
     progress(f"members: {', '.join(membership.members(config)) or '(none)'}"
@@ -70,4 +77,5 @@ def change_members(paths: NodePaths, config_file: Path, add: list[str], remove: 
 
 
 def show_members(paths: NodePaths) -> list[str]:
-    return membership.members(Node.from_run_dir(paths).config)
+    Node.from_run_dir(paths)
+    return membership.members(reload_config(paths))

@@ -89,3 +89,26 @@ def write_endpoints(config: Config, paths: NodePaths, addresses: list[str] | Non
     if changed:
         log.info("serving members: %s", ", ".join(addresses) or "(none)")
     return changed
+
+
+class MembershipWatch:
+    """Re-reads the node's config file and ``cluster.dns`` each agent cycle; re-points Envoy.
+
+    This is what makes "edit cluster.members in the config file" (or a DNS record) all a user
+    does: the agent notices within one cycle and swaps the EDS files.
+    """
+
+    def __init__(self, paths: NodePaths) -> None:
+        self.paths = paths
+        self.last: list[str] | None = None
+
+    def refresh(self) -> list[str]:
+        from .config import reload_config
+
+        config = reload_config(self.paths)
+        addresses = members(config)
+        write_endpoints(config, self.paths, addresses)
+        if addresses != self.last:
+            log.info("cluster members: %s", ", ".join(addresses) or "(none)")
+            self.last = addresses
+        return addresses

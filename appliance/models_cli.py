@@ -214,11 +214,15 @@ def run_agent(paths: NodePaths, config_file: Path | None, overrides: list[str]) 
 
     _logging_to_stdout()
 
+    from .membership import MembershipWatch
+
     def build():
         config = load_agent_config(paths, config_file, overrides)
-        return build_syncer(config, paths), float(config.sync.interval_seconds)
+        syncing = config.node.role == "serving" and config.s3.type != "none"
+        syncer = build_syncer(config, paths) if syncing else None
+        return syncer, float(config.sync.interval_seconds)
 
-    daemon = AgentDaemon(build)
+    daemon = AgentDaemon(build, tick=MembershipWatch(paths).refresh)
     daemon.install_signals()
     try:
         daemon.run()

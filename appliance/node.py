@@ -20,7 +20,7 @@ import yaml
 
 from . import render
 from .atomic import write_atomic
-from .config import Config, NodePaths, build, effective_values, local_store
+from .config import Config, NodePaths, build, effective_values, local_store, record_sources
 from .envoy_admin import read_cluster_view
 from .errors import ApplianceError, SupervisorError
 from .localhttp import get_text
@@ -34,9 +34,12 @@ EFFECTIVE = "effective.yaml"
 class Node:
     """A node rooted at ``paths.root`` with its validated config."""
 
-    def __init__(self, config: Config, paths: NodePaths) -> None:
+    def __init__(self, config: Config, paths: NodePaths, config_file: Path | None = None,
+                 overrides: list[str] | None = None) -> None:
         self.config = config
         self.paths = paths
+        self.config_file = config_file
+        self.overrides = list(overrides or [])
         self.supervisor = Supervisor(render.supervisor_socket(paths))
 
     # ------------------------------------------------------------------ construction
@@ -73,6 +76,7 @@ class Node:
         changed = render.install(files, self.paths)
         effective = yaml.safe_dump(effective_values(self.config, mask_secrets=False), sort_keys=False)
         write_atomic(self.paths.run / EFFECTIVE, effective, mode=0o600)
+        record_sources(self.paths, self.config_file, self.overrides)
         return changed
 
     def ensure_logviewer_password(self, progress: Callable[[str], None] = print) -> None:

@@ -26,8 +26,10 @@ MAX_BACKOFF = 300.0
 class AgentDaemon:
     """Runs :class:`Syncer` cycles; ``build`` is the composition root, called again on SIGHUP."""
 
-    def __init__(self, build: Callable[[], tuple[Syncer, float]]) -> None:
+    def __init__(self, build: Callable[[], tuple[Syncer | None, float]],
+                 tick: Callable[[], object] | None = None) -> None:
         self._build = build
+        self._tick = tick          # membership refresh, run before every sync
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._stop_wait = threading.Event()   # wakes the sleep between cycles early
@@ -52,19 +54,27 @@ class AgentDaemon:
         syncer, interval = self._build()
         failures = 0
         cycle = 0
-        log.info("agent started: syncing %s from %s every %.0fs", ",".join(syncer.names),
-                 syncer.source.describe(), interval)
+        log.info("agent started: %s every %.0fs", _what(syncer), interval)
         while not self._stop.is_set():
             if self._reload.is_set():
                 self._reload.clear()
                 try:
                     syncer, interval = self._build()
-                    log.info("config reloaded: syncing %s from %s every %.0fs",
-                             ",".join(syncer.names), syncer.source.describe(), interval)
+                    log.info("config reloaded: %s every %.0fs", _what(syncer), interval)
                 except ApplianceError as exc:
                     log.error("config reload failed, keeping the previous config: %s", exc)
             cycle += 1
             started = time.monotonic()
+            if self._tick is not None:
+                try:
+                    self._tick()
+                except Exception as exc:  # noqa: BLE001 - membership must not stop syncing
+                    log.error("cycle %d: membership refresh failed: %s", cycle, exc)
+            if syncer is None:
+                self._stop_wait.clear()
+                if not self._stop.is_set() and not self._reload.is_set():
+                    self._stop_wait.wait(interval)
+                continue
             try:
                 report = syncer.run_once()
             except ApplianceError as exc:
@@ -87,3 +97,9 @@ class AgentDaemon:
             if not self._stop.is_set() and not self._reload.is_set():
                 self._stop_wait.wait(delay)
         log.info("agent stopped")
+
+
+def _what(syncer: Syncer | None) -> str:
+    if syncer is None:
+        return "watching cluster membership (models on local disk, nothing to sync)"
+    return f"syncing {','.join(syncer.names)} from {syncer.source.describe()} and watching membership"

@@ -20,12 +20,13 @@ from tests.jpeg import make_jpeg
 
 pytestmark = pytest.mark.slow
 MODELS = ["saved_model_half_plus_two_mkl", "resnet"]
+EXTRA = ["--set", "enable.access.log=true", "--set", "sync.interval.seconds=1"]
 
 
 @pytest.fixture(scope="module")
 def node(builtin_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeUnderTest]:
     node = new_node(tmp_path_factory.mktemp("node"), builtin_models, MODELS)
-    started = node.cli("up", "--timeout", "300", "--set", "enable.access.log=true", *node.overrides)
+    started = node.cli("up", "--timeout", "300", *EXTRA, *node.overrides)
     pids = node.pids()
     try:
         assert started.returncode == 0, started.stdout + started.stderr
@@ -117,7 +118,7 @@ def test_access_log_names_the_upstream(node: NodeUnderTest) -> None:
 
 def test_up_again_changes_nothing(node: NodeUnderTest) -> None:
     pids = sorted(p["pid"] for p in node.status()["processes"])
-    again = node.cli("up", "--timeout", "120", "--set", "enable.access.log=true", *node.overrides)
+    again = node.cli("up", "--timeout", "120", *EXTRA, *node.overrides)
     assert again.returncode == 0, again.stderr
     assert "nothing changed" in again.stdout
     assert sorted(p["pid"] for p in node.status()["processes"]) == pids
@@ -187,3 +188,30 @@ def test_grpc_predict_through_envoy(node: NodeUnderTest) -> None:
         with pytest.raises(grpc.RpcError) as err:
             stub.Predict(request, timeout=30)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_membership_follows_the_config_file_and_cluster_commands(node: NodeUnderTest) -> None:
+    """Editing cluster.members in the config file is all a user does: the agent re-points Envoy
+    (no restart); `appliance cluster remove-node` takes a member out again."""
+    from appliance.envoy_admin import read_cluster_view
+
+    def hosts() -> set[str]:
+        _, clusters = read_cluster_view(node.admin_port)
+        return {h.address.split(":")[0] for c in clusters for h in c.hosts}
+
+    envoy_pid = {p["name"]: p["pid"] for p in node.status()["processes"]}["envoy"]
+    config_file = node.root / "etc/appliance/appliance.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(f"cluster:\n  members: [{node.address}, 127.0.0.250]\n")
+    wait_until(lambda: hosts() == {node.address, "127.0.0.250"}, timeout=60,
+               what="the agent to add the member from the config file")
+    for _ in range(10):  # the dead member gets no traffic: its health checks fail
+        ok = requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict",
+                           data='{"instances": [1.0]}', timeout=30)
+        assert ok.status_code == 200
+    result = node.cli("cluster", "remove-node", "127.0.0.250")
+    assert result.returncode == 0, result.stderr
+    wait_until(lambda: hosts() == {node.address}, timeout=30, what="the member to leave")
+    assert "127.0.0.250" not in config_file.read_text()
+    assert node.cli("cluster", "members").stdout.split() == [node.address]
+    assert {p["name"]: p["pid"] for p in node.status()["processes"]}["envoy"] == envoy_pid
