@@ -166,8 +166,10 @@ def test_replacing_v1_by_v2_under_load_fails_no_request(
         thread.join(60)
     assert sent > 50
     assert failures == [], f"{len(failures)} of {sent} requests failed: {failures[:5]}"
-    log = (node.root / "var/log/appliance/agent.log").read_text()
-    assert f"retired half v{before}: it left the repository and v{new} is AVAILABLE" in log
+    # The agent logs each retirement right after removing the dir: wait for the line itself.
+    line = f"retired half v{before}: it left the repository and v{new} is AVAILABLE"
+    wait_until(lambda: line in (node.root / "var/log/appliance/agent.log").read_text(),
+               timeout=30, what="the retirement log line")
     listing = cli(node.root, repo, "models", "ls", "--set", "model.name=half,half_s3cmd",
                   *node.overrides)
     assert listing.returncode == 0, listing.stderr
