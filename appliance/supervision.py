@@ -83,13 +83,14 @@ class Supervisor:
         self.call("shutdown")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return
             time.sleep(0.1)
         raise SupervisorError(f"supervisord (pid {pid}) did not stop within {timeout}s")
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
             return handle.read().split(") ", 1)[1][:1] != "Z"

@@ -169,22 +169,11 @@ class ModelServicer:
         return await _call(context, None, self._status, request)
 
     def _status(self, request: Any) -> Any:
-        from tensorflow_serving.apis import get_model_status_pb2
-
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         spec = request.model_spec
         version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for state in self.manager.version_states(spec.name, version):
-            row = response.model_version_status.add()
-            row.version = state.version
-            row.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
-            row.status.SetInParent()
-            if state.error is not None:
-                row.status.error_code = int(state.error.code)
-                row.status.error_message = state.error.message
-        return response
+        return self.manager.status_proto(spec.name, version)
 
     async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         """Blocks (in a thread, not on the event loop) until newly added models are AVAILABLE."""

@@ -140,17 +140,8 @@ class RestApi:
 
     def _status(self, name: str, version: str | None) -> bytes:
         from google.protobuf import json_format
-        from tensorflow_serving.apis import get_model_status_pb2
 
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for state in self.manager.version_states(unquote(name), self._version(version)):
-            row = response.model_version_status.add()
-            row.version = state.version
-            row.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
-            row.status.SetInParent()
-            if state.error is not None:
-                row.status.error_code = int(state.error.code)
-                row.status.error_message = state.error.message
+        response = self.manager.status_proto(unquote(name), self._version(version))
         return json_format.MessageToJson(response, always_print_fields_with_no_presence=True).encode("utf-8")
 
     def _metadata(self, name: str, version: str | None, label: str | None) -> bytes:

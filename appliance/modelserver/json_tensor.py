@@ -14,7 +14,7 @@ import binascii
 import math
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 

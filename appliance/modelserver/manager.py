@@ -364,6 +364,21 @@ class ModelManager:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")
         return state
 
+    def status_proto(self, name: str, version: int | None = None) -> Any:
+        """GetModelStatusResponse for one model (all versions, or one): REST and gRPC share it."""
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for state in self.version_states(name, version):
+            row = response.model_version_status.add()
+            row.version = state.version
+            row.state = get_model_status_pb2.ModelVersionStatus.State.Value(state.state)
+            row.status.SetInParent()
+            if state.error is not None:
+                row.status.error_code = int(state.error.code)
+                row.status.error_message = state.error.message
+        return response
+
     def version_states(self, name: str, version: int | None = None) -> list[VersionState]:
         """Rows for GetModelStatus, newest first; historical (END) versions included."""
         model = self.models.get(name) or self.retired.get(name)

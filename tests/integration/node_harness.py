@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+from appliance.supervision import pid_alive
 from tests.conftest import free_port
 
 CLI = [sys.executable, "-m", "appliance.cli"]
@@ -84,19 +87,23 @@ def new_node(root: Path, models: Path, names: list[str], address: str = "127.0.0
                          free_port(address), free_port(address), free_port(address))
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def wait_gone(pids: list[int], timeout: float = 30) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        left = [pid for pid in pids if alive(pid)]
+        left = [pid for pid in pids if pid_alive(pid)]
         if not left:
             return []
         time.sleep(0.1)
-    return [pid for pid in pids if alive(pid)]
+    return [pid for pid in pids if pid_alive(pid)]
+
+
+@contextlib.contextmanager
+def node_running(node: NodeUnderTest, started: subprocess.CompletedProcess) -> Iterator[NodeUnderTest]:
+    """Yield a node `up` started (asserting it did); at exit `down` it and kill what is left, by PID."""
+    pids = node.pids()
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield node
+    finally:
+        node.cli("down", timeout=120)
+        node.kill_all(wait_gone(pids, 30))

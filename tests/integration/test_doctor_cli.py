@@ -79,7 +79,7 @@ def test_port_taken_read_only_store_and_missing_model_are_each_reported(tmp_path
     fails = _fails(result.stdout)
     port_line = next(m for m in fails if m.startswith(f"http.port {taken}"))
     assert f"pid {os.getpid()}" in port_line and "not by this node" in port_line
-    assert f"--set http.port=<port>" in fails[port_line]
+    assert "--set http.port=<port>" in fails[port_line]
     ro_line = next(m for m in fails if m.startswith(f"{store} is not writable"))
     assert ("remount" in fails[ro_line]) if os.geteuid() == 0 else ("chown" in fails[ro_line])
     missing = f"model missing has no version in {store / 'missing'}"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests import tfmodels
-from tests.conftest import ARTIFACTS, Processes, free_port, wait_until
+from tests.conftest import ARTIFACTS, Processes, free_port
 
 tf = pytest.importorskip("tensorflow")
 

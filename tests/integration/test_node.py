@@ -7,7 +7,6 @@ import base64
 import json
 import signal
 import socket
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -15,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import Processes, wait_until
-from tests.integration.node_harness import CLI, NodeUnderTest, new_node, wait_gone
+from tests.integration.node_harness import CLI, NodeUnderTest, new_node, node_running, wait_gone
 from tests.jpeg import make_jpeg
 
 pytestmark = pytest.mark.slow
@@ -27,13 +26,8 @@ EXTRA = ["--set", "enable.access.log=true", "--set", "sync.interval.seconds=1"]
 def node(builtin_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeUnderTest]:
     node = new_node(tmp_path_factory.mktemp("node"), builtin_models, MODELS)
     started = node.cli("up", "--timeout", "300", *EXTRA, *node.overrides)
-    pids = node.pids()
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
+    with node_running(node, started):
         yield node
-    finally:
-        node.cli("down", timeout=120)
-        node.kill_all(wait_gone(pids, 30))
 
 
 def test_the_user_guide_request_through_envoy(node: NodeUnderTest) -> None:

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from tests.conftest import Processes, wait_until
-from tests.integration.node_harness import CLI, NodeUnderTest, new_node, wait_gone
+from tests.integration.node_harness import CLI, NodeUnderTest, new_node, node_running
 from tests.integration.objectstore_harness import ObjectStore, start_objectstore
 
 pytestmark = pytest.mark.slow
@@ -62,13 +62,8 @@ def node(repo: ObjectStore, builtin_models: Path,
     started = cli(node.root, repo, "up", "--timeout", "300", *node.overrides,
                   "--set", "model.name=half,half_s3cmd", "--set", "sync.interval.seconds=2",
                   "--set", "serving.poll.seconds=1")
-    pids = node.pids()
-    try:
-        assert started.returncode == 0, started.stdout + started.stderr
+    with node_running(node, started):
         yield node
-    finally:
-        node.cli("down", timeout=120)
-        node.kill_all(wait_gone(pids, 30))
 
 
 def served_versions(node: NodeUnderTest, name: str) -> dict[int, str]:

@@ -63,7 +63,7 @@ def test_a_port_taken_by_another_process_names_it_and_the_key_to_change(tmp_path
     assert len(taken) == 1, problems
     assert f"pid {os.getpid()}" in taken[0].message and "not by this node" in taken[0].message
     assert f"http.port: <port>` in {paths.config_file}" in taken[0].fix
-    assert f"--set http.port=<port>" in taken[0].fix
+    assert "--set http.port=<port>" in taken[0].fix
 
 
 def test_free_ports_are_ok(tmp_path: Path) -> None:

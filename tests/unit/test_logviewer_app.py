@@ -134,7 +134,7 @@ def text(resp) -> str:
 
 PAGES = ["/", "/logs", "/logs/view/model_server.log", "/logs/search/model_server.log?q=x",
          "/logs/download/model_server.log", "/api/logs/chunk/model_server.log",
-         "/api/logs/tail/model_server.log", "/access", f"/models", f"/models/{MODEL}",
+         "/api/logs/tail/model_server.log", "/access", "/models", f"/models/{MODEL}",
          f"/models/{MODEL}/123", f"/models/{MODEL}/123/file/saved_model.pb", "/cluster"]
 
 
