@@ -222,7 +222,10 @@ def run_agent(paths: NodePaths, config_file: Path | None, overrides: list[str]) 
         syncer = build_syncer(config, paths) if syncing else None
         return syncer, float(config.sync.interval_seconds)
 
-    daemon = AgentDaemon(build, tick=MembershipWatch(paths).refresh)
+    from .agent.state import StateFile, state_path
+
+    daemon = AgentDaemon(build, tick=MembershipWatch(paths).refresh,
+                         state=StateFile(state_path(paths)))
     daemon.install_signals()
     try:
         daemon.run()

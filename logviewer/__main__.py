@@ -16,7 +16,8 @@ import argparse
 import logging
 import sys
 
-from appliance.config import NodePaths, build, load_config, parse_overrides, resolve_root
+from appliance.config import (NodePaths, build, load_config, local_store, parse_overrides,
+                              resolve_root)
 from appliance.errors import ApplianceError
 
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = config.node.address, config.logviewer.port
     logging.getLogger("logviewer").info("serving %s on http://%s:%d (logs %s, models %s)",
                                         paths.root, host, port, paths.logs,
-                                        paths.local(config.model.base_path))
+                                        local_store(config, paths))
     waitress.serve(app, host=host, port=port, threads=args.threads, ident="appliance-logviewer",
                    max_request_body_size=1024 * 1024, max_request_header_size=64 * 1024,
                    channel_timeout=60, clear_untrusted_proxy_headers=True)

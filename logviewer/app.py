@@ -13,7 +13,7 @@ from flask import Flask, jsonify, render_template, request
 from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
-from appliance.config import Config, NodePaths
+from appliance.config import Config, NodePaths, local_store
 
 from . import credentials, security
 from .models import ModelStore
@@ -61,10 +61,10 @@ def create_app(paths: NodePaths, config: Config, *, rest_base: str | None = None
         TEMPLATES_AUTO_RELOAD=False,
     )
     rest = rest_base or f"http://{config.connect_address()}:{config.serving.rest_port}"
+    store = local_store(config, paths)   # with a repository: the agent's mirror, not the bucket
     app.extensions["logviewer"] = Site(
-        paths=paths, config=config, log_root=paths.logs,
-        model_root=paths.local(config.model.base_path),
-        store=ModelStore(paths.local(config.model.base_path), config.model.names, rest),
+        paths=paths, config=config, log_root=paths.logs, model_root=store,
+        store=ModelStore(store, config.model.names, rest),
         admin_port=config.envoy.admin_port, node_name=socket.gethostname())
     security.install(app)
     _filters(app)
@@ -110,18 +110,24 @@ def when(timestamp: float | None) -> Markup:
     if not timestamp:
         return Markup("-")
     moment = datetime.fromtimestamp(timestamp, tz=timezone.utc).astimezone()
-    age = max(0, time.time() - timestamp)
-    if age < 60:
-        ago = f"{int(age)} s ago"
-    elif age < 3600:
-        ago = f"{int(age // 60)} min ago"
-    elif age < 86400:
-        ago = f"{age / 3600:.1f} h ago"
-    else:
-        ago = f"{age / 86400:.1f} d ago"
+    ago = duration(time.time() - timestamp) + " ago"
     return Markup('<time datetime="{}" title="{}">{}</time> <span class="muted">({})</span>').format(
         moment.isoformat(timespec="seconds"), moment.isoformat(timespec="seconds"),
         moment.strftime("%Y-%m-%d %H:%M:%S"), ago)
+
+
+def duration(seconds: float | None) -> str:
+    """A span of time for humans: ``12 s``, ``5 min``, ``2.5 h``, ``3.0 d``."""
+    if seconds is None:
+        return "-"
+    age = max(0.0, float(seconds))
+    if age < 60:
+        return f"{int(age)} s"
+    if age < 3600:
+        return f"{int(age // 60)} min"
+    if age < 86400:
+        return f"{age / 3600:.1f} h"
+    return f"{age / 86400:.1f} d"
 
 
 def highlight(text: str, needle: str, case_sensitive: bool = False) -> Markup:
@@ -157,6 +163,7 @@ def line_class(line: str) -> str:
 def _filters(app: Flask) -> None:
     app.jinja_env.filters["size"] = human_size
     app.jinja_env.filters["when"] = when
+    app.jinja_env.filters["duration"] = duration
     app.jinja_env.filters["highlight"] = highlight
     app.jinja_env.filters["line_class"] = line_class
 

@@ -69,6 +69,9 @@ class ModelReport:
     refused: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     bytes: int = 0
+    reasons: dict[str, str] = field(default_factory=dict)     # refused version -> why
+    repository: dict[str, dict] = field(default_factory=dict)  # version -> size, files, ...
+    local: list[str] = field(default_factory=list)            # in the store after the cycle
 
     def summary(self) -> str:
         parts = [f"repo [{','.join(self.remote) or '-'}]"]
@@ -112,6 +115,7 @@ class Syncer:
         self.settle_seconds = settle_seconds
         self._seen: dict[tuple[str, int], str] = {}      # fingerprints listed last cycle
         self._refused: dict[tuple[str, int], str] = {}   # fingerprints found bad
+        self._refused_why: dict[tuple[str, int], str] = {}
 
     def run_once(self) -> CycleReport:
         """One cycle over every model. Raises SourceError/SyncError when the cycle failed."""
@@ -164,6 +168,7 @@ class Syncer:
                 continue
             if self._refused.get((name, number)) == version.fingerprint:
                 report.refused.append(str(number))
+                report.reasons[str(number)] = self._refused_why.get((name, number), "")
                 continue
             problems = version.manifest_problems()
             if problems:
@@ -185,11 +190,17 @@ class Syncer:
                      len(version.objects), version.size / 1e6,
                      "; it replaced a different copy of the same version" if replaced else "")
         self._retire(name, remote, report)
+        report.repository = {str(n): {"dir": v.dirname, "size": v.size, "files": len(v.objects),
+                                      "manifest": v.manifest is not None,
+                                      "in_store": not self._needs(v)} for n, v in remote.items()}
+        report.local = [str(n) for n in sorted(self.store.versions(name), reverse=True)]
         return report
 
     def _refuse(self, version: RemoteVersion, report: ModelReport, why: str) -> None:
         self._refused[(version.name, version.version)] = version.fingerprint
+        self._refused_why[(version.name, version.version)] = why
         report.refused.append(str(version.version))
+        report.reasons[str(version.version)] = why
         serving = sorted(self.store.versions(version.name))
         log.error("REFUSED %s v%s from %s: %s. Local versions %s keep serving; fix or re-push "
                   "the version.", version.name, version.dirname, self.source.describe(), why,

@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..errors import ApplianceError
 from .cycle import Syncer
+from .state import StateFile
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,10 @@ class AgentDaemon:
     """Runs :class:`Syncer` cycles; ``build`` is the composition root, called again on SIGHUP."""
 
     def __init__(self, build: Callable[[], tuple[Syncer | None, float]],
-                 tick: Callable[[], object] | None = None) -> None:
+                 tick: Callable[[], object] | None = None, state: StateFile | None = None) -> None:
         self._build = build
         self._tick = tick          # membership refresh, run before every sync
+        self._state = state        # agent-state.json for the logviewer, rewritten every cycle
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._stop_wait = threading.Event()   # wakes the sleep between cycles early
@@ -64,17 +66,26 @@ class AgentDaemon:
                 except ApplianceError as exc:
                     log.error("config reload failed, keeping the previous config: %s", exc)
             cycle += 1
-            started = time.monotonic()
+            started, wall = time.monotonic(), time.time()
             if self._tick is not None:
                 try:
-                    self._tick()
+                    members = self._tick()
                 except Exception as exc:  # noqa: BLE001 - membership must not stop syncing
                     log.error("cycle %d: membership refresh failed: %s", cycle, exc)
+                    if self._state:
+                        self._state.membership(None, str(exc))
+                else:
+                    if self._state:
+                        self._state.membership(members)
             if syncer is None:
+                if self._state:
+                    self._state.idle(cycle, interval)
                 self._stop_wait.clear()
                 if not self._stop.is_set() and not self._reload.is_set():
                     self._stop_wait.wait(interval)
                 continue
+            if self._state:
+                self._state.cycle_started(cycle, syncer, interval)
             try:
                 report = syncer.run_once()
             except ApplianceError as exc:
@@ -83,16 +94,23 @@ class AgentDaemon:
                 log.error("cycle %d FAILED after %.1fs: %s; serving what is installed; retry in "
                           "%.0fs (failure %d in a row)", cycle, time.monotonic() - started, exc,
                           delay, failures)
+                if self._state:
+                    self._state.cycle_failed(cycle, wall, str(exc), failures, delay)
             except Exception as exc:  # noqa: BLE001 - one bad cycle never kills the agent
                 failures += 1
                 delay = min(interval * 2 ** (failures - 1), max(MAX_BACKOFF, interval))
                 log.exception("cycle %d FAILED with an unexpected error: %s; retry in %.0fs",
                               cycle, exc, delay)
+                if self._state:
+                    self._state.cycle_failed(cycle, wall, f"unexpected error: {exc!r}", failures,
+                                             delay)
             else:
                 failures = 0
                 delay = interval
                 status = "refused a version" if report.refused else "ok"
                 log.info("cycle %d %s in %s; next in %.0fs", cycle, status, report.line(), delay)
+                if self._state:
+                    self._state.cycle_done(cycle, wall, report, failures, delay)
             self._stop_wait.clear()
             if not self._stop.is_set() and not self._reload.is_set():
                 self._stop_wait.wait(delay)

@@ -1,10 +1,11 @@
-"""Models of the local store: list, one model's versions, one version's files and signatures."""
+"""Models of the local store: list, one model's versions, one version's files and signatures;
+with a repository (s3.type not none), its versions and the agent's sync state beside them."""
 
 from __future__ import annotations
 
 from flask import Blueprint, abort, render_template
 
-from .. import safepath
+from .. import safepath, syncstate
 from ..security import login_required
 from . import site, stream_file
 
@@ -26,7 +27,8 @@ def _valid_name(name: str) -> str:
 def listing():
     store = site().store
     models = [store.model(name) for name in store.names()]
-    return render_template("models.html", models=models, store_root=store.store)
+    return render_template("models.html", models=models, store_root=store.store,
+                           sync=syncstate.load(site().config, site().paths))
 
 
 @bp.get("/models/<name>")
@@ -41,7 +43,9 @@ def model(name: str):
     status = ""
     if info.serving_versions:
         status, signatures = store.metadata(name, info.serving_versions[0])
-    return render_template("model.html", info=info, signatures=signatures, meta_status=status)
+    sync = syncstate.load(site().config, site().paths)
+    return render_template("model.html", info=info, signatures=signatures, meta_status=status,
+                           sync=sync, repo=sync.model(name))
 
 
 @bp.get("/models/<name>/<version>")
