@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,17 +80,32 @@ class Node:
         record_sources(self.paths, self.config_file, self.overrides)
         return changed
 
-    def ensure_logviewer_password(self, progress: Callable[[str], None] = print) -> None:
-        """First start: generate the log browser's password, store its hash, print it once."""
+    def ensure_logviewer_password(self, progress: Callable[[str], None] = print,
+                                  terminal: bool | None = None) -> None:
+        """First start: generate the log browser's password and store its hash.
+
+        The password goes to a person, never to a log: printed once when stdout is a terminal
+        (``terminal``, default ``sys.stdout.isatty()``), else -- under systemd stdout is the
+        journal -- written to a 0600 file whose path is printed instead.
+        """
         if not self.config.logviewer.enabled:
             return
         from logviewer import credentials
 
         password = credentials.ensure_password(self.paths.etc)
-        if password:
+        if not password:
+            return
+        if terminal is None:
+            terminal = sys.stdout.isatty()
+        if terminal:
             progress(f"logviewer password (shown once, only its hash is kept): {password}")
-            progress(f"  log in at http://{self.config.connect_address()}:"
-                     f"{self.config.logviewer.port}/ ; `appliance logviewer-password` sets a new one")
+        else:
+            path = credentials.write_initial_password(self.paths.etc, password)
+            progress(f"logviewer password: not printed (this output may be a log); it is in {path} "
+                     "(mode 0600: root and the service user only)")
+            progress(f"  read it with `sudo cat {path}`, log in, then delete it: `sudo rm {path}`")
+        progress(f"  log in at http://{self.config.connect_address()}:"
+                 f"{self.config.logviewer.port}/ ; `appliance logviewer-password` sets a new one")
 
     def supervisord_cmd(self, foreground: bool) -> list[str]:
         cmd = [render.find_binary("supervisord"), "-c", str(self.paths.run / "supervisord.conf")]

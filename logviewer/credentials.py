@@ -1,9 +1,11 @@
 """The logviewer's secrets on disk: the login password's hash and the session-signing key.
 
 Both live in ``<root>/etc/appliance/`` with mode 0600 and are created with ``O_EXCL`` so two
-starters never race. The password itself is never stored: it is generated, printed once by
-whoever generated it (``appliance up`` on first start, or ``appliance logviewer-password``),
-and only its werkzeug hash (scrypt) is kept.
+starters never race. The password itself is not kept: it is generated, handed once to whoever
+generated it, and only its werkzeug hash (scrypt) is kept. ``appliance logviewer-password``
+prints it (a human runs that); ``appliance up`` on first start prints it only to a terminal,
+and otherwise (under systemd its stdout is the journal) leaves it in
+``logviewer.initial-password`` (0600) for the operator to read and delete.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 PASSWORD_FILE = "logviewer.passwd"
 SECRET_FILE = "logviewer.secret"
+INITIAL_PASSWORD_FILE = "logviewer.initial-password"
 # A dummy hash to compare against when no password file exists: login then costs the same time.
 _DUMMY = generate_password_hash("never-a-password", method="pbkdf2:sha256:1000")
 
@@ -27,6 +30,17 @@ def password_file(etc: Path) -> Path:
 
 def secret_file(etc: Path) -> Path:
     return etc / SECRET_FILE
+
+
+def initial_password_file(etc: Path) -> Path:
+    return etc / INITIAL_PASSWORD_FILE
+
+
+def write_initial_password(etc: Path, password: str) -> Path:
+    """Leave the first password for the operator in a 0600 file (not in a log); return its path."""
+    path = initial_password_file(etc)
+    _write_private(path, password + "\n", exclusive=False)
+    return path
 
 
 def new_password() -> str:
@@ -60,9 +74,12 @@ def _write_private(path: Path, data: str, exclusive: bool) -> bool:
 
 
 def set_password(etc: Path, password: str | None = None) -> str:
-    """Store the hash of ``password`` (a new random one if None), replacing any; return it."""
+    """Store the hash of ``password`` (a new random one if None), replacing any; return it.
+
+    A left-over initial password file is deleted: it no longer opens anything."""
     password = password or new_password()
     _write_private(password_file(etc), generate_password_hash(password) + "\n", exclusive=False)
+    initial_password_file(etc).unlink(missing_ok=True)
     return password
 
 

@@ -2,7 +2,8 @@
 
 `appliance up` starts a real node (supervisord, model server, Envoy, logviewer) under a temp
 root on free ports with the light built-in model only; Debian's chromium + chromium-driver,
-driven by selenium, log in with the password `up` printed once, open the access log, see the
+driven by selenium, log in with the password `up` left in its 0600 file (its stdout is not a
+terminal here, as under systemd, so the password is not printed), open the access log, see the
 line of a predict request appear in the live tail without a reload, and open the model page
 to see the version that serves. Screenshots go to test-artifacts/logviewer/.
 """
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -44,7 +45,7 @@ def _browser_binaries() -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeUnderTest, str]]:
-    """A running node serving the light model; (node, the logviewer password `up` printed)."""
+    """A running node serving the light model; (node, the logviewer password `up` generated)."""
     from appliance.builtin_models import build_all
 
     built = tmp_path_factory.mktemp("models")
@@ -57,9 +58,12 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeUnderTe
     pids = node.pids()
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        found = re.search(r"logviewer password \(shown once[^)]*\): (\S+)", started.stdout)
-        assert found, started.stdout
-        yield node, found.group(1)
+        initial = node.root / "etc/appliance/logviewer.initial-password"
+        assert f"it is in {initial}" in started.stdout, started.stdout
+        assert stat.S_IMODE(initial.stat().st_mode) == 0o600
+        password = initial.read_text().strip()
+        assert password not in started.stdout + started.stderr, "up printed the password"
+        yield node, password
     finally:
         node.cli("down", timeout=120)
         node.kill_all(wait_gone(pids, 30))
@@ -175,3 +179,7 @@ def test_login_live_tail_and_model_page_in_chromium(node, browser) -> None:
     wait.until(ec.presence_of_element_located((By.ID, "password")))
     browser.get(base + "/models")
     assert "/login" in browser.current_url
+
+    # The password that was typed in is in no log of the node.
+    logs = [p for p in (node.root / "var/log/appliance").rglob("*") if p.is_file()]
+    assert logs and not [p.name for p in logs if password.encode() in p.read_bytes()]

@@ -87,19 +87,84 @@ def test_the_password_cli_prints_a_password_once_and_stores_its_hash(tmp_path: P
     assert not credentials.check_password(etc, password)
 
 
-def test_first_start_generates_the_password_and_prints_it_once(tmp_path: Path) -> None:
+def test_first_start_on_a_terminal_prints_the_password_once(tmp_path: Path) -> None:
     node = Node(load_config(None, ["logviewer.port=18090"]), NodePaths(tmp_path))
     said: list[str] = []
-    node.ensure_logviewer_password(said.append)
+    node.ensure_logviewer_password(said.append, terminal=True)
     password = re.search(r"shown once, only its hash is kept\): (\S+)", said[0]).group(1)
     assert "http://127.0.0.1:18090/" in said[1]
     assert credentials.check_password(tmp_path / "etc/appliance", password)
+    assert not (tmp_path / "etc/appliance/logviewer.initial-password").exists()
     said.clear()
-    node.ensure_logviewer_password(said.append)
+    node.ensure_logviewer_password(said.append, terminal=True)
     assert said == []
     off = Node(load_config(None, ["logviewer.enabled=false"]), NodePaths(tmp_path / "off"))
     off.ensure_logviewer_password(said.append)
     assert said == [] and not (tmp_path / "off/etc/appliance/logviewer.passwd").exists()
+
+
+def test_first_start_without_a_terminal_leaves_the_password_in_a_private_file(
+        tmp_path: Path) -> None:
+    """Under systemd `up`'s stdout is the journal: the password must not be in it."""
+    etc = tmp_path / "etc/appliance"
+    node = Node(load_config(None, ["logviewer.port=18090"]), NodePaths(tmp_path))
+    said: list[str] = []
+    node.ensure_logviewer_password(said.append, terminal=False)
+    initial = etc / "logviewer.initial-password"
+    password = initial.read_text().strip()
+    assert stat.S_IMODE(initial.stat().st_mode) == 0o600
+    assert credentials.check_password(etc, password)
+    assert not any(password in line for line in said), "the password reached the output"
+    assert f"it is in {initial}" in said[0] and "mode 0600" in said[0]
+    assert f"`sudo cat {initial}`" in said[1] and f"`sudo rm {initial}`" in said[1]
+    assert "http://127.0.0.1:18090/" in said[2]
+    # A new password on demand makes the initial one useless: its file goes away.
+    new = subprocess.run(CLI + ["--root", str(tmp_path), "logviewer-password"],
+                         capture_output=True, text=True, timeout=60)
+    assert new.returncode == 0 and not initial.exists()
+    assert not credentials.check_password(etc, password)
+
+
+TTY_PROBE = """
+import sys
+from appliance.config import NodePaths, load_config
+from appliance.node import Node
+Node(load_config(None), NodePaths(__import__("pathlib").Path(sys.argv[1]))).ensure_logviewer_password()
+"""
+
+
+def test_the_default_follows_whether_stdout_is_a_terminal(tmp_path: Path) -> None:
+    import os
+    import pty
+
+    piped = subprocess.run([sys.executable, "-c", TTY_PROBE, str(tmp_path / "piped")],
+                           capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0, piped.stderr
+    initial = tmp_path / "piped/etc/appliance/logviewer.initial-password"
+    assert initial.read_text().strip() not in piped.stdout and "sudo rm" in piped.stdout
+    leader, follower = pty.openpty()
+    try:
+        try:
+            on_tty = subprocess.run([sys.executable, "-c", TTY_PROBE, str(tmp_path / "tty")],
+                                    stdout=follower, stderr=subprocess.PIPE, timeout=60)
+        finally:
+            os.close(follower)
+        assert on_tty.returncode == 0, on_tty.stderr
+        out = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:       # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(leader)
+    found = re.search(rb"shown once, only its hash is kept\): (\S+)", out)
+    assert found and credentials.check_password(tmp_path / "tty/etc/appliance",
+                                                found.group(1).decode())
+    assert not (tmp_path / "tty/etc/appliance/logviewer.initial-password").exists()
 
 
 def test_python_m_logviewer_serves_on_the_node_address(tmp_path: Path, processes: Processes) -> None:
