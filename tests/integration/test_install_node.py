@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -189,6 +190,12 @@ def test_the_installed_node_answers_the_user_guide_through_envoy(
     pids = _node_pids(appliance, root)
     try:
         assert resp.json() == {"predictions": [2.5, 3.0, 4.5]}
+        # stdout is the journal under the unit: the logviewer password is in a 0600 file only.
+        initial = root / "etc/appliance/logviewer.initial-password"
+        said = (tmp_path / "up.log").read_text()
+        assert f"it is in {initial}" in said, said[-3000:]
+        assert stat.S_IMODE(initial.stat().st_mode) == 0o600
+        assert initial.read_text().strip() not in said, "up printed the logviewer password"
 
         doctor = subprocess.run([appliance, "--root", str(root), "doctor"], capture_output=True,
                                 text=True, timeout=120)
