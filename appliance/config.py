@@ -325,8 +325,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("sync.concurrency", "sync", "concurrency", _positive, 10,
         "Concurrent downloads (whole small objects, parts of big ones) while syncing."),
     Key("sync.verify", "sync", "verify", _choice("etag", "size"), "etag",
-        "etag: check the size and MD5 ETag of every object; size: size only (for stores whose "
-        "ETags are not MD5s, e.g. AWS SSE-KMS)."),
+        "etag: check every object's content -- against the push manifest's block checksums "
+        "when `appliance models push` wrote one (sizes and ETags are compared with it first), "
+        "else against its size and MD5 ETag (an ETag that is not an MD5, e.g. with AWS SSE-KMS, "
+        "is then skipped); size: sizes only, no content checks."),
     Key("repo.port", "repo", "port", _port, 8333,
         "S3 port of the object store on a repo node (node.role: repo), bound to node.address."),
     Key("repo.internal.port.base", "repo", "internal_port_base", _port, 18333,

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -175,9 +176,13 @@ def test_a_corrupted_and_a_deleted_object_refuse_the_version_and_v1_keeps_servin
     assert digest_tree(node.models / "guarded/1") == digest_tree(v1)
 
 
-def test_an_object_that_changes_while_downloading_fails_its_etag_check(
+def test_an_object_that_changes_while_downloading_fails_its_checksum_or_etag_check(
         store: ObjectStore, tmp_path: Path) -> None:
-    """Size/ETag verification against the listing: same size, different bytes."""
+    """Verification against what was listed/pushed: same size, different bytes.
+
+    A CLI push has a manifest with block checksums, which the download checks; a version
+    without one (s3cmd) falls back to the MD5 ETag, single-part and multipart alike.
+    """
     node = Node(tmp_path / "node", store, "racy")
     v1 = make_model(tmp_path / "src/1", seed=6)
     assert node.cli("models", "push", str(v1), "--name", "racy").returncode == 0
@@ -186,20 +191,29 @@ def test_an_object_that_changes_while_downloading_fails_its_etag_check(
                                 f"s3.secret.key={store.secret_key}"])
     source = open_source(config, NodePaths(node.root))
     listed = source.versions("racy")[1]
+    assert listed.manifest and all(o.blocks for o in listed.manifest)
     s3 = store.boto3()
     # A small object replaced behind the listing's back (same size, other bytes) ...
     s3.put_object(Bucket=store.bucket, Key="racy/1/variables/variables.index",
                   Body=os.urandom(300))
-    with pytest.raises(VerificationError, match="ETag mismatch"):
+    with pytest.raises(VerificationError, match="checksum mismatch"):
         Downloader(source, 2).fetch(listed, tmp_path / "staging")
+    with pytest.raises(VerificationError, match="ETag mismatch"):
+        Downloader(source, 2).fetch(replace(listed, manifest=None), tmp_path / "staging1")
     # ... and a multipart one (12 MB in 8 MB parts), re-uploaded with other bytes.
     listed = source.versions("racy")[1]
+    assert listed.manifest_problems(), "the next cycle refuses it before downloading"
+    listed = replace(listed, objects=tuple(o for o in listed.objects
+                                           if o.path == "variables/variables.data-00000-of-00001"))
     reversed_file = tmp_path / "reversed"
     reversed_file.write_bytes((v1 / "variables/variables.data-00000-of-00001").read_bytes()[::-1])
     s3.upload_file(str(reversed_file), store.bucket, "racy/1/variables/variables.data-00000-of-00001")
-    with pytest.raises(VerificationError, match="ETag mismatch"):
+    with pytest.raises(VerificationError, match="checksum mismatch"):
         Downloader(source, 2).fetch(listed, tmp_path / "staging2")
     assert not list((tmp_path / "staging2").rglob("variables.data-00000-of-00001"))
+    with pytest.raises(VerificationError, match="ETag mismatch"):
+        Downloader(source, 2).fetch(replace(listed, manifest=None), tmp_path / "staging3")
+    assert not list((tmp_path / "staging3").rglob("variables.data-00000-of-00001"))
 
 
 def test_a_version_that_left_the_repository_stays_until_its_replacement_is_available(

@@ -11,10 +11,12 @@ import pytest
 
 from appliance.agent.cycle import Syncer
 from appliance.agent.store import LocalStore
-from appliance.agent.transfer import Downloader
+from appliance.agent.transfer import Downloader, VerificationError
 from appliance.config import NodePaths, load_config, local_store
 from appliance.errors import ConfigError
 from appliance.sources import PRESETS, RemoteObject, RemoteVersion, open_source, parse_version
+from appliance.sources.base import MANIFEST_FORMAT, MANIFEST_SUFFIX, local_files
+from appliance.sources.checksums import BlockHasher, block_count, file_blocks
 from appliance.sources.local import LocalSource
 from appliance.sources.s3 import S3Location, S3Source
 
@@ -130,3 +132,60 @@ def test_a_sync_cycle_installs_whole_versions_and_retires_only_after_availabilit
     assert "retired m v1: it left the repository and v2 is AVAILABLE" in caplog.text
     state = json.loads((tmp_path / "store/.sync-state.json").read_text())
     assert list(state["installed"]["m"]) == ["2"]
+
+
+def test_block_checksums_do_not_depend_on_how_the_bytes_are_chunked(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4099   # 1,049,344 bytes: not a multiple of the block size
+    whole = BlockHasher(1 << 16)
+    whole.update(data)
+    pieces = BlockHasher(1 << 16)
+    for start in range(0, len(data), 7777):      # chunks straddling block boundaries
+        pieces.update(data[start:start + 7777])
+    (tmp_path / "f").write_bytes(data)
+    assert whole.finish() == pieces.finish() == file_blocks(tmp_path / "f", 1 << 16)
+    assert len(whole.digests) == block_count(len(data), 1 << 16) == 17
+
+
+def _manifest_for(repo: Path, name: str, dirname: str, block_size: int) -> None:
+    """A push manifest like `models push` writes (local repositories carry no ETags)."""
+    objects = [{"path": rel, "size": path.stat().st_size, "etag": "",
+                "blocks": file_blocks(path, block_size)}
+               for rel, path in local_files(repo / name / dirname)]
+    doc = {"format": MANIFEST_FORMAT, "name": name, "version": dirname,
+           "checksum": {"algorithm": "xxh3_128", "block_size": block_size}, "objects": objects}
+    (repo / name / f"{dirname}{MANIFEST_SUFFIX}").write_text(json.dumps(doc))
+
+
+def test_manifest_block_checksums_verify_downloads_and_catch_same_size_changes(
+        tmp_path: Path) -> None:
+    repo = LocalSource(tmp_path / "repo")
+    repo.push(make_version(tmp_path / "src", 3), "m", "1")
+    _manifest_for(tmp_path / "repo", "m", "1", 1 << 20)
+    version = repo.versions("m")[1]
+    data = version.pushed(RemoteObject("variables/variables.data", 3 << 20))
+    assert data is not None and len(data.blocks) == 3 and data.block_size == 1 << 20
+    assert Downloader(repo, 2).fetch(version, tmp_path / "ok") == version.size
+    assert (tmp_path / "ok/variables/variables.data").read_bytes() == bytes([3]) * (3 << 20)
+    # One byte of the last block changes after the push; the size stays the same.
+    with (tmp_path / "repo/m/1/variables/variables.data").open("r+b") as handle:
+        handle.seek((3 << 20) - 5)
+        handle.write(b"\x00")
+    with pytest.raises(VerificationError, match="bytes 2097152-3145727 have checksum .* "
+                                                "\\(checksum mismatch"):
+        Downloader(repo, 2).fetch(version, tmp_path / "bad")
+    assert not (tmp_path / "bad/variables/variables.data").exists()
+    # sync.verify: size skips content checks, as before.
+    Downloader(repo, 2, verify="size").fetch(version, tmp_path / "sized")
+
+
+def test_a_manifest_whose_checksums_do_not_fit_the_sizes_is_ignored(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    repo = LocalSource(tmp_path / "repo")
+    repo.push(make_version(tmp_path / "src", 4), "m", "1")
+    _manifest_for(tmp_path / "repo", "m", "1", 1 << 20)
+    path = tmp_path / "repo/m/1.manifest.json"
+    doc = json.loads(path.read_text())
+    doc["objects"][-1]["blocks"].pop()
+    path.write_text(json.dumps(doc))
+    assert repo.versions("m")[1].manifest is None
+    assert "ignoring unreadable push manifest" in caplog.text
