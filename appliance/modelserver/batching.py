@@ -274,6 +274,8 @@ class BatchScheduler:
 class BatchingModel(LoadedModel):
     """A loaded model whose ``run`` goes through the scheduler's per-signature queues."""
 
+    waits_for_batch = True
+
     def __init__(self, inner: LoadedModel, scheduler: BatchScheduler) -> None:
         super().__init__(inner.path, inner.signatures)
         self.inner = inner

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import grpc
 
 from appliance.modelserver import grpc_inference, monitoring
+from appliance.modelserver.inline import runs_inline
 from appliance.modelserver.manager import ModelManager, VersionState
 from appliance.modelserver.status import Code, ServingError, invalid_argument
 
@@ -115,8 +116,16 @@ class PredictionServicer:
         state = _lookup(self.manager, spec)
         return run(state.model, state.version, request)
 
+    def _executor_for(self, request: Any) -> Executor | None:
+        """None (run on the event loop) for a small request to a cheap model: see inline.py."""
+        try:
+            model = _lookup(self.manager, request.model_spec).model
+        except ServingError:
+            return self.executor
+        return None if runs_inline(model, request.ByteSize()) else self.executor
+
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _call(context, self.executor,
+        return await _call(context, self._executor_for(request),
                            lambda r: self._run(r.model_spec, grpc_inference.predict, r), request, "Predict")
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

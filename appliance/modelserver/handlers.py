@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from urllib.parse import unquote
 
 from appliance.modelserver import json_predict
+from appliance.modelserver.inline import runs_inline
 from appliance.modelserver.json_tensor import InputCodec, make_codec
 from appliance.modelserver import monitoring
 from appliance.modelserver.json_text import dump_string, parse_json_object
@@ -175,8 +176,18 @@ class RestApi:
 
             return await asyncio.get_running_loop().run_in_executor(
                 self.executor, classify_or_regress, self, verb, name, version, label, body)
+        if self._inline(name, version, label, len(body)):
+            return self._predict(name, version, label, body)
         return await asyncio.get_running_loop().run_in_executor(
             self.executor, self._predict, name, version, label, body)
+
+    def _inline(self, name: str, version: str | None, label: str | None, body_size: int) -> bool:
+        """Run on the event loop (inline.py)? A lookup error here just means "no": the pool path
+        reports it, after the body's own errors, as before."""
+        try:
+            return runs_inline(self._lookup(name, version, label).model, body_size)
+        except ServingError:
+            return False
 
     def signature(self, state: VersionState, signature_name: str) -> Signature:
         signature = state.model.signatures.get(signature_name or DEFAULT_SIGNATURE)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
+from appliance.modelserver.inline import RunCost
 from appliance.modelserver.metrics import Counter, Gauge, Histogram, Registry, exponential_buckets
 from appliance.modelserver.status import Code
 from appliance.runtimes.base import LoadedModel, Signature
@@ -117,6 +118,8 @@ class InstrumentedModel(LoadedModel):
     def __init__(self, inner: LoadedModel, model_name: str, platform: str) -> None:
         super().__init__(inner.path, inner.signatures)
         self.inner = inner
+        self.waits_for_batch = inner.waits_for_batch
+        self.run_cost = RunCost()  # where requests run: see inline.py
         runtime = RUNTIME_LABELS.get(platform, platform)
         self._cells = {name: RUNTIME_LATENCY.cell(model_name, _METHOD_API.get(sig.method_name, "Predict"), runtime)
                        for name, sig in inner.signatures.items()}
@@ -124,9 +127,11 @@ class InstrumentedModel(LoadedModel):
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         result = self.inner.run(signature_name, inputs)
+        micros = micros_since(start)
+        self.run_cost.observe(micros)
         cell = self._cells.get(signature_name)
         if cell is not None:
-            cell.add(micros_since(start))
+            cell.add(micros)
         return result
 
     def _run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -51,6 +51,10 @@ class LoadOptions:
 class LoadedModel(abc.ABC):
     """One loaded model version. ``run`` may be called from many threads at once."""
 
+    # True when ``run`` may block until other requests arrive (server-side batching): such a
+    # model must never run on the event loop (appliance/modelserver/inline.py).
+    waits_for_batch = False
+
     def __init__(self, path: str, signatures: Mapping[str, Signature]) -> None:
         self.path = path
         self.signatures = dict(signatures)

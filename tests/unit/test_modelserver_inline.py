@@ -1,0 +1,56 @@
+"""Which requests run on the event loop (appliance/modelserver/inline.py): decisions, not timings."""
+
+from __future__ import annotations
+
+from appliance.modelserver import inline
+from appliance.modelserver.inline import RunCost, runs_inline
+
+
+class _Model:
+    def __init__(self, micros: float, runs: int, waits_for_batch: bool = False) -> None:
+        self.run_cost = RunCost()
+        self.waits_for_batch = waits_for_batch
+        for _ in range(runs):
+            self.run_cost.observe(micros)
+
+
+def test_unknown_cost_runs_in_the_pool() -> None:
+    assert not runs_inline(_Model(10, 0), 100)
+    assert not runs_inline(_Model(10, inline.MIN_SAMPLES - 1), 100)
+    assert not runs_inline(object(), 100)
+
+
+def test_cheap_model_small_body_runs_inline() -> None:
+    assert runs_inline(_Model(10, inline.MIN_SAMPLES), 100)
+
+
+def test_big_body_or_slow_model_runs_in_the_pool() -> None:
+    assert not runs_inline(_Model(10, 50), inline.INLINE_MAX_BODY + 1)
+    assert not runs_inline(_Model(inline.INLINE_MAX_MICROS * 2, 50), 100)
+
+
+def test_one_slow_run_moves_a_cheap_model_to_the_pool() -> None:
+    model = _Model(10, 50)
+    model.run_cost.observe(inline.INLINE_MAX_MICROS * 20)
+    assert not runs_inline(model, 100)
+
+
+def test_batching_models_never_run_inline() -> None:
+    assert not runs_inline(_Model(10, 50, waits_for_batch=True), 100)
+
+
+def test_batching_and_instrumented_models_say_whether_they_wait() -> None:
+    from appliance.modelserver.batching import BatchingModel
+    from appliance.modelserver.monitoring import InstrumentedModel
+    from appliance.runtimes.base import LoadedModel
+
+    assert BatchingModel.waits_for_batch and not LoadedModel.waits_for_batch
+
+    class Plain(LoadedModel):
+        def _run(self, signature, inputs):  # noqa: ANN001, ANN202
+            return {}
+
+        def signature_def_map(self):  # noqa: ANN202
+            return None
+
+    assert not InstrumentedModel(Plain("/x", {}), "m", "tensorflow").waits_for_batch
