@@ -22,6 +22,7 @@ from flask.testing import FlaskClient
 
 from appliance.config import NodePaths, load_config
 from logviewer import create_app, credentials
+from tests.conftest import free_port
 
 MODEL = "half_plus_two"
 
@@ -77,7 +78,9 @@ def build_site(tmp: Path, model_server_url: str = "http://127.0.0.1:9") -> Site:
     logs.mkdir(parents=True)
     paths.etc.mkdir(parents=True)
     (paths.etc / "secret.txt").write_text(etc_secret + "\n")
-    (paths.etc / "appliance.yaml").write_text(f"# {etc_secret}\nmodel.name: {MODEL}\n")
+    # Envoy's admin on a port nothing listens on, so "/cluster" never sees a stray Envoy.
+    (paths.etc / "appliance.yaml").write_text(f"# {etc_secret}\nmodel.name: {MODEL}\n"
+                                              f"envoy.admin.port: {free_port()}\n")
     (logs / "model_server.log").write_text(
         "".join(f"2025-03-01 10:00:{i:02d} I server.cc:1] line {i}\n" for i in range(50))
         + "2025-03-01 10:01:00 E server.cc:9] Loading servable failed: <script>alert(1)</script>\n")
