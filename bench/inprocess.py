@@ -1,0 +1,48 @@
+"""The runtime's own limit: a SavedModel called in-process, in a loop, on one fixed batch.
+
+Loads the version with the model server's own runtime (``appliance.runtimes.tensorflow``, same
+``LoadOptions`` defaults as the server) and calls ``serving_default`` back to back: no HTTP, no
+JSON, no base64, no thread hop. Prints one JSON line with calls/s and images/s.
+
+    python bench/inprocess.py --model-dir DIR/resnet/1 --jpeg img.jpg --batch 32 --calls 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True, help="a version directory (SavedModel)")
+    parser.add_argument("--jpeg", required=True)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--calls", type=int, default=10, help="calls timed, after one untimed call")
+    args = parser.parse_args()
+
+    import numpy as np
+
+    from appliance.runtimes.base import LoadOptions
+    from appliance.runtimes.tensorflow import TensorFlowRuntime
+
+    model = TensorFlowRuntime().load(args.model_dir, LoadOptions())
+    data = open(args.jpeg, "rb").read()
+    inputs = {"image_bytes": np.array([data] * args.batch, dtype=object)}
+    model.run("serving_default", inputs)  # first call builds kernels: not counted
+    start = time.perf_counter()
+    for _ in range(args.calls):
+        model.run("serving_default", inputs)
+    elapsed, calls = time.perf_counter() - start, args.calls
+    print(json.dumps({"calls": calls, "seconds": elapsed, "calls_per_s": calls / elapsed,
+                      "images_per_s": calls * args.batch / elapsed}))
+
+
+if __name__ == "__main__":
+    main()

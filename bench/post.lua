@@ -1,0 +1,18 @@
+-- wrk script: POST the file named by $WRK_BODY to the URL given on the command line, and print
+-- one JSON line at the end (requests/s, p50, p99, errors) for bench/serving_bench.py to read.
+-- wrk counts a non-2xx/3xx answer as a "status" error; socket errors are counted too.
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local file = assert(io.open(os.getenv("WRK_BODY"), "rb"))
+wrk.body = file:read("*a")
+file:close()
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  local seconds = summary.duration / 1e6
+  io.write(string.format(
+    '{"requests": %d, "rps": %.2f, "p50_ms": %.3f, "p99_ms": %.3f, "errors": %d, ' ..
+    '"error_kinds": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, "seconds": %.2f}\n',
+    summary.requests, summary.requests / seconds, latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    e.connect + e.read + e.write + e.status + e.timeout, e.connect, e.read, e.write, e.status, e.timeout, seconds))
+end

@@ -1,0 +1,117 @@
+"""Markdown tables and target ratios from ``serving_bench.py``'s results.json.
+
+    .venv/bin/python bench/report.py bench/.work/results-*/results.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+USER_GUIDE_PER_CORE = 88.95 / 16  # ResNet, batch 32, 16-core Xeon: 5.6 images/s per core
+
+
+def _latency_table(rows: list[dict], extra: str = "") -> list[str]:
+    head = "| target | concurrency | requests/s | p50 ms | p99 ms | errors | rounds (req/s) |" + (
+        " client | client CPU |" if extra else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for row in rows:
+        line = (f"| {row['target']} | {row['concurrency']} | {row['rps']:.0f} | {row['p50_ms']:.2f} | "
+                f"{row['p99_ms']:.2f} | {row['errors']} | {', '.join(map(str, row['all_rps']))} |")
+        if extra:
+            cpu = row["client_cpu"]
+            line += f" {row['client']} | {'-' if cpu != cpu else f'{cpu:.2f}'} |"
+        lines.append(line)
+    return lines
+
+
+def _cell(rows: list[dict], target: str, concurrency: int) -> dict | None:
+    """The cell measured by the C load generators (wrk, h2load) when there are several."""
+    cells = [r for r in rows if r["target"] == target and r["concurrency"] == concurrency]
+    return next((r for r in cells if r.get("client", "h2load") in ("h2load", "wrk")), cells[0] if cells else None)
+
+
+def targets(results: dict) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met) for each target of issue 8."""
+    out: list[tuple[str, str, bool | None]] = []
+    rest, grpc = results["rest"], results["grpc"]
+    envoy, direct = _cell(rest, "appliance via Envoy", 64), _cell(rest, "appliance direct", 64)
+    peers = [r for r in (_cell(rest, "MLServer", 64), _cell(rest, "KServe", 64)) if r]
+    if envoy and peers:
+        best = max(peers, key=lambda r: r["rps"])
+        ratio = envoy["rps"] / best["rps"]
+        met = ratio >= 2 and envoy["p99_ms"] < best["p99_ms"]
+        out.append(("REST via Envoy c=64 >= 2x the better peer, lower p99",
+                    f"{ratio:.2f}x {best['target']} ({envoy['rps']:.0f} vs {best['rps']:.0f} req/s); p99 "
+                    f"{envoy['p99_ms']:.1f} vs {best['p99_ms']:.1f} ms", met))
+    for side in ("appliance via Envoy", "appliance direct"):
+        g, r = _cell(grpc, side, 64), _cell(rest, side, 64)
+        if g and r:
+            out.append((f"gRPC >= REST ({side}, c=64)",
+                        f"{g['rps'] / r['rps']:.2f}x ({g['rps']:.0f} vs {r['rps']:.0f} req/s)", g["rps"] >= r["rps"]))
+    b32 = next((r for r in results["resnet"] if r["batch"] == 32), None)
+    if b32:
+        out.append(("resnet batch 32 via Envoy >= 90% of in-process",
+                    f"{b32['ratio']:.0%} ({b32['envoy_images_per_s']:.2f} vs {b32['inprocess_images_per_s']:.2f} "
+                    "images/s)", b32["ratio"] >= 0.9))
+    if envoy and direct:
+        ratio = envoy["rps"] / direct["rps"]
+        out.append(("REST via Envoy >= 80% of direct (c=64)",
+                    f"{ratio:.0%} ({envoy['rps']:.0f} vs {direct['rps']:.0f} req/s)", ratio >= 0.8))
+    g_envoy, g_direct = _cell(grpc, "appliance via Envoy", 64), _cell(grpc, "appliance direct", 64)
+    if g_envoy and g_direct:
+        ratio = g_envoy["rps"] / g_direct["rps"]
+        out.append(("gRPC via Envoy >= 80% of direct (c=64)",
+                    f"{ratio:.0%} ({g_envoy['rps']:.0f} vs {g_direct['rps']:.0f} req/s)", ratio >= 0.8))
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, s = results["machine"], results["settings"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem_gb']} GB, kernel {m['kernel']}, load average "
+             f"at start {m['loadavg_at_start']}; {m.get('envoy', '')}; {m.get('wrk', '')}.",
+             f"CPU split: servers on CPU {s['server_cpus']}, load generators on CPU {s['client_cpus']}; "
+             f"{s['rounds']} interleaved rounds of {s['duration_s']:g} s per cell. Whole run: "
+             f"{results['wall_s'] / 60:.1f} min.", ""]
+    lines += ["### Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for name, measured, met in targets(results):
+        lines.append(f"| {name} | {measured} | {'yes' if met else 'no'} |")
+    lines += ["", "### 1. REST, saved_model_half_plus_two_mkl", ""] + _latency_table(results["rest"])
+    lines += ["", "### 2. gRPC, saved_model_half_plus_two_mkl", ""] + _latency_table(results["grpc"], "cpu")
+    lines += ["", "### 3. resnet (base64 JPEG, 320x240), one request at a time (REST)", "",
+              "| batch | via Envoy images/s | in-process images/s | via Envoy / in-process | via Envoy p50 ms | "
+              "p99 ms | errors | images/s per core (via Envoy) | user guide per core |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in results["resnet"]:
+        lines.append(f"| {row['batch']} | {row['envoy_images_per_s']:.2f} | {row['inprocess_images_per_s']:.2f} | "
+                     f"{row['ratio']:.0%} | {row['envoy_p50_ms']:.0f} | {row['envoy_p99_ms']:.0f} | "
+                     f"{row['envoy_errors']} | {row['envoy_images_per_s'] / row['cores']:.2f} | "
+                     f"{USER_GUIDE_PER_CORE:.2f} (batch 32) |")
+    lines += ["", "### 4. Server-side batching, concurrency 64, direct to the model server", "",
+              "| model | batching | requests/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    for row in results["batching"]:
+        lines.append(f"| {row['model']} | {row['batching']} | {row['rps']:.1f} | {row['p50_ms']:.1f} | "
+                     f"{row['p99_ms']:.1f} | {row['errors']} |")
+    cold, memory = results.get("cold_start", {}), results["memory"]
+    lines += ["", "### 5. Cold start and memory", "", "| what | value |", "|---|---|"]
+    labels = {"first_predict_s": "`appliance up` to the first half_plus_two predict through Envoy (s)",
+              "first_resnet_predict_s": "... to the first resnet predict through Envoy (s)",
+              "appliance_up_returned_s": "`appliance up` returned, every check passed (s)",
+              "model_server_rss_mb": "model server RSS, both models loaded, before traffic (MB)",
+              "envoy_rss_mb": "Envoy RSS before traffic (MB)",
+              "model_server_hpt_only_rss_mb": "model server RSS with half_plus_two only (MB)",
+              "model_server_resnet_only_rss_mb": "model server RSS with resnet only (MB)",
+              "node_model_server_rss_after_run_mb": "node's model server RSS after the whole run (MB)",
+              "node_envoy_rss_after_run_mb": "node's Envoy RSS after the whole run (MB)",
+              "mlserver_rss_mb": "MLServer RSS, half_plus_two loaded (MB)",
+              "kserve_rss_mb": "KServe RSS, half_plus_two loaded (MB)"}
+    for key, label in labels.items():
+        value = cold.get(key, memory.get(key))
+        if value is not None:
+            lines.append(f"| {label} | {value:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(json.loads(open(sys.argv[1]).read())))
