@@ -130,19 +130,20 @@ class Node:
         self.wait_ready(timeout, progress)
 
     def _apply_changes(self, changed: list[Path], progress: Callable[[str], None]) -> None:
+        """Touch only what changed: EDS and models.config are picked up live (no restart)."""
         names = {p.name for p in changed}
+        restarted: set[str] = set()
         if "supervisord.conf" in names:
-            progress("supervisord.conf changed: reloading every process")
-            self.supervisor.call("reloadConfig")
-            for info in self.supervisor.processes():
-                self.supervisor.restart(info.name)
-            return
-        if "envoy.yaml" in names:
+            added, modified, removed = self.supervisor.update()
+            restarted = set(added) | set(modified)
+            parts = [f"{label} {', '.join(items)}" for label, items in
+                     (("started", added), ("restarted", modified), ("stopped", removed)) if items]
+            progress("supervisord.conf changed: " + ("; ".join(parts) or "no program changed"))
+        if "envoy.yaml" in names and "envoy" not in restarted:
             progress("envoy.yaml changed: restarting envoy")
             self.supervisor.restart("envoy")
         if "models.config" in names:
-            progress("models.config changed: restarting the model server")
-            self.supervisor.restart("model_server")
+            progress("models.config changed: the model server reloads it (no restart)")
         if any(name.startswith("eds_") for name in names):
             progress("cluster membership changed: Envoy swapped its endpoints (no restart)")
         if not names:

@@ -77,6 +77,24 @@ class Supervisor:
                 raise
         self.call("startProcess", name, False)
 
+    def update(self) -> tuple[list[str], list[str], list[str]]:
+        """Apply a changed supervisord.conf like ``supervisorctl update``.
+
+        Programs whose section changed are restarted, removed ones stopped, new ones started;
+        untouched programs keep running. Returns (added, changed, removed).
+        """
+        added, changed, removed = self.call("reloadConfig")[0]
+        for name in removed + changed:
+            try:
+                self.call("stopProcessGroup", name)
+            except SupervisorError as exc:
+                if "BAD_NAME" not in str(exc):
+                    raise
+            self.call("removeProcessGroup", name)
+        for name in changed + added:
+            self.call("addProcessGroup", name)
+        return added, changed, removed
+
     def shutdown(self, timeout: float = 60.0) -> None:
         """Stop every process and supervisord itself; wait until its PID is gone."""
         pid = self.pid()

@@ -209,3 +209,35 @@ def test_membership_follows_the_config_file_and_cluster_commands(node: NodeUnder
     assert "127.0.0.250" not in config_file.read_text()
     assert node.cli("cluster", "members").stdout.split() == [node.address]
     assert {p["name"]: p["pid"] for p in node.status()["processes"]}["envoy"] == envoy_pid
+
+
+def test_up_with_a_changed_config_touches_only_what_changed(node: NodeUnderTest) -> None:
+    """A model dropped from model.name is unloaded live, the logviewer switched off is stopped,
+    and the processes that did not change keep their PIDs; then everything comes back."""
+    def pids() -> dict[str, int]:
+        return {p["name"]: p["pid"] for p in node.status()["processes"]}
+
+    before = pids()
+    smaller = node.cli("up", "--timeout", "120", *EXTRA, *node.overrides,
+                       "--set", "model.name=saved_model_half_plus_two_mkl",
+                       "--set", "logviewer.enabled=false")
+    assert smaller.returncode == 0, smaller.stdout + smaller.stderr
+    assert "the model server reloads it (no restart)" in smaller.stdout
+    assert "stopped logviewer" in smaller.stdout
+    after = pids()
+    assert "logviewer" not in after
+    assert {k: after[k] for k in ("model_server", "envoy", "agent")} == \
+        {k: before[k] for k in ("model_server", "envoy", "agent")}
+    predict = f"http://{node.address}:{node.rest_port}/v1/models/resnet:predict"
+    wait_until(lambda: requests.post(predict, data='{"instances": []}', timeout=5).status_code == 404,
+               timeout=60, what="resnet unloaded by the config reload")
+    status = requests.get(f"http://{node.address}:{node.rest_port}/v1/models/resnet", timeout=5)
+    # history kept, as TF Serving: UNLOADING while in-flight requests drain, then END
+    assert status.json()["model_version_status"][0]["state"] in ("UNLOADING", "END")
+    restored = node.cli("up", "--timeout", "300", *EXTRA, *node.overrides)
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert "started logviewer" in restored.stdout
+    again = pids()
+    assert again["model_server"] == before["model_server"] and "logviewer" in again
+    resnet = requests.get(f"{node.url}/v1/models/resnet", timeout=30).json()
+    assert resnet["model_version_status"][0]["state"] == "AVAILABLE"
