@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--jpeg", required=True)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--calls", type=int, default=10, help="calls timed, after one untimed call")
+    parser.add_argument("--rounds", action="store_true", help="load once, then measure per stdin line 'BATCH CALLS'")
     args = parser.parse_args()
 
     import numpy as np
@@ -34,14 +35,24 @@ def main() -> None:
 
     model = TensorFlowRuntime().load(args.model_dir, LoadOptions())
     data = open(args.jpeg, "rb").read()
-    inputs = {"image_bytes": np.array([data] * args.batch, dtype=object)}
-    model.run("serving_default", inputs)  # first call builds kernels: not counted
-    start = time.perf_counter()
-    for _ in range(args.calls):
-        model.run("serving_default", inputs)
-    elapsed, calls = time.perf_counter() - start, args.calls
-    print(json.dumps({"calls": calls, "seconds": elapsed, "calls_per_s": calls / elapsed,
-                      "images_per_s": calls * args.batch / elapsed}))
+
+    def measure(batch: int, calls: int) -> dict:
+        inputs = {"image_bytes": np.array([data] * batch, dtype=object)}
+        model.run("serving_default", inputs)  # first call (kernels, buffers for this batch): not counted
+        start = time.perf_counter()
+        for _ in range(calls):
+            model.run("serving_default", inputs)
+        elapsed = time.perf_counter() - start
+        return {"batch": batch, "calls": calls, "seconds": elapsed, "calls_per_s": calls / elapsed,
+                "images_per_s": calls * batch / elapsed}
+
+    if not args.rounds:
+        print(json.dumps(measure(args.batch, args.calls)))
+        return
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        batch, calls = (int(x) for x in line.split())
+        print(json.dumps(measure(batch, calls)), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ ports of ``--address``; every process is started here and stopped here by PID):
 1. REST ``saved_model_half_plus_two_mkl``: through Envoy, direct to the model server, MLServer
    (V2 protocol) and KServe (V1 protocol) serving the same SavedModel; wrk, concurrency 1/8/64.
 2. gRPC: the same model through Envoy and direct (``bench/grpc_load.py``, TF Serving's stubs).
-3. ``resnet`` with base64 JPEGs at batch 1 and 32 through Envoy vs ``bench/inprocess.py``.
+1b. The same, Envoy vs direct at the highest concurrency, with no CPU pinning at all.
+3. ``resnet`` with base64 JPEGs at batch 1 and 32 through Envoy vs ``bench/inprocess.py``,
+   alternating in rounds.
 4. Server-side batching on vs off at concurrency 64 for both models (direct model servers).
 5. Cold start (``appliance up`` to the first successful predict) and resident memory.
 
@@ -26,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -135,7 +138,7 @@ class Bench:
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
-        self.results: dict[str, Any] = {"rest": [], "grpc": [], "resnet": [], "batching": [], "memory": {},
+        self.results: dict[str, Any] = {"rest": [], "grpc": [], "resnet": [], "batching": [], "rest_unpinned": [], "memory": {},
                                         "settings": {}}
         self.bodies: dict[str, Path] = {}
         self.node_root = args.work / "node"
@@ -164,9 +167,11 @@ class Bench:
 
     # ------------------------------------------------------------------ load generators
 
-    def wrk(self, url: str, body: Path, concurrency: int, duration: float, timeout: float = 10.0) -> dict:
-        threads = min(concurrency, len(self.args.client_cpus.split(",")))
-        cmd = ["taskset", "-c", self.args.client_cpus, "wrk", f"-t{threads}", f"-c{concurrency}",
+    def wrk(self, url: str, body: Path, concurrency: int, duration: float, timeout: float = 10.0,
+            cpus: str | None = None) -> dict:
+        cpus = cpus or self.args.client_cpus
+        threads = min(concurrency, cpu_count(cpus))
+        cmd = ["taskset", "-c", cpus, "wrk", f"-t{threads}", f"-c{concurrency}",
                f"-d{duration:g}s", f"--timeout={timeout:g}s", "-s", str(BENCH / "post.lua"), url]
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "WRK_BODY": str(body)})
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -209,9 +214,9 @@ class Bench:
             raise RuntimeError(f"grpc_load failed ({proc.returncode}): {proc.stderr[-2000:]}")
         return {**json.loads(lines[-1]), "client": "grpc_load.py"}
 
-    def warm(self, url: str, body: Path) -> None:
+    def warm(self, url: str, body: Path, cpus: str | None = None) -> None:
         """A short unmeasured run: connections, caches and the runtime's first calls."""
-        self.wrk(url, body, 8, 1)
+        self.wrk(url, body, 8, 1, cpus=cpus)
 
     # ------------------------------------------------------------------ stacks
 
@@ -225,7 +230,9 @@ class Bench:
                            capture_output=True)
         ports = {key: free_port(address) for key in ("http.port", "grpc.port", "envoy.admin.port",
                                                      "serving.rest.port", "serving.grpc.port")}
-        sets = {"node.address": address, "envoy.concurrency": len(self.args.server_cpus.split(",")),
+        # Envoy's workers = the CPUs it is pinned to: two workers on one core measured 59-70% of
+        # one worker's requests/s (bench/README.md).
+        sets = {"node.address": address, "envoy.concurrency": cpu_count(self.args.server_cpus),
                 "model.name": f"{HPT},resnet", "logviewer.enabled": "false", **ports}
         self.results["settings"]["node"] = sets
         cmd = ["taskset", "-c", self.args.server_cpus, *APPLIANCE, "--root", str(self.node_root), "up"]
@@ -384,31 +391,104 @@ class Bench:
             if cpu() - before < 0.05:
                 return
 
+    def scenario_rest_unpinned(self, targets: dict[str, tuple[str, Path]]) -> None:
+        """The second CPU layout: no pinning at all, the kernel schedules everything on every core.
+
+        The node's Envoy and model server (all their threads) are re-pinned to every CPU with
+        ``taskset -a -p`` for this scenario and pinned back afterwards; wrk runs unpinned too.
+        Envoy keeps the worker count it was started with (measured: 1 vs 2 workers make no
+        clear difference unpinned; bench/README.md). Rounds alternate which side goes first.
+        """
+        every = f"0-{(os.cpu_count() or 1) - 1}"
+        pids = [self.node_pids["envoy"], self.node_pids["model_server"]]
+        concurrency = max(self.args.concurrency)
+        rounds: dict[str, list[dict]] = {name: [] for name in targets}
+        try:
+            for pid in pids:
+                subprocess.run(["taskset", "-a", "-p", "-c", every, str(pid)], check=True, capture_output=True)
+            for url, body in targets.values():
+                self.warm(url, body, every)
+            for index in range(self.args.unpinned_rounds):
+                order = list(targets) if index % 2 == 0 else list(reversed(targets))
+                for name in order:
+                    url, body = targets[name]
+                    rounds[name].append({**self.wrk(url, body, concurrency, self.args.duration, cpus=every),
+                                         "load": os.getloadavg()[0]})
+        finally:
+            for pid in pids:
+                subprocess.run(["taskset", "-a", "-p", "-c", self.args.server_cpus, str(pid)], capture_output=True)
+        envoy, direct = rounds["appliance via Envoy"], rounds["appliance direct"]
+        ratios = [e["rps"] / d["rps"] for e, d in zip(envoy, direct)]
+        for name, runs in rounds.items():
+            row = {"target": name, "concurrency": concurrency, "cpus": every, **median_run(runs),
+                   "all_rps": [round(r["rps"]) for r in runs], "loads": [round(r["load"], 1) for r in runs]}
+            self.results["rest_unpinned"].append(row)
+            log(f"REST unpinned {name:22s} c={concurrency:<3d} {row['rps']:8.0f} req/s  p50 {row['p50_ms']:7.2f} ms  "
+                f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}  rounds {row['all_rps']}")
+        self.results["rest_unpinned_ratios"] = ratios
+        log(f"REST unpinned via Envoy / direct per round: {', '.join(f'{r:.0%}' for r in ratios)}")
+
     def scenario_resnet(self, envoy: str, jpeg: Path) -> None:
+        """Through Envoy vs in-process, alternating in rounds on the same batch and CPU set.
+
+        The in-process runtime (``bench/inprocess.py --rounds``) is loaded once and stays idle
+        while the node serves, and the other way round; each round runs both sides back to back,
+        alternating which goes first, and the ratio reported is the median of the per-round ratios.
+        """
         model_dir = self.node_root / "data/models/resnet/1"
-        for batch in (1, 32):
-            count = self.args.resnet_requests if batch == 1 else max(self.args.resnet_requests // 8, 2)
-            body = self.bodies[f"resnet{batch}"]
-            self.wait_idle(list(self.node_pids.values()))
-            self.sequential(f"{envoy}/v1/models/resnet:predict", body, 2)
-            served = self.sequential(f"{envoy}/v1/models/resnet:predict", body, count)
-            cmd = ["taskset", "-c", self.args.server_cpus, sys.executable, str(BENCH / "inprocess.py"),
-                   "--model-dir", str(model_dir), "--jpeg", str(jpeg), "--batch", str(batch),
-                   "--calls", str(count)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                raise RuntimeError(f"inprocess.py failed: {proc.stderr[-2000:]}")
-            runtime = json.loads(lines[-1])
-            cores = len(self.args.server_cpus.split(","))
-            row = {"batch": batch, "envoy_images_per_s": served["rps"] * batch, "envoy_p50_ms": served["p50_ms"],
-                   "envoy_p99_ms": served["p99_ms"], "envoy_errors": served["errors"],
-                   "envoy_requests": served["requests"], "inprocess_images_per_s": runtime["images_per_s"],
-                   "inprocess_calls": runtime["calls"], "cores": cores}
-            row["ratio"] = row["envoy_images_per_s"] / row["inprocess_images_per_s"]
-            self.results["resnet"].append(row)
-            log(f"resnet batch {batch}: through Envoy {row['envoy_images_per_s']:.1f} img/s, in-process "
-                f"{row['inprocess_images_per_s']:.1f} img/s ({row['ratio']:.0%})")
+        cmd = ["taskset", "-c", self.args.server_cpus, sys.executable, str(BENCH / "inprocess.py"),
+               "--model-dir", str(model_dir), "--jpeg", str(jpeg), "--rounds"]
+        runner = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  stderr=open(self.logs / "inprocess.log", "wb"), start_new_session=True)
+
+        def inprocess(batch: int, count: int) -> dict:
+            runner.stdin.write(f"{batch} {count}\n")
+            runner.stdin.flush()
+            line = runner.stdout.readline()
+            if not line.startswith("{"):
+                raise RuntimeError(f"inprocess.py failed; see {self.logs / 'inprocess.log'}")
+            return json.loads(line)
+
+        try:
+            if not json.loads(runner.stdout.readline() or "{}").get("ready"):
+                raise RuntimeError(f"inprocess.py did not start; see {self.logs / 'inprocess.log'}")
+            pids = [*self.node_pids.values(), runner.pid]
+            url = f"{envoy}/v1/models/resnet:predict"
+            for batch in (1, 32):
+                count = self.args.resnet_requests if batch == 1 else max(self.args.resnet_requests // 8, 2)
+                body = self.bodies[f"resnet{batch}"]
+                served_runs, inprocess_runs = [], []
+                for index in range(self.args.resnet_rounds):
+                    sides = ["envoy", "inprocess"] if index % 2 == 0 else ["inprocess", "envoy"]
+                    for side in sides:
+                        self.wait_idle(pids)
+                        if side == "envoy":
+                            self.sequential(url, body, 1)  # untimed, like in-process's first call
+                            served_runs.append({**self.sequential(url, body, count), "load": os.getloadavg()[0]})
+                        else:
+                            inprocess_runs.append(inprocess(batch, count))
+                ratios = [s["rps"] * batch / i["images_per_s"] for s, i in zip(served_runs, inprocess_runs)]
+                served = median_run(served_runs)
+                cores = cpu_count(self.args.server_cpus)
+                row = {"batch": batch, "envoy_images_per_s": served["rps"] * batch, "envoy_p50_ms": served["p50_ms"],
+                       "envoy_p99_ms": served["p99_ms"], "envoy_errors": sum(r["errors"] for r in served_runs),
+                       "envoy_requests": count, "inprocess_calls": count, "cores": cores,
+                       "inprocess_images_per_s": statistics.median(i["images_per_s"] for i in inprocess_runs),
+                       "round_ratios": ratios, "ratio": statistics.median(ratios),
+                       "envoy_rounds": [round(r["rps"] * batch, 2) for r in served_runs],
+                       "inprocess_rounds": [round(i["images_per_s"], 2) for i in inprocess_runs],
+                       "loads": [round(r["load"], 1) for r in served_runs]}
+                self.results["resnet"].append(row)
+                log(f"resnet batch {batch}: through Envoy {row['envoy_images_per_s']:.1f} img/s, in-process "
+                    f"{row['inprocess_images_per_s']:.1f} img/s; per round {', '.join(f'{r:.0%}' for r in ratios)} "
+                    f"(median {row['ratio']:.0%})")
+        finally:
+            runner.stdin.close()
+            try:
+                runner.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(runner.pid, signal.SIGKILL)
+                runner.wait()
 
     def scenario_batching(self, off_url: str) -> None:
         params = self.out / "batching_parameters.txt"
@@ -477,6 +557,7 @@ class Bench:
                 targets["MLServer"] = (self.start_mlserver(), self.bodies["hpt_v2"])
                 targets["KServe"] = (self.start_kserve(), self.bodies["hpt"])
             self.scenario_rest(targets)
+            self.scenario_rest_unpinned({name: targets[name] for name in ("appliance via Envoy", "appliance direct")})
             for proc in [p for p in self.procs if p.name in ("mlserver", "kserve")]:
                 proc.stop()
                 self.procs.remove(proc)
@@ -490,6 +571,20 @@ class Bench:
             self.stop_all()
         self.results["wall_s"] = time.monotonic() - started
         return self.results
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The median run by requests/s (of an even count, the upper middle one)."""
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
+def cpu_count(cpus: str) -> int:
+    """How many CPUs a taskset list names (``0``, ``0,1``, ``0-3``)."""
+    count = 0
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
 
 
 def grpc_request_bytes() -> bytes:
@@ -535,6 +630,10 @@ def main() -> int:
     parser.add_argument("--resnet-duration", type=float, default=20.0, help="seconds per resnet batching run")
     parser.add_argument("--resnet-requests", type=int, default=40,
                         help="sequential resnet requests at batch 1 (batch 32: an eighth as many)")
+    parser.add_argument("--unpinned-rounds", type=int, default=5,
+                        help="alternating rounds of REST via Envoy vs direct with no CPU pinning")
+    parser.add_argument("--resnet-rounds", type=int, default=5,
+                        help="alternating rounds of resnet through Envoy vs in-process (median ratio reported)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (best is kept)")
     parser.add_argument("--threads", type=int, default=0,
                         help="--rest_api_num_threads of the direct model servers (0: as the node: one per CPU)")
