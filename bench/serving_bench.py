@@ -138,8 +138,8 @@ class Bench:
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
-        self.results: dict[str, Any] = {"rest": [], "grpc": [], "resnet": [], "batching": [], "rest_unpinned": [], "memory": {},
-                                        "settings": {}}
+        self.results: dict[str, Any] = {"rest": [], "rest_unpinned": [], "grpc": [], "resnet": [], "batching": [],
+                                        "memory": {}, "settings": {}}
         self.bodies: dict[str, Path] = {}
         self.node_root = args.work / "node"
         self.node_up = False
@@ -230,8 +230,8 @@ class Bench:
                            capture_output=True)
         ports = {key: free_port(address) for key in ("http.port", "grpc.port", "envoy.admin.port",
                                                      "serving.rest.port", "serving.grpc.port")}
-        # Envoy's workers = the CPUs it is pinned to: two workers on one core measured 59-70% of
-        # one worker's requests/s (bench/README.md).
+        # Envoy's workers = the CPUs it is pinned to: two workers on one core measured 42-106%
+        # (median 70%) of one worker's requests/s (bench/README.md, bench/envoy_ab.py).
         sets = {"node.address": address, "envoy.concurrency": cpu_count(self.args.server_cpus),
                 "model.name": f"{HPT},resnet", "logviewer.enabled": "false", **ports}
         self.results["settings"]["node"] = sets
