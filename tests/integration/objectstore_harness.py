@@ -13,6 +13,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -95,3 +96,12 @@ def start_objectstore(root: Path, procs: Processes) -> ObjectStore:
                what=f"the object store (log {log})")
     creds = yaml.safe_load((root / "etc/appliance/objectstore.credentials").read_text())
     return ObjectStore(root, port, base, creds["s3.access.key"], creds["s3.secret.key"])
+
+
+def objectstore_for_module(tmp_path_factory) -> Iterator[ObjectStore]:
+    """Body of a module-scoped fixture: one real object store per test module, stopped by PID."""
+    procs = Processes()
+    try:
+        yield start_objectstore(tmp_path_factory.mktemp("repo"), procs)
+    finally:
+        procs.stop_all()

@@ -15,7 +15,7 @@ from appliance.agent.state import read_state, state_path
 from appliance.config import NodePaths, load_config
 from logviewer import create_app, credentials
 from tests.conftest import Processes, free_port, wait_until
-from tests.integration.objectstore_harness import CLI, ObjectStore, start_objectstore
+from tests.integration.objectstore_harness import ObjectStore, objectstore_for_module
 from tests.integration.test_sync import Node, make_model
 from tests.unit.test_logviewer_app import login, text
 
@@ -25,11 +25,7 @@ MODEL = "lv_synced"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
-    procs = Processes()
-    try:
-        yield start_objectstore(tmp_path_factory.mktemp("repo"), procs)
-    finally:
-        procs.stop_all()
+    yield from objectstore_for_module(tmp_path_factory)
 
 
 def test_the_models_pages_show_the_repository_as_the_agent_reports_it(

@@ -22,18 +22,14 @@ from appliance.agent.transfer import Downloader, VerificationError
 from appliance.config import load_config, NodePaths
 from appliance.sources import open_source
 from tests.conftest import Processes, wait_until
-from tests.integration.objectstore_harness import CLI, ObjectStore, start_objectstore
+from tests.integration.objectstore_harness import CLI, ObjectStore, objectstore_for_module
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
-    procs = Processes()
-    try:
-        yield start_objectstore(tmp_path_factory.mktemp("repo"), procs)
-    finally:
-        procs.stop_all()
+    yield from objectstore_for_module(tmp_path_factory)
 
 
 def make_model(path: Path, seed: int, big: int = 0) -> Path:

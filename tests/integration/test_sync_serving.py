@@ -18,9 +18,9 @@ from typing import Iterator
 import pytest
 import requests
 
-from tests.conftest import Processes, wait_until
+from tests.conftest import wait_until
 from tests.integration.node_harness import CLI, NodeUnderTest, new_node, node_running
-from tests.integration.objectstore_harness import ObjectStore, start_objectstore
+from tests.integration.objectstore_harness import ObjectStore, objectstore_for_module
 
 pytestmark = pytest.mark.slow
 HALF = "saved_model_half_plus_two_mkl"
@@ -30,11 +30,7 @@ EXPECTED = {"predictions": [2.5, 3.0, 4.5]}
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
-    procs = Processes()
-    try:
-        yield start_objectstore(tmp_path_factory.mktemp("repo"), procs)
-    finally:
-        procs.stop_all()
+    yield from objectstore_for_module(tmp_path_factory)
 
 
 def half_plus_two(builtin_models: Path) -> Path:
