@@ -134,7 +134,7 @@ class NodePaths:
 
     @property
     def config_file(self) -> Path:
-        return self.root / "etc/appliance/appliance.yaml"
+        return self.etc / "appliance.yaml"
 
     @property
     def models(self) -> Path:
