@@ -207,14 +207,25 @@ class Node:
         admin = f"http://127.0.0.1:{self.config.envoy.admin_port}/ready"
         step("envoy ready", lambda: get_text(admin)[0] == 200)
         if self.config.node.role == "repo":
-            s3 = f"http://{host}:{self.config.repo.port}/"
-            step(f"object store S3 API on port {self.config.repo.port}", lambda: get_text(s3)[0] > 0)
+            step(f"object store on port {self.config.repo.port} with its bucket",
+                 self._objectstore_ready)
             return
         front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
         step(f"REST through Envoy on port {self.config.http_port}", lambda: get_text(front)[0] == 200)
         if self.config.logviewer.enabled:
             viewer = f"http://{host}:{self.config.logviewer.port}/healthz"
             step(f"logviewer on port {self.config.logviewer.port}", lambda: get_text(viewer)[0] == 200)
+
+    def _objectstore_ready(self) -> bool:
+        """The running object store process wrote its ready marker (the bucket exists)."""
+        from .objectstore import READY_MARKER
+
+        try:
+            marker = int((self.paths.run / READY_MARKER).read_text().strip())
+        except (OSError, ValueError):
+            return False
+        return any(p.name == "objectstore" and p.state == "RUNNING" and p.pid == marker
+                   for p in self.supervisor.processes())
 
     def _raise_if_failed(self) -> None:
         try:

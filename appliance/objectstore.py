@@ -35,6 +35,7 @@ from .errors import ApplianceError, SourceError
 log = logging.getLogger(__name__)
 
 CREDENTIALS_FILE = "objectstore.credentials"
+READY_MARKER = "objectstore.ready"
 DEFAULT_BUCKET = "models"
 _KEY_ALPHABET = string.ascii_uppercase + string.digits
 
@@ -189,6 +190,9 @@ def run_objectstore(config: Config, paths: NodePaths) -> int:
     signal.signal(signal.SIGINT, forward)
     try:
         created = ensure_bucket(config, creds, alive=proc)
+        # `appliance up` waits for this marker (naming our PID, so a stale one never counts):
+        # the node is ready only once the bucket exists, not merely when the port answers.
+        write_atomic(paths.run / READY_MARKER, f"{os.getpid()}\n")
         log.info("object store ready at %s; bucket %s %s; credentials in %s", endpoint(config),
                  bucket_name(config), "created" if created else "exists",
                  "the config" if config.s3.access_key else credentials_path(paths))
