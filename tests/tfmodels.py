@@ -141,3 +141,19 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
     except RuntimeError as exc:
         raise AssertionError(str(exc)) from None
     return url
+
+
+def serve_test_models(root: Path, processes, log_name: str, args: list[str] = (),
+                      only: tuple[str, ...] = ()) -> str:
+    """Build the test models under ``root``, write their models.config, start a server on it.
+
+    The log goes to test-artifacts/<log_name> (emptied first); returns the REST base URL.
+    """
+    from tests.conftest import ARTIFACTS
+
+    config = root / "models.config"
+    config.write_text(model_config(build_all(root / "models", only=only)))
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / log_name
+    log.write_bytes(b"")
+    return start_model_server(processes, [f"--model_config_file={config}", *args], log)

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests import tfmodels
-from tests.conftest import ARTIFACTS, Processes, free_port
+from tests.conftest import Processes, free_port
 
 tf = pytest.importorskip("tensorflow")
 
@@ -30,15 +30,9 @@ BAD_GRPC = {grpc.StatusCode.OK, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOW
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory, session_processes: Processes) -> tuple[str, int]:
-    root = tmp_path_factory.mktemp("fuzz")
-    paths = tfmodels.build_all(root / "models", only=MODELS)
-    config = root / "models.config"
-    config.write_text(tfmodels.model_config(paths))
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS / "model_server_fuzz.log"
-    log.write_bytes(b"")
     port = free_port()
-    url = tfmodels.start_model_server(session_processes, [f"--port={port}", f"--model_config_file={config}"], log)
+    url = tfmodels.serve_test_models(tmp_path_factory.mktemp("fuzz"), session_processes,
+                                     "model_server_fuzz.log", [f"--port={port}"], only=MODELS)
     return url, port
 
 

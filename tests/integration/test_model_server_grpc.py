@@ -7,22 +7,16 @@ import numpy as np
 import pytest
 
 from tests import tfmodels
-from tests.conftest import ARTIFACTS, Processes, free_port
+from tests.conftest import Processes, free_port
 
 tf = pytest.importorskip("tensorflow")
 
 
 @pytest.fixture(scope="module")
 def channel(tmp_path_factory: pytest.TempPathFactory, session_processes: Processes):
-    root = tmp_path_factory.mktemp("grpc_models")
-    paths = tfmodels.build_all(root / "models")
-    config = root / "models.config"
-    config.write_text(tfmodels.model_config(paths))
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS / "model_server_grpc.log"
-    log.write_bytes(b"")
     port = free_port()
-    tfmodels.start_model_server(session_processes, [f"--model_config_file={config}", f"--port={port}"], log)
+    tfmodels.serve_test_models(tmp_path_factory.mktemp("grpc_models"), session_processes,
+                               "model_server_grpc.log", [f"--port={port}"])
     with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
         grpc.channel_ready_future(chan).result(timeout=30)
         yield chan

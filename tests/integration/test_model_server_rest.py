@@ -14,19 +14,13 @@ import pytest
 import requests
 
 from tests import tfmodels
-from tests.conftest import ARTIFACTS, Processes
+from tests.conftest import Processes
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, session_processes: Processes) -> str:
-    root = tmp_path_factory.mktemp("rest_models")
-    paths = tfmodels.build_all(root / "models")
-    config = root / "models.config"
-    config.write_text(tfmodels.model_config(paths))
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS / "model_server_rest.log"
-    log.write_bytes(b"")
-    return tfmodels.start_model_server(session_processes, [f"--model_config_file={config}"], log)
+    return tfmodels.serve_test_models(tmp_path_factory.mktemp("rest_models"), session_processes,
+                                      "model_server_rest.log")
 
 
 def post(server: str, path: str, body: bytes | str | dict, **kw) -> requests.Response:
