@@ -22,7 +22,7 @@ from typing import Callable
 import yaml
 
 from .atomic import write_atomic
-from .envoy_admin import read_cluster_view
+from .envoy_admin import read_cluster_view, unhealthy_of
 from .errors import ApplianceError
 
 STATE = "dev-cluster.json"
@@ -106,6 +106,7 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
     for node in (n for n in nodes if n.role == "serving"):
         progress(f"{node.name} ({node.address}): starting")
         _check(_cli(Path(node.root), "up"), f"starting {node.name}")
+    wait_in_rotation(nodes, [n.address for n in nodes if n.role == "serving"], progress)
     progress(f"dev cluster up: {len(nodes)} nodes under {base}; REST on any of "
              + ", ".join(f"http://{n.address}:{overrides.get('http.port', 8080)}" for n in nodes))
     return nodes
@@ -154,6 +155,7 @@ def add_serving(base: Path, progress: Callable[[str], None] = print) -> DevNode:
     for other in nodes:
         if other is not node:
             _check(_cli(Path(other.root), "cluster", "add-node", node.address), "add-node")
+    wait_in_rotation(nodes, [node.address], progress)
     progress(f"{node.name} joined: every node balances over it")
     return node
 
@@ -174,6 +176,31 @@ def remove_serving(base: Path, name: str, progress: Callable[[str], None] = prin
     nodes.remove(node)
     write_atomic(Path(base).resolve() / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
     progress(f"{name} left the cluster and stopped")
+
+
+def wait_in_rotation(nodes: list[DevNode], addresses: list[str],
+                     progress: Callable[[str], None] = print, timeout: float = 60.0) -> None:
+    """Wait until every node's Envoy routes to each of ``addresses`` (REST and gRPC).
+
+    A node's own `up` only waits for itself; the others' Envoys health-check a newcomer once a
+    second, so "the cluster is up" means every Envoy has seen every serving node pass.
+    """
+    deadline = time.monotonic() + timeout
+    pending = {n.name: addresses for n in nodes}
+    shown = False
+    while True:
+        pending = {n.name: unhealthy_of(n.admin_port, pending[n.name]) for n in nodes
+                   if pending.get(n.name)}
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise ApplianceError("after {:.0f}s not every Envoy routes to every serving node: {}"
+                                 .format(timeout, "; ".join(f"{name} not to {', '.join(a)}"
+                                                            for name, a in pending.items())))
+        if not shown:
+            progress("waiting until every node's Envoy has health-checked every serving node")
+            shown = True
+        time.sleep(0.2)
 
 
 def _wait_gone_from_envoy(node: DevNode, address: str, timeout: float = 30.0) -> None:

@@ -82,3 +82,17 @@ def read_cluster_view(admin_port: int) -> tuple[str, list[Cluster]]:
             cluster.ejections_active = values.get(prefix + "ejections_active", 0)
             cluster.ejections_total = values.get(prefix + "ejections_enforced_total", 0)
     return "ok", clusters
+
+
+def unhealthy_of(admin_port: int, addresses: list[str]) -> list[str]:
+    """Which of ``addresses`` this Envoy does not yet route to in every upstream cluster.
+
+    An address counts as in rotation once each cluster lists it HEALTHY; a node whose Envoy
+    admin does not answer has every address still pending.
+    """
+    _, clusters = read_cluster_view(admin_port)
+    if not clusters:
+        return list(addresses)
+    healthy = [{h.address.rsplit(":", 1)[0] for h in c.hosts if h.health == "HEALTHY"}
+               for c in clusters]
+    return [a for a in addresses if not all(a in seen for seen in healthy)]

@@ -19,10 +19,10 @@ from typing import Callable
 
 import yaml
 
-from . import render
+from . import membership, render
 from .atomic import write_atomic
 from .config import Config, NodePaths, build, effective_values, local_store, record_sources
-from .envoy_admin import read_cluster_view
+from .envoy_admin import read_cluster_view, unhealthy_of
 from .errors import ApplianceError, SupervisorError
 from .localhttp import get_text
 from .supervision import ProcessInfo, Supervisor
@@ -212,6 +212,11 @@ class Node:
             return
         front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
         step(f"REST through Envoy on port {self.config.http_port}", lambda: get_text(front)[0] == 200)
+        if self.config.node.role == "serving" and host in membership.members(self.config):
+            # Envoy health-checks each host once a second: the node is in rotation (and `up`
+            # done) only once its own Envoy routes to its own model server, REST and gRPC.
+            step("this node's model server in its Envoy's rotation",
+                 lambda: not unhealthy_of(self.config.envoy.admin_port, [host]))
         if self.config.logviewer.enabled:
             viewer = f"http://{host}:{self.config.logviewer.port}/healthz"
             step(f"logviewer on port {self.config.logviewer.port}", lambda: get_text(viewer)[0] == 200)
