@@ -41,8 +41,11 @@ def cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+SCHED: list[str] = []   # e.g. ["chrt", "--batch", "0"]: every server under SCHED_BATCH
+
+
 def spawn(cmd, cpus, log):
-    p = subprocess.Popen(["taskset", "-c", cpus, *cmd], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+    p = subprocess.Popen(["taskset", "-c", cpus, *SCHED, *cmd], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                          start_new_session=True)
     procs.append(p)
     return p
@@ -79,6 +82,11 @@ EDITS = {
     "no_outlier": lambda t: remove_block(t, r"    outlier_detection:\n", r"uneject_host: false\n"),
     "no_reqid": lambda t: t.replace("          request_headers_timeout: 10s\n", "          request_headers_timeout: 10s\n          generate_request_id: false\n"),
     "no_envoy_headers": lambda t: t.replace("router.v3.Router}", "router.v3.Router, suppress_envoy_headers: true}"),
+    # at most N upstream HTTP/1.1 connections per model server; the rest wait in Envoy's queue
+    **{f"maxconn{n}": (lambda t, n=n: t.replace(
+        "    connect_timeout: 1s\n",
+        "    connect_timeout: 1s\n    circuit_breakers: {thresholds: [{max_connections: %d, "
+        "max_pending_requests: 100000, max_requests: 100000}]}\n" % n)) for n in (1, 2, 4, 8, 16)},
     "no_stats": lambda t: t.replace("static_resources:", "stats_config: {stats_matcher: {reject_all: true}}\n\nstatic_resources:", 1),
 }
 
@@ -123,7 +131,12 @@ def main():
     ap.add_argument("--tag", default="ab")
     ap.add_argument("--ms", default=str(VENV / "appliance-model-server"),
                     help="model server command, or a .py run with the venv's python (scratch patches)")
+    ap.add_argument("--sched", choices=("normal", "batch"), default="normal",
+                    help="scheduling policy of every server process (batch: no wakeup preemption)")
+    ap.add_argument("--perf", action="store_true", help="perf stat the model server during each run")
     a = ap.parse_args()
+    if a.sched == "batch":
+        SCHED[:] = ["chrt", "--batch", "0"]
     AB.mkdir(parents=True, exist_ok=True)
     BODY.write_bytes(b'{"instances": [1.0, 2.0, 5.0]}')
     base = (NODE / "var/lib/appliance/run/envoy.yaml").read_text()
@@ -178,7 +191,15 @@ resources:
                 url, pids = targets[n]
                 before = [cpu_s(p) for p in pids]
                 load = os.getloadavg()[0]
+                stat = subprocess.Popen(["perf", "stat", "-x,", "-e", "task-clock,context-switches,cycles,instructions",
+                                         "-p", str(pids[-1]), "--", "sleep", str(a.duration)],
+                                        stderr=subprocess.PIPE, text=True) if a.perf else None
                 w = wrk(url, a.concurrency, a.duration, a.client_cpus, threads)
+                if stat:
+                    counters = {l.split(",")[2]: float(l.split(",")[0] or 0) for l in stat.communicate()[1].splitlines()
+                                if l.count(",") > 3 and l.split(",")[0].replace(".", "").isdigit()}
+                    w["ms_per_req"] = {k: round(v / max(w["requests"], 1), 2) for k, v in counters.items()}
+                    print("   model server per request:", w["ms_per_req"])
                 used = [cpu_s(p) - b for p, b in zip(pids, before)]
                 w["us_per_req"] = [round(u / max(w["requests"], 1) * 1e6, 1) for u in used]
                 w["load"] = load

@@ -7,12 +7,22 @@ feeds and fetches by the SignatureDef's tensor names and, unlike ``Session.run``
 feed-shape check, because TF Serving never checks request shapes against the SignatureDef (a
 ``[3]`` tensor fed to a ``[-1,1]`` placeholder is valid there). That API is private, so
 ``tests/unit/test_modelserver_runtime.py`` pins it.
+
+TF's executor hands every run to its inter-op thread pool and makes the caller wait, even for a
+graph that computes in 10 us: two context switches per request, more than the model costs (a
+perf count on the benchmark showed one voluntary switch per request on ``tf_Compute`` and one
+preemption of the event loop). So each signature also gets a second callable with
+``RunOptions.inter_op_thread_pool = -1``, which runs the graph in the calling thread, as TF's
+``config.proto`` recommends "ONLY for simple graphs": a version whose recent runs average under
+``INLINE_MAX_MICROS`` uses it (the same measure the server uses to run a request on its event
+loop, ``appliance/modelserver/inline.py``); heavier graphs keep the pool and its parallelism.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -20,6 +30,7 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2
 
+from appliance.modelserver.inline import RunCost
 from appliance.modelserver.status import Code, ServingError
 from appliance.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
 
@@ -56,6 +67,8 @@ class TensorFlowModel(LoadedModel):
         self._session = session
         self._sigdefs = {name: sigdefs[name] for name in sigdefs}
         self._callables: dict[str, Callable[..., list]] = {}
+        self._in_caller: dict[str, Callable[..., list]] = {}  # same, run in the calling thread
+        self._cost = RunCost()
         for name, signature in self.signatures.items():
             if not signature.outputs:
                 continue  # e.g. __saved_model_init_op: nothing to fetch, nothing to serve
@@ -66,17 +79,22 @@ class TensorFlowModel(LoadedModel):
                 callable_options.run_options.timeout_in_ms = options.run_timeout_ms
             try:
                 self._callables[name] = session._make_callable_from_options(callable_options)
+                callable_options.run_options.inter_op_thread_pool = -1
+                self._in_caller[name] = session._make_callable_from_options(callable_options)
             except Exception as exc:  # noqa: BLE001 - a broken signature must not fail the others
                 log.warning("signature %r of %s cannot be served: %s", name, path, exc)
 
     def _run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        run = self._callables.get(signature.name)
+        cost = self._cost
+        run = (self._in_caller if cost.cheap() else self._callables).get(signature.name)
         if run is None:
             raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature.name}" not found.')
+        started = time.perf_counter()
         try:
             values = run(*[inputs[alias] for alias in signature.inputs])
         except Exception as exc:  # noqa: BLE001 - every runtime failure becomes a status
             raise _serving_error(exc) from None
+        cost.observe((time.perf_counter() - started) * 1e6)
         return dict(zip(signature.outputs, values))
 
     def signature_def_map(self) -> Any:
@@ -89,6 +107,7 @@ class TensorFlowModel(LoadedModel):
 
     def close(self) -> None:
         self._callables.clear()
+        self._in_caller.clear()
 
 
 class TensorFlowRuntime(Runtime):

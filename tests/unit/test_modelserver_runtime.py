@@ -61,3 +61,39 @@ def test_runtime_load_failure_and_unknown_platform(tmp_path: Path) -> None:
     assert info.value.code == Code.NOT_FOUND
     with pytest.raises(ServingError, match="valid platforms: onnx, tensorflow"):
         get_runtime("caffe")
+
+
+def _tf_pool_switches() -> int:
+    """Voluntary context switches of TF's inter-op pool threads (``tf_Compute``) so far."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() != "tf_Compute":
+                continue
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
+def test_cheap_graphs_run_in_the_calling_thread(half_plus_two: Path) -> None:
+    """Once a version's runs are known to be cheap, TF's inter-op pool is no longer woken per run."""
+    from appliance.modelserver.inline import MIN_SAMPLES
+    from appliance.runtimes import LoadOptions, get_runtime
+
+    model = get_runtime("tensorflow").load(str(half_plus_two), LoadOptions())
+    x = {"x": np.array([2.0, 3.0], np.float32)}
+    before = _tf_pool_switches()
+    for _ in range(MIN_SAMPLES):                     # cost unknown yet: TF's own pool
+        assert model.run("serving_default", x)["y"].tolist() == [3.0, 3.5]
+    assert _tf_pool_switches() - before >= MIN_SAMPLES // 2
+    for _ in range(1000):
+        if model._cost.cheap():
+            break
+        model.run("serving_default", x)
+    assert model._cost.cheap(), f"half_plus_two averages {model._cost.mean:.0f} us per run"
+    before = _tf_pool_switches()
+    for _ in range(200):
+        assert model.run("serving_default", x)["y"].tolist() == [3.0, 3.5]
+    assert _tf_pool_switches() - before < 20
