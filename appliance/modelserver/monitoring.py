@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
-from appliance.modelserver.inline import RunCost
 from appliance.modelserver.metrics import Counter, Gauge, Histogram, Registry, exponential_buckets
 from appliance.modelserver.status import Code
 from appliance.runtimes.base import LoadedModel, Signature
@@ -119,7 +118,7 @@ class InstrumentedModel(LoadedModel):
         super().__init__(inner.path, inner.signatures)
         self.inner = inner
         self.waits_for_batch = inner.waits_for_batch
-        self.run_cost = RunCost()  # where requests run: see inline.py
+        self.run_cost = inner.run_cost  # shared: the runtime may run cheap graphs differently
         runtime = RUNTIME_LABELS.get(platform, platform)
         self._cells = {name: RUNTIME_LATENCY.cell(model_name, _METHOD_API.get(sig.method_name, "Predict"), runtime)
                        for name, sig in inner.signatures.items()}

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from appliance.modelserver.inline import RunCost
 from appliance.modelserver.status import Code, ServingError
 
 
@@ -58,6 +59,9 @@ class LoadedModel(abc.ABC):
     def __init__(self, path: str, signatures: Mapping[str, Signature]) -> None:
         self.path = path
         self.signatures = dict(signatures)
+        # Recent run time, kept by whoever times the runs (the server's InstrumentedModel); where
+        # a request runs and how a runtime runs it follow it (appliance/modelserver/inline.py).
+        self.run_cost = RunCost()
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a signature on tensors keyed by input alias; returns outputs keyed by alias."""

@@ -14,15 +14,15 @@ perf count on the benchmark showed one voluntary switch per request on ``tf_Comp
 preemption of the event loop). So each signature also gets a second callable with
 ``RunOptions.inter_op_thread_pool = -1``, which runs the graph in the calling thread, as TF's
 ``config.proto`` recommends "ONLY for simple graphs": a version whose recent runs average under
-``INLINE_MAX_MICROS`` uses it (the same measure the server uses to run a request on its event
-loop, ``appliance/modelserver/inline.py``); heavier graphs keep the pool and its parallelism.
+``INLINE_MAX_MICROS`` uses it (``run_cost``, kept by the server, which also decides from it that a
+request runs on its event loop: ``appliance/modelserver/inline.py``); heavier graphs, and a
+version whose cost is not known yet, keep the pool and its parallelism.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -30,7 +30,6 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2
 
-from appliance.modelserver.inline import RunCost
 from appliance.modelserver.status import Code, ServingError
 from appliance.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
 
@@ -68,7 +67,6 @@ class TensorFlowModel(LoadedModel):
         self._sigdefs = {name: sigdefs[name] for name in sigdefs}
         self._callables: dict[str, Callable[..., list]] = {}
         self._in_caller: dict[str, Callable[..., list]] = {}  # same, run in the calling thread
-        self._cost = RunCost()
         for name, signature in self.signatures.items():
             if not signature.outputs:
                 continue  # e.g. __saved_model_init_op: nothing to fetch, nothing to serve
@@ -85,16 +83,13 @@ class TensorFlowModel(LoadedModel):
                 log.warning("signature %r of %s cannot be served: %s", name, path, exc)
 
     def _run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cost = self._cost
-        run = (self._in_caller if cost.cheap() else self._callables).get(signature.name)
+        run = (self._in_caller if self.run_cost.cheap() else self._callables).get(signature.name)
         if run is None:
             raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature.name}" not found.')
-        started = time.perf_counter()
         try:
             values = run(*[inputs[alias] for alias in signature.inputs])
         except Exception as exc:  # noqa: BLE001 - every runtime failure becomes a status
             raise _serving_error(exc) from None
-        cost.observe((time.perf_counter() - started) * 1e6)
         return dict(zip(signature.outputs, values))
 
     def signature_def_map(self) -> Any:

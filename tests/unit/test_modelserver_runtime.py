@@ -80,19 +80,21 @@ def _tf_pool_switches() -> int:
 def test_cheap_graphs_run_in_the_calling_thread(half_plus_two: Path) -> None:
     """Once a version's runs are known to be cheap, TF's inter-op pool is no longer woken per run."""
     from appliance.modelserver.inline import MIN_SAMPLES
+    from appliance.modelserver.monitoring import InstrumentedModel
     from appliance.runtimes import LoadOptions, get_runtime
 
-    model = get_runtime("tensorflow").load(str(half_plus_two), LoadOptions())
+    model = InstrumentedModel(get_runtime("tensorflow").load(str(half_plus_two), LoadOptions()),
+                              "hp2", "tensorflow")
     x = {"x": np.array([2.0, 3.0], np.float32)}
     before = _tf_pool_switches()
     for _ in range(MIN_SAMPLES):                     # cost unknown yet: TF's own pool
         assert model.run("serving_default", x)["y"].tolist() == [3.0, 3.5]
     assert _tf_pool_switches() - before >= MIN_SAMPLES // 2
     for _ in range(1000):
-        if model._cost.cheap():
+        if model.run_cost.cheap():
             break
         model.run("serving_default", x)
-    assert model._cost.cheap(), f"half_plus_two averages {model._cost.mean:.0f} us per run"
+    assert model.run_cost.cheap(), f"half_plus_two averages {model.run_cost.mean:.0f} us per run"
     before = _tf_pool_switches()
     for _ in range(200):
         assert model.run("serving_default", x)["y"].tolist() == [3.0, 3.5]
