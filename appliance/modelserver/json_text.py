@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from decimal import Decimal
 from typing import Any
 
@@ -217,17 +218,46 @@ def format_float64(value: float) -> str:
     return _finish_decimal(text)
 
 
+_SMALL = 64                      # below this many values, numpy's per-call overhead dominates
+_F32 = struct.Struct("f")
+
+
+def _to_float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (``inf`` beyond its range, as a C cast does)."""
+    try:
+        return _F32.unpack(_F32.pack(value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def _format_small(values: list[float], is_double: bool) -> list[str]:
+    """:func:`format_decimals` one value at a time: ~1 us per value instead of ~10 us per call."""
+    texts = []
+    for v in values:
+        if v != v or v in (math.inf, -math.inf):
+            texts.append("NaN" if v != v else ("-Infinity" if v < 0 else "Infinity"))
+            continue
+        text = "%g" % v
+        if (float(text) if is_double else _to_float32(float(text))) != v:
+            text = ("%.17g" if is_double else "%.9g") % v
+        texts.append(text if ("." in text or "e" in text) else text + ".0")
+    return texts
+
+
 def format_decimals(arr: np.ndarray) -> list[str]:
     """``WriteDecimal`` over a whole float array (flattened, C order).
 
     ``%g`` per value (Python's ``%`` is C's printf), then one vectorised round-trip check; only
     values that do not round-trip are re-formatted with ``max_digits10``. About 10x faster than
-    ``np.char.mod`` on large outputs.
+    ``np.char.mod`` on large outputs; small outputs (most predictions) are checked per value.
     """
     flat = arr.ravel()
     if flat.size == 0:
         return []
     is_double = flat.dtype == np.float64
+    if flat.size <= _SMALL:
+        return _format_small(flat.tolist() if is_double else flat.astype(np.float32, copy=False).tolist(),
+                             is_double)
     if not is_double:
         flat = flat.astype(np.float32, copy=False)
     values = flat.tolist()

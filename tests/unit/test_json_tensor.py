@@ -254,6 +254,21 @@ def test_float64_formatting(value: float, text: str) -> None:
     assert format_decimals(np.full(20, value)) == [text] * 20
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_and_large_outputs_format_alike(dtype: type) -> None:
+    """Outputs up to 64 values are formatted one by one, larger ones vectorised: same text."""
+    rng = np.random.default_rng(7)
+    edge = [0.0, -0.0, 2.5, 1e-45, 5e-324, 3.4028235e38, 3.402825e38, 1e300, np.inf, -np.inf, np.nan,
+            0.1, 1.0 / 3.0, 123456789.0]
+    with np.errstate(all="ignore"):
+        values = np.concatenate([edge, rng.standard_normal(30) * 10.0 ** rng.integers(-40, 38, 30),
+                                 np.frombuffer(rng.bytes(8 * 20), np.float64)]).astype(dtype)
+    one = format_float64 if dtype is np.float64 else format_float32
+    for chunk in np.array_split(values, 2):                        # 32 values each: the small path
+        assert format_decimals(chunk) == format_decimals(np.tile(chunk, 3))[:chunk.size] \
+            == [one(float(v)) for v in chunk]
+
+
 def test_predict_response_bytes() -> None:
     y = np.array([2.5, 3.0, 4.5], dtype=np.float32)
     assert jp.encode_predict_response({"y": y}, jp.ROW) == b'{"predictions": [2.5, 3.0, 4.5]}'
