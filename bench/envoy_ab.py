@@ -98,7 +98,14 @@ def variant_yaml(base: str, name: str, ports: dict, eds: dict) -> str:
         t = re.sub(rf"(  - name: {listener}\n    address: \{{socket_address: \{{address: )[^,]+, port_value: \d+",
                    rf"\g<1>{ADDR}, port_value: {ports[listener]}", t)
     for c, p in eds.items():
+        if name.startswith("uds") and c == "model_server_rest":
+            p = eds["uds"]
+        elif c == "uds":
+            continue
         t = re.sub(r"\{path: \S*eds_" + c + r"\.yaml\}", "{path: " + str(p) + "}", t)
+    name = name.split("~")[0]
+    if name == "uds":               # REST upstream over the unix socket (scratch --ms ms_uds.py)
+        name = "no_hc"
     parts = [] if name in ("base", "conc2") else (list(EDITS) if name == "minimal" else name.split("+"))
     if name == "floor":
         t = re.sub(r"(              - match: \{prefix: \"/\"\}\n).*?(          http_filters:)",
@@ -133,6 +140,7 @@ def main():
                     help="model server command, or a .py run with the venv's python (scratch patches)")
     ap.add_argument("--sched", choices=("normal", "batch"), default="normal",
                     help="scheduling policy of every server process (batch: no wakeup preemption)")
+    ap.add_argument("--direct-batch", action="store_true", help="also direct with SCHED_BATCH (variant~batch)")
     ap.add_argument("--perf", action="store_true", help="perf stat the model server during each run")
     a = ap.parse_args()
     if a.sched == "batch":
@@ -164,13 +172,26 @@ resources:
         address: {{socket_address: {{address: {ADDR}, port_value: {p}}}}}
         health_check_config: {{port_value: {rest}}}
 """)
+    if os.environ.get("UDS_PATH"):
+        eds["uds"] = logs / "eds_uds.yaml"
+        eds["uds"].write_text(f"""version_info: x
+resources:
+- '@type': type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: model_server_rest
+  endpoints:
+  - lb_endpoints:
+    - endpoint:
+        address: {{pipe: {{path: {os.environ['UDS_PATH']}}}}}
+""")
     targets = {"direct": (f"http://{ADDR}:{rest}/v1/models/{HPT}:predict", [ms.pid])}
+    if a.direct_batch:
+        targets["direct~batch"] = targets["direct"]
     try:
         for name in a.variants.split(","):
             ports = {"admin": free_port(), "rest": free_port(), "grpc": free_port()}
             path = logs / f"envoy_{name}.yaml"
             path.write_text(variant_yaml(base, name, ports, eds))
-            conc = 2 if name == "conc2" else a.envoy_concurrency
+            conc = 2 if name.startswith("conc2") else a.envoy_concurrency
             e = spawn([str(VENV / "envoy"), "-c", str(path), "--concurrency", str(conc), "--disable-hot-restart",
                        "--log-level", "warn", "--base-id", str(ports["admin"])], a.server_cpus, logs / f"envoy_{name}.log")
             url = f"http://{ADDR}:{ports['rest']}/v1/models/{HPT}:predict"
@@ -179,7 +200,7 @@ resources:
             except RuntimeError:
                 print((logs / f"envoy_{name}.log").read_text()[-3000:])
                 raise
-            targets[name] = (url, [e.pid] if name == "floor" else [e.pid, ms.pid])
+            targets[name] = (url, [e.pid] if name.startswith("floor") else [e.pid, ms.pid])
         threads = len(a.client_cpus.split(","))
         for url, _ in targets.values():
             wrk(url, 8, 1, a.client_cpus, threads)
@@ -189,6 +210,9 @@ resources:
             order = names[r % len(names):] + names[:r % len(names)]
             for n in order:
                 url, pids = targets[n]
+                if n.endswith("~batch"):     # this run only: no wakeup preemption between the servers
+                    for p in pids:
+                        subprocess.run(["chrt", "--batch", "--all-tasks", "--pid", "0", str(p)], check=True)
                 before = [cpu_s(p) for p in pids]
                 load = os.getloadavg()[0]
                 stat = subprocess.Popen(["perf", "stat", "-x,", "-e", "task-clock,context-switches,cycles,instructions",
@@ -201,6 +225,9 @@ resources:
                     w["ms_per_req"] = {k: round(v / max(w["requests"], 1), 2) for k, v in counters.items()}
                     print("   model server per request:", w["ms_per_req"])
                 used = [cpu_s(p) - b for p, b in zip(pids, before)]
+                if n.endswith("~batch"):
+                    for p in pids:
+                        subprocess.run(["chrt", "--other", "--all-tasks", "--pid", "0", str(p)], check=True)
                 w["us_per_req"] = [round(u / max(w["requests"], 1) * 1e6, 1) for u in used]
                 w["load"] = load
                 res[n].append(w)
