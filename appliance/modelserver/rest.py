@@ -126,6 +126,8 @@ class HttpProtocol(asyncio.Protocol):
             self.paused = True
             self.transport.pause_reading()
         if self.worker is None or self.worker.done():
+            if len(self.queue) == 1 and self._answer_now(request):
+                return
             self.worker = asyncio.get_running_loop().create_task(self._serve())
 
     # ---------------------------------------------------------------- answering
@@ -151,6 +153,20 @@ class HttpProtocol(asyncio.Protocol):
                 self.closing = True
                 self.transport.close()
                 return
+
+    def _answer_now(self, request: _Request) -> bool:
+        """Answer a lone plain request synchronously when the API can (``RestApi.handle_now``)."""
+        if request.too_large or "content-encoding" in request.headers:
+            return False
+        response = self.api.handle_now(request.method, request.path, b"".join(request.body))
+        if response is None:
+            return False
+        self.queue.popleft()
+        self._write(response, request.keep_alive, request.http10)
+        if not request.keep_alive:
+            self.closing = True
+            self.transport.close()
+        return True
 
     async def _answer(self, request: _Request) -> Response:
         if request.too_large:

@@ -137,6 +137,37 @@ def test_keep_alive_and_pipelining(server: str) -> None:
     assert b"model_version_status" in second
 
 
+def test_pipelined_answers_keep_their_order_once_predicts_run_inline(server: str) -> None:
+    """A warm cheap model is answered without a task (handle_now); a request that needs one (status,
+    classify) in between must not let later inline answers overtake it."""
+    for _ in range(30):                                   # past inline.MIN_SAMPLES: runs inline now
+        assert post(server, "/v1/models/half_plus_two:predict", b'{"instances": [1.0]}').status_code == 200
+    host, port = server.removeprefix("http://").split(":")
+
+    def req(method: str, path: str, body: bytes = b"", close: bool = False) -> bytes:
+        extra = b"Connection: close\r\n" if close else b""
+        return (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode()
+                + extra + b"\r\n" + body)
+    sent = [req("POST", "/v1/models/half_plus_two:predict", b'{"instances": [1.0]}'),
+            req("GET", "/v1/models/half_plus_two"),
+            req("POST", "/v1/models/half_plus_two:predict", b'{"instances": [3.0]}'),
+            req("POST", "/v1/models/half_plus_two:classify",
+                b'{"signature_name": "classify_x_to_y", "examples": [{"x": 1.0}]}'),
+            req("POST", "/v1/models/half_plus_two:predict", b"garbage"),
+            req("POST", "/v1/models/half_plus_two:predict", b'{"instances": [5.0]}', close=True)]
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"".join(sent))
+        data = b""
+        while chunk := sock.recv(65536):                  # the server closes after the last one
+            data += chunk
+    bodies = [part.split(b"\r\n\r\n", 1)[1] for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert len(bodies) == 6, data
+    assert bodies[0] == b'{"predictions": [2.5]}' and bodies[2] == b'{"predictions": [3.5]}'
+    assert b"model_version_status" in bodies[1] and b"results" in bodies[3]
+    assert json.loads(bodies[4]) == {"error": "JSON Parse error: Invalid value. at offset: 0"}
+    assert bodies[5] == b'{"predictions": [4.5]}'
+
+
 # ------------------------------------------------------------------ errors
 
 
