@@ -89,12 +89,13 @@ class RestApi:
         if match is None:
             return None
         name, version, label, verb = match.groups()
-        if verb.lower() != "predict" or not self._inline(name, version, label, len(body)):
+        state = self._inline(name, version, label, len(body)) if verb.lower() == "predict" else None
+        if state is None:
             return None
         start = time.perf_counter()
         code = Code.INTERNAL
         try:
-            status, payload = 200, self._predict(name, version, label, body)
+            status, payload = 200, self._predict(name, version, label, body, state)
             code = Code.OK
         except ServingError as err:
             code = err.code
@@ -199,18 +200,20 @@ class RestApi:
 
             return await asyncio.get_running_loop().run_in_executor(
                 self.executor, classify_or_regress, self, verb, name, version, label, body)
-        if self._inline(name, version, label, len(body)):
-            return self._predict(name, version, label, body)
+        state = self._inline(name, version, label, len(body))
+        if state is not None:
+            return self._predict(name, version, label, body, state)
         return await asyncio.get_running_loop().run_in_executor(
             self.executor, self._predict, name, version, label, body)
 
-    def _inline(self, name: str, version: str | None, label: str | None, body_size: int) -> bool:
-        """Run on the event loop (inline.py)? A lookup error here just means "no": the pool path
-        reports it, after the body's own errors, as before."""
+    def _inline(self, name: str, version: str | None, label: str | None, body_size: int) -> VersionState | None:
+        """The version to run on the event loop (inline.py), or None. A lookup error here just means
+        "no": the pool path reports it, after the body's own errors, as before."""
         try:
-            return runs_inline(self._lookup(name, version, label).model, body_size)
+            state = self._lookup(name, version, label)
         except ServingError:
-            return False
+            return None
+        return state if runs_inline(state.model, body_size) else None
 
     def signature(self, state: VersionState, signature_name: str) -> Signature:
         signature = state.model.signatures.get(signature_name or DEFAULT_SIGNATURE)
@@ -229,10 +232,12 @@ class RestApi:
             per_model[signature.name] = codecs
         return codecs
 
-    def _predict(self, name: str, version: str | None, label: str | None, body: bytes) -> bytes:
+    def _predict(self, name: str, version: str | None, label: str | None, body: bytes,
+                 state: VersionState | None = None) -> bytes:
         doc = parse_json_object(body)
         signature_name = json_predict.request_signature_name(doc)
-        state = self._lookup(name, version, label)
+        if state is None:
+            state = self._lookup(name, version, label)
         signature = self.signature(state, signature_name)
         fmt, inputs = json_predict.decode_predict(doc, self._input_codecs(state, signature))
         outputs = state.model.run(signature.name, inputs)
