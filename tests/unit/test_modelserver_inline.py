@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from appliance.modelserver import inline
 from appliance.modelserver.inline import RunCost, runs_inline
 
@@ -54,3 +56,22 @@ def test_batching_and_instrumented_models_say_whether_they_wait() -> None:
             return None
 
     assert not InstrumentedModel(Plain("/x", {}), "m", "tensorflow").waits_for_batch
+
+
+def test_run_cost_is_cpu_time_only_for_runs_that_never_waited() -> None:
+    """A preempted run that computed alone costs its CPU time; a run that waited keeps its wall time."""
+    import resource
+
+    from appliance.modelserver.monitoring import run_cost_micros
+
+    def usage(cpu_s: float, voluntary: int, involuntary: int) -> resource.struct_rusage:
+        fields = [0] * 16
+        fields[0], fields[14], fields[15] = cpu_s, voluntary, involuntary  # ru_utime, ru_nvcsw, ru_nivcsw
+        return resource.struct_rusage(fields)
+
+    start = usage(1.0, 5, 7)
+    # 900 us of wall clock, of which 30 us computing: preempted once, never waited
+    assert run_cost_micros(900, start, usage(1.00003, 5, 8)) == pytest.approx(30)
+    # waited for another thread (TF's pool, a lock): the wall clock is the cost
+    assert run_cost_micros(900, start, usage(1.00003, 6, 8)) == 900
+    assert run_cost_micros(40, start, usage(1.0005, 5, 7)) == 40   # never more than the wall time
