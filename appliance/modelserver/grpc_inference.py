@@ -60,12 +60,8 @@ def classify(model: LoadedModel, version: int, request: Any) -> Any:
     from tensorflow_serving.apis import classification_pb2
 
     signature = examples.classification_signature(model, request.model_spec.signature_name)
-    response = classification_pb2.ClassificationResponse()
-    _model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name, version)
-    serialized = examples.serialized_from_input(request.input)
-    monitoring.record_examples(request.model_spec.name, len(serialized))
-    fill_classifications(response.result, examples.classify(model, signature, serialized))
-    return response
+    return _run_examples(model, version, request, classification_pb2.ClassificationResponse(),
+                         lambda serialized: examples.classify(model, signature, serialized), fill_classifications)
 
 
 def regress(model: LoadedModel, version: int, request: Any) -> Any:
@@ -73,11 +69,17 @@ def regress(model: LoadedModel, version: int, request: Any) -> Any:
     from tensorflow_serving.apis import regression_pb2
 
     signature = examples.regression_signature(model, request.model_spec.signature_name)
-    response = regression_pb2.RegressionResponse()
+    return _run_examples(model, version, request, regression_pb2.RegressionResponse(),
+                         lambda serialized: examples.regress(model, signature, serialized), fill_regressions)
+
+
+def _run_examples(model: LoadedModel, version: int, request: Any, response: Any,
+                  run: Any, fill: Any) -> Any:
+    """Classify and Regress alike: the request's tf.Examples through ``run``, ``fill``ed into ``response``."""
     _model_spec(response.model_spec, request.model_spec.name, request.model_spec.signature_name, version)
     serialized = examples.serialized_from_input(request.input)
     monitoring.record_examples(request.model_spec.name, len(serialized))
-    fill_regressions(response.result, examples.regress(model, signature, serialized))
+    fill(response.result, run(serialized))
     return response
 
 

@@ -75,10 +75,8 @@ class RestApi:
             return Response(404, (("Content-Type", "text/html"),), NOT_FOUND_PAGE)
         try:
             status, payload = await self._dispatch(method, path, headers, body)
-        except ServingError as err:
-            status, payload = err.http_status, error_body(err.message)
         except Exception as exc:  # noqa: BLE001 - a request never takes the server down
-            status, payload = _internal_error(exc, method, path)
+            status, payload = _error(exc, method, path)
         return Response(status, JSON_HEADERS + self.extra_headers, payload)
 
     def handle_now(self, method: str, path: str, body: bytes) -> Response | None:
@@ -92,18 +90,11 @@ class RestApi:
         state = self._inline(name, version, label, len(body)) if verb.lower() == "predict" else None
         if state is None:
             return None
-        start = time.perf_counter()
-        code = Code.INTERNAL
         try:
-            status, payload = 200, self._predict(name, version, label, body, state)
-            code = Code.OK
-        except ServingError as err:
-            code = err.code
-            status, payload = err.http_status, error_body(err.message)
+            with _Recorded(name, "predict"):
+                status, payload = 200, self._predict(name, version, label, body, state)
         except Exception as exc:  # noqa: BLE001 - a request never takes the server down
-            status, payload = _internal_error(exc, method, path)
-        finally:
-            monitoring.record_request(unquote(name), "predict", "REST", code, start)
+            status, payload = _error(exc, method, path)
         return Response(status, JSON_HEADERS + self.extra_headers, payload)
 
     async def _dispatch(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
@@ -131,20 +122,8 @@ class RestApi:
     @staticmethod
     async def _counted(name: str, api: str, work: Any, *args: Any) -> bytes:
         """Run ``work`` (a coroutine, or a function of ``args``) and record it in request_count/latency."""
-        start = time.perf_counter()
-        code = Code.INTERNAL
-        try:
-            result = await work if asyncio.iscoroutine(work) else work(*args)
-            code = Code.OK
-            return result
-        except ServingError as err:
-            code = err.code
-            raise
-        except asyncio.CancelledError:
-            code = Code.CANCELLED
-            raise
-        finally:
-            monitoring.record_request(unquote(name), api, "REST", code, start)
+        with _Recorded(name, api):
+            return await work if asyncio.iscoroutine(work) else work(*args)
 
     # ---------------------------------------------------------------- model spec
 
@@ -244,7 +223,27 @@ class RestApi:
         return json_predict.encode_predict_response(outputs, fmt)
 
 
-def _internal_error(exc: Exception, method: str, path: str) -> tuple[int, bytes]:
+class _Recorded:
+    """One REST request in request_count/latency, with the status its outcome maps to."""
+
+    __slots__ = ("name", "api", "start")
+
+    def __init__(self, name: str, api: str) -> None:
+        self.name, self.api, self.start = name, api, time.perf_counter()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
+        code = (Code.OK if kind is None else exc.code if isinstance(exc, ServingError)
+                else Code.CANCELLED if isinstance(exc, asyncio.CancelledError) else Code.INTERNAL)
+        monitoring.record_request(unquote(self.name), self.api, "REST", code, self.start)
+
+
+def _error(exc: Exception, method: str, path: str) -> tuple[int, bytes]:
+    """The status and TF Serving error body of a request that raised ``exc``."""
+    if isinstance(exc, ServingError):
+        return exc.http_status, error_body(exc.message)
     log.exception("unexpected error handling %s %s", method, path)
     return 500, error_body(f"Internal error: {type(exc).__name__}: {exc}")
 

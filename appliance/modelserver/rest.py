@@ -146,12 +146,7 @@ class HttpProtocol(asyncio.Protocol):
                 log.exception("unexpected error answering %s %s", request.method, request.path)
                 response = Response(500, (("Content-Type", "application/json"),),
                                     error_body(f"Internal error: {type(exc).__name__}"))
-            if self.closing:
-                return
-            self._write(response, request.keep_alive, request.http10)
-            if not request.keep_alive:
-                self.closing = True
-                self.transport.close()
+            if self.closing or not self._send(response, request):
                 return
 
     def _answer_now(self, request: _Request) -> bool:
@@ -162,11 +157,16 @@ class HttpProtocol(asyncio.Protocol):
         if response is None:
             return False
         self.queue.popleft()
+        self._send(response, request)
+        return True
+
+    def _send(self, response: Response, request: _Request) -> bool:
+        """Write the answer to ``request``; False when that closed the connection."""
         self._write(response, request.keep_alive, request.http10)
         if not request.keep_alive:
             self.closing = True
             self.transport.close()
-        return True
+        return request.keep_alive
 
     async def _answer(self, request: _Request) -> Response:
         if request.too_large:
