@@ -30,20 +30,31 @@ def _sig(v1, inputs: dict, outputs: dict, method: str = "tensorflow/serving/pred
         method_name=method)
 
 
-def half_plus(bias: float):
-    """y = 0.5 * x + bias, with predict, classify and regress signatures like TF Serving's half_plus_two."""
+def half_plus(bias: float, split_inputs: bool = False):
+    """y = 0.5 * x + bias, with predict, classify and regress signatures like TF Serving's half_plus_two.
+
+    ``split_inputs`` gives classify and regress their own tf.Example placeholder, as a TF2 export
+    (``saved_model_half_plus_two_tf2_cpu``) does; otherwise they share one, as TF1 exports do.
+    """
+    def examples(tf, v1, a, b, name):
+        serialized = v1.placeholder(tf.string, name=name)
+        parsed = v1.parse_example(serialized, {"x": v1.FixedLenFeature([1], tf.float32)})
+        return serialized, tf.add(a * parsed["x"], b)
+
     def build(tf, v1):
         a = v1.Variable(0.5, name="a")
         b = v1.Variable(bias, name="b")
         x = v1.placeholder(tf.float32, shape=[None, 1], name="x")
         y = tf.add(a * x, b, name="y")
-        serialized = v1.placeholder(tf.string, name="tf_example")
-        parsed = v1.parse_example(serialized, {"x": v1.FixedLenFeature([1], tf.float32)})
-        y_ex = tf.add(a * parsed["x"], b, name="y_ex")
+        classify_in, classify_out = examples(tf, v1, a, b, "tf_example")
+        regress_in, regress_out = (examples(tf, v1, a, b, "tf_example_regress") if split_inputs
+                                   else (classify_in, classify_out))
         return {
             "serving_default": _sig(v1, {"x": x}, {"y": y}),
-            "classify_x_to_y": _sig(v1, {"inputs": serialized}, {"scores": y_ex}, "tensorflow/serving/classify"),
-            "regress_x_to_y": _sig(v1, {"inputs": serialized}, {"outputs": y_ex}, "tensorflow/serving/regress"),
+            "classify_x_to_y": _sig(v1, {"inputs": classify_in}, {"scores": classify_out},
+                                    "tensorflow/serving/classify"),
+            "regress_x_to_y": _sig(v1, {"inputs": regress_in}, {"outputs": regress_out},
+                                   "tensorflow/serving/regress"),
         }
     return build
 
@@ -70,7 +81,7 @@ def ints(tf, v1):
 
 MODELS = {
     "half_plus_two": {1: half_plus(2.0)},
-    "half_plus": {1: half_plus(2.0), 2: half_plus(3.0)},
+    "half_plus": {1: half_plus(2.0, split_inputs=True), 2: half_plus(3.0, split_inputs=True)},
     "two_inputs": {1: two_inputs},
     "strings": {1: strings},
     "ints": {1: ints},

@@ -246,10 +246,14 @@ class Task:
 
 
 def multi_inference_tasks(model: LoadedModel, tasks: Sequence[tuple[str, str, str]]) -> list[Task]:
-    """``TensorFlowMultiInferenceRunner::Infer``'s checks; ``tasks`` are (model, signature, method)."""
+    """``TensorFlowMultiInferenceRunner::Infer``'s checks; ``tasks`` are (model, signature, method).
+
+    Signatures may read different input tensors (a TF2 export gives each its own placeholder):
+    TF Serving feeds the same examples to every task's input since 2020, and so does
+    :func:`run_task`, one runtime call per task.
+    """
     model_name = ""
     seen: set[str] = set()
-    input_tensor = ""
     checked: list[Task] = []
     for name, signature_name, method in tasks:
         if not name:
@@ -270,12 +274,7 @@ def multi_inference_tasks(model: LoadedModel, tasks: Sequence[tuple[str, str, st
             check = regression_signature
         else:
             raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {method}")
-        signature = check(model, signature_name)
-        tensor = signature.inputs["inputs"].tensor_name
-        if input_tensor and tensor != input_tensor:
-            raise invalid_argument("Input tensor must be the same for all Signatures.")
-        input_tensor = tensor
-        checked.append(Task(signature, method))
+        checked.append(Task(check(model, signature_name), method))
     return checked
 
 
