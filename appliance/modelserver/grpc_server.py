@@ -21,7 +21,7 @@ import grpc
 from appliance.modelserver import grpc_inference, monitoring
 from appliance.modelserver.inline import runs_inline
 from appliance.modelserver.manager import ModelManager, VersionState
-from appliance.modelserver.status import Code, ServingError, invalid_argument
+from appliance.modelserver.status import Code, ServingError, invalid_argument, utf8_text
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def _lookup(manager: ModelManager, spec: Any) -> VersionState:
 
 
 def _status_message(message: str) -> str:
+    message = utf8_text(message)
     if len(message) <= MAX_ERROR_MESSAGE:
         return message
     return message[:MAX_ERROR_MESSAGE] + "...TRUNCATED"

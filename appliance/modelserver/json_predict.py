@@ -13,8 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from appliance.modelserver.json_tensor import (InputCodec, dtype_of_array, fast_tensor, is_b64_object,
-                                               slow_values, value_to_tensor)
+from appliance.modelserver.json_tensor import (InputCodec, build_tensor, dtype_of_array, fast_tensor,
+                                               is_b64_object, slow_values, value_to_tensor)
 from appliance.modelserver.json_text import dump_string, format_decimals, json_value_to_string
 from appliance.modelserver.status import ServingError, invalid_argument
 
@@ -113,7 +113,7 @@ class _Stacker:
         self.values.extend(flat)
 
     def tensor(self, count: int) -> np.ndarray:
-        return self.codec.build(self.values).reshape([count] + (self.shape or []))
+        return build_tensor(self.codec, self.values, [count] + (self.shape or []))
 
 
 def _shape_text(shape: list[int]) -> str:

@@ -7,12 +7,20 @@ significant digits, widened to ``max_digits10`` when that does not round-trip, a
 appended to whole numbers. Clients (and TF Serving's own tests) compare those texts, so they
 are reproduced here. Parsing uses orjson first because it is several times faster than ``json``;
 ``json`` is the fallback for NaN/Infinity, trailing data and precise error messages.
+
+rapidjson (TF Serving pins v1.1.0) does not validate UTF-8: string bytes reach the model as
+sent. The fallback decodes such a body with ``surrogateescape`` and :func:`string_bytes` turns
+the escapes back into those bytes. It refuses what rapidjson refuses: a number beyond a double
+("Number too big to be stored in double.", also every integer of over 4,300 digits, which
+Python would refuse to convert) and a ``\\ud800``-``\\udbff`` escape without its low half.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
+import re
 import struct
 from decimal import Decimal
 from typing import Any
@@ -49,20 +57,60 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return doc
 
 
+class _NumberTooBig(Exception):
+    """A number literal beyond a double: rapidjson's ``kParseErrorNumberTooBig``."""
+
+
+def _parse_int(text: str) -> int:
+    # Checked before int(): a literal of over 4,300 digits would raise ValueError (CVE-2020-10735).
+    if len(text) > 308 and math.isinf(float(text)):
+        raise _NumberTooBig
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NumberTooBig
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float)
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?')
+_LONE_HIGH_SURROGATE = re.compile(r'(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2})(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})')
+
+
 def _parse_slow(body: bytes) -> Any:
     """json-module parse: accepts NaN/Infinity, ignores trailing data, maps error texts."""
     text = body.decode("utf-8", errors="surrogateescape")
     start = len(text) - len(text.lstrip(" \t\r\n"))
     if start == len(text):
         raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
+    surrogate = _LONE_HIGH_SURROGATE.search(text) if "\\u" in text else None
     try:
-        value, _end = json.JSONDecoder().raw_decode(text, start)
-        return value
+        value, end = _DECODER.raw_decode(text, start)
+        error, pos = "", end
     except json.JSONDecodeError as exc:
-        raise invalid_argument(f"JSON Parse error: {_rapidjson_message(exc)} "
-                               f"at offset: {len(text[:exc.pos].encode('utf-8', 'surrogateescape'))}")
+        error, pos = _rapidjson_message(exc), exc.pos
+    except _NumberTooBig:
+        error, pos = "Number too big to be stored in double.", _too_big_offset(text, start)
     except RecursionError:
         raise invalid_argument("JSON Parse error: Terminate parsing due to Handler error. at offset: 0")
+    if surrogate is not None and surrogate.start(1) < pos:   # the first error in the text is reported
+        error, pos = "The surrogate pair in string is invalid.", surrogate.start(1)
+    if error:
+        offset = len(text[:pos].encode("utf-8", "surrogateescape"))
+        raise invalid_argument(f"JSON Parse error: {error} at offset: {offset}")
+    return value
+
+
+def _too_big_offset(text: str, start: int) -> int:
+    """Where the first number literal beyond a double starts (rapidjson reports where it starts)."""
+    for token in _TOKEN.finditer(text, start):
+        literal = token.group()
+        if literal[0] != '"' and math.isinf(float(literal)):
+            return token.start()
+    return start
 
 
 def _rapidjson_message(exc: json.JSONDecodeError) -> str:
@@ -184,6 +232,24 @@ def _rapidjson_double(value: float) -> str:
     else:
         text = f"{digits[0]}.{digits[1:]}e{kk - 1}"
     return sign + text
+
+
+def _raw_bytes(error: UnicodeError) -> tuple[bytes, int]:
+    """Encoding error handler: U+DC80..U+DCFF (a byte the body had that is not UTF-8, see
+    ``surrogateescape``) is that byte again; any other surrogate (a lone low ``\\udc00`` escape)
+    is its 3-byte form, as rapidjson writes it."""
+    chunk = error.object[error.start:error.end]
+    return b"".join(bytes([ord(ch) - 0xDC00]) if "\udc80" <= ch <= "\udcff" else ch.encode("utf-8", "surrogatepass")
+                    for ch in chunk), error.end
+
+
+RAW_BYTES = "appliance.raw_bytes"
+codecs.register_error(RAW_BYTES, _raw_bytes)
+
+
+def string_bytes(text: str) -> bytes:
+    """A decoded JSON string as the bytes rapidjson hands to TF: ``"\\xff\\xfe"`` in the body is 2 bytes."""
+    return text.encode("utf-8", RAW_BYTES)
 
 
 def dump_string(text: str) -> str:

@@ -153,7 +153,11 @@ class HttpProtocol(asyncio.Protocol):
         """Answer a lone plain request synchronously when the API can (``RestApi.handle_now``)."""
         if request.too_large or "content-encoding" in request.headers:
             return False
-        response = self.api.handle_now(request.method, request.path, b"".join(request.body))
+        try:
+            response = self.api.handle_now(request.method, request.path, b"".join(request.body))
+        except Exception:  # noqa: BLE001 - it never should; raising here would fail the HTTP parser
+            log.exception("unexpected error answering %s %s inline", request.method, request.path)
+            response = None
         if response is None:
             return False
         self.queue.popleft()

@@ -54,6 +54,11 @@ def _signature(name: str, sigdef: Any) -> Signature:
 def _serving_error(exc: BaseException) -> ServingError:
     if isinstance(exc, tf.errors.OpError):
         return ServingError(Code(exc.error_code), exc.message)
+    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+        # TF's Python binding could not decode the status message, so it raised this instead and the
+        # code is lost. Bytes that are not UTF-8 in a TF error come from the request's data (e.g.
+        # StringToNumber quoting its input): a client error, as TF Serving answers it.
+        return ServingError(Code.INVALID_ARGUMENT, exc.object.decode("utf-8", "replace"))
     return ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
