@@ -239,11 +239,15 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
 
 
 def _service_handler(module: Any, service: str, servicer: Any) -> grpc.GenericRpcHandler:
-    """The service's unary methods, parsing request bytes in the handler.
+    """The service's unary methods, reading and parsing the request message in the handler.
 
     A body that does not parse as the request message gets INTERNAL with the parser's (empty)
     initialization error, as C++ gRPC's ``GenericDeserialize`` answers it in TF Serving; a
-    deserializer passed to grpc would make Python's server answer UNKNOWN instead.
+    deserializer passed to grpc would make Python's server answer UNKNOWN instead. A call whose
+    request stream ends without a message gets INTERNAL "Couldn't initialize byte buffer reader",
+    what C++ gRPC's ``ProtoBufferReader`` answers for the missing buffer: grpc.aio's unary handler
+    would return without any status and leave the client waiting, hence stream-unary handlers
+    that read the one message themselves (server CPU per Predict measured the same: 399 vs 415 us).
     """
     from google.protobuf import message_factory
 
@@ -253,8 +257,11 @@ def _service_handler(module: Any, service: str, servicer: Any) -> grpc.GenericRp
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
 
-        async def handle(raw: bytes, context: grpc.aio.ServicerContext, impl: Any = getattr(servicer, method.name),
+        async def handle(_messages: Any, context: grpc.aio.ServicerContext, impl: Any = getattr(servicer, method.name),
                          request_class: Any = request_class) -> Any:
+            raw = await context.read()
+            if raw is grpc.aio.EOF:
+                await context.abort(grpc.StatusCode.INTERNAL, "Couldn't initialize byte buffer reader")
             request = request_class()
             try:
                 request.ParseFromString(raw)
@@ -262,7 +269,7 @@ def _service_handler(module: Any, service: str, servicer: Any) -> grpc.GenericRp
                 await context.abort(grpc.StatusCode.INTERNAL, "")
             return await impl(request, context)
 
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        handlers[method.name] = grpc.stream_unary_rpc_method_handler(
             handle, request_deserializer=None, response_serializer=response_class.SerializeToString)
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 
