@@ -79,12 +79,19 @@ def ints(tf, v1):
     return {"serving_default": _sig(v1, {"x": x}, {"y": x * 2})}
 
 
+def numbers(tf, v1):
+    """Strings parsed as float32 (``tf.strings.to_number``): TF's error quotes a string it cannot parse."""
+    s = v1.placeholder(tf.string, shape=[None], name="s")
+    return {"serving_default": _sig(v1, {"s": s}, {"y": tf.strings.to_number(s)})}
+
+
 MODELS = {
     "half_plus_two": {1: half_plus(2.0)},
     "half_plus": {1: half_plus(2.0, split_inputs=True), 2: half_plus(3.0, split_inputs=True)},
     "two_inputs": {1: two_inputs},
     "strings": {1: strings},
     "ints": {1: ints},
+    "numbers": {1: numbers},
 }
 
 

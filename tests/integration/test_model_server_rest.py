@@ -103,6 +103,17 @@ def test_strings_b64_and_bytes_outputs(server: str) -> None:
     assert r.json()["predictions"][1]["echo_bytes"] == {"b64": "AP8="}
 
 
+def test_string_bytes_reach_the_model_as_sent(server: str) -> None:
+    """rapidjson does not validate UTF-8: TF gets the 2 bytes ``\\xff\\xfe``; a lone low surrogate
+    escape is its 3-byte form, as rapidjson 1.1.0 encodes it."""
+    r = post(server, "/v1/models/strings:predict", b'{"instances": ["\xff\xfe", "\\udc00", "\xc3\xa9"]}')
+    assert r.status_code == 200, r.text
+    predictions = r.json()["predictions"]
+    assert [p["length"] for p in predictions] == [2, 3, 2]
+    assert [p["echo_bytes"]["b64"] for p in predictions] == ["//4=", "7bCA", "w6k="]
+    assert predictions[2]["echo"] == "\u00e9"
+
+
 def test_ints(server: str) -> None:
     assert post(server, "/v1/models/ints:predict", {"instances": [1, 2, 3]}).json() == {"predictions": [2, 4, 6]}
 
