@@ -114,6 +114,14 @@ def test_string_bytes_reach_the_model_as_sent(server: str) -> None:
     assert predictions[2]["echo"] == "\u00e9"
 
 
+def test_repeated_keys_first_wins(server: str) -> None:
+    """rapidjson's FindMember finds the first of a repeated key, so TF Serving uses that one."""
+    r = post(server, "/v1/models/half_plus_two:predict", b'{"instances": [1.0], "instances": [2.0]}')
+    assert r.json() == {"predictions": [2.5]}
+    r = post(server, "/v1/models/two_inputs:predict", b'{"inputs": {"a": [1.0], "b": [2.0], "a": [5.0]}}')
+    assert r.json() == {"outputs": {"diff": [-1.0], "sum": [3.0]}}
+
+
 def test_ints(server: str) -> None:
     assert post(server, "/v1/models/ints:predict", {"instances": [1, 2, 3]}).json() == {"predictions": [2, 4, 6]}
 
