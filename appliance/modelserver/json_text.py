@@ -98,12 +98,12 @@ def _may_repeat_keys(doc: dict[str, Any], colons: int) -> bool:
             kind = type(node[0])
             if kind is dict:  # rows of objects: their members at C speed, then all their values as one list
                 try:
-                    count += sum(map(len, node))
+                    count += sum(map(dict.__len__, node))  # TypeError unless all are objects
+                    if count >= colons:
+                        return False
+                    pending.append(list(chain.from_iterable(map(dict.values, node))))
                 except TypeError:  # not all objects: let the exact parse judge
                     return True
-                if count >= colons:
-                    return False
-                pending.append(list(chain.from_iterable(map(dict.values, node))))
             elif kind is list:
                 pending.extend(node)
     return True

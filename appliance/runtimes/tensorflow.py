@@ -62,6 +62,11 @@ def _serving_error(exc: BaseException) -> ServingError:
     return ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
+def _scalar(value: Any) -> np.ndarray:
+    """A 0-d output as an array: the session returns a scalar string as plain ``bytes``."""
+    return np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
+
+
 class TensorFlowModel(LoadedModel):
     """A SavedModel in its own Session, with one prepared callable per signature."""
 
@@ -95,7 +100,8 @@ class TensorFlowModel(LoadedModel):
             values = run(*[inputs[alias] for alias in signature.inputs])
         except Exception as exc:  # noqa: BLE001 - every runtime failure becomes a status
             raise _serving_error(exc) from None
-        return dict(zip(signature.outputs, values))
+        return {alias: value if type(value) is np.ndarray else _scalar(value)
+                for alias, value in zip(signature.outputs, values)}
 
     def signature_def_map(self) -> Any:
         from tensorflow_serving.apis import get_model_metadata_pb2

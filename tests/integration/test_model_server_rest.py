@@ -114,6 +114,12 @@ def test_string_bytes_reach_the_model_as_sent(server: str) -> None:
     assert predictions[2]["echo"] == "\u00e9"
 
 
+def test_scalar_string_output(server: str) -> None:
+    """A 0-d string output comes back from the session as plain bytes (it used to be a 500)."""
+    r = post(server, "/v1/models/strings:predict", b'{"inputs": "a:b"}')
+    assert r.json() == {"outputs": {"echo": "a:b", "echo_bytes": {"b64": "YTpi"}, "length": 3}}
+
+
 def test_repeated_keys_first_wins(server: str) -> None:
     """rapidjson's FindMember finds the first of a repeated key, so TF Serving uses that one."""
     r = post(server, "/v1/models/half_plus_two:predict", b'{"instances": [1.0], "instances": [2.0]}')

@@ -73,6 +73,9 @@ def test_parse_keeps_rapidjson_strings_numbers_and_first_keys() -> None:
     assert parse_json_object(b'{"i": [{"x": 1, "x": 2}, {"x": 3}], "s": "a:b"}') == {"i": [{"x": 1}, {"x": 3}],
                                                                                       "s": "a:b"}
     assert parse_json_object(b'{"i": [[{"b64": "YQ==", "b64": "Yg=="}]]}') == {"i": [[{"b64": "YQ=="}]]}
+    assert parse_json_object(b'{"i": [{"a": 1, "a": 2}, [1, 2, 3]]}') == {"i": [{"a": 1}, [1, 2, 3]]}
+    assert parse_json_object(b'{"i": [[{"a": {}, "b": "a:b"}, []]], "e": []}') == {"i": [[{"a": {}, "b": "a:b"}, []]],
+                                                                                  "e": []}
 
 
 def test_pretty_value_text_matches_rapidjson() -> None:
