@@ -23,6 +23,7 @@ from appliance.config import load_config, NodePaths
 from appliance.sources import open_source
 from tests.conftest import Processes, wait_until
 from tests.integration.objectstore_harness import CLI, ObjectStore, objectstore_for_module
+from tests.tfmodels import saved_model_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def make_model(path: Path, seed: int, big: int = 0) -> Path:
     """A version dir: a few small files, and optionally one big file under assets.extra/."""
     rng = __import__("random").Random(seed)
     (path / "variables").mkdir(parents=True)
-    (path / "saved_model.pb").write_bytes(rng.randbytes(4000))
+    (path / "saved_model.pb").write_bytes(saved_model_bytes(4000, seed))
     (path / "variables/variables.index").write_bytes(rng.randbytes(300))
     (path / "variables/variables.data-00000-of-00001").write_bytes(rng.randbytes(12 << 20))
     if big:
