@@ -158,6 +158,7 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
 
 def ls(config: Config, paths: NodePaths) -> int:
     from .agent import ModelServerClient
+    from .agent.state import version_notes
     from .agent.store import LocalStore
     from .sources import open_source
 
@@ -182,12 +183,14 @@ def ls(config: Config, paths: NodePaths) -> int:
             print(f"warning: {exc}", file=sys.stderr)
         local = store.versions(name)
         states = server.states(name)
+        notes = version_notes(paths, store.root, name)
         served = "" if name in config.model.names else " (not in model.name)"
         for number in sorted(set(remote) | set(local) | set(states or {})):
             in_repo = repo_error or (_size(remote[number].size) if number in remote else "-")
             state = "unreachable" if states is None else states.get(number, "-")
+            note = f"  {notes[number]}" if number in notes else ""
             print(f"{name:<32}{number:>10}  {in_repo:<16}{'yes' if number in local else '-':<10}"
-                  f"{state}{served}")
+                  f"{state}{served}{note}")
     return 1 if failed else 0
 
 
