@@ -111,6 +111,25 @@ def test_push_with_s3cmd_sync_like_the_user_guide(store: ObjectStore, tmp_path: 
     assert digest_tree(node.models / "resnet_s3cmd/1") == digest_tree(tmp_path / "resnet_s3cmd/1")
 
 
+def test_a_garbage_saved_model_pushed_with_s3cmd_is_refused_and_never_installed(
+        store: ObjectStore, tmp_path: Path) -> None:
+    make_model(tmp_path / "garbage/1", seed=9)
+    (tmp_path / "garbage/1/saved_model.pb").write_bytes(b"this is not a SavedModel\n" * 40)
+    result = store.s3cmd("sync", str(tmp_path / "garbage"), f"s3://{store.bucket}/")
+    assert result.returncode == 0, result.stderr
+    node = Node(tmp_path / "node", store, "garbage")
+    synced = node.cli("sync", "--once")
+    out = synced.stdout + synced.stderr
+    assert synced.returncode == 1, out
+    refused = [line for line in out.splitlines() if "REFUSED garbage v1" in line]
+    assert refused, out
+    assert ("it is not a model: saved_model.pb is not a tensorflow.SavedModel protobuf (DecodeError: "
+            "Error parsing message with type 'tensorflow.SavedModel'") in refused[0]
+    assert "sync refused a version" in out and "installed" not in out.split("sync refused")[-1]
+    assert not (node.models / "garbage/1").exists()
+    assert not list((node.models / ".staging").glob("*")), "the download is not left behind"
+
+
 def test_sigkill_mid_download_leaves_no_partial_version_and_the_next_run_completes(
         store: ObjectStore, tmp_path: Path, processes: Processes) -> None:
     model = make_model(tmp_path / "src/3", seed=3, big=200 << 20)
