@@ -124,6 +124,7 @@ def _version_dirs(directory: Path) -> list[tuple[str, Path]]:
 def push(config: Config, paths: NodePaths, directory: Path, name: str,
          version: str | None) -> int:
     """Upload one version (or every version dir of a model dir) with a progress bar."""
+    from .modelfiles import NotAModel, check_version
     from .sources import open_source
     from .sources.base import local_files
 
@@ -143,6 +144,11 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
     elif len(targets) == 1 and not targets[0][0].isdigit():
         existing = source.versions(name)
         targets = [(str(max(existing, default=0) + 1), targets[0][1])]
+    for dirname, src in targets:
+        try:
+            check_version(src)    # the agents would refuse it: say so before uploading
+        except NotAModel as exc:
+            raise SourceError(f"{src} is not a model version: {exc}") from None
     for dirname, src in targets:
         total = sum(p.stat().st_size for _, p in local_files(src))
         bar = ProgressBar(total, f"{name} v{dirname}")

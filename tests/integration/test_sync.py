@@ -128,6 +128,11 @@ def test_a_garbage_saved_model_pushed_with_s3cmd_is_refused_and_never_installed(
     assert "sync refused a version" in out and "installed" not in out.split("sync refused")[-1]
     assert not (node.models / "garbage/1").exists()
     assert not list((node.models / ".staging").glob("*")), "the download is not left behind"
+    # `models push` says so before uploading anything.
+    pushed = node.cli("models", "push", str(tmp_path / "garbage/1"), "--name", "garbage_push")
+    assert pushed.returncode != 0
+    assert "garbage/1 is not a model version: saved_model.pb is not a tensorflow.SavedModel" in pushed.stderr
+    assert not store.boto3().list_objects_v2(Bucket=store.bucket, Prefix="garbage_push/").get("Contents")
 
 
 def test_sigkill_mid_download_leaves_no_partial_version_and_the_next_run_completes(
