@@ -18,11 +18,14 @@ one), ``appliance status``, ``models ls``, ``doctor`` and the logviewer read it.
 
     {"format": ..., "model": NAME,
      "versions": {"3": {"dir": "3", "fingerprint": "...", "code": "DATA_LOSS",
-                        "error": "...", "since": <epoch seconds>}}}
+                        "error": "...", "since": <epoch seconds>, "context": "..."}}}
 
 The fingerprint is a hash of every file's relative path, size and mtime: cheap (no file is
-read), and any re-download or edit changes it. To retry a version without changing it, touch
-one of its files.
+read), and any re-download or edit changes it. It is taken before the load, so files replaced
+while a load fails are tried again. ``context`` is what else decides a load (the platform, the
+SavedModel tags, warmup on or off): a model server started with another context drops the
+entry, so fixing a flag does not leave good versions quarantined. To retry a version without
+changing it, touch one of its files.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class Entry:
     code: str          # canonical status code name (UNKNOWN, DATA_LOSS, ...)
     error: str
     since: float
+    context: str = ""
 
     @property
     def reason(self) -> str:
@@ -111,7 +115,8 @@ def read(directory: str | os.PathLike | None, model: str) -> dict[int, Entry]:
     for number, row in (doc.get("versions") or {}).items():
         try:
             entries[int(number)] = Entry(int(number), str(row["dir"]), str(row["fingerprint"]),
-                                         str(row["code"]), str(row["error"]), float(row["since"]))
+                                         str(row["code"]), str(row["error"]), float(row["since"]),
+                                         str(row.get("context", "")))
         except (KeyError, TypeError, ValueError):
             continue
     return entries
@@ -131,13 +136,22 @@ def current(directory: str | os.PathLike | None, model: str,
 class Quarantine:
     """One model's quarantined versions, as the model server keeps them (memory + record file)."""
 
-    def __init__(self, directory: str | None, model: str) -> None:
+    def __init__(self, directory: str | None, model: str, context: str = "") -> None:
         self.directory = directory or None
         self.model = model
+        self.context = context
         self.entries: dict[int, Entry] = read(self.directory, model)
+        other = [n for n, e in self.entries.items() if e.context != context]
+        for number in other:
+            log.info("model %s version %d leaves quarantine: it failed with other settings (%s, now %s)",
+                     model, number, self.entries[number].context or "-", context or "-")
+            del self.entries[number]
+        if other:
+            self._save()
 
-    def add(self, version: int, dirname: str, version_dir: str, code: str, error: str) -> Entry:
-        entry = Entry(version, dirname, fingerprint(version_dir), code, error, time.time())
+    def add(self, version: int, dirname: str, files: str, code: str, error: str) -> Entry:
+        """Quarantine ``version``; ``files`` is its :func:`fingerprint` taken before the load."""
+        entry = Entry(version, dirname, files, code, error, time.time(), self.context)
         self.entries[version] = entry
         self._save()
         return entry

@@ -15,8 +15,9 @@ A version is warmed up (``assets.extra/tf_serving_warmup_requests``) before it i
 version that fails to load or warm up is kept in the status history (END, with its error), never
 replaces a serving one, and is quarantined (:mod:`appliance.quarantine`): the version policy then
 picks the newest versions that are not quarantined, so a corrupt version numbered above good
-ones never keeps them from serving, also after a restart, until its files change. :meth:`ModelManager.reload` is the declarative config reload that
-``HandleReloadConfigRequest`` and ``--model_config_file_poll_wait_seconds`` share.
+ones never keeps them from serving, also after a restart, until its files change.
+:meth:`ModelManager.reload` is the declarative config reload that ``HandleReloadConfigRequest``
+and ``--model_config_file_poll_wait_seconds`` share.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from appliance.modelserver.status import Code, ServingError, invalid_argument, not_found
-from appliance.quarantine import Quarantine
+from appliance.quarantine import Quarantine, fingerprint
 from appliance.runtimes import LoadedModel, LoadOptions, get_runtime
 
 log = logging.getLogger(__name__)
@@ -78,13 +79,13 @@ class VersionState:
 class ServedModel:
     """A configured model: its version history and the snapshot requests read."""
 
-    def __init__(self, config: ModelConfig, quarantine_dir: str | None = None) -> None:
+    def __init__(self, config: ModelConfig, quarantine_dir: str | None = None, load_context: str = "") -> None:
         self.config = config
         self.versions: dict[int, VersionState] = {}
         self.available: dict[int, VersionState] = {}   # replaced, never mutated
         self.labels: dict[str, int] = {}
-        # Versions that failed to load: not chosen again until their files change.
-        self.quarantine = Quarantine(quarantine_dir, config.name)
+        # Versions that failed to load: not chosen again until their files (or settings) change.
+        self.quarantine = Quarantine(quarantine_dir, config.name, f"platform={config.platform} {load_context}")
         # Every version on disk is quarantined: nothing for the version policy to choose.
         self.unservable = False
 
@@ -146,14 +147,18 @@ class ModelManager:
         # Loads one version directory; main.py swaps in one that also batches and counts loads.
         self.loader: Callable[[ModelConfig, str, LoadOptions], LoadedModel] = load_with_runtime
         self.warmup = warmup or WarmupOptions()
-        self.models: dict[str, ServedModel] = {c.name: ServedModel(c, self.quarantine_dir)
-                                               for c in configs}  # replaced, never mutated
+        self.models: dict[str, ServedModel] = {c.name: self._served(c) for c in configs}  # replaced, never mutated
         self.retired: dict[str, ServedModel] = {}   # removed by a reload; kept for their status history
         self._lock = threading.RLock()              # guards version states
         self._change_lock = threading.RLock()       # serialises polls and reloads
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_missing: set[str] = set()
+
+    def _served(self, config: ModelConfig) -> ServedModel:
+        """A new model; the settings that decide a load key its quarantine (see appliance.quarantine)."""
+        context = f"tags={','.join(self.options.tags)} warmup={'on' if self.warmup.enabled else 'off'}"
+        return ServedModel(config, self.quarantine_dir, context)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -251,7 +256,7 @@ class ModelManager:
             for config in configs:
                 model = current.get(config.name)
                 if model is None:
-                    model = self.retired.pop(config.name, None) or ServedModel(config, self.quarantine_dir)
+                    model = self.retired.pop(config.name, None) or self._served(config)
                     added.append(model)
                 else:
                     kept.append(model)
@@ -330,6 +335,7 @@ class ModelManager:
         """Load and publish one version; False when it failed (it is then quarantined)."""
         name = model.config.name
         path = os.path.join(model.config.base_path, dirname)
+        files = fingerprint(path)      # before the load: files replaced meanwhile get a new try
         state = VersionState(version, state="LOADING")
         with self._lock:
             model.versions[version] = state
@@ -349,7 +355,7 @@ class ModelManager:
                 loaded.close()
             with self._lock:
                 state.state, state.error = "END", error
-            model.quarantine.add(version, dirname, path, error.code.name, error.message)
+            model.quarantine.add(version, dirname, files, error.code.name, error.message)
             log.error("Quarantined servable version {name: %s version: %d}: not loaded again until its files "
                       "change; the newest other version serves", name, version)
             return False

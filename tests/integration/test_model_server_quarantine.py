@@ -64,6 +64,7 @@ def test_failed_version_is_quarantined_across_restarts(tmp_path: Path, processes
 
     # First start: v5 fails, is quarantined, and v2 serves (TF Serving would exit here).
     log1 = ARTIFACTS / "model_server_quarantine_1.log"
+    log1.write_bytes(b"")
     url = tfmodels.start_model_server(processes, args, log1)
     rows = _rows(url)
     assert rows[2]["state"] == "AVAILABLE" and rows[5]["state"] == "END"
@@ -76,6 +77,7 @@ def test_failed_version_is_quarantined_across_restarts(tmp_path: Path, processes
     # Restart: v5 is not loaded again, GetModelStatus still reports it END with its error.
     processes.stop_all()
     log2 = ARTIFACTS / "model_server_quarantine_2.log"
+    log2.write_bytes(b"")
     url = tfmodels.start_model_server(processes, args, log2)
     rows = _rows(url)
     assert rows[2]["state"] == "AVAILABLE" and rows[5]["state"] == "END"
@@ -112,6 +114,7 @@ def test_every_version_quarantined_before_the_start(tmp_path: Path, processes: P
     args = [f"--model_config_file={config}", "--file_system_poll_wait_seconds=1", f"--quarantine_dir={qdir}"]
     ARTIFACTS.mkdir(exist_ok=True)
     first = ARTIFACTS / "model_server_quarantine_3.log"
+    first.write_bytes(b"")
     proc = processes.start([venv_bin("appliance-model-server"), "--listen_address=127.0.0.1", "--port=0",
                             "--rest_api_port=0", *args], log=first)
     assert proc.wait(timeout=120) == 1
@@ -119,6 +122,7 @@ def test_every_version_quarantined_before_the_start(tmp_path: Path, processes: P
     assert (qdir / "q.json").exists()
 
     log = ARTIFACTS / "model_server_quarantine_4.log"
+    log.write_bytes(b"")
     url = tfmodels.start_model_server(processes, args, log)
     assert requests.get(f"{url}/v1/models/good", timeout=10).json()["model_version_status"][0]["state"] == "AVAILABLE"
     assert _rows(url)[3]["state"] == "END"

@@ -14,7 +14,7 @@ import pytest
 from appliance.agent.cycle import Syncer
 from appliance.agent.store import LocalStore
 from appliance.agent.transfer import Downloader
-from appliance.quarantine import Quarantine
+from appliance.quarantine import Quarantine, fingerprint
 from appliance.sources.local import LocalSource
 from tests.tfmodels import saved_model_bytes
 
@@ -45,7 +45,7 @@ def test_a_quarantined_version_never_holds_back_retirement(tmp_path: Path, caplo
         _push(repo, tmp_path, number)
     syncer.run_once()
     record = Quarantine(str(qdir), "m")       # the model server failed to load v7
-    record.add(7, "7", str(store.root / "m/7"), "DATA_LOSS", "Wire format was corrupt")
+    record.add(7, "7", fingerprint(store.root / "m/7"), "DATA_LOSS", "Wire format was corrupt")
     assert list(syncer.quarantined("m")) == [7]
 
     # The user deletes v7 and pushes v6: v7 serves nothing, so it goes at once (before, the agent
@@ -59,7 +59,7 @@ def test_a_quarantined_version_never_holds_back_retirement(tmp_path: Path, caplo
     # Only a failed version left in the repository: the old good one is kept.
     _push(repo, tmp_path, 9)
     syncer.run_once()
-    Quarantine(str(qdir), "m").add(9, "9", str(store.root / "m/9"), "UNKNOWN", "no graph")
+    Quarantine(str(qdir), "m").add(9, "9", fingerprint(store.root / "m/9"), "UNKNOWN", "no graph")
     for number in (3, 6):
         repo.delete_version("m", str(number))
     server.answer = {3: "END", 6: "AVAILABLE", 9: "END"}

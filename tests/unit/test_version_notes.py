@@ -14,13 +14,13 @@ from appliance.agent.state import StateFile, state_path, version_notes
 from appliance.config import load_config
 from appliance.doctor import check_versions
 from appliance.node import NodeStatus
-from appliance.quarantine import Quarantine, current
+from appliance.quarantine import Quarantine, current, fingerprint
 from tests.unit.test_logviewer_app import MODEL, Site, site, text  # noqa: F401 - site is a fixture
 
 
 def _quarantine_123(site: Site) -> None:
     Quarantine(str(site.paths.quarantine), MODEL).add(
-        123, "123", str(site.paths.models / MODEL / "123"), "DATA_LOSS",
+        123, "123", fingerprint(site.paths.models / MODEL / "123"), "DATA_LOSS",
         "Error parsing message with type 'tensorflow.SavedModel': Wire format was corrupt")
 
 
