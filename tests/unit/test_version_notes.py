@@ -78,3 +78,6 @@ def test_the_logviewer_shows_a_quarantined_version(site: Site) -> None:
     row = page[page.index(f'href="/models/{MODEL}/123"'):].split("</tr>")[0]
     assert re.search(r'<span class="bad quarantined">quarantined since [^<]+ UTC: DATA_LOSS: Error parsing '
                      r"message with type &#39;tensorflow.SavedModel&#39;: Wire format was corrupt</span>", row), row
+    version = text(site.client.get(f"/models/{MODEL}/123"))
+    assert re.search(r'<p class="error quarantined">quarantined since [^<]+ UTC: DATA_LOSS: [^<]+ \(the model '
+                     r"server loads it again when its files change", version), version
