@@ -145,6 +145,11 @@ class NodePaths:
         return self.root / "var/lib/appliance/run"
 
     @property
+    def quarantine(self) -> Path:
+        """Records of model versions that failed to load (written by the model server)."""
+        return self.root / "var/lib/appliance/quarantine"
+
+    @property
     def logs(self) -> Path:
         return self.root / "var/log/appliance"
 

@@ -263,18 +263,28 @@ class Node:
             status.supervisord = "STOPPED"
             return status
         if self.config.node.role == "serving":
+            from .agent.state import version_notes
+
             host = self.config.connect_address()
+            store = local_store(self.config, self.paths)
             for name in self.config.model.names:
                 url = f"http://{host}:{self.config.serving.rest_port}/v1/models/{name}"
                 code, body = get_text(url)
+                notes = version_notes(self.paths, store, name)
                 if code == 200:
                     versions = [{"version": v["version"], "state": v["state"],
-                                 "error": v["status"].get("error_message", "")}
+                                 "error": v["status"].get("error_message", ""),
+                                 "note": notes.pop(int(v["version"]), "")}
                                 for v in json.loads(body)["model_version_status"]]
-                    status.models[name] = versions
                 else:
-                    status.models[name] = [{"version": "-", "state": "UNREACHABLE" if code == 0
-                                            else f"HTTP {code}", "error": body[:200]}]
+                    versions = [{"version": "-", "state": "UNREACHABLE" if code == 0
+                                 else f"HTTP {code}", "error": body[:200], "note": ""}]
+                # Refused versions never reach the model server; quarantined ones it has not
+                # reported yet (it is restarting): shown all the same.
+                versions += [{"version": str(n), "state": "REFUSED" if note.startswith("refused")
+                              else "END", "error": "", "note": note}
+                             for n, note in sorted(notes.items(), reverse=True)]
+                status.models[name] = versions
         why, clusters = read_cluster_view(self.config.envoy.admin_port)
         status.envoy = why
         for cluster in clusters:
@@ -322,6 +332,8 @@ class NodeStatus:
             for name, versions in self.models.items():
                 for v in versions:
                     error = f"  ({v['error']})" if v["error"] else ""
+                    if v.get("note"):
+                        error = f"  {v['note']}"
                     lines.append(f"  {name:<32}{v['version']:>9}  {v['state']}{error}")
         if self.upstreams:
             lines.append(f"  {'SERVING NODE (as Envoy sees it)':<34}{'CLUSTER':<20}{'HEALTH':<10}"

@@ -10,6 +10,33 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    return bytes([tag]) + _varint(len(payload)) + payload
+
+
+def saved_model_bytes(size: int, seed: int = 0) -> bytes:
+    """A ``saved_model.pb`` of exactly ``size`` (>= 8) bytes that parses as a SavedModel but holds
+    no graph: one MetaGraphDef whose ``meta_info_def.meta_graph_version`` is padding, written in
+    the protobuf wire format (no TensorFlow). For sync tests: the agent checks that the proto
+    parses, no model server loads it."""
+    fill = chr(ord("a") + seed % 26).encode()
+    for pad in range(size, -1, -1):
+        # SavedModel.meta_graphs(2) -> MetaGraphDef.meta_info_def(1) -> MetaInfoDef.meta_graph_version(1)
+        data = _field(0x12, _field(0x0A, _field(0x0A, fill * pad)))
+        if len(data) == size:
+            return data
+    raise ValueError(f"no SavedModel of exactly {size} bytes")
+
+
 def _save(path: Path, build) -> None:
     import tensorflow as tf
 

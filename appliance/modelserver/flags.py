@@ -64,6 +64,9 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
     Flag("batching_parameters_file", str, "", "BatchingParameters text proto (needs --enable_batching)"),
     Flag("model_platform", str, "tensorflow",
          "model_platform of --model_name/--model_base_path, e.g. onnx (appliance extension)"),
+    Flag("quarantine_dir", str, "",
+         "keep the record of versions that failed to load here, so they stay skipped after a restart "
+         "until their files change; empty keeps it in memory (appliance extension)"),
 ]}
 
 # Accepted for compatibility, not implemented yet: a warning when given.

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     manager = ModelManager(configs, _load_options(options), options.file_system_poll_wait_seconds,
                            load_threads=4 * (os.cpu_count() or 1),
                            warmup=WarmupOptions(options.enable_model_warmup,
-                                                max(options.num_request_iterations_for_warmup, 1)))
+                                                max(options.num_request_iterations_for_warmup, 1)),
+                           quarantine_dir=options.quarantine_dir)
     features.attach(manager)
     try:
         manager.load_initial()

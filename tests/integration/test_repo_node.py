@@ -17,6 +17,7 @@ import yaml
 from tests.conftest import free_port
 from tests.integration.node_harness import NodeUnderTest, new_node, wait_gone
 from tests.integration.objectstore_harness import ObjectStore, free_port_block
+from tests.tfmodels import saved_model_bytes
 
 pytestmark = pytest.mark.slow
 PUBLISHED_KEYS = ("AKIAIOSXODNN7EXAMPLE", "wJalrXUtqFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
@@ -67,7 +68,7 @@ def test_s3cmd_sync_of_the_user_guide_then_aws_env_vars_with_boto3(
         repo_node: tuple[NodeUnderTest, ObjectStore], tmp_path: Path) -> None:
     _, store = repo_node
     (tmp_path / "resnet/1/variables").mkdir(parents=True)
-    (tmp_path / "resnet/1/saved_model.pb").write_bytes(os.urandom(1000))
+    (tmp_path / "resnet/1/saved_model.pb").write_bytes(saved_model_bytes(1000))
     (tmp_path / "resnet/1/variables/variables.data-00000-of-00001").write_bytes(os.urandom(20 << 20))
     synced = store.s3cmd("sync", str(tmp_path / "resnet"), "s3://models/")
     assert synced.returncode == 0, synced.stderr
