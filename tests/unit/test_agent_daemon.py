@@ -25,15 +25,7 @@ from appliance.config import NodePaths
 from appliance.membership import MembershipWatch, eds_path
 from appliance.sources.local import LocalSource
 from tests.conftest import wait_until
-from tests.unit.test_agent_state import make_version
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> NodePaths:
-    paths = NodePaths(tmp_path / "node")
-    paths.etc.mkdir(parents=True)
-    paths.config_file.write_text("node.address: 127.0.0.1\nmodel.name: m\n")
-    return paths
+from tests.unit.test_agent_state import make_version, node  # noqa: F401 - the node fixture
 
 
 def _run(daemon: AgentDaemon) -> threading.Thread:
@@ -60,7 +52,7 @@ def test_a_members_edit_reaches_envoy_without_waiting_for_an_interval(node: Node
     eds = eds_path(node, "model_server_rest")
     wait_until(lambda: eds.exists() and "127.0.0.1" in eds.read_text(), 10, what="first EDS")
     edited = time.monotonic()
-    node.config_file.write_text("node.address: 127.0.0.1\nmodel.name: m\n"
+    node.config_file.write_text("node.address: 127.0.0.1\nmodel.name: m,empty\n"
                                 "cluster.members: 127.0.0.1,127.0.0.9\n")
     wait_until(lambda: "127.0.0.9" in eds.read_text(), 10, interval=0.02,
                what="the new member in the EDS file")
