@@ -98,7 +98,11 @@ class AgentDaemon:
     def _watch_membership(self, stamp: tuple) -> None:
         due = time.monotonic() + self._interval
         while not self._stop.wait(WATCH_SECONDS):
-            now = _stamp(self._watch_files())
+            try:
+                now = _stamp(self._watch_files())
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive a bad file
+                log.debug("cannot look at the config files: %s", exc)
+                now = stamp
             if now != stamp:
                 stamp = now
                 due = 0.0
