@@ -505,6 +505,7 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Config
 
 
 SOURCES = "config-sources.yaml"   # in the run dir: the file and --set overrides `up` was given
+EFFECTIVE = "effective.yaml"        # in the run dir: the config `up` rendered, incl. --set
 
 
 def record_sources(paths: NodePaths, config_file: Path | None, overrides: list[str]) -> None:

@@ -233,8 +233,9 @@ def run_agent(paths: NodePaths, config_file: Path | None, overrides: list[str]) 
 
     from .agent.state import StateFile, state_path
 
-    daemon = AgentDaemon(build, tick=MembershipWatch(paths).refresh,
-                         state=StateFile(state_path(paths)))
+    watch = MembershipWatch(paths)
+    daemon = AgentDaemon(build, tick=watch.refresh, state=StateFile(state_path(paths)),
+                         watch_files=watch.files)
     daemon.install_signals()
     try:
         daemon.run()

@@ -21,7 +21,8 @@ import yaml
 
 from . import membership, render
 from .atomic import write_atomic
-from .config import Config, NodePaths, build, effective_values, local_store, record_sources
+from .config import (EFFECTIVE, Config, NodePaths, build, effective_values, local_store,
+                     record_sources)
 from .envoy_admin import read_cluster_view, unhealthy_of
 from .errors import ApplianceError, SupervisorError
 from .localhttp import get_text
@@ -29,7 +30,6 @@ from .supervision import ProcessInfo, Supervisor
 
 log = logging.getLogger(__name__)
 
-EFFECTIVE = "effective.yaml"
 
 
 class Node:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import Config, NodePaths, build, load_config, local_store
+from ..config import EFFECTIVE, Config, NodePaths, build, load_config, local_store
 from ..errors import ConfigError
 from ..sources import open_source
 from .cycle import CycleReport, ModelServerClient, Syncer
@@ -21,8 +21,6 @@ from .store import LocalStore
 from .transfer import Downloader
 
 log = logging.getLogger(__name__)
-
-EFFECTIVE = "effective.yaml"   # written by `appliance up` (node.py): the config incl. --set
 
 __all__ = ["AgentDaemon", "CycleReport", "Syncer", "build_syncer", "load_agent_config"]
 
@@ -47,7 +45,8 @@ def build_syncer(config: Config, paths: NodePaths) -> Syncer:
     if config.s3.type == "none":
         raise ConfigError([("s3.type", "none: models are served from local disk and there is "
                             "no repository to sync; set s3.type to minio, s3, qingstor or seaweedfs")])
-    source = open_source(config, paths, max_connections=config.sync.concurrency)
+    source = open_source(config, paths, max_connections=config.sync.concurrency,
+                         call_seconds=float(config.sync.interval_seconds))
     store = LocalStore(local_store(config, paths))
     store.root.mkdir(parents=True, exist_ok=True)
     downloader = Downloader(source, config.sync.concurrency, config.sync.verify)

@@ -88,10 +88,12 @@ class StateFile:
     # ------------------------------------------------------------------ the daemon's steps
 
     def membership(self, members: object, error: str = "") -> None:
-        """After the membership refresh (``members`` is what it returned)."""
+        """After the membership refresh (``members`` is what it returned); written at once, as
+        membership runs on its own schedule, not the cycle's."""
         previous = (self.doc["membership"] or {}).get("members", [])
         addresses = [str(a) for a in members] if isinstance(members, (list, tuple)) else previous
         self.doc["membership"] = {"members": addresses, "at": time.time(), "error": error}
+        self._write()
 
     def cycle_started(self, cycle: int, syncer: "Syncer", interval: float) -> None:
         self.doc.update(cycle=cycle, interval_seconds=interval, source=syncer.source.describe(),

@@ -18,8 +18,13 @@ __all__ = ["ModelSource", "RemoteObject", "RemoteVersion", "PRESETS", "S3Preset"
            "open_source", "parse_version"]
 
 
-def open_source(config: "Config", paths: "NodePaths", max_connections: int = 10) -> ModelSource:
-    """The repository ``model.base.path`` names: local disk for s3.type none, else S3."""
+def open_source(config: "Config", paths: "NodePaths", max_connections: int = 10,
+                call_seconds: float | None = None) -> ModelSource:
+    """The repository ``model.base.path`` names: local disk for s3.type none, else S3.
+
+    ``call_seconds`` bounds each S3 call (:func:`.s3.call_limits`); the agent passes its sync
+    interval, commands leave botocore's patient defaults.
+    """
     if config.s3.type == "none":
         from .local import LocalSource
 
@@ -29,4 +34,4 @@ def open_source(config: "Config", paths: "NodePaths", max_connections: int = 10)
     s3 = config.s3
     location = S3Location.from_settings(s3.type, config.model.base_path, s3.endpoint, s3.region,
                                         s3.access_key, s3.secret_key)
-    return S3Source(location, max_connections)
+    return S3Source(location, max_connections, call_seconds)

@@ -29,6 +29,23 @@ log = logging.getLogger(__name__)
 PART_SIZE = 8 << 20
 
 
+def call_limits(seconds: float | None) -> dict[str, Any]:
+    """botocore settings that bound one S3 call to about ``2 * seconds`` (plus a short backoff).
+
+    Interactive commands (``models push``, ``models ls``) keep botocore's patient defaults. The
+    agent passes its sync interval: a hung store (accepting connections, never answering) then
+    fails a cycle within a couple of intervals instead of boto's 60 s read timeout times five
+    attempts, and a stopped one (connection refused) fails at once, so the next cycle -- one
+    interval later -- finds the store the moment it is back.
+    """
+    if seconds is None:
+        return {"retries": {"max_attempts": 5, "mode": "standard"},
+                "connect_timeout": 10, "read_timeout": 60}
+    return {"retries": {"total_max_attempts": 2, "mode": "standard"},
+            "connect_timeout": min(max(2.0, seconds / 2), 10.0),
+            "read_timeout": min(max(5.0, float(seconds)), 60.0)}
+
+
 @dataclass(frozen=True)
 class S3Location:
     """Everything needed to reach one bucket/prefix (secrets excluded from repr)."""
@@ -64,14 +81,14 @@ class S3Source(ModelSource):
 
     kind = "s3"
 
-    def __init__(self, location: S3Location, max_connections: int = 10) -> None:
+    def __init__(self, location: S3Location, max_connections: int = 10,
+                 call_seconds: float | None = None) -> None:
         self.location = location
         boto_config = BotoConfig(
             region_name=location.region,
             s3={"addressing_style": "path" if location.path_style else "auto"},
-            retries={"max_attempts": 5, "mode": "standard"},
             max_pool_connections=max(10, max_connections + 2),
-            connect_timeout=10, read_timeout=60,
+            **call_limits(call_seconds),
             # ETag (MD5) is our integrity check; don't add CRC trailers stores may not know.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
