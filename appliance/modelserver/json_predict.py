@@ -13,9 +13,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from appliance.modelserver import json_numbers
 from appliance.modelserver.json_tensor import (InputCodec, dtype_of_array, fast_tensor, is_b64_object,
                                                slow_values, value_to_tensor)
-from appliance.modelserver.json_text import dump_string, format_decimals, json_value_to_string
+from appliance.modelserver.json_text import dump_string, format_decimals, json_value_to_string, parse_json_object
 from appliance.modelserver.status import ServingError, invalid_argument
 
 ROW = "row"
@@ -35,13 +36,21 @@ def request_signature_name(doc: dict[str, Any]) -> str:
     return name
 
 
-def decode_predict(doc: dict[str, Any], codecs: Mapping[str, InputCodec]) -> tuple[str, dict[str, np.ndarray]]:
+def decode_predict(doc: dict[str, Any], codecs: Mapping[str, InputCodec],
+                   numeric: json_numbers.NumericArray | None = None) -> tuple[str, dict[str, np.ndarray]]:
     """The request format (ROW or COLUMNAR) and the input tensors keyed by alias.
 
-    ``codecs`` maps the signature's input aliases, in sorted order, to their codecs.
+    ``codecs`` maps the signature's input aliases, in sorted order, to their codecs. ``numeric``
+    is the large numeric array ``json_numbers.parse_predict_body`` left as text in ``doc``: when
+    it cannot give the tensor, the whole body is parsed as usual.
     """
     if not codecs:
         raise invalid_argument("Failed to get input map for signature")
+    if numeric is not None:
+        tensor = json_numbers.decode(doc, numeric, codecs)
+        if tensor is not None:
+            return (ROW if numeric.key == "instances" else COLUMNAR), {next(iter(codecs)): tensor}
+        doc = parse_json_object(numeric.body)
     has_instances = "instances" in doc
     if has_instances and "inputs" in doc:
         raise invalid_argument(f"JSON Value: {json_value_to_string(doc)} Not formatted correctly expecting only "
