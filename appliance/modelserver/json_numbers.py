@@ -116,12 +116,14 @@ def _top_level(prefix: bytes) -> bool:
 
 def _numeric_run_end(body: bytes, start: int) -> int:
     """The offset of the first byte at or after ``start`` that cannot belong to a numeric array."""
-    for offset in range(start, len(body), CHUNK):
-        classes = _CLASS[np.frombuffer(body, np.uint8, min(CHUNK, len(body) - offset), offset)]
+    offset, size = start, 1 << 16  # a first look that is cheap when the array holds no numbers
+    while offset < len(body):
+        classes = _CLASS[np.frombuffer(body, np.uint8, min(size, len(body) - offset), offset)]
         other = classes == 0
         first = int(other.argmax())
         if other[first]:
             return offset + first
+        offset, size = offset + classes.size, CHUNK
     return len(body)
 
 

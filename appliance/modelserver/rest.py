@@ -110,7 +110,6 @@ class HttpProtocol(asyncio.Protocol):
         self.body_size = 0
         self.queue: collections.deque[_Request] = collections.deque()
         self.worker: asyncio.Task | None = None
-        self.answering: _Request | None = None
         self.paused = False          # reading paused
         self.write_paused = False    # the transport's write buffer is over its high-water mark
         self.drained: asyncio.Future | None = None
@@ -346,7 +345,6 @@ class HttpProtocol(asyncio.Protocol):
             request = self.queue.popleft()
             if self.paused:
                 self._update_reading()
-            self.answering = request
             try:
                 response = request.error or await self._answer(request)
             except asyncio.CancelledError:
@@ -357,7 +355,6 @@ class HttpProtocol(asyncio.Protocol):
                                     error_body(f"Internal error: {type(exc).__name__}"))
             finally:
                 self._release(request)
-                self.answering = None
             if self.closing or not self._send(response, request):
                 return
 

@@ -123,3 +123,11 @@ def test_other_dtypes_and_several_inputs_take_the_normal_path() -> None:
     assert new == old and not used
     old, new, used = both(b'{"inputs": [1.0, 2.0]}', names=("a", "b"))
     assert new == old and not used and old[0] == "error"
+
+
+@pytest.mark.parametrize("shape", [(7,), (9, 3), (2, 40), (10, 2, 2), (1, 50), (0,), (6, 0)])
+def test_large_answers_written_in_pieces_are_the_same_text(monkeypatch: pytest.MonkeyPatch, shape) -> None:
+    arr = np.random.default_rng(14).standard_normal(shape).astype(np.float32)
+    whole = {fmt: jp.encode_predict_response({"y": arr}, fmt) for fmt in (jp.ROW, jp.COLUMNAR)}
+    monkeypatch.setattr(jp, "PIECE_VALUES", 4)
+    assert {fmt: jp.encode_predict_response({"y": arr}, fmt) for fmt in (jp.ROW, jp.COLUMNAR)} == whole
