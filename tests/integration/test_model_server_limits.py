@@ -202,6 +202,33 @@ def test_a_stalled_request_gets_408_and_is_closed(server: Server) -> None:
                         ).startswith(b"HTTP/1.1 200")
 
 
+def test_headers_trickling_in_get_408_after_the_read_timeout(server: Server) -> None:
+    """Slowloris: a header byte every half second keeps the connection busy but never completes."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(f"GET {MODEL} HTTP/1.1\r\n".encode())
+        answer = b""
+        for _ in range(60):
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                break
+            time.sleep(0.5)
+            sock.setblocking(False)
+            try:
+                answer += sock.recv(4096)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            finally:
+                sock.setblocking(True)
+            if answer:
+                break
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert time.monotonic() - started < 20
+
+
 def test_head_answers_headers_only(server: Server) -> None:
     answer = raw_exchange(server, f"HEAD {MODEL} HTTP/1.1\r\nHost: x\r\n\r\n"
                                   f"GET {MODEL} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
