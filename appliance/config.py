@@ -75,6 +75,10 @@ class ServingSettings:
     grpc_port: int
     poll_seconds: int
     num_threads: int
+    max_body_bytes: int
+    body_budget_bytes: int
+    idle_timeout_seconds: int
+    read_timeout_seconds: int
 
 
 @dataclass(frozen=True)
@@ -325,6 +329,14 @@ SCHEMA: tuple[Key, ...] = (
         "How often the model server looks for new or removed model versions."),
     Key("serving.threads", "serving", "num_threads", _non_negative, 0,
         "Runtime threads of the model server; 0 means one per CPU."),
+    Key("serving.rest.max.body.bytes", "serving", "max_body_bytes", _positive, 2 ** 31 - 1,
+        "Largest REST request body the model server reads; a bigger one gets 413."),
+    Key("serving.rest.body.budget.bytes", "serving", "body_budget_bytes", _positive, 2 ** 31 - 1,
+        "REST request body bytes the model server holds across all connections; past it a request gets 429."),
+    Key("serving.rest.idle.timeout.seconds", "serving", "idle_timeout_seconds", _positive, 50,
+        "The model server closes a REST connection idle (or not reading its answers) this long."),
+    Key("serving.rest.read.timeout.seconds", "serving", "read_timeout_seconds", _positive, 50,
+        "The model server answers 408 and closes when a request's headers take this long or its body stalls."),
     Key("sync.interval.seconds", "sync", "interval_seconds", _positive, 10,
         "How often the agent polls the model repository (s3.type other than none)."),
     Key("sync.concurrency", "sync", "concurrency", _positive, 10,

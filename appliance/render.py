@@ -89,6 +89,8 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "supervisor_socket": supervisor_socket(paths),
         "envoy_concurrency": config.envoy.concurrency or cpus,
         "serving_threads": config.serving.num_threads or cpus,
+        # Envoy closes idle upstream connections well before the model server would.
+        "upstream_idle_timeout": f"{min(30.0, config.serving.idle_timeout_seconds / 2):g}s",
         "listeners": [
             {"name": "rest", "port": config.http_port, "codec": "AUTO", "cluster": "model_server_rest",
              "upstream_port": config.serving.rest_port,

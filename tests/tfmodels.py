@@ -153,7 +153,7 @@ def model_config(paths: dict[str, Path]) -> str:
     return "model_config_list {\n" + "".join(parts) + "}\n"
 
 
-def start_model_server(processes, args: list[str], log: Path, timeout: float = 120.0) -> str:
+def start_model_server(processes, args: list[str], log: Path, timeout: float = 120.0, **popen) -> str:
     """Start ``appliance-model-server`` on a free loopback REST port; return its base URL once ready.
 
     The REST port opens only after every model is AVAILABLE, so "port answers" means "ready".
@@ -165,7 +165,7 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
 
     port = free_port()
     proc = processes.start([venv_bin("appliance-model-server"), "--listen_address=127.0.0.1", "--port=0",
-                            f"--rest_api_port={port}", *args], log=log)
+                            f"--rest_api_port={port}", *args], log=log, **popen)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -189,7 +189,7 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
 
 
 def serve_test_models(root: Path, processes, log_name: str, args: list[str] = (),
-                      only: tuple[str, ...] = ()) -> str:
+                      only: tuple[str, ...] = (), **popen) -> str:
     """Build the test models under ``root``, write their models.config, start a server on it.
 
     The log goes to test-artifacts/<log_name> (emptied first); returns the REST base URL.
@@ -201,4 +201,4 @@ def serve_test_models(root: Path, processes, log_name: str, args: list[str] = ()
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / log_name
     log.write_bytes(b"")
-    return start_model_server(processes, [f"--model_config_file={config}", *args], log)
+    return start_model_server(processes, [f"--model_config_file={config}", *args], log, **popen)

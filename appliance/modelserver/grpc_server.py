@@ -26,6 +26,10 @@ from appliance.modelserver.status import Code, ServingError, invalid_argument, u
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 2 ** 31 - 1
+# A connection with no RPC for this long gets GOAWAY and closes (clients reconnect on their next
+# call): idle connections must not pile up until the process runs out of file descriptors.
+# --grpc_channel_arguments=grpc.max_connection_idle_ms=N overrides it.
+MAX_CONNECTION_IDLE_MS = 300_000
 MAX_ERROR_MESSAGE = 1024  # grpc_status_util.cc: longer messages are cut and marked
 HEALTH_SERVICES = ("", "ModelService", "PredictionService",
                    "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService")
@@ -219,7 +223,8 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
 
     options = host if isinstance(host, GrpcOptions) else GrpcOptions(host=host, port=port)
     channel_options = [("grpc.max_receive_message_length", MAX_MESSAGE),
-                       ("grpc.max_send_message_length", MAX_MESSAGE)]
+                       ("grpc.max_send_message_length", MAX_MESSAGE),
+                       ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS)]
     channel_options += parse_channel_arguments(options.channel_arguments)
     server = grpc.aio.server(options=channel_options)
     server.add_generic_rpc_handlers((

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import unquote
 
-from appliance.modelserver import json_predict
+from appliance.modelserver import json_numbers, json_predict
 from appliance.modelserver.inline import runs_inline
 from appliance.modelserver.json_tensor import InputCodec, make_codec
 from appliance.modelserver import monitoring
-from appliance.modelserver.json_text import dump_string, parse_json_object
+from appliance.modelserver.json_text import dump_string
 from appliance.modelserver.manager import ModelManager, VersionState
 from appliance.modelserver.status import Code, ServingError, invalid_argument, utf8_text
 from appliance.runtimes import Signature
@@ -213,12 +213,12 @@ class RestApi:
 
     def _predict(self, name: str, version: str | None, label: str | None, body: bytes,
                  state: VersionState | None = None) -> bytes:
-        doc = parse_json_object(body)
+        doc, numeric = json_numbers.parse_predict_body(body)
         signature_name = json_predict.request_signature_name(doc)
         if state is None:
             state = self._lookup(name, version, label)
         signature = self.signature(state, signature_name)
-        fmt, inputs = json_predict.decode_predict(doc, self._input_codecs(state, signature))
+        fmt, inputs = json_predict.decode_predict(doc, self._input_codecs(state, signature), numeric)
         outputs = state.model.run(signature.name, inputs)
         return json_predict.encode_predict_response(outputs, fmt)
 
