@@ -142,7 +142,8 @@ _LONE_HIGH_SURROGATE = re.compile(r'(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{
 def _parse_slow(body: bytes) -> Any:
     """json-module parse: accepts NaN/Infinity, ignores trailing data, maps error texts."""
     text = body.decode("utf-8", errors="surrogateescape")
-    start = len(text) - len(text.lstrip(" \t\r\n"))
+    bom = 1 if text.startswith("\ufeff") else 0  # rapidjson's EncodedInputStream skips a UTF-8 BOM
+    start = len(text) - len(text[bom:].lstrip(" \t\r\n"))
     if start == len(text):
         raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {len(body)}")
     surrogate = _LONE_HIGH_SURROGATE.search(text) if "\\u" in text else None

@@ -45,6 +45,7 @@ def error_of(body: bytes | str, **dtypes: str) -> ServingError:
     (b'{"a": [1.5, ' + b"2" * 400 + b"]}", "JSON Parse error: Number too big to be stored in double. at offset: 12"),
     (b'{"a": "\xff\\ud800x"}', "JSON Parse error: The surrogate pair in string is invalid. at offset: 8"),
     (b'{"a": "\\ud800\\u0041"}', "JSON Parse error: The surrogate pair in string is invalid. at offset: 7"),
+    (b'\xef\xbb\xbf{"a": 1e999}', "JSON Parse error: Number too big to be stored in double. at offset: 9"),
     (b'{"a": [1 2], "b": "\\ud800"}', "JSON Parse error: Missing a comma or ']' after an array element. at offset: 9"),
 ])
 def test_parse_errors(body: bytes, message: str) -> None:
@@ -74,6 +75,7 @@ def test_parse_keeps_rapidjson_strings_numbers_and_first_keys() -> None:
                                                                                       "s": "a:b"}
     assert parse_json_object(b'{"i": [[{"b64": "YQ==", "b64": "Yg=="}]]}') == {"i": [[{"b64": "YQ=="}]]}
     assert parse_json_object(b'{"i": [{"a": 1, "a": 2}, [1, 2, 3]]}') == {"i": [{"a": 1}, [1, 2, 3]]}
+    assert parse_json_object(b'\xef\xbb\xbf {"a": 1}') == {"a": 1}   # a UTF-8 BOM is skipped
     assert parse_json_object(b'{"i": [[{"a": {}, "b": "a:b"}, []]], "e": []}') == {"i": [[{"a": {}, "b": "a:b"}, []]],
                                                                                   "e": []}
 
