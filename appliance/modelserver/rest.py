@@ -37,6 +37,7 @@ from appliance.modelserver.handlers import RestApi, Response, error_body
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 2 ** 31 - 1
+BODY_BUDGET_BYTES = 2 ** 30
 MAX_PIPELINED = 32
 GZIP_MAX_INFLATED = 100 * 1024 * 1024  # net_http ZLib::kMaxUncompressedBytes
 WRITE_BUFFER_HIGH = 1024 * 1024         # reading pauses while this much output waits
@@ -52,7 +53,7 @@ class RestLimits:
     """What one client, and all of them together, can make the REST port hold (flags.py)."""
 
     max_body: int = MAX_BODY_BYTES      # per request, before gzip inflation
-    body_budget: int = MAX_BODY_BYTES   # bytes of request bodies held across all connections
+    body_budget: int = BODY_BUDGET_BYTES  # bytes of request bodies held across all connections
     idle_timeout: float = 50.0          # keep-alive connection with nothing to do, or not reading
     read_timeout: float = 50.0          # a started request: headers complete, body keeps arriving
     gzip_max_inflated: int = GZIP_MAX_INFLATED
@@ -103,6 +104,7 @@ class HttpProtocol(asyncio.Protocol):
         self.api = api
         self.server = server
         self.limits = server.limits
+        self.max_body = server.max_body
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -189,8 +191,8 @@ class HttpProtocol(asyncio.Protocol):
         headers = request.headers
         length = headers.get("content-length", "")
         size = int(length) if length.isdigit() else 0
-        if size > self.limits.max_body:
-            self._refuse(413, f"Request body larger than {self.limits.max_body} bytes")
+        if size > self.max_body:
+            self._refuse(413, f"Request body larger than {self.max_body} bytes")
         if "gzip" in headers.get("content-encoding", "").lower():
             request.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif size:
@@ -209,8 +211,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         elif not request.counted:  # chunked: no length to hold up front
             self.body_size += len(body)
-            if self.body_size > self.limits.max_body:
-                self._refuse(413, f"Request body larger than {self.limits.max_body} bytes")
+            if self.body_size > self.max_body:
+                self._refuse(413, f"Request body larger than {self.max_body} bytes")
             self._hold(request, len(body))
         request.body.append(body)
 
@@ -423,6 +425,7 @@ class _ServerState:
 
     def __init__(self, limits: RestLimits) -> None:
         self.limits = limits
+        self.max_body = min(limits.max_body, limits.body_budget)  # a bigger body could never fit
         self.budget = BodyBudget(limits.body_budget)
         self.connections: set[HttpProtocol] = set()
         self.tick = max(0.05, min(1.0, limits.idle_timeout / 4, limits.read_timeout / 4))
