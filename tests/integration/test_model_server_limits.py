@@ -281,7 +281,8 @@ def test_90_mib_of_numbers_decodes_within_1_gb(server: Server) -> None:
 
 
 def test_four_concurrent_large_bodies_stay_within_the_budget(server: Server) -> None:
-    """Four 90 MiB bodies at once against a 200 MiB budget: two fit, the others get 429 at once."""
+    """Four 90 MiB bodies at once against a 200 MiB budget: at most two are held at a time, the
+    others get 429 at once (before the change: +4.7 GB each, all four at once)."""
     body = numbers_body(90)
     base = settle(server)
     server.reset_peak()
@@ -299,4 +300,5 @@ def test_four_concurrent_large_bodies_stay_within_the_budget(server: Server) -> 
         if status == 429:
             assert payload == {"error": f"Request bodies in flight would exceed the server's budget of "
                                         f"{BUDGET} bytes; retry later"}
-    assert peak <= 3 * BUDGET + 300 * MiB
+    # README: numbers cost about 8x their body, answer included; the budget admits two at once.
+    assert peak <= 10 * BUDGET
