@@ -30,7 +30,8 @@ MIN_BODY = 1 << 20
 CHUNK = 4 << 20
 MAX_RANK = 32
 _PREFIX_SCAN = 64 * 1024  # the text before the array is checked in Python: keep it short
-_KEY = re.compile(rb'"(instances|inputs)"[ \t\r\n]*:[ \t\r\n]*\[')
+# "instances": [ or "inputs": [ or "inputs": {"<name>": [ (a name without escapes)
+_KEY = re.compile(rb'"(instances|inputs)"[ \t\r\n]*:[ \t\r\n]*(?:\{[ \t\r\n]*"([^"\\]*)"[ \t\r\n]*:[ \t\r\n]*)?\[')
 PLACEHOLDER = "\x00numeric array"
 _PLACEHOLDER_JSON = b'"\\u0000numeric array"'
 
@@ -75,11 +76,18 @@ _TARGETS = {
 class NumericArray:
     """The text of one large numeric array in a request body, decoded on demand."""
 
-    def __init__(self, body: bytes, key: str, start: int, end: int) -> None:
+    def __init__(self, body: bytes, key: str, name: str | None, start: int, end: int) -> None:
         self.body = body
-        self.key = key
+        self.key = key      # "instances" or "inputs"
+        self.name = name    # the input's name in {"inputs": {name: [...]}}, else None
         self.start = start
         self.end = end
+
+    def placed(self, doc: Any) -> bool:
+        """Whether the placeholder is where this array was in ``doc`` (not a duplicate key's value)."""
+        holder = doc.get(self.key) if self.name is not None and type(doc) is dict else doc
+        name = self.key if self.name is None else self.name
+        return type(holder) is dict and holder.get(name) == PLACEHOLDER
 
     def tensor(self, dtype_name: str) -> np.ndarray | None:
         """The array as a tensor of ``dtype_name`` exactly as the normal path builds it, or None."""
@@ -90,15 +98,15 @@ class NumericArray:
 
 
 def parse_predict_body(body: bytes) -> tuple[dict[str, Any], NumericArray | None]:
-    """``parse_json_object(body)``, with a large numeric ``instances``/``inputs`` array left as
-    text: the document then holds :data:`PLACEHOLDER` under that key."""
+    """``parse_json_object(body)``, with a large numeric ``instances``/``inputs`` array (or one
+    named input of ``inputs``) left as text: the document holds :data:`PLACEHOLDER` in its place."""
     found = _find(body) if len(body) >= MIN_BODY else None
     if found is not None:
         try:
             doc = parse_json_object(body[:found.start] + _PLACEHOLDER_JSON + body[found.end:])
         except Exception:  # noqa: BLE001 - the whole body's parse below reports its own error
             doc = None
-        if type(doc) is dict and doc.get(found.key) == PLACEHOLDER:
+        if found.placed(doc):
             return doc, found
     return parse_json_object(body), None
 
@@ -107,10 +115,18 @@ def _find(body: bytes) -> NumericArray | None:
     match = _KEY.search(body, 0, _PREFIX_SCAN)
     if match is None or not _top_level(body[:match.start()]):
         return None
+    key, name = match.group(1).decode("ascii"), match.group(2)
+    if name is not None:
+        if key != "inputs" or name == b"b64":  # {"b64": ...} is base64 data, not an input
+            return None
+        try:
+            name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     start = match.end() - 1
     end = _numeric_run_end(body, start)
     end = body.rfind(b"]", start, end) + 1
-    return NumericArray(body, match.group(1).decode("ascii"), start, end) if end > start else None
+    return NumericArray(body, key, name, start, end) if end > start else None
 
 
 def _top_level(prefix: bytes) -> bool:
@@ -299,9 +315,18 @@ class _Decoder:
         return [spans[level] // spans[level - 1] for level in range(rank, 0, -1)]
 
 
-def decode(doc: dict[str, Any], numeric: NumericArray, codecs: Mapping[str, Any]) -> np.ndarray | None:
-    """The single input's tensor from ``numeric`` when the normal path would build just that, else None."""
-    if len(codecs) != 1 or ("instances" in doc and "inputs" in doc):
+def decode(doc: dict[str, Any], numeric: NumericArray, codecs: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+    """``{input name: tensor}`` from ``numeric`` when the normal path would build that tensor from
+    it, else None. A top-level array is the single input; a named one, that input of several."""
+    if "instances" in doc and "inputs" in doc:
         return None
-    codec = next(iter(codecs.values()))
-    return numeric.tensor(codec.dtype.enum_name)
+    if numeric.name is None:
+        if len(codecs) != 1:
+            return None
+        (name, codec), = codecs.items()
+    else:
+        name, codec = numeric.name, codecs.get(numeric.name)
+        if codec is None:
+            return None
+    tensor = numeric.tensor(codec.dtype.enum_name)
+    return None if tensor is None else {name: tensor}

@@ -135,6 +135,23 @@ def test_integer_inputs(body: bytes, dtypes: tuple[str, ...], fast: bool) -> Non
         assert new == old and used == fast, dtype
 
 
+@pytest.mark.parametrize("body,names,fast", [
+    (b'{"inputs": {"x": [[1.0, 2.0], [3.0, 4.0]]}}', ("x",), True),
+    (b'{"inputs": {"a": [1.0, 2.0], "b": [3, 4]}, "signature_name": ""}', ("a", "b"), True),
+    (b'{"inputs" : { "b" : [1.0, 2.0] , "a": [[5.5]]}}', ("a", "b"), True),
+    (b'{"inputs": {"a": [1.0, 2.0]}}', ("a", "b"), True),           # b is missing: the normal path's error
+    (b'{"inputs": {"y": [1.0]}}', ("x",), False),
+    (b'{"inputs": {"b64": [1.0]}}', ("b64",), False),
+    (b'{"instances": {"x": [1.0]}}', ("x",), False),
+    (b'{"inputs": {"x": [1.0, 2.0], "x": [3.0]}}', ("x",), False),
+    (b'{"inputs": {"\\u0078": [1.0]}}', ("x",), False),
+    (b'{"inputs": {"x": [1.0]}, "instances": [1.0]}', ("x",), False),
+])
+def test_named_columnar_inputs(body: bytes, names: tuple[str, ...], fast: bool) -> None:
+    old, new, used = both(body, "DT_FLOAT", names)
+    assert new == old and used == fast
+
+
 def test_several_inputs_take_the_normal_path() -> None:
     old, new, used = both(b'{"inputs": [1.0, 2.0]}', names=("a", "b"))
     assert new == old and not used and old[0] == "error"
