@@ -234,6 +234,8 @@ def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> byte
     if fmt == COLUMNAR:
         if len(outputs) == 1:
             (alias, arr), = outputs.items()
+            if arr.ndim and arr.size > PIECE_VALUES:
+                return _document('{"outputs": [', _rows(arr, alias), "]}")
             body = tensor_to_json(arr, alias)
         else:
             body = "{" + ", ".join(f"{dump_string(a)}: {tensor_to_json(t, a)}" for a, t in outputs.items()) + "}"
@@ -249,11 +251,23 @@ def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> byte
     if len(outputs) == 1:
         (alias, arr), = outputs.items()
         rows = _rows(arr, alias)
+        if arr.size > PIECE_VALUES:
+            return _document('{"predictions": [', rows, "]}")
     else:
         per_output = {alias: _nest(_leaf_texts(arr, alias), arr.shape) for alias, arr in outputs.items()}
         keys = {alias: dump_string(alias) + ": " for alias in per_output}
         rows = ["{" + ", ".join(keys[a] + per_output[a][i] for a in per_output) + "}" for i in range(batch)]
     return ('{"predictions": [' + ", ".join(rows) + "]}").encode("utf-8")
+
+
+def _document(prefix: str, pieces: list[str], suffix: str) -> bytes:
+    """``prefix + ", ".join(pieces) + suffix`` as UTF-8, for a large answer: each piece is encoded
+    (and dropped) on its own, so the text exists about twice at the peak rather than four times."""
+    encoded = [piece.encode("utf-8") for piece in pieces]
+    pieces.clear()
+    encoded[0] = prefix.encode("utf-8") + encoded[0]
+    encoded[-1] += suffix.encode("utf-8")
+    return b", ".join(encoded)
 
 
 def _rows(arr: np.ndarray, alias: str) -> list[str]:

@@ -41,6 +41,7 @@ BODY_BUDGET_BYTES = 2 ** 30
 MAX_PIPELINED = 32
 GZIP_MAX_INFLATED = 100 * 1024 * 1024  # net_http ZLib::kMaxUncompressedBytes
 WRITE_BUFFER_HIGH = 1024 * 1024         # reading pauses while this much output waits
+LINGER_SECONDS = 30.0                   # at most this long discarding a refused request's body
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
             499: "Client Closed Request",
@@ -144,9 +145,9 @@ class HttpProtocol(asyncio.Protocol):
             self.drained.cancel()
 
     def data_received(self, data: bytes) -> None:
+        self.seen = True
         if self.closing or self.rejected:
             return
-        self.seen = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -311,7 +312,7 @@ class HttpProtocol(asyncio.Protocol):
             self.quiet += elapsed
         if self.lingering >= 0:
             self.lingering += elapsed
-            if self.lingering >= self.limits.read_timeout:
+            if self.quiet >= self.limits.read_timeout or self.lingering >= LINGER_SECONDS:
                 self.transport.close()
             return
         request = self.current
