@@ -331,7 +331,7 @@ SCHEMA: tuple[Key, ...] = (
         "Runtime threads of the model server; 0 means one per CPU."),
     Key("serving.rest.max.body.bytes", "serving", "max_body_bytes", _positive, 2 ** 31 - 1,
         "Largest REST request body the model server reads; a bigger one gets 413."),
-    Key("serving.rest.body.budget.bytes", "serving", "body_budget_bytes", _positive, 2 ** 31 - 1,
+    Key("serving.rest.body.budget.bytes", "serving", "body_budget_bytes", _positive, 2 ** 30,
         "REST request body bytes the model server holds across all connections; past it a request gets 429."),
     Key("serving.rest.idle.timeout.seconds", "serving", "idle_timeout_seconds", _positive, 50,
         "The model server closes a REST connection idle (or not reading its answers) this long."),

@@ -41,9 +41,9 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
     Flag("rest_api_enable_cors_support", bool, False, "add CORS headers to REST responses"),
     Flag("rest_api_max_body_bytes", int, 2 ** 31 - 1,
          "largest REST request body; a bigger Content-Length gets 413 at once (appliance extension)"),
-    Flag("rest_api_body_budget_bytes", int, 2 ** 31 - 1,
-         "request body bytes held across all REST connections; past it a request gets 429 "
-         "(appliance extension)"),
+    Flag("rest_api_body_budget_bytes", int, 2 ** 30,
+         "request body bytes held across all REST connections; past it a request gets 429, and a "
+         "body bigger than it 413 (appliance extension)"),
     Flag("rest_api_idle_timeout_seconds", float, 50.0,
          "close a REST connection idle (or not reading its answers) this long; libevent's default "
          "in TF Serving (appliance extension)"),

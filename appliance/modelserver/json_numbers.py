@@ -9,9 +9,9 @@ checked and converted by numpy in bounded chunks, so the peak is the body, the t
 chunk-sized temporaries.
 
 It takes only what it checks completely, with the same result as the normal path: the JSON
-number grammar, brackets and commas (empty lists excluded), a rectangular shape, one float or
-double input, finite values within the dtype's range and no integer that the normal path would
-judge for precision. Anything else declines (``None``) and the request takes the normal path
+number grammar, brackets and commas (empty lists excluded), a rectangular shape, one float,
+double, int32 or int64 input, finite values within the dtype's range, no integer that the
+normal path would judge for precision and, for integer inputs, integers of at most 18 digits. Anything else declines (``None``) and the request takes the normal path
 over the whole body, which gives its tensor or its exact error.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -29,7 +30,8 @@ MIN_BODY = 1 << 20
 CHUNK = 4 << 20
 MAX_RANK = 32
 _PREFIX_SCAN = 64 * 1024  # the text before the array is checked in Python: keep it short
-_KEY = re.compile(rb'"(instances|inputs)"[ \t\r\n]*:[ \t\r\n]*\[')
+# "instances": [ or "inputs": [ or "inputs": {"<name>": [ (a name without escapes)
+_KEY = re.compile(rb'"(instances|inputs)"[ \t\r\n]*:[ \t\r\n]*(?:\{[ \t\r\n]*"([^"\\]*)"[ \t\r\n]*:[ \t\r\n]*)?\[')
 PLACEHOLDER = "\x00numeric array"
 _PLACEHOLDER_JSON = b'"\\u0000numeric array"'
 
@@ -49,36 +51,62 @@ for _a, _b in [(_START, _OPEN), (_OPEN, _OPEN), (_OPEN, _NUM), (_NUM, _COMMA), (
                (_CLOSE, _COMMA), (_CLOSE, _CLOSE), (_COMMA, _OPEN), (_COMMA, _NUM)]:
     _FOLLOWS[_a, _b] = True
 _BRACKETS_TO_SPACE = bytes.maketrans(b"[]", b"  ")
-_FLOATS = {"DT_FLOAT": (np.float32, FLT_MAX, 2 ** 24 - 1), "DT_DOUBLE": (np.float64, math.inf, 2 ** 53 - 1)}
+_INT_DIGITS = 18  # an integer of up to 18 digits fits int64 exactly (numpy saturates past it)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """How the normal path builds one dtype (json_tensor._checked_build), as far as it is taken here."""
+
+    dtype: Any
+    integer: bool         # integers only (no fraction or exponent), within [low, high]
+    low: float
+    high: float
+    exact_int: int = 0    # floats: an integer token past this is judged one by one: decline
+
+
+_TARGETS = {
+    "DT_FLOAT": _Target(np.float32, False, -FLT_MAX, FLT_MAX, 2 ** 24 - 1),
+    "DT_DOUBLE": _Target(np.float64, False, -math.inf, math.inf, 2 ** 53 - 1),
+    "DT_INT32": _Target(np.int32, True, -(2 ** 31), 2 ** 31 - 1),
+    "DT_INT64": _Target(np.int64, True, -(2 ** 63), 2 ** 63 - 1),
+}
 
 
 class NumericArray:
     """The text of one large numeric array in a request body, decoded on demand."""
 
-    def __init__(self, body: bytes, key: str, start: int, end: int) -> None:
+    def __init__(self, body: bytes, key: str, name: str | None, start: int, end: int) -> None:
         self.body = body
-        self.key = key
+        self.key = key      # "instances" or "inputs"
+        self.name = name    # the input's name in {"inputs": {name: [...]}}, else None
         self.start = start
         self.end = end
 
+    def placed(self, doc: Any) -> bool:
+        """Whether the placeholder is where this array was in ``doc`` (not a duplicate key's value)."""
+        holder = doc.get(self.key) if self.name is not None and type(doc) is dict else doc
+        name = self.key if self.name is None else self.name
+        return type(holder) is dict and holder.get(name) == PLACEHOLDER
+
     def tensor(self, dtype_name: str) -> np.ndarray | None:
         """The array as a tensor of ``dtype_name`` exactly as the normal path builds it, or None."""
-        target = _FLOATS.get(dtype_name)
+        target = _TARGETS.get(dtype_name)
         if target is None:
             return None
-        return _Decoder(self.body, *target).run(self.start, self.end)
+        return _Decoder(self.body, target).run(self.start, self.end)
 
 
 def parse_predict_body(body: bytes) -> tuple[dict[str, Any], NumericArray | None]:
-    """``parse_json_object(body)``, with a large numeric ``instances``/``inputs`` array left as
-    text: the document then holds :data:`PLACEHOLDER` under that key."""
+    """``parse_json_object(body)``, with a large numeric ``instances``/``inputs`` array (or one
+    named input of ``inputs``) left as text: the document holds :data:`PLACEHOLDER` in its place."""
     found = _find(body) if len(body) >= MIN_BODY else None
     if found is not None:
         try:
             doc = parse_json_object(body[:found.start] + _PLACEHOLDER_JSON + body[found.end:])
         except Exception:  # noqa: BLE001 - the whole body's parse below reports its own error
             doc = None
-        if type(doc) is dict and doc.get(found.key) == PLACEHOLDER:
+        if found.placed(doc):
             return doc, found
     return parse_json_object(body), None
 
@@ -87,10 +115,18 @@ def _find(body: bytes) -> NumericArray | None:
     match = _KEY.search(body, 0, _PREFIX_SCAN)
     if match is None or not _top_level(body[:match.start()]):
         return None
+    key, name = match.group(1).decode("ascii"), match.group(2)
+    if name is not None:
+        if key != "inputs" or name == b"b64":  # {"b64": ...} is base64 data, not an input
+            return None
+        try:
+            name = name.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
     start = match.end() - 1
     end = _numeric_run_end(body, start)
     end = body.rfind(b"]", start, end) + 1
-    return NumericArray(body, match.group(1).decode("ascii"), start, end) if end > start else None
+    return NumericArray(body, key, name, start, end) if end > start else None
 
 
 def _top_level(prefix: bytes) -> bool:
@@ -130,11 +166,9 @@ def _numeric_run_end(body: bytes, start: int) -> int:
 class _Decoder:
     """One pass over the array's text in chunks that end at a comma, carrying state across them."""
 
-    def __init__(self, body: bytes, dtype: Any, limit: float, int_limit: int) -> None:
+    def __init__(self, body: bytes, target: _Target) -> None:
         self.body = body
-        self.dtype = dtype
-        self.limit = limit
-        self.int_limit = int_limit
+        self.target = target
         self.last_token = _START
         self.depth = 0
         self.rank = 0
@@ -156,7 +190,7 @@ class _Decoder:
             pos = cut
         if self.depth != 0 or not self.values:
             return None
-        if self.has_int and self.biggest > self.int_limit:
+        if self.has_int and not self.target.integer and self.biggest > self.target.exact_int:
             return None  # a possibly lossy integer: the normal path judges each value
         shape = self._shape(np.concatenate(self.closes))
         if shape is None:
@@ -219,6 +253,12 @@ class _Decoder:
         dots = np.flatnonzero(cls == _DOT)
         exps = np.flatnonzero(cls == _EXP)
         dot_ids, exp_ids = np.searchsorted(start_at, dots), np.searchsorted(start_at, exps)  # number index + 1
+        if self.target.integer:
+            if dots.size or exps.size:
+                return None  # a fraction or exponent for an integer input: the normal path's error
+            digits = np.flatnonzero(ends) + 1 - start_at - (raw[start_at] == ord("-"))
+            if digits.size and digits.max() > _INT_DIGITS:
+                return None
         if (np.diff(dot_ids) == 0).any() or (np.diff(exp_ids) == 0).any():
             return None  # two dots or two exponents in one number
         if dots.size and exps.size:
@@ -239,18 +279,19 @@ class _Decoder:
         return bool(decimal[1:].all())
 
     def _numbers(self, pos: int, cut: int, final: bool, count: int) -> bool:
+        target = self.target
         text = self.body[pos:cut if final else cut - 1].translate(_BRACKETS_TO_SPACE)
-        wide = np.fromstring(text, dtype=np.float64, sep=",") if count else np.empty(0)
+        kind = np.int64 if target.integer else np.float64
+        wide = np.fromstring(text, dtype=kind, sep=",") if count else np.empty(0, kind)
         del text
         if wide.size != count:
             return False
         if count:
-            magnitude = np.abs(wide)
-            biggest = float(magnitude.max())
-            if not math.isfinite(biggest) or biggest > self.limit:
-                return False  # 1e999, or past float32: the normal path answers these
-            self.biggest = max(self.biggest, biggest)
-        self.values.append(wide.astype(self.dtype) if self.dtype is not np.float64 else wide)
+            low, high = float(wide.min()), float(wide.max())
+            if not (target.low <= low and high <= target.high and math.isfinite(low) and math.isfinite(high)):
+                return False  # 1e999, past float32, past int32: the normal path answers these
+            self.biggest = max(self.biggest, float(max(-low, high)))
+        self.values.append(wide.astype(target.dtype, copy=False))
         return True
 
     def _shape(self, closes: np.ndarray) -> list[int] | None:
@@ -274,9 +315,18 @@ class _Decoder:
         return [spans[level] // spans[level - 1] for level in range(rank, 0, -1)]
 
 
-def decode(doc: dict[str, Any], numeric: NumericArray, codecs: Mapping[str, Any]) -> np.ndarray | None:
-    """The single input's tensor from ``numeric`` when the normal path would build just that, else None."""
-    if len(codecs) != 1 or ("instances" in doc and "inputs" in doc):
+def decode(doc: dict[str, Any], numeric: NumericArray, codecs: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+    """``{input name: tensor}`` from ``numeric`` when the normal path would build that tensor from
+    it, else None. A top-level array is the single input; a named one, that input of several."""
+    if "instances" in doc and "inputs" in doc:
         return None
-    codec = next(iter(codecs.values()))
-    return numeric.tensor(codec.dtype.enum_name)
+    if numeric.name is None:
+        if len(codecs) != 1:
+            return None
+        (name, codec), = codecs.items()
+    else:
+        name, codec = numeric.name, codecs.get(numeric.name)
+        if codec is None:
+            return None
+    tensor = numeric.tensor(codec.dtype.enum_name)
+    return None if tensor is None else {name: tensor}

@@ -47,11 +47,13 @@ def decode_predict(doc: dict[str, Any], codecs: Mapping[str, InputCodec],
     """
     if not codecs:
         raise invalid_argument("Failed to get input map for signature")
+    given: dict[str, np.ndarray] = {}
     if numeric is not None:
-        tensor = json_numbers.decode(doc, numeric, codecs)
-        if tensor is not None:
-            return (ROW if numeric.key == "instances" else COLUMNAR), {next(iter(codecs)): tensor}
-        doc = parse_json_object(numeric.body)
+        given = json_numbers.decode(doc, numeric, codecs) or {}
+        if not given:
+            doc = parse_json_object(numeric.body)
+        elif numeric.name is None:
+            return (ROW if numeric.key == "instances" else COLUMNAR), given
     has_instances = "instances" in doc
     if has_instances and "inputs" in doc:
         raise invalid_argument(f"JSON Value: {json_value_to_string(doc)} Not formatted correctly expecting only "
@@ -65,7 +67,7 @@ def decode_predict(doc: dict[str, Any], codecs: Mapping[str, InputCodec],
             raise invalid_argument(f"JSON Value: {json_value_to_string(doc)} No values in 'instances' array")
         return ROW, _from_instances(instances, codecs)
     if "inputs" in doc:
-        return COLUMNAR, _from_inputs(doc["inputs"], codecs)
+        return COLUMNAR, _from_inputs(doc["inputs"], codecs, given)
     raise invalid_argument("Missing 'inputs' or 'instances' key")
 
 
@@ -162,8 +164,9 @@ def _slow_instances(instances: list, codecs: Mapping[str, InputCodec]) -> dict[s
     return {name: stacker.tensor(len(instances)) for name, stacker in stackers.items()}
 
 
-def _from_inputs(value: Any, codecs: Mapping[str, InputCodec]) -> dict[str, np.ndarray]:
-    """``FillTensorMapFromInputsMap``."""
+def _from_inputs(value: Any, codecs: Mapping[str, InputCodec],
+                 given: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """``FillTensorMapFromInputsMap``; ``given`` holds inputs already decoded (json_numbers)."""
     if type(value) is not dict or is_b64_object(value):
         if len(codecs) > 1:
             raise invalid_argument("inputs is a plain value/list, but expecting an object as multiple input "
@@ -174,7 +177,7 @@ def _from_inputs(value: Any, codecs: Mapping[str, InputCodec]) -> dict[str, np.n
     for name, codec in codecs.items():
         if name not in value:
             raise invalid_argument(f"Missing named input: {name} in 'inputs' object.")
-        out[name] = value_to_tensor(value[name], codec)
+        out[name] = given[name] if given and name in given else value_to_tensor(value[name], codec)
     return out
 
 
@@ -231,6 +234,8 @@ def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> byte
     if fmt == COLUMNAR:
         if len(outputs) == 1:
             (alias, arr), = outputs.items()
+            if arr.ndim and arr.size > PIECE_VALUES:
+                return _document('{"outputs": [', _rows(arr, alias), "]}")
             body = tensor_to_json(arr, alias)
         else:
             body = "{" + ", ".join(f"{dump_string(a)}: {tensor_to_json(t, a)}" for a, t in outputs.items()) + "}"
@@ -246,11 +251,23 @@ def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> byte
     if len(outputs) == 1:
         (alias, arr), = outputs.items()
         rows = _rows(arr, alias)
+        if arr.size > PIECE_VALUES:
+            return _document('{"predictions": [', rows, "]}")
     else:
         per_output = {alias: _nest(_leaf_texts(arr, alias), arr.shape) for alias, arr in outputs.items()}
         keys = {alias: dump_string(alias) + ": " for alias in per_output}
         rows = ["{" + ", ".join(keys[a] + per_output[a][i] for a in per_output) + "}" for i in range(batch)]
     return ('{"predictions": [' + ", ".join(rows) + "]}").encode("utf-8")
+
+
+def _document(prefix: str, pieces: list[str], suffix: str) -> bytes:
+    """``prefix + ", ".join(pieces) + suffix`` as UTF-8, for a large answer: each piece is encoded
+    (and dropped) on its own, so the text exists about twice at the peak rather than four times."""
+    encoded = [piece.encode("utf-8") for piece in pieces]
+    pieces.clear()
+    encoded[0] = prefix.encode("utf-8") + encoded[0]
+    encoded[-1] += suffix.encode("utf-8")
+    return b", ".join(encoded)
 
 
 def _rows(arr: np.ndarray, alias: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import sys
@@ -149,11 +150,15 @@ async def _run_servers(options: Options, manager: ModelManager, features: Server
 
 
 def _rest_limits(options: Options) -> object:
+    """The REST limits of the flags; 0 or less means no limit."""
     from appliance.modelserver.rest import RestLimits
 
-    return RestLimits(max_body=options.rest_api_max_body_bytes, body_budget=options.rest_api_body_budget_bytes,
-                      idle_timeout=options.rest_api_idle_timeout_seconds,
-                      read_timeout=options.rest_api_read_timeout_seconds)
+    def limit(value: float, none: float) -> float:
+        return value if value > 0 else none
+    return RestLimits(max_body=int(limit(options.rest_api_max_body_bytes, 2 ** 63)),
+                      body_budget=int(limit(options.rest_api_body_budget_bytes, 2 ** 63)),
+                      idle_timeout=limit(options.rest_api_idle_timeout_seconds, math.inf),
+                      read_timeout=limit(options.rest_api_read_timeout_seconds, math.inf))
 
 
 async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadPoolExecutor) -> object:

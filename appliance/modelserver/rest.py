@@ -37,9 +37,11 @@ from appliance.modelserver.handlers import RestApi, Response, error_body
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 2 ** 31 - 1
+BODY_BUDGET_BYTES = 2 ** 30
 MAX_PIPELINED = 32
 GZIP_MAX_INFLATED = 100 * 1024 * 1024  # net_http ZLib::kMaxUncompressedBytes
 WRITE_BUFFER_HIGH = 1024 * 1024         # reading pauses while this much output waits
+LINGER_SECONDS = 30.0                   # at most this long discarding a refused request's body
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
             499: "Client Closed Request",
@@ -52,7 +54,7 @@ class RestLimits:
     """What one client, and all of them together, can make the REST port hold (flags.py)."""
 
     max_body: int = MAX_BODY_BYTES      # per request, before gzip inflation
-    body_budget: int = MAX_BODY_BYTES   # bytes of request bodies held across all connections
+    body_budget: int = BODY_BUDGET_BYTES  # bytes of request bodies held across all connections
     idle_timeout: float = 50.0          # keep-alive connection with nothing to do, or not reading
     read_timeout: float = 50.0          # a started request: headers complete, body keeps arriving
     gzip_max_inflated: int = GZIP_MAX_INFLATED
@@ -103,6 +105,7 @@ class HttpProtocol(asyncio.Protocol):
         self.api = api
         self.server = server
         self.limits = server.limits
+        self.max_body = server.max_body
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -142,9 +145,9 @@ class HttpProtocol(asyncio.Protocol):
             self.drained.cancel()
 
     def data_received(self, data: bytes) -> None:
+        self.seen = True
         if self.closing or self.rejected:
             return
-        self.seen = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -189,8 +192,8 @@ class HttpProtocol(asyncio.Protocol):
         headers = request.headers
         length = headers.get("content-length", "")
         size = int(length) if length.isdigit() else 0
-        if size > self.limits.max_body:
-            self._refuse(413, f"Request body larger than {self.limits.max_body} bytes")
+        if size > self.max_body:
+            self._refuse(413, f"Request body larger than {self.max_body} bytes")
         if "gzip" in headers.get("content-encoding", "").lower():
             request.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif size:
@@ -209,8 +212,8 @@ class HttpProtocol(asyncio.Protocol):
             return
         elif not request.counted:  # chunked: no length to hold up front
             self.body_size += len(body)
-            if self.body_size > self.limits.max_body:
-                self._refuse(413, f"Request body larger than {self.limits.max_body} bytes")
+            if self.body_size > self.max_body:
+                self._refuse(413, f"Request body larger than {self.max_body} bytes")
             self._hold(request, len(body))
         request.body.append(body)
 
@@ -309,7 +312,7 @@ class HttpProtocol(asyncio.Protocol):
             self.quiet += elapsed
         if self.lingering >= 0:
             self.lingering += elapsed
-            if self.lingering >= self.limits.read_timeout:
+            if self.quiet >= self.limits.read_timeout or self.lingering >= LINGER_SECONDS:
                 self.transport.close()
             return
         request = self.current
@@ -427,6 +430,7 @@ class _ServerState:
 
     def __init__(self, limits: RestLimits) -> None:
         self.limits = limits
+        self.max_body = min(limits.max_body, limits.body_budget)  # a bigger body could never fit
         self.budget = BodyBudget(limits.body_budget)
         self.connections: set[HttpProtocol] = set()
         self.tick = max(0.05, min(1.0, limits.idle_timeout / 4, limits.read_timeout / 4))

@@ -86,9 +86,11 @@ def test_valid_arrays_take_the_fast_path_with_the_same_tensor(body: bytes) -> No
     b'{"instances": [1.0, Infinity]}',
 ])
 def test_what_the_fast_path_declines_gives_the_normal_paths_answer(body: bytes) -> None:
-    old, new, used = both(body)
-    assert new == old
-    assert not used or old[0] == "ok"
+    for dtype in ("DT_FLOAT", "DT_DOUBLE"):
+        old, new, used = both(body, dtype)
+        assert new == old
+        assert not used or old[0] == "ok"
+    assert not both(b'{"instances": [1.0, 1e999]}', "DT_DOUBLE")[2]
 
 
 @pytest.mark.parametrize("bad", [
@@ -116,11 +118,41 @@ def test_random_shapes_and_values_match() -> None:
             assert new == old and used
 
 
-def test_other_dtypes_and_several_inputs_take_the_normal_path() -> None:
-    body = b'{"instances": [1, 2, 3]}'
-    assert both(body, "DT_INT32")[:2] == both(body, "DT_INT32")[:2]
-    old, new, used = both(body, "DT_INT32")
-    assert new == old and not used
+@pytest.mark.parametrize("body,dtypes,fast", [
+    (b'{"instances": [[1, -2, 3], [0, 2147483647, -2147483648]]}', ("DT_INT32", "DT_INT64"), True),
+    (b'{"inputs": [999999999999999999, -999999999999999999, -0]}', ("DT_INT64",), True),
+    (b'{"instances": [1, 2147483648]}', ("DT_INT32",), False),          # past int32: the normal path's error
+    (b'{"instances": [1, 2.0]}', ("DT_INT32", "DT_INT64"), False),     # a fraction for an integer input
+    (b'{"instances": [1, 2e3]}', ("DT_INT64",), False),
+    (b'{"instances": [1, 9223372036854775807]}', ("DT_INT64",), False),  # 19 digits: judged by the normal path
+    (b'{"instances": [1, 99999999999999999999]}', ("DT_INT64",), False),
+    (b'{"instances": [1, -9223372036854775809]}', ("DT_INT64",), False),
+    (b'{"instances": [1, 2, 3]}', ("DT_UINT8", "DT_INT16", "DT_UINT64", "DT_BOOL", "DT_STRING"), False),
+])
+def test_integer_inputs(body: bytes, dtypes: tuple[str, ...], fast: bool) -> None:
+    for dtype in dtypes:
+        old, new, used = both(body, dtype)
+        assert new == old and used == fast, dtype
+
+
+@pytest.mark.parametrize("body,names,fast", [
+    (b'{"inputs": {"x": [[1.0, 2.0], [3.0, 4.0]]}}', ("x",), True),
+    (b'{"inputs": {"a": [1.0, 2.0], "b": [3, 4]}, "signature_name": ""}', ("a", "b"), True),
+    (b'{"inputs" : { "b" : [1.0, 2.0] , "a": [[5.5]]}}', ("a", "b"), True),
+    (b'{"inputs": {"a": [1.0, 2.0]}}', ("a", "b"), True),           # b is missing: the normal path's error
+    (b'{"inputs": {"y": [1.0]}}', ("x",), False),
+    (b'{"inputs": {"b64": [1.0]}}', ("b64",), False),
+    (b'{"instances": {"x": [1.0]}}', ("x",), False),
+    (b'{"inputs": {"x": [1.0, 2.0], "x": [3.0]}}', ("x",), False),
+    (b'{"inputs": {"\\u0078": [1.0]}}', ("x",), False),
+    (b'{"inputs": {"x": [1.0]}, "instances": [1.0]}', ("x",), False),
+])
+def test_named_columnar_inputs(body: bytes, names: tuple[str, ...], fast: bool) -> None:
+    old, new, used = both(body, "DT_FLOAT", names)
+    assert new == old and used == fast
+
+
+def test_several_inputs_take_the_normal_path() -> None:
     old, new, used = both(b'{"inputs": [1.0, 2.0]}', names=("a", "b"))
     assert new == old and not used and old[0] == "error"
 
