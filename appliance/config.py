@@ -330,9 +330,11 @@ SCHEMA: tuple[Key, ...] = (
         "else against its size and MD5 ETag (an ETag that is not an MD5, e.g. with AWS SSE-KMS, "
         "is then skipped); size: sizes only, no content checks."),
     Key("repo.port", "repo", "port", _port, 8333,
-        "S3 port of the object store on a repo node (node.role: repo), bound to node.address."),
+        "S3 port of the object store on a repo node (node.role: repo): Envoy listens on "
+        "node.address:repo.port and passes connections to the store, which listens on loopback."),
     Key("repo.internal.port.base", "repo", "internal_port_base", _port, 18333,
-        "First of 7 consecutive loopback ports SeaweedFS uses internally on a repo node."),
+        "First of 8 consecutive 127.0.0.1 ports of the repo node's object store: SeaweedFS's "
+        "master, volume, filer (HTTP and gRPC each) and S3 gRPC, then the store's S3 API."),
     Key("repo.data.path", "repo", "data_path", _string, "/data/objectstore",
         "Where the repo node's object store keeps its data (under the node root)."),
     Key("cluster.members", "cluster", "members", _addresses, "",
@@ -439,6 +441,9 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "repo.port" in parsed and parsed["repo.port"] in seen:
         problems.append(("repo.port", f"port {parsed['repo.port']} is already used by "
                          f"{seen[parsed['repo.port']]}"))
+    if parsed.get("repo.internal.port.base", 0) + 7 > 65535:
+        problems.append(("repo.internal.port.base", f"{parsed['repo.internal.port.base']} leaves "
+                         "no room for the 8 consecutive internal ports of the object store"))
     s3_type, base = parsed.get("s3.type"), parsed.get("model.base.path")
     if s3_type is not None and base is not None:
         if s3_type == "none" and base.startswith("s3://"):

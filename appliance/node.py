@@ -207,8 +207,11 @@ class Node:
         admin = f"http://127.0.0.1:{self.config.envoy.admin_port}/ready"
         step("envoy ready", lambda: get_text(admin)[0] == 200)
         if self.config.node.role == "repo":
-            step(f"object store on port {self.config.repo.port} with its bucket",
-                 self._objectstore_ready)
+            step("object store with its bucket", self._objectstore_ready)
+            # Anonymous S3 gets 403 (AccessDenied): the store answers through Envoy.
+            s3 = f"http://{host}:{self.config.repo.port}/"
+            step(f"S3 API through Envoy on port {self.config.repo.port}",
+                 lambda: get_text(s3)[0] == 403)
             return
         front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
         step(f"REST through Envoy on port {self.config.http_port}", lambda: get_text(front)[0] == 200)

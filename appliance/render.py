@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import membership, subp
+from . import membership, objectstore, subp
 from .atomic import write_atomic
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
@@ -94,6 +94,8 @@ def _context(config: Config, paths: NodePaths) -> dict:
              "upstream_port": config.serving.grpc_port,
              "retry_on": "connect-failure,refused-stream,reset,unavailable"},
         ],
+        "objectstore": ({"port": config.repo.port, "upstream_port": objectstore.store_port(config)}
+                        if config.node.role == "repo" else None),
         "logviewer": config.logviewer,
         "bin": {"model_server": find_binary("appliance-model-server"), "envoy": find_binary("envoy"),
                 "python": sys.executable},

@@ -114,10 +114,10 @@ def _port_free(address: str, port: int) -> bool:
 
 
 def _free_internal_base(taken: set[int]) -> int:
-    """SeaweedFS's 7 consecutive internal ports on 127.0.0.1."""
+    """The object store's 8 consecutive internal ports on 127.0.0.1."""
     while True:
         base = _free_everywhere(["127.0.0.1"], taken)
-        if base < 60000 and all(_port_free("127.0.0.1", base + i) for i in range(7)):
+        if base < 60000 and all(_port_free("127.0.0.1", base + i) for i in range(8)):
             return base
 
 
