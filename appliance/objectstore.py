@@ -154,6 +154,16 @@ def seaweedfs_command(config: Config, paths: NodePaths, creds: Credentials,
     return cmd, {}
 
 
+def seaweedfs_sockets(config: Config) -> list[Path]:
+    """The unix sockets weed server opens in /tmp (named by port; for its gRPC ones there is no
+    option to move them). They take what the TCP ports take (mutual TLS, JWTs); weed leaves
+    them behind when it stops, so the stop removes them."""
+    base = config.repo.internal_port_base
+    names = {"master-grpc": base + 1, "volume-grpc": base + 3, "filer": base + 4,
+             "filer-grpc": base + 5, "s3-grpc": base + 6, "s3": store_port(config)}
+    return [Path(f"/tmp/seaweedfs-{name}-{port}.sock") for name, port in names.items()]
+
+
 def minio_command(config: Config, paths: NodePaths, creds: Credentials,
                   minio: str) -> tuple[list[str], dict[str, str]]:
     """``minio server`` on loopback; its console off (and on loopback were it turned on)."""
@@ -243,6 +253,15 @@ def run_objectstore(config: Config, paths: NodePaths) -> int:
         if not stopping:
             log.error("%s", exc)
             forward(signal.SIGTERM, None)
+    code = _wait(proc, stopping, which)
+    if which == "seaweedfs":
+        for leftover in seaweedfs_sockets(config):
+            leftover.unlink(missing_ok=True)
+    return code
+
+
+def _wait(proc: subprocess.Popen, stopping: list[float], which: str) -> int:
+    """The server's exit code; once a stop was asked for, at most STOP_GRACE_SECONDS later."""
     while True:
         try:
             return proc.wait(timeout=0.2)

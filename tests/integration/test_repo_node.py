@@ -22,7 +22,8 @@ import grpc
 import pytest
 import yaml
 
-from appliance.objectstore import INTERNAL_PORTS
+from appliance.config import load_config
+from appliance.objectstore import INTERNAL_PORTS, seaweedfs_sockets
 from tests.conftest import free_port
 from tests.integration.node_harness import NodeUnderTest, new_node, wait_gone
 from tests.integration.objectstore_harness import ObjectStore, free_port_block
@@ -205,6 +206,14 @@ def _iam_messages():
             for name in ("PutIdentityRequest", "RemoveIdentityRequest", "Empty")}
 
 
+def _sockets(store: ObjectStore) -> list[Path]:
+    """weed server's unix sockets in /tmp (as reachable to a local user as its ports)."""
+    config = load_config(None, [f"repo.internal.port.base={store.internal_base}"])
+    paths = [p for p in seaweedfs_sockets(config) if p.exists()]
+    assert len(paths) == 6, paths
+    return paths
+
+
 def _call(channel: grpc.Channel, method: str, request, response_type):
     return channel.unary_unary(f"/messaging_pb.SeaweedS3IamCache/{method}",
                                request_serializer=type(request).SerializeToString,
@@ -223,9 +232,8 @@ def test_unauthenticated_identity_calls_are_refused_on_every_store_grpc_port(
     remove = messages["RemoveIdentityRequest"](username="appliance")
     base = store.internal_base
     targets = [f"127.0.0.1:{base + offset}" for offset in (1, 3, 5, 6)]   # master volume filer s3
-    targets += [f"unix:///tmp/seaweedfs-{name}-grpc-{base + offset}.sock"   # weed's local sockets
-                for name, offset in (("master", 1), ("volume", 3), ("filer", 5), ("s3", 6))
-                if Path(f"/tmp/seaweedfs-{name}-grpc-{base + offset}.sock").exists()]
+    targets += [f"unix://{path}" for path in _sockets(store) if "-grpc-" in path.name]
+    assert len(targets) == 8
     security = node.root / "etc/appliance/seaweedfs"
     ca = (security / "ca.crt").read_bytes()
     attackers = {"plaintext": grpc.insecure_channel,
@@ -279,7 +287,8 @@ def test_unauthenticated_http_calls_on_the_store_ports_are_refused(
     _, store = repo_node
     store.boto3().put_object(Bucket="models", Key="lockdown/1/saved_model.pb", Body=b"model bytes")
     master, volume, filer = store.internal_base, store.internal_base + 2, store.internal_base + 4
-    filer_socket = f"/tmp/seaweedfs-filer-{filer}.sock"
+    filer_socket = str(next(p for p in _sockets(store) if p.name.startswith("seaweedfs-filer-")
+                            and "-grpc-" not in p.name))
     calls = [(master, "GET", "/dir/assign"), (master, "POST", "/vol/grow?count=1"),
              (master, "GET", "/col/delete?collection=models"), (master, "GET", "/vol/vacuum"),
              (master, "GET", "/dir/status"),
@@ -289,8 +298,7 @@ def test_unauthenticated_http_calls_on_the_store_ports_are_refused(
              (filer, "GET", "/buckets/models/?pretty=y"),
              (volume, "POST", "/1,01637037d6"), (volume, "GET", "/1,01637037d6"),
              (volume, "DELETE", "/1,01637037d6")]
-    if Path(filer_socket).exists():
-        calls += [(filer_socket, method, path) for port, method, path in calls if port == filer]
+    calls += [(filer_socket, method, path) for port, method, path in calls if port == filer]
     for target, method, path in calls:
         status, body = _raw_http(target, method, path, b"evil" if method in ("PUT", "POST") else b"")
         assert status in (401, 403, 404), (target, method, path, status, body[:200])
