@@ -166,12 +166,18 @@ def seaweedfs_sockets(config: Config) -> list[Path]:
 
 def minio_command(config: Config, paths: NodePaths, creds: Credentials,
                   minio: str) -> tuple[list[str], dict[str, str]]:
-    """``minio server`` on loopback; its console off (and on loopback were it turned on)."""
+    """``minio server`` on loopback; its console off (and on loopback were it turned on).
+
+    MinIO (single node) has no port besides its S3 API: its admin API (``mc admin``) and STS
+    are on it and take the root credentials, its metrics a JWT made from them (set here, so an
+    inherited ``MINIO_PROMETHEUS_AUTH_TYPE=public`` cannot open them); without
+    ``MINIO_BROWSER=off`` it would start its console (read from MinIO's server-main.go).
+    """
     cmd = [minio, "server", str(data_dir(config, paths)),
            "--address", f"127.0.0.1:{store_port(config)}",
            "--console-address", f"127.0.0.1:{config.repo.internal_port_base}"]
     return cmd, {"MINIO_ROOT_USER": creds.access_key, "MINIO_ROOT_PASSWORD": creds.secret_key,
-                 "MINIO_BROWSER": "off"}
+                 "MINIO_BROWSER": "off", "MINIO_PROMETHEUS_AUTH_TYPE": "jwt"}
 
 
 def server_command(config: Config, paths: NodePaths,
