@@ -129,7 +129,9 @@ def seaweedfs_command(config: Config, paths: NodePaths, creds: Credentials,
     """``weed server`` with master, volume, filer and S3, every port on 127.0.0.1 and locked.
 
     ``-disableHttp`` turns the master's and the filer's HTTP APIs off (the S3 API needs neither);
-    mutual TLS and JWT keys come from security.toml in ``-config_dir``.
+    mutual TLS and JWT keys come from security.toml in ``-config_dir``. The IAM API weed serves
+    on the S3 port stays read-only (its default, pinned): no key is made or removed through it.
+    Metrics (``-metricsPort``), pprof (``-debug``), Iceberg and Lance stay off.
     ``-volume.preStopSeconds=0``: the 10 s default lets other volume servers take over before
     this one stops; there are none.
     """
@@ -148,7 +150,8 @@ def seaweedfs_command(config: Config, paths: NodePaths, creds: Credentials,
            f"-volume.port={base + 2}", f"-volume.port.grpc={base + 3}",
            "-filer", f"-filer.port={base + 4}", f"-filer.port.grpc={base + 5}",
            "-s3", f"-s3.port={store_port(config)}", f"-s3.port.grpc={base + 6}",
-           f"-s3.config={identities}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+           f"-s3.config={identities}", "-s3.iam.readOnly=true", "-s3.port.iceberg=0",
+           "-s3.port.lance=0",
            "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=1024",
            "-volume.preStopSeconds=0"]
     return cmd, {}

@@ -258,12 +258,30 @@ def test_unauthenticated_identity_calls_are_refused_on_every_store_grpc_port(
         with pytest.raises(grpc.RpcError) as refused:
             _call(channel, "PutIdentity", evil, messages["Empty"])
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # The IAM API weed serves on the S3 port (through Envoy): an attacker's key is refused, and
+    # even the appliance's admin key cannot write (read-only).
+    for key, secret in (("AKATTACKER0000000001", "attacker-secret-1234"),
+                        (store.access_key, store.secret_key)):
+        iam = _iam_client(store, key, secret)
+        for write in (lambda: iam.create_user(UserName="attacker"),
+                      lambda: iam.create_access_key(UserName="appliance")):
+            with pytest.raises(botocore.exceptions.ClientError):
+                write()
+    users = _iam_client(store, store.access_key, store.secret_key).list_users()["Users"]
+    assert [u["UserName"] for u in users] == ["appliance"]
     # No attacker key exists; the appliance's key still works.
     attacker = ObjectStore(store.root, store.port, base, "AKATTACKER0000000001",
                            "attacker-secret-1234", host=store.host)
     with pytest.raises(botocore.exceptions.ClientError):
         attacker.boto3().list_objects_v2(Bucket="models")
     store.boto3().list_objects_v2(Bucket="models")
+
+
+def _iam_client(store: ObjectStore, key: str, secret: str):
+    import boto3
+
+    return boto3.client("iam", endpoint_url=store.endpoint, aws_access_key_id=key,
+                        aws_secret_access_key=secret, region_name="us-east-1")
 
 
 def _raw_http(target: str | int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
