@@ -236,6 +236,12 @@ def run_objectstore(config: Config, paths: NodePaths) -> int:
     """Prepare, start the server as our child, create the bucket, then wait for the server."""
     creds = ensure_credentials(config, paths)
     data_dir(config, paths).mkdir(parents=True, exist_ok=True)
+    # The store's files (volumes, its filer's database) are the models: no other local user
+    # reads them around the locked ports.
+    try:
+        data_dir(config, paths).chmod(0o700)
+    except OSError as exc:
+        log.warning("could not make %s private (mode 0700): %s", data_dir(config, paths), exc)
     paths.run.mkdir(parents=True, exist_ok=True)
     which, cmd, extra_env = server_command(config, paths, creds)
     log.info("starting %s: S3 API at %s (through Envoy; the store on %s), data in %s", which,

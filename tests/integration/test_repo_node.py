@@ -62,7 +62,7 @@ def test_credentials_are_generated_0600_and_never_the_published_ones(
     logs = "".join(p.read_text(errors="replace") for p in (node.root / "var/log").rglob("*.log"))
     assert store.secret_key not in logs
     assert {p["name"]: p["state"] for p in node.status()["processes"]}["objectstore"] == "RUNNING"
-    assert (node.root / "data/objectstore").is_dir()
+    assert stat.S_IMODE((node.root / "data/objectstore").stat().st_mode) == 0o700
 
 
 def test_the_bucket_exists_and_anonymous_access_is_refused(
@@ -155,19 +155,18 @@ def _program_pid(node: NodeUnderTest, name: str) -> int:
     return next(p["pid"] for p in node.status()["processes"] if p["name"] == name)
 
 
-def _comm(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
-
-
 def test_only_envoy_and_the_logviewer_listen_on_the_node_address(
         repo_node: tuple[NodeUnderTest, ObjectStore]) -> None:
     node, store = repo_node
     supervisord = int((node.root / "var/lib/appliance/run/supervisord.pid").read_text())
     everything = listening(_tree(supervisord))
-    public = {port: _comm(pid) for (address, port), pid in everything.items() if address != "127.0.0.1"}
+    program = {pid: p["name"] for p in node.status()["processes"] if p["pid"]
+               for pid in _tree(p["pid"])}
+    public = {port: program.get(pid) for (address, port), pid in everything.items()
+              if address != "127.0.0.1"}
     assert all(address in ("127.0.0.1", NODE_ADDRESS) for address, _ in everything), everything
     assert public == {node.http_port: "envoy", node.grpc_port: "envoy", store.port: "envoy",
-                      node.logviewer_port: "python"}
+                      node.logviewer_port: "logviewer"}
     # The object store's whole process tree (appliance objectstore, weed) is on loopback only,
     # all 8 internal ports included: its S3 gRPC port too, which weed binds to its S3 address.
     ports = listening(_tree(_program_pid(node, "objectstore")))
