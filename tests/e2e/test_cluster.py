@@ -35,7 +35,7 @@ from tests.integration.node_harness import CLI, wait_gone
 
 pytestmark = pytest.mark.slow
 MODEL = "saved_model_half_plus_two_mkl"
-FIRST = "127.0.0.102"   # this module's own loopback range: .102 - .106
+FIRST = "127.0.0.102"   # this module's own loopback range: .102 - .107
 REPORT: dict[str, object] = {}
 
 
@@ -79,7 +79,7 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     base = tmp_path_factory.mktemp("devcluster")
     base_ip = int.from_bytes(socket.inet_aton(FIRST), "big")
-    addresses = [socket.inet_ntoa((base_ip + i).to_bytes(4, "big")) for i in range(5)]
+    addresses = [socket.inet_ntoa((base_ip + i).to_bytes(4, "big")) for i in range(6)]
     taken: set[int] = set()
     ports = {key: _free_everywhere(addresses, taken) for key in (
         "http.port", "grpc.port", "serving.rest.port", "serving.grpc.port", "logviewer.port",
@@ -101,7 +101,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             pidfile = Path(node.root) / "var/lib/appliance/run/supervisord.pid"
             if pidfile.exists():
                 pids.append(int(pidfile.read_text()))
+        stopping = time.monotonic()
         devcluster.down(base)
+        REPORT["down_seconds"] = round(time.monotonic() - stopping, 1)
         for pid in wait_gone(pids, 30):
             os.kill(pid, signal.SIGKILL)
         ARTIFACTS.mkdir(exist_ok=True)
@@ -592,3 +594,25 @@ def _stats(node: devcluster.DevNode, pattern: str) -> dict[str, int]:
     text = requests.get(f"http://127.0.0.1:{node.admin_port}/stats", timeout=5).text
     return {name: int(value) for name, _, value in
             (line.partition(": ") for line in text.splitlines()) if re.search(pattern, name)}
+
+
+def test_add_and_remove_node_with_a_node_dead_succeed_and_name_it(cluster: Cluster) -> None:
+    """Issue 12: a dead node is named and not waited for; the operation asked for succeeds."""
+    dead = cluster.node("serving-2")
+    pids = [int((Path(dead.root) / "var/lib/appliance/run/supervisord.pid").read_text())]
+    pids += [p["pid"] for p in cluster.status(dead)["processes"] if p["pid"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    assert not wait_gone(pids, 30)
+    dev = CLI + ["dev-cluster", "--dir", str(cluster.base)]
+    added = subprocess.run(dev + ["add-node"], capture_output=True, text=True, timeout=300)
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert f"serving-2 ({dead.address}) is down" in added.stdout
+    new = devcluster.load(cluster.base)[-1]
+    assert envoy_hosts(cluster.node("serving-1")).get(new.address) == "HEALTHY"
+    removed = subprocess.run(dev + ["remove-node", new.name], capture_output=True, text=True,
+                             timeout=300)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert f"serving-2 ({dead.address}) is down" in removed.stdout
+    assert new.address not in envoy_hosts(cluster.node("serving-1"))
+    assert dead.address in envoy_hosts(cluster.node("serving-1"))   # only the asked-for change

@@ -22,7 +22,8 @@ import grpc
 import pytest
 import yaml
 
-from appliance.objectstore import INTERNAL_PORTS
+from appliance.config import load_config
+from appliance.objectstore import INTERNAL_PORTS, seaweedfs_sockets
 from tests.conftest import free_port
 from tests.integration.node_harness import NodeUnderTest, new_node, wait_gone
 from tests.integration.objectstore_harness import ObjectStore, free_port_block
@@ -62,7 +63,7 @@ def test_credentials_are_generated_0600_and_never_the_published_ones(
     logs = "".join(p.read_text(errors="replace") for p in (node.root / "var/log").rglob("*.log"))
     assert store.secret_key not in logs
     assert {p["name"]: p["state"] for p in node.status()["processes"]}["objectstore"] == "RUNNING"
-    assert (node.root / "data/objectstore").is_dir()
+    assert stat.S_IMODE((node.root / "data/objectstore").stat().st_mode) == 0o700
 
 
 def test_the_bucket_exists_and_anonymous_access_is_refused(
@@ -155,19 +156,18 @@ def _program_pid(node: NodeUnderTest, name: str) -> int:
     return next(p["pid"] for p in node.status()["processes"] if p["name"] == name)
 
 
-def _comm(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
-
-
 def test_only_envoy_and_the_logviewer_listen_on_the_node_address(
         repo_node: tuple[NodeUnderTest, ObjectStore]) -> None:
     node, store = repo_node
     supervisord = int((node.root / "var/lib/appliance/run/supervisord.pid").read_text())
     everything = listening(_tree(supervisord))
-    public = {port: _comm(pid) for (address, port), pid in everything.items() if address != "127.0.0.1"}
+    program = {pid: p["name"] for p in node.status()["processes"] if p["pid"]
+               for pid in _tree(p["pid"])}
+    public = {port: program.get(pid) for (address, port), pid in everything.items()
+              if address != "127.0.0.1"}
     assert all(address in ("127.0.0.1", NODE_ADDRESS) for address, _ in everything), everything
     assert public == {node.http_port: "envoy", node.grpc_port: "envoy", store.port: "envoy",
-                      node.logviewer_port: "python"}
+                      node.logviewer_port: "logviewer"}
     # The object store's whole process tree (appliance objectstore, weed) is on loopback only,
     # all 8 internal ports included: its S3 gRPC port too, which weed binds to its S3 address.
     ports = listening(_tree(_program_pid(node, "objectstore")))
@@ -206,6 +206,14 @@ def _iam_messages():
             for name in ("PutIdentityRequest", "RemoveIdentityRequest", "Empty")}
 
 
+def _sockets(store: ObjectStore) -> list[Path]:
+    """weed server's unix sockets in /tmp (as reachable to a local user as its ports)."""
+    config = load_config(None, [f"repo.internal.port.base={store.internal_base}"])
+    paths = [p for p in seaweedfs_sockets(config) if p.exists()]
+    assert len(paths) == 6, paths
+    return paths
+
+
 def _call(channel: grpc.Channel, method: str, request, response_type):
     return channel.unary_unary(f"/messaging_pb.SeaweedS3IamCache/{method}",
                                request_serializer=type(request).SerializeToString,
@@ -224,9 +232,8 @@ def test_unauthenticated_identity_calls_are_refused_on_every_store_grpc_port(
     remove = messages["RemoveIdentityRequest"](username="appliance")
     base = store.internal_base
     targets = [f"127.0.0.1:{base + offset}" for offset in (1, 3, 5, 6)]   # master volume filer s3
-    targets += [f"unix:///tmp/seaweedfs-{name}-grpc-{base + offset}.sock"   # weed's local sockets
-                for name, offset in (("master", 1), ("volume", 3), ("filer", 5), ("s3", 6))
-                if Path(f"/tmp/seaweedfs-{name}-grpc-{base + offset}.sock").exists()]
+    targets += [f"unix://{path}" for path in _sockets(store) if "-grpc-" in path.name]
+    assert len(targets) == 8
     security = node.root / "etc/appliance/seaweedfs"
     ca = (security / "ca.crt").read_bytes()
     attackers = {"plaintext": grpc.insecure_channel,
@@ -251,12 +258,30 @@ def test_unauthenticated_identity_calls_are_refused_on_every_store_grpc_port(
         with pytest.raises(grpc.RpcError) as refused:
             _call(channel, "PutIdentity", evil, messages["Empty"])
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # The IAM API weed serves on the S3 port (through Envoy): an attacker's key is refused, and
+    # even the appliance's admin key cannot write (read-only).
+    for key, secret in (("AKATTACKER0000000001", "attacker-secret-1234"),
+                        (store.access_key, store.secret_key)):
+        iam = _iam_client(store, key, secret)
+        for write in (lambda: iam.create_user(UserName="attacker"),
+                      lambda: iam.create_access_key(UserName="appliance")):
+            with pytest.raises(botocore.exceptions.ClientError):
+                write()
+    users = _iam_client(store, store.access_key, store.secret_key).list_users()["Users"]
+    assert [u["UserName"] for u in users] == ["appliance"]
     # No attacker key exists; the appliance's key still works.
     attacker = ObjectStore(store.root, store.port, base, "AKATTACKER0000000001",
                            "attacker-secret-1234", host=store.host)
     with pytest.raises(botocore.exceptions.ClientError):
         attacker.boto3().list_objects_v2(Bucket="models")
     store.boto3().list_objects_v2(Bucket="models")
+
+
+def _iam_client(store: ObjectStore, key: str, secret: str):
+    import boto3
+
+    return boto3.client("iam", endpoint_url=store.endpoint, aws_access_key_id=key,
+                        aws_secret_access_key=secret, region_name="us-east-1")
 
 
 def _raw_http(target: str | int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
@@ -280,7 +305,8 @@ def test_unauthenticated_http_calls_on_the_store_ports_are_refused(
     _, store = repo_node
     store.boto3().put_object(Bucket="models", Key="lockdown/1/saved_model.pb", Body=b"model bytes")
     master, volume, filer = store.internal_base, store.internal_base + 2, store.internal_base + 4
-    filer_socket = f"/tmp/seaweedfs-filer-{filer}.sock"
+    filer_socket = str(next(p for p in _sockets(store) if p.name.startswith("seaweedfs-filer-")
+                            and "-grpc-" not in p.name))
     calls = [(master, "GET", "/dir/assign"), (master, "POST", "/vol/grow?count=1"),
              (master, "GET", "/col/delete?collection=models"), (master, "GET", "/vol/vacuum"),
              (master, "GET", "/dir/status"),
@@ -290,8 +316,7 @@ def test_unauthenticated_http_calls_on_the_store_ports_are_refused(
              (filer, "GET", "/buckets/models/?pretty=y"),
              (volume, "POST", "/1,01637037d6"), (volume, "GET", "/1,01637037d6"),
              (volume, "DELETE", "/1,01637037d6")]
-    if Path(filer_socket).exists():
-        calls += [(filer_socket, method, path) for port, method, path in calls if port == filer]
+    calls += [(filer_socket, method, path) for port, method, path in calls if port == filer]
     for target, method, path in calls:
         status, body = _raw_http(target, method, path, b"evil" if method in ("PUT", "POST") else b"")
         assert status in (401, 403, 404), (target, method, path, status, body[:200])
