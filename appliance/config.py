@@ -75,6 +75,10 @@ class ServingSettings:
     grpc_port: int
     poll_seconds: int
     num_threads: int
+    max_body_bytes: int
+    body_budget_bytes: int
+    idle_timeout_seconds: int
+    read_timeout_seconds: int
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,11 @@ class NodePaths:
     @property
     def run(self) -> Path:
         return self.root / "var/lib/appliance/run"
+
+    @property
+    def quarantine(self) -> Path:
+        """Records of model versions that failed to load (written by the model server)."""
+        return self.root / "var/lib/appliance/quarantine"
 
     @property
     def logs(self) -> Path:
@@ -320,6 +329,14 @@ SCHEMA: tuple[Key, ...] = (
         "How often the model server looks for new or removed model versions."),
     Key("serving.threads", "serving", "num_threads", _non_negative, 0,
         "Runtime threads of the model server; 0 means one per CPU."),
+    Key("serving.rest.max.body.bytes", "serving", "max_body_bytes", _positive, 2 ** 31 - 1,
+        "Largest REST request body the model server reads; a bigger one gets 413."),
+    Key("serving.rest.body.budget.bytes", "serving", "body_budget_bytes", _positive, 2 ** 31 - 1,
+        "REST request body bytes the model server holds across all connections; past it a request gets 429."),
+    Key("serving.rest.idle.timeout.seconds", "serving", "idle_timeout_seconds", _positive, 50,
+        "The model server closes a REST connection idle (or not reading its answers) this long."),
+    Key("serving.rest.read.timeout.seconds", "serving", "read_timeout_seconds", _positive, 50,
+        "The model server answers 408 and closes when a request's headers take this long or its body stalls."),
     Key("sync.interval.seconds", "sync", "interval_seconds", _positive, 10,
         "How often the agent polls the model repository (s3.type other than none)."),
     Key("sync.concurrency", "sync", "concurrency", _positive, 10,
@@ -330,9 +347,11 @@ SCHEMA: tuple[Key, ...] = (
         "else against its size and MD5 ETag (an ETag that is not an MD5, e.g. with AWS SSE-KMS, "
         "is then skipped); size: sizes only, no content checks."),
     Key("repo.port", "repo", "port", _port, 8333,
-        "S3 port of the object store on a repo node (node.role: repo), bound to node.address."),
+        "S3 port of the object store on a repo node (node.role: repo): Envoy listens on "
+        "node.address:repo.port and passes connections to the store, which listens on loopback."),
     Key("repo.internal.port.base", "repo", "internal_port_base", _port, 18333,
-        "First of 7 consecutive loopback ports SeaweedFS uses internally on a repo node."),
+        "First of 8 consecutive 127.0.0.1 ports of the repo node's object store: SeaweedFS's "
+        "master, volume, filer (HTTP and gRPC each) and S3 gRPC, then the store's S3 API."),
     Key("repo.data.path", "repo", "data_path", _string, "/data/objectstore",
         "Where the repo node's object store keeps its data (under the node root)."),
     Key("cluster.members", "cluster", "members", _addresses, "",
@@ -439,6 +458,9 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
     if "repo.port" in parsed and parsed["repo.port"] in seen:
         problems.append(("repo.port", f"port {parsed['repo.port']} is already used by "
                          f"{seen[parsed['repo.port']]}"))
+    if parsed.get("repo.internal.port.base", 0) + 7 > 65535:
+        problems.append(("repo.internal.port.base", f"{parsed['repo.internal.port.base']} leaves "
+                         "no room for the 8 consecutive internal ports of the object store"))
     s3_type, base = parsed.get("s3.type"), parsed.get("model.base.path")
     if s3_type is not None and base is not None:
         if s3_type == "none" and base.startswith("s3://"):

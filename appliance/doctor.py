@@ -9,7 +9,8 @@ Checks: config valid (every error with its key path) and private when it holds s
 binaries present and their versions; every port free or held by this node's own processes;
 disk space; the model store writable; the model repository reachable (the local store and a
 version of each model for ``s3.type: none``; TCP + HTTP reachability of ``s3.endpoint``
-otherwise); supervisord's processes running when the node is up.
+otherwise); no model version quarantined by the model server or refused by the agent;
+supervisord's processes running when the node is up.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Iterable
 
 from . import portowners, subp
-from .config import SCHEMA, Config, NodePaths, effective_values, load_config
+from .config import SCHEMA, Config, NodePaths, effective_values, load_config, local_store
 from .errors import ApplianceError, ConfigError, SupervisorError
 
 log = logging.getLogger(__name__)
@@ -384,6 +385,34 @@ def _children(path: Path) -> list[Path]:
         return []
 
 
+def check_versions(paths: NodePaths, config: Config) -> list[Finding]:
+    """Versions that cannot serve: quarantined by the model server, refused by the agent."""
+    from .agent.state import version_notes
+
+    if config.node.role != "serving":
+        return []
+    store = local_store(config, paths)
+    findings = []
+    for name in config.model.names:
+        notes = version_notes(paths, store, name)
+        if not notes:
+            findings.append(_ok("versions", f"model {name}: no version quarantined or refused"))
+        for number, note in sorted(notes.items()):
+            if note.startswith("refused"):
+                fix = (f"fix version {number} of {name} in the repository and push it again under the "
+                       f"same number (`appliance models push DIR --name {name} --version {number}`); "
+                       "the agent retries it when its objects change")
+            elif config.s3.type == "none":
+                fix = (f"replace the files of {store / name}/{number} with a working model (the model "
+                       "server loads it again once its files change), or remove that directory")
+            else:
+                fix = (f"push a fixed copy under the same number (`appliance models push DIR --name {name} "
+                       f"--version {number}`) or delete the version from the repository; the model "
+                       "server loads it again once its files change")
+            findings.append(_problem("versions", f"model {name} version {number}: {note}", fix))
+    return findings
+
+
 # ----------------------------------------------------------------------------- processes
 
 
@@ -424,6 +453,7 @@ def run_checks(paths: NodePaths, config_path: Path | None = None, overrides: lis
     findings += check_ports(config, paths)
     findings += check_model_store(paths, config)
     findings += check_repository(paths, config)
+    findings += check_versions(paths, config)
     findings += check_processes(paths)
     return findings
 

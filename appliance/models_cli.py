@@ -124,6 +124,7 @@ def _version_dirs(directory: Path) -> list[tuple[str, Path]]:
 def push(config: Config, paths: NodePaths, directory: Path, name: str,
          version: str | None) -> int:
     """Upload one version (or every version dir of a model dir) with a progress bar."""
+    from .modelfiles import NotAModel, check_version
     from .sources import open_source
     from .sources.base import local_files
 
@@ -144,6 +145,11 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
         existing = source.versions(name)
         targets = [(str(max(existing, default=0) + 1), targets[0][1])]
     for dirname, src in targets:
+        try:
+            check_version(src)    # the agents would refuse it: say so before uploading
+        except NotAModel as exc:
+            raise SourceError(f"{src} is not a model version: {exc}") from None
+    for dirname, src in targets:
         total = sum(p.stat().st_size for _, p in local_files(src))
         bar = ProgressBar(total, f"{name} v{dirname}")
         pushed = source.push(src, name, dirname, bar)
@@ -158,6 +164,7 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
 
 def ls(config: Config, paths: NodePaths) -> int:
     from .agent import ModelServerClient
+    from .agent.state import version_notes
     from .agent.store import LocalStore
     from .sources import open_source
 
@@ -182,12 +189,14 @@ def ls(config: Config, paths: NodePaths) -> int:
             print(f"warning: {exc}", file=sys.stderr)
         local = store.versions(name)
         states = server.states(name)
+        notes = version_notes(paths, store.root, name)
         served = "" if name in config.model.names else " (not in model.name)"
         for number in sorted(set(remote) | set(local) | set(states or {})):
             in_repo = repo_error or (_size(remote[number].size) if number in remote else "-")
             state = "unreachable" if states is None else states.get(number, "-")
+            note = f"  {notes[number]}" if number in notes else ""
             print(f"{name:<32}{number:>10}  {in_repo:<16}{'yes' if number in local else '-':<10}"
-                  f"{state}{served}")
+                  f"{state}{served}{note}")
     return 1 if failed else 0
 
 

@@ -207,8 +207,11 @@ class Node:
         admin = f"http://127.0.0.1:{self.config.envoy.admin_port}/ready"
         step("envoy ready", lambda: get_text(admin)[0] == 200)
         if self.config.node.role == "repo":
-            step(f"object store on port {self.config.repo.port} with its bucket",
-                 self._objectstore_ready)
+            step("object store with its bucket", self._objectstore_ready)
+            # Anonymous S3 gets 403 (AccessDenied): the store answers through Envoy.
+            s3 = f"http://{host}:{self.config.repo.port}/"
+            step(f"S3 API through Envoy on port {self.config.repo.port}",
+                 lambda: get_text(s3)[0] == 403)
             return
         front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
         step(f"REST through Envoy on port {self.config.http_port}", lambda: get_text(front)[0] == 200)
@@ -263,18 +266,28 @@ class Node:
             status.supervisord = "STOPPED"
             return status
         if self.config.node.role == "serving":
+            from .agent.state import version_notes
+
             host = self.config.connect_address()
+            store = local_store(self.config, self.paths)
             for name in self.config.model.names:
                 url = f"http://{host}:{self.config.serving.rest_port}/v1/models/{name}"
                 code, body = get_text(url)
+                notes = version_notes(self.paths, store, name)
                 if code == 200:
                     versions = [{"version": v["version"], "state": v["state"],
-                                 "error": v["status"].get("error_message", "")}
+                                 "error": v["status"].get("error_message", ""),
+                                 "note": notes.pop(int(v["version"]), "")}
                                 for v in json.loads(body)["model_version_status"]]
-                    status.models[name] = versions
                 else:
-                    status.models[name] = [{"version": "-", "state": "UNREACHABLE" if code == 0
-                                            else f"HTTP {code}", "error": body[:200]}]
+                    versions = [{"version": "-", "state": "UNREACHABLE" if code == 0
+                                 else f"HTTP {code}", "error": body[:200], "note": ""}]
+                # Refused versions never reach the model server; quarantined ones it has not
+                # reported yet (it is restarting): shown all the same.
+                versions += [{"version": str(n), "state": "REFUSED" if note.startswith("refused")
+                              else "END", "error": "", "note": note}
+                             for n, note in sorted(notes.items(), reverse=True)]
+                status.models[name] = versions
         why, clusters = read_cluster_view(self.config.envoy.admin_port)
         status.envoy = why
         for cluster in clusters:
@@ -322,6 +335,8 @@ class NodeStatus:
             for name, versions in self.models.items():
                 for v in versions:
                     error = f"  ({v['error']})" if v["error"] else ""
+                    if v.get("note"):
+                        error = f"  {v['note']}"
                     lines.append(f"  {name:<32}{v['version']:>9}  {v['state']}{error}")
         if self.upstreams:
             lines.append(f"  {'SERVING NODE (as Envoy sees it)':<34}{'CLUSTER':<20}{'HEALTH':<10}"

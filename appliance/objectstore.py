@@ -7,6 +7,13 @@ its data under the node root, waits until the S3 API answers, creates the bucket
 ``model.base.path`` (``models`` by default), then stays in the foreground as the server's parent,
 passing SIGTERM on, so supervisord still owns one process group.
 
+The store listens on 127.0.0.1 only, its S3 API on ``repo.internal.port.base`` + 7; the node's
+Envoy is what listens on ``node.address:repo.port`` and passes S3 connections through (a TCP
+proxy). That is the only way to keep SeaweedFS's S3 gRPC port off the network: weed binds it to
+the S3 API's address, with no option of its own. SeaweedFS's admin surfaces are closed by its own
+security configuration (appliance/seaweedfs_security.py); MinIO has no port besides its S3 API
+(its admin API is on it and takes the root credentials) and its console is off.
+
 Keys set in the config (``s3.access.key``/``s3.secret.key``) win over generated ones, as the user
 guide allows user-defined keys. Serving nodes use the same keys: copy the two lines of the
 credentials file into their config, or export them as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``.
@@ -25,12 +32,14 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from .atomic import write_atomic
 from .config import Config, NodePaths
 from .errors import ApplianceError, SourceError
+from .seaweedfs_security import ensure_security
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +96,22 @@ def data_dir(config: Config, paths: NodePaths) -> Path:
 
 
 def endpoint(config: Config) -> str:
+    """Where S3 clients reach the repo node: its Envoy, on node.address."""
     return f"http://{config.connect_address()}:{config.repo.port}"
+
+
+# The internal ports from repo.internal.port.base: SeaweedFS's master, master gRPC, volume,
+# volume gRPC, filer, filer gRPC, S3 gRPC; then the store's own S3 API (MinIO's too).
+INTERNAL_PORTS = 8
+
+
+def store_port(config: Config) -> int:
+    """The store's S3 API on 127.0.0.1, behind the node's Envoy."""
+    return config.repo.internal_port_base + INTERNAL_PORTS - 1
+
+
+def store_endpoint(config: Config) -> str:
+    return f"http://127.0.0.1:{store_port(config)}"
 
 
 # ----------------------------------------------------------------------------- the servers
@@ -102,7 +126,13 @@ def _binary(name: str) -> str | None:
 
 def seaweedfs_command(config: Config, paths: NodePaths, creds: Credentials,
                       weed: str) -> tuple[list[str], dict[str, str]]:
-    """``weed server`` with master, volume, filer and S3; internals on 127.0.0.1 only."""
+    """``weed server`` with master, volume, filer and S3, every port on 127.0.0.1 and locked.
+
+    ``-disableHttp`` turns the master's and the filer's HTTP APIs off (the S3 API needs neither);
+    mutual TLS and JWT keys come from security.toml in ``-config_dir``.
+    ``-volume.preStopSeconds=0``: the 10 s default lets other volume servers take over before
+    this one stops; there are none.
+    """
     data = data_dir(config, paths)
     identities = paths.run / "objectstore-s3.json"
     doc = {"identities": [{"name": "appliance",
@@ -111,24 +141,24 @@ def seaweedfs_command(config: Config, paths: NodePaths, creds: Credentials,
                            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
     write_atomic(identities, json.dumps(doc, indent=1), mode=0o600)
     base = config.repo.internal_port_base
-    if base + 6 > 65535:
-        raise ApplianceError(f"repo.internal.port.base {base} leaves no room for 7 ports")
-    cmd = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+    security = ensure_security(paths)
+    cmd = [weed, f"-config_dir={security}", "server", f"-dir={data}", "-ip=127.0.0.1",
+           "-ip.bind=127.0.0.1", "-disableHttp",
            f"-master.port={base}", f"-master.port.grpc={base + 1}",
            f"-volume.port={base + 2}", f"-volume.port.grpc={base + 3}",
            "-filer", f"-filer.port={base + 4}", f"-filer.port.grpc={base + 5}",
-           "-s3", f"-s3.port={config.repo.port}", f"-s3.port.grpc={base + 6}",
-           f"-s3.ip.bind={config.node.address}", f"-s3.config={identities}",
-           "-s3.port.iceberg=0", "-s3.port.lance=0",
-           "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=1024"]
+           "-s3", f"-s3.port={store_port(config)}", f"-s3.port.grpc={base + 6}",
+           f"-s3.config={identities}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+           "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=1024",
+           "-volume.preStopSeconds=0"]
     return cmd, {}
 
 
 def minio_command(config: Config, paths: NodePaths, creds: Credentials,
                   minio: str) -> tuple[list[str], dict[str, str]]:
-    """``minio server``; its console stays on loopback."""
+    """``minio server`` on loopback; its console off (and on loopback were it turned on)."""
     cmd = [minio, "server", str(data_dir(config, paths)),
-           "--address", f"{config.node.address}:{config.repo.port}",
+           "--address", f"127.0.0.1:{store_port(config)}",
            "--console-address", f"127.0.0.1:{config.repo.internal_port_base}"]
     return cmd, {"MINIO_ROOT_USER": creds.access_key, "MINIO_ROOT_PASSWORD": creds.secret_key,
                  "MINIO_BROWSER": "off"}
@@ -150,13 +180,14 @@ def server_command(config: Config, paths: NodePaths,
 def _source(config: Config, creds: Credentials):
     from .sources.s3 import S3Location, S3Source
 
-    location = S3Location("seaweedfs", bucket_name(config), "", endpoint(config), "us-east-1",
+    location = S3Location("seaweedfs", bucket_name(config), "", store_endpoint(config), "us-east-1",
                           True, creds.access_key, creds.secret_key)
     return S3Source(location)
 
 
 def ensure_bucket(config: Config, creds: Credentials, timeout: float = 120.0,
-                  alive: "subprocess.Popen | None" = None) -> bool:
+                  alive: "subprocess.Popen | None" = None,
+                  stopping: Callable[[], bool] = lambda: False) -> bool:
     """Wait until the S3 API answers, then create the bucket if missing."""
     source = _source(config, creds)
     deadline = time.monotonic() + timeout
@@ -166,10 +197,20 @@ def ensure_bucket(config: Config, creds: Credentials, timeout: float = 120.0,
         except SourceError as exc:
             if alive is not None and alive.poll() is not None:
                 raise ApplianceError(f"the object store exited with code {alive.returncode}") from exc
+            if stopping():
+                raise ApplianceError("the object store is stopping") from exc
             if time.monotonic() > deadline:
                 raise ApplianceError(f"the object store did not answer within {timeout:.0f}s: "
                                      f"{exc}") from exc
             time.sleep(0.5)
+
+
+# After SIGTERM the store gets this long to exit on its own, then SIGKILL. weed server's filer
+# waits 15 s (fixed) for its metadata streams, which never end (one is its own subscription),
+# answering S3 with InternalError meanwhile. By then its gRPC takes no new calls, so no write is
+# acknowledged any more, and everything acknowledged is already with the OS (volumes and the
+# LevelDB filer store are written through on each write and recover from a kill).
+STOP_GRACE_SECONDS = 3.0
 
 
 def run_objectstore(config: Config, paths: NodePaths) -> int:
@@ -178,18 +219,20 @@ def run_objectstore(config: Config, paths: NodePaths) -> int:
     data_dir(config, paths).mkdir(parents=True, exist_ok=True)
     paths.run.mkdir(parents=True, exist_ok=True)
     which, cmd, extra_env = server_command(config, paths, creds)
-    log.info("starting %s: S3 API at %s, data in %s", which, endpoint(config),
-             data_dir(config, paths))
+    log.info("starting %s: S3 API at %s (through Envoy; the store on %s), data in %s", which,
+             endpoint(config), store_endpoint(config), data_dir(config, paths))
     proc = subprocess.Popen(cmd, env={**os.environ, **extra_env})
+    stopping: list[float] = []
 
     def forward(signum: int, _frame: object) -> None:
         if proc.poll() is None:
             proc.send_signal(signum)
+            stopping.append(time.monotonic())
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     try:
-        created = ensure_bucket(config, creds, alive=proc)
+        created = ensure_bucket(config, creds, alive=proc, stopping=lambda: bool(stopping))
         # `appliance up` waits for this marker (naming our PID, so a stale one never counts):
         # the node is ready only once the bucket exists, not merely when the port answers.
         write_atomic(paths.run / READY_MARKER, f"{os.getpid()}\n")
@@ -197,6 +240,16 @@ def run_objectstore(config: Config, paths: NodePaths) -> int:
                  bucket_name(config), "created" if created else "exists",
                  "the config" if config.s3.access_key else credentials_path(paths))
     except ApplianceError as exc:
-        log.error("%s", exc)
-        forward(signal.SIGTERM, None)
-    return proc.wait()
+        if not stopping:
+            log.error("%s", exc)
+            forward(signal.SIGTERM, None)
+    while True:
+        try:
+            return proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if stopping and time.monotonic() - stopping[0] > STOP_GRACE_SECONDS:
+                log.info("%s still running %.0fs after SIGTERM: killing it", which,
+                         STOP_GRACE_SECONDS)
+                proc.kill()
+                proc.wait()
+                return 0   # the stop that was asked for

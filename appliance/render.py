@@ -19,7 +19,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import membership, subp
+from . import membership, objectstore, subp
 from .atomic import write_atomic
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
@@ -89,6 +89,8 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "supervisor_socket": supervisor_socket(paths),
         "envoy_concurrency": config.envoy.concurrency or cpus,
         "serving_threads": config.serving.num_threads or cpus,
+        # Envoy closes idle upstream connections well before the model server would.
+        "upstream_idle_timeout": f"{min(30.0, config.serving.idle_timeout_seconds / 2):g}s",
         "listeners": [
             {"name": "rest", "port": config.http_port, "codec": "AUTO", "cluster": "model_server_rest",
              "upstream_port": config.serving.rest_port,
@@ -97,6 +99,8 @@ def _context(config: Config, paths: NodePaths) -> dict:
              "upstream_port": config.serving.grpc_port,
              "retry_on": "connect-failure,refused-stream,reset,unavailable,retriable-headers"},
         ],
+        "objectstore": ({"port": config.repo.port, "upstream_port": objectstore.store_port(config)}
+                        if config.node.role == "repo" else None),
         "retries": RETRIES,
         "logviewer": config.logviewer,
         "bin": {"model_server": find_binary("appliance-model-server"), "envoy": find_binary("envoy"),

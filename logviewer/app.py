@@ -64,7 +64,7 @@ def create_app(paths: NodePaths, config: Config, *, rest_base: str | None = None
     store = local_store(config, paths)   # with a repository: the agent's mirror, not the bucket
     app.extensions["logviewer"] = Site(
         paths=paths, config=config, log_root=paths.logs, model_root=store,
-        store=ModelStore(store, config.model.names, rest),
+        store=ModelStore(store, config.model.names, rest, paths.quarantine),
         admin_port=config.envoy.admin_port, node_name=socket.gethostname())
     security.install(app)
     _filters(app)

@@ -3,7 +3,9 @@
 Files come from disk through :mod:`logviewer.safepath` (a model directory that is a symlink
 out of the store is listed but never browsed). Versions' states and signatures come from the
 model server's TF Serving REST API: ``GET /v1/models/<name>`` and
-``GET /v1/models/<name>/versions/<v>/metadata``.
+``GET /v1/models/<name>/versions/<v>/metadata``; which versions the model server quarantined
+(failed to load, not tried again until their files change) from its record
+(:mod:`appliance.quarantine`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance import quarantine
 from appliance.localhttp import get_json as http_json
 
 from . import safepath
@@ -29,6 +32,7 @@ class VersionInfo:
     state: str = ""          # from the model server: AVAILABLE, LOADING, END, ... or ""
     error: str = ""
     dirname: str = ""        # its directory in the store ("00000123" for version 123)
+    quarantined: str = ""    # "quarantined since <time>: <reason>", or ""
 
     @property
     def serving(self) -> bool:
@@ -51,6 +55,10 @@ class ModelInfo:
     def size(self) -> int:
         return sum(v.size for v in self.versions)
 
+    @property
+    def quarantined_versions(self) -> list[VersionInfo]:
+        return [v for v in self.versions if v.quarantined]
+
 
 def _tree_size(path: Path, limit: int = 100_000) -> tuple[int, int, float]:
     size = files = 0
@@ -63,10 +71,12 @@ def _tree_size(path: Path, limit: int = 100_000) -> tuple[int, int, float]:
 
 
 class ModelStore:
-    def __init__(self, store: Path, configured: tuple[str, ...], rest_base: str) -> None:
+    def __init__(self, store: Path, configured: tuple[str, ...], rest_base: str,
+                 quarantine_dir: Path | None = None) -> None:
         self.store = store
         self.configured = configured
         self.rest_base = rest_base.rstrip("/")
+        self.quarantine_dir = quarantine_dir
 
     # ------------------------------------------------------------------ disk
 
@@ -147,6 +157,10 @@ class ModelStore:
             v = versions.setdefault(version, VersionInfo(version))
             v.state = str(entry.get("state", ""))
             v.error = str((entry.get("status") or {}).get("error_message", ""))
+        directory = self.model_dir(name)
+        if directory is not None:
+            for number, entry in quarantine.current(self.quarantine_dir, name, directory).items():
+                versions.setdefault(str(number), VersionInfo(str(number))).quarantined = entry.describe()
         info.versions = sorted(versions.values(), key=lambda v: int(v.version) if v.version.isdigit() else -1,
                                reverse=True)
         return info

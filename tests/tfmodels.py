@@ -10,6 +10,33 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _field(tag: int, payload: bytes) -> bytes:
+    return bytes([tag]) + _varint(len(payload)) + payload
+
+
+def saved_model_bytes(size: int, seed: int = 0) -> bytes:
+    """A ``saved_model.pb`` of exactly ``size`` (>= 8) bytes that parses as a SavedModel but holds
+    no graph: one MetaGraphDef whose ``meta_info_def.meta_graph_version`` is padding, written in
+    the protobuf wire format (no TensorFlow). For sync tests: the agent checks that the proto
+    parses, no model server loads it."""
+    fill = chr(ord("a") + seed % 26).encode()
+    for pad in range(size, -1, -1):
+        # SavedModel.meta_graphs(2) -> MetaGraphDef.meta_info_def(1) -> MetaInfoDef.meta_graph_version(1)
+        data = _field(0x12, _field(0x0A, _field(0x0A, fill * pad)))
+        if len(data) == size:
+            return data
+    raise ValueError(f"no SavedModel of exactly {size} bytes")
+
+
 def _save(path: Path, build) -> None:
     import tensorflow as tf
 
@@ -30,20 +57,31 @@ def _sig(v1, inputs: dict, outputs: dict, method: str = "tensorflow/serving/pred
         method_name=method)
 
 
-def half_plus(bias: float):
-    """y = 0.5 * x + bias, with predict, classify and regress signatures like TF Serving's half_plus_two."""
+def half_plus(bias: float, split_inputs: bool = False):
+    """y = 0.5 * x + bias, with predict, classify and regress signatures like TF Serving's half_plus_two.
+
+    ``split_inputs`` gives classify and regress their own tf.Example placeholder, as a TF2 export
+    (``saved_model_half_plus_two_tf2_cpu``) does; otherwise they share one, as TF1 exports do.
+    """
+    def examples(tf, v1, a, b, name):
+        serialized = v1.placeholder(tf.string, name=name)
+        parsed = v1.parse_example(serialized, {"x": v1.FixedLenFeature([1], tf.float32)})
+        return serialized, tf.add(a * parsed["x"], b)
+
     def build(tf, v1):
         a = v1.Variable(0.5, name="a")
         b = v1.Variable(bias, name="b")
         x = v1.placeholder(tf.float32, shape=[None, 1], name="x")
         y = tf.add(a * x, b, name="y")
-        serialized = v1.placeholder(tf.string, name="tf_example")
-        parsed = v1.parse_example(serialized, {"x": v1.FixedLenFeature([1], tf.float32)})
-        y_ex = tf.add(a * parsed["x"], b, name="y_ex")
+        classify_in, classify_out = examples(tf, v1, a, b, "tf_example")
+        regress_in, regress_out = (examples(tf, v1, a, b, "tf_example_regress") if split_inputs
+                                   else (classify_in, classify_out))
         return {
             "serving_default": _sig(v1, {"x": x}, {"y": y}),
-            "classify_x_to_y": _sig(v1, {"inputs": serialized}, {"scores": y_ex}, "tensorflow/serving/classify"),
-            "regress_x_to_y": _sig(v1, {"inputs": serialized}, {"outputs": y_ex}, "tensorflow/serving/regress"),
+            "classify_x_to_y": _sig(v1, {"inputs": classify_in}, {"scores": classify_out},
+                                    "tensorflow/serving/classify"),
+            "regress_x_to_y": _sig(v1, {"inputs": regress_in}, {"outputs": regress_out},
+                                   "tensorflow/serving/regress"),
         }
     return build
 
@@ -68,12 +106,19 @@ def ints(tf, v1):
     return {"serving_default": _sig(v1, {"x": x}, {"y": x * 2})}
 
 
+def numbers(tf, v1):
+    """Strings parsed as float32 (``tf.strings.to_number``): TF's error quotes a string it cannot parse."""
+    s = v1.placeholder(tf.string, shape=[None], name="s")
+    return {"serving_default": _sig(v1, {"s": s}, {"y": tf.strings.to_number(s)})}
+
+
 MODELS = {
     "half_plus_two": {1: half_plus(2.0)},
-    "half_plus": {1: half_plus(2.0), 2: half_plus(3.0)},
+    "half_plus": {1: half_plus(2.0, split_inputs=True), 2: half_plus(3.0, split_inputs=True)},
     "two_inputs": {1: two_inputs},
     "strings": {1: strings},
     "ints": {1: ints},
+    "numbers": {1: numbers},
 }
 
 
@@ -108,7 +153,7 @@ def model_config(paths: dict[str, Path]) -> str:
     return "model_config_list {\n" + "".join(parts) + "}\n"
 
 
-def start_model_server(processes, args: list[str], log: Path, timeout: float = 120.0) -> str:
+def start_model_server(processes, args: list[str], log: Path, timeout: float = 120.0, **popen) -> str:
     """Start ``appliance-model-server`` on a free loopback REST port; return its base URL once ready.
 
     The REST port opens only after every model is AVAILABLE, so "port answers" means "ready".
@@ -120,7 +165,7 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
 
     port = free_port()
     proc = processes.start([venv_bin("appliance-model-server"), "--listen_address=127.0.0.1", "--port=0",
-                            f"--rest_api_port={port}", *args], log=log)
+                            f"--rest_api_port={port}", *args], log=log, **popen)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -144,7 +189,7 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
 
 
 def serve_test_models(root: Path, processes, log_name: str, args: list[str] = (),
-                      only: tuple[str, ...] = ()) -> str:
+                      only: tuple[str, ...] = (), **popen) -> str:
     """Build the test models under ``root``, write their models.config, start a server on it.
 
     The log goes to test-artifacts/<log_name> (emptied first); returns the REST base URL.
@@ -156,4 +201,4 @@ def serve_test_models(root: Path, processes, log_name: str, args: list[str] = ()
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / log_name
     log.write_bytes(b"")
-    return start_model_server(processes, [f"--model_config_file={config}", *args], log)
+    return start_model_server(processes, [f"--model_config_file={config}", *args], log, **popen)

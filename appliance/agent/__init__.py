@@ -53,4 +53,5 @@ def build_syncer(config: Config, paths: NodePaths) -> Syncer:
     server = ModelServerClient(f"http://{config.connect_address()}:{config.serving.rest_port}") \
         if config.node.role == "serving" else None
     return Syncer(config.model.names, source, store, downloader, server,
-                  settle_seconds=min(2.0, float(config.sync.interval_seconds)))
+                  settle_seconds=min(2.0, float(config.sync.interval_seconds)),
+                  quarantine_dir=paths.quarantine)

@@ -6,9 +6,12 @@ For each configured model, highest version first:
 2. refuse a version whose push manifest does not match the listing (an object deleted or
    changed after the push), and wait for a version without a manifest to stop changing
    (an upload in progress, e.g. ``s3cmd sync``, must not be installed half-way);
-3. download new or changed versions into staging, verify every object, rename into place;
+3. download new or changed versions into staging, verify every object, check that the version
+   is a model (:mod:`..modelfiles`: the SavedModel or ONNX proto parses), rename into place;
 4. retire local versions that left the repository, but only once the model server reports the
-   version that replaces them AVAILABLE. A repository with no version of a model retires nothing.
+   version that replaces them AVAILABLE; a version the model server quarantined (it failed to
+   load, :mod:`..quarantine`) never counts as a replacement, and is retired at once when it left
+   the repository (it serves nothing). A repository with no version of a model retires nothing.
 
 A refused version is remembered (by content fingerprint) and not downloaded again until it
 changes; the versions already in the store keep serving.
@@ -24,7 +27,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import quarantine
 from ..errors import SourceError, SyncError
+from ..modelfiles import NotAModel, check_version
 from ..sources.base import ModelSource, RemoteVersion
 from .store import LocalStore
 from .transfer import Downloader, VerificationError
@@ -106,13 +111,14 @@ class Syncer:
 
     def __init__(self, names: tuple[str, ...], source: ModelSource, store: LocalStore,
                  downloader: Downloader, server: ModelServerClient | None,
-                 settle_seconds: float = 2.0) -> None:
+                 settle_seconds: float = 2.0, quarantine_dir: Path | None = None) -> None:
         self.names = names
         self.source = source
         self.store = store
         self.downloader = downloader
         self.server = server
         self.settle_seconds = settle_seconds
+        self.quarantine_dir = quarantine_dir     # the model server's record of failed loads
         self._seen: dict[tuple[str, int], str] = {}      # fingerprints listed last cycle
         self._refused: dict[tuple[str, int], str] = {}   # fingerprints found bad
         self._refused_why: dict[tuple[str, int], str] = {}
@@ -183,6 +189,12 @@ class Syncer:
                 keep.discard(staging)
                 self._refuse(version, report, str(exc))
                 continue
+            try:
+                check_version(staging)
+            except NotAModel as exc:
+                keep.discard(staging)
+                self._refuse(version, report, f"it is not a model: {exc}")
+                continue
             replaced = self.store.install(version, staging)
             keep.discard(staging)
             report.installed.append(str(number))
@@ -206,6 +218,10 @@ class Syncer:
                   "the version.", version.name, version.dirname, self.source.describe(), why,
                   ",".join(map(str, serving)) or "(none)")
 
+    def quarantined(self, name: str) -> dict[int, quarantine.Entry]:
+        """Local versions of ``name`` the model server failed to load (and that did not change since)."""
+        return quarantine.current(self.quarantine_dir, name, self.store.root / name)
+
     def _retire(self, name: str, remote: dict[int, RemoteVersion], report: ModelReport) -> None:
         local = self.store.versions(name)
         gone = sorted(n for n in local if n not in remote)
@@ -215,8 +231,21 @@ class Syncer:
             log.warning("the repository has no version of %s; keeping local versions %s",
                         name, ",".join(map(str, gone)))
             return
-        present = [n for n in remote if n in local and not self._needs(remote[n])]
+        failed = self.quarantined(name)
+        for number in [n for n in gone if n in failed]:
+            self.store.retire(name, local[number])
+            report.retired.append(str(number))
+            gone.remove(number)
+            log.info("retired %s v%s: it left the repository and it serves nothing (%s)", name,
+                     local[number], failed[number].describe())
+        if not gone:
+            return
+        present = [n for n in remote if n in local and not self._needs(remote[n]) and n not in failed]
         if not present:
+            if failed:
+                log.info("keeping %s v%s: no version in the repository loads (%s)", name,
+                         ",".join(map(str, gone)),
+                         "; ".join(f"v{n} {e.describe()}" for n, e in sorted(failed.items())))
             report.waiting.append(f"retire {','.join(map(str, gone))}")
             return
         replacement = max(present)

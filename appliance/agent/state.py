@@ -148,6 +148,27 @@ class StateFile:
             self._write_failed = True
 
 
+def version_notes(paths: "NodePaths", store: Path, name: str) -> dict[int, str]:
+    """What is wrong with versions of ``name`` on this node, in plain words, by version number.
+
+    Versions the model server quarantined (``quarantined since <time>: <reason>``, from its
+    record) and versions the agent refused in its last cycle (``refused by the agent: <reason>``,
+    from the state file). ``appliance status``, ``models ls`` and ``doctor`` show these.
+    """
+    from .. import quarantine
+
+    notes = {n: e.describe() for n, e in quarantine.current(paths.quarantine, name, store / name).items()}
+    try:
+        doc = read_state(state_path(paths)) or {}
+    except ValueError:
+        doc = {}
+    model = (doc.get("models") or {}).get(name) or {}
+    for version, why in (model.get("refused") or {}).items():
+        if str(version).isdigit():
+            notes.setdefault(int(version), f"refused by the agent: {why}")
+    return notes
+
+
 def read_state(path: Path) -> dict[str, Any] | None:
     """The state document, or None when the agent has not written one. Raises ValueError when
     the file is there but unreadable as a state document (too big, not JSON, other format)."""

@@ -22,9 +22,9 @@ import numpy as np
 from appliance.modelserver.json_predict import request_signature_name
 from appliance.modelserver.json_tensor import decode_b64_object, dtype_of_array, is_b64_object
 from appliance.modelserver.json_text import (FLT_MAX, dump_string, format_decimals, json_type_string,
-                                             json_value_to_string, parse_json_object)
+                                             json_value_to_string, parse_json_object, string_bytes)
 from appliance.modelserver.monitoring import record_examples
-from appliance.modelserver.status import Code, ServingError, invalid_argument
+from appliance.modelserver.status import Code, ServingError, invalid_argument, utf8_text
 from appliance.runtimes import LoadedModel, Signature
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def _add_value(value: Any, name: str, feature: Any) -> None:
         feature.bytes_list.value.append(decode_b64_object(value))
     elif kind is str:
         want("bytes_list")
-        feature.bytes_list.value.append(value.encode("utf-8", "surrogatepass"))
+        feature.bytes_list.value.append(string_bytes(value))
     elif kind is float or not -(2 ** 63) <= value < 2 ** 64:
         want("float_list")
         number = float(value)
@@ -82,7 +82,8 @@ def _example(value: Any) -> bytes:
         raise invalid_argument(f"Example must be JSON object but got JSON {json_type_string(value)}")
     example = example_pb2.Example()
     for name, content in value.items():
-        feature = example.features.feature[name]
+        # A key that is not UTF-8 names no feature of any model (protobuf refuses it as it is).
+        feature = example.features.feature[utf8_text(name)]
         for item in (content if type(content) is list else [content]):
             _add_value(item, name, feature)
     return example.SerializeToString()
@@ -246,10 +247,14 @@ class Task:
 
 
 def multi_inference_tasks(model: LoadedModel, tasks: Sequence[tuple[str, str, str]]) -> list[Task]:
-    """``TensorFlowMultiInferenceRunner::Infer``'s checks; ``tasks`` are (model, signature, method)."""
+    """``TensorFlowMultiInferenceRunner::Infer``'s checks; ``tasks`` are (model, signature, method).
+
+    Signatures may read different input tensors (a TF2 export gives each its own placeholder):
+    TF Serving feeds the same examples to every task's input since 2020, and so does
+    :func:`run_task`, one runtime call per task.
+    """
     model_name = ""
     seen: set[str] = set()
-    input_tensor = ""
     checked: list[Task] = []
     for name, signature_name, method in tasks:
         if not name:
@@ -270,12 +275,7 @@ def multi_inference_tasks(model: LoadedModel, tasks: Sequence[tuple[str, str, st
             check = regression_signature
         else:
             raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {method}")
-        signature = check(model, signature_name)
-        tensor = signature.inputs["inputs"].tensor_name
-        if input_tensor and tensor != input_tensor:
-            raise invalid_argument("Input tensor must be the same for all Signatures.")
-        input_tensor = tensor
-        checked.append(Task(signature, method))
+        checked.append(Task(check(model, signature_name), method))
     return checked
 
 

@@ -63,6 +63,7 @@ class ServerFeatures:
 
     def attach(self, manager: ModelManager) -> None:
         """Give ``manager`` the loader with metrics (and batching), and the versions gauge."""
+        monitoring.collect(self.monitoring.prometheus_path is not None)
         monitoring.watch_manager(manager)
         manager.loader = self._loader()
 

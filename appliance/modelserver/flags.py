@@ -39,6 +39,17 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
     Flag("rest_api_num_threads", int, 0, "size of the inference thread pool; 0 means the CPU count"),
     Flag("rest_api_timeout_in_ms", int, 30000, "timeout of one REST inference (TF RunOptions)"),
     Flag("rest_api_enable_cors_support", bool, False, "add CORS headers to REST responses"),
+    Flag("rest_api_max_body_bytes", int, 2 ** 31 - 1,
+         "largest REST request body; a bigger Content-Length gets 413 at once (appliance extension)"),
+    Flag("rest_api_body_budget_bytes", int, 2 ** 31 - 1,
+         "request body bytes held across all REST connections; past it a request gets 429 "
+         "(appliance extension)"),
+    Flag("rest_api_idle_timeout_seconds", float, 50.0,
+         "close a REST connection idle (or not reading its answers) this long; libevent's default "
+         "in TF Serving (appliance extension)"),
+    Flag("rest_api_read_timeout_seconds", float, 50.0,
+         "close a REST connection whose request headers take this long, or whose body stops arriving "
+         "this long, with 408 (appliance extension)"),
     Flag("model_name", str, "default", "name of the model in single-model mode"),
     Flag("model_base_path", str, "", "directory of the model's version directories (single-model mode)"),
     Flag("model_config_file", str, "", "ModelServerConfig text proto; overrides --model_name/--model_base_path"),
@@ -64,6 +75,9 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
     Flag("batching_parameters_file", str, "", "BatchingParameters text proto (needs --enable_batching)"),
     Flag("model_platform", str, "tensorflow",
          "model_platform of --model_name/--model_base_path, e.g. onnx (appliance extension)"),
+    Flag("quarantine_dir", str, "",
+         "keep the record of versions that failed to load here, so they stay skipped after a restart "
+         "until their files change; empty keeps it in memory (appliance extension)"),
 ]}
 
 # Accepted for compatibility, not implemented yet: a warning when given.

@@ -21,11 +21,15 @@ import grpc
 from appliance.modelserver import grpc_inference, monitoring
 from appliance.modelserver.inline import runs_inline
 from appliance.modelserver.manager import ModelManager, VersionState
-from appliance.modelserver.status import Code, ServingError, invalid_argument
+from appliance.modelserver.status import Code, ServingError, invalid_argument, utf8_text
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 2 ** 31 - 1
+# A connection with no RPC for this long gets GOAWAY and closes (clients reconnect on their next
+# call): idle connections must not pile up until the process runs out of file descriptors.
+# --grpc_channel_arguments=grpc.max_connection_idle_ms=N overrides it.
+MAX_CONNECTION_IDLE_MS = 300_000
 MAX_ERROR_MESSAGE = 1024  # grpc_status_util.cc: longer messages are cut and marked
 HEALTH_SERVICES = ("", "ModelService", "PredictionService",
                    "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService")
@@ -70,6 +74,7 @@ def _lookup(manager: ModelManager, spec: Any) -> VersionState:
 
 
 def _status_message(message: str) -> str:
+    message = utf8_text(message)
     if len(message) <= MAX_ERROR_MESSAGE:
         return message
     return message[:MAX_ERROR_MESSAGE] + "...TRUNCATED"
@@ -218,7 +223,8 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
 
     options = host if isinstance(host, GrpcOptions) else GrpcOptions(host=host, port=port)
     channel_options = [("grpc.max_receive_message_length", MAX_MESSAGE),
-                       ("grpc.max_send_message_length", MAX_MESSAGE)]
+                       ("grpc.max_send_message_length", MAX_MESSAGE),
+                       ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS)]
     channel_options += parse_channel_arguments(options.channel_arguments)
     server = grpc.aio.server(options=channel_options)
     server.add_generic_rpc_handlers((
@@ -238,11 +244,15 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
 
 
 def _service_handler(module: Any, service: str, servicer: Any) -> grpc.GenericRpcHandler:
-    """The service's unary methods, parsing request bytes in the handler.
+    """The service's unary methods, reading and parsing the request message in the handler.
 
     A body that does not parse as the request message gets INTERNAL with the parser's (empty)
     initialization error, as C++ gRPC's ``GenericDeserialize`` answers it in TF Serving; a
-    deserializer passed to grpc would make Python's server answer UNKNOWN instead.
+    deserializer passed to grpc would make Python's server answer UNKNOWN instead. A call whose
+    request stream ends without a message gets INTERNAL "Couldn't initialize byte buffer reader",
+    what C++ gRPC's ``ProtoBufferReader`` answers for the missing buffer: grpc.aio's unary handler
+    would return without any status and leave the client waiting, hence stream-unary handlers
+    that read the one message themselves (server CPU per Predict measured the same: 399 vs 415 us).
     """
     from google.protobuf import message_factory
 
@@ -252,8 +262,11 @@ def _service_handler(module: Any, service: str, servicer: Any) -> grpc.GenericRp
         request_class = message_factory.GetMessageClass(method.input_type)
         response_class = message_factory.GetMessageClass(method.output_type)
 
-        async def handle(raw: bytes, context: grpc.aio.ServicerContext, impl: Any = getattr(servicer, method.name),
+        async def handle(_messages: Any, context: grpc.aio.ServicerContext, impl: Any = getattr(servicer, method.name),
                          request_class: Any = request_class) -> Any:
+            raw = await context.read()
+            if raw is grpc.aio.EOF:
+                await context.abort(grpc.StatusCode.INTERNAL, "Couldn't initialize byte buffer reader")
             request = request_class()
             try:
                 request.ParseFromString(raw)
@@ -261,7 +274,7 @@ def _service_handler(module: Any, service: str, servicer: Any) -> grpc.GenericRp
                 await context.abort(grpc.StatusCode.INTERNAL, "")
             return await impl(request, context)
 
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+        handlers[method.name] = grpc.stream_unary_rpc_method_handler(
             handle, request_deserializer=None, response_serializer=response_class.SerializeToString)
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
 

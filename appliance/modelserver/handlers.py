@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 from urllib.parse import unquote
 
-from appliance.modelserver import json_predict
+from appliance.modelserver import json_numbers, json_predict
 from appliance.modelserver.inline import runs_inline
 from appliance.modelserver.json_tensor import InputCodec, make_codec
 from appliance.modelserver import monitoring
-from appliance.modelserver.json_text import dump_string, parse_json_object
+from appliance.modelserver.json_text import dump_string
 from appliance.modelserver.manager import ModelManager, VersionState
-from appliance.modelserver.status import Code, ServingError, invalid_argument
+from appliance.modelserver.status import Code, ServingError, invalid_argument, utf8_text
 from appliance.runtimes import Signature
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class Response:
 
 
 def error_body(message: str) -> bytes:
-    return ('{"error": ' + dump_string(message) + "}").encode("utf-8")
+    return ('{"error": ' + dump_string(utf8_text(message)) + "}").encode("utf-8")
 
 
 class RestApi:
@@ -87,10 +87,10 @@ class RestApi:
         if match is None:
             return None
         name, version, label, verb = match.groups()
-        state = self._inline(name, version, label, len(body)) if verb.lower() == "predict" else None
-        if state is None:
-            return None
         try:
+            state = self._inline(name, version, label, len(body)) if verb.lower() == "predict" else None
+            if state is None:
+                return None
             with _Recorded(name, "predict"):
                 status, payload = 200, self._predict(name, version, label, body, state)
         except Exception as exc:  # noqa: BLE001 - a request never takes the server down
@@ -131,7 +131,7 @@ class RestApi:
     def _version(text: str | None) -> int | None:
         if text is None:
             return None
-        version = int(text)
+        version = int(text) if len(text.lstrip("0")) <= 19 else 2 ** 63  # int() refuses over 4,300 digits
         if version > 2 ** 63 - 1:
             raise invalid_argument(f"Failed to convert version: {text} to numeric.")
         return version
@@ -207,18 +207,18 @@ class RestApi:
             per_model = state.cache.setdefault("codecs", {})
         codecs = per_model.get(signature.name)
         if codecs is None:
-            codecs = {alias: make_codec(spec.dtype) for alias, spec in signature.inputs.items()}
+            codecs = {alias: make_codec(spec.dtype, alias) for alias, spec in signature.inputs.items()}
             per_model[signature.name] = codecs
         return codecs
 
     def _predict(self, name: str, version: str | None, label: str | None, body: bytes,
                  state: VersionState | None = None) -> bytes:
-        doc = parse_json_object(body)
+        doc, numeric = json_numbers.parse_predict_body(body)
         signature_name = json_predict.request_signature_name(doc)
         if state is None:
             state = self._lookup(name, version, label)
         signature = self.signature(state, signature_name)
-        fmt, inputs = json_predict.decode_predict(doc, self._input_codecs(state, signature))
+        fmt, inputs = json_predict.decode_predict(doc, self._input_codecs(state, signature), numeric)
         outputs = state.model.run(signature.name, inputs)
         return json_predict.encode_predict_response(outputs, fmt)
 

@@ -13,13 +13,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from appliance.modelserver.json_tensor import (InputCodec, dtype_of_array, fast_tensor, is_b64_object,
-                                               slow_values, value_to_tensor)
-from appliance.modelserver.json_text import dump_string, format_decimals, json_value_to_string
+from appliance.modelserver import json_numbers
+from appliance.modelserver.json_tensor import (InputCodec, build_tensor, dtype_of_array, fast_tensor,
+                                               is_b64_object, slow_values, value_to_tensor)
+from appliance.modelserver.json_text import dump_string, format_decimals, json_value_to_string, parse_json_object
 from appliance.modelserver.status import ServingError, invalid_argument
 
 ROW = "row"
 COLUMNAR = "columnar"
+PIECE_VALUES = 1 << 16  # large outputs are written this many values at a time (see _rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -35,13 +37,21 @@ def request_signature_name(doc: dict[str, Any]) -> str:
     return name
 
 
-def decode_predict(doc: dict[str, Any], codecs: Mapping[str, InputCodec]) -> tuple[str, dict[str, np.ndarray]]:
+def decode_predict(doc: dict[str, Any], codecs: Mapping[str, InputCodec],
+                   numeric: json_numbers.NumericArray | None = None) -> tuple[str, dict[str, np.ndarray]]:
     """The request format (ROW or COLUMNAR) and the input tensors keyed by alias.
 
-    ``codecs`` maps the signature's input aliases, in sorted order, to their codecs.
+    ``codecs`` maps the signature's input aliases, in sorted order, to their codecs. ``numeric``
+    is the large numeric array ``json_numbers.parse_predict_body`` left as text in ``doc``: when
+    it cannot give the tensor, the whole body is parsed as usual.
     """
     if not codecs:
         raise invalid_argument("Failed to get input map for signature")
+    if numeric is not None:
+        tensor = json_numbers.decode(doc, numeric, codecs)
+        if tensor is not None:
+            return (ROW if numeric.key == "instances" else COLUMNAR), {next(iter(codecs)): tensor}
+        doc = parse_json_object(numeric.body)
     has_instances = "instances" in doc
     if has_instances and "inputs" in doc:
         raise invalid_argument(f"JSON Value: {json_value_to_string(doc)} Not formatted correctly expecting only "
@@ -113,7 +123,7 @@ class _Stacker:
         self.values.extend(flat)
 
     def tensor(self, count: int) -> np.ndarray:
-        return self.codec.build(self.values).reshape([count] + (self.shape or []))
+        return build_tensor(self.codec, self.values, [count] + (self.shape or []))
 
 
 def _shape_text(shape: list[int]) -> str:
@@ -209,10 +219,9 @@ def _nest(texts: list[str], shape: tuple[int, ...]) -> list[str]:
 
 def tensor_to_json(arr: np.ndarray, alias: str) -> str:
     """A whole tensor in nested form (columnar responses)."""
-    texts = _leaf_texts(arr, alias)
     if arr.ndim == 0:
-        return texts[0]
-    return "[" + ", ".join(_nest(texts, arr.shape)) + "]"
+        return _leaf_texts(arr, alias)[0]
+    return "[" + ", ".join(_rows(arr, alias)) + "]"
 
 
 def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> bytes:
@@ -234,14 +243,21 @@ def encode_predict_response(outputs: Mapping[str, np.ndarray], fmt: str) -> byte
             raise invalid_argument(f"Tensor name: {alias} has inconsistent batch size: {arr.shape[0]} "
                                    f"expecting: {batch}")
         batch = arr.shape[0]
-    per_output = {alias: _rows(arr, alias) for alias, arr in outputs.items()}
-    if len(per_output) == 1:
-        rows = next(iter(per_output.values()))
+    if len(outputs) == 1:
+        (alias, arr), = outputs.items()
+        rows = _rows(arr, alias)
     else:
+        per_output = {alias: _nest(_leaf_texts(arr, alias), arr.shape) for alias, arr in outputs.items()}
         keys = {alias: dump_string(alias) + ": " for alias in per_output}
         rows = ["{" + ", ".join(keys[a] + per_output[a][i] for a in per_output) + "}" for i in range(batch)]
     return ('{"predictions": [' + ", ".join(rows) + "]}").encode("utf-8")
 
 
 def _rows(arr: np.ndarray, alias: str) -> list[str]:
-    return _nest(_leaf_texts(arr, alias), arr.shape)
+    """The JSON text of each ``arr[i]``; for a large ``arr``, of each group of rows (already joined
+    by ", "), so the texts of at most :data:`PIECE_VALUES` values exist at once as Python objects."""
+    if arr.size <= PIECE_VALUES or arr.shape[0] < 2:
+        return _nest(_leaf_texts(arr, alias), arr.shape)
+    step = max(1, PIECE_VALUES // max(1, arr[0].size))
+    return [", ".join(_nest(_leaf_texts(arr[i:i + step], alias), arr[i:i + step].shape))
+            for i in range(0, arr.shape[0], step)]

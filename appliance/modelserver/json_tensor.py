@@ -5,12 +5,16 @@ Two paths for requests: a fast path that checks a whole nested list with C-level
 walks the value element by element exactly like TF Serving's ``FillTensorProto`` to produce its
 error messages. The slow path runs only when the fast one declines, so a valid request pays for
 the fast path alone and an invalid one always gets TF Serving's exact message.
+
+numpy holds at most 64 dimensions (TF 254): a deeper value gets the error TF's ``FromProto``
+gives past its own limit, ``tensor parsing error: <alias>``, after the value's other checks.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 from dataclasses import dataclass
 from itertools import chain
@@ -18,13 +22,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from appliance.modelserver.json_text import FLT_MAX, json_type_string, json_value_to_string
+from appliance.modelserver.json_text import FLT_MAX, RAW_BYTES, json_type_string, json_value_to_string, string_bytes
 from appliance.modelserver.status import Code, ServingError, invalid_argument
 
 _I32 = (-(2 ** 31), 2 ** 31 - 1)
 _I64 = (-(2 ** 63), 2 ** 63 - 1)
 _U32 = (0, 2 ** 32 - 1)
 _U64 = (0, 2 ** 64 - 1)
+MAX_RANK = 64  # numpy's limit
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,7 @@ def _string_converter(dtype: DType) -> Callable[[Any], Any]:
     def convert(value: Any) -> Any:
         kind = type(value)
         if kind is str:
-            return value.encode("utf-8", "surrogatepass")
+            return string_bytes(value)
         if kind is dict:
             return decode_b64_object(value)
         raise _type_error(value, dtype)
@@ -167,6 +172,7 @@ class InputCodec:
     convert: Callable[[Any], Any]          # one JSON scalar -> Python value (slow path)
     fast_types: frozenset                  # leaf types the fast path accepts
     build: Callable[[list], np.ndarray]    # flat Python values -> 1-D array of the dtype
+    alias: str = ""                        # the signature input, for errors
 
 
 def _as_wrapped_int(target: np.dtype) -> Callable[[list], np.ndarray]:
@@ -174,7 +180,11 @@ def _as_wrapped_int(target: np.dtype) -> Callable[[list], np.ndarray]:
     return lambda values: np.array(values, dtype=np.int64).astype(target)
 
 
-def make_codec(dtype_name: str) -> InputCodec:
+def make_codec(dtype_name: str, alias: str = "") -> InputCodec:
+    return dataclasses.replace(_make_codec(dtype_name), alias=alias)
+
+
+def _make_codec(dtype_name: str) -> InputCodec:
     dtype = DTYPES.get(dtype_name) or DType(dtype_name, dtype_name.removeprefix("DT_").lower(), None)
     name = dtype.enum_name
     if name == "DT_FLOAT":
@@ -268,7 +278,7 @@ def _rectangular(value: list) -> tuple[list[int] | None, list]:
     shape = [len(value)]
     nodes = value
     while nodes and type(nodes[0]) is list:
-        if set(map(type, nodes)) != {list}:
+        if set(map(type, nodes)) != {list} or len(shape) >= MAX_RANK:
             return None, []
         lengths = set(map(len, nodes))
         if len(lengths) != 1:
@@ -283,7 +293,7 @@ def _fast_strings(value: list) -> np.ndarray | None:
     if shape is None or (leaves and set(map(type, leaves)) != {str}):
         return None
     arr = np.empty(len(leaves), dtype=object)
-    arr[:] = [s.encode("utf-8", "surrogatepass") for s in leaves]
+    arr[:] = [s.encode("utf-8", RAW_BYTES) for s in leaves]
     return arr.reshape(shape)
 
 
@@ -322,4 +332,11 @@ def value_to_tensor(value: Any, codec: InputCodec) -> np.ndarray:
     if arr is not None:
         return arr
     shape, flat = slow_values(value, codec)
-    return codec.build(flat).reshape(shape)
+    return build_tensor(codec, flat, shape)
+
+
+def build_tensor(codec: InputCodec, values: list, shape: list[int]) -> np.ndarray:
+    """``values`` (flat, checked) as the codec's tensor of ``shape``."""
+    if len(shape) > MAX_RANK:
+        raise invalid_argument(f"tensor parsing error: {codec.alias}")
+    return codec.build(values).reshape(shape)

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     manager = ModelManager(configs, _load_options(options), options.file_system_poll_wait_seconds,
                            load_threads=4 * (os.cpu_count() or 1),
                            warmup=WarmupOptions(options.enable_model_warmup,
-                                                max(options.num_request_iterations_for_warmup, 1)))
+                                                max(options.num_request_iterations_for_warmup, 1)),
+                           quarantine_dir=options.quarantine_dir)
     features.attach(manager)
     try:
         manager.load_initial()
@@ -131,7 +132,8 @@ async def _run_servers(options: Options, manager: ModelManager, features: Server
         if options.rest_api_port > 0:
             api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support,
                           metrics_path=features.monitoring.prometheus_path)
-            servers.append(await start_rest_server(api, options.listen_address, options.rest_api_port))
+            servers.append(await start_rest_server(api, options.listen_address, options.rest_api_port,
+                                                   _rest_limits(options)))
             log.info("Exporting HTTP/REST API at:%s:%d ...", options.listen_address, options.rest_api_port)
     except (OSError, ValueError) as exc:
         log.error("Failed to start server. Error: %s", exc)
@@ -144,6 +146,14 @@ async def _run_servers(options: Options, manager: ModelManager, features: Server
             await server.stop(0) if hasattr(server, "stop") else server.close()
     executor.shutdown(wait=False, cancel_futures=True)
     return 0
+
+
+def _rest_limits(options: Options) -> object:
+    from appliance.modelserver.rest import RestLimits
+
+    return RestLimits(max_body=options.rest_api_max_body_bytes, body_budget=options.rest_api_body_budget_bytes,
+                      idle_timeout=options.rest_api_idle_timeout_seconds,
+                      read_timeout=options.rest_api_read_timeout_seconds)
 
 
 async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadPoolExecutor) -> object:

@@ -12,9 +12,12 @@ unloaded version leaves the snapshot at once but is closed only after a short dr
 request that looked it up just before keeps a working model.
 
 A version is warmed up (``assets.extra/tf_serving_warmup_requests``) before it is published; a
-version that fails to load or warm up is kept in the status history (END, with its error) and
-never replaces a serving one. :meth:`ModelManager.reload` is the declarative config reload that
-``HandleReloadConfigRequest`` and ``--model_config_file_poll_wait_seconds`` share.
+version that fails to load or warm up is kept in the status history (END, with its error), never
+replaces a serving one, and is quarantined (:mod:`appliance.quarantine`): the version policy then
+picks the newest versions that are not quarantined, so a corrupt version numbered above good
+ones never keeps them from serving, also after a restart, until its files change.
+:meth:`ModelManager.reload` is the declarative config reload that ``HandleReloadConfigRequest``
+and ``--model_config_file_poll_wait_seconds`` share.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from appliance.modelserver.status import Code, ServingError, invalid_argument, not_found
+from appliance.quarantine import Quarantine, fingerprint
 from appliance.runtimes import LoadedModel, LoadOptions, get_runtime
 
 log = logging.getLogger(__name__)
@@ -75,12 +79,15 @@ class VersionState:
 class ServedModel:
     """A configured model: its version history and the snapshot requests read."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, quarantine_dir: str | None = None, load_context: str = "") -> None:
         self.config = config
         self.versions: dict[int, VersionState] = {}
         self.available: dict[int, VersionState] = {}   # replaced, never mutated
         self.labels: dict[str, int] = {}
-        self.failed_on_disk: set[int] = set()           # not retried until the directory goes away
+        # Versions that failed to load: not chosen again until their files (or settings) change.
+        self.quarantine = Quarantine(quarantine_dir, config.name, f"platform={config.platform} {load_context}")
+        # Every version on disk is quarantined: nothing for the version policy to choose.
+        self.unservable = False
 
     def publish(self) -> None:
         self.available = {v: s for v, s in self.versions.items() if s.state == "AVAILABLE"}
@@ -131,20 +138,27 @@ class ModelManager:
     """Owns every served model; one poll thread loads and unloads, request threads only read."""
 
     def __init__(self, configs: list[ModelConfig], options: LoadOptions, poll_wait_seconds: float,
-                 load_threads: int, warmup: WarmupOptions | None = None) -> None:
+                 load_threads: int, warmup: WarmupOptions | None = None,
+                 quarantine_dir: str | None = None) -> None:
         self.options = options
+        self.quarantine_dir = quarantine_dir or None
         self.poll_wait_seconds = poll_wait_seconds
         self.load_threads = max(load_threads, 1)
         # Loads one version directory; main.py swaps in one that also batches and counts loads.
         self.loader: Callable[[ModelConfig, str, LoadOptions], LoadedModel] = load_with_runtime
         self.warmup = warmup or WarmupOptions()
-        self.models: dict[str, ServedModel] = {c.name: ServedModel(c) for c in configs}  # replaced, never mutated
+        self.models: dict[str, ServedModel] = {c.name: self._served(c) for c in configs}  # replaced, never mutated
         self.retired: dict[str, ServedModel] = {}   # removed by a reload; kept for their status history
         self._lock = threading.RLock()              # guards version states
         self._change_lock = threading.RLock()       # serialises polls and reloads
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_missing: set[str] = set()
+
+    def _served(self, config: ModelConfig) -> ServedModel:
+        """A new model; the settings that decide a load key its quarantine (see appliance.quarantine)."""
+        context = f"tags={','.join(self.options.tags)} warmup={'on' if self.warmup.enabled else 'off'}"
+        return ServedModel(config, self.quarantine_dir, context)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -155,20 +169,37 @@ class ModelManager:
         """
         if self._wait_available(list(self.models.values())):
             for model in self.models.values():
-                self._apply_labels(model)
+                if model.available:      # not: every version quarantined (see _wait_available)
+                    self._apply_labels(model)
 
     def _wait_available(self, models: list[ServedModel]) -> bool:
         """Poll ``models`` until each has an AVAILABLE version (False when stopped first).
 
-        Raises UNKNOWN ``N model(s) did not become available`` if a version fails to load.
+        Raises UNKNOWN ``N model(s) did not become available`` when every version of a model on
+        disk failed to load (a newer failed version over an older good one serves the older
+        one). A model whose versions were all quarantined before this call (by an earlier run
+        of the server) is left out instead: the other models start serving, and it loads as
+        soon as a new or changed version appears, rather than the server exiting at every
+        start.
         """
+        started = time.time()
         pending = {m.config.name: m for m in models}
         while pending:
             with self._change_lock, ThreadPoolExecutor(self.load_threads, thread_name_prefix="load") as pool:
                 list(pool.map(self._poll_model, [pending[n] for n in sorted(pending)]))
             failures = []
             for name in sorted(pending):
-                for state in sorted(pending[name].versions.values(), key=lambda s: s.version):
+                model = pending[name]
+                if model.available or not model.unservable:
+                    continue
+                entries = model.quarantine.entries
+                if all(e.since < started for e in entries.values()):
+                    log.error("Model %s is not served: every version of it on disk is quarantined (%s); "
+                              "it loads when a new or changed version appears",
+                              name, "; ".join(f"version {n}: {e.describe()}" for n, e in sorted(entries.items())))
+                    del pending[name]
+                    continue
+                for state in sorted(model.versions.values(), key=lambda s: s.version):
                     if state.error is not None:
                         failures.append(f"{{name: {name} version: {state.version}}} due to error: "
                                         f"{state.error.to_string()}")
@@ -225,7 +256,7 @@ class ModelManager:
             for config in configs:
                 model = current.get(config.name)
                 if model is None:
-                    model = self.retired.pop(config.name, None) or ServedModel(config)
+                    model = self.retired.pop(config.name, None) or self._served(config)
                     added.append(model)
                 else:
                     kept.append(model)
@@ -268,24 +299,43 @@ class ModelManager:
             if not on_disk:
                 log.warning("No versions of servable %s found under base path %s. Did you forget to name "
                             "your leaf directory as a number (eg. '/1/')?", config.name, config.base_path)
-        model.failed_on_disk &= set(on_disk)
-        aspired = aspired_versions(config, on_disk)
-        with self._lock:
-            loaded = {v for v, s in model.versions.items() if s.state == "AVAILABLE"}
-        for version in sorted(aspired - loaded - model.failed_on_disk, reverse=True):
-            self._load(model, version, os.path.join(config.base_path, on_disk[version]))
+        quarantined = model.quarantine.refresh(config.base_path, on_disk)
+        self._report_quarantined(model, quarantined)
+        while True:
+            # Each round that fails quarantines a version, so the next one picks older ones.
+            aspired = aspired_versions(config, [v for v in on_disk if v not in quarantined])
+            with self._lock:
+                loaded = {v for v, s in model.versions.items() if s.state == "AVAILABLE"}
+            failed = [v for v in sorted(aspired - loaded, reverse=True)
+                      if not self._load(model, v, on_disk[v])]
+            if not failed:
+                break
+            quarantined.update(failed)
+        model.unservable = not aspired and bool(quarantined)
         with self._lock:
             loaded = {v for v, s in model.versions.items() if s.state == "AVAILABLE"}
             unaspired = sorted(loaded - aspired)
-            keep_one = bool(aspired) and not (loaded & aspired)
+            keep_one = bool(aspired or quarantined) and not (loaded & aspired)
         for version in unaspired:
             if keep_one and len(loaded) == 1:
                 break  # availability preserving: never drop the last version while others fail
             self._unload(model, version)
             loaded.discard(version)
 
-    def _load(self, model: ServedModel, version: int, path: str) -> None:
+    def _report_quarantined(self, model: ServedModel, quarantined: set[int]) -> None:
+        """Recorded failures (an earlier run's) show in GetModelStatus as END with their error."""
+        with self._lock:
+            for number in quarantined:
+                if number not in model.versions:
+                    entry = model.quarantine.entries[number]
+                    code = Code.__members__.get(entry.code, Code.UNKNOWN)
+                    model.versions[number] = VersionState(number, "END", ServingError(code, entry.error))
+
+    def _load(self, model: ServedModel, version: int, dirname: str) -> bool:
+        """Load and publish one version; False when it failed (it is then quarantined)."""
         name = model.config.name
+        path = os.path.join(model.config.base_path, dirname)
+        files = fingerprint(path)      # before the load: files replaced meanwhile get a new try
         state = VersionState(version, state="LOADING")
         with self._lock:
             model.versions[version] = state
@@ -305,13 +355,16 @@ class ModelManager:
                 loaded.close()
             with self._lock:
                 state.state, state.error = "END", error
-                model.failed_on_disk.add(version)
-            return
+            model.quarantine.add(version, dirname, files, error.code.name, error.message)
+            log.error("Quarantined servable version {name: %s version: %d}: not loaded again until its files "
+                      "change; the newest other version serves", name, version)
+            return False
         with self._lock:
             state.model, state.state = loaded, "AVAILABLE"
             model.publish()
         log.info("Successfully loaded servable version {name: %s version: %d} in %.2fs",
                  name, version, time.monotonic() - started)
+        return True
 
     def _unload(self, model: ServedModel, version: int) -> None:
         """Unpublish now; close after :data:`DRAIN_SECONDS` (state UNLOADING until then)."""

@@ -2,9 +2,23 @@
 
 No WSGI layer: each connection is an ``asyncio.Protocol`` feeding bytes to httptools' parser.
 Requests on one connection are answered strictly in order by one task per connection, which is
-what makes pipelining safe; reading pauses while too many requests wait. Bodies may be
-Content-Length or chunked, are gunzipped when ``Content-Encoding`` says gzip, and are capped in
-size (2 GiB by default, TF Serving's gRPC limit). Inference itself runs in the runtime pool.
+what makes pipelining safe. Inference itself runs in the runtime pool.
+
+The port must hold against hostile clients without Envoy in front (it is also a drop-in for
+``tensorflow_model_server``), so what a client can make the server hold is bounded
+(:class:`RestLimits`, README "Limits of the model server"):
+
+* reading pauses while too many requests wait or while the connection's write buffer is over
+  its high-water mark (a client that pipelines without reading holds at most that much);
+* a body over the per-request cap gets 413 as soon as its Content-Length is seen (no
+  ``100 Continue``), and bodies held across all connections share one budget: a request that
+  would pass it gets 429 at once (waiting would hold the connection and let a few partial bodies
+  starve each other; a 429 is what load balancers and clients already retry);
+* gzip bodies are inflated while they arrive and stop at TF Serving's 100 MiB: past it (or when
+  the stream is not valid gzip) the body is empty, exactly as in TF Serving, whose handler then
+  answers its own 400;
+* idle keep-alive connections and requests that stop arriving are closed after a timeout, by
+  one sweep per server rather than a timer per connection (nothing is added per request).
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ import asyncio
 import collections
 import logging
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import httptools
@@ -23,15 +38,48 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 2 ** 31 - 1
 MAX_PIPELINED = 32
+GZIP_MAX_INFLATED = 100 * 1024 * 1024  # net_http ZLib::kMaxUncompressedBytes
+WRITE_BUFFER_HIGH = 1024 * 1024         # reading pauses while this much output waits
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
+            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
             499: "Client Closed Request",
             500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
             504: "Gateway Timeout"}
 
 
+@dataclass(frozen=True)
+class RestLimits:
+    """What one client, and all of them together, can make the REST port hold (flags.py)."""
+
+    max_body: int = MAX_BODY_BYTES      # per request, before gzip inflation
+    body_budget: int = MAX_BODY_BYTES   # bytes of request bodies held across all connections
+    idle_timeout: float = 50.0          # keep-alive connection with nothing to do, or not reading
+    read_timeout: float = 50.0          # a started request: headers complete, body keeps arriving
+    gzip_max_inflated: int = GZIP_MAX_INFLATED
+
+
+class BodyBudget:
+    """Bytes of request bodies in memory across every connection of one server."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
 class _Request:
-    __slots__ = ("method", "path", "headers", "body", "keep_alive", "too_large", "http10")
+    __slots__ = ("method", "path", "headers", "body", "keep_alive", "http10", "held", "counted", "dropped",
+                 "inflater", "inflated", "error")
 
     def __init__(self) -> None:
         self.method = ""
@@ -39,16 +87,22 @@ class _Request:
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.keep_alive = True
-        self.too_large = False
         self.http10 = False
+        self.held = 0            # bytes of the budget this request holds
+        self.counted = False     # its whole Content-Length was held up front
+        self.dropped = False     # its body is discarded (gzip that could not be inflated)
+        self.inflater: Any = None
+        self.inflated = 0
+        self.error: Response | None = None  # answered with this instead of the API's answer
 
 
 class HttpProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, api: RestApi, max_body: int) -> None:
+    def __init__(self, api: RestApi, server: "_ServerState") -> None:
         self.api = api
-        self.max_body = max_body
+        self.server = server
+        self.limits = server.limits
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -56,28 +110,59 @@ class HttpProtocol(asyncio.Protocol):
         self.body_size = 0
         self.queue: collections.deque[_Request] = collections.deque()
         self.worker: asyncio.Task | None = None
-        self.paused = False
+        self.paused = False          # reading paused
+        self.write_paused = False    # the transport's write buffer is over its high-water mark
+        self.drained: asyncio.Future | None = None
+        self.rejected = False        # the last request was refused before its body: read no more
         self.closing = False
+        self.seen = True             # bytes arrived (or were written) since the last sweep
+        self.quiet = 0.0             # seconds without progress, counted by the sweep
+        self.header_age = 0.0        # seconds spent on the current request's headers
+        self.buffered = 0            # the write buffer's size at the last sweep
+        self.lingering = -1.0        # seconds since a refusal was answered, while its body is discarded
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)  # type: ignore[attr-defined]
+        self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.server.connections.discard(self)
         if self.worker is not None and not self.worker.done():
             self.worker.cancel()
+        for request in (*self.queue, self.current):
+            if request is not None:
+                self._release(request)
+        self.queue.clear()
+        self.current = None
+        if self.drained is not None and not self.drained.done():
+            self.drained.cancel()
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.rejected:
             return
+        self.seen = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, "Protocol upgrade is not supported")
         except httptools.HttpParserError as exc:
-            self._fail(400, f"Malformed HTTP request: {exc}")
+            if not self.rejected:  # a refusal stops the parser by raising from its callback
+                self._fail(400, f"Malformed HTTP request: {exc}")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.seen = True
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self._update_reading()
 
     # ---------------------------------------------------------------- httptools callbacks
 
@@ -85,6 +170,7 @@ class HttpProtocol(asyncio.Protocol):
         self.current = _Request()
         self.url = b""
         self.body_size = 0
+        self.header_age = 0.0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -100,88 +186,220 @@ class HttpProtocol(asyncio.Protocol):
         request.method = self.parser.get_method().decode("ascii", "replace")
         request.path = httptools.parse_url(self.url).path.decode("latin-1") if self.url else ""
         request.http10 = self.parser.get_http_version() == "1.0"
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
-            request.too_large = True
-        elif request.headers.get("expect", "").lower() == "100-continue" and not self.queue:
+        headers = request.headers
+        length = headers.get("content-length", "")
+        size = int(length) if length.isdigit() else 0
+        if size > self.limits.max_body:
+            self._refuse(413, f"Request body larger than {self.limits.max_body} bytes")
+        if "gzip" in headers.get("content-encoding", "").lower():
+            request.inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif size:
+            self._hold(request, size)
+            request.counted = True
+        if headers.get("expect", "").lower() == "100-continue" and not self.queue:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         request = self.current
-        if request.too_large:
+        if request.inflater is not None:
+            body = self._inflate(request, body)
+            if not body:
+                return
+        elif request.dropped:
             return
-        self.body_size += len(body)
-        if self.body_size > self.max_body:
-            request.too_large = True
-            request.body.clear()
-            return
+        elif not request.counted:  # chunked: no length to hold up front
+            self.body_size += len(body)
+            if self.body_size > self.limits.max_body:
+                self._refuse(413, f"Request body larger than {self.limits.max_body} bytes")
+            self._hold(request, len(body))
         request.body.append(body)
 
     def on_message_complete(self) -> None:
         request = self.current
         request.keep_alive = self.parser.should_keep_alive()
+        if request.inflater is not None and not request.inflater.eof:
+            self._gzip_failed(request, "the stream is not complete gzip")
         self.current = None
         self.queue.append(request)
         if len(self.queue) >= MAX_PIPELINED and not self.paused:
             self.paused = True
             self.transport.pause_reading()
         if self.worker is None or self.worker.done():
-            if len(self.queue) == 1 and self._answer_now(request):
+            if len(self.queue) == 1 and not self.write_paused and self._answer_now(request):
                 return
             self.worker = asyncio.get_running_loop().create_task(self._serve())
+
+    # ---------------------------------------------------------------- limits
+
+    def _hold(self, request: _Request, size: int) -> None:
+        """Count ``size`` more body bytes of ``request`` in the server's budget, or refuse it."""
+        if not self.server.budget.take(size):
+            self._release(request)
+            self._refuse(429, f"Request bodies in flight would exceed the server's budget of "
+                              f"{self.limits.body_budget} bytes; retry later")
+        request.held += size
+
+    def _release(self, request: _Request) -> None:
+        if request.held:
+            self.server.budget.give(request.held)
+            request.held = 0
+        request.body.clear()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer the current request with ``status`` (after those before it) without reading its
+        body, then close: stops the parser by raising from its callback."""
+        request = self.current
+        self._release(request)
+        request.error = Response(status, (("Content-Type", "application/json"),), error_body(message))
+        request.keep_alive = False
+        request.inflater = None
+        self.current = None
+        self.rejected = True
+        self.queue.append(request)
+        self._update_reading()
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.get_running_loop().create_task(self._serve())
+        raise _Refused
+
+    def _inflate(self, request: _Request, data: bytes) -> bytes:
+        """Inflate one piece of a gzip body, never past the cap (what fits is returned)."""
+        room = self.limits.gzip_max_inflated - request.inflated
+        try:
+            out = request.inflater.decompress(data, room + 1)
+        except zlib.error as exc:
+            self._gzip_failed(request, str(exc))
+            return b""
+        if len(out) > room or request.inflater.unused_data:
+            self._gzip_failed(request, f"more than {self.limits.gzip_max_inflated} bytes inflated"
+                              if len(out) > room else "data after the gzip stream")
+            return b""
+        request.inflated += len(out)
+        if out:
+            self._hold(request, len(out))
+        return out
+
+    def _gzip_failed(self, request: _Request, why: str) -> None:
+        """TF Serving reads an uninflatable gzip body as empty; its handler then answers 400."""
+        log.warning("gzip request body for %s %s dropped: %s", request.method, request.path, why)
+        self._release(request)
+        request.inflater = None
+        request.dropped = True
+
+    def _update_reading(self) -> None:
+        want = self.write_paused or self.rejected or (
+            len(self.queue) >= (MAX_PIPELINED // 2 if self.paused else MAX_PIPELINED))
+        if want != self.paused and self.transport is not None and not self.closing:
+            self.paused = want
+            if want:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def sweep(self, elapsed: float) -> None:
+        """Called by the server's sweep every ``elapsed`` seconds: close what has stalled."""
+        if self.write_paused:  # a client reading a large answer makes progress without resume_writing
+            buffered = self.transport.get_write_buffer_size()
+            if buffered != self.buffered:
+                self.buffered = buffered
+                self.seen = True
+        if self.seen:
+            self.seen = False
+            self.quiet = 0.0
+        else:
+            self.quiet += elapsed
+        if self.lingering >= 0:
+            self.lingering += elapsed
+            if self.lingering >= self.limits.read_timeout:
+                self.transport.close()
+            return
+        request = self.current
+        if request is not None:
+            if not request.method:
+                self.header_age += elapsed
+            if self.quiet >= self.limits.read_timeout or self.header_age >= self.limits.read_timeout:
+                self._timed_out()
+        elif self.write_paused or (not self.queue and (self.worker is None or self.worker.done())):
+            if self.quiet >= self.limits.idle_timeout:
+                self.closing = True
+                if self.write_paused:  # a client that does not read: what waits for it is dropped
+                    self.transport.abort()
+                else:
+                    self.transport.close()
+
+    def _timed_out(self) -> None:
+        """A request that stopped arriving: 408 when nothing is answered before it, then close."""
+        if not self.queue and (self.worker is None or self.worker.done()) and not self.write_paused:
+            self._fail(408, "Timed out reading the request")
+        else:
+            self.closing = True
+            self.transport.abort()
 
     # ---------------------------------------------------------------- answering
 
     async def _serve(self) -> None:
         while self.queue and not self.closing:
+            if self.write_paused:
+                self.drained = asyncio.get_running_loop().create_future()
+                await self.drained
+                continue
             request = self.queue.popleft()
-            if self.paused and len(self.queue) < MAX_PIPELINED // 2:
-                self.paused = False
-                self.transport.resume_reading()
+            if self.paused:
+                self._update_reading()
             try:
-                response = await self._answer(request)
+                response = request.error or await self._answer(request)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - last line of defence for one request
                 log.exception("unexpected error answering %s %s", request.method, request.path)
                 response = Response(500, (("Content-Type", "application/json"),),
                                     error_body(f"Internal error: {type(exc).__name__}"))
+            finally:
+                self._release(request)
             if self.closing or not self._send(response, request):
                 return
 
     def _answer_now(self, request: _Request) -> bool:
         """Answer a lone plain request synchronously when the API can (``RestApi.handle_now``)."""
-        if request.too_large or "content-encoding" in request.headers:
+        if request.error is not None or "content-encoding" in request.headers:
             return False
-        response = self.api.handle_now(request.method, request.path, b"".join(request.body))
+        try:
+            response = self.api.handle_now(request.method, request.path, b"".join(request.body))
+        except Exception:  # noqa: BLE001 - it never should; raising here would fail the HTTP parser
+            log.exception("unexpected error answering %s %s inline", request.method, request.path)
+            response = None
         if response is None:
             return False
         self.queue.popleft()
+        self._release(request)
         self._send(response, request)
         return True
 
     def _send(self, response: Response, request: _Request) -> bool:
         """Write the answer to ``request``; False when that closed the connection."""
-        self._write(response, request.keep_alive, request.http10)
+        self._write(response, request.keep_alive, request.http10, request.method == "HEAD")
         if not request.keep_alive:
             self.closing = True
-            self.transport.close()
+            if request.error is not None and self.transport.can_write_eof():
+                self._linger()
+            else:
+                self.transport.close()
         return request.keep_alive
 
+    def _linger(self) -> None:
+        """After refusing a request whose body is still coming: end our side and discard what
+        arrives for a while (as nginx's lingering close), so that closing with unread bytes does
+        not reset the connection and lose the answer before the client reads it."""
+        self.transport.write_eof()
+        self.lingering = 0.0
+        self.paused = False
+        self.transport.resume_reading()
+
     async def _answer(self, request: _Request) -> Response:
-        if request.too_large:
-            request.keep_alive = False
-            return Response(413, (("Content-Type", "application/json"),),
-                            error_body(f"Request body larger than {self.max_body} bytes"))
         body = b"".join(request.body)
-        if "gzip" in request.headers.get("content-encoding", "").lower():
-            try:
-                body = _gunzip(body, self.max_body)
-            except ValueError as exc:
-                return Response(400, (("Content-Type", "application/json"),), error_body(str(exc)))
+        request.body.clear()
         return await self.api.handle(request.method, request.path, request.headers, body)
 
-    def _write(self, response: Response, keep_alive: bool, http10: bool) -> None:
+    def _write(self, response: Response, keep_alive: bool, http10: bool, head: bool = False) -> None:
         lines = [f"HTTP/{'1.0' if http10 else '1.1'} {response.status} {_REASONS.get(response.status, 'Unknown')}"]
         lines += [f"{name}: {value}" for name, value in response.headers]
         lines.append(f"Content-Length: {len(response.body)}")
@@ -189,7 +407,7 @@ class HttpProtocol(asyncio.Protocol):
             lines.append("Connection: close")
         elif http10:
             lines.append("Connection: keep-alive")
-        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body)
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else response.body))
 
     def _fail(self, status: int, message: str) -> None:
         """A request the parser rejects: answer once, then close (its framing is unknown)."""
@@ -200,19 +418,37 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
-    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = decoder.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ValueError(f"Failed to decompress gzip request body: {exc}") from None
-    if len(out) > limit:
-        raise ValueError(f"Request body larger than {limit} bytes after decompression")
-    return out
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing a connection whose request was refused."""
 
 
-async def start_rest_server(api: RestApi, host: str, port: int, max_body: int = MAX_BODY_BYTES) -> Any:
+class _ServerState:
+    """What the connections of one REST server share: limits, the body budget, the idle sweep."""
+
+    def __init__(self, limits: RestLimits) -> None:
+        self.limits = limits
+        self.budget = BodyBudget(limits.body_budget)
+        self.connections: set[HttpProtocol] = set()
+        self.tick = max(0.05, min(1.0, limits.idle_timeout / 4, limits.read_timeout / 4))
+        self.handle: asyncio.TimerHandle | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.handle = loop.call_later(self.tick, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        for connection in list(self.connections):
+            try:
+                connection.sweep(self.tick)
+            except Exception:  # noqa: BLE001 - one connection never stops the sweep
+                log.exception("closing a stalled connection failed")
+        self.handle = loop.call_later(self.tick, self._sweep, loop)
+
+
+async def start_rest_server(api: RestApi, host: str, port: int, limits: RestLimits = RestLimits()) -> Any:
     """Listen on ``host:port``; returns the ``asyncio.Server``."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: HttpProtocol(api, max_body), host, port, reuse_address=True,
-                                    backlog=1024)
+    state = _ServerState(limits)
+    server = await loop.create_server(lambda: HttpProtocol(api, state), host, port, reuse_address=True,
+                                      backlog=1024)
+    state.start(loop)
+    return server

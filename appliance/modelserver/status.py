@@ -9,6 +9,9 @@ one error type with the canonical code lets both front ends share all request ha
 from __future__ import annotations
 
 import enum
+import re
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Code(enum.IntEnum):
@@ -80,3 +83,14 @@ def invalid_argument(message: str) -> ServingError:
 
 def not_found(message: str) -> ServingError:
     return ServingError(Code.NOT_FOUND, message)
+
+
+def utf8_text(message: str) -> str:
+    r"""``message`` as text that encodes to UTF-8, for an error body or a gRPC status.
+
+    Text from a request body that is not UTF-8 (``\xff``, kept as U+DCFF by the JSON decoder)
+    or from a lone ``\udc00`` escape holds surrogates, which neither UTF-8 nor gRPC can carry
+    (encoding one raised, and the client got a 500 or INTERNAL): each becomes U+FFFD. TF Serving
+    writes the raw bytes, which is not valid JSON text either.
+    """
+    return message if message.isascii() else _SURROGATE.sub("\ufffd", message)

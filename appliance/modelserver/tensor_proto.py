@@ -22,6 +22,7 @@ from appliance.modelserver.status import Code, ServingError, invalid_argument
 # legitimately need more than the 2 GiB a gRPC message may carry.
 MAX_TENSOR_BYTES = 2 ** 31 - 1
 _MAX_ELEMENTS = 2 ** 62
+MAX_RANK = 64  # numpy's limit (TF's is 254): beyond it, TF's own error for a shape it cannot hold
 
 # DataType enum value -> (numpy dtype, TensorProto field holding its values)
 _DTYPES: dict[int, tuple[Any, str]] = {
@@ -45,16 +46,20 @@ _OUT: dict[np.dtype, tuple[int, str]] = {np.dtype(dt): (enum, field) for enum, (
 
 
 def _shape(proto: Any) -> tuple[int, ...] | None:
-    """``TensorShape::IsValid``: known rank, every dim >= 0, element count without overflow."""
+    """``TensorShape::IsValid``: known rank, every dim >= 0, element count without overflow.
+
+    The count leaves out zero dimensions (``[0, 2**62, 2**62]`` holds no element, yet numpy
+    cannot describe it), and the rank is at most numpy's.
+    """
     shape = proto.tensor_shape
-    if shape.unknown_rank:
+    if shape.unknown_rank or len(shape.dim) > MAX_RANK:
         return None
     dims = tuple(d.size for d in shape.dim)
     total = 1
     for size in dims:
         if size < 0:
             return None
-        total *= size
+        total *= size or 1
         if total > _MAX_ELEMENTS:
             return None
     return dims
@@ -62,19 +67,29 @@ def _shape(proto: Any) -> tuple[int, ...] | None:
 
 def ndarray_from_proto(proto: Any, alias: str) -> np.ndarray:
     """``Tensor::FromProto`` for one request input; any failure is ``tensor parsing error: alias``."""
+    try:
+        arr = _from_proto(proto)
+    except ValueError:  # numpy's own limits, e.g. [0, 2**62] float32 (its bytes ignoring the 0 overflow)
+        arr = None
+    if arr is None:
+        raise invalid_argument(f"tensor parsing error: {alias}")
+    return arr
+
+
+def _from_proto(proto: Any) -> np.ndarray | None:
     entry = _DTYPES.get(proto.dtype)
     shape = _shape(proto)
     if entry is None or shape is None:
-        raise invalid_argument(f"tensor parsing error: {alias}")
+        return None
     dtype, field = entry
     count = int(np.prod(shape, dtype=np.int64)) if shape else 1
     itemsize = 8 if dtype is object else np.dtype(dtype).itemsize
     if count * itemsize > MAX_TENSOR_BYTES:
-        raise invalid_argument(f"tensor parsing error: {alias}")
+        return None
     if dtype is not object and proto.tensor_content:
         content = proto.tensor_content
         if len(content) != count * itemsize:
-            raise invalid_argument(f"tensor parsing error: {alias}")
+            return None
         return np.frombuffer(content, dtype=dtype).reshape(shape)
     values = getattr(proto, field)
     n = len(values)

@@ -54,7 +54,17 @@ def _signature(name: str, sigdef: Any) -> Signature:
 def _serving_error(exc: BaseException) -> ServingError:
     if isinstance(exc, tf.errors.OpError):
         return ServingError(Code(exc.error_code), exc.message)
+    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+        # TF's Python binding could not decode the status message, so it raised this instead and the
+        # code is lost. Bytes that are not UTF-8 in a TF error come from the request's data (e.g.
+        # StringToNumber quoting its input): a client error, as TF Serving answers it.
+        return ServingError(Code.INVALID_ARGUMENT, exc.object.decode("utf-8", "replace"))
     return ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+def _scalar(value: Any) -> np.ndarray:
+    """A 0-d output as an array: the session returns a scalar string as plain ``bytes``."""
+    return np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
 
 
 class TensorFlowModel(LoadedModel):
@@ -90,7 +100,8 @@ class TensorFlowModel(LoadedModel):
             values = run(*[inputs[alias] for alias in signature.inputs])
         except Exception as exc:  # noqa: BLE001 - every runtime failure becomes a status
             raise _serving_error(exc) from None
-        return dict(zip(signature.outputs, values))
+        return {alias: value if type(value) is np.ndarray else _scalar(value)
+                for alias, value in zip(signature.outputs, values)}
 
     def signature_def_map(self) -> Any:
         from tensorflow_serving.apis import get_model_metadata_pb2

@@ -118,10 +118,10 @@ def _port_free(address: str, port: int) -> bool:
 
 
 def _free_internal_base(taken: set[int]) -> int:
-    """SeaweedFS's 7 consecutive internal ports on 127.0.0.1."""
+    """The object store's 8 consecutive internal ports on 127.0.0.1."""
     while True:
         base = _free_everywhere(["127.0.0.1"], taken)
-        if base < 60000 and all(_port_free("127.0.0.1", base + i) for i in range(7)):
+        if base < 60000 and all(_port_free("127.0.0.1", base + i) for i in range(8)):
             return base
 
 
@@ -317,6 +317,94 @@ def test_nodes_join_and_leave_under_load_without_losing_a_request(cluster: Clust
     assert new.address in hosts and cluster.node("serving-1").address in hosts
     assert not any(n.name == "serving-3" for n in devcluster.load(cluster.base))
     assert len(hosts) == 3
+
+
+# ----------------------------------------------------------------------------- a failed deploy
+
+
+def _node_cli(node: devcluster.DevNode, *args: str) -> "subprocess.CompletedProcess":
+    import subprocess
+
+    return subprocess.run(CLI + ["--root", node.root, *args], capture_output=True, text=True, timeout=300)
+
+
+def _server_states(cluster: Cluster, node: devcluster.DevNode) -> dict[int, str]:
+    url = f"http://{node.address}:{cluster.ports['serving.rest.port']}/v1/models/{MODEL}"
+    rows = requests.get(url, timeout=5).json()["model_version_status"]
+    return {int(r["version"]): r["state"] for r in rows}
+
+
+def _everywhere(cluster: Cluster, want: Callable[[dict[int, str]], bool]) -> bool:
+    return all(want(_server_states(cluster, n)) for n in devcluster.load(cluster.base) if n.role == "serving")
+
+
+def test_a_failed_version_is_quarantined_on_every_node_also_after_down_and_up(
+        cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 12: a version above the served one that fails to load never becomes an outage."""
+    from appliance.builtin_models import version_dir
+    from tests.tfmodels import saved_model_bytes
+
+    nodes = devcluster.load(cluster.base)
+    serving = [n for n in nodes if n.role == "serving"]
+    pusher = serving[0]
+    good = version_dir(cluster.base / "builtin-models", MODEL)
+    # A SavedModel proto without a graph: the agent's cheap check passes, the load fails.
+    broken = tmp_path / "broken"
+    (broken / "variables").mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(saved_model_bytes(400))
+    (broken / "variables/variables.index").write_bytes(b"\0" * 64)
+    entry = cluster.node("repo-1")
+    with Load(rest_sender(cluster.rest(entry)), threads=2) as rest:
+        for version, source in (("150", good), ("200", broken)):
+            pushed = _node_cli(pusher, "models", "push", str(source), "--name", MODEL, "--version", version)
+            assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        pushed_at = time.monotonic()
+        wait_until(lambda: _everywhere(cluster, lambda s: s.get(150) == "AVAILABLE" and s.get(200) == "END"),
+                   timeout=120, interval=0.2, what="v200 quarantined and v150 serving on every node")
+        quarantined_after = time.monotonic() - pushed_at
+    assert rest.failures() == 0 and rest.count() > 0
+    for node in serving:
+        record = json.loads((Path(node.root) / f"var/lib/appliance/quarantine/{MODEL}.json").read_text())
+        assert list(record["versions"]) == ["200"]
+    status = _node_cli(pusher, "status")
+    assert re.search(r"200  END  quarantined since \S+ \S+ UTC: ", status.stdout), status.stdout
+    listing = _node_cli(pusher, "models", "ls")
+    assert any(line.split()[:2] == [MODEL, "200"] and "quarantined since" in line
+               for line in listing.stdout.splitlines()), listing.stdout
+
+    # `down` + `up` (a reboot): every model server starts on v150 without trying v200 again.
+    logs = {n.name: Path(n.root) / "var/log/appliance/model_server.log" for n in serving}
+    offsets = {name: log.stat().st_size for name, log in logs.items()}
+    devcluster.down(cluster.base)
+    for node in [n for n in nodes if n.role == "repo"] + serving:
+        started = _node_cli(node, "up")
+        assert started.returncode == 0, started.stdout + started.stderr
+    devcluster.wait_in_rotation(nodes, [n.address for n in serving], print)
+    assert _everywhere(cluster, lambda s: s.get(150) == "AVAILABLE" and s.get(200) == "END")
+    for name, log in logs.items():
+        with log.open("rb") as handle:
+            handle.seek(offsets[name])
+            since_restart = handle.read().decode("utf-8", "replace")
+        assert f"Loading servable: {{name: {MODEL} version: 150}} from" in since_restart
+        assert f"version: 200}} from" not in since_restart
+
+    # The same number re-pushed with good files: installed and served on every node.
+    pushed = _node_cli(pusher, "models", "push", str(good), "--name", MODEL, "--version", "200")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    repushed_at = time.monotonic()
+    wait_until(lambda: _everywhere(cluster, lambda s: s.get(200) == "AVAILABLE"), timeout=120, interval=0.2,
+               what="the fixed v200 serving on every node")
+    fixed_after = time.monotonic() - repushed_at
+    for node in serving:
+        assert not (Path(node.root) / f"var/lib/appliance/quarantine/{MODEL}.json").exists()
+    resp = requests.post(f"{cluster.rest(entry)}/v1/models/{MODEL}:predict", data='{"instances": [1.0, 2.0]}',
+                         timeout=30)
+    assert resp.json() == {"predictions": [2.5, 3.0]}
+    REPORT["quarantine"] = {"sync_interval_seconds": 2, "rest_requests": rest.count(),
+                            "rest_failed": rest.failures(),
+                            "quarantined_and_v150_serving_everywhere_seconds_after_push": round(quarantined_after, 2),
+                            "fixed_v200_serving_everywhere_seconds_after_repush": round(fixed_after, 2)}
+    print(json.dumps(REPORT["quarantine"], indent=2))
 
 
 # ----------------------------------------------------------------------------- issue 12: delivery

@@ -49,10 +49,11 @@ class ObjectStore:
     access_key: str
     secret_key: str
     bucket: str = "models"
+    host: str = "127.0.0.1"
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def env(self) -> dict[str, str]:
         """aws-style credentials for a client process (never in a config file of the client)."""
@@ -77,15 +78,21 @@ class ObjectStore:
 
     def s3cmd(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         """The user guide's s3cmd, pointed at this store (no ~/.s3cfg involved)."""
-        host = f"127.0.0.1:{self.port}"
+        host = f"{self.host}:{self.port}"
         cmd = ["s3cmd", "-c", "/dev/null", "--no-ssl", f"--host={host}", f"--host-bucket={host}",
                f"--access_key={self.access_key}", f"--secret_key={self.secret_key}", *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def start_objectstore(root: Path, procs: Processes) -> ObjectStore:
-    """`appliance objectstore` on a repo-node root; returns once the bucket exists."""
-    port, base = free_port(), free_port_block(7)
+    """`appliance objectstore` on a repo-node root; returns once the bucket exists.
+
+    Alone (no supervisord, no Envoy in front of it), so clients use the store's own S3 port on
+    127.0.0.1 (repo.internal.port.base + 7), the one the node's Envoy forwards repo.port to.
+    """
+    from appliance.objectstore import INTERNAL_PORTS
+
+    port, base = free_port(), free_port_block(INTERNAL_PORTS)
     sets = {"node.role": "repo", "node.address": "127.0.0.1", "repo.port": port,
             "repo.internal.port.base": base}
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
@@ -95,7 +102,8 @@ def start_objectstore(root: Path, procs: Processes) -> ObjectStore:
     wait_until(lambda: "object store ready" in log.read_text(errors="replace"), timeout=120,
                what=f"the object store (log {log})")
     creds = yaml.safe_load((root / "etc/appliance/objectstore.credentials").read_text())
-    return ObjectStore(root, port, base, creds["s3.access.key"], creds["s3.secret.key"])
+    return ObjectStore(root, base + INTERNAL_PORTS - 1, base, creds["s3.access.key"],
+                       creds["s3.secret.key"])
 
 
 def objectstore_for_module(tmp_path_factory) -> Iterator[ObjectStore]:

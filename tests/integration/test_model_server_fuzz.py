@@ -5,12 +5,17 @@ allocated), 100k-deep nesting, missing keys. Every REST answer must be 4xx and e
 a non-OK status other than INTERNAL/UNKNOWN/UNAVAILABLE, except INTERNAL for bytes that do not
 deserialize as the request message at all: gRPC itself answers those before any servicer runs,
 in TF Serving's C++ server as here. Afterwards the server still answers correctly.
+
+Then a fixed corpus of requests that once got a 5xx, INTERNAL, no answer at all, or (on the
+inline fast path) a 400 from the HTTP parser that closed the connection: each gets TF Serving's
+400 / INVALID_ARGUMENT and text, and a valid request pipelined behind it is answered.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import socket
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -24,7 +29,7 @@ tf = pytest.importorskip("tensorflow")
 
 SEED = 20261122
 COUNT = 240
-MODELS = ("half_plus_two", "two_inputs", "strings", "ints")
+MODELS = ("half_plus_two", "two_inputs", "strings", "ints", "numbers")
 BAD_GRPC = {grpc.StatusCode.OK, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE}
 
 
@@ -236,3 +241,146 @@ def test_malformed_grpc_requests(servers: tuple[str, int]) -> None:
         request.model_spec.name = "half_plus_two"
         request.inputs["x"].CopyFrom(tf.make_tensor_proto([1.0, 2.0, 5.0], shape=[3]))
         assert stubs["Predict"].Predict(request, timeout=30).outputs["y"].float_val[:] == [2.5, 3.0, 4.5]
+
+
+# ------------------------------------------------------------------ fixed corpus: once 5xx or no answer
+
+
+BIG = "1" * 5000                                 # an integer Python refuses to convert (4,300 digits)
+DEEP = b"[" * 65 + b"1.0" + b"]" * 65             # rank 65: numpy holds 64 dimensions
+TOO_BIG = "JSON Parse error: Number too big to be stored in double. at offset: {}"
+SURROGATE = "JSON Parse error: The surrogate pair in string is invalid. at offset: {}"
+VALID = ("POST", "/v1/models/half_plus_two:predict", b'{"instances": [1.0]}')
+
+HOSTILE_REST = [  # (method, path, body, TF Serving's error; "..." ends a prefix)
+    ("POST", "/v1/models/half_plus_two:predict", b'{"instances": [' + BIG.encode() + b"]}", TOO_BIG.format(15)),
+    ("POST", "/v1/models/ints:predict", b'{"instances": [-' + BIG.encode() + b"]}", TOO_BIG.format(15)),
+    ("POST", "/v1/models/half_plus_two:predict", b'{"instances": [1e999]}', TOO_BIG.format(15)),
+    ("POST", "/v1/models/half_plus_two:regress",
+     b'{"signature_name": "regress_x_to_y", "examples": [{"x": ' + BIG.encode() + b"}]}", TOO_BIG.format(56)),
+    ("POST", f"/v1/models/half_plus_two/versions/{BIG}:predict", VALID[2],
+     f"Failed to convert version: {BIG} to numeric."),
+    ("GET", f"/v1/models/half_plus_two/versions/{BIG}", b"", f"Failed to convert version: {BIG} to numeric."),
+    ("GET", f"/v1/models/half_plus_two/versions/{BIG}/metadata", b"", f"Failed to convert version: {BIG} to numeric."),
+    ("POST", "/v1/models/half_plus_two:predict", b'{"signature_name": "\\ud800", "instances": [1.0]}',
+     SURROGATE.format(20)),
+    ("POST", "/v1/models/strings:predict", b'{"instances": ["a\\ud800\\u0041"]}', SURROGATE.format(17)),
+    ("POST", "/v1/models/half_plus_two:classify", b'{"examples": [{"\\udbff": 1.0}]}', SURROGATE.format(16)),
+    ("POST", "/v1/models/half_plus_two:predict", b'{"signature_name": "\\udc00", "instances": [1.0]}',
+     'Serving signature name: "\ufffd" not found in signature def'),
+    ("POST", "/v1/models/half_plus_two:predict", b'{"signature_name": "\xff\xfe", "instances": [1.0]}',
+     'Serving signature name: "\ufffd\ufffd" not found in signature def'),
+    ("POST", "/v1/models/half_plus_two:predict", b'{"instances": ["\xff"]}',
+     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: \"\ufffd\" Type: "
+     "String is not of expected type: float"),
+    ("POST", "/v1/models/ints:predict", b'{"instances": ["\\udc80x"]}',
+     "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: JSON Value: \"\ufffdx\" Type: "
+     "String is not of expected type: int32"),
+    ("POST", "/v1/models/two_inputs:predict", b'{"instances": [{"a": 1.0, "b": 1.0, "\xff": 2.0}]}',
+     "Failed to process element: 0 key: \ufffd of 'instances' list. Error: INVALID_ARGUMENT: JSON object: does "
+     "not have named input: \ufffd"),
+    ("POST", "/v1/models/half_plus_two:classify",
+     b'{"signature_name": "classify_x_to_y", "examples": [{"\xff": 1.0}]}',
+     "Name: <unknown>, Feature: x (data type: float) is required but could not be found...."),
+    ("POST", "/v1/models/numbers:predict", b'{"instances": ["\xff\xfe"]}',
+     "StringToNumberOp could not correctly convert string: \ufffd\ufffd..."),
+    ("POST", "/v1/models/half_plus_two:predict", b'{"instances": ' + DEEP + b"}", "tensor parsing error: x"),
+    ("POST", "/v1/models/half_plus_two:predict", b'{"inputs": ' + DEEP + b"}", "tensor parsing error: x"),
+    ("POST", "/v1/models/strings:predict", b'{"inputs": ' + DEEP.replace(b"1.0", b'"a"') + b"}",
+     "tensor parsing error: s"),
+    ("POST", "/v1/models/two_inputs:predict", b'{"instances": [{"a": ' + DEEP[1:-1] + b', "b": ' + DEEP[1:-1] + b"}]}",
+     "tensor parsing error: a"),
+]
+
+
+def _request(method: str, path: str, body: bytes) -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def _answers(sock: socket.socket, count: int) -> list[tuple[int, bytes, bytes]]:
+    """``count`` answers read off ``sock``: (status, head, body)."""
+    data, answers = b"", []
+    while len(answers) < count:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None) if sep else None
+        if length is not None and len(rest) >= length:
+            answers.append((int(head.split()[1]), head, rest[:length]))
+            data = rest[length:]
+            continue
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"connection closed after {len(answers)} answers"
+        data += chunk
+    return answers
+
+
+def _matches(message: str, expected: str) -> bool:
+    return message.startswith(expected[:-3]) if expected.endswith("...") else message == expected
+
+
+@pytest.mark.parametrize("method,path,body,message", HOSTILE_REST,
+                         ids=[f"{i}-{case[1].split('/')[3][:20]}" for i, case in enumerate(HOSTILE_REST)])
+def test_hostile_rest_requests_get_400_and_the_connection_goes_on(servers: tuple[str, int], method: str,
+                                                                  path: str, body: bytes, message: str) -> None:
+    """Sent first on a fresh connection, so a warm cheap model answers it inline (handle_now); the
+    valid request pipelined behind it must be answered on the same connection."""
+    url = servers[0]
+    for _ in range(20):                                     # past inline.MIN_SAMPLES: predicts run inline
+        requests.post(url + VALID[1], data=VALID[2], timeout=30)
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(_request(method, path, body) + _request(*VALID))
+        (status, head, answer), (ok_status, _, ok_body) = _answers(sock, 2)
+    assert status == 400 and b"connection: close" not in head.lower(), (status, head, answer[:300])
+    error = json.loads(answer)["error"]
+    assert _matches(error, message), error[:300]
+    assert (ok_status, ok_body) == (200, b'{"predictions": [2.5]}')
+
+
+def _predict_request(model: str, alias: str, dtype: int, dims: list[int], field: str = "", values: list = ()):
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    tensor = request.inputs[alias]
+    tensor.dtype = dtype
+    for size in dims:
+        tensor.tensor_shape.dim.add().size = size
+    if field:
+        getattr(tensor, field).extend(values)
+    return request
+
+
+def _hostile_grpc() -> list[tuple[Any, str]]:
+    rank65 = _predict_request("half_plus_two", "x", 1, [1] * 65)
+    rank65.inputs["x"].tensor_content = b"\0\0\x80?"
+    return [
+        (_predict_request("half_plus_two", "x", 1, [0, 2 ** 62]), "tensor parsing error: x"),
+        (_predict_request("half_plus_two", "x", 1, [2 ** 62, 0], "float_val", [1.0]), "tensor parsing error: x"),
+        (_predict_request("strings", "s", 7, [0, 2 ** 62, 2 ** 62]), "tensor parsing error: s"),
+        (_predict_request("half_plus_two", "x", 1, [1] * 65, "float_val", [1.0]), "tensor parsing error: x"),
+        (_predict_request("strings", "s", 7, [1] * 65, "string_val", [b"a"]), "tensor parsing error: s"),
+        (rank65, "tensor parsing error: x"),
+        (_predict_request("numbers", "s", 7, [1], "string_val", [b"\xff\xfe"]),
+         "StringToNumberOp could not correctly convert string: \ufffd\ufffd..."),
+    ]
+
+
+def test_hostile_grpc_requests_get_invalid_argument(servers: tuple[str, int]) -> None:
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{servers[1]}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for request, message in _hostile_grpc():
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(request, timeout=60)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (request, info.value.details())
+            assert _matches(info.value.details(), message), info.value.details()
+        # A unary call whose request stream ends without a message: C++ gRPC's answer, at once.
+        empty = channel.stream_unary("/tensorflow.serving.PredictionService/Predict")
+        with pytest.raises(grpc.RpcError) as info:
+            empty(iter(()), timeout=60)
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INTERNAL,
+                                                             "Couldn't initialize byte buffer reader")
+        ok = _predict_request("half_plus_two", "x", 1, [1, 1], "float_val", [1.0])
+        assert stub.Predict(ok, timeout=30).outputs["y"].float_val[:] == [2.5]

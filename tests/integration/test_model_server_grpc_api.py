@@ -163,6 +163,25 @@ def test_classify_regress_multi_inference(env: dict) -> None:
     assert results[1].regression_result.regressions[0].value == 3.0
 
 
+def test_multi_inference_signatures_with_their_own_inputs(env: dict) -> None:
+    """``half_plus`` gives classify and regress separate placeholders, like a TF2 export: TF Serving
+    (since 2020) feeds the same examples to each (its ``testMultiInferenceTf2``)."""
+    from tensorflow_serving.apis import inference_pb2
+
+    multi = inference_pb2.MultiInferenceRequest(input=_examples(2.0, 4.0))
+    for signature, method in [("regress_x_to_y", "tensorflow/serving/regress"),
+                              ("classify_x_to_y", "tensorflow/serving/classify")]:
+        task = multi.tasks.add(method_name=method)
+        task.model_spec.name = "half_plus"
+        task.model_spec.version_label = "stable"
+        task.model_spec.signature_name = signature
+    results = _prediction(env).MultiInference(multi, timeout=30).results
+    assert [r.value for r in results[0].regression_result.regressions] == [3.0, 4.0]
+    assert [row.classes[0].score for row in results[1].classification_result.classifications] == [3.0, 4.0]
+    assert [(r.model_spec.signature_name, r.model_spec.version.value) for r in results] == \
+        [("regress_x_to_y", 1), ("classify_x_to_y", 1)]
+
+
 @pytest.mark.parametrize("method,build,code,message", [
     ("Regress", lambda r: (r.model_spec.__setattr__("signature_name", "nope"), r.input.CopyFrom(_examples(1.0))),
      grpc.StatusCode.INVALID_ARGUMENT, "No signature was found with the name: nope"),

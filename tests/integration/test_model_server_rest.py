@@ -103,6 +103,31 @@ def test_strings_b64_and_bytes_outputs(server: str) -> None:
     assert r.json()["predictions"][1]["echo_bytes"] == {"b64": "AP8="}
 
 
+def test_string_bytes_reach_the_model_as_sent(server: str) -> None:
+    """rapidjson does not validate UTF-8: TF gets the 2 bytes ``\\xff\\xfe``; a lone low surrogate
+    escape is its 3-byte form, as rapidjson 1.1.0 encodes it."""
+    r = post(server, "/v1/models/strings:predict", b'{"instances": ["\xff\xfe", "\\udc00", "\xc3\xa9"]}')
+    assert r.status_code == 200, r.text
+    predictions = r.json()["predictions"]
+    assert [p["length"] for p in predictions] == [2, 3, 2]
+    assert [p["echo_bytes"]["b64"] for p in predictions] == ["//4=", "7bCA", "w6k="]
+    assert predictions[2]["echo"] == "\u00e9"
+
+
+def test_scalar_string_output(server: str) -> None:
+    """A 0-d string output comes back from the session as plain bytes (it used to be a 500)."""
+    r = post(server, "/v1/models/strings:predict", b'{"inputs": "a:b"}')
+    assert r.json() == {"outputs": {"echo": "a:b", "echo_bytes": {"b64": "YTpi"}, "length": 3}}
+
+
+def test_repeated_keys_first_wins(server: str) -> None:
+    """rapidjson's FindMember finds the first of a repeated key, so TF Serving uses that one."""
+    r = post(server, "/v1/models/half_plus_two:predict", b'{"instances": [1.0], "instances": [2.0]}')
+    assert r.json() == {"predictions": [2.5]}
+    r = post(server, "/v1/models/two_inputs:predict", b'{"inputs": {"a": [1.0], "b": [2.0], "a": [5.0]}}')
+    assert r.json() == {"outputs": {"diff": [-1.0], "sum": [3.0]}}
+
+
 def test_ints(server: str) -> None:
     assert post(server, "/v1/models/ints:predict", {"instances": [1, 2, 3]}).json() == {"predictions": [2, 4, 6]}
 

@@ -22,6 +22,8 @@ VARIANTS = {
                      "serving.rest.port=18501", "serving.grpc.port=18500", "node.address=127.0.0.7"],
     "one-model": ["model.name=resnet", "envoy.concurrency=3", "envoy.log.level=debug"],
     "repo-role": ["node.role=repo"],
+    "limits": ["serving.rest.idle.timeout.seconds=5", "serving.rest.read.timeout.seconds=7",
+               "serving.rest.body.budget.bytes=1000000", "serving.rest.max.body.bytes=500000"],
 }
 
 
@@ -43,6 +45,16 @@ def test_envoy_accepts_every_rendered_config(tmp_path: Path, variant: str) -> No
     assert result.returncode == 0, result.stderr
     supervisord = (paths.run / "supervisord.conf").read_text()
     assert ("[program:model_server]" in supervisord) == (config.node.role == "serving")
+
+
+def test_model_server_limits_reach_its_command_line_and_envoy(tmp_path: Path) -> None:
+    def rendered(overrides: list[str]) -> dict[str, str]:
+        return {f.path.name: f.content for f in render.render_all(load_config(None, overrides), NodePaths(tmp_path))}
+    files = rendered(VARIANTS["limits"])
+    assert ("--rest_api_max_body_bytes=500000 --rest_api_body_budget_bytes=1000000 "
+            "--rest_api_idle_timeout_seconds=5 --rest_api_read_timeout_seconds=7") in files["supervisord.conf"]
+    assert files["envoy.yaml"].count("common_http_protocol_options: {idle_timeout: 2.5s}") == 2
+    assert rendered([])["envoy.yaml"].count("common_http_protocol_options: {idle_timeout: 25s}") == 2
 
 
 def test_envoy_refusal_is_reported(tmp_path: Path) -> None:

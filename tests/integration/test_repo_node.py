@@ -1,38 +1,51 @@
 """The repo node for real: `appliance up --set node.role=repo` runs SeaweedFS's S3 API under supervisord
 with credentials generated on first start (0600), data under the node root and the bucket created;
-the user guide's `s3cmd sync`, boto3 and the aws-style environment variables all work against it."""
+the user guide's `s3cmd sync`, boto3 and the aws-style environment variables all work against it.
+
+Locked down (issue 12): on the node address only Envoy listens (REST, gRPC, and the S3 API it passes
+to the store on loopback) and the logviewer; every port of the store's process tree is on 127.0.0.1,
+and the store's gRPC and HTTP admin APIs refuse whoever lacks its certificate or JWT keys -- asserted
+with SeaweedFS's own API, called as an attacker would.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
 
+import grpc
 import pytest
 import yaml
 
+from appliance.objectstore import INTERNAL_PORTS
 from tests.conftest import free_port
 from tests.integration.node_harness import NodeUnderTest, new_node, wait_gone
 from tests.integration.objectstore_harness import ObjectStore, free_port_block
+from tests.tfmodels import saved_model_bytes
 
 pytestmark = pytest.mark.slow
 PUBLISHED_KEYS = ("AKIAIOSXODNN7EXAMPLE", "wJalrXUtqFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+# A loopback address that is not 127.0.0.1: "on the node address" and "on loopback only" differ.
+NODE_ADDRESS = "127.0.0.61"
 
 
 @pytest.fixture(scope="module")
 def repo_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeUnderTest, ObjectStore]]:
-    node = new_node(tmp_path_factory.mktemp("reponode"), Path("/nonexistent"), [])
-    port, base = free_port(), free_port_block(7)
+    node = new_node(tmp_path_factory.mktemp("reponode"), Path("/nonexistent"), [], NODE_ADDRESS)
+    port, base = free_port(NODE_ADDRESS), free_port_block(INTERNAL_PORTS)
     started = node.cli("up", "--timeout", "180", *node.overrides, "--set", "node.role=repo",
                        "--set", f"repo.port={port}", "--set", f"repo.internal.port.base={base}")
     pids = node.pids()
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         creds = yaml.safe_load((node.root / "etc/appliance/objectstore.credentials").read_text())
-        yield node, ObjectStore(node.root, port, base, creds["s3.access.key"], creds["s3.secret.key"])
+        yield node, ObjectStore(node.root, port, base, creds["s3.access.key"], creds["s3.secret.key"],
+                                host=NODE_ADDRESS)
     finally:
         node.cli("down", timeout=120)
         node.kill_all(wait_gone(pids, 30))
@@ -67,7 +80,7 @@ def test_s3cmd_sync_of_the_user_guide_then_aws_env_vars_with_boto3(
         repo_node: tuple[NodeUnderTest, ObjectStore], tmp_path: Path) -> None:
     _, store = repo_node
     (tmp_path / "resnet/1/variables").mkdir(parents=True)
-    (tmp_path / "resnet/1/saved_model.pb").write_bytes(os.urandom(1000))
+    (tmp_path / "resnet/1/saved_model.pb").write_bytes(saved_model_bytes(1000))
     (tmp_path / "resnet/1/variables/variables.data-00000-of-00001").write_bytes(os.urandom(20 << 20))
     synced = store.s3cmd("sync", str(tmp_path / "resnet"), "s3://models/")
     assert synced.returncode == 0, synced.stderr
@@ -83,3 +96,224 @@ def test_s3cmd_sync_of_the_user_guide_then_aws_env_vars_with_boto3(
                          text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "resnet/1/variables/variables.data-00000-of-00001" in out.stdout
+
+
+# ----------------------------------------------------------------------------- locked down
+
+
+def _tree(root_pid: int) -> list[int]:
+    """``root_pid`` and all its descendants (from /proc/<pid>/stat's parent PIDs)."""
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat_file.read_text()
+        except OSError:
+            continue
+        ppid = int(text[text.rindex(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(stat_file.parent.name))
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _proc_address(hexaddr: str) -> str:
+    raw = bytes.fromhex(hexaddr)
+    if len(raw) == 4:
+        return socket.inet_ntoa(raw[::-1])
+    return socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+
+
+def listening(pids: list[int]) -> dict[tuple[str, int], int]:
+    """Every listening TCP socket (address, port) of ``pids`` -> the PID holding it."""
+    owner: dict[str, int] = {}
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                owner[link[8:-1]] = pid
+    found: dict[tuple[str, int], int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in owner:          # 0A: LISTEN
+                address, port = fields[1].split(":")
+                found[(_proc_address(address), int(port, 16))] = owner[fields[9]]
+    return found
+
+
+def _program_pid(node: NodeUnderTest, name: str) -> int:
+    return next(p["pid"] for p in node.status()["processes"] if p["name"] == name)
+
+
+def _comm(pid: int) -> str:
+    return Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def test_only_envoy_and_the_logviewer_listen_on_the_node_address(
+        repo_node: tuple[NodeUnderTest, ObjectStore]) -> None:
+    node, store = repo_node
+    supervisord = int((node.root / "var/lib/appliance/run/supervisord.pid").read_text())
+    everything = listening(_tree(supervisord))
+    public = {port: _comm(pid) for (address, port), pid in everything.items() if address != "127.0.0.1"}
+    assert all(address in ("127.0.0.1", NODE_ADDRESS) for address, _ in everything), everything
+    assert public == {node.http_port: "envoy", node.grpc_port: "envoy", store.port: "envoy",
+                      node.logviewer_port: "python"}
+    # The object store's whole process tree (appliance objectstore, weed) is on loopback only,
+    # all 8 internal ports included: its S3 gRPC port too, which weed binds to its S3 address.
+    ports = listening(_tree(_program_pid(node, "objectstore")))
+    assert {address for address, _ in ports} == {"127.0.0.1"}, ports
+    assert {port for _, port in ports} >= set(range(store.internal_base,
+                                                    store.internal_base + INTERNAL_PORTS))
+
+
+def _iam_messages():
+    """SeaweedFS's iam.proto messages an attacker needs (PutIdentity, RemoveIdentity), built at
+    run time from their field numbers (weed/pb/iam.proto): no generated stubs to ship."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="attacker_iam.proto", package="iam_pb",
+                                               syntax="proto3")
+
+    def message(name: str, *fields: tuple[str, int, int, str]) -> None:
+        added = proto.message_type.add(name=name)
+        for number, (field_name, kind, label, type_name) in enumerate(fields, 1):
+            entry = added.field.add(name=field_name, number=number, type=kind, label=label)
+            if type_name:
+                entry.type_name = type_name
+
+    text, nested = field.TYPE_STRING, field.TYPE_MESSAGE
+    one, many = field.LABEL_OPTIONAL, field.LABEL_REPEATED
+    message("Credential", ("access_key", text, one, ""), ("secret_key", text, one, ""))
+    message("Identity", ("name", text, one, ""), ("credentials", nested, many, ".iam_pb.Credential"),
+            ("actions", text, many, ""))
+    message("PutIdentityRequest", ("identity", nested, one, ".iam_pb.Identity"))
+    message("RemoveIdentityRequest", ("username", text, one, ""))
+    message("Empty")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"iam_pb.{name}"))
+            for name in ("PutIdentityRequest", "RemoveIdentityRequest", "Empty")}
+
+
+def _call(channel: grpc.Channel, method: str, request, response_type):
+    return channel.unary_unary(f"/messaging_pb.SeaweedS3IamCache/{method}",
+                               request_serializer=type(request).SerializeToString,
+                               response_deserializer=response_type.FromString)(request, timeout=10)
+
+
+def test_unauthenticated_identity_calls_are_refused_on_every_store_grpc_port(
+        repo_node: tuple[NodeUnderTest, ObjectStore]) -> None:
+    import botocore.exceptions
+
+    node, store = repo_node
+    messages = _iam_messages()
+    evil = messages["PutIdentityRequest"](identity={
+        "name": "attacker", "actions": ["Admin", "Read", "List", "Write"],
+        "credentials": [{"access_key": "AKATTACKER0000000001", "secret_key": "attacker-secret-1234"}]})
+    remove = messages["RemoveIdentityRequest"](username="appliance")
+    base = store.internal_base
+    targets = [f"127.0.0.1:{base + offset}" for offset in (1, 3, 5, 6)]   # master volume filer s3
+    targets += [f"unix:///tmp/seaweedfs-{name}-grpc-{base + offset}.sock"   # weed's local sockets
+                for name, offset in (("master", 1), ("volume", 3), ("filer", 5), ("s3", 6))
+                if Path(f"/tmp/seaweedfs-{name}-grpc-{base + offset}.sock").exists()]
+    security = node.root / "etc/appliance/seaweedfs"
+    ca = (security / "ca.crt").read_bytes()
+    attackers = {"plaintext": grpc.insecure_channel,
+                 # TLS trusting the store's CA, but without a client certificate of it
+                 "tls without a client certificate": lambda t: grpc.secure_channel(
+                     t, grpc.ssl_channel_credentials(ca),
+                     options=[("grpc.ssl_target_name_override", "localhost")])}
+    for target in targets:
+        for how, connect in attackers.items():
+            with connect(target) as channel:
+                for method, request in (("PutIdentity", evil), ("RemoveIdentity", remove)):
+                    with pytest.raises(grpc.RpcError) as refused:
+                        _call(channel, method, request, messages["Empty"])
+                    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, (target, how, method)
+    # With the store's own certificate the same call gets through TLS to the service, which
+    # then wants a token signed with the JWT key too: the refusals above are the mutual TLS,
+    # not a wrong port or method.
+    own = grpc.ssl_channel_credentials(ca, (security / "node.key").read_bytes(),
+                                       (security / "node.crt").read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{base + 6}", own,
+                             options=[("grpc.ssl_target_name_override", "localhost")]) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            _call(channel, "PutIdentity", evil, messages["Empty"])
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # No attacker key exists; the appliance's key still works.
+    attacker = ObjectStore(store.root, store.port, base, "AKATTACKER0000000001",
+                           "attacker-secret-1234", host=store.host)
+    with pytest.raises(botocore.exceptions.ClientError):
+        attacker.boto3().list_objects_v2(Bucket="models")
+    store.boto3().list_objects_v2(Bucket="models")
+
+
+def _raw_http(target: str | int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+    """One HTTP/1.0 request to a loopback TCP port or a unix socket path: (status, body)."""
+    family, address = ((socket.AF_UNIX, target) if isinstance(target, str)
+                       else (socket.AF_INET, ("127.0.0.1", target)))
+    with socket.socket(family, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(address)
+        conn.sendall(f"{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: "
+                     f"{len(body)}\r\n\r\n".encode() + body)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), rest
+
+
+def test_unauthenticated_http_calls_on_the_store_ports_are_refused(
+        repo_node: tuple[NodeUnderTest, ObjectStore]) -> None:
+    _, store = repo_node
+    store.boto3().put_object(Bucket="models", Key="lockdown/1/saved_model.pb", Body=b"model bytes")
+    master, volume, filer = store.internal_base, store.internal_base + 2, store.internal_base + 4
+    filer_socket = f"/tmp/seaweedfs-filer-{filer}.sock"
+    calls = [(master, "GET", "/dir/assign"), (master, "POST", "/vol/grow?count=1"),
+             (master, "GET", "/col/delete?collection=models"), (master, "GET", "/vol/vacuum"),
+             (master, "GET", "/dir/status"),
+             (filer, "PUT", "/buckets/models/lockdown/1/evil.pb"),
+             (filer, "GET", "/buckets/models/lockdown/1/saved_model.pb"),
+             (filer, "DELETE", "/buckets/models/lockdown/1/saved_model.pb"),
+             (filer, "GET", "/buckets/models/?pretty=y"),
+             (volume, "POST", "/1,01637037d6"), (volume, "GET", "/1,01637037d6"),
+             (volume, "DELETE", "/1,01637037d6")]
+    if Path(filer_socket).exists():
+        calls += [(filer_socket, method, path) for port, method, path in calls if port == filer]
+    for target, method, path in calls:
+        status, body = _raw_http(target, method, path, b"evil" if method in ("PUT", "POST") else b"")
+        assert status in (401, 403, 404), (target, method, path, status, body[:200])
+        assert b"model bytes" not in body and b'"fid"' not in body, (target, method, path)
+    listed = store.boto3().list_objects_v2(Bucket="models", Prefix="lockdown/")["Contents"]
+    assert [o["Key"] for o in listed] == ["lockdown/1/saved_model.pb"]
+    got = store.boto3().get_object(Bucket="models", Key="lockdown/1/saved_model.pb")["Body"].read()
+    assert got == b"model bytes"
+
+
+def test_the_store_keys_and_certificates_are_private(
+        repo_node: tuple[NodeUnderTest, ObjectStore]) -> None:
+    node, _ = repo_node
+    security = node.root / "etc/appliance/seaweedfs"
+    assert stat.S_IMODE(security.stat().st_mode) == 0o700
+    for name in ("security.toml", "node.key"):
+        assert stat.S_IMODE((security / name).stat().st_mode) == 0o600
+    assert not (security / "ca.key").exists()    # no further certificate can be issued
+    toml = (security / "security.toml").read_text()
+    keys = [line.split('"')[1] for line in toml.splitlines() if line.startswith('key = "')
+            and "/" not in line]
+    assert len(keys) == 4 and len(set(keys)) == 4 and all(len(k) >= 40 for k in keys)
+    logs = "".join(p.read_text(errors="replace") for p in (node.root / "var/log").rglob("*.log"))
+    assert not any(k in logs for k in keys)
+    assert (security / "node.key").read_text().strip().splitlines()[1] not in logs

@@ -23,6 +23,7 @@ from appliance.config import load_config, NodePaths
 from appliance.sources import open_source
 from tests.conftest import Processes, wait_until
 from tests.integration.objectstore_harness import CLI, ObjectStore, objectstore_for_module
+from tests.tfmodels import saved_model_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def make_model(path: Path, seed: int, big: int = 0) -> Path:
     """A version dir: a few small files, and optionally one big file under assets.extra/."""
     rng = __import__("random").Random(seed)
     (path / "variables").mkdir(parents=True)
-    (path / "saved_model.pb").write_bytes(rng.randbytes(4000))
+    (path / "saved_model.pb").write_bytes(saved_model_bytes(4000, seed))
     (path / "variables/variables.index").write_bytes(rng.randbytes(300))
     (path / "variables/variables.data-00000-of-00001").write_bytes(rng.randbytes(12 << 20))
     if big:
@@ -108,6 +109,30 @@ def test_push_with_s3cmd_sync_like_the_user_guide(store: ObjectStore, tmp_path: 
     synced = node.cli("sync", "--once")
     assert synced.returncode == 0, synced.stdout + synced.stderr
     assert digest_tree(node.models / "resnet_s3cmd/1") == digest_tree(tmp_path / "resnet_s3cmd/1")
+
+
+def test_a_garbage_saved_model_pushed_with_s3cmd_is_refused_and_never_installed(
+        store: ObjectStore, tmp_path: Path) -> None:
+    make_model(tmp_path / "garbage/1", seed=9)
+    (tmp_path / "garbage/1/saved_model.pb").write_bytes(b"this is not a SavedModel\n" * 40)
+    result = store.s3cmd("sync", str(tmp_path / "garbage"), f"s3://{store.bucket}/")
+    assert result.returncode == 0, result.stderr
+    node = Node(tmp_path / "node", store, "garbage")
+    synced = node.cli("sync", "--once")
+    out = synced.stdout + synced.stderr
+    assert synced.returncode == 1, out
+    refused = [line for line in out.splitlines() if "REFUSED garbage v1" in line]
+    assert refused, out
+    assert ("it is not a model: saved_model.pb is not a tensorflow.SavedModel protobuf (DecodeError: "
+            "Error parsing message with type 'tensorflow.SavedModel'") in refused[0]
+    assert "sync refused a version" in out and "installed" not in out.split("sync refused")[-1]
+    assert not (node.models / "garbage/1").exists()
+    assert not list((node.models / ".staging").glob("*")), "the download is not left behind"
+    # `models push` says so before uploading anything.
+    pushed = node.cli("models", "push", str(tmp_path / "garbage/1"), "--name", "garbage_push")
+    assert pushed.returncode != 0
+    assert "garbage/1 is not a model version: saved_model.pb is not a tensorflow.SavedModel" in pushed.stderr
+    assert not store.boto3().list_objects_v2(Bucket=store.bucket, Prefix="garbage_push/").get("Contents")
 
 
 def test_sigkill_mid_download_leaves_no_partial_version_and_the_next_run_completes(

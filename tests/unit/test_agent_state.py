@@ -23,11 +23,12 @@ from appliance.membership import MembershipWatch
 from appliance.sources.base import MANIFEST_FORMAT, MANIFEST_SUFFIX
 from appliance.sources.local import LocalSource
 from tests.conftest import free_port, wait_until
+from tests.tfmodels import saved_model_bytes
 
 
 def make_version(path: Path, seed: int) -> Path:
     (path / "variables").mkdir(parents=True)
-    (path / "saved_model.pb").write_bytes(bytes([seed]) * 500)
+    (path / "saved_model.pb").write_bytes(saved_model_bytes(500, seed))
     (path / "variables/variables.index").write_bytes(bytes([seed]) * 300)
     return path
 

@@ -8,7 +8,7 @@ import pytest
 from appliance.modelserver import json_predict as jp
 from appliance.modelserver.json_tensor import make_codec
 from appliance.modelserver.json_text import (format_decimals, format_float32, format_float64,
-                                             json_value_to_string, parse_json_object)
+                                             json_value_to_string, parse_json_object, string_bytes)
 from appliance.modelserver.status import Code, ServingError
 
 
@@ -39,6 +39,14 @@ def error_of(body: bytes | str, **dtypes: str) -> ServingError:
     (b'{"a": [1 2]}', "JSON Parse error: Missing a comma or ']' after an array element. at offset: 9"),
     (b'{"a" 1}', "JSON Parse error: Missing a colon after a name of object member. at offset: 5"),
     (b"[1]", "JSON Value: [\n    1\n] Is not object"),
+    # rapidjson 1.1.0: beyond a double (also what Python's 4,300-digit int limit used to turn into a 500)
+    (b'{"a": [1e999]}', "JSON Parse error: Number too big to be stored in double. at offset: 7"),
+    (b'{"a": -' + b"9" * 5000 + b"}", "JSON Parse error: Number too big to be stored in double. at offset: 6"),
+    (b'{"a": [1.5, ' + b"2" * 400 + b"]}", "JSON Parse error: Number too big to be stored in double. at offset: 12"),
+    (b'{"a": "\xff\\ud800x"}', "JSON Parse error: The surrogate pair in string is invalid. at offset: 8"),
+    (b'{"a": "\\ud800\\u0041"}', "JSON Parse error: The surrogate pair in string is invalid. at offset: 7"),
+    (b'\xef\xbb\xbf{"a": 1e999}', "JSON Parse error: Number too big to be stored in double. at offset: 9"),
+    (b'{"a": [1 2], "b": "\\ud800"}', "JSON Parse error: Missing a comma or ']' after an array element. at offset: 9"),
 ])
 def test_parse_errors(body: bytes, message: str) -> None:
     with pytest.raises(ServingError) as info:
@@ -52,6 +60,24 @@ def test_parse_accepts_nan_infinity_and_ignores_trailing_bytes() -> None:
     doc = parse_json_object(b'{"inputs": [NaN, Infinity, -Infinity]} trailing')
     values = doc["inputs"]
     assert np.isnan(values[0]) and values[1] == float("inf") and values[2] == float("-inf")
+
+
+def test_parse_keeps_rapidjson_strings_numbers_and_first_keys() -> None:
+    """Strings keep the body's bytes (``string_bytes``), a surrogate pair and an escaped backslash
+    stay what they are, big numbers inside a double parse, and the first of a repeated key wins."""
+    doc = parse_json_object(b'{"s": ["\xff\xfe", "\\udc00", "\\ud83d\\ude00", "\\\\ud800"], "n": [1e308, '
+                            + b"1" * 308 + b"]}")
+    assert [string_bytes(s) for s in doc["s"]] == [b"\xff\xfe", b"\xed\xb0\x80", "\U0001f600".encode(), b"\\ud800"]
+    assert doc["n"] == [1e308, int("1" * 308)]
+    for body in (b'{"a": 1, "a": 2, "b": {"c": 3, "c": 4}}', b'{"a": 1, "b": {"c": 3, "c": 4}, "a": 2}'):
+        assert parse_json_object(body) == {"a": 1, "b": {"c": 3}}
+    assert parse_json_object(b'{"i": [{"x": 1, "x": 2}, {"x": 3}], "s": "a:b"}') == {"i": [{"x": 1}, {"x": 3}],
+                                                                                      "s": "a:b"}
+    assert parse_json_object(b'{"i": [[{"b64": "YQ==", "b64": "Yg=="}]]}') == {"i": [[{"b64": "YQ=="}]]}
+    assert parse_json_object(b'{"i": [{"a": 1, "a": 2}, [1, 2, 3]]}') == {"i": [{"a": 1}, [1, 2, 3]]}
+    assert parse_json_object(b'\xef\xbb\xbf {"a": 1}') == {"a": 1}   # a UTF-8 BOM is skipped
+    assert parse_json_object(b'{"i": [[{"a": {}, "b": "a:b"}, []]], "e": []}') == {"i": [[{"a": {}, "b": "a:b"}, []]],
+                                                                                  "e": []}
 
 
 def test_pretty_value_text_matches_rapidjson() -> None:

@@ -19,6 +19,7 @@ from appliance.config import load_config
 from appliance.sources.base import MANIFEST_FORMAT, MANIFEST_SUFFIX
 from appliance.sources.local import LocalSource
 from logviewer import create_app
+from tests.tfmodels import saved_model_bytes
 from tests.unit.test_logviewer_app import MODEL, Site, build_site, login, text
 
 S3 = ["s3.type=seaweedfs", "s3.endpoint=http://127.0.0.1:9", "model.base.path=s3://models",
@@ -45,7 +46,7 @@ def one_cycle(site: Site, tmp_path: Path) -> StateFile:
     for number, payload in ((123, b"same"), (124, b"new"), (125, b"pushed")):
         version = tmp_path / f"src/{number}"
         version.mkdir(parents=True)
-        (version / "saved_model.pb").write_bytes(payload * 100)
+        (version / "saved_model.pb").write_bytes(saved_model_bytes(len(payload) * 100, number))
         repo.push(version, MODEL, str(number))
     listed = repo.versions(MODEL)[125]
     (repo.root / f"{MODEL}/125{MANIFEST_SUFFIX}").write_text(json.dumps({

@@ -167,3 +167,29 @@ def test_batching_with_allowed_sizes_pads_and_trims(onnx_model) -> None:
     # Closed: calls bypass the (drained) queues and reach the closed runtime, which refuses them.
     with pytest.raises(ServingError):
         model.run("serving_default", {"x": np.zeros((1, 1), np.float32)})
+
+
+def test_request_count_names_only_served_models() -> None:
+    """A failed request for a name the server does not serve counts under model_name="" (bounded
+    labels); with no Prometheus page nothing is recorded."""
+    from appliance.modelserver import monitoring
+    from appliance.modelserver.manager import ModelConfig, ModelManager
+    from appliance.runtimes.base import LoadOptions
+
+    manager = ModelManager([ModelConfig(name="served", base_path="/nonexistent")], LoadOptions(), 1.0, 1)
+    count = monitoring.REQUEST_COUNT
+    previous = monitoring._serves
+    monitoring.watch_manager(manager)
+    try:
+        before = count.value("", "NOT_FOUND"), count.value("served", "NOT_FOUND")
+        for name in ("served", "unknown-1", "unknown-2"):
+            monitoring.record_request(name, "predict", "REST", Code.NOT_FOUND, 0.0)
+        assert (count.value("", "NOT_FOUND"), count.value("served", "NOT_FOUND")) == (before[0] + 2, before[1] + 1)
+        assert ("unknown-1", "NOT_FOUND") not in count._cells
+        monitoring.collect(False)
+        monitoring.record_request("served", "predict", "REST", Code.OK, 0.0)
+        monitoring.record_request("unknown-3", "predict", "REST", Code.NOT_FOUND, 0.0)
+        assert count.value("served", "OK") == 0 and count.value("", "NOT_FOUND") == before[0] + 2
+    finally:
+        monitoring.collect(True)
+        monitoring._serves = previous

@@ -19,11 +19,12 @@ from appliance.sources.base import MANIFEST_FORMAT, MANIFEST_SUFFIX, local_files
 from appliance.sources.checksums import BlockHasher, block_count, file_blocks
 from appliance.sources.local import LocalSource
 from appliance.sources.s3 import S3Location, S3Source
+from tests.tfmodels import saved_model_bytes
 
 
 def make_version(path: Path, seed: int) -> Path:
     (path / "variables").mkdir(parents=True)
-    (path / "saved_model.pb").write_bytes(hashlib.sha256(str(seed).encode()).digest() * 100)
+    (path / "saved_model.pb").write_bytes(saved_model_bytes(3200, seed))
     (path / "variables/variables.data").write_bytes(bytes([seed]) * (3 << 20))
     return path
 

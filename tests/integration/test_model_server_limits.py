@@ -1,0 +1,301 @@
+"""The real model server under hostile clients: its memory and connections stay bounded (issue 14).
+
+One server for the module, with short timeouts, a small body budget and a low file limit set by
+flags and ``RLIMIT_NOFILE``. Memory is read from ``/proc/<pid>/status``: ``VmHWM`` (the kernel's
+peak resident set, reset through ``clear_refs`` before each case) against ``VmRSS`` at rest, so
+the bounds hold however the steps are timed. Bounds are stated in the README ("Limits of the
+model server").
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import resource
+import socket
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import requests
+
+from tests import tfmodels
+from tests.conftest import Processes, free_port, wait_until
+
+MiB = 1024 * 1024
+IDLE_SECONDS = 2
+BUDGET = 200 * MiB
+NOFILE = 128
+MODEL = "/v1/models/half_plus_two"
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    grpc_port: int
+    pid: int
+
+    def rss(self) -> int:
+        return _status_field(self.pid, "VmRSS")
+
+    def reset_peak(self) -> int:
+        """Reset the peak resident set to the current one; returns the current one."""
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        return self.rss()
+
+    def peak(self) -> int:
+        return _status_field(self.pid, "VmHWM")
+
+
+def _status_field(pid: int, name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
+
+
+def _low_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, session_processes: Processes) -> Server:
+    grpc_port = free_port()
+    url = tfmodels.serve_test_models(
+        tmp_path_factory.mktemp("limits_models"), session_processes, "model_server_limits.log",
+        [f"--port={grpc_port}", f"--rest_api_idle_timeout_seconds={IDLE_SECONDS}",
+         f"--rest_api_read_timeout_seconds={IDLE_SECONDS}", f"--rest_api_body_budget_bytes={BUDGET}"],
+        only=("half_plus_two",), preexec_fn=_low_file_limit)
+    return Server(url, int(url.rsplit(":", 1)[1]), grpc_port, session_processes.procs[-1].pid)
+
+
+def settle(server: Server) -> int:
+    """The server's resident set once it stops moving (after the previous case's frees)."""
+    samples = [server.rss()]
+    for _ in range(20):
+        time.sleep(0.25)
+        samples.append(server.rss())
+        if abs(samples[-1] - samples[-2]) < 2 * MiB:
+            break
+    return samples[-1]
+
+
+def raw_exchange(server: Server, data: bytes, timeout: float = 30) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def post_raw(server: Server, body: bytes, headers: str = "") -> tuple[int, dict]:
+    """POST ``body`` to half_plus_two's predict on its own connection; (status, JSON body)."""
+    head = (f"POST {MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{headers}"
+            "Connection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=120) as sock:
+        sock.sendall(head)
+        view = memoryview(body)
+        for offset in range(0, len(body), 4 * MiB):
+            sock.sendall(view[offset:offset + 4 * MiB])
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head_text, _, payload = answer.partition(b"\r\n\r\n")
+    return int(head_text.split()[1]), json.loads(payload)
+
+
+def numbers_body(mib: int) -> bytes:
+    """``{"instances":[1.0,1.0,...]}`` of about ``mib`` MiB."""
+    return b'{"instances":[' + b",".join([b"1.0"] * (mib * MiB // 4)) + b"]}"
+
+
+def grpc_predict(channel: grpc.Channel) -> float:
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].dtype = 1  # DT_FLOAT
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    request.inputs["x"].float_val.append(2.0)
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    return response.outputs["y"].float_val[0]
+
+
+# ------------------------------------------------------------------ connections
+
+
+def test_pipelining_without_reading_holds_bounded_memory(server: Server) -> None:
+    """A client that pipelines metadata GETs and never reads: the server stops reading once its
+    write buffer is full, so RSS stays bounded; others are answered; it falls back after."""
+    base = settle(server)
+    server.reset_peak()
+    batch = f"GET {MODEL}/metadata HTTP/1.1\r\nHost: x\r\n\r\n".encode() * 2000
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setblocking(False)
+    sent, answered = 0, 0
+    deadline = time.monotonic() + 4
+    try:
+        while time.monotonic() < deadline:
+            try:
+                sent += sock.send(batch)
+            except BlockingIOError:
+                time.sleep(0.05)
+                r = requests.get(server.url + MODEL, timeout=10)  # another client is answered meanwhile
+                answered += r.status_code == 200
+            except OSError:
+                break  # the server gave up on a client that does not read (idle timeout)
+    finally:
+        sock.close()
+    peak = server.peak() - base
+    print(f"pipelined {sent / MiB:.1f} MiB of GETs; server peak RSS over rest: {peak / MiB:.0f} MiB")
+    assert answered > 0
+    assert peak < 100 * MiB
+    wait_until(lambda: server.rss() < base + 30 * MiB, timeout=30, what="RSS back near its resting level")
+
+
+def test_idle_connections_past_the_file_limit_are_closed(server: Server) -> None:
+    """More idle connections than the server's file limit: they are closed after the idle timeout
+    and REST and gRPC (an existing channel and a new one) keep answering."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    try:
+        assert grpc_predict(channel) == 3.0
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(NOFILE + 40)]
+        try:
+            def all_closed() -> bool:
+                for sock in idle:
+                    sock.setblocking(False)
+                    try:
+                        if sock.recv(1, socket.MSG_PEEK) != b"":
+                            return False
+                    except BlockingIOError:
+                        return False
+                    except ConnectionResetError:
+                        pass
+                return True
+            wait_until(all_closed, timeout=60, interval=0.5, what="the server to close idle connections")
+        finally:
+            for sock in idle:
+                sock.close()
+        assert requests.get(server.url + MODEL, timeout=30).status_code == 200
+        assert grpc_predict(channel) == 3.0
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as fresh:
+            assert grpc_predict(fresh) == 3.0
+    finally:
+        channel.close()
+
+
+def test_a_stalled_request_gets_408_and_is_closed(server: Server) -> None:
+    started = time.monotonic()
+    answer = raw_exchange(server, f"POST {MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{"
+                          .encode())
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert b'{"error": "Timed out reading the request"}' in answer
+    assert time.monotonic() - started < 30
+    assert raw_exchange(server, f"GET {MODEL} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+                        ).startswith(b"HTTP/1.1 200")
+
+
+def test_headers_trickling_in_get_408_after_the_read_timeout(server: Server) -> None:
+    """Slowloris: a header byte every half second keeps the connection busy but never completes."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(f"GET {MODEL} HTTP/1.1\r\n".encode())
+        answer = b""
+        for _ in range(60):
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                break
+            time.sleep(0.5)
+            sock.setblocking(False)
+            try:
+                answer += sock.recv(4096)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            finally:
+                sock.setblocking(True)
+            if answer:
+                break
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert time.monotonic() - started < 20
+
+
+def test_head_answers_headers_only(server: Server) -> None:
+    answer = raw_exchange(server, f"HEAD {MODEL} HTTP/1.1\r\nHost: x\r\n\r\n"
+                                  f"GET {MODEL} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 ") and b"Content-Length: " in head
+    assert rest.startswith(b"HTTP/1.1 200 OK\r\n")  # no body between the two answers
+
+
+# ------------------------------------------------------------------ bodies
+
+
+@pytest.mark.parametrize("length", [3 * 1024 ** 3, 2 ** 40])
+def test_oversized_content_length_gets_413_at_once_without_100_continue(server: Server, length: int) -> None:
+    answer = raw_exchange(server, f"POST {MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                                  "Expect: 100-continue\r\n\r\n".encode(), timeout=10)
+    assert b"100 Continue" not in answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 Payload Too Large\r\n") and b"Connection: close" in head
+    assert json.loads(body) == {"error": "Request body larger than 2147483647 bytes"}
+
+
+def test_gzip_past_100_mib_inflated_is_an_empty_body(server: Server) -> None:
+    """TF Serving stops inflating at 100 MiB and hands its handler an empty body: 400."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    piece = b"1.0," * (MiB // 4)
+    parts = [packer.compress(b'{"instances":[')] + [packer.compress(piece) for _ in range(101)]
+    body = b"".join(parts + [packer.compress(b"1.0]}"), packer.flush()])
+    base = settle(server)
+    server.reset_peak()
+    status, payload = post_raw(server, body, "Content-Encoding: gzip\r\n")
+    assert (status, payload) == (400, {"error": "JSON Parse error: The document is empty"})
+    print(f"{len(body) / 1024:.0f} KiB gzip of 101 MiB: server peak RSS over rest {(server.peak() - base) / MiB:.0f} MiB")
+    assert server.peak() - base < 300 * MiB
+    small = gzip.compress(b'{"instances": [1.0, 2.0]}')
+    assert post_raw(server, small, "Content-Encoding: gzip\r\n") == (200, {"predictions": [2.5, 3.0]})
+
+
+def test_90_mib_of_numbers_decodes_within_1_gb(server: Server) -> None:
+    """~23.6M float values: neither the decoder nor the response's encoder holds a Python object per
+    value (the tensor is 90 MiB, the answer 112 MiB of text)."""
+    body = numbers_body(90)
+    base = settle(server)
+    server.reset_peak()
+    status, payload = post_raw(server, body)
+    peak = server.peak() - base
+    print(f"90 MiB of numbers: {status} {str(payload)[:120]}; server peak RSS over rest {peak / MiB:.0f} MiB")
+    assert status == 200 and len(payload["predictions"]) == 23592960 and payload["predictions"][-1] == 2.5
+    assert peak <= 1000 * MiB
+
+
+def test_four_concurrent_large_bodies_stay_within_the_budget(server: Server) -> None:
+    """Four 90 MiB bodies at once against a 200 MiB budget: two fit, the others get 429 at once."""
+    body = numbers_body(90)
+    base = settle(server)
+    server.reset_peak()
+    results: list[tuple[int, dict]] = []
+    threads = [threading.Thread(target=lambda: results.append(post_raw(server, body))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    peak = server.peak() - base
+    print(f"four 90 MiB bodies: {sorted(s for s, _ in results)}; server peak RSS over rest {peak / MiB:.0f} MiB")
+    assert len(results) == 4 and {status for status, _ in results} <= {200, 429}
+    assert any(status == 200 for status, _ in results)
+    for status, payload in results:
+        if status == 429:
+            assert payload == {"error": f"Request bodies in flight would exceed the server's budget of "
+                                        f"{BUDGET} bytes; retry later"}
+    assert peak <= 3 * BUDGET + 300 * MiB

@@ -1,0 +1,77 @@
+"""The agent's cheap check that a version directory holds a model (appliance/modelfiles.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance import modelfiles
+from appliance.modelfiles import NotAModel, check_version
+from tests.conftest import REPO, TFS_TESTDATA
+from tests.tfmodels import saved_model_bytes
+
+
+def _version(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    return tmp_path
+
+
+@pytest.mark.parametrize("data,why", [
+    (b"not a SavedModel", "saved_model.pb is not a tensorflow.SavedModel protobuf (DecodeError: Error parsing "
+                          "message with type 'tensorflow.SavedModel'"),
+    (b"\x08\x01", "saved_model.pb parses as tensorflow.SavedModel but it holds no MetaGraphDef"),
+    (b"", "saved_model.pb parses as tensorflow.SavedModel but it holds no MetaGraphDef"),
+])
+def test_a_saved_model_that_does_not_parse_is_not_a_model(tmp_path: Path, data: bytes, why: str) -> None:
+    with pytest.raises(NotAModel) as err:
+        check_version(_version(tmp_path, {"saved_model.pb": data, "variables/variables.index": b"x"}))
+    assert str(err.value).startswith(why)
+
+
+def test_saved_models_onnx_models_and_neither(tmp_path: Path) -> None:
+    check_version(_version(tmp_path / "pb", {"saved_model.pb": saved_model_bytes(100)}))
+    check_version(_version(tmp_path / "txt", {"saved_model.pbtxt": b"meta_graphs { meta_info_def { tags: 'serve' } }"}))
+    with pytest.raises(NotAModel, match="saved_model.pbtxt is not a tensorflow.SavedModel protobuf"):
+        check_version(_version(tmp_path / "badtxt", {"saved_model.pbtxt": b"meta_graphs {"}))
+    with pytest.raises(NotAModel, match=r"^neither saved_model.pb \(a TensorFlow SavedModel\) nor model.onnx"):
+        check_version(_version(tmp_path / "none", {"variables/variables.index": b"x"}))
+    onnx = pytest.importorskip("onnx")
+    from tests import onnxmodels
+
+    onnxmodels.build(tmp_path / "onnx", {"m": {1: onnxmodels.half_plus(2.0)}})
+    check_version(tmp_path / "onnx/m/1")
+    with pytest.raises(NotAModel, match="model.onnx is not a onnx.ModelProto protobuf"):
+        check_version(_version(tmp_path / "badonnx", {"model.onnx": b"\xff\xff garbage"}))
+    empty = onnx.ModelProto(ir_version=8).SerializeToString()
+    with pytest.raises(NotAModel, match="model.onnx parses as onnx.ModelProto but it holds no graph"):
+        check_version(_version(tmp_path / "nograph", {"model.onnx": empty}))
+
+
+@pytest.mark.skipif(not TFS_TESTDATA.is_dir(), reason="TF Serving testdata not present")
+def test_tf_servings_own_test_models_pass() -> None:
+    for version in TFS_TESTDATA.glob("saved_model_half_plus_*/*"):
+        if (version / "saved_model.pb").is_file():
+            check_version(version)
+
+
+def test_without_the_schema_the_wire_format_is_checked(tmp_path: Path) -> None:
+    assert modelfiles.message_class("no_such_package_here", "x/y.proto", "x.Y") is None
+    modelfiles._check_wire(saved_model_bytes(50), (2,), "not a model")
+    with pytest.raises(NotAModel, match="not a model"):
+        modelfiles._check_wire(b"not a SavedModel", (2,), "not a model")
+    with pytest.raises(NotAModel, match="field 7 is missing"):
+        modelfiles._check_wire(b"\x08\x01", (7,), "not a model")
+
+
+def test_the_check_does_not_import_tensorflow(tmp_path: Path) -> None:
+    """Importing TF's saved_model_pb2 imports all of TensorFlow (seconds, ~670 MB): the agent must not."""
+    (tmp_path / "saved_model.pb").write_bytes(saved_model_bytes(64))
+    script = ("import sys\nfrom pathlib import Path\nfrom appliance.modelfiles import check_version\n"
+              f"check_version(Path({str(tmp_path)!r}))\n"
+              "assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'onnx')], 'imported'\n")
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, timeout=60)
