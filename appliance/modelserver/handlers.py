@@ -16,10 +16,11 @@ import re
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
 from appliance.modelserver import json_numbers, json_predict
+from appliance.modelserver.budget import BodyBudget, charging
 from appliance.modelserver.inline import runs_inline
 from appliance.modelserver.json_tensor import InputCodec, make_codec
 from appliance.modelserver import monitoring
@@ -65,6 +66,7 @@ class RestApi:
         self.executor = executor
         self.extra_headers = CORS_HEADERS if enable_cors else ()
         self.metrics_path = metrics_path  # Prometheus page, registered as an exact URI like TF's
+        self.budget: BodyBudget | None = None  # the REST server's; JSON decoding is charged to it
 
     async def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
         if path == self.metrics_path:
@@ -178,12 +180,17 @@ class RestApi:
             from appliance.modelserver.examples import classify_or_regress
 
             return await asyncio.get_running_loop().run_in_executor(
-                self.executor, classify_or_regress, self, verb, name, version, label, body)
+                self.executor, self._charged, classify_or_regress, self, verb, name, version, label, body)
         state = self._inline(name, version, label, len(body))
         if state is not None:
             return self._predict(name, version, label, body, state)
         return await asyncio.get_running_loop().run_in_executor(
-            self.executor, self._predict, name, version, label, body)
+            self.executor, self._charged, self._predict, name, version, label, body)
+
+    def _charged(self, work: Callable[..., bytes], *args: Any) -> bytes:
+        """``work(*args)`` in a pool thread, its JSON decoding charged to the body budget."""
+        with charging(self.budget):
+            return work(*args)
 
     def _inline(self, name: str, version: str | None, label: str | None, body_size: int) -> VersionState | None:
         """The version to run on the event loop (inline.py), or None. A lookup error here just means

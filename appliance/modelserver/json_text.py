@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from appliance.modelserver.budget import charge_decode
 from appliance.modelserver.status import invalid_argument
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -50,6 +51,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     """Parse a request body as ``json_tensor.cc ParseJson`` does; raise its exact errors."""
     if not body:
         raise invalid_argument("JSON Parse error: The document is empty")
+    charge_decode(body)
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -32,6 +32,7 @@ from typing import Any
 
 import httptools
 
+from appliance.modelserver.budget import BodyBudget
 from appliance.modelserver.handlers import RestApi, Response, error_body
 
 log = logging.getLogger(__name__)
@@ -58,25 +59,6 @@ class RestLimits:
     idle_timeout: float = 50.0          # keep-alive connection with nothing to do, or not reading
     read_timeout: float = 50.0          # a started request: headers complete, body keeps arriving
     gzip_max_inflated: int = GZIP_MAX_INFLATED
-
-
-class BodyBudget:
-    """Bytes of request bodies in memory across every connection of one server."""
-
-    __slots__ = ("limit", "used")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-    def take(self, size: int) -> bool:
-        if self.used + size > self.limit:
-            return False
-        self.used += size
-        return True
-
-    def give(self, size: int) -> None:
-        self.used -= size
 
 
 class _Request:
@@ -452,6 +434,7 @@ async def start_rest_server(api: RestApi, host: str, port: int, limits: RestLimi
     """Listen on ``host:port``; returns the ``asyncio.Server``."""
     loop = asyncio.get_running_loop()
     state = _ServerState(limits)
+    api.budget = state.budget   # decoding large JSON bodies is charged to it too (budget.py)
     server = await loop.create_server(lambda: HttpProtocol(api, state), host, port, reuse_address=True,
                                       backlog=1024)
     state.start(loop)

@@ -306,3 +306,28 @@ def test_four_concurrent_large_bodies_stay_within_the_budget(server: Server) -> 
                                         f"{BUDGET} bytes; retry later"}
     # README: numbers cost about 8x their body, answer included; the budget admits two at once.
     assert peak <= 10 * BUDGET
+
+
+def test_json_that_decodes_into_objects_is_charged_to_the_budget_first(server: Server) -> None:
+    """Bodies the numeric decoder does not take (rows of objects, an invalid array) become Python
+    objects at 12-30x their size: the decode's estimated cost is taken from the budget before any
+    object is made, so one that can never fit gets 413 and the server's memory does not move."""
+    row = b'{"x": 1.0}'
+    rows = b'{"instances":[' + b",".join([row] * (30 * MiB // len(row))) + b"]}"
+    truncated = numbers_body(20)[:-2] + b",]}"
+    for body in (rows, truncated):
+        base = settle(server)
+        server.reset_peak()
+        status, payload = post_raw(server, body)
+        peak = server.peak() - base
+        print(f"{len(body) / MiB:.0f} MiB decoded as objects: {status} {payload}; peak RSS over rest {peak / MiB:.0f} MiB")
+        assert status == 413, payload
+        assert payload["error"].startswith(f"Decoding this JSON body ({len(body)} bytes) takes about ")
+        assert f"more than the server's REST body budget of {BUDGET} bytes" in payload["error"]
+        # Decoded as objects these would take ~0.9 and ~1.3 GB; refused, the body and the numeric
+        # decoder's attempt on the truncated one (it declines at the end) peak at ~160 MiB.
+        assert peak < 300 * MiB
+    # One that fits is decoded and answered as before (about 1.5 MiB of rows: ~47 MB charged).
+    fitting = b'{"instances":[' + b",".join([row] * (150 * 1024)) + b"]}"
+    status, payload = post_raw(server, fitting, parse=False)
+    assert status == 200 and json.loads(payload)["predictions"][:2] == [2.5, 2.5]
