@@ -90,12 +90,16 @@ def read_cluster_view(admin_port: int) -> tuple[str, list[Cluster]]:
 
 
 def unhealthy_of(admin_port: int, addresses: list[str]) -> list[str]:
-    """Which of ``addresses`` this Envoy does not yet route to in every upstream cluster.
+    """Which of ``addresses`` this Envoy does not yet route to in every model server cluster.
 
-    An address counts as in rotation once each cluster lists it HEALTHY; a node whose Envoy
-    admin does not answer has every address still pending.
+    An address counts as in rotation once each of those clusters lists it HEALTHY (a repo
+    node's ``objectstore`` cluster is not one of them); a node whose Envoy admin does not
+    answer has every address still pending.
     """
+    from .membership import CLUSTERS
+
     _, clusters = read_cluster_view(admin_port)
+    clusters = [c for c in clusters if c.name in CLUSTERS]
     if not clusters:
         return list(addresses)
     healthy = [{h.address.rsplit(":", 1)[0] for h in c.hosts if h.health == "HEALTHY"}

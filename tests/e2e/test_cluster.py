@@ -324,16 +324,29 @@ def test_nodes_join_and_leave_under_load_without_losing_a_request(cluster: Clust
 # ----------------------------------------------------------------------------- a failed deploy
 
 
-def _node_cli(node: devcluster.DevNode, *args: str) -> "subprocess.CompletedProcess":
-    import subprocess
-
+def _node_cli(node: devcluster.DevNode, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(CLI + ["--root", node.root, *args], capture_output=True, text=True, timeout=300)
 
 
-def _server_states(cluster: Cluster, node: devcluster.DevNode) -> dict[int, str]:
-    url = f"http://{node.address}:{cluster.ports['serving.rest.port']}/v1/models/{MODEL}"
-    rows = requests.get(url, timeout=5).json()["model_version_status"]
-    return {int(r["version"]): r["state"] for r in rows}
+def _cli_ok(node: devcluster.DevNode, *args: str) -> str:
+    result = _node_cli(node, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _server_states(cluster: Cluster, node: devcluster.DevNode, model: str = MODEL) -> dict[int, str]:
+    """version -> state on the node's model server; empty while it does not know the model."""
+    url = f"http://{node.address}:{cluster.ports['serving.rest.port']}/v1/models/{model}"
+    resp = requests.get(url, timeout=5)
+    if resp.status_code != 200:
+        return {}
+    return {int(r["version"]): r["state"] for r in resp.json()["model_version_status"]}
+
+
+def _built(cluster: Cluster) -> Path:
+    from appliance.builtin_models import version_dir
+
+    return version_dir(cluster.base / "builtin-models", MODEL)
 
 
 def _everywhere(cluster: Cluster, want: Callable[[dict[int, str]], bool]) -> bool:
@@ -343,13 +356,12 @@ def _everywhere(cluster: Cluster, want: Callable[[dict[int, str]], bool]) -> boo
 def test_a_failed_version_is_quarantined_on_every_node_also_after_down_and_up(
         cluster: Cluster, tmp_path: Path) -> None:
     """Issue 12: a version above the served one that fails to load never becomes an outage."""
-    from appliance.builtin_models import version_dir
     from tests.tfmodels import saved_model_bytes
 
     nodes = devcluster.load(cluster.base)
     serving = [n for n in nodes if n.role == "serving"]
     pusher = serving[0]
-    good = version_dir(cluster.base / "builtin-models", MODEL)
+    good = _built(cluster)
     # A SavedModel proto without a graph: the agent's cheap check passes, the load fails.
     broken = tmp_path / "broken"
     (broken / "variables").mkdir(parents=True)
@@ -491,27 +503,6 @@ def test_a_frozen_object_store_does_not_hold_up_a_membership_edit(cluster: Clust
     assert hung < 40, "bounded by the calls' deadlines (boto's defaults: 60 s per attempt)"
 
 
-def _cli_ok(node: devcluster.DevNode, *args: str, timeout: float = 300) -> str:
-    result = subprocess.run(CLI + ["--root", node.root, *args], capture_output=True, text=True,
-                            timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def _built(cluster: Cluster) -> Path:
-    from appliance.builtin_models import version_dir
-
-    return version_dir(cluster.base / "builtin-models", MODEL)
-
-
-def _versions(cluster: Cluster, node: devcluster.DevNode, model: str) -> dict[int, str]:
-    url = f"http://{node.address}:{cluster.ports['serving.rest.port']}/v1/models/{model}"
-    resp = requests.get(url, timeout=5)
-    if resp.status_code != 200:
-        return {}
-    return {int(v["version"]): v["state"] for v in resp.json()["model_version_status"]}
-
-
 def test_a_version_pushed_when_the_repo_node_returns_serves_within_two_intervals(
         cluster: Cluster) -> None:
     """The repo node stopped for several failed cycles (the old backoff would have grown to 16 s
@@ -519,7 +510,7 @@ def test_a_version_pushed_when_the_repo_node_returns_serves_within_two_intervals
     interval = 2.0                     # sync.interval.seconds of this module's cluster
     repo = cluster.node("repo-1")
     serving = [n for n in devcluster.load(cluster.base) if n.role == "serving"]
-    current = max(_versions(cluster, serving[0], MODEL))
+    current = max(_server_states(cluster, serving[0]))
     stopped_at = time.monotonic()
     _cli_ok(repo, "down")
     wait_until(lambda: all(_agent_state(n)["last_cycle"]["failures_in_a_row"] >= 4
@@ -537,7 +528,7 @@ def test_a_version_pushed_when_the_repo_node_returns_serves_within_two_intervals
         if not installed_at and all((Path(n.root) / "data/models" / MODEL / str(current + 1)).is_dir()
                                     for n in serving):
             installed_at.append(time.monotonic())
-        return all(_versions(cluster, n, MODEL).get(current + 1) == "AVAILABLE" for n in serving)
+        return all(_server_states(cluster, n).get(current + 1) == "AVAILABLE" for n in serving)
     wait_until(served, timeout=60, interval=0.05, what=f"v{current + 1} AVAILABLE on every node")
     seconds = time.monotonic() - pushed_at
     installed = (installed_at or [time.monotonic()])[0] - pushed_at
@@ -577,7 +568,7 @@ def test_a_model_added_under_load_costs_no_404(cluster: Cluster) -> None:
                for n in nodes[1:]]
         outputs = [(p.communicate(timeout=300)[0], p.returncode) for p in ups]
         added_at = time.monotonic()
-        wait_until(lambda: all(_versions(cluster, n, new).get(1) == "AVAILABLE" for n in serving),
+        wait_until(lambda: all(_server_states(cluster, n, new).get(1) == "AVAILABLE" for n in serving),
                    timeout=60, what=f"{new} AVAILABLE on every serving node")
         time.sleep(1)
     retried = _stats(entry, r"cluster\.model_server_(rest|grpc)\.upstream_rq_retry$")
