@@ -184,6 +184,24 @@ def test_grpc_predict_through_envoy(node: NodeUnderTest) -> None:
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_config_reload_through_envoy_is_refused(node: NodeUnderTest) -> None:
+    """HandleReloadConfigRequest would reconfigure whichever model server it reached, for anyone
+    who can reach the public port: Envoy answers PERMISSION_DENIED and the models keep serving."""
+    import grpc
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    request = model_management_pb2.ReloadConfigRequest()
+    request.config.model_config_list.config.add(name="other", base_path="/tmp/other", model_platform="tensorflow")
+    with grpc.insecure_channel(f"{node.address}:{node.grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=30)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "set models in appliance.yaml" in err.value.details()
+    answer = requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict",
+                           json={"instances": [1.0]}, timeout=30)
+    assert answer.json() == {"predictions": [2.5]}
+
+
 def test_membership_follows_the_config_file_and_cluster_commands(node: NodeUnderTest) -> None:
     """Editing cluster.members in the config file is all a user does: the agent re-points Envoy
     (no restart); `appliance cluster remove-node` takes a member out again."""
