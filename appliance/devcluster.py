@@ -160,7 +160,7 @@ def add_serving(base: Path, progress: Callable[[str], None] = print) -> DevNode:
     live = _live_nodes([n for n in nodes if n is not node], progress)
     for other in nodes:
         if other is not node:
-            _change_members(other, "add-node", node.address, other in live)
+            _change_members(other, "add-node", node.address, other in live, progress)
     wait_in_rotation(live + [node], [node.address], progress)
     progress(f"{node.name} joined: every running node balances over it")
     return node
@@ -179,7 +179,7 @@ def remove_serving(base: Path, name: str, progress: Callable[[str], None] = prin
     live = _live_nodes([n for n in nodes if n is not node], progress)
     for other in nodes:
         if other is not node:
-            _change_members(other, "remove-node", node.address, other in live)
+            _change_members(other, "remove-node", node.address, other in live, progress)
     for other in live:
         _wait_gone_from_envoy(other, node.address)
     _check(_cli(Path(node.root), "down", timeout=300), f"stopping {name}")
@@ -200,15 +200,16 @@ def _live_nodes(nodes: list[DevNode], progress: Callable[[str], None]) -> list[D
     return live
 
 
-def _change_members(node: DevNode, action: str, address: str, running: bool) -> None:
+def _change_members(node: DevNode, action: str, address: str, running: bool,
+                    progress: Callable[[str], None]) -> None:
     """``cluster add-node|remove-node`` on one node; a node that is down only has its config
     file changed, and a failure there is reported, not raised."""
     result = _cli(Path(node.root), "cluster", action, address)
     if running:
         _check(result, f"{action} on {node.name}")
     elif result.returncode != 0:
-        print(f"{node.name} is down and its config was not changed ({action} {address}): "
-              f"{(result.stderr or result.stdout).strip()[-500:]}")
+        progress(f"{node.name} is down and its config was not changed ({action} {address}): "
+                 f"{(result.stderr or result.stdout).strip()[-500:]}")
 
 
 def wait_in_rotation(nodes: list[DevNode], addresses: list[str],

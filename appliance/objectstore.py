@@ -154,7 +154,10 @@ def seaweedfs_command(config: Config, paths: NodePaths, creds: Credentials,
            "-s3.port.lance=0",
            "-master.telemetry=false", "-volume.max=0", "-master.volumeSizeLimitMB=1024",
            "-volume.preStopSeconds=0"]
-    return cmd, {}
+    # weed looks for its other config files (filer.toml, ...) in -config_dir, ., $HOME/.seaweedfs,
+    # then /usr/local/etc and /etc/seaweedfs: "." (the data dir, see run_objectstore) and HOME
+    # are under the node, so no user's ~/.seaweedfs changes the store.
+    return cmd, {"HOME": str(security)}
 
 
 def seaweedfs_sockets(config: Config) -> list[Path]:
@@ -246,7 +249,7 @@ def run_objectstore(config: Config, paths: NodePaths) -> int:
     which, cmd, extra_env = server_command(config, paths, creds)
     log.info("starting %s: S3 API at %s (through Envoy; the store on %s), data in %s", which,
              endpoint(config), store_endpoint(config), data_dir(config, paths))
-    proc = subprocess.Popen(cmd, env={**os.environ, **extra_env})
+    proc = subprocess.Popen(cmd, env={**os.environ, **extra_env}, cwd=data_dir(config, paths))
     stopping: list[float] = []
 
     def forward(signum: int, _frame: object) -> None:

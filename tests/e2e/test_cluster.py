@@ -624,9 +624,17 @@ def test_add_and_remove_node_with_a_node_dead_succeed_and_name_it(cluster: Clust
     assert f"serving-2 ({dead.address}) is down" in added.stdout
     new = devcluster.load(cluster.base)[-1]
     assert envoy_hosts(cluster.node("serving-1")).get(new.address) == "HEALTHY"
+    assert new.address in _members_in_config(dead)   # applied when the node starts again
     removed = subprocess.run(dev + ["remove-node", new.name], capture_output=True, text=True,
                              timeout=300)
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert f"serving-2 ({dead.address}) is down" in removed.stdout
     assert new.address not in envoy_hosts(cluster.node("serving-1"))
     assert dead.address in envoy_hosts(cluster.node("serving-1"))   # only the asked-for change
+    assert new.address not in _members_in_config(dead)
+
+
+def _members_in_config(node: devcluster.DevNode) -> str:
+    import yaml
+
+    return yaml.safe_load((Path(node.root) / "etc/appliance/appliance.yaml").read_text())["cluster.members"]
