@@ -26,12 +26,15 @@ import os
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import config_pb2
 
 from appliance.modelserver.status import Code, ServingError
 from appliance.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
+from appliance.tfdevices import import_tensorflow
+
+tf = import_tensorflow()  # this module is imported when the first TF model loads
+
+from tensorflow.core.framework import types_pb2  # noqa: E402 - after TF's quiet import
+from tensorflow.core.protobuf import config_pb2  # noqa: E402
 
 log = logging.getLogger(__name__)
 
