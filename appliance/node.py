@@ -27,10 +27,29 @@ from .config import (EFFECTIVE, Config, NodePaths, build, effective_values, loca
 from .envoy_admin import read_cluster_view, unhealthy_of
 from .errors import ApplianceError, SupervisorError
 from .localhttp import get_text
-from .supervision import ProcessInfo, Supervisor
+from .supervision import ProcessInfo, Supervisor, pid_alive
 
 log = logging.getLogger(__name__)
 
+
+
+def running_roots(exclude: Path) -> list[Path]:
+    """Node roots with a live supervisord among the usual places: the default root /, ./.node
+    (where scripts/run.sh puts it) and the checkout's .node -- what a forgotten --root or
+    APPLIANCE_ROOT most likely meant."""
+    checkout = Path(__file__).resolve().parents[1]
+    found: list[Path] = []
+    for root in (Path("/"), Path.cwd() / ".node", checkout / ".node"):
+        root = root.resolve()
+        if root == exclude.resolve() or root in found:
+            continue
+        try:
+            pid = int((NodePaths(root).run / "supervisord.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(pid):
+            found.append(root)
+    return found
 
 
 class Node:
@@ -53,8 +72,12 @@ class Node:
         try:
             values = yaml.safe_load(effective.read_text(encoding="utf-8"))
         except OSError:
+            elsewhere = running_roots(exclude=paths.root)
+            hint = (f"; a node is running under {elsewhere[0]}: pass `--root {elsewhere[0]}` or "
+                    f"`export APPLIANCE_ROOT={elsewhere[0]}`" if elsewhere else
+                    "; run `appliance up` first")
             raise ApplianceError(f"no node was started under {paths.root} "
-                                 f"({effective} is missing); run `appliance up` first") from None
+                                 f"({effective} is missing){hint}") from None
         return cls(build(values), paths)
 
     # ------------------------------------------------------------------ up
