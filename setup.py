@@ -9,8 +9,11 @@ setup(
     version="0.1.0",
     description="TF-Serving-compatible model serving appliance behind Envoy",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["appliance", "appliance.*", "logviewer", "logviewer.*"]),
-    package_data={"": ["*.j2"], "logviewer": ["templates/*.html", "static/*"]},
+    # The logviewer's static/ and templates/ are data directories, listed as packages so that
+    # setuptools installs them without its "Package would be ignored" warning.
+    packages=find_packages(include=["appliance", "appliance.*", "logviewer", "logviewer.*"])
+    + ["logviewer.static", "logviewer.templates"],
+    package_data={"": ["*.j2"], "logviewer.static": ["*"], "logviewer.templates": ["*.html"]},
     include_package_data=True,
     # Templates live at the top of the checkout (envoy/, supervisor/); an installed copy finds
     # them under <prefix>/share/appliance (see appliance.render.template_dirs).

@@ -168,7 +168,8 @@ def _dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
     if args.command == "validate-config":
         config = _config(args, paths)
         for key, value in effective_values(config).items():
-            print(f"{key} = {value}")
+            # Booleans as the YAML file spells them (true/false), not Python's True/False.
+            print(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
         print("config is valid")
         return 0
     if args.command == "render":

@@ -210,6 +210,11 @@ def _size(size: int) -> str:
 def sync_once(config: Config, paths: NodePaths) -> int:
     from .agent import build_syncer
 
+    if config.s3.type == "none":  # not a mistake: a local store is served as it is
+        print(f"nothing to sync: s3.type is none, so models are served from local disk "
+              f"({local_store(config, paths)}) as they are; a repository is s3.type minio, s3, "
+              "qingstor or seaweedfs")
+        return 0
     if not logging.getLogger().handlers or logging.getLogger().level > logging.INFO:
         _logging_to_stdout()
     syncer = build_syncer(config, paths)

@@ -21,15 +21,35 @@ import yaml
 
 from . import membership, render
 from .atomic import write_atomic
+from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import (EFFECTIVE, Config, NodePaths, build, effective_values, local_store,
                      record_sources)
 from .envoy_admin import read_cluster_view, unhealthy_of
 from .errors import ApplianceError, SupervisorError
 from .localhttp import get_text
-from .supervision import ProcessInfo, Supervisor
+from .supervision import ProcessInfo, Supervisor, pid_alive
 
 log = logging.getLogger(__name__)
 
+
+
+def running_roots(exclude: Path) -> list[Path]:
+    """Node roots with a live supervisord among the usual places: the default root /, ./.node
+    (where scripts/run.sh puts it) and the checkout's .node -- what a forgotten --root or
+    APPLIANCE_ROOT most likely meant."""
+    checkout = Path(__file__).resolve().parents[1]
+    found: list[Path] = []
+    for root in (Path("/"), Path.cwd() / ".node", checkout / ".node"):
+        root = root.resolve()
+        if root == exclude.resolve() or root in found:
+            continue
+        try:
+            pid = int((NodePaths(root).run / "supervisord.pid").read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(pid):
+            found.append(root)
+    return found
 
 
 class Node:
@@ -52,8 +72,12 @@ class Node:
         try:
             values = yaml.safe_load(effective.read_text(encoding="utf-8"))
         except OSError:
+            elsewhere = running_roots(exclude=paths.root)
+            hint = (f"; a node is running under {elsewhere[0]}: pass `--root {elsewhere[0]}` or "
+                    f"`export APPLIANCE_ROOT={elsewhere[0]}`" if elsewhere else
+                    "; run `appliance up` first")
             raise ApplianceError(f"no node was started under {paths.root} "
-                                 f"({effective} is missing); run `appliance up` first") from None
+                                 f"({effective} is missing){hint}") from None
         return cls(build(values), paths)
 
     # ------------------------------------------------------------------ up
@@ -109,7 +133,9 @@ class Node:
 
     def supervisord_cmd(self, foreground: bool) -> list[str]:
         cmd = [render.find_binary("supervisord"), "-c", str(self.paths.run / "supervisord.conf")]
-        return cmd + ["-n"] if foreground else cmd
+        # In the foreground, -s keeps supervisord's log in supervisord.log only: the terminal
+        # shows `up`'s own progress and its closing lines, not process state changes.
+        return cmd + ["-n", "-s"] if foreground else cmd
 
     def up(self, foreground: bool = False, timeout: float = 600.0,
            progress: Callable[[str], None] = print) -> None:
@@ -120,6 +146,7 @@ class Node:
         if self.supervisor.is_running():
             self._apply_changes(changed, progress)
             self.wait_ready(timeout, progress)
+            self.show_next_steps(progress)
             return
         if foreground:
             self._run_foreground(timeout, progress)
@@ -128,6 +155,26 @@ class Node:
         if proc.returncode != 0:
             raise SupervisorError(f"supervisord failed to start: {proc.stderr.strip() or proc.stdout}")
         self.wait_ready(timeout, progress)
+        self.show_next_steps(progress)
+
+    def show_next_steps(self, progress: Callable[[str], None] = print) -> None:
+        """The closing lines of `up`: a request to try, and where the log browser and its password are."""
+        host = self.config.connect_address()
+        if self.config.node.role == "serving":
+            model = self.config.model.default
+            base = f"http://{host}:{self.config.http_port}/v1/models/{model}"
+            if model == HALF_PLUS_TWO:
+                progress(f"try:  curl -d '{{\"instances\": [1.0, 2.0, 5.0]}}' -X POST {base}:predict")
+            else:
+                progress(f"try:  curl {base}/metadata    (its signature: what :predict takes)")
+        if self.config.logviewer.enabled:
+            from logviewer import credentials
+
+            initial = credentials.initial_password_file(self.paths.etc)
+            where = (f"in {initial} (read it, log in, then delete it)" if initial.exists() else
+                     "the one printed at the first start")
+            progress(f"logs: http://{host}:{self.config.logviewer.port}/  password: {where}; "
+                     f"`appliance --root {self.paths.root} logviewer-password` sets a new one")
 
     def _apply_changes(self, changed: list[Path], progress: Callable[[str], None]) -> None:
         """Touch only what changed: EDS and models.config are picked up live (no restart)."""
@@ -156,7 +203,8 @@ class Node:
         try:
             try:
                 self.wait_ready(timeout, progress, supervisord=proc)
-                progress("serving; press Ctrl-C to stop every process")
+                progress(f"serving; press Ctrl-C to stop every process (log: {self.paths.logs}/supervisord.log)")
+                self.show_next_steps(progress)
             except ApplianceError as exc:
                 progress(f"not ready: {exc}")
             proc.wait()

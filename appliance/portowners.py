@@ -62,7 +62,25 @@ def listeners(port: int) -> list[Listener]:
 
 
 def _command(proc_dir: Path) -> str:
+    """The program's name from its command line (``comm`` is cut at 15 characters:
+    ``appliance-model``); a Python program by its script or ``-m`` module."""
     try:
-        return (proc_dir / "comm").read_text(encoding="utf-8").strip()
+        argv = (proc_dir / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+        return program_name([a for a in argv if a]) or (proc_dir / "comm").read_text(encoding="utf-8").strip()
     except OSError:
         return "?"
+
+
+def program_name(argv: list[str]) -> str:
+    """``python3 -m logviewer --root /`` -> ``python3 -m logviewer``; ``python /venv/bin/x`` -> ``x``."""
+    if not argv:
+        return ""
+    name = os.path.basename(argv[0])
+    if not name.startswith("python"):
+        return name
+    rest = argv[1:]
+    while rest and rest[0].startswith("-") and rest[0] != "-m":
+        rest = rest[1:]  # interpreter options such as -u, -B
+    if len(rest) >= 2 and rest[0] == "-m":
+        return f"{name} -m {rest[1]}"
+    return os.path.basename(rest[0]) if rest else name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pwd
 import shutil
 import socket
 import sys
@@ -72,6 +73,14 @@ def supervisor_socket(paths: NodePaths) -> Path:
     return Path(tempfile.gettempdir()) / f"appliance-{digest}.sock"
 
 
+def _user_name() -> str:
+    """Who renders, and so runs supervisord (a uid without a passwd entry goes by number)."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
 def _context(config: Config, paths: NodePaths) -> dict:
     cpus = os.cpu_count() or 1
     return {
@@ -87,6 +96,7 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "appliance_cli": f"{sys.executable} -m appliance.cli",
         "node_id": f"{socket.gethostname()}-{config.node.address}",
         "supervisor_socket": supervisor_socket(paths),
+        "supervisor_user": _user_name(),
         "envoy_concurrency": config.envoy.concurrency or cpus,
         "serving_threads": config.serving.num_threads or cpus,
         # Envoy closes idle upstream connections well before the model server would.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from appliance.config import (NodePaths, build, load_config, local_store, parse_overrides,
@@ -35,6 +36,10 @@ def load(paths: NodePaths, overrides: list[str]):
         return build(values)
     config_file = paths.config_file if paths.config_file.exists() else None
     return load_config(config_file, overrides)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("logviewer").info("serving %s on http://%s:%d (logs %s, models %s)",
                                         paths.root, host, port, paths.logs,
                                         local_store(config, paths))
+    # supervisord stops it with SIGTERM: exit 0 rather than die of the signal, which supervisord
+    # logs as "WARN stopped: logviewer (terminated by SIGTERM)" at every orderly stop.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     waitress.serve(app, host=host, port=port, threads=args.threads, ident="appliance-logviewer",
                    max_request_body_size=1024 * 1024, max_request_header_size=64 * 1024,
                    channel_timeout=60, clear_untrusted_proxy_headers=True)

@@ -13,6 +13,10 @@
 #   - a systemd unit (supervisor/appliance.service.in) whose start renders the config from
 #     cloud-init user data (`appliance bootstrap`) and runs `appliance up --foreground`;
 #   - logrotate for the logs supervisord does not rotate itself (Envoy's access log);
+#   - the client examples (clients/*.py) in /opt/app/test, where the original product kept its
+#     resnet_client.py and resnet_client_grpc.py, with tfserving_venv linked to the venv, so the
+#     user guide's `cd /opt/app/test; source tfserving_venv/bin/activate; python resnet_client.py`
+#     works as written;
 #   - optionally the real tensorflow_model_server and minio binaries, verified against the
 #     sha256 checksums pinned below, into <prefix>/opt/appliance/bin.
 # No credential is created or stored here: `appliance bootstrap` generates them on first boot.
@@ -214,6 +218,16 @@ ensure_links() {
   ensure_link "$VENV/bin/appliance" "$ROOT_NOSLASH/usr/local/bin/appliance"
 }
 
+# The original product's clients lived in /opt/app/test next to a venv named tfserving_venv.
+ensure_clients() {
+  local client
+  ensure_dir "$ROOT_NOSLASH/opt/app/test" 0755
+  for client in "$SOURCE"/clients/*.py; do
+    put_file "$ROOT_NOSLASH/opt/app/test/$(basename "$client")" 0755 < "$client"
+  done
+  ensure_link "$VENV" "$ROOT_NOSLASH/opt/app/test/tfserving_venv"
+}
+
 ensure_system_files() {
   local templates="$SOURCE/supervisor"
   render_template "$templates/logrotate.conf.in" | put_file "$ROOT_NOSLASH/etc/logrotate.d/appliance" 0644
@@ -326,6 +340,7 @@ main() {
   ensure_dirs
   ensure_venv
   ensure_links
+  ensure_clients
   ensure_system_files
   ensure_optional_binaries
   ensure_builtin_models

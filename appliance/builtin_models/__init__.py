@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from appliance.builtin_models import half_plus_two, resnet
 from appliance.errors import ApplianceError
+from appliance.tfdevices import import_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def _build_one(dest: Path, model: BuiltinModel, progress: Callable[[str], object
     try:
         export = tmp / model.version
         log.info("building %s in %s", label, tmp)
+        import_tensorflow()
         model.build(export)
         seconds = time.monotonic() - start
         _write_card(export, model, seconds)

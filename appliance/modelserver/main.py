@@ -52,6 +52,9 @@ def _load_options(options: Options) -> object:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if "--help" in args or "-h" in args:  # tensorflow_model_server prints its usage for --help too
+        print(usage())
+        return 0
     try:
         options = parse_flags(args)
     except FlagError as exc:

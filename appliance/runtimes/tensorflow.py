@@ -26,14 +26,22 @@ import os
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import config_pb2
 
 from appliance.modelserver.status import Code, ServingError
 from appliance.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
+from appliance.tfdevices import import_tensorflow
+
+tf = import_tensorflow()  # this module is imported when the first TF model loads
+
+from tensorflow.core.framework import types_pb2  # noqa: E402 - after TF's quiet import
+from tensorflow.core.protobuf import config_pb2  # noqa: E402
 
 log = logging.getLogger(__name__)
+
+# Every SavedModel written by TF2's tf.saved_model.save carries this signature: its one "output"
+# is the init NoOp, which cannot be fetched. TF Serving lists it in the metadata and serves
+# nothing from it; so do we, without a warning at each load.
+INIT_OP_SIGNATURE = "__saved_model_init_op"
 
 
 def _spec(alias: str, info: Any) -> TensorSpec:
@@ -78,8 +86,8 @@ class TensorFlowModel(LoadedModel):
         self._callables: dict[str, Callable[..., list]] = {}
         self._in_caller: dict[str, Callable[..., list]] = {}  # same, run in the calling thread
         for name, signature in self.signatures.items():
-            if not signature.outputs:
-                continue  # e.g. __saved_model_init_op: nothing to fetch, nothing to serve
+            if not signature.outputs or name == INIT_OP_SIGNATURE:
+                continue  # nothing to fetch, or TF2's init op (a NoOp): nothing to serve
             callable_options = config_pb2.CallableOptions(
                 feed=[spec.tensor_name for spec in signature.inputs.values()],
                 fetch=[spec.tensor_name for spec in signature.outputs.values()])

@@ -11,12 +11,38 @@
   var inode = pre.getAttribute("data-inode") || "";
   var MAX_LINES = 5000;
   var timer = null, busy = false;
+  // "changed <time> (<age> ago)" in the page's header, kept current while the tail runs.
+  var changed = document.getElementById("changed");
+  var mtime = changed ? parseFloat(changed.getAttribute("data-mtime")) : NaN;
   var ERR = /( E |ERROR|FATAL|CRIT|Traceback|\[error\]|\[critical\])/;
   var WARN = /( W |WARN|\[warning\])/;
 
   function classify(line) {
     var head = line.slice(0, 200);
     return ERR.test(head) ? "lv-err" : (WARN.test(head) ? "lv-warn" : "");
+  }
+
+  // The same spans as the server's `duration` filter: 12 s, 5 min, 2.5 h, 3.0 d.
+  function duration(seconds) {
+    var age = Math.max(0, seconds);
+    if (age < 60) { return Math.floor(age) + " s"; }
+    if (age < 3600) { return Math.floor(age / 60) + " min"; }
+    if (age < 86400) { return (age / 3600).toFixed(1) + " h"; }
+    return (age / 86400).toFixed(1) + " d";
+  }
+
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+
+  function showChanged() {
+    if (!changed || isNaN(mtime)) { return; }
+    var at = new Date(mtime * 1000);
+    var time = changed.querySelector("time"), age = changed.querySelector("span");
+    if (time) {
+      time.textContent = at.getFullYear() + "-" + pad(at.getMonth() + 1) + "-" + pad(at.getDate()) + " " +
+        pad(at.getHours()) + ":" + pad(at.getMinutes()) + ":" + pad(at.getSeconds());
+      time.setAttribute("datetime", at.toISOString());
+    }
+    if (age) { age.textContent = "(" + duration(Date.now() / 1000 - mtime) + " ago)"; }
   }
 
   function append(text) {
@@ -52,6 +78,8 @@
         if (data.text) { append(data.text); }
         end = data.end;
         inode = String(data.inode);
+        if (typeof data.mtime === "number") { mtime = data.mtime; }
+        showChanged();
         status.textContent = "following · " + new Date().toLocaleTimeString();
       })
       .catch(function (err) { status.textContent = "tail stopped: " + err.message; stop(); box.checked = false; })

@@ -117,6 +117,7 @@ def api_tail(name: str):
         inode = int_arg(request.args.get("inode"))
         data = logfiles.tail(handle, st.st_size, int_arg(request.args.get("after")),
                              replaced=inode is not None and inode != st.st_ino)
+    data["mtime"] = st.st_mtime  # the page's "changed ... ago" follows the tail
     return jsonify(data)
 
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -122,6 +124,13 @@ def test_login_live_tail_and_model_page_in_chromium(node, browser) -> None:
     for expected in ("access.log", "envoy.log", "model_server.log", "supervisord.log", "logviewer.log"):
         assert expected in names, names
     shot(browser, "02-logs")
+    # The header says what its host name is, and the site has an icon.
+    label = browser.find_element(By.CSS_SELECTOR, "header.top .node")
+    assert label.text.startswith("node ") and "this node" in label.get_attribute("title")
+    icon = browser.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href")
+    assert browser.execute_script(
+        "return fetch(arguments[0]).then(r => r.status + ' ' + r.headers.get('content-type'));",
+        icon).startswith("200 image/svg+xml")
 
     # Open the access log: the live tail is on.
     browser.find_element(By.LINK_TEXT, "access.log").click()
@@ -131,6 +140,8 @@ def test_login_live_tail_and_model_page_in_chromium(node, browser) -> None:
     browser.execute_script("window.__sameDocument = true;")
 
     # A predict request through Envoy, recognisable by its body size in the access log.
+    time.sleep(1.5)  # so that the log's mtime before and after the request differ
+    sent = time.time()
     padding = random.randint(100, 900)
     body = '{"instances": [1.0, 2.0, 5.0]}' + " " * padding
     resp = requests.post(f"{node.url}/v1/models/{MODEL}:predict", data=body, timeout=30)
@@ -148,6 +159,12 @@ def test_login_live_tail_and_model_page_in_chromium(node, browser) -> None:
     assert browser.execute_script("return window.__sameDocument === true;"), "the page reloaded"
     browser.execute_script("arguments[0].scrollIntoView();", span)
     shot(browser, "03-live-tail")
+    # "changed ... ago" follows the tail: the new mtime, and its age counting from it.
+    changed = browser.find_element(By.CSS_SELECTOR, "#changed time")
+    WebDriverWait(browser, 10).until(
+        lambda d: d.execute_script("return Date.parse(arguments[0].getAttribute('datetime'));",
+                                   changed) / 1000 >= sent - 0.2)
+    assert re.fullmatch(r"\(\d+ s ago\)", browser.find_element(By.CSS_SELECTOR, "#changed span").text)
     assert log.is_displayed()
 
     # The access log as a table, filtered by model.

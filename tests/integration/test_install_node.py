@@ -43,7 +43,7 @@ def _snapshot_source(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     dest.mkdir()
     shutil.copy2(REPO / "setup.py", dest / "setup.py")
-    for name in ("appliance", "envoy", "supervisor", "logviewer", "scripts"):
+    for name in ("appliance", "envoy", "supervisor", "logviewer", "scripts", "clients"):
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, dest / name, ignore=ignore)
     return dest
@@ -121,6 +121,14 @@ def test_the_layout_of_design_md_and_the_system_files(installed: tuple[Path, Pat
                                 capture_output=True, text=True, timeout=60)
         assert verify.returncode == 0, verify.stderr
     assert f"{root}/var/log/appliance/access.log {{" in (root / "etc/logrotate.d/appliance").read_text()
+    # The clients where the user guide runs them: cd /opt/app/test; source tfserving_venv/bin/activate
+    for client in ("resnet_client.py", "resnet_client_grpc.py", "model_client.py"):
+        assert (root / "opt/app/test" / client).read_bytes() == (REPO / "clients" / client).read_bytes()
+    assert os.readlink(root / "opt/app/test/tfserving_venv") == str(root / "opt/appliance/venv")
+    usage = subprocess.run([str(root / "opt/app/test/tfserving_venv/bin/python"),
+                            str(root / "opt/app/test/resnet_client_grpc.py"), "--help"],
+                           capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 0 and "--server" in usage.stdout, usage.stderr
 
 
 @pytest.mark.slow

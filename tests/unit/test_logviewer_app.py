@@ -382,3 +382,17 @@ def test_a_new_password_logs_every_session_out(client: FlaskClient, site: Site) 
     time.sleep(0.01)
     credentials.set_password(site.paths.etc)
     assert client.get("/logs").status_code == 302
+
+
+def test_written_times_stay_on_one_line_beside_long_errors(client: FlaskClient, site: Site) -> None:
+    """A long load error in the State column used to squeeze "Written" to four lines."""
+    for page in (f"/models/{MODEL}", f"/models/{MODEL}/123"):
+        assert '<td class="when"><time' in text(client.get(page)), page
+    css = (Path(__file__).resolve().parents[2] / "logviewer/static/app.css").read_text()
+    assert "td.when { white-space: nowrap; }" in css
+
+
+def test_tail_api_gives_the_mtime_the_page_shows(client: FlaskClient, site: Site) -> None:
+    data = client.get("/api/logs/tail/envoy.log").get_json()
+    assert data["mtime"] == (site.paths.logs / "envoy.log").stat().st_mtime
+    assert 'id="changed" data-mtime="' in text(client.get("/logs/view/envoy.log"))

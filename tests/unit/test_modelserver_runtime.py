@@ -103,3 +103,24 @@ def test_cheap_graphs_run_in_the_calling_thread(half_plus_two: Path) -> None:
         model.run("serving_default", x)
     assert model.run_cost.cheap(), f"half_plus_two averages {model.run_cost.mean:.0f} us per run"
     assert paced_runs(50) < 10
+
+
+def test_a_tf2_saved_model_loads_without_an_init_op_warning(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """tf.saved_model.save writes a ``__saved_model_init_op`` signature (the built-in resnet has
+    one): it stays in the metadata, as in TF Serving, and its load logs no warning."""
+    from appliance.runtimes import LoadOptions, get_runtime
+
+    class Double(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": 2.0 * x}
+
+    module = Double()
+    tf.saved_model.save(module, str(tmp_path / "1"), signatures={"serving_default": module.serve})
+    with caplog.at_level("WARNING"):
+        model = get_runtime("tensorflow").load(str(tmp_path / "1"), LoadOptions())
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+            and r.name.startswith("appliance")] == []
+    assert "__saved_model_init_op" in model.signature_def_map().signature_def
+    assert model.run("serving_default", {"x": np.array([1.5], np.float32)})["y"].tolist() == [3.0]
