@@ -44,12 +44,15 @@ class AgentDaemon:
 
     def __init__(self, build: Callable[[], tuple[Syncer | None, float]],
                  tick: Callable[[], object] | None = None, state: StateFile | None = None,
-                 watch_files: Callable[[], Iterable[Path]] = tuple) -> None:
+                 watch_files: Callable[[], Iterable[Path]] = tuple,
+                 chores: Callable[[], object] | None = None) -> None:
         self._build = build
         self._tick = tick          # membership refresh, on its own thread
         self._state = state        # agent-state.json for the logviewer, rewritten every cycle
         self._state_lock = threading.Lock()   # both threads report to it
         self._watch_files = watch_files
+        self._chores = chores      # small periodic work (the access log's rotation), same thread
+        self._chore_error = ""
         self._interval = 10.0
         self._member_error = ""
         self._stop = threading.Event()
@@ -109,10 +112,23 @@ class AgentDaemon:
                 log.info("config changed: refreshing membership now; the syncer is rebuilt")
                 self._reload.set()
                 self._stop_wait.set()
+            self._run_chores()
             if time.monotonic() >= due:
                 if self._tick is not None:
                     self._refresh_members()
                 due = time.monotonic() + self._interval
+
+    def _run_chores(self) -> None:
+        if self._chores is None:
+            return
+        try:
+            self._chores()
+        except Exception as exc:  # noqa: BLE001 - the thread must outlive a failing chore
+            if str(exc) != self._chore_error:
+                log.error("periodic chore failed: %s", exc)
+            self._chore_error = str(exc)
+        else:
+            self._chore_error = ""
 
     # ------------------------------------------------------------------ sync loop
 
@@ -124,7 +140,7 @@ class AgentDaemon:
         cycle = 0
         log.info("agent started: %s every %.0fs", _what(syncer), interval)
         watcher = None
-        if self._tick is not None or self._watch_files():
+        if self._tick is not None or self._chores is not None or self._watch_files():
             stamp = _stamp(self._watch_files())
             if self._tick is not None:
                 self._refresh_members()
