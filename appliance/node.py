@@ -19,7 +19,7 @@ from typing import Callable
 
 import yaml
 
-from . import membership, render
+from . import membership, portowners, render
 from .atomic import write_atomic
 from .config import (EFFECTIVE, Config, NodePaths, build, effective_values, local_store,
                      record_sources)
@@ -455,7 +455,7 @@ def _stop_orphans(grace: float = 10.0) -> list[int]:
     then SIGKILL after ``grace`` seconds.
     """
     me, own_group = os.getpid(), os.getpgrp()
-    orphans = _children_of(me)
+    orphans = [pid for pid, parent in portowners.parents().items() if parent == me]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in orphans:
             try:
@@ -485,20 +485,6 @@ def _reap(pids: list[int]) -> list[int]:
         if done == 0:
             running.append(pid)
     return running
-
-
-def _children_of(parent: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
-            if int(stat.rsplit(") ", 1)[1].split()[1]) == parent:
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 def _tail(path: Path, size: int = 3000) -> str:

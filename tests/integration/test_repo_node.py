@@ -317,3 +317,14 @@ def test_the_store_keys_and_certificates_are_private(
     logs = "".join(p.read_text(errors="replace") for p in (node.root / "var/log").rglob("*.log"))
     assert not any(k in logs for k in keys)
     assert (security / "node.key").read_text().strip().splitlines()[1] not in logs
+
+
+def test_doctor_finds_nothing_wrong_on_a_healthy_repo_node(
+        repo_node: tuple[NodeUnderTest, ObjectStore]) -> None:
+    node, store = repo_node
+    result = node.cli("doctor", *node.overrides, "--set", "node.role=repo",
+                      "--set", f"repo.port={store.port}",
+                      "--set", f"repo.internal.port.base={store.internal_base}", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout and result.stdout.rstrip().endswith("no problems found")
+    assert "[repo data]" in result.stdout and "has no version" not in result.stdout
