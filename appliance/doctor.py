@@ -9,8 +9,11 @@ Checks: config valid (every error with its key path) and private when it holds s
 binaries present and their versions; every port free or held by this node's own processes;
 disk space; the model store writable; the model repository reachable (the local store and a
 version of each model for ``s3.type: none``; TCP + HTTP reachability of ``s3.endpoint``
-otherwise); no model version quarantined by the model server or refused by the agent;
-supervisord's processes running when the node is up.
+otherwise; on a repo node the object store's data dir instead); no version directory without a
+model, none quarantined by the model server or refused by the agent; supervisord's processes
+running when the node is up, and none crashed lately; the clock, the systemd unit
+(:mod:`appliance.doctor_node`). A check the caller may not run (not root, not the service user)
+is one finding saying so, never a traceback.
 """
 
 from __future__ import annotations
