@@ -36,12 +36,19 @@ def _serves(node: NodeUnderTest) -> bool:
     return resp.status_code == 200
 
 
-def test_killing_supervisord_fails_up_and_stops_its_programs(builtin_models: Path, tmp_path: Path,
-                                                             processes: Processes) -> None:
-    node = new_node(tmp_path, builtin_models, [MODEL])
+def _serving(models: Path, tmp_path: Path,
+             processes: Processes) -> tuple[NodeUnderTest, Path, subprocess.Popen]:
+    """A node started by `up --foreground`, once it answers through Envoy."""
+    node = new_node(tmp_path, models, [MODEL])
     log = tmp_path / "foreground.log"
     proc = _foreground(node, processes, log)
     wait_until(lambda: _serves(node), timeout=240, what="the node to serve")
+    return node, log, proc
+
+
+def test_killing_supervisord_fails_up_and_stops_its_programs(builtin_models: Path, tmp_path: Path,
+                                                             processes: Processes) -> None:
+    node, log, proc = _serving(builtin_models, tmp_path, processes)
     pids = node.pids()
     supervisord, programs = pids[0], pids[1:]
     assert len(programs) >= 3      # agent, model server, envoy
@@ -62,10 +69,7 @@ def test_killing_supervisord_fails_up_and_stops_its_programs(builtin_models: Pat
 
 def test_appliance_down_is_a_clean_stop(builtin_models: Path, tmp_path: Path,
                                         processes: Processes) -> None:
-    node = new_node(tmp_path, builtin_models, [MODEL])
-    log = tmp_path / "foreground.log"
-    proc = _foreground(node, processes, log)
-    wait_until(lambda: _serves(node), timeout=240, what="the node to serve")
+    node, log, proc = _serving(builtin_models, tmp_path, processes)
     pids = node.pids()
     assert node.cli("down", timeout=120).returncode == 0
     assert proc.wait(90) == 0, log.read_text()
