@@ -163,11 +163,14 @@ def reinstall_fix(name: str, bin_dir: Path) -> str:
     """The command that puts ``name`` back: reinstall the distribution whose files list it.
 
     Re-running install-node.sh would not (its venv is "up to date" by its source stamp, and pip
-    skips a distribution whose metadata is installed, even with its files gone).
+    skips a distribution whose metadata is installed, even with its files gone). The venv is
+    the one ``bin_dir`` belongs to.
     """
     from importlib import metadata
 
-    for dist in metadata.distributions():
+    site = sorted(bin_dir.parent.glob("lib/python3*/site-packages"))
+    dists = metadata.distributions(path=[str(p) for p in site]) if site else metadata.distributions()
+    for dist in dists:
         for entry in dist.files or ():
             if entry.name == name and entry.parent.name in ("bin", "scripts"):
                 python = bin_dir / "python"

