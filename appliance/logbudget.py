@@ -8,15 +8,16 @@ A node writes these logs into ``<root>/var/log/appliance``, and nothing else:
   (``-logtostderr``), so its glog files no longer pile up in ``/tmp``: its lines are in
   objectstore.log;
 * Envoy's access log (``enable.access.log``): Envoy writes it itself and cannot rotate a file.
-  The agent checks its size every second; past its share it renames ``access.log`` to
-  ``access.log.1`` (shifting the older ones, dropping the last) and asks Envoy to reopen its
-  logs (admin ``POST /reopen_logs``): no line is lost, lines still buffered land in the new file.
+  The agent checks its size ten times a second; past its limit it renames ``access.log`` to
+  ``access.log.1`` (shifting the older ones, dropping the last, and more while the kept ones
+  pass the log's share) and asks Envoy to reopen its logs (admin ``POST /reopen_logs``): no line
+  is lost, lines still buffered land in the new file.
 
 Each log gets a share of the budget (:data:`SHARES`, renormalized over the logs the node's role
 and features really write), split over the current file and :data:`BACKUPS` rotated ones. The
 shares add up to :data:`USED` of the budget: a file is rotated just *after* it passed its limit
-(by one write for supervisord, by at most one second of access log for the agent), and the rest
-of the budget absorbs that.
+(by one write for supervisord, by at most 0.1 s of access log for the agent), and the rest of
+the budget absorbs that.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def rotate(path: Path, backups: int) -> None:
 
 
 class AccessLogRotator:
-    """Rotates Envoy's access log by size (the agent calls :meth:`check` every second)."""
+    """Rotates Envoy's access log by size (the agent calls :meth:`check` ten times a second)."""
 
     def __init__(self, config: Config, paths: NodePaths) -> None:
         limit = limits(config).get("access")
@@ -109,9 +110,31 @@ class AccessLogRotator:
             return False
         rotate(self.path, self.limit.backups)
         self.reopen_pending = not self._reopen()
-        log.info("rotated %s at %d bytes (limit %d, %d kept)", self.path, size, self.limit.max_bytes,
-                 self.limit.backups)
+        dropped = self._prune()
+        log.info("rotated %s at %d bytes (limit %d, %d kept%s)", self.path, size, self.limit.max_bytes,
+                 self.limit.backups, f"; {dropped} dropped to stay within the share" if dropped else "")
         return True
+
+    def _prune(self) -> int:
+        """Drop the oldest rotated files while they and a full current file pass the log's share.
+
+        A file is rotated only after it passed its limit (by what Envoy wrote since the last
+        check), so under a heavy load the kept files are bigger than the limit: the share of the
+        budget, not the number of files, is what is kept.
+        """
+        share = self.limit.max_bytes * (self.limit.backups + 1)
+        kept, dropped = self.limit.max_bytes, 0
+        for number in range(1, self.limit.backups + 1):
+            older = self.path.with_name(f"{self.path.name}.{number}")
+            try:
+                size = older.stat().st_size
+            except FileNotFoundError:
+                continue
+            kept += size
+            if kept > share and number > 1:   # .1 is what Envoy may still be writing
+                older.unlink()
+                dropped += 1
+        return dropped
 
     def _reopen(self) -> bool:
         code, body = get_text(self.reopen_url, timeout=5.0, method="POST")
