@@ -13,8 +13,8 @@ A node writes these logs into ``<root>/var/log/appliance``, and nothing else:
   pass the log's share) and asks Envoy to reopen its logs (admin ``POST /reopen_logs``): no line
   is lost, lines still buffered land in the new file.
 
-Each log gets a share of the budget (:data:`SHARES`, renormalized over the logs the node's role
-and features really write), split over the current file and :data:`BACKUPS` rotated ones. The
+Each log gets a share of the budget (:data:`SHARES`, renormalized over the logs a node of its
+role may write), split over the current file and :data:`BACKUPS` rotated ones. The
 shares add up to :data:`USED` of the budget: a file is rotated just *after* it passed its limit
 (by one write for supervisord, by at most 0.1 s of access log for the agent), and the rest of
 the budget absorbs that.
@@ -51,16 +51,13 @@ class LogLimit:
 
 
 def written_logs(config: Config) -> list[str]:
-    """The logs this node writes, by the name of :data:`SHARES`."""
-    names = ["supervisord", "agent", "envoy"]
-    if config.node.role == "serving":
-        names.append("model_server")
-    else:
-        names.append("objectstore")
-    if config.logviewer.enabled:
-        names.append("logviewer")
-    if config.access_log:
-        names.append("access")
+    """The logs a node of this role may write, by the name of :data:`SHARES`.
+
+    Optional ones (the logviewer's, the access log) count whether they are on or not: switching
+    one must not change the other programs' limits, which would restart them all.
+    """
+    names = ["supervisord", "agent", "envoy", "logviewer", "access"]
+    names.append("model_server" if config.node.role == "serving" else "objectstore")
     return names
 
 

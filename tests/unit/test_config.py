@@ -135,5 +135,12 @@ def test_every_log_limit_together_stays_within_the_budget(values: dict) -> None:
     found = limits(config)
     total = sum(limit.max_bytes * (limit.backups + 1) for limit in found.values())
     assert total <= config.log.max_total_mb * (1 << 20) * USED
-    assert ("access" in found) == config.access_log
     assert ("objectstore" in found) == (config.node.role == "repo")
+
+
+def test_switching_the_logviewer_or_the_access_log_leaves_the_other_log_limits_alone() -> None:
+    """Other limits changing would change every program's section: supervisord restarts them."""
+    from appliance.logbudget import limits
+
+    base = limits(build({}))
+    assert limits(build({"logviewer.enabled": False, "enable.access.log": True})) == base
