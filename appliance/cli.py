@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     up = with_overrides(sub.add_parser("up", help="render, start every process, wait until serving"))
     up.add_argument("--foreground", action="store_true",
                     help="stay attached; Ctrl-C stops every process")
-    up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for readiness")
+    up.add_argument("--timeout", type=float, default=None,
+                    help="seconds to wait for readiness (default: startup.timeout.seconds, 600)")
     sub.add_parser("down", help="stop every process of the node")
     status = sub.add_parser("status", help="processes, their state and uptime; models and versions")
     status.add_argument("--json", action="store_true", help="machine-readable output")

@@ -109,6 +109,16 @@ class RepoSettings:
 
 
 @dataclass(frozen=True)
+class StartupSettings:
+    timeout_seconds: int
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    max_total_mb: int
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a node needs, validated. Build it with :func:`load_config`."""
 
@@ -124,6 +134,8 @@ class Config:
     repo: RepoSettings
     logviewer: LogviewerSettings
     cluster: ClusterSettings
+    startup: StartupSettings
+    log: LogSettings
 
     def connect_address(self) -> str:
         """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
@@ -283,6 +295,17 @@ def _positive(value: Any) -> int:
     return number
 
 
+#: Below this the log budget cannot hold one rotation of each log (see appliance/logbudget.py).
+MIN_LOG_BUDGET_MB = 16
+
+
+def _log_budget(value: Any) -> int:
+    number = _integer(value)
+    if number < MIN_LOG_BUDGET_MB:
+        raise _Invalid(f"must be at least {MIN_LOG_BUDGET_MB} (MiB), got {number}")
+    return number
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: its dotted name, where it lands, its parser, default and doc."""
@@ -366,13 +389,20 @@ SCHEMA: tuple[Key, ...] = (
     Key("logviewer.secure.cookies", "logviewer", "secure_cookies", _boolean, False,
         "Mark the browser's session cookie Secure even on plain HTTP requests (set it when a "
         "TLS proxy fronts the logviewer; HTTPS requests always get Secure cookies)."),
+    Key("startup.timeout.seconds", "startup", "timeout_seconds", _positive, 600,
+        "How long `appliance up` waits for the node to serve (every model AVAILABLE, Envoy "
+        "ready); under `up --foreground` (the systemd unit) a node not ready by then stops and "
+        "exits non-zero, so systemd restarts it instead of showing a unit that serves nothing."),
+    Key("log.max.total.mb", "log", "max_total_mb", _log_budget, 1024,
+        "Disk the node's logs may take in all, in MiB (every log file rotated by size: "
+        "supervisord's program logs, Envoy's access log, the object store's)."),
 )
 KEYS = {key.name: key for key in SCHEMA}
 SECTIONS = {
     "sync": SyncSettings, "repo": RepoSettings,
     "node": NodeSettings, "model": ModelSettings, "s3": S3Settings,
     "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
-    "cluster": ClusterSettings,
+    "cluster": ClusterSettings, "startup": StartupSettings, "log": LogSettings,
 }
 
 

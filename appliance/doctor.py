@@ -9,8 +9,11 @@ Checks: config valid (every error with its key path) and private when it holds s
 binaries present and their versions; every port free or held by this node's own processes;
 disk space; the model store writable; the model repository reachable (the local store and a
 version of each model for ``s3.type: none``; TCP + HTTP reachability of ``s3.endpoint``
-otherwise); no model version quarantined by the model server or refused by the agent;
-supervisord's processes running when the node is up.
+otherwise; on a repo node the object store's data dir instead); no version directory without a
+model, none quarantined by the model server or refused by the agent; supervisord's processes
+running when the node is up, and none crashed lately; the clock, the systemd unit
+(:mod:`appliance.doctor_node`). A check the caller may not run (not root, not the service user)
+is one finding saying so, never a traceback.
 """
 
 from __future__ import annotations
@@ -73,7 +76,10 @@ def _problem(check: str, message: str, fix: str) -> Finding:
 
 def check_config(paths: NodePaths, config_path: Path | None,
                  overrides: list[str]) -> tuple[Config | None, list[Finding]]:
-    path = config_path or (paths.config_file if paths.config_file.exists() else None)
+    try:
+        path = config_path or (paths.config_file if paths.config_file.exists() else None)
+    except PermissionError:
+        return None, [_not_permitted(paths.config_file.parent)]
     shown = str(path) if path else f"{paths.config_file} (absent: defaults)"
     try:
         config = load_config(path, overrides)
@@ -90,6 +96,17 @@ def check_config(paths: NodePaths, config_path: Path | None,
             findings.append(_problem("config", f"{path} holds credentials but is mode {mode:o}",
                                      f"chmod 600 {path}"))
     return config, findings
+
+
+def _not_permitted(path: Path) -> Finding:
+    import pwd
+
+    try:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        me = f"uid {os.geteuid()}"
+    return _problem("permissions", f"{path} is not readable by {me}: the node's files belong to its "
+                    "service user", "run the doctor as root: `sudo appliance doctor`")
 
 
 def config_holds_secret(config: Config) -> bool:
@@ -128,11 +145,11 @@ def check_binaries(paths: NodePaths, bin_dir: Path) -> list[Finding]:
         found = _find(name, dirs)
         if found is None:
             findings.append(_problem("binaries", f"{name} is not installed (looked in "
-                                     f"{', '.join(map(str, dirs))} and PATH)", REINSTALL))
+                                     f"{', '.join(map(str, dirs))} and PATH)", reinstall_fix(name, bin_dir)))
             continue
         version = _version(found, args)
         if version.startswith("(does not run"):
-            findings.append(_problem("binaries", f"{found} {version}", REINSTALL))
+            findings.append(_problem("binaries", f"{found} {version}", reinstall_fix(name, bin_dir)))
         else:
             findings.append(_ok("binaries", f"{name}: {found} {version}".rstrip()))
     for name, args in OPTIONAL.items():
@@ -140,6 +157,26 @@ def check_binaries(paths: NodePaths, bin_dir: Path) -> list[Finding]:
         if found is not None:
             findings.append(_ok("binaries", f"{name} (optional): {found} {_version(found, args)}"))
     return findings
+
+
+def reinstall_fix(name: str, bin_dir: Path) -> str:
+    """The command that puts ``name`` back: reinstall the distribution whose files list it.
+
+    Re-running install-node.sh would not (its venv is "up to date" by its source stamp, and pip
+    skips a distribution whose metadata is installed, even with its files gone). The venv is
+    the one ``bin_dir`` belongs to.
+    """
+    from importlib import metadata
+
+    site = sorted(bin_dir.parent.glob("lib/python3*/site-packages"))
+    dists = metadata.distributions(path=[str(p) for p in site]) if site else metadata.distributions()
+    for dist in dists:
+        for entry in dist.files or ():
+            if entry.name == name and entry.parent.name in ("bin", "scripts"):
+                python = bin_dir / "python"
+                return (f"{python if python.exists() else 'python'} -m pip install --force-reinstall "
+                        f"--no-deps '{dist.metadata['Name']}=={dist.version}'")
+    return REINSTALL
 
 
 # ----------------------------------------------------------------------------- ports
@@ -183,7 +220,8 @@ def our_pids(paths: NodePaths) -> set[int]:
         pids |= {p.pid for p in supervisor.processes() if p.pid}
     except SupervisorError:
         return set()
-    return pids
+    # ... and their children: the object store's server runs under `appliance objectstore`.
+    return pids | portowners.descendants(pids)
 
 
 def check_ports(config: Config, paths: NodePaths) -> list[Finding]:
@@ -284,6 +322,8 @@ def _user_can_write(path: Path, user: str) -> bool:
 
 def check_model_store(paths: NodePaths, config: Config) -> list[Finding]:
     """The local store must exist and take writes (the sync agent stages versions into it)."""
+    if config.node.role == "repo":
+        return []       # a repo node serves no model: its models are in the object store
     store = paths.local("/data/models") if config.s3.type != "none" else paths.local(config.model.base_path)
     if not store.is_dir():
         return []   # reported by check_repository with its fix
@@ -306,6 +346,10 @@ def check_model_store(paths: NodePaths, config: Config) -> list[Finding]:
 
 
 def check_repository(paths: NodePaths, config: Config, timeout: float = 5.0) -> list[Finding]:
+    if config.node.role == "repo":
+        from .doctor_node import check_repo_data
+
+        return check_repo_data(paths, config, service_user(paths))
     if config.s3.type != "none":
         return [endpoint_reachable(s3_endpoint(config), timeout)]
     store = paths.local(config.model.base_path)
@@ -386,7 +430,8 @@ def _children(path: Path) -> list[Path]:
 
 
 def check_versions(paths: NodePaths, config: Config) -> list[Finding]:
-    """Versions that cannot serve: quarantined by the model server, refused by the agent."""
+    """Versions that cannot serve: quarantined by the model server, refused by the agent, or
+    version directories that hold no model at all (the model server never loads them)."""
     from .agent.state import version_notes
 
     if config.node.role != "serving":
@@ -395,7 +440,8 @@ def check_versions(paths: NodePaths, config: Config) -> list[Finding]:
     findings = []
     for name in config.model.names:
         notes = version_notes(paths, store, name)
-        if not notes:
+        broken = _not_models(store / name, notes)
+        if not notes and not broken:
             findings.append(_ok("versions", f"model {name}: no version quarantined or refused"))
         for number, note in sorted(notes.items()):
             if note.startswith("refused"):
@@ -410,6 +456,30 @@ def check_versions(paths: NodePaths, config: Config) -> list[Finding]:
                        f"--version {number}`) or delete the version from the repository; the model "
                        "server loads it again once its files change")
             findings.append(_problem("versions", f"model {name} version {number}: {note}", fix))
+        findings += broken
+    return findings
+
+
+def _not_models(model_dir: Path, notes: dict[int, str]) -> list[Finding]:
+    """Version directories that hold no model (empty, garbage), unless already noted otherwise.
+
+    The agent's check (:func:`appliance.modelfiles.check_version`): what a running model server
+    would fail to load, said before it tries, and on a node that is down.
+    """
+    from .modelfiles import NotAModel, check_version
+
+    findings = []
+    for version in sorted((p for p in _children(model_dir) if p.name.isdigit() and p.is_dir()),
+                          key=lambda p: int(p.name)):
+        if int(version.name) in notes:
+            continue
+        try:
+            check_version(version)
+        except NotAModel as exc:
+            findings.append(_problem("versions", f"model {model_dir.name} version {version.name} "
+                                     f"({version}) is not a model: {exc}",
+                                     f"put a working model in {version} (a SavedModel's saved_model.pb "
+                                     f"and variables/, or model.onnx), or remove it: rm -r {version}"))
     return findings
 
 
@@ -426,8 +496,13 @@ def check_processes(paths: NodePaths) -> list[Finding]:
     except SupervisorError:
         return [_ok("processes", "the node is not running (start it: `appliance up`, or "
                     "`systemctl start appliance` on an image)")]
-    findings = []
+    from .doctor_node import crash_loop_findings
+
+    findings = crash_loop_findings(paths, {i.name: i.logfile for i in infos})
+    looping = {f.message.split(" ", 1)[0] for f in findings}
     for info in infos:
+        if info.name in looping:
+            continue
         if info.state == "RUNNING":
             findings.append(_ok("processes", f"{info.name} RUNNING (pid {info.pid})"))
         else:
@@ -441,20 +516,29 @@ def check_processes(paths: NodePaths) -> list[Finding]:
 
 def run_checks(paths: NodePaths, config_path: Path | None = None, overrides: list[str] | None = None,
                bin_dir: Path | None = None) -> list[Finding]:
+    from .doctor_node import check_clock, check_unit
     from .render import bin_dir as default_bin_dir
 
     config, findings = check_config(paths, config_path, overrides or [])
-    findings += check_binaries(paths, bin_dir or default_bin_dir())
-    findings += check_disk(paths, config)
-    if config is None:
+    checks: list[tuple] = [(check_binaries, paths, bin_dir or default_bin_dir()),
+                           (check_disk, paths, config)]
+    if config is not None:
+        checks += [(check_ports, config, paths), (check_model_store, paths, config),
+                   (check_repository, paths, config), (check_versions, paths, config),
+                   (check_processes, paths), (check_unit, paths)]
+        if config.s3.type != "none" and config.node.role == "serving":
+            checks.append((check_clock, s3_endpoint(config)))
+    for check, *args in checks:
+        try:
+            findings += check(*args)
+        except PermissionError as exc:
+            # Not root nor the service user: say so once, never with a traceback.
+            denied = _not_permitted(Path(exc.filename or paths.root))
+            if not any(f.check == denied.check for f in findings):
+                findings.append(denied)
+    if config is None and not any(f.check == "permissions" for f in findings):
         findings.append(Finding("config", False, "ports, model store and repository are not "
                                 "checked until the config is valid", "fix the config errors above"))
-        return findings
-    findings += check_ports(config, paths)
-    findings += check_model_store(paths, config)
-    findings += check_repository(paths, config)
-    findings += check_versions(paths, config)
-    findings += check_processes(paths)
     return findings
 
 

@@ -1,4 +1,4 @@
-"""Blocking GETs to this node's own services: the model server's REST status, Envoy's admin.
+"""Blocking requests (GETs, and Envoy admin's POSTs) to this node's own services: the model server's REST status, Envoy's admin.
 
 One place for "ask a local HTTP endpoint, never raise": the CLI, the agent and the logviewer
 all poll these endpoints, and a service that is down is an answer (status 0), not an error.
@@ -13,10 +13,11 @@ import urllib.request
 MAX_BODY = 8 * 1024 * 1024
 
 
-def get_text(url: str, timeout: float = 2.0) -> tuple[int, str]:
-    """(status, body text); status 0 when nothing answers."""
+def get_text(url: str, timeout: float = 2.0, method: str = "GET") -> tuple[int, str]:
+    """(status, body text); status 0 when nothing answers. ``method="POST"`` sends no body."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.read(MAX_BODY).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(64 * 1024).decode("utf-8", "replace")

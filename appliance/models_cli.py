@@ -228,10 +228,14 @@ def run_agent(paths: NodePaths, config_file: Path | None, overrides: list[str]) 
 
     _logging_to_stdout()
 
+    from .logbudget import AccessLogRotator
     from .membership import MembershipWatch
+
+    rotator: list[AccessLogRotator] = []
 
     def build():
         config = load_agent_config(paths, config_file, overrides)
+        rotator[:] = [AccessLogRotator(config, paths)]
         syncing = config.node.role == "serving" and config.s3.type != "none"
         syncer = build_syncer(config, paths) if syncing else None
         return syncer, float(config.sync.interval_seconds)
@@ -240,7 +244,7 @@ def run_agent(paths: NodePaths, config_file: Path | None, overrides: list[str]) 
 
     watch = MembershipWatch(paths)
     daemon = AgentDaemon(build, tick=watch.refresh, state=StateFile(state_path(paths)),
-                         watch_files=watch.files)
+                         watch_files=watch.files, chores=lambda: rotator and rotator[0].check())
     daemon.install_signals()
     try:
         daemon.run()

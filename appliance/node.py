@@ -19,7 +19,7 @@ from typing import Callable
 
 import yaml
 
-from . import membership, render
+from . import membership, portowners, render
 from .atomic import write_atomic
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import (EFFECTIVE, Config, NodePaths, build, effective_values, local_store,
@@ -31,6 +31,10 @@ from .supervision import ProcessInfo, Supervisor, pid_alive
 
 log = logging.getLogger(__name__)
 
+#: Left in the run dir by ``appliance down``: the foreground ``up`` sees a requested stop.
+STOP_REQUESTED = "stop-requested"
+#: How often a foreground ``up`` looks for a program supervisord gave up on (FATAL).
+SUPERVISE_SECONDS = 2.0
 
 
 def running_roots(exclude: Path) -> list[Path]:
@@ -137,8 +141,16 @@ class Node:
         # shows `up`'s own progress and its closing lines, not process state changes.
         return cmd + ["-n", "-s"] if foreground else cmd
 
-    def up(self, foreground: bool = False, timeout: float = 600.0,
+    def up(self, foreground: bool = False, timeout: float | None = None,
            progress: Callable[[str], None] = print) -> None:
+        """Start the node (or apply a changed config to a running one) and wait until it serves.
+
+        ``timeout`` defaults to ``startup.timeout.seconds``. In the foreground a node that is not
+        ready by then is stopped and this raises: under systemd the unit fails (and restarts)
+        instead of staying "active" while nothing serves.
+        """
+        if timeout is None:
+            timeout = float(self.config.startup.timeout_seconds)
         if self.config.node.role == "serving":
             self.check_models()
         changed = self.render()
@@ -197,29 +209,72 @@ class Node:
             progress("already up; nothing changed")
 
     def _run_foreground(self, timeout: float, progress: Callable[[str], None]) -> None:
-        """supervisord as our child; Ctrl-C or SIGTERM stops it and everything it started."""
-        proc = subprocess.Popen(self.supervisord_cmd(True))
-        previous = signal.signal(signal.SIGTERM, lambda *_: os.kill(proc.pid, signal.SIGTERM))
+        """supervisord as our child, and we its supervisor: what systemd sees is the truth.
+
+        Ctrl-C or SIGTERM stops supervisord and everything it started (a clean stop, exit 0).
+        Anything else that ends the node raises, so ``up`` exits non-zero and systemd's
+        ``Restart=on-failure`` restarts the unit: supervisord dying (its orphaned children are
+        stopped too: we are their subreaper, they never run on unsupervised), a program that
+        reached FATAL (supervisord gave up on it), or a node not ready within ``timeout``.
+        ``appliance down`` is a requested stop as well (it leaves :data:`STOP_REQUESTED`).
+        """
+        (self.paths.run / STOP_REQUESTED).unlink(missing_ok=True)
+        _become_subreaper()
+        proc = subprocess.Popen(self.supervisord_cmd(True), preexec_fn=_die_with_parent)
+        asked: list[str] = []
+
+        def stop(reason: str) -> None:
+            asked.append(reason)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop("SIGTERM"))
+        failure = ""
         try:
             try:
                 self.wait_ready(timeout, progress, supervisord=proc)
                 progress(f"serving; press Ctrl-C to stop every process (log: {self.paths.logs}/supervisord.log)")
                 self.show_next_steps(progress)
+                failure = self._supervise(proc)
             except ApplianceError as exc:
-                progress(f"not ready: {exc}")
-            proc.wait()
+                failure = "" if asked else str(exc)
         except KeyboardInterrupt:
             progress("stopping ...")
+            stop("Ctrl-C")
+        finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        finally:
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            orphans = _stop_orphans()
             signal.signal(signal.SIGTERM, previous)
+        if orphans:
+            progress(f"stopped {len(orphans)} process(es) supervisord left behind: "
+                     f"{', '.join(map(str, orphans))}")
         progress(f"stopped (supervisord exit code {proc.returncode})")
+        if failure and not asked:
+            raise SupervisorError(failure)
+
+    def _supervise(self, proc: subprocess.Popen) -> str:
+        """Watch a serving node until supervisord exits; return why, '' for a requested stop."""
+        while True:
+            try:
+                code = proc.wait(SUPERVISE_SECONDS)
+            except subprocess.TimeoutExpired:
+                try:
+                    self._raise_if_failed()
+                except SupervisorError as exc:
+                    return f"{exc}\nstopping the node: supervisord gave up on that program"
+                continue
+            marker = self.paths.run / STOP_REQUESTED
+            if marker.exists():
+                marker.unlink(missing_ok=True)
+                return ""
+            return (f"supervisord exited on its own (exit code {code}); every process it ran is "
+                    f"stopped; see {self.paths.logs}/supervisord.log")
 
     # ------------------------------------------------------------------ readiness
 
@@ -299,6 +354,8 @@ class Node:
         if not self.supervisor.is_running():
             progress("not running")
             return
+        # A foreground `up` (the systemd unit) then exits 0: a stop asked for, not a failure.
+        write_atomic(self.paths.run / STOP_REQUESTED, f"{self.supervisor.pid()}\n")
         self.supervisor.shutdown()
         progress("stopped")
 
@@ -415,6 +472,67 @@ def _available(url: str) -> bool:
         return False
     states = [v["state"] for v in json.loads(body).get("model_version_status", [])]
     return "AVAILABLE" in states
+
+
+def _prctl(option: int, value: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _die_with_parent() -> None:
+    """In supervisord before exec: SIGTERM it when ``up`` dies (even by SIGKILL)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _become_subreaper() -> None:
+    """Orphans of supervisord's tree become our children (not init's), so we can stop them."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def _stop_orphans(grace: float = 10.0) -> list[int]:
+    """Stop and reap every child left after supervisord exited (its programs, if it died).
+
+    supervisord puts each program in its own process group, so the whole group gets SIGTERM,
+    then SIGKILL after ``grace`` seconds.
+    """
+    me, own_group = os.getpid(), os.getpgrp()
+    orphans = [pid for pid, parent in portowners.parents().items() if parent == me]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in orphans:
+            try:
+                group = os.getpgid(pid)
+                if group != own_group:
+                    os.killpg(group, sig)
+                else:
+                    os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _reap(orphans):
+            time.sleep(0.1)
+        if not _reap(orphans):
+            break
+    return orphans
+
+
+def _reap(pids: list[int]) -> list[int]:
+    """Reap those of ``pids`` that exited; return the ones still running."""
+    running = []
+    for pid in pids:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        if done == 0:
+            running.append(pid)
+    return running
 
 
 def _tail(path: Path, size: int = 3000) -> str:

@@ -144,7 +144,9 @@ def seaweedfs_command(config: Config, paths: NodePaths, creds: Credentials,
     write_atomic(identities, json.dumps(doc, indent=1), mode=0o600)
     base = config.repo.internal_port_base
     security = ensure_security(paths)
-    cmd = [weed, f"-config_dir={security}", "server", f"-dir={data}", "-ip=127.0.0.1",
+    # -logtostderr: glog's files would go to $TMPDIR (/tmp) at every start, unbounded; on stderr
+    # its lines land in objectstore.log, which supervisord rotates within log.max.total.mb.
+    cmd = [weed, f"-config_dir={security}", "-logtostderr", "server", f"-dir={data}", "-ip=127.0.0.1",
            "-ip.bind=127.0.0.1", "-disableHttp",
            f"-master.port={base}", f"-master.port.grpc={base + 1}",
            f"-volume.port={base + 2}", f"-volume.port.grpc={base + 3}",

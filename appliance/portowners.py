@@ -1,4 +1,4 @@
-"""Which processes listen on a TCP port, read from ``/proc`` (what ``ss -ltnp`` shows).
+"""Which processes listen on a TCP port, and who is whose parent, read from ``/proc`` (``ss -ltnp``, ``ps``).
 
 The doctor needs it to tell "port taken by this node's Envoy" from "port taken by something
 else"; ``/proc/net/tcp{,6}`` gives the listening socket's inode and ``/proc/<pid>/fd`` links
@@ -58,6 +58,31 @@ def listeners(port: int) -> list[Listener]:
                     break
             except OSError:
                 continue
+    return found
+
+
+def parents() -> dict[int, int]:
+    """pid -> parent pid of every visible process."""
+    table: dict[int, int] = {}
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
+            table[int(entry.name)] = int(stat.rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def descendants(pids: set[int]) -> set[int]:
+    """Every visible process below ``pids`` (children, grandchildren, ...)."""
+    table = parents()
+    found: set[int] = set()
+    frontier = set(pids)
+    while frontier:
+        frontier = {pid for pid, parent in table.items() if parent in frontier and pid not in found}
+        found |= frontier
     return found
 
 

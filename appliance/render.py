@@ -20,7 +20,7 @@ from pathlib import Path
 
 import jinja2
 
-from . import membership, objectstore, subp
+from . import logbudget, membership, objectstore, subp
 from .atomic import write_atomic
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
@@ -112,6 +112,7 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "objectstore": ({"port": config.repo.port, "upstream_port": objectstore.store_port(config)}
                         if config.node.role == "repo" else None),
         "retries": RETRIES,
+        "logs": logbudget.limits(config),
         "logviewer": config.logviewer,
         "bin": {"model_server": find_binary("appliance-model-server"), "envoy": find_binary("envoy"),
                 "python": sys.executable},

@@ -28,6 +28,8 @@
 #   --user NAME           service user (default appliance); created only with --prefix /
 #   --no-user             do not create or use a service user (files stay owned by the caller)
 #   --no-systemd          do not install or enable the systemd unit (auto when systemd is absent)
+#   --memory-max SIZE     the unit's MemoryMax: all of the node's processes together (default 90%:
+#                         of the machine's RAM; or a size like 6G; infinity for none)
 #   --pip-arg ARG         extra argument for pip install, repeatable (e.g. --pip-arg --find-links=DIR)
 #   --with-builtin-models build the built-in models into the model store (needs a few minutes)
 #   --with-tensorflow-model-server   install the real tensorflow_model_server (download, sha256-checked)
@@ -128,7 +130,7 @@ ensure_link() {
   log "linked $link -> $target"
 }
 
-# render_template SRC: SRC with @VENV@, @ROOT@, @PREFIX@ (root without its trailing /), @USER@, @LOGS@, @RUN@ substituted on stdout;
+# render_template SRC: SRC with @VENV@, @ROOT@, @PREFIX@ (root without its trailing /), @USER@, @LOGS@, @RUN@, @MEMORY_MAX@ substituted on stdout;
 # lines holding @USER@ are dropped when there is no service user.
 render_template() {
   local src=$1
@@ -137,7 +139,7 @@ render_template() {
   else
     grep -v '@USER@' "$src"
   fi | sed -e "s|@VENV@|$VENV|g" -e "s|@ROOT@|$ROOT|g" -e "s|@PREFIX@|$ROOT_NOSLASH|g" -e "s|@LOGS@|$ROOT_NOSLASH/var/log/appliance|g" \
-           -e "s|@RUN@|$ROOT_NOSLASH/var/lib/appliance/run|g"
+           -e "s|@RUN@|$ROOT_NOSLASH/var/lib/appliance/run|g" -e "s|@MEMORY_MAX@|$MEMORY_MAX|g"
 }
 
 # ---------------------------------------------------------------------------- steps
@@ -288,6 +290,7 @@ main() {
   SERVICE_USER=appliance
   NO_USER=0
   SYSTEMD=auto
+  MEMORY_MAX=90%
   WITH_BUILTIN_MODELS=0
   WITH_TFS=0
   WITH_MINIO=0
@@ -300,6 +303,7 @@ main() {
       --user) SERVICE_USER=${2:?--user needs a name}; shift 2 ;;
       --no-user) NO_USER=1; shift ;;
       --no-systemd) SYSTEMD=no; shift ;;
+      --memory-max) MEMORY_MAX=${2:?--memory-max needs a size}; shift 2 ;;
       --pip-arg) PIP_ARGS+=("${2:?--pip-arg needs a value}"); shift 2 ;;
       --with-builtin-models) WITH_BUILTIN_MODELS=1; shift ;;
       --with-tensorflow-model-server) WITH_TFS=1; shift ;;
@@ -309,6 +313,8 @@ main() {
       *) die "unknown option $1 (see --help)" ;;
     esac
   done
+  [[ $MEMORY_MAX =~ ^([0-9]+[KMGT]?|[0-9]{1,2}%|100%|infinity)$ ]] \
+    || die "--memory-max $MEMORY_MAX: expected bytes with K/M/G/T, a percentage of RAM, or infinity"
   mkdir -p "$ROOT"
   ROOT=$(cd "$ROOT" && pwd)
   ROOT_NOSLASH=${ROOT%/}

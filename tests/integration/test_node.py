@@ -259,3 +259,9 @@ def test_up_with_a_changed_config_touches_only_what_changed(node: NodeUnderTest)
     assert again["model_server"] == before["model_server"] and "logviewer" in again
     resnet = requests.get(f"{node.url}/v1/models/resnet", timeout=30).json()
     assert resnet["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_doctor_finds_nothing_wrong_on_a_healthy_serving_node(node: NodeUnderTest) -> None:
+    result = node.cli("doctor", *EXTRA, *node.overrides, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout and result.stdout.rstrip().endswith("no problems found")

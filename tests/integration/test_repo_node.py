@@ -342,3 +342,32 @@ def test_the_store_keys_and_certificates_are_private(
     logs = "".join(p.read_text(errors="replace") for p in (node.root / "var/log").rglob("*.log"))
     assert not any(k in logs for k in keys)
     assert (security / "node.key").read_text().strip().splitlines()[1] not in logs
+
+
+def test_doctor_finds_nothing_wrong_on_a_healthy_repo_node(
+        repo_node: tuple[NodeUnderTest, ObjectStore]) -> None:
+    node, store = repo_node
+    result = node.cli("doctor", *node.overrides, "--set", "node.role=repo",
+                      "--set", f"repo.port={store.port}",
+                      "--set", f"repo.internal.port.base={store.internal_base}", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout and result.stdout.rstrip().endswith("no problems found")
+    assert "[repo data]" in result.stdout and "has no version" not in result.stdout
+
+
+def test_seaweedfs_leaves_no_log_files_in_tmp(repo_node: tuple[NodeUnderTest, ObjectStore]) -> None:
+    """glog names its files weed.<host>.<user>.log.<LEVEL>.<date>-<time>.<pid> in $TMPDIR: the
+    running server's pid is in none of them (its lines go to objectstore.log, rotated by size)."""
+    import tempfile
+
+    from appliance.portowners import descendants
+
+    node, _ = repo_node
+    (store,) = [p["pid"] for p in node.status()["processes"] if p["name"] == "objectstore"]
+    weeds = [pid for pid in descendants({store})
+             if Path(f"/proc/{pid}/exe").resolve().name == "weed"]
+    assert weeds, "no weed process under the object store"
+    tmp = Path(tempfile.gettempdir())
+    assert [p.name for w in weeds for p in tmp.glob(f"weed.*.{w}")] == []
+    log = (node.root / "var/log/appliance/objectstore.log").read_text()
+    assert any(line.startswith("I") and "Start Seaweed Master" in line for line in log.splitlines())

