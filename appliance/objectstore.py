@@ -37,7 +37,7 @@ from typing import Callable
 import yaml
 
 from .atomic import write_atomic
-from .config import Config, NodePaths
+from .config import Config, NodePaths, yaml_problem
 from .errors import ApplianceError, SourceError
 from .seaweedfs_security import ensure_security
 
@@ -70,7 +70,8 @@ def ensure_credentials(config: Config, paths: NodePaths) -> Credentials:
     except FileNotFoundError:
         pass
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise ApplianceError(f"{path} is unreadable ({exc}); remove it to generate new keys") from exc
+        why = yaml_problem(exc) if isinstance(exc, yaml.YAMLError) else exc   # never a key's line
+        raise ApplianceError(f"{path} is unreadable ({why}); remove it to generate new keys") from None
     creds = Credentials("AK" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(18)),
                         secrets.token_urlsafe(30))
     text = ("# S3 credentials of this repo node's object store, generated on first start.\n"

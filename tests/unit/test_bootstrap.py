@@ -218,3 +218,27 @@ def test_a_yaml_error_in_the_config_file_quotes_nothing_either(tmp_path: Path) -
     with pytest.raises(ConfigError) as caught:
         bootstrap(paths)
     assert "line 2, column" in str(caught.value) and SECRET[:8] not in str(caught.value)
+
+
+def test_unreadable_store_credentials_are_reported_without_their_lines(tmp_path: Path) -> None:
+    from appliance.config import build
+    from appliance.errors import ApplianceError
+    from appliance.objectstore import credentials_path, ensure_credentials
+
+    paths = NodePaths(tmp_path)
+    path = credentials_path(paths)
+    path.parent.mkdir(parents=True)
+    path.write_text(f"s3.access.key: AKIA\n s3.secret.key: {SECRET}\n")
+    with pytest.raises(ApplianceError) as caught:
+        ensure_credentials(build({"node.role": "repo"}), paths)
+    assert "line 2, column" in str(caught.value) and SECRET[:8] not in str(caught.value)
+
+
+def test_cluster_members_in_a_broken_config_file_quote_no_line(tmp_path: Path) -> None:
+    from appliance.cluster import _set_members_in_file
+
+    path = tmp_path / "appliance.yaml"
+    path.write_text(f"s3.access.key: AKIA\n s3.secret.key: {SECRET}\n")
+    with pytest.raises(ConfigError) as caught:
+        _set_members_in_file(path, ["127.0.0.2"])
+    assert "line 2, column" in str(caught.value) and SECRET[:8] not in str(caught.value)
