@@ -13,22 +13,32 @@ of ``appliance.yaml`` survive; new user data (a new instance, edited user data) 
 the existing file. Generated credentials are never printed or logged, only the names of the
 keys that were generated.
 
-User data formats accepted (cloud-init hands over the raw text in
-``/var/lib/cloud/instance/user-data.txt``):
+User data formats accepted (cloud-init keeps the raw user data, as the instance was given it,
+in ``/var/lib/cloud/instance/user-data.txt``), read the way cloud-init reads them:
 
 - ``#cloud-config`` YAML with an ``appliance:`` mapping (cloud-init's own modules keep working);
 - a plain YAML mapping of appliance keys (nested or dotted, like ``appliance.yaml``), or one
   with a top-level ``appliance:`` mapping;
-- anything else (shell scripts, MIME multipart, empty) carries no appliance keys and is ignored.
+- any of these gzip-compressed (EC2 and Terraform's ``gzip = true``);
+- MIME multipart (Terraform's ``cloudinit_config``, ``cloud-init devel make-mime``): every
+  ``text/cloud-config`` part (or ``text/plain`` part starting ``#cloud-config``), merged in
+  order, later parts winning; parts may be base64 or gzip encoded; other parts are ignored;
+- anything else (shell scripts, empty) carries no appliance keys and is ignored.
+
+A YAML error is reported by line, column and problem only: the offending line may be a secret,
+and the message goes to the journal on every boot.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
 import hashlib
 import logging
 import os
 import secrets
 import string
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -36,7 +46,7 @@ from typing import Any, Mapping
 import yaml
 
 from .atomic import write_atomic
-from .config import KEYS, SCHEMA, NodePaths, build, flatten, read_yaml
+from .config import KEYS, SCHEMA, NodePaths, build, flatten, read_yaml, yaml_problem
 from .errors import ApplianceError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -46,6 +56,11 @@ CLOUD_INIT_USER_DATA = "/var/lib/cloud/instance/user-data.txt"
 STATE_FILE = "var/lib/appliance/bootstrap.applied"
 HEADER = ("# Written by `appliance bootstrap` from {sources}.\n"
           "# Edit freely: bootstrap rewrites this file only when the user data changes.\n")
+
+#: Largest user data accepted once decompressed (EC2 caps it at 16 KiB compressed; a bound keeps
+#: a gzip bomb from filling the memory of a booting node).
+MAX_USER_DATA = 16 << 20
+GZIP_MAGIC = b"\x1f\x8b"
 
 _ACCESS_KEY_ALPHABET = string.ascii_uppercase + string.digits
 
@@ -88,18 +103,64 @@ class BootstrapResult:
         return "\n".join(lines)
 
 
-def appliance_keys(text: str, source: str) -> dict[str, Any] | None:
-    """The flat appliance keys in a user data document; None when it holds none."""
+def _gunzip(data: bytes, source: str) -> bytes:
+    inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflate.decompress(data, MAX_USER_DATA + 1)
+    except zlib.error as exc:
+        raise BootstrapError(f"{source} is gzip data that does not decompress: {exc}") from None
+    if len(out) > MAX_USER_DATA:
+        raise BootstrapError(f"{source} decompresses to more than {MAX_USER_DATA >> 20} MiB")
+    return out
+
+
+def _is_mime(data: bytes) -> bool:
+    """cloud-init's test (``user_data.convert_string``): a MIME header near the start."""
+    head = data[:4096].lower()
+    return b"mime-version:" in head or data.lstrip().lower().startswith(b"content-type:")
+
+
+def user_data_documents(data: bytes, source: str) -> list[tuple[str, str, bool]]:
+    """The documents of raw user data that may hold appliance keys: ``(label, text, is_cloud_config)``.
+
+    Undoes gzip, splits MIME multipart into its cloud-config parts (what cloud-init merges);
+    a single document is returned as is.
+    """
+    if data.startswith(GZIP_MAGIC):
+        data = _gunzip(data, source)
+    if not _is_mime(data):
+        return [(source, data.decode("utf-8", "replace"), False)]
+    documents = []
+    message = email.message_from_bytes(data, policy=email.policy.compat32)
+    for number, part in enumerate(message.walk(), 1):
+        if part.is_multipart():
+            continue
+        label = f"{source} (MIME part {number}, {part.get_content_type()})"
+        payload = part.get_payload(decode=True) or b""
+        if payload.startswith(GZIP_MAGIC):
+            payload = _gunzip(payload, label)
+        kind = part.get_content_type()
+        if kind == "text/cloud-config" or (kind == "text/plain" and payload.lstrip().startswith(b"#cloud-config")):
+            documents.append((label, payload.decode("utf-8", "replace"), True))
+    if not documents:
+        log.warning("%s is MIME multipart user data without a text/cloud-config part: no "
+                    "appliance keys in it", source)
+    return documents
+
+
+def appliance_keys(text: str, source: str, cloud_config: bool = False) -> dict[str, Any] | None:
+    """The flat appliance keys in one user data document; None when it holds none.
+
+    ``cloud_config``: the document is cloud-config whatever its first line (a MIME part typed
+    ``text/cloud-config``), so only its ``appliance:`` mapping is ours.
+    """
     stripped = text.lstrip()
-    if not stripped or stripped.startswith(("#!", "Content-Type:", "MIME-Version:")):
-        if stripped.startswith(("Content-Type:", "MIME-Version:")):
-            log.warning("%s is MIME multipart user data, which bootstrap does not read; put the "
-                        "appliance keys under `appliance:` in a #cloud-config part", source)
+    if not stripped or stripped.startswith("#!"):
         return None
     try:
         tree = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise BootstrapError(f"{source} is not valid YAML: {exc}") from None
+        raise BootstrapError(f"{source} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(tree, Mapping):
         return None
     if "appliance" in tree:
@@ -107,7 +168,7 @@ def appliance_keys(text: str, source: str) -> dict[str, Any] | None:
         if not isinstance(inner, Mapping):
             raise BootstrapError(f"{source}: `appliance:` must be a mapping of appliance keys")
         return flatten(inner)
-    if stripped.startswith("#cloud-config"):
+    if cloud_config or stripped.startswith("#cloud-config"):
         return None     # cloud-init's own keys only
     return flatten(tree)
 
@@ -138,9 +199,13 @@ def bootstrap(paths: NodePaths, from_files: list[Path] | None = None,
         except OSError as exc:
             raise BootstrapError(f"cannot read the user data {user_data}: {exc.strerror} "
                                  "(bootstrap must run as root on an image)") from None
-        values = appliance_keys(text.decode("utf-8", "replace"), str(user_data))
-        if values is not None:
-            inputs.append((str(user_data), values))
+        merged: dict[str, Any] | None = None
+        for label, document, cloud_config in user_data_documents(text, str(user_data)):
+            keys = appliance_keys(document, label, cloud_config)
+            if keys is not None:
+                merged = {**(merged or {}), **keys}
+        if merged is not None:
+            inputs.append((str(user_data), merged))
             raw.append(text)
 
     state = paths.root / STATE_FILE

@@ -16,7 +16,7 @@ import yaml
 from . import membership
 from .atomic import write_atomic
 from .config import (Config, NodePaths, build, effective_values, record_sources, reload_config,
-                     reload_sources)
+                     reload_sources, yaml_problem)
 from .errors import ApplianceError, ConfigError
 from .node import EFFECTIVE, Node
 
@@ -35,6 +35,8 @@ def _set_members_in_file(path: Path, members: list[str]) -> None:
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
         tree, mode = {}, 0o600
+    except yaml.YAMLError as exc:      # the file holds secrets: no line of it in the message
+        raise ConfigError([("(file)", f"not valid YAML: {yaml_problem(exc)}")], str(path)) from None
     if not isinstance(tree, dict):
         raise ConfigError([("(file)", "the top level must be a mapping of keys")], str(path))
     value = ",".join(members)

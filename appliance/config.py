@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -434,6 +435,33 @@ def parse_overrides(pairs: list[str]) -> tuple[dict[str, str], list[tuple[str, s
     return values, problems
 
 
+# A quoted token in a PyYAML message (an alias, a tag, a character it found or expected).
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+# The tokens kept: one punctuation character or an escape (what the parser expected: ',' '\\t').
+_SAFE_TOKEN = re.compile(r"[^\w\s]|\\[tnr0]")
+
+
+def _unquote_content(text: str) -> str:
+    return _QUOTED.sub(lambda m: m[0] if _SAFE_TOKEN.fullmatch(m[0][1:-1]) else "'...'", text)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """``exc`` as line, column and problem, without a byte of the document.
+
+    PyYAML's own message quotes the offending line (and aliases, tags, characters of it), and a
+    config or user data line may be a secret: this text is what reaches a log or the journal.
+    """
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"character at offset {exc.position}: {exc.reason}"
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    mark = exc.problem_mark or exc.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    parts = [part for part in (exc.context, exc.problem) if part]
+    text = "; ".join(_unquote_content(part) for part in parts)
+    return where + (text or "invalid YAML")
+
+
 def read_yaml(path: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """The flattened contents of a YAML config file, or the problems reading it."""
     try:
@@ -441,7 +469,7 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     except OSError as exc:
         return {}, [("(file)", f"cannot read {path}: {exc.strerror}")]
     except yaml.YAMLError as exc:
-        return {}, [("(file)", f"not valid YAML: {exc}")]
+        return {}, [("(file)", f"not valid YAML: {yaml_problem(exc)}")]
     if tree is None:
         return {}, []
     if not isinstance(tree, Mapping):

@@ -37,7 +37,7 @@ from typing import Callable
 import yaml
 
 from .atomic import write_atomic
-from .config import Config, NodePaths
+from .config import Config, NodePaths, yaml_problem
 from .errors import ApplianceError, SourceError
 from .seaweedfs_security import ensure_security
 
@@ -70,7 +70,8 @@ def ensure_credentials(config: Config, paths: NodePaths) -> Credentials:
     except FileNotFoundError:
         pass
     except (OSError, KeyError, TypeError, yaml.YAMLError) as exc:
-        raise ApplianceError(f"{path} is unreadable ({exc}); remove it to generate new keys") from exc
+        why = yaml_problem(exc) if isinstance(exc, yaml.YAMLError) else exc   # never a key's line
+        raise ApplianceError(f"{path} is unreadable ({why}); remove it to generate new keys") from None
     creds = Credentials("AK" + "".join(secrets.choice(_KEY_ALPHABET) for _ in range(18)),
                         secrets.token_urlsafe(30))
     text = ("# S3 credentials of this repo node's object store, generated on first start.\n"
@@ -237,17 +238,59 @@ def ensure_bucket(config: Config, creds: Credentials, timeout: float = 120.0,
 STOP_GRACE_SECONDS = 3.0
 
 
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def ensure_writable_dirs(config: Config, paths: NodePaths) -> None:
+    """The directories the store writes, made and writable by us, or an error naming the fix.
+
+    The store runs as the service user; a data dir it cannot create (a root-owned ``/data`` of an
+    older install) would otherwise be a traceback repeated on every restart.
+    """
+    user = _user_name(os.geteuid())
+    for directory in (data_dir(config, paths), paths.run, credentials_path(paths).parent):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            usable = os.access(directory, os.W_OK | os.X_OK)
+        except OSError as exc:
+            usable, reason = False, exc.strerror
+        else:
+            reason = "not writable"
+        if not usable:
+            existing = next(p for p in (directory, *directory.parents) if p.exists())
+            owner = _user_name(existing.stat().st_uid)
+            raise ApplianceError(
+                f"the object store cannot use {directory}: {reason} (it runs as {user}; "
+                f"{existing} is owned by {owner}). Fix: `sudo install -d -o {user} -g {_group_name(os.getegid())} "
+                f"-m 0750 {directory}`, or re-run scripts/install-node.sh, which makes the node's "
+                f"data dirs owned by the service user")
+
+
 def run_objectstore(config: Config, paths: NodePaths) -> int:
     """Prepare, start the server as our child, create the bucket, then wait for the server."""
+    ensure_writable_dirs(config, paths)
     creds = ensure_credentials(config, paths)
-    data_dir(config, paths).mkdir(parents=True, exist_ok=True)
     # The store's files (volumes, its filer's database) are the models: no other local user
     # reads them around the locked ports.
     try:
         data_dir(config, paths).chmod(0o700)
     except OSError as exc:
         log.warning("could not make %s private (mode 0700): %s", data_dir(config, paths), exc)
-    paths.run.mkdir(parents=True, exist_ok=True)
     which, cmd, extra_env = server_command(config, paths, creds)
     log.info("starting %s: S3 API at %s (through Envoy; the store on %s), data in %s", which,
              endpoint(config), store_endpoint(config), data_dir(config, paths))

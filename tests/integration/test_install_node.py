@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -49,9 +50,9 @@ def _snapshot_source(dest: Path) -> Path:
     return dest
 
 
-def _install(source: Path, root: Path) -> subprocess.CompletedProcess:
+def _install(source: Path, root: Path, *options: str) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(source / "scripts/install-node.sh"), "--prefix", str(root),
-                           "--source", str(source)], capture_output=True, text=True, timeout=1200)
+                           "--source", str(source), *options], capture_output=True, text=True, timeout=1200)
 
 
 def tree_state(root: Path) -> dict[str, tuple]:
@@ -289,3 +290,197 @@ def test_the_pinned_minio_checksum_is_well_formed() -> None:
     text = SCRIPT.read_text()
     assert re.search(r"^MINIO_SHA256=[0-9a-f]{64}$", text, re.M)
     assert re.search(r"^MINIO_URL=\"https://", text, re.M)
+
+
+# ----------------------------------------------------------------------------- as the service user
+
+SERVICE_USER = "appliance-test"
+REPO_ADDRESS, SERVING_ADDRESS = "127.0.0.73", "127.0.0.74"
+
+
+def _service_user() -> tuple[int, int]:
+    """A system user like the one install-node.sh makes on an image (created once, kept)."""
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                        "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+                       check=True, capture_output=True, timeout=60)
+        entry = pwd.getpwnam(SERVICE_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _as_user(uid: int, gid: int, cmd: list[str]) -> list[str]:
+    """``cmd`` run as the service user, the way the unit's User= runs it (setpriv execs, no fork)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--reset-env", *cmd]
+
+
+@dataclass
+class UserNode:
+    root: Path
+    address: str
+    ports: dict[str, int]
+
+    @property
+    def appliance(self) -> str:
+        return str(self.root / "opt/appliance/venv/bin/appliance")
+
+    def bootstrap(self, values: dict[str, object], tmp: Path) -> None:
+        """As root, like the unit's `ExecStartPre=+... bootstrap`: the file goes to the dir's owner."""
+        given = tmp / f"{self.root.name}.yaml"
+        given.write_text(yaml.safe_dump({"node.address": self.address, "envoy.concurrency": 1,
+                                         **self.ports, **values}))
+        boot = subprocess.run([self.appliance, "--root", str(self.root), "bootstrap", "--from", str(given)],
+                              capture_output=True, text=True, timeout=120)
+        assert boot.returncode == 0, boot.stderr
+
+
+def _user_node(root: Path, address: str, keys: set[str]) -> UserNode:
+    from tests.integration.objectstore_harness import free_port_block
+
+    ports = {key: free_port(address) for key in keys if key.endswith(".port")}
+    ports["envoy.admin.port"] = free_port()
+    ports["repo.internal.port.base"] = free_port_block(8)
+    return UserNode(root, address, ports)
+
+
+@pytest.fixture(scope="module")
+def user_installs() -> Iterator[tuple[Path, UserNode, UserNode, tuple[int, int]]]:
+    """A repo node and a serving node installed with `install-node.sh --prefix --user`.
+
+    Under /tmp in a 0755 dir (pytest's own temp dirs are 0700: the user could not reach its venv),
+    with Debian's python3.11 (the interpreter of an image, reachable by any user).
+    """
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None or not Path("/usr/bin/python3.11").exists():
+        pytest.skip("needs root, setpriv and /usr/bin/python3.11")
+    uid_gid = _service_user()
+    base = Path(tempfile.mkdtemp(prefix="appliance-user-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        source = _snapshot_source(base / "src")
+        nodes = []
+        for name, address in (("repo", REPO_ADDRESS), ("serving", SERVING_ADDRESS)):
+            root = base / name
+            done = _install(source, root, "--user", SERVICE_USER, "--python", "/usr/bin/python3.11")
+            assert done.returncode == 0, done.stdout + done.stderr[-5000:]
+            nodes.append(_user_node(root, address, _installed_keys(root / "opt/appliance/venv")))
+        yield base, nodes[0], nodes[1], uid_gid
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_install_gives_the_node_data_to_the_service_user(user_installs) -> None:
+    _, repo, _, (uid, gid) = user_installs
+    for rel in ("data", "data/models", "data/objectstore", "etc/appliance", "var/lib/appliance",
+                "var/lib/appliance/run", "var/log/appliance"):
+        st = (repo.root / rel).stat()
+        assert (st.st_uid, st.st_gid) == (uid, gid), rel
+    st = (repo.root / "opt/appliance/venv/bin/appliance").stat()
+    assert st.st_uid == 0 and not st.st_mode & 0o022          # the code stays root's
+
+
+@pytest.mark.slow
+def test_an_object_store_that_cannot_write_its_data_dir_fails_at_once_naming_the_fix(
+        user_installs, tmp_path: Path) -> None:
+    """The state of an older install (a root-owned data dir): one clear error, no traceback;
+    the fix it names (re-run the install) makes the dir the service user's again."""
+    base, repo, _, (uid, gid) = user_installs
+    data = repo.root / "data/objectstore"
+    os.chown(data, 0, 0)
+    data.chmod(0o755)
+    repo.bootstrap({"node.role": "repo"}, tmp_path)
+    run = subprocess.run(_as_user(uid, gid, [repo.appliance, "--root", str(repo.root), "objectstore"]),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"the object store cannot use {data}: not writable (it runs as {SERVICE_USER}" in run.stderr
+    assert "Traceback" not in run.stderr and "scripts/install-node.sh" in run.stderr
+    again = _install(base / "src", repo.root, "--user", SERVICE_USER, "--python", "/usr/bin/python3.11")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (data.stat().st_uid, data.stat().st_gid) == (uid, gid)
+
+
+def _up_as_user(node: UserNode, uid_gid: tuple[int, int], processes: Processes, log: Path):
+    cmd = _as_user(*uid_gid, [node.appliance, "--root", str(node.root), "up", "--foreground",
+                              "--timeout", "600"])
+    return processes.start(cmd, log=log)
+
+
+def _wait_answering(node: UserNode, proc, log: Path, url: str, status: int,
+                    body: str | None = None) -> requests.Response:
+    """Until ``url`` answers ``status`` (`up`'s own output is buffered while it runs)."""
+    seen: list[str] = []
+
+    def answers() -> tuple[requests.Response] | None:     # a 4xx Response is falsy
+        assert proc.poll() is None, log.read_text()[-5000:]
+        try:
+            resp = requests.request("POST" if body else "GET", url, data=body, timeout=10)
+        except requests.RequestException as exc:
+            seen.append(repr(exc))
+            return None
+        seen.append(f"HTTP {resp.status_code}: {resp.text[:300]}")
+        return (resp,) if resp.status_code == status else None
+    try:
+        return wait_until(answers, timeout=600, interval=0.5, what=url)[0]
+    except TimeoutError as exc:
+        logs = node.root / "var/log/appliance"
+        tails = {p.name: p.read_text(errors="replace")[-2000:] for p in sorted(logs.glob("*.log"))}
+        raise AssertionError(f"{exc}; last answer: {seen[-1:]}; logs: {tails}") from None
+
+
+@pytest.mark.slow
+def test_a_repo_node_and_a_serving_node_run_as_the_service_user_and_serve_a_pushed_model(
+        user_installs, processes: Processes, tmp_path: Path) -> None:
+    from tests.tfmodels import build_all
+
+    _, repo, serving, uid_gid = user_installs
+    repo.bootstrap({"node.role": "repo"}, tmp_path)
+    repo_up = _up_as_user(repo, uid_gid, processes, tmp_path / "repo-up.log")
+    pids: list[int] = []
+    try:
+        endpoint = f"http://{REPO_ADDRESS}:{repo.ports['repo.port']}"
+        # Anonymous S3 gets AccessDenied: the store answers through the repo node's Envoy.
+        _wait_answering(repo, repo_up, tmp_path / "repo-up.log", endpoint + "/", 403)
+        pids += _node_pids(repo.appliance, repo.root)
+        keys = yaml.safe_load((repo.root / "etc/appliance/appliance.yaml").read_text())
+        # Every process of the repo node is the service user's, and so is what the store wrote.
+        assert {_uid_of(pid) for pid in pids} == {uid_gid[0]}
+        written = [p for p in (repo.root / "data/objectstore").rglob("*")]
+        assert written and {p.stat().st_uid for p in written} == {uid_gid[0]}
+
+        # A model pushed to the repo node's S3 port (Envoy on its address), by a client elsewhere.
+        model = build_all(tmp_path / "models", only=("half_plus_two",))["half_plus_two"] / "1"
+        client = {"s3.type": "seaweedfs", "s3.endpoint": endpoint, "model.base.path": "s3://models"}
+        sets = [a for k, v in client.items() for a in ("--set", f"{k}={v}")]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": keys["s3.access.key"],
+               "AWS_SECRET_ACCESS_KEY": keys["s3.secret.key"]}
+        pushed = subprocess.run([repo.appliance, "--root", str(tmp_path / "client"), "models", "push",
+                                 str(model), "--name", "half", "--version", "1", *sets],
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+
+        serving.bootstrap({**client, "model.name": "half", "s3.access.key": keys["s3.access.key"],
+                           "s3.secret.key": keys["s3.secret.key"], "sync.interval.seconds": 2}, tmp_path)
+        serving_up = _up_as_user(serving, uid_gid, processes, tmp_path / "serving-up.log")
+        url = f"http://{SERVING_ADDRESS}:{serving.ports['http.port']}/v1/models/half:predict"
+        resp = _wait_answering(serving, serving_up, tmp_path / "serving-up.log", url, 200,
+                               '{"instances": [1.0, 2.0, 5.0]}')
+        assert resp.json() == {"predictions": [2.5, 3.0, 4.5]}
+        pids += _node_pids(serving.appliance, serving.root)
+        assert {_uid_of(pid) for pid in pids} == {uid_gid[0]}
+        served = serving.root / "data/models/half/1"
+        assert served.is_dir() and served.stat().st_uid == uid_gid[0]
+    finally:
+        for proc in processes.procs:
+            processes.stop(proc, timeout=90)
+        for pid in wait_gone(pids, 30):
+            os.kill(pid, 9)
+    assert wait_gone(pids, 5) == []
+
+
+def _uid_of(pid: int) -> int:
+    return Path(f"/proc/{pid}").stat().st_uid

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gzip
+import shutil
+import subprocess
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from pathlib import Path
 
 import pytest
 import yaml
 
-from appliance.bootstrap import appliance_keys, bootstrap
+from appliance.bootstrap import BootstrapError, appliance_keys, bootstrap
 from appliance.config import NodePaths, load_config
 from appliance.errors import ConfigError
 
@@ -21,10 +26,10 @@ appliance:
 """
 
 
-def _user_data(paths: NodePaths, text: str) -> Path:
+def _user_data(paths: NodePaths, text: str | bytes) -> Path:
     path = paths.root / "var/lib/cloud/instance/user-data.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
     return path
 
 
@@ -95,7 +100,6 @@ def test_invalid_user_data_is_refused_with_key_paths(tmp_path: Path) -> None:
     ("#!/bin/sh\necho hi\n", None),
     ("#cloud-config\npackages: [curl]\n", None),
     ("", None),
-    ("Content-Type: multipart/mixed; boundary=x\n", None),
     ("http.port: 8081\nmodel: {name: resnet}\n", {"http.port": 8081, "model.name": "resnet"}),
     ("appliance:\n  grpc.port: 9001\n", {"grpc.port": 9001}),
 ])
@@ -110,3 +114,131 @@ def test_written_config_is_plain_dotted_yaml(tmp_path: Path) -> None:
     text = paths.config_file.read_text()
     assert text.startswith("# Written by `appliance bootstrap` from ")
     assert list(yaml.safe_load(text))[:2] == ["node.role", "model.name"]
+
+
+# ----------------------------------------------------------------------------- what clouds send
+
+
+def _applied(tmp_path: Path, raw: bytes):
+    paths = NodePaths(tmp_path)
+    _user_data(paths, raw)
+    assert bootstrap(paths).changed
+    return load_config(paths.config_file)
+
+
+def _terraform_mime(*parts: tuple[str, str]) -> bytes:
+    """What Terraform's cloudinit_config renders: multipart/mixed, 7bit text parts."""
+    message = MIMEMultipart("mixed", boundary="MIMEBOUNDARY")
+    for content_type, body in parts:
+        part = MIMEText(body, content_type.split("/")[1], "utf-8")
+        del part["Content-Transfer-Encoding"]
+        part["Content-Transfer-Encoding"] = "7bit"
+        part.set_payload(body)
+        message.attach(part)
+    return message.as_bytes()
+
+
+def test_plain_cloud_config_is_applied(tmp_path: Path) -> None:
+    config = _applied(tmp_path, CLOUD_CONFIG.encode())
+    assert config.node.role == "repo" and config.http_port == 8081
+
+
+def test_gzip_user_data_is_applied(tmp_path: Path) -> None:
+    """EC2 and Terraform's `gzip = true` hand over gzip bytes; cloud-init keeps them raw."""
+    config = _applied(tmp_path, gzip.compress(CLOUD_CONFIG.encode()))
+    assert config.node.role == "repo" and config.http_port == 8081
+
+
+def test_terraform_mime_multipart_merges_its_cloud_config_parts(tmp_path: Path) -> None:
+    raw = _terraform_mime(("text/x-shellscript", "#!/bin/sh\necho appliance: ignored\n"),
+                          ("text/cloud-config", CLOUD_CONFIG),
+                          ("text/cloud-config", "appliance:\n  http.port: 8093\n"))
+    config = _applied(tmp_path, raw)
+    assert config.node.role == "repo" and config.http_port == 8093     # the later part wins
+    assert config.model.names == ("saved_model_half_plus_two_mkl",)
+
+
+def test_gzip_mime_multipart_is_applied(tmp_path: Path) -> None:
+    raw = gzip.compress(_terraform_mime(("text/cloud-config", CLOUD_CONFIG)))
+    assert _applied(tmp_path, raw).http_port == 8081
+
+
+@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")
+def test_cloud_init_make_mime_output_is_applied(tmp_path: Path) -> None:
+    """cloud-init's own producer: base64 parts with a text/cloud-config type."""
+    (tmp_path / "cc.yaml").write_text(CLOUD_CONFIG)
+    (tmp_path / "boot.sh").write_text("#!/bin/sh\ntrue\n")
+    made = subprocess.run(["cloud-init", "devel", "make-mime", "-a", f"{tmp_path / 'boot.sh'}:x-shellscript",
+                           "-a", f"{tmp_path / 'cc.yaml'}:cloud-config"],
+                          capture_output=True, timeout=120, check=True)
+    assert b"Content-Transfer-Encoding: base64" in made.stdout
+    config = _applied(tmp_path / "node", made.stdout)
+    assert config.node.role == "repo" and config.http_port == 8081
+
+
+def test_mime_multipart_without_cloud_config_boots_on_the_existing_config(tmp_path: Path) -> None:
+    paths = NodePaths(tmp_path)
+    _user_data(paths, _terraform_mime(("text/x-shellscript", "#!/bin/sh\ntrue\n")))
+    assert not bootstrap(paths).changed
+
+
+SECRET = "wS3cr3tV4lu3-9f8e7d6c5b4a"
+
+
+@pytest.mark.parametrize("document", [
+    # a key indented one space too far: "mapping values are not allowed here" on the secret's line
+    f"#cloud-config\nappliance:\n  node.role: repo\n   s3.secret.key: {SECRET}\n",
+    # an unknown escape in a quoted secret: PyYAML quotes the character it found
+    f'#cloud-config\nappliance:\n  s3.secret.key: "{SECRET}\\q"\n',
+    # an alias and a tag spelled from the secret: PyYAML quotes them whole
+    f"#cloud-config\nappliance:\n  s3.secret.key: *{SECRET}\n",
+    f"#cloud-config\nappliance:\n  s3.secret.key: !{SECRET} x\n",
+])
+@pytest.mark.parametrize("encode", [lambda t: t.encode(), lambda t: gzip.compress(t.encode()),
+                                    lambda t: _terraform_mime(("text/cloud-config", t))],
+                         ids=["plain", "gzip", "mime"])
+def test_a_yaml_error_names_line_and_column_but_no_byte_of_the_secret(
+        tmp_path: Path, document: str, encode, caplog: pytest.LogCaptureFixture) -> None:
+    paths = NodePaths(tmp_path)
+    _user_data(paths, encode(document))
+    with pytest.raises(BootstrapError) as caught:
+        bootstrap(paths)
+    message = str(caught.value)
+    assert "not valid YAML: line " in message and ", column " in message
+    said = message + caplog.text
+    # No piece of the secret's line: not the value, nor any 4 characters of it.
+    assert not [SECRET[i:i + 4] for i in range(len(SECRET) - 3) if SECRET[i:i + 4] in said], said
+    assert not paths.config_file.exists()
+
+
+def test_a_yaml_error_in_the_config_file_quotes_nothing_either(tmp_path: Path) -> None:
+    paths = NodePaths(tmp_path)
+    paths.config_file.parent.mkdir(parents=True)
+    paths.config_file.write_text(f"s3.access.key: AKIA\n s3.secret.key: {SECRET}\n")
+    with pytest.raises(ConfigError) as caught:
+        bootstrap(paths)
+    assert "line 2, column" in str(caught.value) and SECRET[:8] not in str(caught.value)
+
+
+def test_unreadable_store_credentials_are_reported_without_their_lines(tmp_path: Path) -> None:
+    from appliance.config import build
+    from appliance.errors import ApplianceError
+    from appliance.objectstore import credentials_path, ensure_credentials
+
+    paths = NodePaths(tmp_path)
+    path = credentials_path(paths)
+    path.parent.mkdir(parents=True)
+    path.write_text(f"s3.access.key: AKIA\n s3.secret.key: {SECRET}\n")
+    with pytest.raises(ApplianceError) as caught:
+        ensure_credentials(build({"node.role": "repo"}), paths)
+    assert "line 2, column" in str(caught.value) and SECRET[:8] not in str(caught.value)
+
+
+def test_cluster_members_in_a_broken_config_file_quote_no_line(tmp_path: Path) -> None:
+    from appliance.cluster import _set_members_in_file
+
+    path = tmp_path / "appliance.yaml"
+    path.write_text(f"s3.access.key: AKIA\n s3.secret.key: {SECRET}\n")
+    with pytest.raises(ConfigError) as caught:
+        _set_members_in_file(path, ["127.0.0.2"])
+    assert "line 2, column" in str(caught.value) and SECRET[:8] not in str(caught.value)
