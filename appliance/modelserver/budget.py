@@ -8,9 +8,12 @@ of objects, strings, an invalid document re-parsed for its error text) would not
 the body's own charge: 240 MiB of such JSON took 11.6 GB. So a thread decoding a request runs
 under :func:`charging`, and :func:`charge_decode` (called by the JSON parser for bodies of
 :data:`CHARGED_BODY` bytes or more) takes an estimate of the decode's cost from the same budget
-before parsing: 100 bytes per structural token (``,`` ``:`` ``[`` ``{``) plus the text, an
-upper bound of every shape measured. A decode that can never fit is refused with 413, one that
-does not fit now with 429; both before any object is made.
+before parsing: 100 bytes per structural token (``,`` ``:`` ``[`` ``{``) plus 16 bytes per byte
+of text (48 when it is not all ASCII: Python stores such a string at up to 4 bytes a character,
+and the text is copied several times on its way to the model and back), an upper bound of every
+shape measured (one 95 MiB string of 4-byte characters through an echo model: 41x its size; of
+ASCII: 14x). A decode that can never fit is refused with 413, one that does not fit now with
+429; both before any object is made.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from appliance.modelserver.status import Code, ServingError
 
 CHARGED_BODY = 1 << 20
 COST_PER_TOKEN = 100
+COST_PER_BYTE = 16
+COST_PER_BYTE_NOT_ASCII = 48
 
 
 class BodyBudget:
@@ -73,7 +78,8 @@ def charging(budget: BodyBudget | None) -> Iterator[None]:
 def decode_cost(body: bytes) -> int:
     """An upper bound of the memory that decoding ``body`` into Python objects takes."""
     tokens = body.count(b",") + body.count(b":") + body.count(b"[") + body.count(b"{")
-    return len(body) + COST_PER_TOKEN * tokens
+    per_byte = COST_PER_BYTE if body.isascii() else COST_PER_BYTE_NOT_ASCII
+    return per_byte * len(body) + COST_PER_TOKEN * tokens
 
 
 def charge_decode(body: bytes) -> None:

@@ -42,9 +42,10 @@ BODY_BUDGET_BYTES = 2 ** 30
 MAX_PIPELINED = 32
 GZIP_MAX_INFLATED = 100 * 1024 * 1024  # net_http ZLib::kMaxUncompressedBytes
 WRITE_BUFFER_HIGH = 1024 * 1024         # reading pauses while this much output waits
+MAX_HEAD_BYTES = 64 * 1024              # request line and headers (Envoy passes at most 60 KiB)
 LINGER_SECONDS = 30.0                   # at most this long discarding a refused request's body
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
+            405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             499: "Client Closed Request",
             500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
             504: "Gateway Timeout"}
@@ -91,6 +92,8 @@ class HttpProtocol(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
+        self.head_bytes = 0                      # request line and headers of the current request
+        self.repeated: dict[str, list[str]] = {}  # headers seen more than once, joined at the end
         self.current: _Request | None = None
         self.body_size = 0
         self.queue: collections.deque[_Request] = collections.deque()
@@ -154,20 +157,39 @@ class HttpProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.current = _Request()
         self.url = b""
+        self.head_bytes = 0
+        if self.repeated:
+            self.repeated = {}
         self.body_size = 0
         self.header_age = 0.0
 
     def on_url(self, url: bytes) -> None:
+        self.head_bytes += len(url)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head()
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_HEAD_BYTES:
+            self._refuse_head()
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         headers = self.current.headers
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        if key in headers:  # joined once all have arrived: joining each time is quadratic
+            self.repeated.setdefault(key, [headers[key]]).append(text)
+        else:
+            headers[key] = text
+
+    def _refuse_head(self) -> None:
+        self._refuse(431, f"Request line and headers larger than {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
         request = self.current
+        if self.repeated:
+            for key, values in self.repeated.items():
+                request.headers[key] = ", ".join(values)
+            self.repeated = {}
         request.method = self.parser.get_method().decode("ascii", "replace")
         request.path = httptools.parse_url(self.url).path.decode("latin-1") if self.url else ""
         request.http10 = self.parser.get_http_version() == "1.0"

@@ -5,9 +5,15 @@ proto with ``dim { size: 1000000000000 }`` and one ``float_val`` makes it alloca
 (``FromProto`` repeats the last value to fill the shape). Decoding here checks the shape and the
 byte budget first, so a hostile request fails cheaply with TF Serving's
 ``tensor parsing error: <alias>`` (INVALID_ARGUMENT) instead of taking the process down.
+What is not sent (the repeated last value, or zeros for a tensor with no values) is filled up to
+:data:`MAX_FILL_BYTES` only: a 41-byte request of shape ``[3e8]`` and one ``float_val`` took the
+server to +16 GB before. Values are read from the proto's repeated field by numpy in one call,
+without a Python object per value.
 
 Outputs are written to the typed ``*_val`` fields (``Tensor::AsProtoField``, TF Serving's
 default) because clients such as the official tests read ``float_val``, not ``tensor_content``.
+Floats and doubles go in as one packed field parsed from the array's bytes (4-8 bytes a value;
+a Python float per value was 32 more), other types a bounded piece at a time.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ from appliance.modelserver.status import Code, ServingError, invalid_argument
 # A value broadcast (or zero-filled) to more than this many bytes is refused: no request can
 # legitimately need more than the 2 GiB a gRPC message may carry.
 MAX_TENSOR_BYTES = 2 ** 31 - 1
+# What a request may leave to be filled in (broadcast of its last value, or zeros). TF fills any
+# size; a fill is how a tiny message becomes a huge tensor, so it is bounded (an appliance limit).
+MAX_FILL_BYTES = 64 * 1024 * 1024
+_PIECE = 1 << 20  # values converted at a time for the typed fields that are not fixed-size
 _MAX_ELEMENTS = 2 ** 62
 MAX_RANK = 64  # numpy's limit (TF's is 254): beyond it, TF's own error for a shape it cannot hold
 
@@ -93,6 +103,8 @@ def _from_proto(proto: Any) -> np.ndarray | None:
         return np.frombuffer(content, dtype=dtype).reshape(shape)
     values = getattr(proto, field)
     n = len(values)
+    if n < count and (count - n) * itemsize > MAX_FILL_BYTES:
+        return None
     if dtype is object:
         out = np.empty(count, dtype=object)
         if n:
@@ -105,14 +117,19 @@ def _from_proto(proto: Any) -> np.ndarray | None:
     if n == 0:
         return np.zeros(shape, dtype=dtype)
     if dtype is np.float16:
-        flat = np.array(values[:count], dtype=np.int64).astype(np.uint16).view(np.float16)
+        flat = np.array(values, dtype=np.int64).astype(np.uint16).view(np.float16)
     else:
         try:
-            flat = np.array(values[:count], dtype=dtype)
+            flat = np.array(values, dtype=dtype)
         except OverflowError:  # int_val 300 for DT_INT8: C++'s static_cast wraps, and so do we
-            flat = np.array(values[:count], dtype=np.int64).astype(dtype)
-    if n < count:  # FromProto repeats the last value
-        flat = np.concatenate([flat, np.full(count - n, flat[-1], dtype=dtype)])
+            flat = np.array(values, dtype=np.int64).astype(dtype)
+    if n > count:
+        flat = flat[:count]
+    elif n < count:  # FromProto repeats the last value
+        filled = np.empty(count, dtype=dtype)
+        filled[:n] = flat
+        filled[n:] = flat[-1]
+        flat = filled
     return flat.reshape(shape)
 
 
@@ -132,8 +149,25 @@ def proto_from_ndarray(arr: np.ndarray) -> Any:
     if entry is None:
         raise ServingError(Code.UNIMPLEMENTED, f"Cannot serialize output of dtype {arr.dtype}")
     proto.dtype, field = entry
-    if arr.dtype == np.float16:
-        proto.half_val.extend(flat.view(np.uint16).tolist())
-    else:
-        getattr(proto, field).extend(flat.tolist())
+    if field in _PACKED_TAGS:
+        data = flat.astype(flat.dtype.newbyteorder("<"), copy=False).tobytes()
+        proto.MergeFromString(_PACKED_TAGS[field] + _varint(len(data)) + data)
+        return proto
+    values = flat.view(np.uint16) if arr.dtype == np.float16 else flat
+    target = getattr(proto, field)
+    for start in range(0, len(values), _PIECE):
+        target.extend(values[start:start + _PIECE].tolist())
     return proto
+
+
+# float_val (field 5) and double_val (6) as packed, length-delimited fields (wire type 2)
+_PACKED_TAGS = {"float_val": bytes([5 << 3 | 2]), "double_val": bytes([6 << 3 | 2])}
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -331,3 +331,40 @@ def test_json_that_decodes_into_objects_is_charged_to_the_budget_first(server: S
     fitting = b'{"instances":[' + b",".join([row] * (150 * 1024)) + b"]}"
     status, payload = post_raw(server, fitting, parse=False)
     assert status == 200 and json.loads(payload)["predictions"][:2] == [2.5, 2.5]
+
+
+def test_headers_past_64_kib_get_431_and_repeated_headers_cost_no_time(server: Server) -> None:
+    """A repeated header used to be joined on each arrival (quadratic, on the event loop: 2 MiB of
+    `X: a` lines stalled every REST client for 9 s); request line and headers are capped at 64 KiB."""
+    many = b"GET " + MODEL.encode() + b" HTTP/1.1\r\nHost: x\r\n" + b"X: a\r\n" * 400_000 + b"\r\n"
+    answer = raw_exchange(server, many)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b'{"error": "Request line and headers larger than 65536 bytes"}' in answer
+    fitting = b"GET " + MODEL.encode() + b" HTTP/1.1\r\nHost: x\r\n" + b"X: a\r\n" * 5000 + b"Connection: close\r\n\r\n"
+    assert raw_exchange(server, fitting).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_tiny_grpc_request_cannot_fill_a_huge_tensor(server: Server) -> None:
+    """One float_val with a shape of 3e8: TF repeats the last value to fill the shape; a 41-byte
+    message took the server to +16 GB. What is left to fill is capped at 64 MiB."""
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    def request(size: int) -> predict_pb2.PredictRequest:
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "half_plus_two"
+        req.inputs["x"].dtype = 1
+        req.inputs["x"].tensor_shape.dim.add().size = size
+        req.inputs["x"].float_val.append(1.0)
+        return req
+
+    base = settle(server)
+    server.reset_peak()
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Predict(request(300_000_000), timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "tensor parsing error: x"
+        assert server.peak() - base < 64 * MiB
+        filled = stub.Predict(request(1_000_000), timeout=60)   # 4 MB: within the cap
+    assert len(filled.outputs["y"].float_val) == 1_000_000 and filled.outputs["y"].float_val[-1] == 2.5
