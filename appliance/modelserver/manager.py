@@ -353,9 +353,10 @@ class ModelManager:
             log.error("Loading servable: {name: %s version: %d} failed: %s", name, version, error.to_string())
             if loaded is not None:
                 loaded.close()
+            # Recorded before the state says so: whoever sees END (status, the agent) finds the record.
+            model.quarantine.add(version, dirname, files, error.code.name, error.message)
             with self._lock:
                 state.state, state.error = "END", error
-            model.quarantine.add(version, dirname, files, error.code.name, error.message)
             log.error("Quarantined servable version {name: %s version: %d}: not loaded again until its files "
                       "change; the newest other version serves", name, version)
             return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -40,15 +41,18 @@ REPORT: dict[str, object] = {}
 
 
 def _free_everywhere(addresses: list[str], taken: set[int]) -> int:
-    """A port free on every address (so each node can use the same one, like real machines)."""
+    """A port free on every address (so each node can use the same one, like real machines).
+
+    Drawn below the kernel's ephemeral range (32768-60999): nodes are started again and added
+    minutes later, and a port of that range may by then be the local port of one of the
+    cluster's own connections (seen: a new node's Envoy admin port taken, so it could not start).
+    """
     while True:
-        with socket.socket() as probe:
-            probe.bind((addresses[0], 0))
-            port = probe.getsockname()[1]
+        port = random.randint(20000, 32000)
         if port in taken:
             continue
         try:
-            for address in addresses[1:]:
+            for address in addresses:
                 with socket.socket() as s:
                     s.bind((address, port))
         except OSError:
@@ -84,9 +88,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     ports = {key: _free_everywhere(addresses, taken) for key in (
         "http.port", "grpc.port", "serving.rest.port", "serving.grpc.port", "logviewer.port",
         "repo.port")}
-    admin_base = _free_everywhere(["127.0.0.1"], taken)
-    while not all(_port_free("127.0.0.1", admin_base + i) for i in range(6)):
-        admin_base = _free_everywhere(["127.0.0.1"], taken)
+    admin_base = _free_block(6, taken)
     overrides = {k: str(v) for k, v in ports.items()}
     overrides.update({"enable.access.log": "true", "sync.interval.seconds": "2",
                       "repo.internal.port.base": str(_free_internal_base(taken)),
@@ -121,9 +123,16 @@ def _port_free(address: str, port: int) -> bool:
 
 def _free_internal_base(taken: set[int]) -> int:
     """The object store's 8 consecutive internal ports on 127.0.0.1."""
+    return _free_block(8, taken)
+
+
+def _free_block(count: int, taken: set[int]) -> int:
+    """``count`` consecutive ports free on 127.0.0.1 and not handed out yet (all then taken)."""
     while True:
         base = _free_everywhere(["127.0.0.1"], taken)
-        if base < 60000 and all(_port_free("127.0.0.1", base + i) for i in range(8)):
+        block = range(base, base + count)
+        if not taken.intersection(block[1:]) and all(_port_free("127.0.0.1", p) for p in block):
+            taken.update(block)
             return base
 
 
