@@ -154,7 +154,12 @@ def add_serving(base: Path, progress: Callable[[str], None] = print) -> DevNode:
             shutil.copytree(Path(template.root) / "data/models" / name, store / name,
                             copy_function=_link_or_copy)
     progress(f"{node.name} ({node.address}): starting")
-    _check(_cli(Path(node.root), "up"), f"starting {node.name}")
+    try:
+        _check(_cli(Path(node.root), "up"), f"starting {node.name}")
+    except ApplianceError:
+        # Not in the cluster's state yet, so `down` would never stop what did start.
+        _cli(Path(node.root), "down")
+        raise
     nodes.append(node)
     write_atomic(Path(base).resolve() / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
     live = _live_nodes([n for n in nodes if n is not node], progress)
