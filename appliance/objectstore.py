@@ -39,6 +39,7 @@ import yaml
 from .atomic import write_atomic
 from .config import Config, NodePaths, yaml_problem
 from .errors import ApplianceError, SourceError
+from .portowners import user_name
 from .seaweedfs_security import ensure_security
 
 log = logging.getLogger(__name__)
@@ -238,15 +239,6 @@ def ensure_bucket(config: Config, creds: Credentials, timeout: float = 120.0,
 STOP_GRACE_SECONDS = 3.0
 
 
-def _user_name(uid: int) -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
 def _group_name(gid: int) -> str:
     import grp
 
@@ -262,7 +254,7 @@ def ensure_writable_dirs(config: Config, paths: NodePaths) -> None:
     The store runs as the service user; a data dir it cannot create (a root-owned ``/data`` of an
     older install) would otherwise be a traceback repeated on every restart.
     """
-    user = _user_name(os.geteuid())
+    user = user_name(os.geteuid())
     for directory in (data_dir(config, paths), paths.run, credentials_path(paths).parent):
         try:
             directory.mkdir(parents=True, exist_ok=True)
@@ -273,7 +265,7 @@ def ensure_writable_dirs(config: Config, paths: NodePaths) -> None:
             reason = "not writable"
         if not usable:
             existing = next(p for p in (directory, *directory.parents) if p.exists())
-            owner = _user_name(existing.stat().st_uid)
+            owner = user_name(existing.stat().st_uid)
             raise ApplianceError(
                 f"the object store cannot use {directory}: {reason} (it runs as {user}; "
                 f"{existing} is owned by {owner}). Fix: `sudo install -d -o {user} -g {_group_name(os.getegid())} "

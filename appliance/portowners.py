@@ -109,3 +109,13 @@ def program_name(argv: list[str]) -> str:
     if len(rest) >= 2 and rest[0] == "-m":
         return f"{name} -m {rest[1]}"
     return os.path.basename(rest[0]) if rest else name
+
+
+def user_name(uid: int) -> str:
+    """The user named ``uid`` (by number when it has no passwd entry)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

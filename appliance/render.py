@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pwd
 import shutil
 import socket
 import sys
@@ -24,6 +23,7 @@ from . import logbudget, membership, objectstore, subp
 from .atomic import write_atomic
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
+from .portowners import user_name
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +73,6 @@ def supervisor_socket(paths: NodePaths) -> Path:
     return Path(tempfile.gettempdir()) / f"appliance-{digest}.sock"
 
 
-def _user_name() -> str:
-    """Who renders, and so runs supervisord (a uid without a passwd entry goes by number)."""
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return str(os.geteuid())
-
-
 def _context(config: Config, paths: NodePaths) -> dict:
     cpus = os.cpu_count() or 1
     return {
@@ -96,7 +88,7 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "appliance_cli": f"{sys.executable} -m appliance.cli",
         "node_id": f"{socket.gethostname()}-{config.node.address}",
         "supervisor_socket": supervisor_socket(paths),
-        "supervisor_user": _user_name(),
+        "supervisor_user": user_name(os.geteuid()),  # who renders runs supervisord
         "envoy_concurrency": config.envoy.concurrency or cpus,
         "serving_threads": config.serving.num_threads or cpus,
         # Envoy closes idle upstream connections well before the model server would.
