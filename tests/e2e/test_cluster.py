@@ -28,7 +28,7 @@ import requests
 import yaml
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from appliance import devcluster
+from appliance import devcluster, portowners
 from appliance.atomic import write_atomic
 from appliance.envoy_admin import read_cluster_view
 from tests.conftest import ARTIFACTS, wait_until
@@ -379,8 +379,7 @@ def test_a_failed_version_is_quarantined_on_every_node_also_after_down_and_up(
     entry = cluster.node("repo-1")
     with Load(rest_sender(cluster.rest(entry)), threads=2) as rest:
         for version, source in (("150", good), ("200", broken)):
-            pushed = _node_cli(pusher, "models", "push", str(source), "--name", MODEL, "--version", version)
-            assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+            _cli_ok(pusher, "models", "push", str(source), "--name", MODEL, "--version", version)
         pushed_at = time.monotonic()
         wait_until(lambda: _everywhere(cluster, lambda s: s.get(150) == "AVAILABLE" and s.get(200) == "END"),
                    timeout=120, interval=0.2, what="v200 quarantined and v150 serving on every node")
@@ -400,8 +399,7 @@ def test_a_failed_version_is_quarantined_on_every_node_also_after_down_and_up(
     offsets = {name: log.stat().st_size for name, log in logs.items()}
     devcluster.down(cluster.base)
     for node in [n for n in nodes if n.role == "repo"] + serving:
-        started = _node_cli(node, "up")
-        assert started.returncode == 0, started.stdout + started.stderr
+        _cli_ok(node, "up")
     devcluster.wait_in_rotation(nodes, [n.address for n in serving], print)
     assert _everywhere(cluster, lambda s: s.get(150) == "AVAILABLE" and s.get(200) == "END")
     for name, log in logs.items():
@@ -412,8 +410,7 @@ def test_a_failed_version_is_quarantined_on_every_node_also_after_down_and_up(
         assert f"version: 200}} from" not in since_restart
 
     # The same number re-pushed with good files: installed and served on every node.
-    pushed = _node_cli(pusher, "models", "push", str(good), "--name", MODEL, "--version", "200")
-    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    _cli_ok(pusher, "models", "push", str(good), "--name", MODEL, "--version", "200")
     repushed_at = time.monotonic()
     wait_until(lambda: _everywhere(cluster, lambda s: s.get(200) == "AVAILABLE"), timeout=120, interval=0.2,
                what="the fixed v200 serving on every node")
@@ -441,19 +438,6 @@ def _set_in_config(node: devcluster.DevNode, key: str, value: str) -> None:
     write_atomic(path, yaml.safe_dump(values, sort_keys=False), mode=0o600)
 
 
-def _process_tree(pid: int) -> list[int]:
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-    return tree
-
-
 def _agent_state(node: devcluster.DevNode) -> dict:
     return json.loads((Path(node.root) / "var/lib/appliance/run/agent-state.json").read_text())
 
@@ -467,7 +451,7 @@ def test_a_frozen_object_store_does_not_hold_up_a_membership_edit(cluster: Clust
     serving = [n for n in nodes if n.role == "serving"]
     store = next(p for p in cluster.status(cluster.node("repo-1"))["processes"]
                  if p["name"] == "objectstore")
-    frozen = _process_tree(store["pid"])
+    frozen = [store["pid"], *portowners.descendants({store["pid"]})]
     members = ",".join(n.address for n in serving)
     extra = "127.0.0.107"        # in this module's range, never started: Envoy lists it unhealthy
     try:
