@@ -96,10 +96,7 @@ def unhealthy_of(admin_port: int, addresses: list[str]) -> list[str]:
     node's ``objectstore`` cluster is not one of them); a node whose Envoy admin does not
     answer has every address still pending.
     """
-    from .membership import CLUSTERS
-
-    _, clusters = read_cluster_view(admin_port)
-    clusters = [c for c in clusters if c.name in CLUSTERS]
+    _, clusters = read_cluster_view(admin_port)   # the model server clusters only
     if not clusters:
         return list(addresses)
     healthy = [{h.address.rsplit(":", 1)[0] for h in c.hosts if h.health == "HEALTHY"}

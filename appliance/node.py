@@ -504,8 +504,9 @@ def _stop_orphans(grace: float = 10.0) -> list[int]:
     """
     me, own_group = os.getpid(), os.getpgrp()
     orphans = [pid for pid, parent in portowners.parents().items() if parent == me]
+    left = orphans
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in orphans:
+        for pid in left:   # never a reaped one: its number may be another process's by now
             try:
                 group = os.getpgid(pid)
                 if group != own_group:
@@ -515,9 +516,9 @@ def _stop_orphans(grace: float = 10.0) -> list[int]:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and _reap(orphans):
+        while (left := _reap(left)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not _reap(orphans):
+        if not left:
             break
     return orphans
 

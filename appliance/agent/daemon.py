@@ -145,8 +145,9 @@ class AgentDaemon:
         if self._chores is not None:
             chores = threading.Thread(target=self._run_chores, name="chores", daemon=True)
             chores.start()
-        if self._tick is not None or self._watch_files():
-            stamp = _stamp(self._watch_files())
+        files = list(self._watch_files())
+        if self._tick is not None or files:
+            stamp = _stamp(files)
             if self._tick is not None:
                 self._refresh_members()
             watcher = threading.Thread(target=self._watch_membership, args=(stamp,),
