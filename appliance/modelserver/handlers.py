@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
 from appliance.modelserver import json_numbers, json_predict
-from appliance.modelserver.budget import BodyBudget, charging
+from appliance.modelserver.budget import CHARGED_BODY, BodyBudget, charging
 from appliance.modelserver.inline import runs_inline
 from appliance.modelserver.json_tensor import InputCodec, make_codec
 from appliance.modelserver import monitoring
@@ -188,7 +188,10 @@ class RestApi:
             self.executor, self._charged, self._predict, name, version, label, body)
 
     def _charged(self, work: Callable[..., bytes], *args: Any) -> bytes:
-        """``work(*args)`` in a pool thread, its JSON decoding charged to the body budget."""
+        """``work(*args)`` in a pool thread, its JSON decoding charged to the body budget (the
+        body is the last argument; one too small to be charged skips the bookkeeping)."""
+        if self.budget is None or len(args[-1]) < CHARGED_BODY:
+            return work(*args)
         with charging(self.budget):
             return work(*args)
 

@@ -29,7 +29,7 @@ _I32 = (-(2 ** 31), 2 ** 31 - 1)
 _I64 = (-(2 ** 63), 2 ** 63 - 1)
 _U32 = (0, 2 ** 32 - 1)
 _U64 = (0, 2 ** 64 - 1)
-MAX_RANK = 64  # numpy's limit
+MAX_RANK = 64  # numpy's limit (TF's is 254); gRPC tensors too (tensor_proto)
 
 
 @dataclass(frozen=True)

@@ -158,8 +158,6 @@ class HttpProtocol(asyncio.Protocol):
         self.current = _Request()
         self.url = b""
         self.head_bytes = 0
-        if self.repeated:
-            self.repeated = {}
         self.body_size = 0
         self.header_age = 0.0
 

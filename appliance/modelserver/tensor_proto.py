@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from appliance.modelserver.json_tensor import MAX_RANK  # beyond it, TF's own error for a shape it cannot hold
 from appliance.modelserver.status import Code, ServingError, invalid_argument
 
 # A value broadcast (or zero-filled) to more than this many bytes is refused: no request can
@@ -32,7 +33,6 @@ MAX_TENSOR_BYTES = 2 ** 31 - 1
 MAX_FILL_BYTES = 64 * 1024 * 1024
 _PIECE = 1 << 20  # values converted at a time for the typed fields that are not fixed-size
 _MAX_ELEMENTS = 2 ** 62
-MAX_RANK = 64  # numpy's limit (TF's is 254): beyond it, TF's own error for a shape it cannot hold
 
 # DataType enum value -> (numpy dtype, TensorProto field holding its values)
 _DTYPES: dict[int, tuple[Any, str]] = {
