@@ -11,7 +11,8 @@ setup(
     python_requires=">=3.11,<3.12",
     # The logviewer's static/ and templates/ are data directories, listed as packages so that
     # setuptools installs them without its "Package would be ignored" warning.
-    packages=find_packages(include=["appliance", "appliance.*", "logviewer", "logviewer.*"])
+    packages=find_packages(include=["appliance", "appliance.*", "modelserver", "modelserver.*",
+                                    "logviewer", "logviewer.*"])
     + ["logviewer.static", "logviewer.templates"],
     package_data={"": ["*.j2"], "logviewer.static": ["*"], "logviewer.templates": ["*.html"]},
     include_package_data=True,
@@ -51,7 +52,7 @@ setup(
     entry_points={
         "console_scripts": [
             "appliance=appliance.cli:main",
-            "appliance-model-server=appliance.modelserver.main:main",
+            "appliance-model-server=modelserver.main:main",
         ],
     },
 )

@@ -45,7 +45,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .atomic import write_atomic
+from modelserver.atomic import write_atomic
 from .config import KEYS, SCHEMA, NodePaths, build, flatten, read_yaml, yaml_problem
 from .errors import ApplianceError, ConfigError
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import yaml
 
 from . import membership
-from .atomic import write_atomic
+from modelserver.atomic import write_atomic
 from .config import (Config, NodePaths, build, effective_values, record_sources, reload_config,
                      reload_sources, yaml_problem)
 from .errors import ApplianceError, ConfigError

@@ -580,7 +580,7 @@ EFFECTIVE = "effective.yaml"        # in the run dir: the config `up` rendered, 
 
 def record_sources(paths: NodePaths, config_file: Path | None, overrides: list[str]) -> None:
     """Remember where the running node's config came from (0600: overrides may hold secrets)."""
-    from .atomic import write_atomic
+    from modelserver.atomic import write_atomic
 
     doc = {"config_file": str(config_file) if config_file else None, "overrides": list(overrides)}
     write_atomic(paths.run / SOURCES, yaml.safe_dump(doc, sort_keys=False), mode=0o600)

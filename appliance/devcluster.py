@@ -22,7 +22,7 @@ from typing import Callable
 
 import yaml
 
-from .atomic import write_atomic
+from modelserver.atomic import write_atomic
 from .envoy_admin import read_cluster_view, unhealthy_of
 from .errors import ApplianceError
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import write_atomic
+from modelserver.atomic import write_atomic
 from .config import Config, NodePaths
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Callable
 import yaml
 
 from . import membership, portowners, render
-from .atomic import write_atomic
+from modelserver.atomic import write_atomic
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import (EFFECTIVE, Config, NodePaths, build, effective_values, local_store,
                      record_sources)

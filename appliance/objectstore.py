@@ -36,7 +36,7 @@ from typing import Callable
 
 import yaml
 
-from .atomic import write_atomic
+from modelserver.atomic import write_atomic
 from .config import Config, NodePaths, yaml_problem
 from .errors import ApplianceError, SourceError
 from .portowners import user_name

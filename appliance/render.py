@@ -20,7 +20,7 @@ from pathlib import Path
 import jinja2
 
 from . import logbudget, membership, objectstore, subp
-from .atomic import write_atomic
+from modelserver.atomic import write_atomic
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
 from .portowners import user_name

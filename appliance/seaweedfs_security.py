@@ -27,7 +27,7 @@ import secrets
 from pathlib import Path
 
 from . import subp
-from .atomic import write_atomic
+from modelserver.atomic import write_atomic
 from .config import NodePaths
 from .errors import ApplianceError, ProcessError
 

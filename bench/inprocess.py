@@ -1,6 +1,6 @@
 """The runtime's own limit: a SavedModel called in-process, in a loop, on one fixed batch.
 
-Loads the version with the model server's own runtime (``appliance.runtimes.tensorflow``, same
+Loads the version with the model server's own runtime (``modelserver.runtimes.tensorflow``, same
 ``LoadOptions`` defaults as the server) and calls ``serving_default`` back to back: no HTTP, no
 JSON, no base64, no thread hop. Prints one JSON line with calls/s and images/s.
 
@@ -30,8 +30,8 @@ def main() -> None:
 
     import numpy as np
 
-    from appliance.runtimes.base import LoadOptions
-    from appliance.runtimes.tensorflow import TensorFlowRuntime
+    from modelserver.runtimes.base import LoadOptions
+    from modelserver.runtimes.tensorflow import TensorFlowRuntime
 
     model = TensorFlowRuntime().load(args.model_dir, LoadOptions())
     data = open(args.jpeg, "rb").read()

@@ -42,7 +42,7 @@ def main() -> None:
     try:
         for key, tree in trees.items():
             rest, grpc = ab.free_port(), ab.free_port()
-            code = f"import sys; sys.path.insert(0, {tree!r}); from appliance.modelserver.main import main; sys.exit(main())"
+            code = f"import sys; sys.path.insert(0, {tree!r}); from modelserver.main import main; sys.exit(main())"
             proc = ab.spawn([str(ab.VENV / "python"), "-c", code, f"--port={grpc}", f"--rest_api_port={rest}",
                              f"--listen_address={ab.ADDR}", f"--model_config_file={config}"],
                             args.server_cpus, ab.AB / f"model_server_ab_{key}.log")

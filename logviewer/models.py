@@ -5,7 +5,7 @@ out of the store is listed but never browsed). Versions' states and signatures c
 model server's TF Serving REST API: ``GET /v1/models/<name>`` and
 ``GET /v1/models/<name>/versions/<v>/metadata``; which versions the model server quarantined
 (failed to load, not tried again until their files change) from its record
-(:mod:`appliance.quarantine`).
+(:mod:`modelserver.quarantine`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance import quarantine
+from modelserver import quarantine
 from appliance.localhttp import get_json as http_json
 
 from . import safepath

@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import quarantine
+from modelserver import quarantine
 from ..errors import SourceError, SyncError
 from ..modelfiles import NotAModel, check_version
 from ..sources.base import ModelSource, RemoteVersion

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..atomic import write_atomic
+from modelserver.atomic import write_atomic
 
 if TYPE_CHECKING:
     from ..config import NodePaths
@@ -155,7 +155,7 @@ def version_notes(paths: "NodePaths", store: Path, name: str) -> dict[int, str]:
     record) and versions the agent refused in its last cycle (``refused by the agent: <reason>``,
     from the state file). ``appliance status``, ``models ls`` and ``doctor`` show these.
     """
-    from .. import quarantine
+    from modelserver import quarantine
 
     notes = {n: e.describe() for n, e in quarantine.current(paths.quarantine, name, store / name).items()}
     try:

@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..atomic import write_atomic
+from modelserver.atomic import write_atomic
 from ..sources.base import RemoteVersion, parse_version
 
 log = logging.getLogger(__name__)

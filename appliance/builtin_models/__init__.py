@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from appliance.builtin_models import half_plus_two, resnet
 from appliance.errors import ApplianceError
-from appliance.tfdevices import import_tensorflow
+from modelserver.tfdevices import import_tensorflow
 
 log = logging.getLogger(__name__)
 

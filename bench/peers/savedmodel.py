@@ -2,7 +2,7 @@
 
 MLServer and KServe ship no TensorFlow SavedModel runtime, so each gets the minimal custom model
 class its docs describe (``mlserver_model.py``, ``kserve_model.py``). Both call this one loader,
-which prepares a ``Session`` callable per signature like ``appliance/runtimes/tensorflow.py``
+which prepares a ``Session`` callable per signature like ``modelserver/runtimes/tensorflow.py``
 (about 10-30 us per half_plus_two call instead of ~300 us for an eager
 ``tf.saved_model.load(...).signatures[...]`` call): the comparison measures the servers, not
 two ways of calling TensorFlow. Like the appliance's runtime does for a cheap graph, the callable

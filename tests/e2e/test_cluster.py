@@ -29,7 +29,7 @@ import yaml
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from appliance import devcluster, portowners
-from appliance.atomic import write_atomic
+from modelserver.atomic import write_atomic
 from appliance.envoy_admin import read_cluster_view
 from tests.conftest import ARTIFACTS, wait_until
 from tests.integration.node_harness import CLI, wait_gone

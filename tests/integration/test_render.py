@@ -12,7 +12,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from appliance import render
-from appliance.atomic import write_atomic
+from modelserver.atomic import write_atomic
 from appliance.config import NodePaths, load_config
 
 VARIANTS = {

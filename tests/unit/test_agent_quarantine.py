@@ -1,6 +1,6 @@
 """The agent and the model server's quarantine record: no stall over a version that fails to load.
 
-The record is written here by :class:`appliance.quarantine.Quarantine`, the class the model
+The record is written here by :class:`modelserver.quarantine.Quarantine`, the class the model
 server writes it with; the model server's answers are data (this tests the agent's rules).
 """
 
@@ -14,7 +14,7 @@ import pytest
 from appliance.agent.cycle import Syncer
 from appliance.agent.store import LocalStore
 from appliance.agent.transfer import Downloader
-from appliance.quarantine import Quarantine, fingerprint
+from modelserver.quarantine import Quarantine, fingerprint
 from appliance.sources.local import LocalSource
 from tests.tfmodels import saved_model_bytes
 

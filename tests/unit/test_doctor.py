@@ -307,7 +307,7 @@ def test_a_version_that_failed_to_load_is_one_finding_and_removing_it_clears_it(
     again as "not a model", and gone once the fix (remove or replace the files) is applied."""
     import shutil
 
-    from appliance.quarantine import Quarantine, fingerprint
+    from modelserver.quarantine import Quarantine, fingerprint
 
     paths = _node(tmp_path, "model.name: m\n")
     version = tmp_path / "data/models/m/2"

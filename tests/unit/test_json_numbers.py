@@ -13,11 +13,11 @@ import random
 import numpy as np
 import pytest
 
-from appliance.modelserver import json_numbers
-from appliance.modelserver import json_predict as jp
-from appliance.modelserver.json_tensor import make_codec
-from appliance.modelserver.json_text import parse_json_object
-from appliance.modelserver.status import ServingError
+from modelserver import json_numbers
+from modelserver import json_predict as jp
+from modelserver.json_tensor import make_codec
+from modelserver.json_text import parse_json_object
+from modelserver.core.status import ServingError
 
 
 @pytest.fixture(autouse=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.modelserver import json_predict as jp
-from appliance.modelserver.json_tensor import make_codec
-from appliance.modelserver.json_text import (format_decimals, format_float32, format_float64,
+from modelserver import json_predict as jp
+from modelserver.json_tensor import make_codec
+from modelserver.json_text import (format_decimals, format_float32, format_float64,
                                              json_value_to_string, parse_json_object, string_bytes)
-from appliance.modelserver.status import Code, ServingError
+from modelserver.core.status import Code, ServingError
 
 
 def codecs(**dtypes: str) -> dict:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.modelserver.budget import CHARGED_BODY, BodyBudget, charging, decode_cost
-from appliance.modelserver.json_text import parse_json_object
-from appliance.modelserver.status import ServingError
+from modelserver.budget import CHARGED_BODY, BodyBudget, charging, decode_cost
+from modelserver.json_text import parse_json_object
+from modelserver.core.status import ServingError
 
 ROWS = b'{"instances":[' + b",".join([b'{"x": 1.0}'] * (CHARGED_BODY // 10)) + b"]}"
 

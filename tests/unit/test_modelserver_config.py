@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.modelserver.flags import FlagError, parse_flags
-from appliance.modelserver.manager import ModelConfig, aspired_versions, list_versions
-from appliance.modelserver.model_config import ConfigFileError, read_model_server_config
-from appliance.modelserver.status import ServingError
+from modelserver.flags import FlagError, parse_flags
+from modelserver.manager import ModelConfig, aspired_versions, list_versions
+from modelserver.model_config import ConfigFileError, read_model_server_config
+from modelserver.core.status import ServingError
 from tests.conftest import TFS_TESTDATA, venv_bin
 
 

@@ -1,11 +1,11 @@
-"""Which requests run on the event loop (appliance/modelserver/inline.py): decisions, not timings."""
+"""Which requests run on the event loop (modelserver/core/inline.py): decisions, not timings."""
 
 from __future__ import annotations
 
 import pytest
 
-from appliance.modelserver import inline
-from appliance.modelserver.inline import RunCost, runs_inline
+from modelserver.core import inline
+from modelserver.core.inline import RunCost, runs_inline
 
 
 class _Model:
@@ -42,9 +42,9 @@ def test_batching_models_never_run_inline() -> None:
 
 
 def test_batching_and_instrumented_models_say_whether_they_wait() -> None:
-    from appliance.modelserver.batching import BatchingModel
-    from appliance.modelserver.monitoring import InstrumentedModel
-    from appliance.runtimes.base import LoadedModel
+    from modelserver.batching import BatchingModel
+    from modelserver.monitoring import InstrumentedModel
+    from modelserver.runtimes.base import LoadedModel
 
     assert BatchingModel.waits_for_batch and not LoadedModel.waits_for_batch
 
@@ -62,7 +62,7 @@ def test_run_cost_is_cpu_time_only_for_runs_that_never_waited() -> None:
     """A preempted run that computed alone costs its CPU time; a run that waited keeps its wall time."""
     import resource
 
-    from appliance.modelserver.monitoring import run_cost_micros
+    from modelserver.monitoring import run_cost_micros
 
     def usage(cpu_s: float, voluntary: int, involuntary: int) -> resource.struct_rusage:
         fields = [0] * 16

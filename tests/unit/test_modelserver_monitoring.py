@@ -7,11 +7,11 @@ import threading
 import numpy as np
 import pytest
 
-from appliance.modelserver.config_protos import (BatchingSettings, read_batching_parameters,
+from modelserver.config_protos import (BatchingSettings, read_batching_parameters,
                                                  read_monitoring_config)
-from appliance.modelserver.metrics import Counter, Histogram, Registry, exponential_buckets
-from appliance.modelserver.model_config import ConfigFileError
-from appliance.modelserver.status import Code, ServingError
+from modelserver.metrics import Counter, Histogram, Registry, exponential_buckets
+from modelserver.model_config import ConfigFileError
+from modelserver.core.status import Code, ServingError
 from tests.conftest import TFS_TESTDATA
 
 
@@ -54,8 +54,8 @@ def test_batching_parameters(tmp_path) -> None:
 
 
 def test_batching_flags(tmp_path) -> None:
-    from appliance.modelserver.features import ServerFeatures
-    from appliance.modelserver.flags import parse_flags
+    from modelserver.features import ServerFeatures
+    from modelserver.flags import parse_flags
 
     path = tmp_path / "batching.config"
     path.write_text("max_batch_size { value: 16 }")
@@ -110,7 +110,7 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory):
     """A fresh model per test: closing a batching wrapper closes the model it wraps."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
-    from appliance.runtimes import LoadOptions, get_runtime
+    from modelserver.runtimes import LoadOptions, get_runtime
     from tests import onnxmodels
 
     paths = onnxmodels.build(tmp_path_factory.mktemp("onnx"), {"m": {1: onnxmodels.half_plus(2.0, ["batch", "n"])}})
@@ -136,8 +136,8 @@ def _concurrently(model, inputs: list[np.ndarray]) -> list:
 
 def test_batches_group_calls_by_shape(onnx_model) -> None:
     """Calls with different trailing dims share a batch but run as separate groups; all get their rows."""
-    from appliance.modelserver import monitoring
-    from appliance.modelserver.batching import BatchScheduler
+    from modelserver import monitoring
+    from modelserver.batching import BatchScheduler
 
     scheduler = BatchScheduler(BatchingSettings(max_batch_size=6, batch_timeout_micros=60_000_000,
                                                 max_enqueued_batches=1, num_batch_threads=1))
@@ -153,8 +153,8 @@ def test_batches_group_calls_by_shape(onnx_model) -> None:
 
 
 def test_batching_with_allowed_sizes_pads_and_trims(onnx_model) -> None:
-    from appliance.modelserver import monitoring
-    from appliance.modelserver.batching import BatchScheduler
+    from modelserver import monitoring
+    from modelserver.batching import BatchScheduler
 
     scheduler = BatchScheduler(BatchingSettings(max_batch_size=8, batch_timeout_micros=0, max_enqueued_batches=4,
                                                 num_batch_threads=1, allowed_batch_sizes=(4, 8)))
@@ -172,9 +172,9 @@ def test_batching_with_allowed_sizes_pads_and_trims(onnx_model) -> None:
 def test_request_count_names_only_served_models() -> None:
     """A failed request for a name the server does not serve counts under model_name="" (bounded
     labels); with no Prometheus page nothing is recorded."""
-    from appliance.modelserver import monitoring
-    from appliance.modelserver.manager import ModelConfig, ModelManager
-    from appliance.runtimes.base import LoadOptions
+    from modelserver import monitoring
+    from modelserver.manager import ModelConfig, ModelManager
+    from modelserver.runtimes.base import LoadOptions
 
     manager = ModelManager([ModelConfig(name="served", base_path="/nonexistent")], LoadOptions(), 1.0, 1)
     count = monitoring.REQUEST_COUNT

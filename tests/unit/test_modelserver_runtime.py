@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.modelserver.status import Code, ServingError
+from modelserver.core.status import Code, ServingError
 
 tf = pytest.importorskip("tensorflow")
 
@@ -38,7 +38,7 @@ def test_make_callable_from_options_skips_python_shape_check(half_plus_two: Path
 
 
 def test_runtime_load_and_run(half_plus_two: Path) -> None:
-    from appliance.runtimes import LoadOptions, get_runtime
+    from modelserver.runtimes import LoadOptions, get_runtime
 
     model = get_runtime("tensorflow").load(str(half_plus_two), LoadOptions(run_timeout_ms=30000))
     sig = model.signatures["serving_default"]
@@ -55,7 +55,7 @@ def test_runtime_load_and_run(half_plus_two: Path) -> None:
 
 
 def test_runtime_load_failure_and_unknown_platform(tmp_path: Path) -> None:
-    from appliance.runtimes import LoadOptions, get_runtime
+    from modelserver.runtimes import LoadOptions, get_runtime
 
     with pytest.raises(ServingError) as info:
         get_runtime("tensorflow").load(str(tmp_path), LoadOptions())
@@ -80,9 +80,9 @@ def _tf_pool_switches() -> int:
 
 def test_cheap_graphs_run_in_the_calling_thread(half_plus_two: Path) -> None:
     """Once a version's runs are known to be cheap, TF's inter-op pool is no longer woken per run."""
-    from appliance.modelserver.inline import MIN_SAMPLES
-    from appliance.modelserver.monitoring import InstrumentedModel
-    from appliance.runtimes import LoadOptions, get_runtime
+    from modelserver.core.inline import MIN_SAMPLES
+    from modelserver.monitoring import InstrumentedModel
+    from modelserver.runtimes import LoadOptions, get_runtime
 
     model = InstrumentedModel(get_runtime("tensorflow").load(str(half_plus_two), LoadOptions()),
                               "hp2", "tensorflow")
@@ -109,7 +109,7 @@ def test_a_tf2_saved_model_loads_without_an_init_op_warning(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     """tf.saved_model.save writes a ``__saved_model_init_op`` signature (the built-in resnet has
     one): it stays in the metadata, as in TF Serving, and its load logs no warning."""
-    from appliance.runtimes import LoadOptions, get_runtime
+    from modelserver.runtimes import LoadOptions, get_runtime
 
     class Double(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])

@@ -1,4 +1,4 @@
-"""The quarantine record (appliance/quarantine.py): keyed by files and by the settings of the load."""
+"""The quarantine record (modelserver/quarantine.py): keyed by files and by the settings of the load."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from appliance.quarantine import FORMAT, Quarantine, current, fingerprint, read, record_path
+from modelserver.quarantine import FORMAT, Quarantine, current, fingerprint, read, record_path
 
 
 def test_an_entry_lasts_until_the_files_or_the_settings_change(tmp_path: Path) -> None:

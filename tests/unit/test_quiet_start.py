@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from appliance import tfdevices
-from appliance.modelserver.main import main as model_server_main
+from modelserver import tfdevices
+from modelserver.main import main as model_server_main
 
 CUINIT = (b"E0000 00:00:1796145686.595867    4304 cuda_platform.cc:52] failed call to cuInit: "
           b"INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n")

@@ -1,7 +1,7 @@
 """Quarantined and refused versions in plain words: `doctor`, `status`, and the logviewer's pages.
 
 The records are written by the classes that write them on a node: the model server's
-:class:`appliance.quarantine.Quarantine` and the agent's :class:`appliance.agent.state.StateFile`.
+:class:`modelserver.quarantine.Quarantine` and the agent's :class:`appliance.agent.state.StateFile`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from appliance.agent.state import StateFile, state_path, version_notes
 from appliance.config import load_config
 from appliance.doctor import check_versions
 from appliance.node import NodeStatus
-from appliance.quarantine import Quarantine, current, fingerprint
+from modelserver.quarantine import Quarantine, current, fingerprint
 from tests.unit.test_logviewer_app import MODEL, Site, site, text  # noqa: F401 - site is a fixture
 
 

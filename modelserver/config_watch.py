@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from appliance.modelserver.manager import ModelManager
-from appliance.modelserver.model_config import ConfigFileError, read_model_server_config
-from appliance.modelserver.status import ServingError
+from modelserver.manager import ModelManager
+from modelserver.model_config import ConfigFileError, read_model_server_config
+from modelserver.core.status import ServingError
 
 log = logging.getLogger(__name__)
 

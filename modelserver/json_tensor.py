@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from appliance.modelserver.json_text import FLT_MAX, RAW_BYTES, json_type_string, json_value_to_string, string_bytes
-from appliance.modelserver.status import Code, ServingError, invalid_argument
+from modelserver.json_text import FLT_MAX, RAW_BYTES, json_type_string, json_value_to_string, string_bytes
+from modelserver.core.status import Code, ServingError, invalid_argument
 
 _I32 = (-(2 ** 31), 2 ** 31 - 1)
 _I64 = (-(2 ** 63), 2 ** 63 - 1)

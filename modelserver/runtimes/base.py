@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from appliance.modelserver.inline import RunCost
-from appliance.modelserver.status import Code, ServingError
+from modelserver.core.inline import RunCost
+from modelserver.core.status import Code, ServingError
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,14 @@ class LoadedModel(abc.ABC):
     """One loaded model version. ``run`` may be called from many threads at once."""
 
     # True when ``run`` may block until other requests arrive (server-side batching): such a
-    # model must never run on the event loop (appliance/modelserver/inline.py).
+    # model must never run on the event loop (modelserver/core/inline.py).
     waits_for_batch = False
 
     def __init__(self, path: str, signatures: Mapping[str, Signature]) -> None:
         self.path = path
         self.signatures = dict(signatures)
         # Recent run time, kept by whoever times the runs (the server's InstrumentedModel); where
-        # a request runs and how a runtime runs it follow it (appliance/modelserver/inline.py).
+        # a request runs and how a runtime runs it follow it (modelserver/core/inline.py).
         self.run_cost = RunCost()
 
     def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -4,7 +4,7 @@ TF Serving (``saved_model_warmup_util.cc``) reads the file as a TFRecord of ``Pr
 and replays each logged request ``num_request_iterations`` times inside the load, so the first
 real request does not pay for lazy initialisation. The version only becomes AVAILABLE after
 warmup, and any warmup error fails the load (the previous version keeps serving). Requests go
-through :mod:`appliance.modelserver.grpc_inference`, the code live gRPC requests take.
+through :mod:`modelserver.grpc_inference`, the code live gRPC requests take.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import os
 import time
 from typing import Any, Callable
 
-from appliance.modelserver import grpc_inference
-from appliance.modelserver.status import Code, ServingError, invalid_argument
-from appliance.runtimes import LoadedModel
+from modelserver import grpc_inference
+from modelserver.core.status import Code, ServingError, invalid_argument
+from modelserver.runtimes import LoadedModel
 
 log = logging.getLogger(__name__)
 

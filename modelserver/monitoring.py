@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from appliance.modelserver.metrics import Counter, Gauge, Histogram, Registry, exponential_buckets
-from appliance.modelserver.status import Code
-from appliance.runtimes.base import LoadedModel, Signature
+from modelserver.metrics import Counter, Gauge, Histogram, Registry, exponential_buckets
+from modelserver.core.status import Code
+from modelserver.runtimes.base import LoadedModel, Signature
 
 if TYPE_CHECKING:
-    from appliance.modelserver.manager import ModelManager
+    from modelserver.manager import ModelManager
 
 log = logging.getLogger(__name__)
 

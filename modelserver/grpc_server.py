@@ -4,7 +4,7 @@ Uses the official ``tensorflow_serving.apis`` stubs on ``grpc.aio`` with TF Serv
 message limit, ``--grpc_channel_arguments`` on top, and an optional unix socket
 (``--grpc_socket_path``) next to the TCP port. The servicers only resolve the model spec and
 map errors to TF Serving's status codes and messages; the inference itself is
-:mod:`appliance.modelserver.grpc_inference`, run in the runtime pool shared with REST.
+:mod:`modelserver.grpc_inference`, run in the runtime pool shared with REST.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 import grpc
 
-from appliance.modelserver import grpc_inference, monitoring
-from appliance.modelserver.inline import runs_inline
-from appliance.modelserver.manager import ModelManager, VersionState
-from appliance.modelserver.status import Code, ServingError, invalid_argument, utf8_text
+from modelserver import grpc_inference, monitoring
+from modelserver.core.inline import runs_inline
+from modelserver.manager import ModelManager, VersionState
+from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class ModelServicer:
         return response
 
     def _reload(self, request: Any) -> None:
-        from appliance.modelserver.model_config import model_configs_from_proto
+        from modelserver.model_config import model_configs_from_proto
 
         if request.config.WhichOneof("config") != "model_config_list":
             raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "

@@ -3,17 +3,17 @@
 Shared by the gRPC servicer (after it has resolved the model spec to a version) and by warmup
 (which replays logged requests against a version that is not serving yet), so a warmup record
 exercises exactly the code a live request takes. Classify/Regress/MultiInference reuse the
-core in :mod:`appliance.modelserver.examples`, the same one REST uses.
+core in :mod:`modelserver.examples`, the same one REST uses.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from appliance.modelserver import examples, monitoring
-from appliance.modelserver.status import Code, ServingError, invalid_argument
-from appliance.modelserver.tensor_proto import ndarray_from_proto, proto_from_ndarray
-from appliance.runtimes import LoadedModel
+from modelserver import examples, monitoring
+from modelserver.core.status import Code, ServingError, invalid_argument
+from modelserver.tensor_proto import ndarray_from_proto, proto_from_ndarray
+from modelserver.runtimes import LoadedModel
 
 DEFAULT_SIGNATURE = "serving_default"
 

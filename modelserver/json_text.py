@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from appliance.modelserver.budget import charge_decode
-from appliance.modelserver.status import invalid_argument
+from modelserver.budget import charge_decode
+from modelserver.core.status import invalid_argument
 
 FLT_MAX = float(np.finfo(np.float32).max)
 

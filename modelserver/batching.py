@@ -31,10 +31,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from appliance.modelserver import monitoring
-from appliance.modelserver.config_protos import BatchingSettings
-from appliance.modelserver.status import Code, ServingError
-from appliance.runtimes.base import LoadedModel, Signature
+from modelserver import monitoring
+from modelserver.config_protos import BatchingSettings
+from modelserver.core.status import Code, ServingError
+from modelserver.runtimes.base import LoadedModel, Signature
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from appliance.modelserver.json_text import FLT_MAX, parse_json_object
+from modelserver.json_text import FLT_MAX, parse_json_object
 
 MIN_BODY = 1 << 20
 CHUNK = 4 << 20

@@ -15,13 +15,13 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from appliance.modelserver.features import ServerFeatures
-from appliance.modelserver.flags import FlagError, Options, parse_flags, usage, warn_ignored
-from appliance.modelserver.manager import ModelConfig, ModelManager, WarmupOptions
-from appliance.modelserver.model_config import ConfigFileError, read_model_server_config
-from appliance.modelserver.status import Code, ServingError
+from modelserver.features import ServerFeatures
+from modelserver.flags import FlagError, Options, parse_flags, usage, warn_ignored
+from modelserver.manager import ModelConfig, ModelManager, WarmupOptions
+from modelserver.model_config import ConfigFileError, read_model_server_config
+from modelserver.core.status import Code, ServingError
 
-log = logging.getLogger("appliance.modelserver")
+log = logging.getLogger("modelserver")
 
 VERSION = "0.1.0"
 
@@ -41,7 +41,7 @@ def _model_configs(options: Options) -> list[ModelConfig]:
 
 
 def _load_options(options: Options) -> object:
-    from appliance.runtimes import LoadOptions
+    from modelserver.runtimes import LoadOptions
 
     intra = options.tensorflow_intra_op_parallelism or options.tensorflow_session_parallelism
     inter = options.tensorflow_inter_op_parallelism or options.tensorflow_session_parallelism
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 def _watch_config_file(options: Options, manager: ModelManager) -> None:
     """``--model_config_file_poll_wait_seconds`` > 0: reload models.config when it changes."""
     if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
-        from appliance.modelserver.config_watch import ConfigFileWatcher
+        from modelserver.config_watch import ConfigFileWatcher
 
         ConfigFileWatcher(options.model_config_file, manager, options.model_config_file_poll_wait_seconds).start()
 
@@ -120,8 +120,8 @@ def _serve(options: Options, manager: ModelManager, features: ServerFeatures) ->
 
 
 async def _run_servers(options: Options, manager: ModelManager, features: ServerFeatures) -> int:
-    from appliance.modelserver.handlers import RestApi
-    from appliance.modelserver.rest import start_rest_server
+    from modelserver.handlers import RestApi
+    from modelserver.rest import start_rest_server
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -154,7 +154,7 @@ async def _run_servers(options: Options, manager: ModelManager, features: Server
 
 def _rest_limits(options: Options) -> object:
     """The REST limits of the flags; 0 or less means no limit."""
-    from appliance.modelserver.rest import RestLimits
+    from modelserver.rest import RestLimits
 
     def limit(value: float, none: float) -> float:
         return value if value > 0 else none
@@ -166,7 +166,7 @@ def _rest_limits(options: Options) -> object:
 
 async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadPoolExecutor) -> object:
     try:
-        from appliance.modelserver.grpc_server import GrpcOptions, start_grpc_server
+        from modelserver.grpc_server import GrpcOptions, start_grpc_server
     except ImportError:
         log.warning("gRPC is not served yet: --port=%d is not opened", options.port)
         return None

@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
-from appliance.modelserver import json_numbers, json_predict
-from appliance.modelserver.budget import CHARGED_BODY, BodyBudget, charging
-from appliance.modelserver.inline import runs_inline
-from appliance.modelserver.json_tensor import InputCodec, make_codec
-from appliance.modelserver import monitoring
-from appliance.modelserver.json_text import dump_string
-from appliance.modelserver.manager import ModelManager, VersionState
-from appliance.modelserver.status import Code, ServingError, invalid_argument, utf8_text
-from appliance.runtimes import Signature
+from modelserver import json_numbers, json_predict
+from modelserver.budget import CHARGED_BODY, BodyBudget, charging
+from modelserver.core.inline import runs_inline
+from modelserver.json_tensor import InputCodec, make_codec
+from modelserver import monitoring
+from modelserver.json_text import dump_string
+from modelserver.manager import ModelManager, VersionState
+from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
+from modelserver.runtimes import Signature
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ class RestApi:
 
     async def _infer(self, verb: str, name: str, version: str | None, label: str | None, body: bytes) -> bytes:
         if verb != "predict":
-            from appliance.modelserver.examples import classify_or_regress
+            from modelserver.examples import classify_or_regress
 
             return await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._charged, classify_or_regress, self, verb, name, version, label, body)

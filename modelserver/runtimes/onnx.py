@@ -20,8 +20,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from appliance.modelserver.status import Code, ServingError
-from appliance.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
+from modelserver.core.status import Code, ServingError
+from modelserver.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
 
 log = logging.getLogger(__name__)
 

@@ -13,16 +13,16 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from appliance.modelserver import monitoring
-from appliance.modelserver.config_protos import (FLAG_ONLY_BATCHING, BatchingSettings, MonitoringSettings,
+from modelserver import monitoring
+from modelserver.config_protos import (FLAG_ONLY_BATCHING, BatchingSettings, MonitoringSettings,
                                                  read_batching_parameters, read_monitoring_config)
-from appliance.modelserver.manager import ModelConfig, load_with_runtime
-from appliance.modelserver.status import Code, ServingError
-from appliance.runtimes import LoadedModel, LoadOptions
+from modelserver.manager import ModelConfig, load_with_runtime
+from modelserver.core.status import Code, ServingError
+from modelserver.runtimes import LoadedModel, LoadOptions
 
 if TYPE_CHECKING:
-    from appliance.modelserver.flags import Options
-    from appliance.modelserver.manager import ModelManager
+    from modelserver.flags import Options
+    from modelserver.manager import ModelManager
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class ServerFeatures:
     def _loader(self) -> Callable[[ModelConfig, str, LoadOptions], LoadedModel]:
         scheduler = None
         if self.batching is not None:
-            from appliance.modelserver.batching import BatchScheduler
+            from modelserver.batching import BatchScheduler
 
             scheduler = BatchScheduler(self.batching)
 

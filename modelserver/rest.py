@@ -32,8 +32,8 @@ from typing import Any
 
 import httptools
 
-from appliance.modelserver.budget import BodyBudget
-from appliance.modelserver.handlers import RestApi, Response, error_body
+from modelserver.budget import BodyBudget
+from modelserver.handlers import RestApi, Response, error_body
 
 log = logging.getLogger(__name__)
 

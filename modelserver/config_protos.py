@@ -18,8 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.modelserver.model_config import ConfigFileError
-from appliance.modelserver.status import Code, ServingError
+from modelserver.model_config import ConfigFileError
+from modelserver.core.status import Code, ServingError
 
 _PACKAGE = "tensorflow.serving"
 

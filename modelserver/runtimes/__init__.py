@@ -5,15 +5,15 @@ from __future__ import annotations
 import importlib
 import threading
 
-from appliance.modelserver.status import Code, ServingError
-from appliance.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
+from modelserver.core.status import Code, ServingError
+from modelserver.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
 
 __all__ = ["LoadedModel", "LoadOptions", "Runtime", "Signature", "TensorSpec", "get_runtime", "PLATFORMS"]
 
 # model_platform -> "module:class". Importing TensorFlow takes seconds, so it happens on first use.
 PLATFORMS: dict[str, str] = {
-    "tensorflow": "appliance.runtimes.tensorflow:TensorFlowRuntime",
-    "onnx": "appliance.runtimes.onnx:OnnxRuntime",
+    "tensorflow": "modelserver.runtimes.tensorflow:TensorFlowRuntime",
+    "onnx": "modelserver.runtimes.onnx:OnnxRuntime",
 }
 
 _instances: dict[str, Runtime] = {}

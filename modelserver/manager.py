@@ -13,7 +13,7 @@ request that looked it up just before keeps a working model.
 
 A version is warmed up (``assets.extra/tf_serving_warmup_requests``) before it is published; a
 version that fails to load or warm up is kept in the status history (END, with its error), never
-replaces a serving one, and is quarantined (:mod:`appliance.quarantine`): the version policy then
+replaces a serving one, and is quarantined (:mod:`modelserver.quarantine`): the version policy then
 picks the newest versions that are not quarantined, so a corrupt version numbered above good
 ones never keeps them from serving, also after a restart, until its files change.
 :meth:`ModelManager.reload` is the declarative config reload that ``HandleReloadConfigRequest``
@@ -31,9 +31,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from appliance.modelserver.status import Code, ServingError, invalid_argument, not_found
-from appliance.quarantine import Quarantine, fingerprint
-from appliance.runtimes import LoadedModel, LoadOptions, get_runtime
+from modelserver.core.status import Code, ServingError, invalid_argument, not_found
+from modelserver.quarantine import Quarantine, fingerprint
+from modelserver.runtimes import LoadedModel, LoadOptions, get_runtime
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class ModelManager:
         self._warned_missing: set[str] = set()
 
     def _served(self, config: ModelConfig) -> ServedModel:
-        """A new model; the settings that decide a load key its quarantine (see appliance.quarantine)."""
+        """A new model; the settings that decide a load key its quarantine (see modelserver.quarantine)."""
         context = f"tags={','.join(self.options.tags)} warmup={'on' if self.warmup.enabled else 'off'}"
         return ServedModel(config, self.quarantine_dir, context)
 
@@ -345,7 +345,7 @@ class ModelManager:
         try:
             loaded = self.loader(model.config, path, self.options)
             if self.warmup.enabled:
-                from appliance.modelserver.warmup import run_warmup
+                from modelserver.warmup import run_warmup
 
                 run_warmup(loaded, version, path, self.warmup.iterations)
         except Exception as exc:  # noqa: BLE001 - a failed load is a version state, not a crash

@@ -13,11 +13,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from appliance.modelserver import json_numbers
-from appliance.modelserver.json_tensor import (InputCodec, build_tensor, dtype_of_array, fast_tensor,
+from modelserver import json_numbers
+from modelserver.json_tensor import (InputCodec, build_tensor, dtype_of_array, fast_tensor,
                                                is_b64_object, slow_values, value_to_tensor)
-from appliance.modelserver.json_text import dump_string, format_decimals, json_value_to_string, parse_json_object
-from appliance.modelserver.status import ServingError, invalid_argument
+from modelserver.json_text import dump_string, format_decimals, json_value_to_string, parse_json_object
+from modelserver.core.status import ServingError, invalid_argument
 
 ROW = "row"
 COLUMNAR = "columnar"

@@ -22,7 +22,7 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-from appliance.modelserver.status import Code, ServingError
+from modelserver.core.status import Code, ServingError
 
 CHARGED_BODY = 1 << 20
 COST_PER_TOKEN = 100

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from appliance.modelserver.json_tensor import MAX_RANK  # beyond it, TF's own error for a shape it cannot hold
-from appliance.modelserver.status import Code, ServingError, invalid_argument
+from modelserver.json_tensor import MAX_RANK  # beyond it, TF's own error for a shape it cannot hold
+from modelserver.core.status import Code, ServingError, invalid_argument
 
 # A value broadcast (or zero-filled) to more than this many bytes is refused: no request can
 # legitimately need more than the 2 GiB a gRPC message may carry.

@@ -7,8 +7,8 @@ TF Serving accepts is accepted here with the same meaning.
 
 from __future__ import annotations
 
-from appliance.modelserver.manager import ModelConfig
-from appliance.modelserver.status import Code, ServingError
+from modelserver.manager import ModelConfig
+from modelserver.core.status import Code, ServingError
 
 
 class ConfigFileError(Exception):

@@ -19,16 +19,16 @@ from urllib.parse import unquote
 
 import numpy as np
 
-from appliance.modelserver.json_predict import request_signature_name
-from appliance.modelserver.json_tensor import decode_b64_object, dtype_of_array, is_b64_object
-from appliance.modelserver.json_text import (FLT_MAX, dump_string, format_decimals, json_type_string,
+from modelserver.json_predict import request_signature_name
+from modelserver.json_tensor import decode_b64_object, dtype_of_array, is_b64_object
+from modelserver.json_text import (FLT_MAX, dump_string, format_decimals, json_type_string,
                                              json_value_to_string, parse_json_object, string_bytes)
-from appliance.modelserver.monitoring import record_examples
-from appliance.modelserver.status import Code, ServingError, invalid_argument, utf8_text
-from appliance.runtimes import LoadedModel, Signature
+from modelserver.monitoring import record_examples
+from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
+from modelserver.runtimes import LoadedModel, Signature
 
 if TYPE_CHECKING:
-    from appliance.modelserver.handlers import RestApi
+    from modelserver.handlers import RestApi
 
 DEFAULT_SIGNATURE = "serving_default"
 CLASSIFY_METHOD = "tensorflow/serving/classify"

@@ -15,7 +15,7 @@ preemption of the event loop). So each signature also gets a second callable wit
 ``RunOptions.inter_op_thread_pool = -1``, which runs the graph in the calling thread, as TF's
 ``config.proto`` recommends "ONLY for simple graphs": a version whose recent runs average under
 ``INLINE_MAX_MICROS`` uses it (``run_cost``, kept by the server, which also decides from it that a
-request runs on its event loop: ``appliance/modelserver/inline.py``); heavier graphs, and a
+request runs on its event loop: ``modelserver/core/inline.py``); heavier graphs, and a
 version whose cost is not known yet, keep the pool and its parallelism.
 """
 
@@ -27,9 +27,9 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from appliance.modelserver.status import Code, ServingError
-from appliance.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
-from appliance.tfdevices import import_tensorflow
+from modelserver.core.status import Code, ServingError
+from modelserver.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
+from modelserver.tfdevices import import_tensorflow
 
 tf = import_tensorflow()  # this module is imported when the first TF model loads
 
