@@ -19,11 +19,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import yaml
 
+from .configkeys import (Invalid, Key, assemble, boolean, choice, integer, items, non_negative,
+                         positive, string, value_of)
 from .errors import ConfigError
+from . import modelsettings
+from .modelsettings import ModelEntry
 from .sources.presets import PRESETS
 
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.yaml")
@@ -32,6 +36,7 @@ RESERVED_PORTS = (8500, 8501)
 S3_TYPES = ("none", *PRESETS)  # object stores are presets of one S3 source
 NODE_ROLES = ("serving", "repo")
 BUILTIN_DEFAULT_MODELS = ("saved_model_half_plus_two_mkl", "resnet")
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"   # TF Serving's default metrics page
 
 
 # ----------------------------------------------------------------------------- typed config
@@ -47,6 +52,7 @@ class NodeSettings:
 class ModelSettings:
     names: tuple[str, ...]
     base_path: str
+    settings: Mapping[str, ModelEntry]   # one entry per name, in model.name's order
 
     @property
     def default(self) -> str:
@@ -120,6 +126,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    enabled: bool
+    path: str
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a node needs, validated. Build it with :func:`load_config`."""
 
@@ -137,6 +149,7 @@ class Config:
     cluster: ClusterSettings
     startup: StartupSettings
     log: LogSettings
+    metrics: MetricsSettings
 
     def connect_address(self) -> str:
         """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
@@ -182,118 +195,60 @@ class NodePaths:
 # ----------------------------------------------------------------------------- the schema
 
 
-class _Invalid(ValueError):
-    """A value that does not parse; the message is shown after the key path."""
-
-
-def _integer(value: Any) -> int:
-    if isinstance(value, bool):
-        raise _Invalid(f"expected an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise _Invalid(f"expected an integer, got {value!r}")
-
-
 def _port(value: Any) -> int:
-    port = _integer(value)
+    port = integer(value)
     if not 1 <= port <= 65535:
-        raise _Invalid(f"port must be between 1 and 65535, got {port}")
+        raise Invalid(f"port must be between 1 and 65535, got {port}")
     return port
 
 
 def _public_port(value: Any) -> int:
     port = _port(value)
     if port in RESERVED_PORTS:
-        raise _Invalid(f"{port} is reserved for the model server (8500 gRPC, 8501 REST); "
-                       "pick another port, e.g. 8080 or 9000")
+        raise Invalid(f"{port} is reserved for the model server (8500 gRPC, 8501 REST); "
+                      "pick another port, e.g. 8080 or 9000")
     return port
 
 
-def _boolean(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "yes", "on", "1"):
-        return True
-    if text in ("false", "no", "off", "0"):
-        return False
-    raise _Invalid(f"expected true or false, got {value!r}")
-
-
-def _string(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        raise _Invalid(f"expected a string, got {type(value).__name__}")
-    return str(value)
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = _string(value).strip().lower()
-        if text not in choices:
-            raise _Invalid(f"unknown value {value!r}; valid: {', '.join(choices)}")
-        return text
-    return parse
-
-
 def _model_names(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else _string(value).split(",")
-    names = tuple(_string(item).strip() for item in items)
+    names = tuple(items(value))
     if not names or any(not n for n in names):
-        raise _Invalid("expected one model name or a comma-separated list of names")
+        raise Invalid("expected one model name or a comma-separated list of names")
     for name in names:
         if "/" in name or ":" in name or name in (".", "..") or name.startswith("."):
-            raise _Invalid(f"model name {name!r} may not contain '/' or ':' or start with '.'")
+            raise Invalid(f"model name {name!r} may not contain '/' or ':' or start with '.'")
     if len(set(names)) != len(names):
-        raise _Invalid("a model is named twice")
+        raise Invalid("a model is named twice")
     return names
 
 
 def _address(value: Any) -> str:
-    text = _string(value).strip()
+    text = string(value).strip()
     try:
         ipaddress.ip_address(text)
     except ValueError:
-        raise _Invalid(f"expected an IP address to bind, got {value!r}") from None
+        raise Invalid(f"expected an IP address to bind, got {value!r}") from None
     return text
 
 
 def _addresses(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else _string(value).split(",")
-    members = tuple(_string(item).strip() for item in items if _string(item).strip())
+    members = tuple(item for item in items(value) if item)
     for member in members:
         try:
             ipaddress.ip_address(member)
         except ValueError:
-            raise _Invalid(f"{member!r} is not an IP address (use cluster.dns for a DNS name)") from None
+            raise Invalid(f"{member!r} is not an IP address (use cluster.dns for a DNS name)") from None
     if len(set(members)) != len(members):
-        raise _Invalid("an address is listed twice")
+        raise Invalid("an address is listed twice")
     return members
 
 
 def _hostname(value: Any) -> str:
-    text = _string(value).strip().rstrip(".")
+    text = string(value).strip().rstrip(".")
     if text and not all(part and len(part) < 64 and part.replace("-", "").isalnum()
                         for part in text.split(".")):
-        raise _Invalid(f"{value!r} is not a DNS name")
+        raise Invalid(f"{value!r} is not a DNS name")
     return text
-
-
-def _non_negative(value: Any) -> int:
-    number = _integer(value)
-    if number < 0:
-        raise _Invalid(f"must be 0 or more, got {number}")
-    return number
-
-
-def _positive(value: Any) -> int:
-    number = _integer(value)
-    if number < 1:
-        raise _Invalid(f"must be 1 or more, got {number}")
-    return number
 
 
 #: Below this the log budget cannot hold one rotation of each log (see appliance/logbudget.py).
@@ -301,71 +256,65 @@ MIN_LOG_BUDGET_MB = 16
 
 
 def _log_budget(value: Any) -> int:
-    number = _integer(value)
+    number = integer(value)
     if number < MIN_LOG_BUDGET_MB:
-        raise _Invalid(f"must be at least {MIN_LOG_BUDGET_MB} (MiB), got {number}")
+        raise Invalid(f"must be at least {MIN_LOG_BUDGET_MB} (MiB), got {number}")
     return number
 
 
-@dataclass(frozen=True)
-class Key:
-    """One configuration key: its dotted name, where it lands, its parser, default and doc."""
-
-    name: str
-    section: str            # attribute of Config ("" for a top-level field)
-    attr: str
-    parse: Callable[[Any], Any]
-    default: Any
-    doc: str
-    secret: bool = False
+def _url_path(value: Any) -> str:
+    text = string(value).strip()
+    if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
+        raise Invalid(f"expected an URL path such as {PROMETHEUS_PATH}, got {value!r}")
+    return text
 
 
 SCHEMA: tuple[Key, ...] = (
-    Key("node.role", "node", "role", _choice(*NODE_ROLES), "serving",
+    Key("node.role", "node", "role", choice(*NODE_ROLES), "serving",
         "serving runs a model server; repo runs the object store (both run Envoy)."),
     Key("node.address", "node", "address", _address, "0.0.0.0",
         "Address the node's listeners bind (Envoy's public ports and the model server)."),
     Key("model.name", "model", "names", _model_names, ",".join(BUILTIN_DEFAULT_MODELS),
         "Model(s) to serve: a name or a comma-separated list; the first is the default model."),
-    Key("model.base.path", "model", "base_path", _string, "/data/models",
+    Key("model.base.path", "model", "base_path", string, "/data/models",
         "Model repository root: a local directory (under the node root) or s3://bucket[/prefix]."),
-    Key("s3.type", "s3", "type", _choice(*S3_TYPES), "none",
+    Key("s3.type", "s3", "type", choice(*S3_TYPES), "none",
         "Where models live: none (local disk), minio, s3, qingstor or seaweedfs."),
-    Key("s3.endpoint", "s3", "endpoint", _string, "",
+    Key("s3.endpoint", "s3", "endpoint", string, "",
         "S3 endpoint URL; empty means the preset of s3.type."),
-    Key("s3.region", "s3", "region", _string, "", "S3 region; empty means the preset of s3.type."),
-    Key("s3.access.key", "s3", "access_key", _string, "", "S3 access key.", secret=True),
-    Key("s3.secret.key", "s3", "secret_key", _string, "", "S3 secret key.", secret=True),
+    Key("s3.region", "s3", "region", string, "", "S3 region; empty means the preset of s3.type."),
+    Key("s3.access.key", "s3", "access_key", string, "", "S3 access key.", secret=True),
+    Key("s3.secret.key", "s3", "secret_key", string, "", "S3 secret key.", secret=True),
     Key("http.port", "", "http_port", _public_port, 8080, "Envoy's public REST port."),
     Key("grpc.port", "", "grpc_port", _public_port, 9000, "Envoy's public gRPC port."),
-    Key("enable.access.log", "", "access_log", _boolean, False,
+    Key("enable.access.log", "", "access_log", boolean, False,
         "Write Envoy's access log: one line per inference request, with the node that served it."),
     Key("envoy.admin.port", "envoy", "admin_port", _port, 8001,
         "Envoy's admin port, always bound to 127.0.0.1."),
-    Key("envoy.concurrency", "envoy", "concurrency", _non_negative, 0,
+    Key("envoy.concurrency", "envoy", "concurrency", non_negative, 0,
         "Envoy worker threads; 0 means one per CPU."),
     Key("envoy.log.level", "envoy", "log_level",
-        _choice("trace", "debug", "info", "warning", "error", "critical", "off"), "info",
+        choice("trace", "debug", "info", "warning", "error", "critical", "off"), "info",
         "Envoy's own log level."),
     Key("serving.rest.port", "serving", "rest_port", _port, 8501, "The model server's REST port."),
     Key("serving.grpc.port", "serving", "grpc_port", _port, 8500, "The model server's gRPC port."),
-    Key("serving.poll.seconds", "serving", "poll_seconds", _positive, 1,
+    Key("serving.poll.seconds", "serving", "poll_seconds", positive, 1,
         "How often the model server looks for new or removed model versions."),
-    Key("serving.threads", "serving", "num_threads", _non_negative, 0,
+    Key("serving.threads", "serving", "num_threads", non_negative, 0,
         "Runtime threads of the model server; 0 means one per CPU."),
-    Key("serving.rest.max.body.bytes", "serving", "max_body_bytes", _positive, 2 ** 31 - 1,
+    Key("serving.rest.max.body.bytes", "serving", "max_body_bytes", positive, 2 ** 31 - 1,
         "Largest REST request body the model server reads; a bigger one gets 413."),
-    Key("serving.rest.body.budget.bytes", "serving", "body_budget_bytes", _positive, 2 ** 30,
+    Key("serving.rest.body.budget.bytes", "serving", "body_budget_bytes", positive, 2 ** 30,
         "REST request body bytes the model server holds across all connections; past it a request gets 429."),
-    Key("serving.rest.idle.timeout.seconds", "serving", "idle_timeout_seconds", _positive, 50,
+    Key("serving.rest.idle.timeout.seconds", "serving", "idle_timeout_seconds", positive, 50,
         "The model server closes a REST connection idle (or not reading its answers) this long."),
-    Key("serving.rest.read.timeout.seconds", "serving", "read_timeout_seconds", _positive, 50,
+    Key("serving.rest.read.timeout.seconds", "serving", "read_timeout_seconds", positive, 50,
         "The model server answers 408 and closes when a request's headers take this long or its body stalls."),
-    Key("sync.interval.seconds", "sync", "interval_seconds", _positive, 10,
+    Key("sync.interval.seconds", "sync", "interval_seconds", positive, 10,
         "How often the agent polls the model repository (s3.type other than none)."),
-    Key("sync.concurrency", "sync", "concurrency", _positive, 10,
+    Key("sync.concurrency", "sync", "concurrency", positive, 10,
         "Concurrent downloads (whole small objects, parts of big ones) while syncing."),
-    Key("sync.verify", "sync", "verify", _choice("etag", "size"), "etag",
+    Key("sync.verify", "sync", "verify", choice("etag", "size"), "etag",
         "etag: check every object's content -- against the push manifest's block checksums "
         "when `appliance models push` wrote one (sizes and ETags are compared with it first), "
         "else against its size and MD5 ETag (an ETag that is not an MD5, e.g. with AWS SSE-KMS, "
@@ -376,27 +325,31 @@ SCHEMA: tuple[Key, ...] = (
     Key("repo.internal.port.base", "repo", "internal_port_base", _port, 18333,
         "First of 8 consecutive 127.0.0.1 ports of the repo node's object store: SeaweedFS's "
         "master, volume, filer (HTTP and gRPC each) and S3 gRPC, then the store's S3 API."),
-    Key("repo.data.path", "repo", "data_path", _string, "/data/objectstore",
+    Key("repo.data.path", "repo", "data_path", string, "/data/objectstore",
         "Where the repo node's object store keeps its data (under the node root)."),
     Key("cluster.members", "cluster", "members", _addresses, "",
         "Serving nodes' addresses (comma-separated IPs); Envoy on every node balances over them. "
         "Empty: this node alone (on a serving node)."),
     Key("cluster.dns", "cluster", "dns", _hostname, "",
         "A DNS name resolving to every serving node; re-resolved by the agent, joined to members."),
-    Key("logviewer.enabled", "logviewer", "enabled", _boolean, True,
+    Key("logviewer.enabled", "logviewer", "enabled", boolean, True,
         "Run the log and model browser (a login-protected web UI) on every node."),
     Key("logviewer.port", "logviewer", "port", _public_port, 8090,
         "Port of the log and model browser, bound to node.address."),
-    Key("logviewer.secure.cookies", "logviewer", "secure_cookies", _boolean, False,
+    Key("logviewer.secure.cookies", "logviewer", "secure_cookies", boolean, False,
         "Mark the browser's session cookie Secure even on plain HTTP requests (set it when a "
         "TLS proxy fronts the logviewer; HTTPS requests always get Secure cookies)."),
-    Key("startup.timeout.seconds", "startup", "timeout_seconds", _positive, 600,
+    Key("startup.timeout.seconds", "startup", "timeout_seconds", positive, 600,
         "How long `appliance up` waits for the node to serve (every model AVAILABLE, Envoy "
         "ready); under `up --foreground` (the systemd unit) a node not ready by then stops and "
         "exits non-zero, so systemd restarts it instead of showing a unit that serves nothing."),
     Key("log.max.total.mb", "log", "max_total_mb", _log_budget, 1024,
         "Disk the node's logs may take in all, in MiB (every log file rotated by size: "
         "supervisord's program logs, Envoy's access log, the object store's)."),
+    Key("metrics.enabled", "metrics", "enabled", boolean, True,
+        "Serve the model server's Prometheus metrics page (TF Serving's --monitoring_config_file)."),
+    Key("metrics.path", "metrics", "path", _url_path, PROMETHEUS_PATH,
+        "Path of the model server's Prometheus metrics page on its REST port."),
 )
 KEYS = {key.name: key for key in SCHEMA}
 SECTIONS = {
@@ -404,6 +357,7 @@ SECTIONS = {
     "node": NodeSettings, "model": ModelSettings, "s3": S3Settings,
     "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
     "cluster": ClusterSettings, "startup": StartupSettings, "log": LogSettings,
+    "metrics": MetricsSettings,
 }
 
 
@@ -481,7 +435,7 @@ def build(values: Mapping[str, Any]) -> Config:
     """Validate flat ``values`` (dotted keys) into a :class:`Config`, reporting every problem."""
     problems: list[tuple[str, str]] = []
     for name in values:
-        if name not in KEYS:
+        if name not in KEYS and not modelsettings.is_model_key(name):
             close = difflib.get_close_matches(name, KEYS, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             problems.append((name, f"unknown key{hint}"))
@@ -490,16 +444,15 @@ def build(values: Mapping[str, Any]) -> Config:
         raw = values.get(key.name, key.default)
         try:
             parsed[key.name] = key.parse(raw)
-        except _Invalid as exc:
+        except Invalid as exc:
             problems.append((key.name, str(exc)))
     problems += _cross_checks(parsed)
+    settings, model_problems = modelsettings.parse(
+        {k: v for k, v in values.items() if modelsettings.is_model_key(k)}, parsed.get("model.name"))
+    problems += model_problems
     if problems:
         raise ConfigError(problems)
-    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    top: dict[str, Any] = {}
-    for key in SCHEMA:
-        (sections[key.section] if key.section else top)[key.attr] = parsed[key.name]
-    return Config(**top, **{name: cls(**sections[name]) for name, cls in SECTIONS.items()})
+    return assemble(SCHEMA, parsed, SECTIONS, Config, {"model": {"settings": settings}})
 
 
 def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -604,16 +557,12 @@ def reload_config(paths: NodePaths) -> Config:
 
 
 def effective_values(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
-    """The config as flat dotted keys (what ``render`` shows and ``status`` reads back)."""
+    """The config as flat dotted keys, per-model keys included: ``build`` of them is ``config``."""
     out: dict[str, Any] = {}
     for key in SCHEMA:
-        holder = getattr(config, key.section) if key.section else config
-        value = getattr(holder, key.attr)
-        if isinstance(value, tuple):
-            value = ",".join(value)
-        if key.secret and mask_secrets and value:
-            value = "********"
-        out[key.name] = value
+        value = value_of(key, config)
+        out[key.name] = "********" if key.secret and mask_secrets and value else value
+    out.update(modelsettings.flat_values(config.model.settings))
     return out
 
 
