@@ -178,8 +178,9 @@ MODEL_SCHEMA: tuple[Key, ...] = (
 )
 MODEL_KEYS = {key.name: key for key in MODEL_SCHEMA}
 MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino}
-LABEL_DOC = ("A version label (TF Serving's version_labels: letters, digits, _) and the version it "
-             "names, e.g. labels: {stable: 1, canary: 2}; requests may use /labels/<label>.")
+LABEL_DOC = ("The version a label names (TF Serving's version_labels; a label is letters, digits "
+             "and `_`), e.g. `labels: {stable: 1, canary: 2}`; requests may then name "
+             "`/labels/canary` instead of `/versions/2`.")
 # Relative names a key of a model may end with, longest first (to find where a name ends).
 _TAILS = sorted([*MODEL_KEYS, *MODEL_SECTIONS, LABELS], key=len, reverse=True)
 

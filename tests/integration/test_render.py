@@ -3,6 +3,7 @@ the official protos, writes are atomic and skip unchanged bytes, --dry-run write
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,9 +70,88 @@ def test_models_config_parses_back_with_the_official_protos(tmp_path: Path) -> N
     entries = message.model_config_list.config
     assert [(c.name, c.base_path, c.model_platform) for c in entries] == [
         ("saved_model_half_plus_two_mkl", str(tmp_path / "data/models/saved_model_half_plus_two_mkl"),
-         "tensorflow"),
-        ("resnet", str(tmp_path / "data/models/resnet"), "tensorflow"),
+         "auto"),
+        ("resnet", str(tmp_path / "data/models/resnet"), "auto"),
     ]
+    assert all(c.model_version_policy.latest.num_versions == 1 and not c.version_labels for c in entries)
+
+
+PER_MODEL = ["model.name=resnet,scorer,every", "models.resnet.versions=latest:2",
+             "models.resnet.labels.stable=1", "models.resnet.labels.canary=2",
+             "models.resnet.batching.enabled=true", "models.resnet.batching.max_batch_size=16",
+             "models.resnet.batching.allowed_batch_sizes=4,8,16", "models.scorer.platform=onnx",
+             "models.scorer.versions=specific:3,5", "models.scorer.labels.stable=3",
+             "models.scorer.warmup=false", "models.scorer.metrics=false", "models.every.versions=all",
+             "models.every.platform=openvino", "models.every.openvino.performance_hint=latency",
+             "models.every.openvino.streams=2"]
+
+
+def test_per_model_settings_reach_the_model_servers_files(tmp_path: Path) -> None:
+    """Platform, version policy and labels in models.config; the rest in model-settings.json."""
+    paths = NodePaths(tmp_path)
+    files = {f.path.name: f.content for f in render.render_all(load_config(None, PER_MODEL), paths)}
+    message = text_format.Parse(files["models.config"], model_server_config_pb2.ModelServerConfig())
+    entries = {c.name: c for c in message.model_config_list.config}
+    assert [c.name for c in message.model_config_list.config] == ["resnet", "scorer", "every"]
+    assert {name: c.model_platform for name, c in entries.items()} == {
+        "resnet": "auto", "scorer": "onnx", "every": "openvino"}
+    assert entries["resnet"].model_version_policy.latest.num_versions == 2
+    assert dict(entries["resnet"].version_labels) == {"stable": 1, "canary": 2}
+    assert list(entries["scorer"].model_version_policy.specific.versions) == [3, 5]
+    assert dict(entries["scorer"].version_labels) == {"stable": 3}
+    assert entries["every"].model_version_policy.WhichOneof("policy_choice") == "all"
+
+    settings = json.loads(files["model-settings.json"])["models"]
+    assert set(settings) == set(entries)   # an entry for every model of models.config
+    assert settings["resnet"] == {
+        "batching": {"max_batch_size": 16, "batch_timeout_micros": 1000, "max_enqueued_batches": 100,
+                     "num_batch_threads": 0, "allowed_batch_sizes": [4, 8, 16],
+                     "pad_variable_length_inputs": False},
+        "warmup": True, "metrics": True, "precision": "f32",
+        "openvino": {"performance_hint": "throughput", "streams": 0, "threads": 0}}
+    assert settings["scorer"]["batching"] is None
+    assert (settings["scorer"]["warmup"], settings["scorer"]["metrics"]) == (False, False)
+    assert settings["every"]["openvino"] == {"performance_hint": "latency", "streams": 2, "threads": 0}
+
+
+def test_batching_from_the_node_config_passes_the_model_servers_own_checks(tmp_path: Path) -> None:
+    """What model-settings.json says is what TF's BatchingParameters rules accept."""
+    from modelserver.config_protos import batching_parameters_class, batching_settings_from_proto
+
+    settings = json.loads(render.model_settings(load_config(None, PER_MODEL)))["models"]["resnet"]["batching"]
+    message = batching_parameters_class()()
+    for name, value in settings.items():
+        if isinstance(value, list):
+            getattr(message, name).extend(value)
+        elif isinstance(value, bool):
+            setattr(message, name, value)
+        else:
+            getattr(message, name).value = value
+    parsed = batching_settings_from_proto(message)
+    assert (parsed.max_batch_size, parsed.allowed_batch_sizes) == (16, (4, 8, 16))
+
+
+def test_the_metrics_page_is_rendered_and_passed_only_when_enabled(tmp_path: Path) -> None:
+    from modelserver.config_protos import read_monitoring_config
+
+    paths = NodePaths(tmp_path)
+    render.install(render.render_all(load_config(None, ["metrics.path=/metrics"]), paths), paths)
+    run = paths.run
+    assert read_monitoring_config(str(run / "monitoring.config")).prometheus_path == "/metrics"
+    command = _model_server_command((run / "supervisord.conf").read_text())
+    assert f"--model_settings_file={run}/model-settings.json" in command
+    assert f"--monitoring_config_file={run}/monitoring.config" in command
+    off = {f.path.name: f.content for f in render.render_all(load_config(None, ["metrics.enabled=false"]), paths)}
+    assert "monitoring.config" not in off
+    assert "--monitoring_config_file" not in _model_server_command(off["supervisord.conf"])
+    assert f"--model_settings_file={run}/model-settings.json" in _model_server_command(off["supervisord.conf"])
+    repo = {f.path.name for f in render.render_all(load_config(None, ["node.role=repo"]), paths)}
+    assert not repo & {"models.config", "model-settings.json", "monitoring.config"}
+
+
+def _model_server_command(supervisord: str) -> str:
+    section = supervisord.split("[program:model_server]", 1)[1]
+    return next(line for line in section.splitlines() if line.startswith("command="))
 
 
 def test_unchanged_bytes_are_not_rewritten(tmp_path: Path) -> None:
@@ -97,7 +177,7 @@ def test_render_dry_run_prints_every_file_and_writes_nothing(tmp_path: Path) -> 
                              "render", "--dry-run", "--set", "model.name=resnet"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    for name in ("envoy.yaml", "supervisord.conf", "models.config"):
+    for name in ("envoy.yaml", "supervisord.conf", "models.config", "model-settings.json", "monitoring.config"):
         assert f"==> {tmp_path}/var/lib/appliance/run/{name}" in result.stdout
     assert 'name: "resnet"' in result.stdout
     assert list(tmp_path.iterdir()) == []
