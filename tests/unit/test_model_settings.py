@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from appliance import cli
 from appliance.config import PROMETHEUS_PATH, build, effective_values, load_config
@@ -176,6 +177,7 @@ def test_effective_values_round_trip(values: dict) -> None:
     config = build(values)
     flat = effective_values(config, mask_secrets=False)
     assert build(flat) == config
+    assert build(yaml.safe_load(yaml.safe_dump(flat, sort_keys=False))) == config   # as stored
     assert all(not isinstance(v, (dict, list, tuple)) for v in flat.values())  # one scalar per key
     assert {f"models.{name}.platform" for name in config.model.names} <= set(flat)
 
