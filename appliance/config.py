@@ -5,6 +5,9 @@ Keys are the user guide's dotted parameter names (``model.name``, ``model.base.p
 (``model: {name: resnet}``) or dotted (``model.name: resnet``); both flatten to the same key,
 and ``--set key=value`` overrides use the same names. Validation collects *every* problem
 with its key path before failing (Patroni's validator), so a user fixes a file in one go.
+The per-model keys ``models.<name>.*`` are defined in ``appliance/modelsettings.py``, the value
+parsers both use in ``appliance/configkeys.py``; the README's key reference is generated from
+these schemas (``appliance/config_reference.py``).
 
 Local paths in the config (``model.base.path`` when ``s3.type`` is ``none``) are relative to
 the node root prefix, so a trial from a checkout or a test under a temp dir uses exactly the
@@ -23,10 +26,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from . import modelsettings
 from .configkeys import (Invalid, Key, assemble, boolean, choice, integer, items, non_negative,
                          positive, string, value_of)
 from .errors import ConfigError
-from . import modelsettings
 from .modelsettings import ModelEntry
 from .sources.presets import PRESETS
 

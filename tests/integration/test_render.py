@@ -131,6 +131,15 @@ def test_batching_from_the_node_config_passes_the_model_servers_own_checks(tmp_p
     assert (parsed.max_batch_size, parsed.allowed_batch_sizes) == (16, (4, 8, 16))
 
 
+def test_the_model_server_reads_model_settings_json_as_rendered() -> None:
+    """The joint check with the model server's reader (ha2's modelserver/model_settings.py)."""
+    reader = pytest.importorskip("modelserver.model_settings")
+    settings, errors = reader.parse_model_settings(json.loads(render.model_settings(load_config(None, PER_MODEL))))
+    assert errors == [] and set(settings) == {"resnet", "scorer", "every"}
+    assert settings["resnet"].batching.allowed_batch_sizes == (4, 8, 16)
+    assert settings["scorer"].batching is None and not settings["scorer"].warmup
+
+
 def test_the_metrics_page_is_rendered_and_passed_only_when_enabled(tmp_path: Path) -> None:
     from modelserver.config_protos import read_monitoring_config
 
