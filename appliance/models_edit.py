@@ -61,60 +61,69 @@ def target(paths: NodePaths, explicit: Path | None) -> Target:
 def add(paths: NodePaths, explicit: Path | None, name: str, pairs: list[str],
         progress: Progress = print) -> int:
     """Append ``name`` to model.name (with its settings), after checking the store has it."""
-    where = target(paths, explicit)
-    doc = read_document(where.path)
-    names = served_names(doc)
-    if name in names:
-        raise ApplianceError(f"{name} is already in model.name ({', '.join(names)}); change its "
-                             f"settings with `appliance models set {name} KEY=VALUE`")
-    _refuse_shadowed(where, "model.name")
-    doc.set("model.name", _names_value(doc, names + [name]))
-    _set_pairs(where, doc, name, pairs)
-    if not _install(where, doc, lambda config: check_versions(config, paths, name)):
-        progress(f"{where.path}: unchanged")
-        return 0
-    progress(f"added {name} to model.name in {where.path}")
-    return _apply(paths, where, progress)
+
+    def edit(where: Target, doc: ConfigDocument, names: list[str]) -> list[str]:
+        if name in names:
+            raise ApplianceError(f"{name} is already in model.name ({', '.join(names)}); change "
+                                 f"its settings with `appliance models set {name} KEY=VALUE`")
+        _refuse_shadowed(where, "model.name")
+        doc.set("model.name", _names_value(doc, names + [name]))
+        _set_pairs(where, doc, name, pairs)
+        return [f"added {name} to model.name in {where.path}"]
+
+    return _edit(paths, explicit, name, edit, progress)
 
 
 def remove(paths: NodePaths, explicit: Path | None, name: str, progress: Progress = print) -> int:
     """Drop ``name`` from model.name and its ``models.NAME`` section; never the last model."""
-    where = target(paths, explicit)
-    doc = read_document(where.path)
-    names = served_names(doc)
-    if name not in names:
-        raise ApplianceError(f"{name} is not in model.name ({', '.join(names)})")
-    if names == [name]:
-        raise ApplianceError(f"{name} is the only model in model.name: a node serves at least "
-                             "one; add another first (`appliance models add NAME`)")
-    _refuse_shadowed(where, "model.name")
-    left = [n for n in names if n != name]
-    doc.set("model.name", _names_value(doc, left))
-    doc.delete(f"models.{name}")
-    _install(where, doc, lambda config: None)
-    progress(f"removed {name} from model.name in {where.path} (its versions stay on disk)")
-    if names[0] == name:
-        progress(f"the default model is now {left[0]} (the first in model.name)")
-    return _apply(paths, where, progress)
+
+    def edit(where: Target, doc: ConfigDocument, names: list[str]) -> list[str]:
+        if name not in names:
+            raise ApplianceError(f"{name} is not in model.name ({', '.join(names)})")
+        if names == [name]:
+            raise ApplianceError(f"{name} is the only model in model.name: a node serves at "
+                                 "least one; add another first (`appliance models add NAME`)")
+        _refuse_shadowed(where, "model.name")
+        left = [n for n in names if n != name]
+        doc.set("model.name", _names_value(doc, left))
+        doc.delete(f"models.{name}")
+        said = [f"removed {name} from model.name in {where.path} (its versions stay on disk)"]
+        if names[0] == name:
+            said.append(f"the default model is now {left[0]} (the first in model.name)")
+        return said
+
+    return _edit(paths, explicit, name, edit, progress)
 
 
 def set_keys(paths: NodePaths, explicit: Path | None, name: str, pairs: list[str],
              progress: Progress = print) -> int:
     """Set (or with ``KEY=`` reset) keys of ``models.NAME``."""
+
+    def edit(where: Target, doc: ConfigDocument, names: list[str]) -> list[str]:
+        if name not in names:
+            raise ApplianceError(f"{name} is not in model.name ({', '.join(names)}); "
+                                 f"`appliance models add {name}` adds it")
+        if not pairs:
+            raise ApplianceError("nothing to set: give KEY=VALUE (e.g. batching.enabled=true), "
+                                 "or KEY= to go back to the default")
+        _set_pairs(where, doc, name, pairs)
+        return [f"set {', '.join(pairs)} of {name} in {where.path}"]
+
+    return _edit(paths, explicit, name, edit, progress)
+
+
+def _edit(paths: NodePaths, explicit: Path | None, name: str,
+          edit: Callable[[Target, ConfigDocument, list[str]], list[str]], progress: Progress) -> int:
+    """What every edit does around its own change: read the file, change it (``edit`` returns
+    what to say), check the whole config, write it, apply it."""
     where = target(paths, explicit)
     doc = read_document(where.path)
-    names = served_names(doc)
-    if name not in names:
-        raise ApplianceError(f"{name} is not in model.name ({', '.join(names)}); "
-                             f"`appliance models add {name}` adds it")
-    if not pairs:
-        raise ApplianceError("nothing to set: give KEY=VALUE (e.g. batching.enabled=true), "
-                             "or KEY= to go back to the default")
-    _set_pairs(where, doc, name, pairs)
+    said = edit(where, doc, served_names(doc))
     if not _install(where, doc, lambda config: check_versions(config, paths, name)):
         progress(f"{where.path}: unchanged")
         return 0
-    progress(f"set {', '.join(pairs)} of {name} in {where.path}")
+    for line in said:
+        progress(line)
     return _apply(paths, where, progress)
 
 
@@ -199,7 +208,7 @@ def check_versions(config: Config, paths: NodePaths, name: str) -> None:
     """A model served from local disk needs a version the model server can load, like `up`
     checks, and none of another platform than the one configured; with a repository the agent
     fetches the versions once the node runs."""
-    if config.s3.type != "none" or config.node.role != "serving":
+    if config.s3.type != "none" or config.node.role != "serving" or name not in config.model.names:
         return
     model_dir = local_store(config, paths) / name
     problems = {version: platform_conflict(config, name, version) for version in version_dirs(model_dir)}
