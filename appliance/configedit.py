@@ -8,6 +8,10 @@ already uses: ``model.name: a,b`` at the top level, nested ``model: {name: a,b}`
 dotted key. A key the file does not have yet goes next to its dotted siblings when the file
 spells that part dotted, else nested (``models:`` / ``resnet:`` / ``batching:``).
 
+Comments stay with the lines they were written above: a key added after another takes over the
+comment lines that followed it, and a deleted key's following lines go to the key before it;
+only a deleted key's own end-of-line comment goes with it.
+
 Values are written so that the node's own reader (PyYAML, YAML 1.1) reads back what was meant:
 a string PyYAML would take for something else (``on``, ``1:30``) is quoted.
 
@@ -28,7 +32,7 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import CommentMark, YAMLError as RuamelError
-from ruamel.yaml.scalarstring import SingleQuotedScalarString
+from ruamel.yaml.scalarstring import ScalarString, SingleQuotedScalarString
 from ruamel.yaml.tokens import CommentToken
 from ruamel.yaml.util import load_yaml_guess_indent
 
@@ -58,6 +62,15 @@ def _yaml_scalar(value: Any) -> Any:
         if plain != value:
             return SingleQuotedScalarString(value)
     return value
+
+
+def _same_style(old: Any, value: Any) -> Any:
+    """``value`` quoted the way the file quoted the value it replaces (``'a,b'`` stays quoted)."""
+    if isinstance(value, (CommentedSeq, CommentedMap)):
+        return value
+    if isinstance(value, str) and isinstance(old, ScalarString):
+        return type(old)(value)
+    return _yaml_scalar(value)
 
 
 def _segments(key: str) -> list[str]:
@@ -125,8 +138,7 @@ class ConfigDocument:
         """Set ``key`` where the file spells it; a new key goes where :func:`_insert` says."""
         spellings = self._spellings(key)
         for mapping, name in spellings:
-            mapping[name] = value if isinstance(value, (CommentedSeq, CommentedMap)) \
-                else _yaml_scalar(value)
+            mapping[name] = _same_style(mapping[name], value)
         if not spellings:
             _insert(self.tree, _segments(key), _yaml_scalar(value))
 

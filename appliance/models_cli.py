@@ -1,4 +1,4 @@
-"""``appliance models push|ls|add|remove|set``, ``appliance sync --once``, ``appliance agent`` and ``appliance objectstore``.
+"""``appliance models push|ls|add|remove|set``, ``sync --once``, ``agent`` and ``objectstore``.
 
 Kept out of cli.py so the node commands stay small: cli.py calls :func:`add_parsers` and hands
 the commands named in :data:`COMMANDS` to :func:`dispatch`.

@@ -199,8 +199,8 @@ def platform_conflict(config: Config, name: str, version_dir: Path) -> str:
         return f"{version_dir} holds no model: expected {describe_markers()}"
     wanted = explicit_platform(config, name)
     if wanted not in (AUTO, found):
-        return (f"{version_dir} is a {found} model but models.{name}.platform is {wanted} "
-                f"(`appliance models set {name} platform=` detects it per version)")
+        return (f"{version_dir} is a model of platform {found}, but models.{name}.platform is "
+                f"{wanted} (`appliance models set {name} platform=` detects it per version)")
     return ""
 
 
@@ -216,8 +216,8 @@ def check_versions(config: Config, paths: NodePaths, name: str) -> None:
     if wrong:
         raise ApplianceError("\n".join(wrong))
     if all(problems.values()):    # none, or none with model files
-        raise ApplianceError(f"no version of model {name} in {model_dir}: put it in "
-                             f"{model_dir}/<version>/ ({describe_markers()}) first")
+        raise ApplianceError(f"no version of model {name} in {model_dir}: put one in "
+                             f"{model_dir}/<version>/ first; a version holds {describe_markers()}")
 
 
 def _apply(paths: NodePaths, where: Target, progress: Progress) -> int:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 DEFAULT = "saved_model_half_plus_two_mkl"
 ONNX = "onnx_half"          # y = 0.5x + 3, model.onnx
 BATCHED = "batched_half"    # the SavedModel half_plus_two under a second name
-CONFIG = f"# a trial node (tests/integration/test_models_commands.py)\nmodel.name: {DEFAULT}   # the default\n"
+CONFIG = f"# a trial node (test_models_commands.py)\nmodel.name: {DEFAULT}   # the default\n"
 WRAPPED_RUNS = ":tensorflow:serving:batching_session:wrapped_run_count"
 
 

@@ -137,6 +137,11 @@ def test_values_read_back_as_written_by_the_nodes_reader(text: str, value) -> No
     assert _flat(out)["models.m.x"] == value
 
 
+def test_a_quoted_value_stays_quoted() -> None:
+    assert _edited("model.name: 'a,b'\nx: \"y\"\n", lambda d: d.set("model.name", "a,b,c"),
+                   lambda d: d.set("x", "z")) == "model.name: 'a,b,c'\nx: \"z\"\n"
+
+
 def test_a_list_value_stays_a_list() -> None:
     doc = ConfigDocument("model:\n  name:\n    - a   # first\n    - b\n")
     names = doc.get("model.name")

@@ -67,8 +67,10 @@ def test_add_appends_the_model_keeping_the_file_and_says_when_it_applies(
     (("models", "set", "half", "platform"), "expected KEY=VALUE"),
     (("models", "set", "half", "batching.max_batch_size=-1"), "models.half.batching.max_batch_size"),
     (("models", "set", "half", "batchin.enabled=true"), "models.half.batchin.enabled"),
-    (("models", "set", "half", "platform=onnx"), "is a tensorflow model but models.half.platform is onnx"),
-    (("models", "add", "onx", "platform=tensorflow"), "is a onnx model but models.onx.platform is tensorflow"),
+    (("models", "set", "half", "platform=onnx"),
+     "is a model of platform tensorflow, but models.half.platform is onnx"),
+    (("models", "add", "onx", "platform=tensorflow"),
+     "is a model of platform onnx, but models.onx.platform is tensorflow"),
 ])
 def test_a_refused_edit_exits_1_with_the_key_and_leaves_the_file_byte_identical(
         root: Path, capsys: pytest.CaptureFixture, args: tuple[str, ...], message: str) -> None:
@@ -103,7 +105,8 @@ def test_a_file_without_model_name_gets_the_default_list_plus_the_model(root: Pa
         (root / "data/models" / name / "1").mkdir(parents=True)
         (root / "data/models" / name / "1/saved_model.pb").write_bytes(b"")
     assert run(root, "models", "add", "onx") == 0
-    assert yaml.safe_load(path.read_text())["model"]["name"] == "saved_model_half_plus_two_mkl,resnet,onx"
+    names = yaml.safe_load(path.read_text())["model"]["name"]
+    assert names == "saved_model_half_plus_two_mkl,resnet,onx"
 
 
 def test_an_override_of_up_that_wins_over_the_file_is_refused(
@@ -158,5 +161,6 @@ def test_push_refuses_a_version_of_another_platform_than_configured(
     path.write_text(CONFIG + "models.half.platform: tensorflow\n")
     onnxmodels.build(tmp_path / "export", {"half": {2: onnxmodels.half_plus(1.0)}})
     assert run(root, "models", "push", str(tmp_path / "export/half"), "--name", "half") == 1
-    assert "is a onnx model but models.half.platform is tensorflow" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is a model of platform onnx, but models.half.platform is tensorflow" in err
     assert not (root / "data/models/half/2").exists()
