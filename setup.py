@@ -33,6 +33,7 @@ setup(
         "supervisor>=4.2",
         "jinja2>=3.1",
         "pyyaml>=6",
+        "ruamel.yaml>=0.18",             # round-trips appliance.yaml for `appliance models add|remove|set`
         "httptools>=0.6",                # HTTP/1.1 parser of the model server's REST port
         "uvloop>=0.19",
         "orjson>=3.9",

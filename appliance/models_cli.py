@@ -1,4 +1,4 @@
-"""``appliance models push|ls``, ``appliance sync --once``, ``appliance agent`` and ``appliance objectstore``.
+"""``appliance models push|ls|add|remove|set``, ``sync --once``, ``agent`` and ``objectstore``.
 
 Kept out of cli.py so the node commands stay small: cli.py calls :func:`add_parsers` and hands
 the commands named in :data:`COMMANDS` to :func:`dispatch`.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import TextIO
+
+from modelserver.core.platforms import detect_platform, version_dirs
 
 from .config import Config, NodePaths, local_store
 from .errors import ApplianceError, SourceError
@@ -21,6 +22,7 @@ from .errors import ApplianceError, SourceError
 log = logging.getLogger(__name__)
 
 COMMANDS = ("models", "sync", "agent", "objectstore")
+EDITS = ("add", "remove", "set")   # models commands that edit the config file
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +31,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="override a config key, e.g. --set s3.endpoint=http://repo:8333")
         return p
 
-    models = sub.add_parser("models", help="push models to the repository; list versions")
+    models = sub.add_parser("models", help="serve models (add, remove, set their settings); push "
+                            "them to the repository; list versions")
     msub = models.add_subparsers(dest="models_command", required=True)
     push = overrides(msub.add_parser("push", help="upload a model version to the repository"))
     push.add_argument("directory", type=Path,
@@ -38,6 +41,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     push.add_argument("--version", help="version number (default: the directory's name if it "
                       "is a number, else one above the repository's highest)")
     overrides(msub.add_parser("ls", help="repository versions, local versions, model server state"))
+    add = msub.add_parser("add", help="serve a model: add it to model.name in the config file "
+                          "and apply it to the running node")
+    add.add_argument("name", help="model name (its versions in <store>/NAME/<version>/)")
+    add.add_argument("pairs", nargs="*", metavar="KEY=VALUE",
+                     help="its settings, KEY relative to models.NAME, e.g. platform=onnx "
+                     "batching.enabled=true")
+    remove = msub.add_parser("remove", help="stop serving a model: drop it from model.name and "
+                             "its models.NAME settings (its versions stay on disk)")
+    remove.add_argument("name")
+    change = msub.add_parser("set", help="change a model's settings in the config file and apply them")
+    change.add_argument("name")
+    change.add_argument("pairs", nargs="+", metavar="KEY=VALUE",
+                        help="KEY relative to models.NAME (versions=latest:2, labels.stable=1, "
+                        "batching.max_batch_size=16); KEY= goes back to the default")
     sync = overrides(sub.add_parser("sync", help="sync the local store from the repository"))
     sync.add_argument("--once", action="store_true", required=True,
                       help="run one cycle and exit (non-zero on failure or a refused version)")
@@ -61,6 +78,8 @@ def _logging_to_stdout() -> None:
 def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
     from .agent import load_agent_config
 
+    if args.command == "models" and args.models_command in EDITS:
+        return _edit(args, paths)
     config = load_agent_config(paths, args.config, args.overrides)
     if args.command == "models" and args.models_command == "push":
         return push(config, paths, args.directory, args.name, args.version)
@@ -76,6 +95,22 @@ def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
         _logging_to_stdout()
         return run_objectstore(config, paths)
     raise AssertionError(args.command)
+
+
+def _edit(args: argparse.Namespace, paths: NodePaths) -> int:
+    """models add|remove|set; a refused edit exits 1 with the key paths, the file untouched."""
+    from . import models_edit
+    from .errors import ConfigError
+
+    try:
+        if args.models_command == "add":
+            return models_edit.add(paths, args.config, args.name, args.pairs)
+        if args.models_command == "remove":
+            return models_edit.remove(paths, args.config, args.name)
+        return models_edit.set_keys(paths, args.config, args.name, args.pairs)
+    except ConfigError as exc:
+        print(f"{exc}\nnothing changed", file=sys.stderr)
+        return 1
 
 
 # ------------------------------------------------------------------ push
@@ -114,17 +149,22 @@ class ProgressBar:
 
 def _version_dirs(directory: Path) -> list[tuple[str, Path]]:
     """A model dir holding numeric version dirs -> those; else the directory itself is one."""
-    if (directory / "saved_model.pb").exists() or (directory / "model.onnx").exists():
-        return [(directory.name, directory)]
-    children = sorted((p.name, p) for p in directory.iterdir()
-                      if p.is_dir() and re.fullmatch(r"\d+", p.name))
-    return children or [(directory.name, directory)]
+    if detect_platform(directory) is None:
+        children = [(p.name, p) for p in version_dirs(directory)]
+        if children:
+            return children
+    return [(directory.name, directory)]
 
 
 def push(config: Config, paths: NodePaths, directory: Path, name: str,
          version: str | None) -> int:
-    """Upload one version (or every version dir of a model dir) with a progress bar."""
+    """Upload one version (or every version dir of a model dir) with a progress bar.
+
+    Refused before a byte moves: a directory holding no model, or a version of another platform
+    than the model's ``models.NAME.platform``.
+    """
     from .modelfiles import NotAModel, check_version
+    from .models_edit import platform_conflict
     from .sources import open_source
     from .sources.base import local_files
 
@@ -132,8 +172,16 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
         raise SourceError(f"{directory} is not a directory")
     if "/" in name or name.startswith("."):
         raise SourceError(f"model name {name!r} may not contain '/' or start with '.'")
-    source = open_source(config, paths)
     targets = _version_dirs(directory)
+    for _, src in targets:   # the agents would refuse it, the model server fail: say so first
+        why = platform_conflict(config, name, src)
+        if why:
+            raise SourceError(why)
+        try:
+            check_version(src)
+        except NotAModel as exc:
+            raise SourceError(f"{src} is not a model version: {exc}") from None
+    source = open_source(config, paths)
     if version is not None:
         if not version.isdigit():
             raise SourceError(f"--version must be a number, got {version!r}")
@@ -144,11 +192,6 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
     elif len(targets) == 1 and not targets[0][0].isdigit():
         existing = source.versions(name)
         targets = [(str(max(existing, default=0) + 1), targets[0][1])]
-    for dirname, src in targets:
-        try:
-            check_version(src)    # the agents would refuse it: say so before uploading
-        except NotAModel as exc:
-            raise SourceError(f"{src} is not a model version: {exc}") from None
     for dirname, src in targets:
         total = sum(p.stat().st_size for _, p in local_files(src))
         bar = ProgressBar(total, f"{name} v{dirname}")
