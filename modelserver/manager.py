@@ -224,6 +224,13 @@ class ModelManager:
         soon as a new or changed version appears, rather than the server exiting at every
         start.
         """
+        if any(self._warms_up(model) for model in models):
+            # Here, before the load threads: one importing TensorFlow's runtime while another
+            # imports the warmup's protos (which import TensorFlow) wait on each other's module
+            # locks, and Python breaks that circle with a half-imported module (a failed load).
+            from modelserver.warmup import import_protos
+
+            import_protos()
         started = time.time()
         pending = {m.config.name: m for m in models}
         while pending:
@@ -423,10 +430,9 @@ class ModelManager:
 
     def _instance(self, model: ServedModel, version: int, path: str) -> LoadedModel:
         """Load ``path`` as the model's settings say and warm it up; the instance, or raise."""
-        settings = model.settings
-        loaded = self.loader(model, path, self._load_options(settings))
+        loaded = self.loader(model, path, self._load_options(model.settings))
         try:
-            if self.warmup.enabled if settings is None else settings.warmup:
+            if self._warms_up(model):
                 from modelserver.warmup import run_warmup
 
                 run_warmup(loaded, version, path, self.warmup.iterations)
@@ -434,6 +440,9 @@ class ModelManager:
             loaded.close()
             raise
         return loaded
+
+    def _warms_up(self, model: ServedModel) -> bool:
+        return self.warmup.enabled if model.settings is None else model.settings.warmup
 
     def _reload_versions(self, model: ServedModel) -> None:
         """Load every AVAILABLE version of ``model`` again (its settings changed what a load asks
