@@ -390,3 +390,27 @@ def test_metrics_off_for_one_model(root: Path, server: str) -> None:
     assert predict_rest(server, [2.0], "muted").status_code == 200
     assert counts()[:2] == (before[0] + 1, before[1] + 1)
     write_settings(root, SETTINGS, "Model muted: settings changed")
+
+
+def test_a_changed_runtime_option_loads_the_versions_again(root: Path, ports: tuple[str, int, str]) -> None:
+    """The old instance serves until the new one is ready; a load the runtime refuses (ONNX in
+    bf16) leaves the old one serving."""
+    server = ports[0]
+    version_dir = str(root / "models" / "muted" / "1")
+    attempts = ":tensorflow:cc:saved_model:load_attempt_count"
+    before, _ = metrics(server)
+    muted = SETTINGS["models"]["muted"]
+    write_settings(root, {"models": {**SETTINGS["models"], "muted": {**muted, "openvino": {"streams": 2}}}},
+                   "Servable {name: muted version: 1} now serves with its new settings")
+    after, _ = metrics(server)
+    assert sample(after, attempts, model_path=version_dir, status="success") - \
+        sample(before, attempts, model_path=version_dir, status="success") == 1
+    assert predict_rest(server, [2.0], "muted").json() == {"predictions": [[3.0]]}
+    write_settings(root, {"models": {**SETTINGS["models"], "muted": {**muted, "precision": "bf16"}}},
+                   "Loading servable {name: muted version: 1} with its new settings failed: INVALID_ARGUMENT: "
+                   "precision bf16 is not supported by the onnx runtime (supported: f32); it keeps serving")
+    assert predict_rest(server, [2.0], "muted").json() == {"predictions": [[3.0]]}
+    status = requests.get(server + "/v1/models/muted", timeout=10).json()["model_version_status"]
+    assert [(row["version"], row["state"]) for row in status] == [("1", "AVAILABLE")]
+    write_settings(root, SETTINGS, "Servable {name: muted version: 1} now serves with its new settings")
+    assert predict_rest(server, [2.0], "muted").json() == {"predictions": [[3.0]]}
