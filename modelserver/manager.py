@@ -317,7 +317,7 @@ class ModelManager:
                 models[config.name] = model
             removed = [m for name, m in current.items() if name not in models]
             self.models = models
-            reload_versions = [m for m in kept if self._apply_settings(m)]
+            reload_versions = [m for m in models.values() if self._apply_settings(m)]  # a retired one's may be old
             self.on_settings(models)
             for model in reload_versions:
                 self._reload_versions(model)
@@ -342,8 +342,8 @@ class ModelManager:
                 self._apply_labels(model)
 
     def _apply_settings(self, model: ServedModel) -> bool:
-        """Give a kept model its current settings; True when its loaded versions must load again
-        (a changed precision or runtime option: what the runtime was asked at load)."""
+        """Give a model its current settings; True when its loaded versions must load again (a
+        changed precision or runtime option: what the runtime was asked at load)."""
         old, new = model.settings, self.settings.get(model.config.name)
         if old == new:
             return False
