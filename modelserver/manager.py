@@ -161,6 +161,11 @@ def load_with_runtime(model: ServedModel, path: str, options: LoadOptions) -> Lo
     return runtime.load(path, options)
 
 
+def _status_of(exc: Exception) -> ServingError:
+    """A failed load's status: the runtime's own, or UNKNOWN with the exception's text."""
+    return exc if isinstance(exc, ServingError) else ServingError(Code.UNKNOWN, str(exc))
+
+
 class ModelManager:
     """Owns every served model; one poll thread loads and unloads, request threads only read."""
 
@@ -412,7 +417,7 @@ class ModelManager:
         try:
             loaded = self._instance(model, version, path)
         except Exception as exc:  # noqa: BLE001 - a failed load is a version state, not a crash
-            error = exc if isinstance(exc, ServingError) else ServingError(Code.UNKNOWN, str(exc))
+            error = _status_of(exc)
             log.error("Loading servable: {name: %s version: %d} failed: %s", name, version, error.to_string())
             # Recorded before the state says so: whoever sees END (status, the agent) finds the record.
             model.quarantine.add(version, dirname, files, error.code.name, error.message)
@@ -457,7 +462,7 @@ class ModelManager:
             try:
                 loaded = self._instance(model, version, os.path.join(model.config.base_path, on_disk[version]))
             except Exception as exc:  # noqa: BLE001 - the serving instance stays; the failure is logged
-                error = exc if isinstance(exc, ServingError) else ServingError(Code.UNKNOWN, str(exc))
+                error = _status_of(exc)
                 log.error("Loading servable {name: %s version: %d} with its new settings failed: %s; it keeps "
                           "serving as loaded before", name, version, error.to_string())
                 continue
