@@ -18,6 +18,12 @@ outputs cannot be split along dim 0 stops being batched. With ``allowed_batch_si
 batch is padded up to the next allowed size by repeating its first row, and the padding is cut
 from the outputs. ``pad_variable_length_inputs`` is accepted but not implemented (such calls
 simply run in separate groups).
+
+With ``--model_settings_file`` a model may have its own scheduler (its own threads and
+parameters). Its batching can change while it serves: :meth:`BatchingModel.detach` closes the
+old queues (what they hold is still run, a call arriving after runs unbatched) while the
+model's versions already go through the new scheduler, and :meth:`BatchScheduler.stop` ends the
+old scheduler's threads once its last queue is gone.
 """
 
 from __future__ import annotations
@@ -103,10 +109,12 @@ def _merge_key(task: _Task, names: tuple[str, ...]) -> tuple:
 
 
 class BatchScheduler:
-    """One pool of batch threads shared by every batching queue of the server."""
+    """One pool of batch threads shared by every batching queue of the server (or of one model)."""
 
-    def __init__(self, settings: BatchingSettings) -> None:
+    def __init__(self, settings: BatchingSettings, model_name: str | None = None) -> None:
         self.settings = settings
+        self.model_name = model_name       # a model's own scheduler: its metrics may be muted
+        self._stopped = False
         self.max_batch_size = settings.max_batch_size
         self.timeout = settings.batch_timeout_micros / 1_000_000
         self._allowed = settings.allowed_batch_sizes
@@ -145,6 +153,13 @@ class BatchScheduler:
                 self._cond.wait(0.1)
             if queue in self._queues:
                 self._queues.remove(queue)
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        """No new queues come: the threads end once the queues they serve are closed and drained."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
 
     def submit(self, queue: _Queue, inputs: Mapping[str, np.ndarray], rows: int) -> _Task | None:
         """Enqueue one call; None when the queue is closed (the caller then runs it directly)."""
@@ -191,6 +206,8 @@ class BatchScheduler:
             with self._cond:
                 queue, batch, wait = self._ready()
                 while batch is None:
+                    if self._stopped and not self._queues:
+                        return
                     self._cond.wait(wait)
                     queue, batch, wait = self._ready()
             try:
@@ -207,8 +224,9 @@ class BatchScheduler:
 
     def _process(self, queue: _Queue, batch: _Batch) -> None:
         now = time.perf_counter()
-        for task in batch.tasks:
-            self._queuing_latency.add(int((now - task.enqueued) * 1_000_000))
+        if monitoring.recording(self.model_name):
+            for task in batch.tasks:
+                self._queuing_latency.add(int((now - task.enqueued) * 1_000_000))
         groups: dict[tuple, list[_Task]] = {}
         for task in batch.tasks:
             groups.setdefault(_merge_key(task, queue.input_names), []).append(task)
@@ -220,11 +238,12 @@ class BatchScheduler:
                     self._run_alone(queue, task)
 
     def _execute(self, queue: _Queue, inputs: Mapping[str, np.ndarray], rows: int, padded: int) -> dict:
-        monitoring.WRAPPED_RUN_COUNT.increment()
-        monitoring.INPUT_BATCH_SIZE.observe(value=rows)
-        monitoring.PROCESSED_BATCH_SIZE.observe(value=padded)
-        if padded > rows:
-            monitoring.PADDING_SIZE.observe(str(padded), value=padded - rows)
+        if monitoring.recording(self.model_name):
+            monitoring.WRAPPED_RUN_COUNT.increment()
+            monitoring.INPUT_BATCH_SIZE.observe(value=rows)
+            monitoring.PROCESSED_BATCH_SIZE.observe(value=padded)
+            if padded > rows:
+                monitoring.PADDING_SIZE.observe(str(padded), value=padded - rows)
         return queue.model.run(queue.signature.name, inputs)
 
     def _run_alone(self, queue: _Queue, task: _Task) -> None:
@@ -279,7 +298,7 @@ class BatchingModel(LoadedModel):
     def __init__(self, inner: LoadedModel, scheduler: BatchScheduler) -> None:
         super().__init__(inner.path, inner.signatures)
         self.inner = inner
-        self._scheduler = scheduler
+        self.scheduler = scheduler
         self._queues = {name: _Queue(inner, sig) for name, sig in inner.signatures.items() if sig.outputs}
         for queue in self._queues.values():
             scheduler._add_queue(queue)
@@ -288,8 +307,8 @@ class BatchingModel(LoadedModel):
         queue = self._queues.get(signature_name)
         if queue is not None and queue.splittable:
             rows = _rows(inputs, queue.input_names)
-            if 0 < rows <= self._scheduler.max_batch_size:
-                task = self._scheduler.submit(queue, inputs, rows)
+            if 0 < rows <= self.scheduler.max_batch_size:
+                task = self.scheduler.submit(queue, inputs, rows)
                 if task is not None:
                     task.done.wait()
                     if task.error is not None:
@@ -303,7 +322,11 @@ class BatchingModel(LoadedModel):
     def signature_def_map(self) -> Any:
         return self.inner.signature_def_map()
 
-    def close(self) -> None:
+    def detach(self) -> None:
+        """Stop batching: what is queued still runs; later calls run unbatched on ``inner``."""
         for queue in self._queues.values():
-            self._scheduler._close_queue(queue)
+            self.scheduler._close_queue(queue)
+
+    def close(self) -> None:
+        self.detach()
         self.inner.close()

@@ -129,7 +129,7 @@ FLAG_ONLY_BATCHING = BatchingSettings(thread_pool_name="model_server_batch_threa
 
 
 def batching_settings_from_proto(message: Any) -> BatchingSettings:
-    """Validate like ``bundle_factory_util.cc``; errors are INVALID_ARGUMENT with TF's wording."""
+    """Validate like ``bundle_factory_util.cc`` (:func:`validate_batching`)."""
     defaults = BatchingSettings()
 
     def value(name: str, default: Any) -> Any:
@@ -144,6 +144,11 @@ def batching_settings_from_proto(message: Any) -> BatchingSettings:
         allowed_batch_sizes=tuple(message.allowed_batch_sizes),
         pad_variable_length_inputs=message.pad_variable_length_inputs,
     )
+    return validate_batching(settings)
+
+
+def validate_batching(settings: BatchingSettings) -> BatchingSettings:
+    """``settings`` when TF would accept them; else INVALID_ARGUMENT with TF's wording."""
     if settings.max_batch_size <= 0:
         raise ServingError(Code.INVALID_ARGUMENT, "max_batch_size must be positive")
     if settings.max_enqueued_batches <= 0:

@@ -5,6 +5,11 @@ same entry point ``HandleReloadConfigRequest`` uses; here that is :meth:`ModelMa
 A file that does not parse (or fails validation) is logged and the running config is kept.
 Reloads happen only when the file's bytes differ from the last applied ones, so an unchanged file
 costs one read and a failed reload (a label waiting for its version) is retried.
+
+``--model_settings_file`` (an appliance extension) is re-read on the same poll, and a change of
+either file reloads with both: a changed settings file alone applies the new settings to the
+models being served. An invalid settings file is logged and the settings in force are kept, as
+an invalid models.config is.
 """
 
 from __future__ import annotations
@@ -12,22 +17,33 @@ from __future__ import annotations
 import logging
 import threading
 
-from modelserver.manager import ModelManager
+from modelserver.manager import ModelConfig, ModelManager
 from modelserver.model_config import ConfigFileError, read_model_server_config
+from modelserver.model_settings import ModelSettings, SettingsFileError, read_model_settings
 from modelserver.core.status import ServingError
 
 log = logging.getLogger(__name__)
 
 
-class ConfigFileWatcher:
-    """A daemon thread reloading ``path`` into ``manager`` every ``wait_seconds``."""
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
 
-    def __init__(self, path: str, manager: ModelManager, wait_seconds: float) -> None:
+
+class ConfigFileWatcher:
+    """A daemon thread reloading ``path`` (and ``settings_path``) into ``manager`` every ``wait_seconds``."""
+
+    def __init__(self, path: str, manager: ModelManager, wait_seconds: float, settings_path: str = "") -> None:
         self.path = path
+        self.settings_path = settings_path
         self.manager = manager
         self.wait_seconds = wait_seconds
         self._stop = threading.Event()
-        self._last = self._read_bytes()
+        self._last = _read_bytes(path)
+        self._last_settings = _read_bytes(settings_path) if settings_path else None
         self._thread = threading.Thread(target=self._loop, name="config-poll", daemon=True)
 
     def start(self) -> None:
@@ -35,13 +51,6 @@ class ConfigFileWatcher:
 
     def stop(self) -> None:
         self._stop.set()
-
-    def _read_bytes(self) -> bytes | None:
-        try:
-            with open(self.path, "rb") as handle:
-                return handle.read()
-        except OSError:
-            return None
 
     def _loop(self) -> None:
         while not self._stop.wait(self.wait_seconds):
@@ -51,27 +60,49 @@ class ConfigFileWatcher:
                 log.exception("re-reading model config %s failed", self.path)
 
     def check(self) -> bool:
-        """Reload when the file changed; True when a reload was attempted."""
-        data = self._read_bytes()
-        if data is None or data == self._last:
+        """Reload when a file changed; True when a reload was attempted."""
+        data = _read_bytes(self.path)
+        settings_data = _read_bytes(self.settings_path) if self.settings_path else None
+        config_changed = data is not None and data != self._last
+        settings_changed = bool(self.settings_path) and settings_data != self._last_settings
+        if not (config_changed or settings_changed):
             return False
+        configs = self._configs(data) if config_changed else None
+        settings = self._settings(settings_data) if settings_changed else None
+        if configs is None and settings is None:
+            return True
+        if configs is None:
+            configs = [model.config for model in self.manager.models.values()]
+            log.info("Model settings file %s changed; applying it to %d model(s)", self.settings_path, len(configs))
+        else:
+            log.info("Model config %s changed; reloading %d model(s)", self.path, len(configs))
         try:
-            configs = read_model_server_config(self.path)
+            self.manager.reload(configs, settings)
+        except ServingError as exc:  # retried next cycle (e.g. a label waiting for its version)
+            log.error("ReloadConfig failed: %s", exc.to_string())
+            return True
+        self._last, self._last_settings = (data if config_changed else self._last,
+                                           settings_data if settings_changed else self._last_settings)
+        return True
+
+    def _configs(self, data: bytes) -> list[ModelConfig] | None:
+        """models.config's models; None (logged, and not tried again until it changes) when invalid."""
+        try:
+            return read_model_server_config(self.path)
         except ConfigFileError as exc:
             log.error("Error parsing text-format tensorflow.serving.ModelServerConfig: %s", exc.details)
             log.error("Failed to reload model config %s: INVALID_ARGUMENT: %s; keeping the current config",
                       self.path, exc)
-            self._last = data
-            return True
         except ServingError as exc:
             log.error("Failed to reload model config %s: %s; keeping the current config", self.path, exc.to_string())
-            self._last = data
-            return True
-        log.info("Model config %s changed; reloading %d model(s)", self.path, len(configs))
-        try:
-            self.manager.reload(configs)
-        except ServingError as exc:  # retried next cycle (e.g. a label waiting for its version)
-            log.error("ReloadConfig failed: %s", exc.to_string())
-            return True
         self._last = data
-        return True
+        return None
+
+    def _settings(self, data: bytes | None) -> dict[str, ModelSettings] | None:
+        """The settings file's models; None (logged, not tried again until it changes) when invalid."""
+        try:
+            return read_model_settings(self.settings_path)
+        except SettingsFileError as exc:
+            log.error("Failed to reload %s; keeping the current model settings", exc)
+        self._last_settings = data
+        return None

@@ -74,7 +74,12 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
     Flag("enable_batching", bool, False, "merge concurrent requests to a signature into one runtime call"),
     Flag("batching_parameters_file", str, "", "BatchingParameters text proto (needs --enable_batching)"),
     Flag("model_platform", str, "tensorflow",
-         "model_platform of --model_name/--model_base_path, e.g. onnx (appliance extension)"),
+         "model_platform of --model_name/--model_base_path: tensorflow, onnx, or auto (each version's "
+         "platform from its files) (appliance extension)"),
+    Flag("model_settings_file", str, "",
+         "JSON file of per-model settings (batching, warmup, metrics, precision, runtime options); a "
+         "model listed there has them instead of --enable_batching/--batching_parameters_file/"
+         "--enable_model_warmup; re-read with --model_config_file on its poll (appliance extension)"),
     Flag("quarantine_dir", str, "",
          "keep the record of versions that failed to load here, so they stay skipped after a restart "
          "until their files change; empty keeps it in memory (appliance extension)"),

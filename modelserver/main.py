@@ -19,6 +19,7 @@ from modelserver.features import ServerFeatures
 from modelserver.flags import FlagError, Options, parse_flags, usage, warn_ignored
 from modelserver.manager import ModelConfig, ModelManager, WarmupOptions
 from modelserver.model_config import ConfigFileError, read_model_server_config
+from modelserver.model_settings import ModelSettings, SettingsFileError, read_model_settings
 from modelserver.core.status import Code, ServingError
 
 log = logging.getLogger("modelserver")
@@ -68,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     warn_ignored(options)
     try:
         configs = _model_configs(options)
+        settings = _model_settings(options)
         features = ServerFeatures.from_options(options)
+    except SettingsFileError as exc:
+        print(f"Failed to start server. Error: INVALID_ARGUMENT: {exc}", file=sys.stderr)
+        return 1
     except ConfigFileError as exc:
         message_type = getattr(exc, "message_type", "tensorflow.serving.ModelServerConfig")
         print(f"Error parsing text-format {message_type}: {exc.details}", file=sys.stderr)
@@ -85,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                            load_threads=4 * (os.cpu_count() or 1),
                            warmup=WarmupOptions(options.enable_model_warmup,
                                                 max(options.num_request_iterations_for_warmup, 1)),
-                           quarantine_dir=options.quarantine_dir)
+                           quarantine_dir=options.quarantine_dir, settings=settings)
     features.attach(manager)
     try:
         manager.load_initial()
@@ -102,11 +107,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _watch_config_file(options: Options, manager: ModelManager) -> None:
-    """``--model_config_file_poll_wait_seconds`` > 0: reload models.config when it changes."""
+    """``--model_config_file_poll_wait_seconds`` > 0: reload models.config (and the settings file)
+    when it changes."""
     if options.model_config_file and options.model_config_file_poll_wait_seconds > 0:
         from modelserver.config_watch import ConfigFileWatcher
 
-        ConfigFileWatcher(options.model_config_file, manager, options.model_config_file_poll_wait_seconds).start()
+        ConfigFileWatcher(options.model_config_file, manager, options.model_config_file_poll_wait_seconds,
+                          options.model_settings_file).start()
+
+
+def _model_settings(options: Options) -> dict[str, ModelSettings]:
+    """``--model_settings_file``'s per-model settings ({} without the flag)."""
+    return read_model_settings(options.model_settings_file) if options.model_settings_file else {}
 
 
 def _serve(options: Options, manager: ModelManager, features: ServerFeatures) -> int:
@@ -127,8 +139,7 @@ async def _run_servers(options: Options, manager: ModelManager, features: Server
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    executor = ThreadPoolExecutor(features.executor_threads(options.rest_api_num_threads),
-                                  thread_name_prefix="runtime")
+    executor = features.executor(options.rest_api_num_threads)
     servers = []
     try:
         if options.port > 0 or options.grpc_socket_path:

@@ -18,6 +18,12 @@ picks the newest versions that are not quarantined, so a corrupt version numbere
 ones never keeps them from serving, also after a restart, until its files change.
 :meth:`ModelManager.reload` is the declarative config reload that ``HandleReloadConfigRequest``
 and ``--model_config_file_poll_wait_seconds`` share.
+
+``model_platform: "auto"`` (an appliance extension) picks each version's runtime from its files
+(:func:`modelserver.core.platforms.detect_platform`), so one model may have a SavedModel version
+and an ONNX one. Per-model settings (:mod:`modelserver.model_settings`) decide a model's warmup
+and what its loads ask of the runtime; a changed precision or runtime option loads the model's
+versions again, each old one serving until its replacement is ready.
 """
 
 from __future__ import annotations
@@ -28,12 +34,17 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from modelserver.core.platforms import AUTO, describe_markers, detect_platform
 from modelserver.core.status import Code, ServingError, invalid_argument, not_found
 from modelserver.quarantine import Quarantine, fingerprint
 from modelserver.runtimes import LoadedModel, LoadOptions, get_runtime
+
+if TYPE_CHECKING:
+    from modelserver.model_settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +90,10 @@ class VersionState:
 class ServedModel:
     """A configured model: its version history and the snapshot requests read."""
 
-    def __init__(self, config: ModelConfig, quarantine_dir: str | None = None, load_context: str = "") -> None:
+    def __init__(self, config: ModelConfig, quarantine_dir: str | None = None, load_context: str = "",
+                 settings: ModelSettings | None = None) -> None:
         self.config = config
+        self.settings = settings   # its --model_settings_file entry; None: the global flags decide
         self.versions: dict[int, VersionState] = {}
         self.available: dict[int, VersionState] = {}   # replaced, never mutated
         self.labels: dict[str, int] = {}
@@ -129,9 +142,28 @@ def aspired_versions(config: ModelConfig, on_disk: Iterable[int]) -> set[int]:
     return set(present[:max(config.num_versions, 1)])
 
 
-def load_with_runtime(config: ModelConfig, path: str, options: LoadOptions) -> LoadedModel:
-    """Load ``path`` with the runtime of the model's platform (the default ``ModelManager.loader``)."""
-    return get_runtime(config.platform).load(path, options)
+def resolve_platform(config: ModelConfig, path: str) -> str:
+    """The platform that loads version directory ``path``: the model's, or with ``auto`` the one
+    its files say; a directory holding no known model files is NOT_FOUND."""
+    if config.platform != AUTO:
+        return config.platform
+    platform = detect_platform(Path(path))
+    if platform is None:
+        raise ServingError(Code.NOT_FOUND, f"Could not find a model at {path} (model_platform auto): a version "
+                                           f"directory holds {describe_markers()}")
+    return platform
+
+
+def load_with_runtime(model: ServedModel, path: str, options: LoadOptions) -> LoadedModel:
+    """Load ``path`` with the runtime of its platform (the default ``ModelManager.loader``)."""
+    runtime = get_runtime(resolve_platform(model.config, path))
+    runtime.check_options(options)
+    return runtime.load(path, options)
+
+
+def _status_of(exc: Exception) -> ServingError:
+    """A failed load's status: the runtime's own, or UNKNOWN with the exception's text."""
+    return exc if isinstance(exc, ServingError) else ServingError(Code.UNKNOWN, str(exc))
 
 
 class ModelManager:
@@ -139,14 +171,17 @@ class ModelManager:
 
     def __init__(self, configs: list[ModelConfig], options: LoadOptions, poll_wait_seconds: float,
                  load_threads: int, warmup: WarmupOptions | None = None,
-                 quarantine_dir: str | None = None) -> None:
+                 quarantine_dir: str | None = None, settings: Mapping[str, ModelSettings] | None = None) -> None:
         self.options = options
         self.quarantine_dir = quarantine_dir or None
         self.poll_wait_seconds = poll_wait_seconds
         self.load_threads = max(load_threads, 1)
         # Loads one version directory; main.py swaps in one that also batches and counts loads.
-        self.loader: Callable[[ModelConfig, str, LoadOptions], LoadedModel] = load_with_runtime
+        self.loader: Callable[[ServedModel, str, LoadOptions], LoadedModel] = load_with_runtime
+        # Told the whole model set whenever settings may have changed (features.py: batching, metrics).
+        self.on_settings: Callable[[Mapping[str, ServedModel]], None] = lambda models: None
         self.warmup = warmup or WarmupOptions()
+        self.settings: dict[str, ModelSettings] = dict(settings or {})
         self.models: dict[str, ServedModel] = {c.name: self._served(c) for c in configs}  # replaced, never mutated
         self.retired: dict[str, ServedModel] = {}   # removed by a reload; kept for their status history
         self._lock = threading.RLock()              # guards version states
@@ -157,8 +192,20 @@ class ModelManager:
 
     def _served(self, config: ModelConfig) -> ServedModel:
         """A new model; the settings that decide a load key its quarantine (see modelserver.quarantine)."""
-        context = f"tags={','.join(self.options.tags)} warmup={'on' if self.warmup.enabled else 'off'}"
-        return ServedModel(config, self.quarantine_dir, context)
+        settings = self.settings.get(config.name)
+        return ServedModel(config, self.quarantine_dir, self._load_context(settings), settings)
+
+    def _load_context(self, settings: ModelSettings | None) -> str:
+        warmup = self.warmup.enabled if settings is None else settings.warmup
+        context = f"tags={','.join(self.options.tags)} warmup={'on' if warmup else 'off'}"
+        extra = settings.load_context() if settings is not None else ""
+        return f"{context} {extra}" if extra else context
+
+    def _load_options(self, settings: ModelSettings | None) -> LoadOptions:
+        """What a load asks of the runtime: the flags', with a settings entry's precision and options."""
+        if settings is None:
+            return self.options
+        return replace(self.options, precision=settings.precision, runtime_options=settings.runtime_options)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -182,6 +229,13 @@ class ModelManager:
         soon as a new or changed version appears, rather than the server exiting at every
         start.
         """
+        if any(self._warms_up(model) for model in models):
+            # Here, before the load threads: one importing TensorFlow's runtime while another
+            # imports the warmup's protos (which import TensorFlow) wait on each other's module
+            # locks, and Python breaks that circle with a half-imported module (a failed load).
+            from modelserver.warmup import import_protos
+
+            import_protos()
         started = time.time()
         pending = {m.config.name: m for m in models}
         while pending:
@@ -233,16 +287,20 @@ class ModelManager:
 
     # ---------------------------------------------------------------- config reload
 
-    def reload(self, configs: list[ModelConfig]) -> None:
+    def reload(self, configs: list[ModelConfig], settings: Mapping[str, ModelSettings] | None = None) -> None:
         """Replace the model set (``ServerCore::ReloadConfig``), declaratively.
 
         Models missing from ``configs`` are unloaded; changed ones get their new policy and
         labels (labels first, and only onto versions AVAILABLE now, else FAILED_PRECONDITION);
         new ones are loaded, and this blocks until they are AVAILABLE, raising UNKNOWN
         ``N model(s) did not become available`` if one fails. Labels of new models are applied
-        once they are loaded.
+        once they are loaded. ``settings`` replaces the per-model settings (None keeps them: a
+        ``HandleReloadConfigRequest`` carries none); kept models whose settings changed get
+        them applied (:meth:`_apply_settings`).
         """
         with self._change_lock:
+            if settings is not None:
+                self.settings = dict(settings)
             current = self.models
             for config in configs:
                 old = current.get(config.name)
@@ -264,6 +322,10 @@ class ModelManager:
                 models[config.name] = model
             removed = [m for name, m in current.items() if name not in models]
             self.models = models
+            reload_versions = [m for m in models.values() if self._apply_settings(m)]  # a retired one's may be old
+            self.on_settings(models)
+            for model in reload_versions:
+                self._reload_versions(model)
             for model in removed:
                 log.info("Model %s is no longer in the config; unloading it", model.config.name)
                 for version in sorted(model.available):
@@ -283,6 +345,17 @@ class ModelManager:
         if added and self._wait_available(added):
             for model in added:
                 self._apply_labels(model)
+
+    def _apply_settings(self, model: ServedModel) -> bool:
+        """Give a model its current settings; True when its loaded versions must load again (a
+        changed precision or runtime option: what the runtime was asked at load)."""
+        old, new = model.settings, self.settings.get(model.config.name)
+        if old == new:
+            return False
+        model.settings = new
+        model.quarantine.retarget(self._load_context(new))
+        log.info("Model %s: settings changed", model.config.name)
+        return self._load_options(old) != self._load_options(new)
 
     # ---------------------------------------------------------------- versions
 
@@ -341,18 +414,11 @@ class ModelManager:
             model.versions[version] = state
         log.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
         started = time.monotonic()
-        loaded: LoadedModel | None = None
         try:
-            loaded = self.loader(model.config, path, self.options)
-            if self.warmup.enabled:
-                from modelserver.warmup import run_warmup
-
-                run_warmup(loaded, version, path, self.warmup.iterations)
+            loaded = self._instance(model, version, path)
         except Exception as exc:  # noqa: BLE001 - a failed load is a version state, not a crash
-            error = exc if isinstance(exc, ServingError) else ServingError(Code.UNKNOWN, str(exc))
+            error = _status_of(exc)
             log.error("Loading servable: {name: %s version: %d} failed: %s", name, version, error.to_string())
-            if loaded is not None:
-                loaded.close()
             # Recorded before the state says so: whoever sees END (status, the agent) finds the record.
             model.quarantine.add(version, dirname, files, error.code.name, error.message)
             with self._lock:
@@ -367,6 +433,60 @@ class ModelManager:
                  name, version, time.monotonic() - started)
         return True
 
+    def _instance(self, model: ServedModel, version: int, path: str) -> LoadedModel:
+        """Load ``path`` as the model's settings say and warm it up; the instance, or raise."""
+        loaded = self.loader(model, path, self._load_options(model.settings))
+        try:
+            if self._warms_up(model):
+                from modelserver.warmup import run_warmup
+
+                run_warmup(loaded, version, path, self.warmup.iterations)
+        except BaseException:
+            loaded.close()
+            raise
+        return loaded
+
+    def _warms_up(self, model: ServedModel) -> bool:
+        return self.warmup.enabled if model.settings is None else model.settings.warmup
+
+    def _reload_versions(self, model: ServedModel) -> None:
+        """Load every AVAILABLE version of ``model`` again (its settings changed what a load asks
+        of the runtime). Each old instance serves until its replacement is ready; one whose
+        replacement fails keeps serving as it was loaded, and the failure is logged."""
+        name = model.config.name
+        on_disk = list_versions(model.config.base_path, name) or {}
+        for version, state in sorted(model.available.items()):
+            if version not in on_disk:
+                continue
+            log.info("Loading servable: {name: %s version: %d} again with its new settings", name, version)
+            try:
+                loaded = self._instance(model, version, os.path.join(model.config.base_path, on_disk[version]))
+            except Exception as exc:  # noqa: BLE001 - the serving instance stays; the failure is logged
+                error = _status_of(exc)
+                log.error("Loading servable {name: %s version: %d} with its new settings failed: %s; it keeps "
+                          "serving as loaded before", name, version, error.to_string())
+                continue
+            with self._lock:
+                old, state.model = state.model, loaded
+                state.cache.clear()
+            self._close_later(name, version, old)
+            log.info("Servable {name: %s version: %d} now serves with its new settings", name, version)
+
+    def _close_later(self, name: str, version: int, loaded: LoadedModel | None,
+                     then: Callable[[], None] = lambda: None) -> None:
+        """Close ``loaded`` after :data:`DRAIN_SECONDS` (requests that looked it up just before
+        still hold it), then call ``then``."""
+        def close() -> None:
+            if loaded is not None:
+                try:
+                    loaded.close()
+                except Exception:  # noqa: BLE001 - a runtime's close failing must not kill the timer thread
+                    log.exception("closing {name: %s version: %d} failed", name, version)
+            then()
+        timer = threading.Timer(DRAIN_SECONDS, close)
+        timer.daemon = True
+        timer.start()
+
     def _unload(self, model: ServedModel, version: int) -> None:
         """Unpublish now; close after :data:`DRAIN_SECONDS` (state UNLOADING until then)."""
         with self._lock:
@@ -374,17 +494,11 @@ class ModelManager:
             state.state = "UNLOADING"
             model.publish()
         model.labels = {k: v for k, v in model.labels.items() if v != version}
-        log.info("Unloading servable version {name: %s version: %d}", model.config.name, version)
-        timer = threading.Timer(DRAIN_SECONDS, self._finish_unload, (model.config.name, state))
-        timer.daemon = True
-        timer.start()
+        name = model.config.name
+        log.info("Unloading servable version {name: %s version: %d}", name, version)
+        self._close_later(name, version, state.model, lambda: self._finish_unload(name, state))
 
     def _finish_unload(self, name: str, state: VersionState) -> None:
-        if state.model is not None:
-            try:
-                state.model.close()
-            except Exception:  # noqa: BLE001 - a runtime's close failing must not kill the timer thread
-                log.exception("closing {name: %s version: %d} failed", name, state.version)
         with self._lock:
             state.model, state.state = None, "END"
             state.cache.clear()

@@ -12,6 +12,10 @@ does not serve is counted under ``model_name=""`` (TF's label for a request that
 TF makes each such name a series for good, so a client could grow the page and the memory
 without limit (20k names cost +81 MB).
 
+A model whose ``--model_settings_file`` entry says ``"metrics": false`` is muted (:func:`mute`):
+its requests, examples, runtime and batching are not recorded, at once and until it says true
+again; its loads and available versions still are (they are not requests).
+
 One addition of ours: ``:appliance:serving:available_versions{model_name}``, a gauge of the
 versions that are AVAILABLE, computed from the manager at scrape time (zero cost per request).
 """
@@ -81,6 +85,7 @@ _METHOD_API = {"tensorflow/serving/classify": "Classify", "tensorflow/serving/re
 
 
 _collecting = True
+_muted: frozenset[str] = frozenset()
 _serves: Callable[[str], bool] = lambda name: True
 
 
@@ -90,13 +95,24 @@ def collect(enabled: bool) -> None:
     _collecting = enabled
 
 
+def mute(model_names: frozenset[str]) -> None:
+    """Record nothing of these models' requests (their settings say ``"metrics": false``)."""
+    global _muted
+    _muted = model_names
+
+
+def recording(model_name: str | None) -> bool:
+    """Whether a request of ``model_name`` is recorded now (None: a request of no one model)."""
+    return _collecting and model_name not in _muted
+
+
 def micros_since(start: float) -> int:
     return int((time.perf_counter() - start) * 1_000_000)
 
 
 def record_request(model_name: str, api: str, entrypoint: str, code: Code, start: float) -> None:
     """One finished request: count it by status; its latency only when it succeeded (as TF does)."""
-    if not _collecting:
+    if not _collecting or model_name in _muted:
         return
     if code is not Code.OK and not _serves(model_name):
         model_name = ""
@@ -107,7 +123,7 @@ def record_request(model_name: str, api: str, entrypoint: str, code: Code, start
 
 def record_examples(model_name: str, count: int) -> None:
     """Classify/Regress/MultiInference: the number of tf.Examples in one request."""
-    if not _collecting:
+    if not _collecting or model_name in _muted:
         return
     EXAMPLE_COUNTS.observe(model_name, value=count)
     EXAMPLE_COUNT_TOTAL.increment(model_name, by=count)
@@ -164,6 +180,7 @@ class InstrumentedModel(LoadedModel):
     def __init__(self, inner: LoadedModel, model_name: str, platform: str) -> None:
         super().__init__(inner.path, inner.signatures)
         self.inner = inner
+        self.model_name = model_name
         self.waits_for_batch = inner.waits_for_batch
         self.run_cost = inner.run_cost  # shared: the runtime may run cheap graphs differently
         runtime = RUNTIME_LABELS.get(platform, platform)
@@ -177,9 +194,17 @@ class InstrumentedModel(LoadedModel):
         micros = micros_since(start)
         self.run_cost.observe(run_cost_micros(micros, before, resource.getrusage(resource.RUSAGE_THREAD)))
         cell = self._cells.get(signature_name)
-        if cell is not None:
+        if cell is not None and self.model_name not in _muted:
             cell.add(micros)
         return result
+
+    def swap_inner(self, inner: LoadedModel) -> None:
+        """Run through ``inner`` from now on (the same model, batched differently); a run that
+        started keeps the one it had. Whether a run may wait for its batch is raised before the
+        swap and lowered after it, so no request runs into a batch queue on the event loop."""
+        self.waits_for_batch = self.waits_for_batch or inner.waits_for_batch
+        self.inner = inner
+        self.waits_for_batch = inner.waits_for_batch
 
     def _run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.inner._run(signature, inputs)

@@ -23,8 +23,9 @@ one), ``appliance status``, ``models ls``, ``doctor`` and the logviewer read it.
 The fingerprint is a hash of every file's relative path, size and mtime: cheap (no file is
 read), and any re-download or edit changes it. It is taken before the load, so files replaced
 while a load fails are tried again. ``context`` is what else decides a load (the platform, the
-SavedModel tags, warmup on or off): a model server started with another context drops the
-entry, so fixing a flag does not leave good versions quarantined. To retry a version without
+SavedModel tags, warmup on or off, a precision or runtime option of ``--model_settings_file``):
+a model server started (or a model's settings changed) with another context drops the entry,
+so fixing a flag or a setting does not leave good versions quarantined. To retry a version without
 changing it, touch one of its files.
 """
 
@@ -141,10 +142,15 @@ class Quarantine:
         self.model = model
         self.context = context
         self.entries: dict[int, Entry] = read(self.directory, model)
+        self.retarget(context)
+
+    def retarget(self, context: str) -> None:
+        """Loads now happen with ``context``: versions that failed with other settings leave."""
+        self.context = context
         other = [n for n, e in self.entries.items() if e.context != context]
         for number in other:
             log.info("model %s version %d leaves quarantine: it failed with other settings (%s, now %s)",
-                     model, number, self.entries[number].context or "-", context or "-")
+                     self.model, number, self.entries[number].context or "-", context or "-")
             del self.entries[number]
         if other:
             self._save()

@@ -46,6 +46,11 @@ def _records(path: str) -> Any:
         raise ServingError(Code(exc.error_code), exc.message) from None
 
 
+def import_protos() -> None:
+    """Import what a warmup needs (TF Serving's protos, and so TensorFlow) in the calling thread."""
+    from tensorflow_serving.apis import prediction_log_pb2  # noqa: F401
+
+
 def run_warmup(model: LoadedModel, version: int, version_dir: str, iterations: int = 1) -> int:
     """Replay the version's warmup records; returns how many were read (0 without a file)."""
     from tensorflow_serving.apis import prediction_log_pb2

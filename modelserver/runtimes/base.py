@@ -47,6 +47,11 @@ class LoadOptions:
     inter_op_threads: int = 0
     run_timeout_ms: int = 0  # 0: no timeout; TF Serving uses --rest_api_timeout_in_ms for REST
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Per model (``--model_settings_file``): the numeric precision to run in, checked against
+    # :attr:`Runtime.precisions` before the load; and the runtime's own options (the settings'
+    # ``openvino`` object: performance_hint, streams, threads), which other runtimes ignore.
+    precision: str = "f32"
+    runtime_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class LoadedModel(abc.ABC):
@@ -94,6 +99,15 @@ class Runtime(abc.ABC):
     """Loads model versions of one ``model_platform``."""
 
     platform: str = ""
+    # The precisions this runtime can run a model in; a runtime that can do more lists them.
+    precisions: tuple[str, ...] = ("f32",)
+
+    def check_options(self, options: LoadOptions) -> None:
+        """Refuse, before any work, a load this runtime cannot do as asked (INVALID_ARGUMENT)."""
+        if options.precision not in self.precisions:
+            raise ServingError(Code.INVALID_ARGUMENT,
+                               f"precision {options.precision} is not supported by the {self.platform} runtime "
+                               f"(supported: {', '.join(self.precisions)})")
 
     @abc.abstractmethod
     def load(self, path: str, options: LoadOptions) -> LoadedModel:

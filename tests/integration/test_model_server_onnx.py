@@ -172,12 +172,14 @@ def test_grpc_metadata_and_status(channel) -> None:
 # ------------------------------------------------------------------ single-model form
 
 
-def test_model_platform_flag(tmp_path, processes: Processes) -> None:
+@pytest.mark.parametrize("platform", ["onnx", "auto"])
+def test_model_platform_flag(tmp_path, processes: Processes, platform: str) -> None:
+    """``auto`` (an appliance extension) finds the ONNX model from its ``model.onnx``."""
     paths = onnxmodels.build(tmp_path / "models", {"m": {3: onnxmodels.half_plus(3.0)}})
     ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS / "model_server_onnx_single.log"
+    log = ARTIFACTS / f"model_server_onnx_single_{platform}.log"
     log.write_bytes(b"")
     url = tfmodels.start_model_server(processes, ["--model_name=m", f"--model_base_path={paths['m']}",
-                                                  "--model_platform=onnx"], log)
+                                                  f"--model_platform={platform}"], log)
     r = post(url, "/v1/models/m:predict", {"instances": [2.0]})
     assert r.json() == {"predictions": [4.0]}

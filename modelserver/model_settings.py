@@ -1,0 +1,180 @@
+"""``--model_settings_file``: per-model batching, warmup, metrics, precision and runtime options.
+
+An appliance extension. TF Serving has one batching configuration for the whole server
+(``--enable_batching``, ``--batching_parameters_file``) and one warmup switch; the appliance
+configures these per model, so the node renders them into a JSON file next to models.config::
+
+    {"models": {"resnet": {"batching": null | {"max_batch_size": 32, "batch_timeout_micros": 1000,
+                                              "max_enqueued_batches": 100, "num_batch_threads": 0,
+                                              "allowed_batch_sizes": [], "pad_variable_length_inputs": false},
+                           "warmup": true, "metrics": true, "precision": "f32",
+                           "openvino": {"performance_hint": "throughput", "streams": 0, "threads": 0}}}}
+
+``batching: null`` is batching off for that model. A key left out takes its default (batching
+fields: TF's scheduler defaults). A model without an entry keeps the global flags' behaviour,
+so the file changes nothing for a server run as ``tensorflow_model_server`` would be. Errors are
+collected for the whole file, each with its key path (``models.resnet.batching.max_batch_size:
+...``), so one read says everything that is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from modelserver.config_protos import BatchingSettings, validate_batching
+from modelserver.core.status import ServingError
+
+PRECISIONS = ("f32", "bf16")
+PERFORMANCE_HINTS = ("latency", "throughput")
+MAX_FILE_BYTES = 1 << 20
+
+_BATCHING_INTS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
+_OPENVINO_INTS = ("streams", "threads")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """One model's entry in the settings file, defaults filled in."""
+
+    batching: BatchingSettings | None = None    # None: no batching for this model
+    warmup: bool = True                         # replay assets.extra/tf_serving_warmup_requests at load
+    metrics: bool = True                        # record this model's requests in the Prometheus metrics
+    precision: str = "f32"                      # what the runtime computes in (runtimes.base.LoadOptions)
+    runtime_options: Mapping[str, Any] = field(default_factory=dict)   # the entry's "openvino" object
+
+    def load_context(self) -> str:
+        """What else decides a load, for the quarantine's context; "" at the defaults, so a
+        model that only gained an entry keeps its quarantine record."""
+        parts = [] if self.precision == "f32" else [f"precision={self.precision}"]
+        parts += [f"{key}={value}" for key, value in sorted(self.runtime_options.items())]
+        return " ".join(parts)
+
+
+class SettingsFileError(Exception):
+    """The settings file cannot be used; ``errors`` lists every problem with its key path."""
+
+    def __init__(self, path: str, errors: list[str]) -> None:
+        super().__init__(f"invalid model settings file {path}: " + "; ".join(errors))
+        self.path = path
+        self.errors = errors
+
+
+def read_model_settings(path: str) -> dict[str, ModelSettings]:
+    """The settings of every model in ``path``; raises :class:`SettingsFileError`."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SettingsFileError(path, [f"cannot read it: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SettingsFileError(path, [f"larger than {MAX_FILE_BYTES} bytes"])
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise SettingsFileError(path, [f"not JSON: {exc}"]) from None
+    settings, errors = parse_model_settings(doc)
+    if errors:
+        raise SettingsFileError(path, errors)
+    return settings
+
+
+def parse_model_settings(doc: Any) -> tuple[dict[str, ModelSettings], list[str]]:
+    """``doc`` (the file's JSON) as settings per model, and every error found, with key paths."""
+    errors: list[str] = []
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
+        return {}, ['the top level must be an object with a "models" object']
+    _unknown(doc, ("models",), "", errors)
+    settings = {}
+    for name, entry in doc["models"].items():
+        where = f"models.{name}"
+        if not isinstance(entry, dict):
+            errors.append(f"{where}: must be an object")
+            continue
+        before = len(errors)
+        parsed = _model(entry, where, errors)
+        if len(errors) == before:
+            settings[name] = parsed
+    return settings, errors
+
+
+def _model(entry: dict, where: str, errors: list[str]) -> ModelSettings:
+    _unknown(entry, ("batching", "warmup", "metrics", "precision", "openvino"), where, errors)
+    defaults = ModelSettings()
+    precision = entry.get("precision", defaults.precision)
+    if precision not in PRECISIONS:
+        errors.append(f"{where}.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return ModelSettings(batching=_batching(entry.get("batching"), f"{where}.batching", errors),
+                         warmup=_bool(entry, "warmup", defaults.warmup, where, errors),
+                         metrics=_bool(entry, "metrics", defaults.metrics, where, errors),
+                         precision=precision,
+                         runtime_options=_openvino(entry.get("openvino", {}), f"{where}.openvino", errors))
+
+
+def _batching(value: Any, where: str, errors: list[str]) -> BatchingSettings | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        errors.append(f"{where}: must be null (batching off) or an object")
+        return None
+    fields = (*_BATCHING_INTS, "allowed_batch_sizes", "pad_variable_length_inputs")
+    _unknown(value, fields, where, errors)
+    defaults = BatchingSettings()
+    before = len(errors)
+    ints = {key: _int(value, key, getattr(defaults, key), where, errors) for key in _BATCHING_INTS}
+    sizes = value.get("allowed_batch_sizes", [])
+    if not isinstance(sizes, list) or not all(_is_int(size) for size in sizes):
+        errors.append(f"{where}.allowed_batch_sizes: must be a list of integers")
+        sizes = []
+    pad = _bool(value, "pad_variable_length_inputs", False, where, errors)
+    if len(errors) > before:
+        return None
+    settings = BatchingSettings(**ints, allowed_batch_sizes=tuple(sizes), pad_variable_length_inputs=pad)
+    try:
+        return validate_batching(settings)
+    except ServingError as exc:
+        errors.append(f"{where}: {exc.message}")
+        return None
+
+
+def _openvino(value: Any, where: str, errors: list[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        errors.append(f"{where}: must be an object")
+        return {}
+    _unknown(value, ("performance_hint", *_OPENVINO_INTS), where, errors)
+    options: dict[str, Any] = {key: _int(value, key, 0, where, errors) for key in _OPENVINO_INTS if key in value}
+    if "performance_hint" in value:
+        hint = value["performance_hint"]
+        if hint not in PERFORMANCE_HINTS:
+            errors.append(f"{where}.performance_hint: {hint!r} is not one of {', '.join(PERFORMANCE_HINTS)}")
+        options["performance_hint"] = hint
+    return options
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(doc: dict, key: str, default: int, where: str, errors: list[str]) -> int:
+    """A non-negative integer (whether 0 is allowed is :func:`validate_batching`'s call)."""
+    value = doc.get(key, default)
+    if not _is_int(value) or value < 0:
+        errors.append(f"{where}.{key}: must be a non-negative integer, not {value!r}")
+        return default
+    return value
+
+
+def _bool(doc: dict, key: str, default: bool, where: str, errors: list[str]) -> bool:
+    value = doc.get(key, default)
+    if not isinstance(value, bool):
+        errors.append(f"{where}.{key}: must be true or false, not {value!r}")
+        return default
+    return value
+
+
+def _unknown(doc: dict, known: tuple[str, ...], where: str, errors: list[str]) -> None:
+    prefix = f"{where}." if where else ""
+    for key in doc:
+        if key not in known:
+            errors.append(f"{prefix}{key}: unknown key; valid: {', '.join(known)}")
