@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from appliance import cli
 from appliance.config import (NodePaths, build, effective_values, flatten, load_config,
                               parse_overrides)
 from appliance.errors import ConfigError
@@ -105,14 +104,14 @@ def test_flatten_and_paths(tmp_path: Path) -> None:
     assert paths.local("/data/models") == tmp_path / "data/models" == paths.models
 
 
-def test_cli_reports_all_mistakes_and_starts_nothing(tmp_path: Path) -> None:
+def test_cli_reports_all_mistakes_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """In process: a start would trip the unit tier's no-process guard."""
     config = write(tmp_path, "http.port: 8500\ngrpc.port: 0\nmodel.name: ''\n")
-    result = subprocess.run([sys.executable, "-m", "appliance.cli", "--root", str(tmp_path / "root"),
-                             "--config", str(config), "up"], capture_output=True, text=True)
-    assert result.returncode != 0
+    assert cli.main(["--root", str(tmp_path / "root"), "--config", str(config), "up"]) == 2
+    stderr = capsys.readouterr().err
     for key in ("http.port", "grpc.port", "model.name"):
-        assert f"  {key}: " in result.stderr
-    assert "3 configuration error(s)" in result.stderr
+        assert f"  {key}: " in stderr
+    assert "3 configuration error(s)" in stderr
     assert not (tmp_path / "root").exists()  # nothing rendered, nothing started
 
 
