@@ -239,14 +239,24 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model, or None when it can: the one rule for config keys,
+    ``models push`` and the log browser. A name is a directory in the model store, a path segment
+    in ``/v1/models/NAME`` and an S3 key prefix, so no '/', no ':' (TF Serving's ``NAME:predict``)
+    and no leading '.' (hidden entries, '..')."""
+    if "/" in name or ":" in name or name.startswith("."):
+        return f"model name {name!r} may not contain '/' or ':' or start with '.'"
+    return None
+
+
 def _model_names(value: Any) -> tuple[str, ...]:
     items = value if isinstance(value, list) else _string(value).split(",")
     names = tuple(_string(item).strip() for item in items)
     if not names or any(not n for n in names):
         raise _Invalid("expected one model name or a comma-separated list of names")
     for name in names:
-        if "/" in name or ":" in name or name in (".", "..") or name.startswith("."):
-            raise _Invalid(f"model name {name!r} may not contain '/' or ':' or start with '.'")
+        if problem := model_name_problem(name):
+            raise _Invalid(problem)
     if len(set(names)) != len(names):
         raise _Invalid("a model is named twice")
     return names

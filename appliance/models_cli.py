@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import TextIO
 
-from .config import Config, NodePaths, local_store
+from modelserver.core.platforms import detect_platform, is_version_name, version_dirs
+
+from .config import Config, NodePaths, local_store, model_name_problem
 from .errors import ApplianceError, SourceError
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,9 @@ class ProgressBar:
 
 def _version_dirs(directory: Path) -> list[tuple[str, Path]]:
     """A model dir holding numeric version dirs -> those; else the directory itself is one."""
-    if (directory / "saved_model.pb").exists() or (directory / "model.onnx").exists():
+    if detect_platform(directory) is not None:
         return [(directory.name, directory)]
-    children = sorted((p.name, p) for p in directory.iterdir()
-                      if p.is_dir() and re.fullmatch(r"\d+", p.name))
+    children = [(p.name, p) for p in version_dirs(directory)]
     return children or [(directory.name, directory)]
 
 
@@ -130,18 +130,18 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
 
     if not directory.is_dir():
         raise SourceError(f"{directory} is not a directory")
-    if "/" in name or name.startswith("."):
-        raise SourceError(f"model name {name!r} may not contain '/' or start with '.'")
+    if problem := model_name_problem(name):
+        raise SourceError(problem)
     source = open_source(config, paths)
     targets = _version_dirs(directory)
     if version is not None:
-        if not version.isdigit():
+        if not is_version_name(version):
             raise SourceError(f"--version must be a number, got {version!r}")
         if len(targets) != 1:
             raise SourceError(f"--version names one version but {directory} holds "
                               f"{len(targets)} version dirs")
         targets = [(version, targets[0][1])]
-    elif len(targets) == 1 and not targets[0][0].isdigit():
+    elif len(targets) == 1 and not is_version_name(targets[0][0]):
         existing = source.versions(name)
         targets = [(str(max(existing, default=0) + 1), targets[0][1])]
     for dirname, src in targets:

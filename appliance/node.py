@@ -21,6 +21,7 @@ import yaml
 
 from . import membership, portowners, render
 from modelserver.atomic import write_atomic
+from modelserver.core.platforms import has_version
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import (EFFECTIVE, Config, NodePaths, build, effective_values, local_store,
                      record_sources)
@@ -92,7 +93,7 @@ class Node:
             return   # the agent fetches them from the repository once the node runs
         store = local_store(self.config, self.paths)
         missing = [name for name in self.config.model.names
-                   if not any(p.name.isdigit() for p in _children(store / name))]
+                   if not has_version(store / name)]
         if missing:
             raise ApplianceError(
                 f"no version of model(s) {', '.join(missing)} in {store}: put a SavedModel in "
@@ -457,13 +458,6 @@ class NodeStatus:
 def _duration(seconds: int) -> str:
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-
-
-def _children(path: Path) -> list[Path]:
-    try:
-        return list(path.iterdir())
-    except OSError:
-        return []
 
 
 def _available(url: str) -> bool:

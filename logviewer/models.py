@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelserver import quarantine
+from modelserver.core.platforms import is_version_name, version_dirs
 from appliance.localhttp import get_json as http_json
 
 from . import safepath
@@ -102,33 +103,24 @@ class ModelStore:
         versions: dict[str, VersionInfo] = {}
         if directory is None:
             return versions
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            return versions
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name.isdigit() and entry.is_dir():
-                version = str(int(entry.name))     # TF Serving's number: "00000123" is 123
-                if version in versions:
-                    continue
-                try:
-                    inside = safepath.resolve_dir(self.store, f"{name}/{entry.name}")
-                except safepath.Refused:
-                    continue
-                size, files, mtime = _tree_size(inside)
-                versions[version] = VersionInfo(version, True, size, files, mtime, dirname=entry.name)
+        for entry in version_dirs(directory):
+            version = str(int(entry.name))     # TF Serving's number: "00000123" is 123
+            if version in versions:
+                continue
+            try:
+                inside = safepath.resolve_dir(self.store, f"{name}/{entry.name}")
+            except safepath.Refused:
+                continue
+            size, files, mtime = _tree_size(inside)
+            versions[version] = VersionInfo(version, True, size, files, mtime, dirname=entry.name)
         return versions
 
     def version_dir(self, name: str, version: str) -> str | None:
         """The directory name of ``version`` (a number) in the model's store dir."""
         directory = self.model_dir(name)
-        if directory is None or not version.isdigit():
+        if directory is None or not is_version_name(version):
             return None
-        try:
-            names = sorted(e.name for e in os.scandir(directory) if e.name.isdigit())
-        except OSError:
-            return None
-        return next((n for n in names if int(n) == int(version)), None)
+        return next((p.name for p in version_dirs(directory) if int(p.name) == int(version)), None)
 
     def files(self, name: str, dirname: str) -> list[tuple[str, int, float]]:
         directory = safepath.resolve_dir(self.store, f"{name}/{dirname}")

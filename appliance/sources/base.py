@@ -26,6 +26,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from modelserver.core.platforms import is_version_name
+
 from ..errors import SourceError
 from . import checksums
 
@@ -111,7 +113,7 @@ class RemoteVersion:
 
 def parse_version(dirname: str) -> int | None:
     """TF Serving's rule: a version dir name is an int64 (``00000123`` is 123); else ignored."""
-    if not dirname or not dirname.isascii() or not dirname.isdigit():
+    if not is_version_name(dirname):
         return None
     number = int(dirname)
     return number if number < 2**63 else None

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, render_template
 
+from appliance.config import model_name_problem
+
 from .. import safepath, syncstate
 from ..security import login_required
 from . import site, stream_file
@@ -13,12 +15,14 @@ bp = Blueprint("models", __name__)
 
 
 def _valid_name(name: str) -> str:
+    """A name from the URL: a model name by the config's rule, and a safe path (no control or
+    encoded characters) before it reaches the store."""
     try:
         safepath.check_relative(name)
     except safepath.BadPath:
         abort(400, "not a model name")
-    if "/" in name:
-        abort(404)
+    if model_name_problem(name):
+        abort(400, "not a model name")
     return name
 
 
