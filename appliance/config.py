@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from .errors import ConfigError
-from .sources.presets import PRESETS
+from .sources.presets import PRESETS, split_s3_path
 
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.yaml")
 # TF Serving's own ports: the user guide reserves them for the model server.
@@ -543,7 +543,7 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _s3_checks(parsed: Mapping[str, Any], s3_type: str, base: str) -> list[tuple[str, str]]:
     """An object-store repository needs an s3:// base path and, for private stores, an endpoint."""
     problems: list[tuple[str, str]] = []
-    if not base.startswith("s3://") or not base[5:].split("/", 1)[0]:
+    if split_s3_path(base) is None:
         problems.append(("model.base.path", f"s3.type {s3_type} needs an s3://bucket[/prefix] "
                          f"path (e.g. s3://models), got {base!r}"))
     endpoint = parsed.get("s3.endpoint") or ""
