@@ -18,6 +18,7 @@ from modelserver.core.platforms import detect_platform, is_version_name, version
 
 from .config import Config, NodePaths, local_store, model_name_problem
 from .errors import ApplianceError, SourceError
+from .modelstatus import ModelServerClient
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +164,13 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
 
 
 def ls(config: Config, paths: NodePaths) -> int:
-    from .agent import ModelServerClient
     from .agent.state import version_notes
     from .agent.store import LocalStore
     from .sources import open_source
 
     source = open_source(config, paths)
     store = LocalStore(local_store(config, paths))
-    server = ModelServerClient(f"http://{config.connect_address()}:{config.serving.rest_port}")
+    server = ModelServerClient.of_node(config)
     try:
         names = sorted(set(config.model.names) | set(source.models()))
     except SourceError as exc:
