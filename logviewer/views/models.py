@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, render_template
 
 from appliance.config import model_name_problem
+from modelserver.core.platforms import is_version_name
 
 from .. import safepath, syncstate
 from ..security import login_required
@@ -24,6 +25,12 @@ def _valid_name(name: str) -> str:
     if model_name_problem(name):
         abort(400, "not a model name")
     return name
+
+
+def _valid_version(version: str) -> None:
+    """A version from the URL: a version directory's name, 19 digits at most (an int64)."""
+    if not is_version_name(version) or len(version) > 19:
+        abort(400, "a version is a number")
 
 
 @bp.get("/models")
@@ -57,8 +64,7 @@ def model(name: str):
 def version(name: str, version: str):
     store = site().store
     name = _valid_name(name)
-    if not version.isdigit() or len(version) > 19:
-        abort(400, "a version is a number")
+    _valid_version(version)
     info = store.model(name)
     match = [v for v in info.versions if v.version == str(int(version))]
     if not match:
@@ -77,8 +83,7 @@ def version(name: str, version: str):
 @login_required
 def download(name: str, version: str, rel: str):
     name = _valid_name(name)
-    if not version.isdigit() or len(version) > 19:
-        abort(400, "a version is a number")
+    _valid_version(version)
     dirname = site().store.version_dir(name, version)
     if dirname is None:
         abort(404, "No such version.")
