@@ -244,6 +244,8 @@ def model_name_problem(name: str) -> str | None:
     ``models push`` and the log browser. A name is a directory in the model store, a path segment
     in ``/v1/models/NAME`` and an S3 key prefix, so no '/', no ':' (TF Serving's ``NAME:predict``)
     and no leading '.' (hidden entries, '..')."""
+    if not name:
+        return "a model name may not be empty"
     if "/" in name or ":" in name or name.startswith("."):
         return f"model name {name!r} may not contain '/' or ':' or start with '.'"
     return None

@@ -8,7 +8,7 @@ import pytest
 
 from appliance import cli
 from appliance.config import (NodePaths, build, effective_values, flatten, load_config,
-                              parse_overrides)
+                              model_name_problem, parse_overrides)
 from appliance.errors import ConfigError
 
 
@@ -96,6 +96,15 @@ def test_model_name_list_forms() -> None:
     for bad in ("", "a,,b", "../x", "a,a"):
         with pytest.raises(ConfigError):
             load_config(None, [f"model.name={bad}"])
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "a/b", "m:predict"])
+def test_the_one_model_name_rule_refuses(name: str) -> None:
+    assert model_name_problem(name)
+
+
+def test_the_one_model_name_rule_allows_what_tf_serving_serves() -> None:
+    assert not any(map(model_name_problem, ["resnet", "half_plus-two.v2", "m1 x", "Ünïcode"]))
 
 
 def test_flatten_and_paths(tmp_path: Path) -> None:
