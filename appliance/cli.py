@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .config import Config, NodePaths, effective_values, load_config, resolve_root
 from .errors import ApplianceError, ConfigError
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = NodePaths(resolve_root(args.root))
     try:
-        return _dispatch(args, paths)
+        return COMMANDS[args.command](args, paths)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -104,106 +105,145 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
-    if args.command in models_cli.COMMANDS:
-        return models_cli.dispatch(args, paths)
-    from .node import Node  # after config: keeps `validate-config` light
+# ------------------------------------------------------------------ the commands
+# Each takes the parsed arguments and the node's paths and returns the exit code. Modules are
+# imported inside them, so a light command (`validate-config`) loads no server code.
 
-    if args.command == "doctor":
-        from . import doctor
 
-        findings = doctor.run_checks(paths, args.config, args.overrides)
-        print(json.dumps([f.as_dict() for f in findings], indent=2) if args.json
-              else doctor.report(findings, paths))
-        return 0 if all(f.ok for f in findings) else 1
-    if args.command == "bootstrap":
-        from .bootstrap import bootstrap
+def _validate_config(args: argparse.Namespace, paths: NodePaths) -> int:
+    config = _config(args, paths)
+    for key, value in effective_values(config).items():
+        # Booleans as the YAML file spells them (true/false), not Python's True/False.
+        print(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
+    print("config is valid")
+    return 0
 
-        print(bootstrap(paths, args.from_files, args.user_data, args.force).text())
-        return 0
 
-    if args.command == "logviewer-password":
-        from logviewer import credentials
+def _render(args: argparse.Namespace, paths: NodePaths) -> int:
+    from . import render
 
-        if args.if_absent:
-            created = credentials.ensure_password(paths.etc)
-            print(f"logviewer password (shown once): {created}" if created else
-                  f"a logviewer password is already set ({credentials.password_file(paths.etc)})")
-        else:
-            print(f"logviewer password (shown once): {credentials.set_password(paths.etc)}")
-            print("every open logviewer session is logged out")
-        return 0
-    if args.command == "cluster":
-        from .cluster import change_members, show_members
-
-        if args.action == "members":
-            print("\n".join(show_members(paths)))
-            return 0
-        if not args.addresses:
-            raise ApplianceError(f"cluster {args.action} needs at least one ADDR")
-        add = args.addresses if args.action == "add-node" else []
-        remove = args.addresses if args.action == "remove-node" else []
-        change_members(paths, args.config or paths.config_file, add, remove)
-        return 0
-    if args.command == "dev-cluster":
-        from . import devcluster
-        from .config import parse_overrides
-
-        if args.action == "up":
-            overrides, problems = parse_overrides(args.overrides)
-            if problems:
-                raise ConfigError(problems)
-            devcluster.up(args.dir, args.serving, args.repo, args.models.split(","), overrides,
-                          args.first_address, args.admin_port_base)
-        elif args.action == "down":
-            devcluster.down(args.dir)
-        elif args.action == "add-node":
-            devcluster.add_serving(args.dir)
-        elif args.action == "remove-node":
-            if not args.name:
-                raise ApplianceError("dev-cluster remove-node needs the node's name, e.g. serving-2")
-            devcluster.remove_serving(args.dir, args.name)
-        else:
-            print(devcluster.status(args.dir))
-        return 0
-    if args.command == "validate-config":
-        config = _config(args, paths)
-        for key, value in effective_values(config).items():
-            # Booleans as the YAML file spells them (true/false), not Python's True/False.
-            print(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
-        print("config is valid")
-        return 0
-    if args.command == "render":
-        from . import render
-
-        config = _config(args, paths)
-        files = render.render_all(config, paths)
-        if args.dry_run:
-            for rendered in files:
-                print(f"==> {rendered.path} (mode {rendered.mode:o})")
-                print(rendered.content)
-            return 0
-        changed = _node(args, paths).render()
+    files = render.render_all(_config(args, paths), paths)
+    if args.dry_run:
         for rendered in files:
-            print(f"{'wrote' if rendered.path in changed else 'unchanged'} {rendered.path}")
+            print(f"==> {rendered.path} (mode {rendered.mode:o})")
+            print(rendered.content)
         return 0
-    if args.command == "up":
-        _node(args, paths).up(foreground=args.foreground, timeout=args.timeout)
-        return 0
-    if args.command == "down":
-        Node.from_run_dir(paths).down()
-        return 0
-    if args.command == "status":
-        status = Node.from_run_dir(paths).status()
-        print(json.dumps(status.as_dict(), indent=2) if args.json else status.text())
-        return 0 if status.supervisord == "RUNNING" else 3
-    if args.command == "builtin-models":
-        from .builtin_models import build_all
+    changed = _node(args, paths).render()
+    for rendered in files:
+        print(f"{'wrote' if rendered.path in changed else 'unchanged'} {rendered.path}")
+    return 0
 
-        config = _config(args, paths)
-        build_all(paths.local(config.model.base_path), args.only)
+
+def _up(args: argparse.Namespace, paths: NodePaths) -> int:
+    _node(args, paths).up(foreground=args.foreground, timeout=args.timeout)
+    return 0
+
+
+def _down(args: argparse.Namespace, paths: NodePaths) -> int:
+    from .node import Node
+
+    Node.from_run_dir(paths).down()
+    return 0
+
+
+def _status(args: argparse.Namespace, paths: NodePaths) -> int:
+    from .node import Node
+
+    status = Node.from_run_dir(paths).status()
+    print(json.dumps(status.as_dict(), indent=2) if args.json else status.text())
+    return 0 if status.supervisord == "RUNNING" else 3
+
+
+def _builtin_models(args: argparse.Namespace, paths: NodePaths) -> int:
+    from .builtin_models import build_all
+
+    build_all(paths.local(_config(args, paths).model.base_path), args.only)
+    return 0
+
+
+def _logviewer_password(args: argparse.Namespace, paths: NodePaths) -> int:
+    from logviewer import credentials
+
+    if args.if_absent:
+        created = credentials.ensure_password(paths.etc)
+        print(f"logviewer password (shown once): {created}" if created else
+              f"a logviewer password is already set ({credentials.password_file(paths.etc)})")
+    else:
+        print(f"logviewer password (shown once): {credentials.set_password(paths.etc)}")
+        print("every open logviewer session is logged out")
+    return 0
+
+
+def _doctor(args: argparse.Namespace, paths: NodePaths) -> int:
+    from . import doctor
+
+    findings = doctor.run_checks(paths, args.config, args.overrides)
+    print(json.dumps([f.as_dict() for f in findings], indent=2) if args.json
+          else doctor.report(findings, paths))
+    return 0 if all(f.ok for f in findings) else 1
+
+
+def _bootstrap(args: argparse.Namespace, paths: NodePaths) -> int:
+    from .bootstrap import bootstrap
+
+    print(bootstrap(paths, args.from_files, args.user_data, args.force).text())
+    return 0
+
+
+def _cluster(args: argparse.Namespace, paths: NodePaths) -> int:
+    from .cluster import change_members, show_members
+
+    if args.action == "members":
+        print("\n".join(show_members(paths)))
         return 0
-    raise AssertionError(args.command)
+    if not args.addresses:
+        raise ApplianceError(f"cluster {args.action} needs at least one ADDR")
+    add = args.addresses if args.action == "add-node" else []
+    remove = args.addresses if args.action == "remove-node" else []
+    change_members(paths, args.config or paths.config_file, add, remove)
+    return 0
+
+
+def _dev_cluster(args: argparse.Namespace, paths: NodePaths) -> int:
+    from . import devcluster
+    from .config import parse_overrides
+
+    if args.action == "up":
+        overrides, problems = parse_overrides(args.overrides)
+        if problems:
+            raise ConfigError(problems)
+        devcluster.up(args.dir, args.serving, args.repo, args.models.split(","), overrides,
+                      args.first_address, args.admin_port_base)
+    elif args.action == "down":
+        devcluster.down(args.dir)
+    elif args.action == "add-node":
+        devcluster.add_serving(args.dir)
+    elif args.action == "remove-node":
+        if not args.name:
+            raise ApplianceError("dev-cluster remove-node needs the node's name, e.g. serving-2")
+        devcluster.remove_serving(args.dir, args.name)
+    else:
+        print(devcluster.status(args.dir))
+    return 0
+
+
+Command = Callable[[argparse.Namespace, NodePaths], int]
+
+# Every subcommand of _parser() -> its handler; a new command is a parser and one line here.
+COMMANDS: dict[str, Command] = {
+    "validate-config": _validate_config,
+    "render": _render,
+    "up": _up,
+    "down": _down,
+    "status": _status,
+    "builtin-models": _builtin_models,
+    "logviewer-password": _logviewer_password,
+    "doctor": _doctor,
+    "bootstrap": _bootstrap,
+    "cluster": _cluster,
+    "dev-cluster": _dev_cluster,
+    **dict.fromkeys(models_cli.COMMANDS, models_cli.dispatch),
+}
 
 
 if __name__ == "__main__":

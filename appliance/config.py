@@ -31,7 +31,7 @@ from .configkeys import (Invalid, Key, assemble, boolean, choice, integer, items
                          positive, string, value_of)
 from .errors import ConfigError
 from .modelsettings import ModelEntry
-from .sources.presets import PRESETS
+from .sources.presets import PRESETS, split_s3_path
 
 DEFAULT_CONFIG = Path("/etc/appliance/appliance.yaml")
 # TF Serving's own ports: the user guide reserves them for the model server.
@@ -213,13 +213,25 @@ def _public_port(value: Any) -> int:
     return port
 
 
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a model, or None when it can: the one rule for config keys,
+    ``models push`` and the log browser. A name is a directory in the model store, a path segment
+    in ``/v1/models/NAME`` and an S3 key prefix, so no '/', no ':' (TF Serving's ``NAME:predict``)
+    and no leading '.' (hidden entries, '..')."""
+    if not name:
+        return "a model name may not be empty"
+    if "/" in name or ":" in name or name.startswith("."):
+        return f"model name {name!r} may not contain '/' or ':' or start with '.'"
+    return None
+
+
 def _model_names(value: Any) -> tuple[str, ...]:
     names = tuple(items(value))
     if not names or any(not n for n in names):
         raise Invalid("expected one model name or a comma-separated list of names")
     for name in names:
-        if "/" in name or ":" in name or name in (".", "..") or name.startswith("."):
-            raise Invalid(f"model name {name!r} may not contain '/' or ':' or start with '.'")
+        if problem := model_name_problem(name):
+            raise Invalid(problem)
     if len(set(names)) != len(names):
         raise Invalid("a model is named twice")
     return names
@@ -489,7 +501,7 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _s3_checks(parsed: Mapping[str, Any], s3_type: str, base: str) -> list[tuple[str, str]]:
     """An object-store repository needs an s3:// base path and, for private stores, an endpoint."""
     problems: list[tuple[str, str]] = []
-    if not base.startswith("s3://") or not base[5:].split("/", 1)[0]:
+    if split_s3_path(base) is None:
         problems.append(("model.base.path", f"s3.type {s3_type} needs an s3://bucket[/prefix] "
                          f"path (e.g. s3://models), got {base!r}"))
     endpoint = parsed.get("s3.endpoint") or ""

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from modelserver.core.platforms import version_dirs
+
 from . import portowners, subp
 from .config import SCHEMA, Config, NodePaths, effective_values, load_config, local_store
 from .errors import ApplianceError, ConfigError, SupervisorError
@@ -361,7 +363,7 @@ def check_repository(paths: NodePaths, config: Config, timeout: float = 5.0) -> 
                          "ones), or fix model.base.path")]
     findings = []
     for name in config.model.names:
-        versions = sorted(p.name for p in _children(store / name) if p.name.isdigit())
+        versions = [p.name for p in version_dirs(store / name)]
         if versions:
             findings.append(_ok("repository", f"model {name}: version(s) {', '.join(versions)} "
                                 f"in {store / name}"))
@@ -422,13 +424,6 @@ def endpoint_reachable(endpoint: str, timeout: float = 5.0) -> Finding:
     return _ok("repository", f"s3.endpoint {endpoint} answers")
 
 
-def _children(path: Path) -> list[Path]:
-    try:
-        return list(path.iterdir())
-    except OSError:
-        return []
-
-
 def check_versions(paths: NodePaths, config: Config) -> list[Finding]:
     """Versions that cannot serve: quarantined by the model server, refused by the agent, or
     version directories that hold no model at all (the model server never loads them)."""
@@ -469,8 +464,7 @@ def _not_models(model_dir: Path, notes: dict[int, str]) -> list[Finding]:
     from .modelfiles import NotAModel, check_version
 
     findings = []
-    for version in sorted((p for p in _children(model_dir) if p.name.isdigit() and p.is_dir()),
-                          key=lambda p: int(p.name)):
+    for version in version_dirs(model_dir):
         if int(version.name) in notes:
             continue
         try:

@@ -28,11 +28,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from modelserver.core.platforms import ONNX_MODEL, SAVED_MODEL, SAVED_MODEL_TEXT
+
 log = logging.getLogger(__name__)
 
-SAVED_MODEL = "saved_model.pb"
-SAVED_MODEL_TEXT = "saved_model.pbtxt"
-ONNX_MODEL = "model.onnx"
 MAX_PROTO_BYTES = 2 << 30        # protobuf's own limit on a message
 
 

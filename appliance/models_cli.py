@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from modelserver.core.platforms import detect_platform, version_dirs
+from modelserver.core.platforms import detect_platform, is_version_name, version_dirs
 
-from .config import Config, NodePaths, local_store
+from .config import Config, NodePaths, local_store, model_name_problem
 from .errors import ApplianceError, SourceError
+from .modelstatus import ModelServerClient
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +171,8 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
 
     if not directory.is_dir():
         raise SourceError(f"{directory} is not a directory")
-    if "/" in name or name.startswith("."):
-        raise SourceError(f"model name {name!r} may not contain '/' or start with '.'")
+    if problem := model_name_problem(name):
+        raise SourceError(problem)
     targets = _version_dirs(directory)
     for _, src in targets:   # the agents would refuse it, the model server fail: say so first
         why = platform_conflict(config, name, src)
@@ -183,13 +184,13 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
             raise SourceError(f"{src} is not a model version: {exc}") from None
     source = open_source(config, paths)
     if version is not None:
-        if not version.isdigit():
+        if not is_version_name(version):
             raise SourceError(f"--version must be a number, got {version!r}")
         if len(targets) != 1:
             raise SourceError(f"--version names one version but {directory} holds "
                               f"{len(targets)} version dirs")
         targets = [(version, targets[0][1])]
-    elif len(targets) == 1 and not targets[0][0].isdigit():
+    elif len(targets) == 1 and not is_version_name(targets[0][0]):
         existing = source.versions(name)
         targets = [(str(max(existing, default=0) + 1), targets[0][1])]
     for dirname, src in targets:
@@ -206,14 +207,13 @@ def push(config: Config, paths: NodePaths, directory: Path, name: str,
 
 
 def ls(config: Config, paths: NodePaths) -> int:
-    from .agent import ModelServerClient
     from .agent.state import version_notes
     from .agent.store import LocalStore
     from .sources import open_source
 
     source = open_source(config, paths)
     store = LocalStore(local_store(config, paths))
-    server = ModelServerClient(f"http://{config.connect_address()}:{config.serving.rest_port}")
+    server = ModelServerClient.of_node(config)
     try:
         names = sorted(set(config.model.names) | set(source.models()))
     except SourceError as exc:

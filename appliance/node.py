@@ -6,7 +6,6 @@ supervisord -> readiness checks against the real model server and Envoy.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,12 +20,14 @@ import yaml
 
 from . import membership, portowners, render
 from modelserver.atomic import write_atomic
+from modelserver.core.platforms import has_version
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import (EFFECTIVE, Config, NodePaths, build, effective_values, local_store,
                      record_sources)
 from .envoy_admin import read_cluster_view, unhealthy_of
 from .errors import ApplianceError, SupervisorError
 from .localhttp import get_text
+from .modelstatus import ModelServerClient
 from .supervision import ProcessInfo, Supervisor, pid_alive
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class Node:
             return   # the agent fetches them from the repository once the node runs
         store = local_store(self.config, self.paths)
         missing = [name for name in self.config.model.names
-                   if not any(p.name.isdigit() for p in _children(store / name))]
+                   if not has_version(store / name)]
         if missing:
             raise ApplianceError(
                 f"no version of model(s) {', '.join(missing)} in {store}: put a SavedModel in "
@@ -304,9 +305,9 @@ class Node:
         step("supervisord", self.supervisor.is_running)
         host = self.config.connect_address()
         if self.config.node.role == "serving":
+            server = ModelServerClient.of_node(self.config)
             for name in self.config.model.names:
-                url = f"http://{host}:{self.config.serving.rest_port}/v1/models/{name}"
-                step(f"model {name} AVAILABLE on the model server", lambda u=url: _available(u))
+                step(f"model {name} AVAILABLE on the model server", lambda n=name: server.available(n))
         admin = f"http://127.0.0.1:{self.config.envoy.admin_port}/ready"
         step("envoy ready", lambda: get_text(admin)[0] == 200)
         if self.config.node.role == "repo":
@@ -373,20 +374,19 @@ class Node:
         if self.config.node.role == "serving":
             from .agent.state import version_notes
 
-            host = self.config.connect_address()
+            server = ModelServerClient.of_node(self.config)
             store = local_store(self.config, self.paths)
             for name in self.config.model.names:
-                url = f"http://{host}:{self.config.serving.rest_port}/v1/models/{name}"
-                code, body = get_text(url)
+                answer = server.status(name)
                 notes = version_notes(self.paths, store, name)
-                if code == 200:
+                if answer.reported:
                     versions = [{"version": v["version"], "state": v["state"],
                                  "error": v["status"].get("error_message", ""),
                                  "note": notes.pop(int(v["version"]), "")}
-                                for v in json.loads(body)["model_version_status"]]
+                                for v in answer.versions]
                 else:
-                    versions = [{"version": "-", "state": "UNREACHABLE" if code == 0
-                                 else f"HTTP {code}", "error": body[:200], "note": ""}]
+                    versions = [{"version": "-", "state": "UNREACHABLE" if answer.code == 0
+                                 else f"HTTP {answer.code}", "error": answer.error[:200], "note": ""}]
                 # Refused versions never reach the model server; quarantined ones it has not
                 # reported yet (it is restarting): shown all the same.
                 versions += [{"version": str(n), "state": "REFUSED" if note.startswith("refused")
@@ -457,21 +457,6 @@ class NodeStatus:
 def _duration(seconds: int) -> str:
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
-
-
-def _children(path: Path) -> list[Path]:
-    try:
-        return list(path.iterdir())
-    except OSError:
-        return []
-
-
-def _available(url: str) -> bool:
-    code, body = get_text(url)
-    if code != 200:
-        return False
-    states = [v["state"] for v in json.loads(body).get("model_version_status", [])]
-    return "AVAILABLE" in states
 
 
 def _prctl(option: int, value: int) -> None:

@@ -41,6 +41,7 @@ from .config import Config, NodePaths, yaml_problem
 from .errors import ApplianceError, SourceError
 from .portowners import user_name
 from .seaweedfs_security import ensure_security
+from .sources.presets import split_s3_path
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,8 @@ def ensure_credentials(config: Config, paths: NodePaths) -> Credentials:
 
 
 def bucket_name(config: Config) -> str:
-    base = config.model.base_path
-    if base.startswith("s3://") and base[5:].split("/", 1)[0]:
-        return base[5:].split("/", 1)[0]
-    return DEFAULT_BUCKET
+    parsed = split_s3_path(config.model.base_path)
+    return parsed[0] if parsed else DEFAULT_BUCKET
 
 
 def data_dir(config: Config, paths: NodePaths) -> Path:

@@ -11,12 +11,12 @@ model server's TF Serving REST API: ``GET /v1/models/<name>`` and
 from __future__ import annotations
 
 import os
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelserver import quarantine
-from appliance.localhttp import get_json as http_json
+from modelserver.core.platforms import is_version_name, version_dirs
+from appliance.modelstatus import ModelServerClient
 
 from . import safepath
 
@@ -75,7 +75,7 @@ class ModelStore:
                  quarantine_dir: Path | None = None) -> None:
         self.store = store
         self.configured = configured
-        self.rest_base = rest_base.rstrip("/")
+        self.server = ModelServerClient(rest_base, timeout=2.0)
         self.quarantine_dir = quarantine_dir
 
     # ------------------------------------------------------------------ disk
@@ -102,33 +102,24 @@ class ModelStore:
         versions: dict[str, VersionInfo] = {}
         if directory is None:
             return versions
-        try:
-            entries = list(os.scandir(directory))
-        except OSError:
-            return versions
-        for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name.isdigit() and entry.is_dir():
-                version = str(int(entry.name))     # TF Serving's number: "00000123" is 123
-                if version in versions:
-                    continue
-                try:
-                    inside = safepath.resolve_dir(self.store, f"{name}/{entry.name}")
-                except safepath.Refused:
-                    continue
-                size, files, mtime = _tree_size(inside)
-                versions[version] = VersionInfo(version, True, size, files, mtime, dirname=entry.name)
+        for entry in version_dirs(directory):
+            version = str(int(entry.name))     # TF Serving's number: "00000123" is 123
+            if version in versions:
+                continue
+            try:
+                inside = safepath.resolve_dir(self.store, f"{name}/{entry.name}")
+            except safepath.Refused:
+                continue
+            size, files, mtime = _tree_size(inside)
+            versions[version] = VersionInfo(version, True, size, files, mtime, dirname=entry.name)
         return versions
 
     def version_dir(self, name: str, version: str) -> str | None:
         """The directory name of ``version`` (a number) in the model's store dir."""
         directory = self.model_dir(name)
-        if directory is None or not version.isdigit():
+        if directory is None or not is_version_name(version):
             return None
-        try:
-            names = sorted(e.name for e in os.scandir(directory) if e.name.isdigit())
-        except OSError:
-            return None
-        return next((n for n in names if int(n) == int(version)), None)
+        return next((p.name for p in version_dirs(directory) if int(p.name) == int(version)), None)
 
     def files(self, name: str, dirname: str) -> list[tuple[str, int, float]]:
         directory = safepath.resolve_dir(self.store, f"{name}/{dirname}")
@@ -138,13 +129,12 @@ class ModelStore:
     # ------------------------------------------------------------------ model server
 
     def server_versions(self, name: str) -> tuple[str, list[dict]]:
-        code, body = http_json(f"{self.rest_base}/v1/models/{urllib.parse.quote(name, safe='')}")
-        if code == 0:
+        answer = self.server.status(name)
+        if answer.code == 0:
             return "unreachable", []
-        if code != 200 or not isinstance(body, dict):
-            error = body.get("error", "") if isinstance(body, dict) else str(body)
-            return f"HTTP {code}: {error}"[:300], []
-        return "ok", list(body.get("model_version_status", []))
+        if not answer.reported:
+            return f"HTTP {answer.code}: {answer.error}"[:300], []
+        return "ok", answer.versions
 
     def model(self, name: str) -> ModelInfo:
         info = ModelInfo(name, configured=name in self.configured,
@@ -167,9 +157,7 @@ class ModelStore:
 
     def metadata(self, name: str, version: str) -> tuple[str, dict]:
         """(status, signatures) of one version: {signature name: {inputs, outputs, method}}."""
-        url = (f"{self.rest_base}/v1/models/{urllib.parse.quote(name, safe='')}"
-               f"/versions/{urllib.parse.quote(version, safe='')}/metadata")
-        code, body = http_json(url)
+        code, body = self.server.metadata(name, version)
         if code == 0:
             return "unreachable", {}
         if code != 200 or not isinstance(body, dict):

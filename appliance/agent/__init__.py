@@ -50,8 +50,7 @@ def build_syncer(config: Config, paths: NodePaths) -> Syncer:
     store = LocalStore(local_store(config, paths))
     store.root.mkdir(parents=True, exist_ok=True)
     downloader = Downloader(source, config.sync.concurrency, config.sync.verify)
-    server = ModelServerClient(f"http://{config.connect_address()}:{config.serving.rest_port}") \
-        if config.node.role == "serving" else None
+    server = ModelServerClient.of_node(config) if config.node.role == "serving" else None
     return Syncer(config.model.names, source, store, downloader, server,
                   settle_seconds=min(2.0, float(config.sync.interval_seconds)),
                   quarantine_dir=paths.quarantine)

@@ -19,48 +19,20 @@ changes; the versions already in the store keep serving.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelserver import quarantine
 from ..errors import SourceError, SyncError
 from ..modelfiles import NotAModel, check_version
+from ..modelstatus import ModelServerClient
 from ..sources.base import ModelSource, RemoteVersion
 from .store import LocalStore
 from .transfer import Downloader, VerificationError
 
 log = logging.getLogger(__name__)
-
-
-class ModelServerClient:
-    """Asks the model server (TF Serving's REST API) which versions of a model are AVAILABLE."""
-
-    def __init__(self, base_url: str, timeout: float = 3.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-
-    def states(self, name: str) -> dict[int, str] | None:
-        """version -> state, or None when the model server does not answer."""
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/v1/models/{name}",
-                                        timeout=self.timeout) as resp:
-                doc = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return {} if exc.code == 404 else None
-        except (OSError, ValueError):
-            return None
-        out = {}
-        for entry in doc.get("model_version_status", []):
-            try:
-                out[int(entry["version"])] = str(entry["state"])
-            except (KeyError, ValueError):
-                continue
-        return out
 
 
 @dataclass

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelserver.atomic import write_atomic
+from modelserver.core.platforms import is_version_name
 
 if TYPE_CHECKING:
     from ..config import NodePaths
@@ -164,7 +165,7 @@ def version_notes(paths: "NodePaths", store: Path, name: str) -> dict[int, str]:
         doc = {}
     model = (doc.get("models") or {}).get(name) or {}
     for version, why in (model.get("refused") or {}).items():
-        if str(version).isdigit():
+        if is_version_name(str(version)):
             notes.setdefault(int(version), f"refused by the agent: {why}")
     return notes
 

@@ -26,6 +26,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
+from modelserver.core.platforms import is_version_name
+
 from ..errors import SourceError
 from . import checksums
 
@@ -75,7 +77,7 @@ class RemoteVersion:
         return digest.hexdigest()[:20]
 
     def key(self, obj: RemoteObject) -> str:
-        return f"{self.name}/{self.dirname}/{obj.path}"
+        return version_prefix(self.name, self.dirname) + obj.path
 
     @cached_property
     def _pushed(self) -> dict[str, RemoteObject]:
@@ -109,9 +111,20 @@ class RemoteVersion:
         return problems
 
 
+def version_prefix(name: str, dirname: str) -> str:
+    """The key prefix of a version's objects in a repository: ``<name>/<dirname>/``."""
+    return f"{name}/{dirname}/"
+
+
+def manifest_key(name: str, dirname: str) -> str:
+    """The key of a version's push manifest: beside its directory, not in it, so the version's
+    objects never include it and it can be written last."""
+    return f"{name}/{dirname}{MANIFEST_SUFFIX}"
+
+
 def parse_version(dirname: str) -> int | None:
     """TF Serving's rule: a version dir name is an int64 (``00000123`` is 123); else ignored."""
-    if not dirname or not dirname.isascii() or not dirname.isdigit():
+    if not is_version_name(dirname):
         return None
     number = int(dirname)
     return number if number < 2**63 else None
@@ -239,18 +252,18 @@ class ModelSource(ABC):
         files = local_files(directory)
         if not files:
             raise SourceError(f"{directory} holds no files to push")
-        manifest_key = f"{name}/{dirname}{MANIFEST_SUFFIX}"
-        self._delete([manifest_key])   # an upload in progress must not look finished
+        manifest = manifest_key(name, dirname)
+        self._delete([manifest])   # an upload in progress must not look finished
         blocks: dict[str, list[str]] = {}
         for rel, path in files:
             # Checksummed before the upload (xxh3 is ~50x faster than the network; the upload
             # then reads from the page cache). A file changed in between fails the agent's
             # checks, so the race refuses the version rather than installing a wrong one.
             blocks[rel] = checksums.file_blocks(path)
-            self._put_file(path, f"{name}/{dirname}/{rel}", progress)
+            self._put_file(path, version_prefix(name, dirname) + rel, progress)
         wanted = {rel for rel, _ in files}
-        stale = [key for key, _, _ in self._list(f"{name}/{dirname}/")
-                 if key[len(f"{name}/{dirname}/"):] not in wanted]
+        prefix = version_prefix(name, dirname)
+        stale = [key for key, _, _ in self._list(prefix) if key[len(prefix):] not in wanted]
         if stale:
             self._delete(stale)
         listed = self.versions(name).get(int(dirname))
@@ -262,15 +275,15 @@ class ModelSource(ABC):
                "objects": [{"path": o.path, "size": o.size, "etag": o.etag,
                             "blocks": blocks[o.path]}
                            for o in sorted(listed.objects, key=lambda o: o.path)]}
-        self._put_bytes(manifest_key, json.dumps(doc, indent=1).encode())
-        manifest = tuple(RemoteObject(o.path, o.size, o.etag, tuple(blocks[o.path]),
-                                      checksums.BLOCK_SIZE) for o in listed.objects)
-        return RemoteVersion(name, listed.version, dirname, listed.objects, manifest)
+        self._put_bytes(manifest, json.dumps(doc, indent=1).encode())
+        pushed = tuple(RemoteObject(o.path, o.size, o.etag, tuple(blocks[o.path]),
+                                    checksums.BLOCK_SIZE) for o in listed.objects)
+        return RemoteVersion(name, listed.version, dirname, listed.objects, pushed)
 
     def delete_version(self, name: str, dirname: str) -> int:
         """Remove a version and its manifest; returns the number of objects deleted."""
-        keys = [key for key, _, _ in self._list(f"{name}/{dirname}/")]
-        self._delete(keys + [f"{name}/{dirname}{MANIFEST_SUFFIX}"])
+        keys = [key for key, _, _ in self._list(version_prefix(name, dirname))]
+        self._delete(keys + [manifest_key(name, dirname)])
         return len(keys)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from ..errors import SourceError
-from .base import MANIFEST_SUFFIX, ModelSource, Progress, RemoteVersion, local_files
+from .base import ModelSource, Progress, RemoteVersion, local_files, manifest_key
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,6 @@ class LocalSource(ModelSource):
         os.rename(staging, final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        self._delete([f"{name}/{dirname}{MANIFEST_SUFFIX}"])
+        self._delete([manifest_key(name, dirname)])
         version = self.versions(name)[int(dirname)]
         return version

@@ -3,7 +3,8 @@
 MinIO, SeaweedFS and QingStor/OIS speak the S3 API; what differs is where they live and how a
 bucket is addressed. Keeping them as data (not subclasses or copies of the S3 code) means a new
 S3-compatible service is one entry here. This module imports nothing heavy: the config
-validator reads :data:`PRESETS` to list the valid ``s3.type`` values.
+validator reads :data:`PRESETS` to list the valid ``s3.type`` values, and
+:func:`split_s3_path` to check ``model.base.path``.
 """
 
 from __future__ import annotations
@@ -42,3 +43,13 @@ PRESETS: dict[str, S3Preset] = {
                  "SeaweedFS's S3 gateway (the repo node's store when MinIO is not installed)"),
     )
 }
+
+
+def split_s3_path(base_path: str) -> tuple[str, str] | None:
+    """``s3://bucket[/prefix]`` -> (bucket, prefix without outer slashes); None when
+    ``base_path`` is not an s3:// path naming a bucket. The one parser of ``model.base.path``
+    for the config check, the S3 source and the repo node's object store."""
+    if not base_path.startswith("s3://"):
+        return None
+    bucket, _, prefix = base_path[len("s3://"):].partition("/")
+    return (bucket, prefix.strip("/")) if bucket else None

@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import SourceError
 from .base import ModelSource, Progress
-from .presets import PRESETS
+from .presets import PRESETS, split_s3_path
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,10 @@ class S3Location:
         preset = PRESETS.get(s3_type)
         if preset is None:
             raise SourceError(f"unknown s3.type {s3_type!r}; valid: none, {', '.join(PRESETS)}")
-        if not base_path.startswith("s3://"):
+        parsed = split_s3_path(base_path)
+        if parsed is None:
             raise SourceError(f"model.base.path must be s3://bucket[/prefix], got {base_path!r}")
-        bucket, _, prefix = base_path[5:].partition("/")
-        prefix = prefix.strip("/")
+        bucket, prefix = parsed
         region = (region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
                   or preset.region)
         return cls(s3_type, bucket, f"{prefix}/" if prefix else "",

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, render_template
 
+from appliance.config import model_name_problem
+from modelserver.core.platforms import is_version_name
+
 from .. import safepath, syncstate
 from ..security import login_required
 from . import site, stream_file
@@ -13,13 +16,21 @@ bp = Blueprint("models", __name__)
 
 
 def _valid_name(name: str) -> str:
+    """A name from the URL: a model name by the config's rule, and a safe path (no control or
+    encoded characters) before it reaches the store."""
     try:
         safepath.check_relative(name)
     except safepath.BadPath:
         abort(400, "not a model name")
-    if "/" in name:
-        abort(404)
+    if model_name_problem(name):
+        abort(400, "not a model name")
     return name
+
+
+def _valid_version(version: str) -> None:
+    """A version from the URL: a version directory's name, 19 digits at most (an int64)."""
+    if not is_version_name(version) or len(version) > 19:
+        abort(400, "a version is a number")
 
 
 @bp.get("/models")
@@ -53,8 +64,7 @@ def model(name: str):
 def version(name: str, version: str):
     store = site().store
     name = _valid_name(name)
-    if not version.isdigit() or len(version) > 19:
-        abort(400, "a version is a number")
+    _valid_version(version)
     info = store.model(name)
     match = [v for v in info.versions if v.version == str(int(version))]
     if not match:
@@ -73,8 +83,7 @@ def version(name: str, version: str):
 @login_required
 def download(name: str, version: str, rel: str):
     name = _valid_name(name)
-    if not version.isdigit() or len(version) > 19:
-        abort(400, "a version is a number")
+    _valid_version(version)
     dirname = site().store.version_dir(name, version)
     if dirname is None:
         abort(404, "No such version.")

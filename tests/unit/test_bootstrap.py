@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import shutil
-import subprocess
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
@@ -161,19 +159,6 @@ def test_terraform_mime_multipart_merges_its_cloud_config_parts(tmp_path: Path) 
 def test_gzip_mime_multipart_is_applied(tmp_path: Path) -> None:
     raw = gzip.compress(_terraform_mime(("text/cloud-config", CLOUD_CONFIG)))
     assert _applied(tmp_path, raw).http_port == 8081
-
-
-@pytest.mark.skipif(shutil.which("cloud-init") is None, reason="cloud-init is not installed")
-def test_cloud_init_make_mime_output_is_applied(tmp_path: Path) -> None:
-    """cloud-init's own producer: base64 parts with a text/cloud-config type."""
-    (tmp_path / "cc.yaml").write_text(CLOUD_CONFIG)
-    (tmp_path / "boot.sh").write_text("#!/bin/sh\ntrue\n")
-    made = subprocess.run(["cloud-init", "devel", "make-mime", "-a", f"{tmp_path / 'boot.sh'}:x-shellscript",
-                           "-a", f"{tmp_path / 'cc.yaml'}:cloud-config"],
-                          capture_output=True, timeout=120, check=True)
-    assert b"Content-Transfer-Encoding: base64" in made.stdout
-    config = _applied(tmp_path / "node", made.stdout)
-    assert config.node.role == "repo" and config.http_port == 8081
 
 
 def test_mime_multipart_without_cloud_config_boots_on_the_existing_config(tmp_path: Path) -> None:

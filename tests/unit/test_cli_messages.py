@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 
 from appliance import portowners
-from appliance.cli import main
+from appliance.cli import COMMANDS, _parser, main
 from appliance.config import NodePaths
 from appliance.errors import ApplianceError
 from appliance.node import Node
+
+
+def test_every_command_has_one_handler() -> None:
+    """The parser and the command table name the same commands: none parses but cannot run."""
+    (subcommands,) = [a for a in _parser()._actions if a.dest == "command"]
+    assert set(subcommands.choices) == set(COMMANDS)
 
 
 def test_validate_config_prints_booleans_as_yaml(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

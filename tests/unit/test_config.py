@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from appliance import cli
 from appliance.config import (NodePaths, build, effective_values, flatten, load_config,
-                              parse_overrides)
+                              model_name_problem, parse_overrides)
 from appliance.errors import ConfigError
 
 
@@ -99,20 +98,29 @@ def test_model_name_list_forms() -> None:
             load_config(None, [f"model.name={bad}"])
 
 
+@pytest.mark.parametrize("name", ["", ".", "..", ".hidden", "a/b", "m:predict"])
+def test_the_one_model_name_rule_refuses(name: str) -> None:
+    assert model_name_problem(name)
+
+
+def test_the_one_model_name_rule_allows_what_tf_serving_serves() -> None:
+    assert not any(map(model_name_problem, ["resnet", "half_plus-two.v2", "m1 x", "Ünïcode"]))
+
+
 def test_flatten_and_paths(tmp_path: Path) -> None:
     assert flatten({"a": {"b": {"c": 1}}, "d": [1]}) == {"a.b.c": 1, "d": [1]}
     paths = NodePaths(tmp_path)
     assert paths.local("/data/models") == tmp_path / "data/models" == paths.models
 
 
-def test_cli_reports_all_mistakes_and_starts_nothing(tmp_path: Path) -> None:
+def test_cli_reports_all_mistakes_and_starts_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """In process: a start would trip the unit tier's no-process guard."""
     config = write(tmp_path, "http.port: 8500\ngrpc.port: 0\nmodel.name: ''\n")
-    result = subprocess.run([sys.executable, "-m", "appliance.cli", "--root", str(tmp_path / "root"),
-                             "--config", str(config), "up"], capture_output=True, text=True)
-    assert result.returncode != 0
+    assert cli.main(["--root", str(tmp_path / "root"), "--config", str(config), "up"]) == 2
+    stderr = capsys.readouterr().err
     for key in ("http.port", "grpc.port", "model.name"):
-        assert f"  {key}: " in result.stderr
-    assert "3 configuration error(s)" in result.stderr
+        assert f"  {key}: " in stderr
+    assert "3 configuration error(s)" in stderr
     assert not (tmp_path / "root").exists()  # nothing rendered, nothing started
 
 

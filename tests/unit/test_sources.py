@@ -18,6 +18,7 @@ from appliance.sources import PRESETS, RemoteObject, RemoteVersion, open_source,
 from appliance.sources.base import MANIFEST_FORMAT, MANIFEST_SUFFIX, local_files
 from appliance.sources.checksums import BlockHasher, block_count, file_blocks
 from appliance.sources.local import LocalSource
+from appliance.sources.presets import split_s3_path
 from appliance.sources.s3 import S3Location, S3Source
 from tests.tfmodels import saved_model_bytes
 
@@ -73,6 +74,15 @@ def test_version_dirs_follow_tf_serving_numbering() -> None:
     assert parse_version("00000123") == 123
     assert parse_version("1a") is None and parse_version("") is None
     assert parse_version("-1") is None and parse_version(str(2**63)) is None
+
+
+@pytest.mark.parametrize("base,parsed", [
+    ("s3://models", ("models", "")), ("s3://models/", ("models", "")),
+    ("s3://models/team/a/", ("models", "team/a")), ("s3://", None), ("s3:///x", None),
+    ("/data/models", None), ("models", None),
+])
+def test_one_parser_of_s3_base_paths(base: str, parsed: tuple[str, str] | None) -> None:
+    assert split_s3_path(base) == parsed
 
 
 def test_manifest_problems_name_each_missing_changed_or_extra_object() -> None:
