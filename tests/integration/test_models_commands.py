@@ -60,7 +60,7 @@ class Site:
                             "/monitoring/prometheus/metrics", timeout=30)
         assert page.ok, page.text
         found = [line.split()[-1] for line in page.text.splitlines()
-                 if line.startswith(WRAPPED_RUNS + " ")]
+                 if line.startswith((WRAPPED_RUNS + " ", WRAPPED_RUNS + "{} "))]  # TF prints "{}"
         return float(found[0]) if found else 0.0
 
 
