@@ -192,7 +192,7 @@ ensure_dirs() {
 stage_source() {
   local stage=$1
   (cd "$SOURCE" && tar -cf - --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' \
-      setup.py appliance envoy supervisor $(ls -d logviewer setup.cfg pyproject.toml MANIFEST.in 2>/dev/null)) \
+      setup.py appliance modelserver envoy supervisor $(ls -d logviewer setup.cfg pyproject.toml MANIFEST.in 2>/dev/null)) \
     | tar -C "$stage" -xf -
 }
 
