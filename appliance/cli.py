@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="stay attached; Ctrl-C stops every process")
     up.add_argument("--timeout", type=float, default=None,
                     help="seconds to wait for readiness (default: startup.timeout.seconds, 600)")
+    reload = with_overrides(sub.add_parser(
+        "reload", help="apply the edited config file to the running node (what `up` does on one)"))
+    reload.add_argument("--timeout", type=float, default=None,
+                        help="seconds to wait for readiness (default: startup.timeout.seconds, 600)")
     sub.add_parser("down", help="stop every process of the node")
     status = sub.add_parser("status", help="processes, their state and uptime; models and versions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -189,6 +193,12 @@ def _dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
         return 0
     if args.command == "up":
         _node(args, paths).up(foreground=args.foreground, timeout=args.timeout)
+        return 0
+    if args.command == "reload":
+        from . import control
+
+        Node.from_run_dir(paths)   # a node must have been started here
+        control.apply(paths, args.overrides, config_file=args.config, timeout=args.timeout)
         return 0
     if args.command == "down":
         Node.from_run_dir(paths).down()
