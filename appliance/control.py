@@ -28,17 +28,18 @@ log = logging.getLogger(__name__)
 
 def apply(paths: NodePaths, overrides: list[str] | None = None,
           progress: Callable[[str], None] = print, *, config_file: Path | None = None,
-          timeout: float | None = None) -> None:
+          timeout: float | None = None, wait: bool = True) -> None:
     """Apply the config file (``config_file``, default: the one the node runs from, else
     ``<root>/etc/appliance/appliance.yaml``) plus ``overrides`` to the running node and wait
-    until it serves (``timeout``: default ``startup.timeout.seconds``)."""
+    until it serves (``timeout``: default ``startup.timeout.seconds``; not when ``wait`` is
+    false: the agent, whose next edit must not wait for a node that may not serve for long)."""
     from .node import Node
 
     if config_file is None:
         config_file = _running_source(paths)
     config = load_config(config_file, overrides)   # ConfigError: nothing has changed
     Node(config, paths, config_file, overrides).apply_live(
-        float(config.startup.timeout_seconds if timeout is None else timeout), progress)
+        float(config.startup.timeout_seconds if timeout is None else timeout), progress, wait)
 
 
 def pending_edit(paths: NodePaths) -> Config | None:
@@ -63,8 +64,7 @@ def apply_file_edit(paths: NodePaths, progress: Callable[[str], None] = log.info
         log.error("the config file %s is not valid (keys: %s); nothing changed: "
                   "`appliance validate-config` says why", exc.source or "(defaults)", keys)
         return False
-    running = runconfig.read(paths)
-    apply(paths, list(running.overrides), progress)
+    apply(paths, list(runconfig.read(paths).overrides), progress, wait=False)
     return True
 
 

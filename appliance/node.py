@@ -183,9 +183,11 @@ class Node:
             progress(f"logs: http://{host}:{self.config.logviewer.port}/  password: {where}; "
                      f"`appliance --root {self.paths.root} logviewer-password` sets a new one")
 
-    def apply_live(self, timeout: float, progress: Callable[[str], None] = print) -> None:
+    def apply_live(self, timeout: float, progress: Callable[[str], None] = print,
+                   wait: bool = True) -> None:
         """Bring the running node to this config: render and install, reach the processes that
-        need the change (and only those), wait until it serves (what :func:`control.apply` does)."""
+        need the change (and only those), wait until it serves unless not ``wait`` (what
+        :func:`control.apply` does)."""
         if not self.supervisor.is_running():
             raise ApplianceError(f"the node under {self.paths.root} is not running: "
                                  "`appliance up` starts it")
@@ -195,7 +197,8 @@ class Node:
             changed = self.render()
             self.ensure_logviewer_password(progress)
             self._apply_changes(changed, progress)
-        self.wait_ready(timeout, progress)
+        if wait:
+            self.wait_ready(timeout, progress)
 
     @contextlib.contextmanager
     def _one_change_at_a_time(self) -> Iterator[None]:

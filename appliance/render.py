@@ -180,9 +180,17 @@ def install(files: list[RenderedFile], paths: NodePaths) -> list[Path]:
     eds = [f for f in files if f.path.parent == membership.xds_dir(paths)]
     changed = [f.path for f in eds if write_atomic(f.path, f.content, f.mode)]
     for rendered in files:
-        if rendered.path.name == "envoy.yaml":
+        if rendered.path.name == "envoy.yaml" and not _installed(rendered):
             validate_envoy(rendered.content, paths.run)
     changed += [f.path for f in files if f not in eds and write_atomic(f.path, f.content, f.mode)]
     for path in changed:
         log.info("wrote %s", path)
     return changed
+
+
+def _installed(rendered: RenderedFile) -> bool:
+    """The file is in place with these bytes already (validated when it was installed)."""
+    try:
+        return rendered.path.read_text(encoding="utf-8") == rendered.content
+    except OSError:
+        return False
