@@ -219,8 +219,11 @@ class Node:
                      (("started", added), ("restarted", modified), ("stopped", removed)) if items]
             progress("supervisord.conf changed: " + ("; ".join(parts) or "no program changed"))
         if "envoy.yaml" in names and "envoy" not in restarted:
-            progress("envoy.yaml changed: restarting envoy")
+            # Only what Envoy reads at start: its admin port or node id (node.address).
+            progress("envoy.yaml (Envoy's bootstrap: admin port, node id) changed: restarting envoy")
             self.supervisor.restart("envoy")
+        elif names & {"lds.yaml", "cds.yaml"} and "envoy" not in restarted:
+            progress("Envoy's listeners or clusters changed: Envoy swapped them in (no restart)")
         if "models.config" in names:
             progress("models.config changed: the model server reloads it (no restart)")
         if any(name.startswith("eds_") for name in names):

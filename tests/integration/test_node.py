@@ -283,15 +283,16 @@ def _pids(node: NodeUnderTest) -> dict[str, int]:
 def test_a_change_reaches_envoy_and_the_logviewer_and_reload_does_what_up_does(
         node: NodeUnderTest) -> None:
     """`reload` and `up` on a running node are one path (control.apply): switching the access log
-    off and on reaches Envoy and the logviewer's pages, and the logviewer, the agent and the model
-    server keep their PIDs (they follow the running config)."""
+    off and on reaches Envoy (its listeners, through LDS) and the logviewer's pages, and no
+    process restarts: the logviewer and the agent follow the running config."""
     session = _logviewer(node)
-    kept = ("logviewer", "agent", "model_server")
+    kept = ("logviewer", "agent", "model_server", "envoy")
     before = _pids(node)
     off = [*node.overrides, "--set", "sync.interval.seconds=1", "--set", "enable.access.log=false"]
     reloaded = node.cli("reload", "--timeout", "120", *off)
     assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
     assert "running config changed" in reloaded.stdout
+    assert "Envoy swapped them in (no restart)" in reloaded.stdout
     assert "enable.access.log=true" in session.get(f"{node.logviewer_url}/access", timeout=30).text
     same = node.cli("up", "--timeout", "120", *off)
     assert same.returncode == 0 and "already up; nothing changed" in same.stdout, same.stdout
