@@ -23,7 +23,7 @@ from . import membership, portowners, render, runconfig
 from modelserver.atomic import write_atomic
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import Config, NodePaths, local_store
-from .envoy_admin import read_cluster_view, unhealthy_of
+from .envoy_admin import read_cluster_view, unhealthy_of, xds_rejections
 from .errors import ApplianceError, SupervisorError
 from .localhttp import get_text
 from .supervision import ProcessInfo, Supervisor, pid_alive
@@ -65,6 +65,8 @@ class Node:
         self.config_file = config_file
         self.overrides = list(overrides or [])
         self.supervisor = Supervisor(render.supervisor_socket(paths))
+        # Envoy's refused LDS/CDS files before this change (a refusal since is this change's).
+        self._xds_rejected = 0
 
     # ------------------------------------------------------------------ construction
 
@@ -194,6 +196,7 @@ class Node:
         if self.config.node.role == "serving":
             self.check_models()
         with self._one_change_at_a_time():
+            self._xds_rejected = xds_rejections(self.config.envoy.admin_port)
             changed = self.render()
             self.ensure_logviewer_password(progress)
             self._apply_changes(changed, progress)
@@ -321,6 +324,7 @@ class Node:
                     progress(f"  ... {label}")
                     shown.add(label)
                 self._raise_if_failed()
+                self._raise_if_envoy_refused()
                 if time.monotonic() > deadline:
                     raise ApplianceError(f"timed out after {timeout:.0f}s waiting for {label}; "
                                          f"logs are in {self.paths.logs}")
@@ -372,6 +376,14 @@ class Node:
             if info.state == "FATAL":
                 raise SupervisorError(f"{info.name} failed to start ({info.description}); last "
                                       f"lines of {info.logfile}:\n{_tail(Path(info.logfile))}")
+
+    def _raise_if_envoy_refused(self) -> None:
+        """A listener Envoy cannot open (its port taken) does not stop Envoy: it keeps its
+        previous listeners (none at a first start), counts the refusal and logs why."""
+        if xds_rejections(self.config.envoy.admin_port) > self._xds_rejected:
+            log_file = self.paths.logs / "envoy.log"
+            raise SupervisorError(f"envoy failed to start its listeners or clusters (it refused "
+                                  f"them); last lines of {log_file}:\n{_tail(log_file)}")
 
     # ------------------------------------------------------------------ down and status
 
