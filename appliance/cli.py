@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="stay attached; Ctrl-C stops every process")
     up.add_argument("--timeout", type=float, default=None,
                     help="seconds to wait for readiness (default: startup.timeout.seconds, 600)")
+    reload = with_overrides(sub.add_parser(
+        "reload", help="apply the edited config file to the running node (what `up` does on one)"))
+    reload.add_argument("--timeout", type=float, default=None,
+                        help="seconds to wait for readiness (default: startup.timeout.seconds, 600)")
     sub.add_parser("down", help="stop every process of the node")
     status = sub.add_parser("status", help="processes, their state and uptime; models and versions")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -139,6 +143,15 @@ def _up(args: argparse.Namespace, paths: NodePaths) -> int:
     return 0
 
 
+def _reload(args: argparse.Namespace, paths: NodePaths) -> int:
+    from . import control
+    from .node import Node
+
+    Node.from_run_dir(paths)   # a node must have been started here
+    control.apply(paths, args.overrides, config_file=args.config, timeout=args.timeout)
+    return 0
+
+
 def _down(args: argparse.Namespace, paths: NodePaths) -> int:
     from .node import Node
 
@@ -234,6 +247,7 @@ COMMANDS: dict[str, Command] = {
     "validate-config": _validate_config,
     "render": _render,
     "up": _up,
+    "reload": _reload,
     "down": _down,
     "status": _status,
     "builtin-models": _builtin_models,

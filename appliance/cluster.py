@@ -13,12 +13,11 @@ from typing import Any, Callable
 
 import yaml
 
-from . import membership
+from . import control, membership, runconfig
 from modelserver.atomic import write_atomic
-from .config import (Config, NodePaths, build, effective_values, record_sources, reload_config,
-                     reload_sources, yaml_problem)
+from .config import Config, NodePaths, build, effective_values, yaml_problem
 from .errors import ApplianceError, ConfigError
-from .node import EFFECTIVE, Node
+from .node import Node
 
 
 def static_members(config: Config) -> list[str]:
@@ -49,14 +48,16 @@ def _set_members_in_file(path: Path, members: list[str]) -> None:
 
 def change_members(paths: NodePaths, config_file: Path, add: list[str], remove: list[str],
                    progress: Callable[[str], None] = print) -> list[str]:
-    """Add/remove serving nodes; persist in the config file and the running node; re-point Envoy."""
+    """Add/remove serving nodes: persist in the config file, then apply it to the running node
+    (Envoy swaps its endpoints, nothing restarts)."""
     for address in add + remove:
         try:
             ipaddress.ip_address(address)
         except ValueError:
             raise ApplianceError(f"{address!r} is not an IP address") from None
     Node.from_run_dir(paths)  # a node must have been started here
-    current = reload_config(paths)  # the config file as it is now, plus `up`'s overrides
+    running = runconfig.read(paths)
+    current = running.reread(paths)  # the config file as it is now, plus the recorded overrides
     members = static_members(current)
     missing = [a for a in remove if a not in members]
     if missing:
@@ -64,20 +65,17 @@ def change_members(paths: NodePaths, config_file: Path, add: list[str], remove: 
     members = [a for a in members if a not in remove] + [a for a in add if a not in members]
     values = effective_values(current, mask_secrets=False)
     values["cluster.members"] = ",".join(members)
-    config = build(values)  # validates the new list
+    build(values)  # validates the new list before anything changes
     _set_members_in_file(config_file, members)
-    recorded_file, overrides = reload_sources(paths)
-    if any(o.split("=", 1)[0].strip() == "cluster.members" for o in overrides):
-        # `up --set cluster.members=...` would win over the file: keep the override in step.
-        overrides = [o for o in overrides if o.split("=", 1)[0].strip() != "cluster.members"]
-        record_sources(paths, recorded_file, overrides + [f"cluster.members={values['cluster.members']}"])
-    write_atomic(paths.run / EFFECTIVE, yaml.safe_dump(values, sort_keys=False), mode=0o600)
-    changed = membership.write_endpoints(config, paths)
-    progress(f"members: {', '.join(membership.members(config)) or '(none)'}"
-             + ("" if changed else " (unchanged)"))
+    # `up --set cluster.members=...` would win over the file: keep the override in step.
+    overrides = [o for o in running.overrides if o.split("=", 1)[0].strip() != "cluster.members"]
+    if len(overrides) < len(running.overrides):
+        overrides.append(f"cluster.members={values['cluster.members']}")
+    control.apply(paths, overrides, progress, config_file=config_file)
+    progress(f"members: {', '.join(membership.members(runconfig.read(paths).config)) or '(none)'}")
     return members
 
 
 def show_members(paths: NodePaths) -> list[str]:
     Node.from_run_dir(paths)
-    return membership.members(reload_config(paths))
+    return membership.members(runconfig.read(paths).config)

@@ -542,35 +542,6 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> Config
     return config
 
 
-SOURCES = "config-sources.yaml"   # in the run dir: the file and --set overrides `up` was given
-EFFECTIVE = "effective.yaml"        # in the run dir: the config `up` rendered, incl. --set
-
-
-def record_sources(paths: NodePaths, config_file: Path | None, overrides: list[str]) -> None:
-    """Remember where the running node's config came from (0600: overrides may hold secrets)."""
-    from modelserver.atomic import write_atomic
-
-    doc = {"config_file": str(config_file) if config_file else None, "overrides": list(overrides)}
-    write_atomic(paths.run / SOURCES, yaml.safe_dump(doc, sort_keys=False), mode=0o600)
-
-
-def reload_sources(paths: NodePaths) -> tuple[Path | None, list[str]]:
-    """(config file, overrides) as ``up`` recorded them; the default file if none recorded."""
-    try:
-        doc = yaml.safe_load((paths.run / SOURCES).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        doc = {}
-    recorded = doc.get("config_file")
-    path = Path(recorded) if recorded else (paths.config_file if paths.config_file.exists() else None)
-    return path, [str(o) for o in doc.get("overrides") or []]
-
-
-def reload_config(paths: NodePaths) -> Config:
-    """The running node's config read afresh: its config file plus ``up``'s overrides."""
-    path, overrides = reload_sources(paths)
-    return load_config(path, overrides)
-
-
 def effective_values(config: Config, mask_secrets: bool = True) -> dict[str, Any]:
     """The config as flat dotted keys, per-model keys included: ``build`` of them is ``config``."""
     out: dict[str, Any] = {}

@@ -102,3 +102,13 @@ def unhealthy_of(admin_port: int, addresses: list[str]) -> list[str]:
     healthy = [{h.address.rsplit(":", 1)[0] for h in c.hosts if h.health == "HEALTHY"}
                for c in clusters]
     return [a for a in addresses if not all(a in seen for seen in healthy)]
+
+
+def xds_rejections(admin_port: int) -> int:
+    """How many listener (LDS) and cluster (CDS) files Envoy has refused since it started (a
+    port it cannot bind, ...); 0 when its admin does not answer."""
+    code, stats = http_json(f"http://127.0.0.1:{admin_port}/stats?format=json&filter="
+                            "%5E(listener_manager%5C.lds%7Ccluster_manager%5C.cds)%5C.update_rejected%24")
+    if code != 200 or not isinstance(stats, dict):
+        return 0
+    return sum(_int(s.get("value", 0)) for s in stats.get("stats", []) or [] if "value" in s)

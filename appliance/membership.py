@@ -92,30 +92,21 @@ def write_endpoints(config: Config, paths: NodePaths, addresses: list[str] | Non
 
 
 class MembershipWatch:
-    """Re-reads the node's config file and ``cluster.dns``; re-points Envoy.
+    """Follows the running config and ``cluster.dns``; re-points Envoy.
 
-    This is what makes "edit cluster.members in the config file" (or a DNS record) all a user
-    does: the agent's membership thread refreshes as soon as one of :meth:`files` changes (and
-    every sync interval, for DNS) and swaps the EDS files.
+    The agent's membership thread calls :meth:`refresh` as soon as the running config changed
+    (an ``up``, a ``reload``, the agent applying an edited config file) and every sync interval,
+    for DNS, and the EDS files are swapped.
     """
 
     def __init__(self, paths: NodePaths) -> None:
         self.paths = paths
         self.last: list[str] | None = None
 
-    def files(self) -> list[Path]:
-        """What the running config is read from: the config file ``up`` was given, the record of
-        it and its overrides, and ``up``'s effective config."""
-        from .config import EFFECTIVE, SOURCES, reload_sources
-
-        config_file, _ = reload_sources(self.paths)
-        return [self.paths.run / SOURCES, self.paths.run / EFFECTIVE,
-                *([config_file] if config_file else [self.paths.config_file])]
-
     def refresh(self) -> list[str]:
-        from .config import reload_config
+        from . import runconfig
 
-        config = reload_config(self.paths)
+        config = runconfig.read(self.paths).config
         addresses = members(config)
         write_endpoints(config, self.paths, addresses)
         if addresses != self.last:

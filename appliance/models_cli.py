@@ -17,7 +17,7 @@ from typing import TextIO
 from modelserver.core.platforms import detect_platform, is_version_name, version_dirs
 
 from .config import Config, NodePaths, local_store, model_name_problem
-from .errors import ApplianceError, SourceError
+from .errors import SourceError
 from .modelstatus import ModelServerClient
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sync = overrides(sub.add_parser("sync", help="sync the local store from the repository"))
     sync.add_argument("--once", action="store_true", required=True,
                       help="run one cycle and exit (non-zero on failure or a refused version)")
-    overrides(sub.add_parser("agent", help="the node agent daemon (run by supervisord)"))
+    sub.add_parser("agent", help="the node agent daemon (run by supervisord; follows the running config)")
     overrides(sub.add_parser("objectstore", help="the repo node's object store (run by supervisord)"))
 
 
@@ -77,6 +77,11 @@ def _logging_to_stdout() -> None:
 
 
 def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
+    if args.command == "agent":
+        from .agent import main
+
+        _logging_to_stdout()
+        return main.run(paths)
     from .agent import load_agent_config
 
     if args.command == "models" and args.models_command in EDITS:
@@ -88,8 +93,6 @@ def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
         return ls(config, paths)
     if args.command == "sync":
         return sync_once(config, paths)
-    if args.command == "agent":
-        return run_agent(paths, args.config, args.overrides)
     if args.command == "objectstore":
         from .objectstore import run_objectstore
 
@@ -264,34 +267,3 @@ def sync_once(config: Config, paths: NodePaths) -> int:
     report = syncer.run_once()
     print(f"sync {'refused a version' if report.refused else 'ok'}: {report.line()}")
     return 1 if report.refused else 0
-
-
-def run_agent(paths: NodePaths, config_file: Path | None, overrides: list[str]) -> int:
-    from .agent import AgentDaemon, build_syncer, load_agent_config
-
-    _logging_to_stdout()
-
-    from .logbudget import AccessLogRotator
-    from .membership import MembershipWatch
-
-    rotator: list[AccessLogRotator] = []
-
-    def build():
-        config = load_agent_config(paths, config_file, overrides)
-        rotator[:] = [AccessLogRotator(config, paths)]
-        syncing = config.node.role == "serving" and config.s3.type != "none"
-        syncer = build_syncer(config, paths) if syncing else None
-        return syncer, float(config.sync.interval_seconds)
-
-    from .agent.state import StateFile, state_path
-
-    watch = MembershipWatch(paths)
-    daemon = AgentDaemon(build, tick=watch.refresh, state=StateFile(state_path(paths)),
-                         watch_files=watch.files, chores=lambda: rotator and rotator[0].check())
-    daemon.install_signals()
-    try:
-        daemon.run()
-    except ApplianceError as exc:
-        log.error("agent cannot start: %s", exc)
-        return 1
-    return 0

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 from modelserver.core.platforms import AUTO, describe_markers, detect_platform, version_dirs
 
-from . import render
+from . import render, runconfig
 from .config import (KEYS, Config, NodePaths, effective_values, load_config, local_store,
-                     parse_overrides, reload_sources)
+                     parse_overrides)
 from .configedit import ConfigDocument, read_document, replace_checked, typed_value
 from .errors import ApplianceError, ConfigError
 from .supervision import Supervisor
@@ -46,7 +46,11 @@ class Target:
 
 def target(paths: NodePaths, explicit: Path | None) -> Target:
     """The file the node under ``paths`` reads: the one ``up`` was given, else the default."""
-    recorded, overrides = reload_sources(paths)
+    try:
+        running = runconfig.read(paths)
+        recorded, overrides = running.config_file, list(running.overrides)
+    except runconfig.NotStarted:
+        recorded, overrides = None, []
     running = Supervisor(render.supervisor_socket(paths)).is_running()
     path = explicit or recorded or paths.config_file
     if running and recorded and path.resolve() != recorded.resolve():

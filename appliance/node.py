@@ -6,6 +6,9 @@ supervisord -> readiness checks against the real model server and Envoy.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
 import os
 import signal
@@ -14,17 +17,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
-import yaml
-
-from . import membership, portowners, render
+from . import membership, portowners, render, runconfig
 from modelserver.atomic import write_atomic
 from modelserver.core.platforms import has_version
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
-from .config import (EFFECTIVE, Config, NodePaths, build, effective_values, local_store,
-                     record_sources)
-from .envoy_admin import read_cluster_view, unhealthy_of
+from .config import Config, NodePaths, local_store
+from .envoy_admin import read_cluster_view, unhealthy_of, xds_rejections
 from .errors import ApplianceError, SupervisorError
 from .localhttp import get_text
 from .modelstatus import ModelServerClient
@@ -67,23 +67,23 @@ class Node:
         self.config_file = config_file
         self.overrides = list(overrides or [])
         self.supervisor = Supervisor(render.supervisor_socket(paths))
+        # Envoy's refused LDS/CDS files before this change (a refusal since is this change's).
+        self._xds_rejected = 0
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def from_run_dir(cls, paths: NodePaths) -> "Node":
-        """The node as last started by ``up`` (its effective config lives in the run dir)."""
-        effective = paths.run / EFFECTIVE
+        """The node as last started or changed (its running config, :mod:`appliance.runconfig`)."""
         try:
-            values = yaml.safe_load(effective.read_text(encoding="utf-8"))
-        except OSError:
+            running = runconfig.read(paths)
+        except runconfig.NotStarted as exc:
             elsewhere = running_roots(exclude=paths.root)
             hint = (f"; a node is running under {elsewhere[0]}: pass `--root {elsewhere[0]}` or "
                     f"`export APPLIANCE_ROOT={elsewhere[0]}`" if elsewhere else
                     "; run `appliance up` first")
-            raise ApplianceError(f"no node was started under {paths.root} "
-                                 f"({effective} is missing){hint}") from None
-        return cls(build(values), paths)
+            raise ApplianceError(f"{exc}{hint}") from None
+        return cls(running.config, paths, running.config_file, list(running.overrides))
 
     # ------------------------------------------------------------------ up
 
@@ -104,9 +104,8 @@ class Node:
         """Render, validate and atomically install the run dir; return the files that changed."""
         files = render.render_all(self.config, self.paths)
         changed = render.install(files, self.paths)
-        effective = yaml.safe_dump(effective_values(self.config, mask_secrets=False), sort_keys=False)
-        write_atomic(self.paths.run / EFFECTIVE, effective, mode=0o600)
-        record_sources(self.paths, self.config_file, self.overrides)
+        if runconfig.publish(self.paths, self.config, self.config_file, self.overrides):
+            changed.append(runconfig.path(self.paths))
         return changed
 
     def ensure_logviewer_password(self, progress: Callable[[str], None] = print,
@@ -152,15 +151,14 @@ class Node:
         """
         if timeout is None:
             timeout = float(self.config.startup.timeout_seconds)
-        if self.config.node.role == "serving":
-            self.check_models()
-        changed = self.render()
-        self.ensure_logviewer_password(progress)
         if self.supervisor.is_running():
-            self._apply_changes(changed, progress)
-            self.wait_ready(timeout, progress)
+            self.apply_live(timeout, progress)
             self.show_next_steps(progress)
             return
+        if self.config.node.role == "serving":
+            self.check_models()
+        self.render()
+        self.ensure_logviewer_password(progress)
         if foreground:
             self._run_foreground(timeout, progress)
             return
@@ -189,6 +187,32 @@ class Node:
             progress(f"logs: http://{host}:{self.config.logviewer.port}/  password: {where}; "
                      f"`appliance --root {self.paths.root} logviewer-password` sets a new one")
 
+    def apply_live(self, timeout: float, progress: Callable[[str], None] = print,
+                   wait: bool = True) -> None:
+        """Bring the running node to this config: render and install, reach the processes that
+        need the change (and only those), wait until it serves unless not ``wait`` (what
+        :func:`control.apply` does)."""
+        if not self.supervisor.is_running():
+            raise ApplianceError(f"the node under {self.paths.root} is not running: "
+                                 "`appliance up` starts it")
+        if self.config.node.role == "serving":
+            self.check_models()
+        with self._one_change_at_a_time():
+            self._xds_rejected = xds_rejections(self.config.envoy.admin_port)
+            changed = self.render()
+            self.ensure_logviewer_password(progress)
+            self._apply_changes(changed, progress)
+        if wait:
+            self.wait_ready(timeout, progress)
+
+    @contextlib.contextmanager
+    def _one_change_at_a_time(self) -> Iterator[None]:
+        """One change per node at a time: a CLI command and the agent's file watch may meet."""
+        self.paths.run.mkdir(parents=True, exist_ok=True)
+        with open(self.paths.run / "apply.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
     def _apply_changes(self, changed: list[Path], progress: Callable[[str], None]) -> None:
         """Touch only what changed: EDS and models.config are picked up live (no restart)."""
         names = {p.name for p in changed}
@@ -200,12 +224,17 @@ class Node:
                      (("started", added), ("restarted", modified), ("stopped", removed)) if items]
             progress("supervisord.conf changed: " + ("; ".join(parts) or "no program changed"))
         if "envoy.yaml" in names and "envoy" not in restarted:
-            progress("envoy.yaml changed: restarting envoy")
+            # Only what Envoy reads at start: its admin port or node id (node.address).
+            progress("envoy.yaml (Envoy's bootstrap: admin port, node id) changed: restarting envoy")
             self.supervisor.restart("envoy")
+        elif names & {"lds.yaml", "cds.yaml"} and "envoy" not in restarted:
+            progress("Envoy's listeners or clusters changed: Envoy swapped them in (no restart)")
         if "models.config" in names:
             progress("models.config changed: the model server reloads it (no restart)")
         if any(name.startswith("eds_") for name in names):
             progress("cluster membership changed: Envoy swapped its endpoints (no restart)")
+        if runconfig.path(self.paths).name in names:
+            progress("running config changed: the agent and the logviewer follow it (no restart)")
         if not names:
             progress("already up; nothing changed")
 
@@ -297,6 +326,7 @@ class Node:
                     progress(f"  ... {label}")
                     shown.add(label)
                 self._raise_if_failed()
+                self._raise_if_envoy_refused()
                 if time.monotonic() > deadline:
                     raise ApplianceError(f"timed out after {timeout:.0f}s waiting for {label}; "
                                          f"logs are in {self.paths.logs}")
@@ -348,6 +378,14 @@ class Node:
             if info.state == "FATAL":
                 raise SupervisorError(f"{info.name} failed to start ({info.description}); last "
                                       f"lines of {info.logfile}:\n{_tail(Path(info.logfile))}")
+
+    def _raise_if_envoy_refused(self) -> None:
+        """A listener Envoy cannot open (its port taken) does not stop Envoy: it keeps its
+        previous listeners (none at a first start), counts the refusal and logs why."""
+        if xds_rejections(self.config.envoy.admin_port) > self._xds_rejected:
+            log_file = self.paths.logs / "envoy.log"
+            raise SupervisorError(f"envoy failed to start its listeners or clusters (it refused "
+                                  f"them); last lines of {log_file}:\n{_tail(log_file)}")
 
     # ------------------------------------------------------------------ down and status
 

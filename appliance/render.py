@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import yaml
 
 from . import logbudget, membership, objectstore, subp
 from modelserver.atomic import write_atomic
@@ -182,13 +183,16 @@ def render_all(config: Config, paths: NodePaths) -> list[RenderedFile]:
     env = _environment()
     context = _context(config, paths)
     files = []
-    for template, target in (("envoy/envoy.yaml.j2", "envoy.yaml"),
-                             ("supervisor/supervisord.conf.j2", "supervisord.conf")):
+    xds = membership.xds_dir(paths)
+    for template, target in (("envoy/cds.yaml.j2", xds / "cds.yaml"),
+                             ("envoy/lds.yaml.j2", xds / "lds.yaml"),
+                             ("envoy/envoy.yaml.j2", paths.run / "envoy.yaml"),
+                             ("supervisor/supervisord.conf.j2", paths.run / "supervisord.conf")):
         try:
             text = env.get_template(template).render(context)
         except jinja2.TemplateError as exc:
             raise RenderError(f"{template}: {exc}") from exc
-        files.append(RenderedFile(paths.run / target, text))
+        files.append(RenderedFile(target, text))
     if config.node.role == "serving":
         files.append(RenderedFile(paths.run / MODELS_CONFIG, models_config(config, paths)))
         files.append(RenderedFile(paths.run / MODEL_SETTINGS, model_settings(config)))
@@ -214,18 +218,46 @@ def validate_envoy(content: str, workdir: Path) -> None:
         os.unlink(tmp)
 
 
+#: Envoy's files: its bootstrap (read at start only) and its listeners and clusters (file-based
+#: LDS and CDS, read whenever renamed into place, like the EDS files).
+ENVOY_FILES = ("envoy.yaml", "lds.yaml", "cds.yaml")
+
+
+def static_bootstrap(envoy: dict[str, str]) -> str:
+    """Envoy's files (by name) as one static bootstrap: what ``envoy --mode validate`` checks,
+    since it does not read xDS files (ref/envoy.md §9)."""
+    doc = yaml.safe_load(envoy["envoy.yaml"])
+    doc.pop("dynamic_resources", None)
+    doc["static_resources"] = {
+        key: [{k: v for k, v in r.items() if k != "@type"}
+              for r in yaml.safe_load(envoy[name]).get("resources") or []]
+        for key, name in (("listeners", "lds.yaml"), ("clusters", "cds.yaml"))}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 def install(files: list[RenderedFile], paths: NodePaths) -> list[Path]:
-    """Create the node's directories, validate, then write atomically; return what changed."""
+    """Create the node's directories, validate, then write atomically; return what changed.
+
+    Order: EDS first (Envoy's validation needs the paths the clusters name to exist, and a
+    membership change alone must not wait for, or trigger, anything else), then CDS before LDS
+    (a route never names a cluster Envoy does not have yet), then the rest.
+    """
     for directory in (paths.run, paths.logs, paths.models):
         directory.mkdir(parents=True, exist_ok=True)
-    # EDS files first: Envoy's validation needs the paths the bootstrap names to exist, and a
-    # membership change alone must not wait for (or trigger) anything else.
-    eds = [f for f in files if f.path.parent == membership.xds_dir(paths)]
+    eds = [f for f in files if f.path.name.startswith("eds_")]
     changed = [f.path for f in eds if write_atomic(f.path, f.content, f.mode)]
-    for rendered in files:
-        if rendered.path.name == "envoy.yaml":
-            validate_envoy(rendered.content, paths.run)
+    envoy = [f for f in files if f.path.name in ENVOY_FILES]
+    if envoy and not all(_installed(f) for f in envoy):
+        validate_envoy(static_bootstrap({f.path.name: f.content for f in envoy}), paths.run)
     changed += [f.path for f in files if f not in eds and write_atomic(f.path, f.content, f.mode)]
     for path in changed:
         log.info("wrote %s", path)
     return changed
+
+
+def _installed(rendered: RenderedFile) -> bool:
+    """The file is in place with these bytes already (validated when it was installed)."""
+    try:
+        return rendered.path.read_text(encoding="utf-8") == rendered.content
+    except OSError:
+        return False

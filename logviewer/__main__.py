@@ -1,9 +1,11 @@
 """``python -m logviewer --root DIR``: serve the logviewer of the node rooted at DIR.
 
-The node's settings come from the effective config ``appliance up`` wrote into the run dir
-(the same values supervisord's other programs were rendered from); without one (a node not
-started yet) from ``<root>/etc/appliance/appliance.yaml`` or the defaults. ``--set`` overrides
-apply on top, like the ``appliance`` CLI's.
+The node's settings come from its running config (:mod:`appliance.runconfig`, what every
+program of the node runs with), followed on each request: a change applied by ``appliance up``
+or ``appliance reload`` shows without a restart. What it listens on is given on the command
+line (supervisord restarts it when that changes). Without a running config (a node not started
+yet) the settings come from ``<root>/etc/appliance/appliance.yaml`` or the defaults, with
+``--set`` overrides on top, like the ``appliance`` CLI's.
 
 It runs under waitress, a production WSGI server: a fixed pool of worker threads (live tail
 is short polling, so no request holds a thread for long), request bodies bounded, nothing
@@ -16,26 +18,23 @@ import argparse
 import logging
 import signal
 import sys
+from typing import Callable
 
-from appliance.config import (NodePaths, build, load_config, local_store, parse_overrides,
-                              resolve_root)
+from appliance import runconfig
+from appliance.config import Config, NodePaths, load_config, local_store, resolve_root
 from appliance.errors import ApplianceError
 
 
-def load(paths: NodePaths, overrides: list[str]):
-    import yaml
-
-    effective = paths.run / "effective.yaml"
-    if effective.exists():
-        values = yaml.safe_load(effective.read_text(encoding="utf-8")) or {}
-        extra, problems = parse_overrides(overrides)
-        if problems:
-            raise ApplianceError(f"bad --set: {problems}")
-        values.update(extra)
-        # An effective.yaml from before a key existed still gets that key's default.
-        return build(values)
+def config_source(paths: NodePaths, overrides: list[str]) -> Callable[[], Config]:
+    """The running config, followed (re-read when it changed); a fixed config from the file and
+    ``overrides`` when those are given or no node was started under ``paths``."""
+    if not overrides and runconfig.stamp(paths) is not None:
+        follow = runconfig.Follower(paths)
+        follow()   # an unreadable running config fails the start, not the first request
+        return lambda: follow().config
     config_file = paths.config_file if paths.config_file.exists() else None
-    return load_config(config_file, overrides)
+    config = load_config(config_file, overrides)
+    return lambda: config
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -47,12 +46,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", help="node root prefix (default $APPLIANCE_ROOT or /)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--address", help="listen address (default node.address)")
+    parser.add_argument("--port", type=int, help="listen port (default logviewer.port)")
     parser.add_argument("--threads", type=int, default=6, help="waitress worker threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     paths = NodePaths(resolve_root(args.root))
     try:
-        config = load(paths, args.overrides)
+        current = config_source(paths, args.overrides)
+        config = current()
     except ApplianceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -61,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
 
-    app = create_app(paths, config)
-    host, port = config.node.address, config.logviewer.port
+    app = create_app(paths, current)
+    host, port = args.address or config.node.address, args.port or config.logviewer.port
     logging.getLogger("logviewer").info("serving %s on http://%s:%d (logs %s, models %s)",
                                         paths.root, host, port, paths.logs,
                                         local_store(config, paths))

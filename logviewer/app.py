@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 from flask import Flask, jsonify, render_template, request
 from markupsafe import Markup, escape
@@ -20,29 +20,54 @@ from .models import ModelStore
 from .safepath import Refused
 
 
-@dataclass(frozen=True)
 class Site:
-    """What the views need to know about the node."""
+    """What the views need to know about the node, from its config as it is now.
 
-    paths: NodePaths
-    config: Config
-    log_root: Path
-    model_root: Path
-    store: ModelStore
-    admin_port: int
-    node_name: str
+    ``config`` is the running config, followed on every request (re-read only when its file
+    changed, :class:`appliance.runconfig.Follower`): a model added or access logging switched on
+    by ``appliance up``/``reload`` shows on the next page load, without a restart.
+    """
+
+    access_log = "access.log"
+
+    def __init__(self, paths: NodePaths, config: Callable[[], Config], rest_base: str | None,
+                 node_name: str) -> None:
+        self.paths = paths
+        self.log_root = paths.logs
+        self.node_name = node_name
+        self._config = config
+        self._rest_base = rest_base
 
     @property
-    def access_log(self) -> str:
-        return "access.log"
+    def config(self) -> Config:
+        return self._config()
+
+    @property
+    def model_root(self) -> Path:
+        """The local store: with a repository the agent's mirror, not the bucket."""
+        return local_store(self.config, self.paths)
+
+    @property
+    def store(self) -> ModelStore:
+        config = self.config
+        rest = self._rest_base or f"http://{config.connect_address()}:{config.serving.rest_port}"
+        return ModelStore(local_store(config, self.paths), config.model.names, rest,
+                          self.paths.quarantine)
+
+    @property
+    def admin_port(self) -> int:
+        return self.config.envoy.admin_port
 
 
-def create_app(paths: NodePaths, config: Config, *, rest_base: str | None = None) -> Flask:
-    """The app for the node rooted at ``paths`` with its effective ``config``.
+def create_app(paths: NodePaths, config: Config | Callable[[], Config], *,
+               rest_base: str | None = None) -> Flask:
+    """The app for the node rooted at ``paths``; ``config`` is its config, or what returns the
+    config as it is now (the running node's, followed per request).
 
     ``rest_base`` is where the model server's REST API answers (default: this node's
     ``serving.rest.port`` on its connect address).
     """
+    current = config if callable(config) else (lambda: config)
     app = Flask(__name__)
     # No 308 redirects that "clean up" '//' in a URL: a path with an empty part is refused (400).
     app.url_map.merge_slashes = False
@@ -53,19 +78,15 @@ def create_app(paths: NodePaths, config: Config, *, rest_base: str | None = None
         SESSION_COOKIE_NAME="appliance_logviewer",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_SECURE=config.logviewer.secure_cookies,
+        # Read at start: the logviewer listens on plain HTTP or behind TLS for its lifetime.
+        SESSION_COOKIE_SECURE=current().logviewer.secure_cookies,
         PERMANENT_SESSION_LIFETIME=timedelta(hours=12),
         MAX_CONTENT_LENGTH=64 * 1024,
         MAX_FORM_MEMORY_SIZE=64 * 1024,
         SEND_FILE_MAX_AGE_DEFAULT=300,
         TEMPLATES_AUTO_RELOAD=False,
     )
-    rest = rest_base or f"http://{config.connect_address()}:{config.serving.rest_port}"
-    store = local_store(config, paths)   # with a repository: the agent's mirror, not the bucket
-    app.extensions["logviewer"] = Site(
-        paths=paths, config=config, log_root=paths.logs, model_root=store,
-        store=ModelStore(store, config.model.names, rest, paths.quarantine),
-        admin_port=config.envoy.admin_port, node_name=socket.gethostname())
+    app.extensions["logviewer"] = Site(paths, current, rest_base, socket.gethostname())
     security.install(app)
     _filters(app)
 

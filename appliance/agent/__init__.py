@@ -1,8 +1,8 @@
 """The node agent: keeps the local model store in step with the model repository.
 
-This module is the agent's one composition root: :func:`build_syncer` wires config -> source ->
-local store -> downloader -> model server client. ``appliance agent`` runs it as a daemon under
-supervisord, ``appliance sync --once`` runs a single cycle.
+:func:`build_syncer` wires config -> source -> local store -> downloader -> model server
+client. ``appliance agent`` runs it as a daemon under supervisord (:mod:`.main`, the agent's
+entry point), ``appliance sync --once`` runs a single cycle.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import yaml
-
-from ..config import EFFECTIVE, Config, NodePaths, build, load_config, local_store
+from .. import runconfig
+from ..config import Config, NodePaths, load_config, local_store
 from ..errors import ConfigError
 from ..sources import open_source
 from .cycle import CycleReport, ModelServerClient, Syncer
@@ -27,14 +26,13 @@ __all__ = ["AgentDaemon", "CycleReport", "Syncer", "build_syncer", "load_agent_c
 
 def load_agent_config(paths: NodePaths, config_file: Path | None = None,
                       overrides: list[str] | None = None) -> Config:
-    """The node's config as ``up`` last rendered it, unless a file or overrides are given."""
-    effective = paths.run / EFFECTIVE
-    if config_file is None and not overrides and effective.exists():
-        values = yaml.safe_load(effective.read_text(encoding="utf-8")) or {}
+    """The node's running config, unless a file or overrides are given (or no node was started
+    here: then the node's config file, or the defaults)."""
+    if config_file is None and not overrides:
         try:
-            return build(values)
-        except ConfigError as exc:
-            raise ConfigError(exc.problems, str(effective)) from None
+            return runconfig.read(paths).config
+        except runconfig.NotStarted:
+            pass
     if config_file is None and paths.config_file.exists():
         config_file = paths.config_file
     return load_config(config_file, overrides)

@@ -20,7 +20,6 @@ ever changes by whole-version renames.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -29,6 +28,7 @@ from types import FrameType
 from typing import Callable, Iterable
 
 from ..errors import ApplianceError
+from ..runconfig import file_stamp
 from .cycle import Syncer
 from .state import StateFile
 
@@ -232,16 +232,7 @@ class _FailureLog:
 
 
 def _stamp(files: Iterable[Path]) -> tuple[tuple[int, int, int] | None, ...]:
-    """What identifies each file's current content cheaply (an atomic rewrite changes the inode)."""
-    out = []
-    for path in files:
-        try:
-            st = os.stat(path)
-        except OSError:
-            out.append(None)
-            continue
-        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(out)
+    return tuple(file_stamp(path) for path in files)
 
 
 def _what(syncer: Syncer | None) -> str:

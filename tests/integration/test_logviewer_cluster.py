@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -100,10 +99,7 @@ def envoy(tmp_path: Path, processes: Processes) -> Iterator[dict]:
 def test_cluster_page_shows_each_host_as_envoy_sees_it(envoy: dict, tmp_path: Path) -> None:
     for _ in range(5):
         assert requests.get(f"http://127.0.0.1:{envoy['listen']}/v1/models/m", timeout=5).ok
-    site = build_site(tmp_path)
-    # The site of a node whose Envoy admin is this Envoy's.
-    site.app.extensions["logviewer"] = replace(site.app.extensions["logviewer"],
-                                               admin_port=envoy["admin"])
+    site = build_site(tmp_path, admin_port=envoy["admin"])   # a node whose Envoy is this one
     site.login()
     html = text(site.client.get("/cluster"))
     assert "model_server_rest" in html

@@ -11,10 +11,12 @@ from typing import Iterator
 
 import pytest
 
+from appliance import runconfig
 from appliance.agent.state import read_state, state_path
 from appliance.config import NodePaths, load_config
 from logviewer import create_app, credentials
 from tests.conftest import Processes, free_port, wait_until
+from tests.integration.node_harness import CLI
 from tests.integration.objectstore_harness import ObjectStore, objectstore_for_module
 from tests.integration.test_sync import Node, make_model
 from tests.unit.test_logviewer_app import login, text
@@ -40,8 +42,11 @@ def test_the_models_pages_show_the_repository_as_the_agent_reports_it(
     store.boto3().delete_object(Bucket=store.bucket, Key=f"{MODEL}/2/saved_model.pb")
 
     paths = NodePaths(node.root)
+    pairs = [a for a in node.overrides if a != "--set"]
+    # The agent follows the node's running config (what `up` records): no node runs here.
+    runconfig.publish(paths, load_config(None, pairs), None, pairs)
     log = tmp_path / "agent.log"
-    agent = processes.start(node.cmd("agent"), log=log, env=store.env())
+    agent = processes.start(CLI + ["--root", str(node.root), "agent"], log=log, env=store.env())
     path = state_path(paths)
     doc = wait_until(lambda: (d := read_state(path)) and d["models_cycle"]
                      and d["models"][MODEL]["local"] == ["1"] and d, 180,
@@ -53,7 +58,6 @@ def test_the_models_pages_show_the_repository_as_the_agent_reports_it(
     assert [(v["version"], v["status"]) for v in doc["models"][MODEL]["repository"]] in (
         [(2, "refused"), (1, "installed")], [(2, "refused"), (1, "in store")])
 
-    pairs = [a for a in node.overrides if a != "--set"]
     app = create_app(paths, load_config(None, pairs), rest_base=f"http://127.0.0.1:{free_port()}")
     app.config["TESTING"] = True
     client = app.test_client()

@@ -57,7 +57,8 @@ def test_supervisord_runs_the_logviewer_unless_disabled(tmp_path: Path) -> None:
     paths = NodePaths(tmp_path)
     files = {f.path.name: f.content for f in render.render_all(load_config(None), paths)}
     program = _programs(files["supervisord.conf"])["logviewer"]
-    assert program["command"] == f"{sys.executable} -m logviewer --root {tmp_path}"
+    # What it listens on is on its command line: a change restarts it; the rest it follows.
+    assert program["command"] == f"{sys.executable} -m logviewer --root {tmp_path} --address 0.0.0.0 --port 8090"
     assert program["stdout_logfile"] == f"{paths.logs}/logviewer.log"
     assert program["autorestart"] == "true" and program["stopasgroup"] == "true"
     disabled = render.render_all(load_config(None, ["logviewer.enabled=false"]), paths)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import socket
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Iterator
 import pytest
 import requests
 
+from appliance import runconfig
+from appliance.config import NodePaths
 from tests.conftest import Processes, wait_until
 from tests.integration.node_harness import CLI, NodeUnderTest, new_node, node_running, wait_gone
 from tests.jpeg import make_jpeg
@@ -259,6 +262,76 @@ def test_up_with_a_changed_config_touches_only_what_changed(node: NodeUnderTest)
     assert again["model_server"] == before["model_server"] and "logviewer" in again
     resnet = requests.get(f"{node.url}/v1/models/resnet", timeout=30).json()
     assert resnet["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def _logviewer(node: NodeUnderTest) -> requests.Session:
+    """A logged-in session of the node's logviewer (a new password, set through the CLI)."""
+    said = node.cli("logviewer-password")
+    password = re.search(r"shown once\): (\S+)", said.stdout).group(1)
+    session = requests.Session()
+    login = session.get(f"{node.logviewer_url}/login", timeout=30)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', login.text).group(1)
+    assert session.post(f"{node.logviewer_url}/login", timeout=30,
+                        data={"password": password, "csrf_token": token}).ok
+    return session
+
+
+def _pids(node: NodeUnderTest) -> dict[str, int]:
+    return {p["name"]: p["pid"] for p in node.status()["processes"]}
+
+
+def test_a_change_reaches_envoy_and_the_logviewer_and_reload_does_what_up_does(
+        node: NodeUnderTest) -> None:
+    """`reload` and `up` on a running node are one path (control.apply): switching the access log
+    off and on reaches Envoy (its listeners, through LDS) and the logviewer's pages, and no
+    process restarts: the logviewer and the agent follow the running config."""
+    session = _logviewer(node)
+    kept = ("logviewer", "agent", "model_server", "envoy")
+    before = _pids(node)
+    off = [*node.overrides, "--set", "sync.interval.seconds=1", "--set", "enable.access.log=false"]
+    reloaded = node.cli("reload", "--timeout", "120", *off)
+    assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+    assert "running config changed" in reloaded.stdout
+    assert "Envoy swapped them in (no restart)" in reloaded.stdout
+    assert "enable.access.log=true" in session.get(f"{node.logviewer_url}/access", timeout=30).text
+    same = node.cli("up", "--timeout", "120", *off)
+    assert same.returncode == 0 and "already up; nothing changed" in same.stdout, same.stdout
+    on = node.cli("up", "--timeout", "120", *EXTRA, *node.overrides)
+    assert on.returncode == 0, on.stdout + on.stderr
+    again = node.cli("reload", "--timeout", "120", *EXTRA, *node.overrides)
+    assert again.returncode == 0 and "already up; nothing changed" in again.stdout, again.stdout
+    answer = requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict",
+                           data='{"instances": [1.0]}', timeout=30)
+    assert answer.status_code == 200
+    page = wait_until(lambda: (text := session.get(f"{node.logviewer_url}/access", timeout=30).text)
+                      and ":predict" in text and text, 30, what="the request on the Access log page")
+    assert "enable.access.log=true" not in page, "the page says the access log is on"
+    after = _pids(node)
+    assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
+
+
+def test_an_invalid_edit_of_the_config_file_changes_nothing(node: NodeUnderTest) -> None:
+    """The agent applies a valid edit of the config file (tested with cluster.members above);
+    an invalid one is logged by key path -- never its value -- and nothing changes."""
+    config_file = node.root / "etc/appliance/appliance.yaml"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    kept = config_file.read_text() if config_file.exists() else ""
+    paths = NodePaths(node.root)
+    rendered = [paths.run / name for name in ("supervisord.conf", "envoy.yaml", "models.config")]
+    before = (runconfig.read(paths).values, [p.read_bytes() for p in rendered])
+    pids = _pids(node)
+    agent_log = node.root / "var/log/appliance/agent.log"
+    try:
+        config_file.write_text(kept + "sync.concurrency: SOONISH\n")
+        wait_until(lambda: "keys: sync.concurrency" in agent_log.read_text(), 30,
+                   what="the agent to refuse the edit")
+        assert "SOONISH" not in agent_log.read_text()
+        refused = node.cli("reload", *EXTRA, *node.overrides)
+        assert refused.returncode == 2 and "sync.concurrency" in refused.stderr
+    finally:
+        config_file.write_text(kept)
+    assert (runconfig.read(paths).values, [p.read_bytes() for p in rendered]) == before
+    assert _pids(node) == pids
 
 
 def test_doctor_finds_nothing_wrong_on_a_healthy_serving_node(node: NodeUnderTest) -> None:

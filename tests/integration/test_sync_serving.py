@@ -18,6 +18,8 @@ from typing import Iterator
 import pytest
 import requests
 
+from appliance import runconfig
+from appliance.config import NodePaths
 from tests.conftest import wait_until
 from tests.integration.node_harness import CLI, NodeUnderTest, new_node, node_running
 from tests.integration.objectstore_harness import ObjectStore, objectstore_for_module
@@ -83,8 +85,7 @@ def test_the_agent_runs_under_supervisord_with_env_credentials_only(
     wait_until(lambda: "cycle" in log.read_text(), timeout=60, what="a status line in agent.log")
     text = "".join(p.read_text(errors="replace") for p in (node.root / "var").rglob("*.log"))
     assert repo.secret_key not in text
-    effective = (node.root / "var/lib/appliance/run/effective.yaml").read_text()
-    assert repo.secret_key not in effective
+    assert repo.secret_key not in runconfig.path(NodePaths(node.root)).read_text()
 
 
 def test_cli_and_s3cmd_pushes_are_served_through_envoy(

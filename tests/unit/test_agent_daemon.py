@@ -21,7 +21,8 @@ from appliance.agent.daemon import AgentDaemon
 from appliance.agent.state import StateFile, read_state, state_path
 from appliance.agent.store import LocalStore
 from appliance.agent.transfer import Downloader
-from appliance.config import NodePaths
+from appliance import runconfig
+from appliance.config import NodePaths, load_config
 from appliance.membership import MembershipWatch, eds_path
 from appliance.sources.local import LocalSource
 from tests.conftest import wait_until
@@ -43,25 +44,26 @@ def stopper() -> Iterator[list[tuple[AgentDaemon, threading.Thread]]]:
         thread.join(30)
 
 
-def test_a_members_edit_reaches_envoy_without_waiting_for_an_interval(node: NodePaths,
-                                                                     stopper) -> None:
+def test_a_running_config_change_reaches_envoy_without_waiting_for_an_interval(
+        node: NodePaths, stopper) -> None:
     watch = MembershipWatch(node)
     daemon = AgentDaemon(lambda: (None, 3600.0), tick=watch.refresh,
-                         state=StateFile(state_path(node)), watch_files=watch.files)
+                         state=StateFile(state_path(node)),
+                         watch_files=lambda: [runconfig.path(node)])
     stopper.append((daemon, _run(daemon)))
     eds = eds_path(node, "model_server_rest")
     wait_until(lambda: eds.exists() and "127.0.0.1" in eds.read_text(), 10, what="first EDS")
-    edited = time.monotonic()
-    node.config_file.write_text("node.address: 127.0.0.1\nmodel.name: m,empty\n"
-                                "cluster.members: 127.0.0.1,127.0.0.9\n")
+    changed = time.monotonic()
+    runconfig.publish(node, load_config(None, ["node.address=127.0.0.1", "model.name=m,empty",
+                                               "cluster.members=127.0.0.1,127.0.0.9"]), None, [])
     wait_until(lambda: "127.0.0.9" in eds.read_text(), 10, interval=0.02,
                what="the new member in the EDS file")
-    assert time.monotonic() - edited < 3.0, "within the watch period, not the hour-long interval"
-    # A broken edit keeps the endpoints and says why, once.
-    node.config_file.write_text("cluster.members: not-an-ip\n")
+    assert time.monotonic() - changed < 3.0, "within the watch period, not the hour-long interval"
+    # A running config that cannot be read keeps the endpoints and says why, once.
+    runconfig.path(node).write_text("values: [not, a, mapping]\n")
     doc = wait_until(lambda: (d := read_state(state_path(node))) and d["membership"]["error"]
                      and d, 10, what="the error in the state file")
-    assert "not-an-ip" in doc["membership"]["error"]
+    assert doc["membership"]["error"]
     assert "127.0.0.9" in eds.read_text()
 
 

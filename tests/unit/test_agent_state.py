@@ -18,7 +18,8 @@ from appliance.agent.daemon import AgentDaemon
 from appliance.agent.state import FORMAT, StateFile, read_state, state_path
 from appliance.agent.store import LocalStore
 from appliance.agent.transfer import Downloader
-from appliance.config import NodePaths
+from appliance import runconfig
+from appliance.config import NodePaths, load_config
 from appliance.membership import MembershipWatch
 from appliance.sources.base import MANIFEST_FORMAT, MANIFEST_SUFFIX
 from appliance.sources.local import LocalSource
@@ -57,6 +58,7 @@ def node(tmp_path: Path) -> NodePaths:
     paths = NodePaths(tmp_path / "node")
     paths.etc.mkdir(parents=True)
     paths.config_file.write_text("node.address: 127.0.0.1\nmodel.name: m,empty\n")
+    runconfig.publish(paths, load_config(paths.config_file), paths.config_file, [])
     return paths
 
 

@@ -65,8 +65,10 @@ def access_line(i: int, status: int = 200, model: str = MODEL, upstream: str = "
         "client": "192.0.2.9", "request_id": f"req-{i}"})
 
 
-def build_site(tmp: Path, model_server_url: str = "http://127.0.0.1:9") -> Site:
-    """A node root with real files; the model server URL defaults to one nothing answers."""
+def build_site(tmp: Path, model_server_url: str = "http://127.0.0.1:9",
+               admin_port: int | None = None) -> Site:
+    """A node root with real files; the model server URL defaults to one nothing answers, Envoy's
+    admin port (``admin_port``) to a free one."""
     secret = f"TOPSECRET-{secrets.token_hex(8)}"
     etc_secret = f"ETCSECRET-{secrets.token_hex(8)}"
     (tmp / "outside").mkdir()
@@ -80,7 +82,7 @@ def build_site(tmp: Path, model_server_url: str = "http://127.0.0.1:9") -> Site:
     (paths.etc / "secret.txt").write_text(etc_secret + "\n")
     # Envoy's admin on a port nothing listens on, so "/cluster" never sees a stray Envoy.
     (paths.etc / "appliance.yaml").write_text(f"# {etc_secret}\nmodel.name: {MODEL}\n"
-                                              f"envoy.admin.port: {free_port()}\n")
+                                              f"envoy.admin.port: {admin_port or free_port()}\n")
     (logs / "model_server.log").write_text(
         "".join(f"2025-03-01 10:00:{i:02d} I server.cc:1] line {i}\n" for i in range(50))
         + "2025-03-01 10:01:00 E server.cc:9] Loading servable failed: <script>alert(1)</script>\n")

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from appliance import cli
-from appliance.config import NodePaths, load_config, record_sources
+from appliance import runconfig
+from appliance.config import NodePaths, load_config
 from tests import onnxmodels
 
 CONFIG = """\
@@ -112,7 +113,8 @@ def test_a_file_without_model_name_gets_the_default_list_plus_the_model(root: Pa
 def test_an_override_of_up_that_wins_over_the_file_is_refused(
         root: Path, capsys: pytest.CaptureFixture) -> None:
     paths = NodePaths(root)
-    record_sources(paths, paths.config_file, ["model.name=half", "http.port=8081"])
+    overrides = ["model.name=half", "http.port=8081"]
+    runconfig.publish(paths, load_config(paths.config_file, overrides), paths.config_file, overrides)
     before = config_text(root)
     assert run(root, "models", "add", "onx") == 1
     assert "started with `--set model.name...`" in capsys.readouterr().err
