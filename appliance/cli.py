@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import Config, NodePaths, effective_values, load_config, resolve_root
 from .errors import ApplianceError, ConfigError
-from . import models_cli
+from . import models_cli, releases
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     builtin = sub.add_parser("builtin-models", help="build the built-in models into the local store")
     builtin.add_argument("--only", action="append", help="build only this model (repeatable)")
     models_cli.add_parsers(sub)   # models push|ls, sync --once, agent, objectstore
+    releases.add_parsers(sub)     # releases, upgrade RELEASE, rollback
     password = sub.add_parser("logviewer-password",
                               help="set a new random password of the log browser and print it once")
     password.add_argument("--if-absent", action="store_true",
@@ -59,8 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("addresses", nargs="*", metavar="ADDR", help="serving node IP address(es)")
     dev = with_overrides(sub.add_parser(
         "dev-cluster", help="N complete nodes on this machine, each on its own loopback address"))
-    dev.add_argument("action", choices=["up", "down", "status", "add-node", "remove-node"])
-    dev.add_argument("name", nargs="?", help="remove-node: the node's name (e.g. serving-2)")
+    dev.add_argument("action", choices=["up", "down", "status", "add-node", "remove-node",
+                                        "upgrade", "rollback"])
+    dev.add_argument("name", nargs="?", help="remove-node: the node's name (e.g. serving-2); "
+                     "upgrade: the release (one node at a time, no request lost)")
+    dev.add_argument("--release", type=Path,
+                     help="up: run every node from this release dir (<prefix>/opt/appliance/releases/<id>)")
     dev.add_argument("--dir", type=Path, default=Path(".dev-cluster"),
                      help="where the nodes' roots live (default ./.dev-cluster)")
     dev.add_argument("--serving", type=int, default=3, help="serving nodes (default 3)")
@@ -107,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
     if args.command in models_cli.COMMANDS:
         return models_cli.dispatch(args, paths)
+    if args.command in releases.COMMANDS:
+        return releases.dispatch(args, paths)
     from .node import Node  # after config: keeps `validate-config` light
 
     if args.command == "doctor":
@@ -154,15 +161,22 @@ def _dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
             if problems:
                 raise ConfigError(problems)
             devcluster.up(args.dir, args.serving, args.repo, args.models.split(","), overrides,
-                          args.first_address, args.admin_port_base)
+                          args.first_address, args.admin_port_base, release=args.release)
         elif args.action == "down":
             devcluster.down(args.dir)
         elif args.action == "add-node":
             devcluster.add_serving(args.dir)
-        elif args.action == "remove-node":
+        elif args.action in ("remove-node", "upgrade"):
             if not args.name:
-                raise ApplianceError("dev-cluster remove-node needs the node's name, e.g. serving-2")
-            devcluster.remove_serving(args.dir, args.name)
+                raise ApplianceError(f"dev-cluster {args.action} needs "
+                                     + ("the node's name, e.g. serving-2" if args.action == "remove-node"
+                                        else "a release, e.g. 0.1.0-84e0155aacab"))
+            if args.action == "upgrade":
+                devcluster.rolling_switch(args.dir, args.name)
+            else:
+                devcluster.remove_serving(args.dir, args.name)
+        elif args.action == "rollback":
+            devcluster.rolling_switch(args.dir, None)
         else:
             print(devcluster.status(args.dir))
         return 0

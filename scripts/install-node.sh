@@ -13,8 +13,9 @@
 #     install points <prefix>/opt/appliance/current at it, a later one only adds its release next
 #     to the running one (`appliance upgrade <release>` switches, `appliance rollback` goes back);
 #     `appliance` (current's) linked into /usr/local/bin;
-#   - the node's directories (DESIGN.md): /etc/appliance, /data/models, /var/lib/appliance/run,
-#     /var/log/appliance;
+#   - the node's directories (DESIGN.md): /data/models, /data/objectstore, /data/etc with
+#     /etc/appliance linked to it (all of a node's state on /data, which can be its own volume),
+#     /var/lib/appliance/run, /var/log/appliance;
 #   - a systemd unit (supervisor/appliance.service.in) whose start renders the config from
 #     cloud-init user data (`appliance bootstrap`) and runs `appliance up --foreground`;
 #   - logrotate for the logs supervisord does not rotate itself (Envoy's access log);
@@ -43,6 +44,8 @@
 #   --with-tensorflow-model-server   install the real tensorflow_model_server (download, sha256-checked)
 #   --tensorflow-model-server-sha256 HASH   the checksum to require for it (see TFS_* below)
 #   --with-minio          install the real minio server binary (download, sha256-checked)
+#   --uninstall           stop the node and remove its code, unit and links; keep its data
+#   --purge               with --uninstall: remove the data, config, logs (and the service user) too
 set -euo pipefail
 
 # ---------------------------------------------------------------------------- pinned downloads
@@ -185,16 +188,61 @@ ensure_user() {
 ensure_dirs() {
   ensure_dir "$ROOT_NOSLASH/opt/appliance" 0755
   ensure_dir "$ROOT_NOSLASH/opt/appliance/bin" 0755
-  # The service user writes here: the logviewer keeps its 0600 secrets next to the config.
-  ensure_dir "$ROOT_NOSLASH/etc/appliance" 0700 "$SERVICE_USER"
   # The node's data: the model store, and the repo node's object store (repo.data.path), which
   # the store, running as the service user, creates and writes on first start.
   ensure_dir "$ROOT_NOSLASH/data" 0755 "$SERVICE_USER"
+  # The service user writes here: the logviewer keeps its 0600 secrets next to the config.
+  ensure_dir "$ROOT_NOSLASH/data/etc" 0700 "$SERVICE_USER"
+  ensure_config_link
   ensure_dir "$ROOT_NOSLASH/data/models" 0755 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/data/objectstore" 0750 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/var/lib/appliance" 0750 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/var/lib/appliance/run" 0750 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/var/log/appliance" 0750 "$SERVICE_USER"
+}
+
+# /etc/appliance -> ../data/etc: the config and the credentials generated on first boot live with
+# the models and the object store, so a VM replaced from a new image onto the same /data volume
+# keeps all of its state. The config dir of an install made before moves there once.
+ensure_config_link() {
+  local etc="$ROOT_NOSLASH/etc/appliance" data="$ROOT_NOSLASH/data/etc"
+  if [ -d "$etc" ] && [ ! -L "$etc" ]; then
+    if [ -n "$(ls -A "$etc")" ]; then
+      [ -z "$(ls -A "$data")" ] || die "$etc and $data both hold a config: keep one, remove the other"
+      find "$etc" -mindepth 1 -maxdepth 1 -exec mv -t "$data" {} +
+      log "moved the config in $etc to $data"
+    fi
+    rm -rf "$etc"
+  fi
+  ensure_link ../data/etc "$etc"
+}
+
+# --uninstall: stop the node, remove the code, the unit and the links; keep the node's data
+# (/data: models, object store, config; /var/lib/appliance, /var/log/appliance) unless --purge.
+uninstall() {
+  local unit="$ROOT_NOSLASH/etc/systemd/system/appliance.service" dir
+  if [ "$ROOT" = / ] && [ -f "$unit" ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now appliance.service >&2 || true
+  elif [ -x "$VENV/bin/appliance" ] && [ -f "$ROOT_NOSLASH/var/lib/appliance/run/supervisord.pid" ]; then
+    "$VENV/bin/appliance" --root "$ROOT" down >&2 || true
+  fi
+  rm -f "$unit" "$ROOT_NOSLASH/etc/logrotate.d/appliance" "$ROOT_NOSLASH/usr/local/bin/appliance"
+  [ "$ROOT" != / ] || ! command -v systemctl >/dev/null 2>&1 || systemctl daemon-reload || true
+  rm -rf "$ROOT_NOSLASH/opt/appliance" "$ROOT_NOSLASH/opt/app/test"
+  log "removed the code (releases), the unit, logrotate's config and the links"
+  if [ "$PURGE" = 1 ]; then
+    for dir in data/etc data/models data/objectstore etc/appliance var/lib/appliance var/log/appliance; do
+      rm -rf "${ROOT_NOSLASH:?}/$dir"
+    done
+    rmdir "$ROOT_NOSLASH/data" 2>/dev/null || true
+    if [ "$ROOT" = / ] && [ -n "$SERVICE_USER" ] && id -u "$SERVICE_USER" >/dev/null 2>&1; then
+      userdel "$SERVICE_USER"
+    fi
+    log "purged the node's data, config and logs"
+  else
+    log "kept the node's data: $ROOT_NOSLASH/data (models, object store, config), $ROOT_NOSLASH/var/lib/appliance,"
+    log "  $ROOT_NOSLASH/var/log/appliance (--uninstall --purge removes them); a new install uses them again"
+  fi
 }
 
 # The checkout's package files, copied to a scratch dir: pip builds there (not in the checkout,
@@ -361,6 +409,8 @@ main() {
   WITH_MINIO=0
   PIP_ARGS=()
   DEPS_FROM=""
+  UNINSTALL=0
+  PURGE=0
   while [ $# -gt 0 ]; do
     case "$1" in
       --prefix) ROOT=${2:?--prefix needs a directory}; shift 2 ;;
@@ -371,6 +421,8 @@ main() {
       --no-systemd) SYSTEMD=no; shift ;;
       --memory-max) MEMORY_MAX=${2:?--memory-max needs a size}; shift 2 ;;
       --pip-arg) PIP_ARGS+=("${2:?--pip-arg needs a value}"); shift 2 ;;
+      --uninstall) UNINSTALL=1; shift ;;
+      --purge) PURGE=1; shift ;;
       --deps-from) DEPS_FROM=$(cd "${2:?--deps-from needs a venv}" && pwd); shift 2 ;;
       --with-builtin-models) WITH_BUILTIN_MODELS=1; shift ;;
       --with-tensorflow-model-server) WITH_TFS=1; shift ;;
@@ -414,6 +466,11 @@ main() {
     done
   fi
 
+  if [ "$UNINSTALL" = 1 ]; then
+    uninstall
+    return 0
+  fi
+  [ "$PURGE" = 0 ] || die "--purge goes with --uninstall"
   log "installing a node under $ROOT from $SOURCE"
   ensure_os_packages
   [ -n "$PYTHON" ] || die "Python 3.11 is required (pass --python /path/to/python3.11)"
