@@ -245,9 +245,7 @@ def rolling_switch(base: Path, release: str | None, names: list[str] | None = No
         others = [n for n in nodes if n is not node]
         live = _live_nodes(others, progress)
         if node.role == "serving":
-            healthy = [n.address for n in live if n.role == "serving"]
-            if not healthy:
-                raise ApplianceError(f"{node.name} is the last healthy serving node: not taken out")
+            _check_not_last(node, nodes, live)
             for other in others:
                 _change_members(other, "remove-node", node.address, other in live, progress)
             for other in live:
@@ -260,6 +258,14 @@ def rolling_switch(base: Path, release: str | None, names: list[str] | None = No
                 _change_members(other, "add-node", node.address, other in live, progress)
             wait_in_rotation(live + [node], [node.address], progress)
         progress(f"{node.name} serves on {target}")
+
+
+def _check_not_last(node: DevNode, nodes: list[DevNode], live: list[DevNode]) -> None:
+    """Refuse to take ``node`` out when no other serving node is healthy in a running Envoy."""
+    others = [n.address for n in nodes if n.role == "serving" and n is not node]
+    healthy = set(others) - set(unhealthy_of(live[0].admin_port, others)) if live else set()
+    if not healthy:
+        raise ApplianceError(f"{node.name} is the last healthy serving node: not taken out")
 
 
 def _live_nodes(nodes: list[DevNode], progress: Callable[[str], None]) -> list[DevNode]:

@@ -115,15 +115,23 @@ def switch_node(paths: NodePaths, release: str, progress: Callable[[str], None] 
         _run(["systemctl", "restart", UNIT], "restarting the unit")
         progress(f"switched to release {release}; the unit restarted (systemctl status {UNIT})")
         return
-    from .node import Node
-
-    running = Node.from_run_dir(paths).supervisor.is_running()
+    running = _running(paths)
     if running:
         _run([str(releases.appliance()), "--root", str(paths.root), "down"], "stopping the node")
     releases.switch(release)
     if running:
         _run([str(releases.appliance()), "--root", str(paths.root), "up"], f"starting {release}")
     progress(f"switched to release {release}" + (" and started" if running else ""))
+
+
+def _running(paths: NodePaths) -> bool:
+    """Whether the node's supervisord runs (a node never started has no run dir to ask)."""
+    from .node import Node
+
+    try:
+        return Node.from_run_dir(paths).supervisor.is_running()
+    except ApplianceError:
+        return False
 
 
 def rollback_release(paths: NodePaths) -> str:

@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +25,7 @@ import pytest
 import requests
 import yaml
 
+from appliance.releases import Releases, release_env
 from tests.conftest import REPO, Processes, free_port, wait_until
 from tests.integration.node_harness import wait_gone
 
@@ -113,7 +115,7 @@ def test_the_layout_of_design_md_and_the_system_files(installed: tuple[Path, Pat
     # Not editable: the package lives in the venv, not in the source snapshot.
     where = subprocess.run([str(root / "opt/appliance/current/bin/python"), "-c",
                             "import appliance; print(appliance.__file__)"],
-                           capture_output=True, text=True, check=True, cwd=root).stdout
+                           capture_output=True, text=True, check=True, cwd=root, env=release_env()).stdout
     assert where.startswith(str(root / "opt/appliance/current/lib/"))
     unit = (root / "etc/systemd/system/appliance.service").read_text()
     assert f"ExecStart={root}/opt/appliance/current/bin/appliance --root {root} up --foreground" in unit
@@ -486,3 +488,52 @@ def test_a_repo_node_and_a_serving_node_run_as_the_service_user_and_serve_a_push
 
 def _uid_of(pid: int) -> int:
     return Path(f"/proc/{pid}").stat().st_uid
+
+
+# ----------------------------------------------------------------------------- releases, uninstall
+
+
+def _install_release(source: Path, root: Path, *options: str) -> str:
+    """A release reading its dependencies from the test venv (seconds); the release id."""
+    done = _install(source, root, "--deps-from", sys.prefix, "--no-systemd", *options)
+    assert done.returncode == 0, done.stderr[-5000:]
+    return done.stdout.split()[-1]
+
+
+@pytest.mark.slow
+def test_releases_side_by_side_an_uninstall_that_keeps_the_data_and_a_purge(tmp_path: Path) -> None:
+    """A config made before the data path moves onto it; a second release never touches the
+    current one; --uninstall removes the code and keeps the node's state, which a new install
+    finds again; --purge removes that too."""
+    source = _snapshot_source(tmp_path / "src")
+    root = tmp_path / "root"
+    (root / "etc/appliance").mkdir(parents=True)
+    (root / "etc/appliance/appliance.yaml").write_text("model.name: kept\n")
+    first = _install_release(source, root)
+    releases = Releases(root)
+    assert releases.current() == first and releases.installed() == [first]
+    assert os.readlink(root / "etc/appliance") == "../data/etc"
+    assert (root / "data/etc/appliance.yaml").read_text() == "model.name: kept\n"
+    assert stat.S_IMODE((root / "data/etc").stat().st_mode) == 0o700
+
+    (source / "appliance/releases.py").write_text((source / "appliance/releases.py").read_text() + "\n")
+    second = _install_release(source, root)
+    assert second != first and releases.installed() == [first, second]
+    assert releases.current() == first                  # installed next to it, not switched to
+    switched = subprocess.run([str(releases.appliance(second)), "--root", str(root), "upgrade", second],
+                              capture_output=True, text=True, timeout=120, cwd="/")
+    assert switched.returncode == 0, switched.stderr    # a stopped node: only the link switches
+    assert (releases.current(), releases.previous()) == (second, first)
+
+    (root / "data/models/m/1").mkdir(parents=True)
+    gone = _install(source, root, "--uninstall")
+    assert gone.returncode == 0, gone.stderr
+    assert not (root / "opt/appliance").exists() and not (root / "usr/local/bin/appliance").is_symlink()
+    assert (root / "data/etc/appliance.yaml").exists() and (root / "data/models/m/1").is_dir()
+    assert "kept the node's data" in gone.stderr
+    _install_release(source, root)
+    assert (root / "etc/appliance/appliance.yaml").read_text() == "model.name: kept\n"
+    purged = _install(source, root, "--uninstall", "--purge")
+    assert purged.returncode == 0, purged.stderr
+    assert not any((root / d).exists() or (root / d).is_symlink()
+                   for d in ("data", "etc/appliance", "var/lib/appliance", "var/log/appliance", "opt/appliance"))
