@@ -210,12 +210,8 @@ def remove_serving(base: Path, name: str, progress: Callable[[str], None] = prin
     node = next((n for n in nodes if n.name == name and n.role == "serving"), None)
     if node is None:
         raise ApplianceError(f"no serving node {name} in the dev cluster")
-    live = _live_nodes([n for n in nodes if n is not node], progress)
-    for other in nodes:
-        if other is not node:
-            _change_members(other, "remove-node", node.address, other in live, progress)
-    for other in live:
-        _wait_gone_from_envoy(other, node.address)
+    others = [n for n in nodes if n is not node]
+    _take_out(node, others, _live_nodes(others, progress), progress)
     _check(_cli(Path(node.root), "down", timeout=300), f"stopping {name}")
     nodes.remove(node)
     write_atomic(Path(base).resolve() / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
@@ -246,10 +242,7 @@ def rolling_switch(base: Path, release: str | None, names: list[str] | None = No
         live = _live_nodes(others, progress)
         if node.role == "serving":
             _check_not_last(node, nodes, live)
-            for other in others:
-                _change_members(other, "remove-node", node.address, other in live, progress)
-            for other in live:
-                _wait_gone_from_envoy(other, node.address)
+            _take_out(node, others, live, progress)
             time.sleep(DRAIN_SECONDS)
         progress(f"{node.name} ({node.address}): {releases.current()} -> {target}")
         switch_node(NodePaths(Path(node.root)), target, progress)
@@ -258,6 +251,15 @@ def rolling_switch(base: Path, release: str | None, names: list[str] | None = No
                 _change_members(other, "add-node", node.address, other in live, progress)
             wait_in_rotation(live + [node], [node.address], progress)
         progress(f"{node.name} serves on {target}")
+
+
+def _take_out(node: DevNode, others: list[DevNode], live: list[DevNode],
+              progress: Callable[[str], None]) -> None:
+    """Remove ``node`` from every other node's members; wait until no running Envoy lists it."""
+    for other in others:
+        _change_members(other, "remove-node", node.address, other in live, progress)
+    for other in live:
+        _wait_gone_from_envoy(other, node.address)
 
 
 def _check_not_last(node: DevNode, nodes: list[DevNode], live: list[DevNode]) -> None:
