@@ -44,6 +44,7 @@
 #   --with-tensorflow-model-server   install the real tensorflow_model_server (download, sha256-checked)
 #   --tensorflow-model-server-sha256 HASH   the checksum to require for it (see TFS_* below)
 #   --with-minio          install the real minio server binary (download, sha256-checked)
+#   --keep-releases N     releases kept (default 3; the current and previous ones always)
 #   --uninstall           stop the node and remove its code, unit and links; keep its data
 #   --purge               with --uninstall: remove the data, config, logs (and the service user) too
 set -euo pipefail
@@ -199,6 +200,20 @@ ensure_dirs() {
   ensure_dir "$ROOT_NOSLASH/var/lib/appliance" 0750 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/var/lib/appliance/run" 0750 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/var/log/appliance" 0750 "$SERVICE_USER"
+}
+
+# Only the newest --keep-releases releases stay (each is a whole venv, ~2 GB with TensorFlow),
+# and never the current or the previous one: a rollback always finds its release.
+prune_releases() {
+  local stamp name keep_link=("$(readlink "$VENV" 2>/dev/null || true)"
+                              "$(readlink "$ROOT_NOSLASH/opt/appliance/previous" 2>/dev/null || true)")
+  ls -1t "$RELEASES"/*/.appliance-release 2>/dev/null | tail -n +$((KEEP_RELEASES + 1)) |
+    while read -r stamp; do
+      name=$(basename "$(dirname "$stamp")")
+      [[ " ${keep_link[*]} " == *" releases/$name "* ]] && continue
+      rm -rf "${RELEASES:?}/$name"
+      log "removed the old release $name"
+    done
 }
 
 # /etc/appliance -> ../data/etc: the config and the credentials generated on first boot live with
@@ -410,6 +425,7 @@ main() {
   PIP_ARGS=()
   DEPS_FROM=""
   UNINSTALL=0
+  KEEP_RELEASES=3
   PURGE=0
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -422,6 +438,7 @@ main() {
       --memory-max) MEMORY_MAX=${2:?--memory-max needs a size}; shift 2 ;;
       --pip-arg) PIP_ARGS+=("${2:?--pip-arg needs a value}"); shift 2 ;;
       --uninstall) UNINSTALL=1; shift ;;
+      --keep-releases) KEEP_RELEASES=${2:?--keep-releases needs a number}; shift 2 ;;
       --purge) PURGE=1; shift ;;
       --deps-from) DEPS_FROM=$(cd "${2:?--deps-from needs a venv}" && pwd); shift 2 ;;
       --with-builtin-models) WITH_BUILTIN_MODELS=1; shift ;;
@@ -471,6 +488,7 @@ main() {
     return 0
   fi
   [ "$PURGE" = 0 ] || die "--purge goes with --uninstall"
+  [[ $KEEP_RELEASES =~ ^[1-9][0-9]*$ ]] || die "--keep-releases $KEEP_RELEASES: expected a number of 1 or more"
   log "installing a node under $ROOT from $SOURCE"
   ensure_os_packages
   [ -n "$PYTHON" ] || die "Python 3.11 is required (pass --python /path/to/python3.11)"
@@ -478,6 +496,7 @@ main() {
   ensure_dirs
   ensure_release
   ensure_current
+  prune_releases
   ensure_links
   ensure_clients
   ensure_system_files

@@ -500,10 +500,16 @@ def _install_release(source: Path, root: Path, *options: str) -> str:
     return done.stdout.split()[-1]
 
 
+def _upgrade(releases: Releases, root: Path, release: str) -> None:
+    switched = subprocess.run([str(releases.appliance(release)), "--root", str(root), "upgrade", release],
+                              capture_output=True, text=True, timeout=120, cwd="/", env=release_env())
+    assert switched.returncode == 0, switched.stderr
+
+
 @pytest.mark.slow
 def test_releases_side_by_side_an_uninstall_that_keeps_the_data_and_a_purge(tmp_path: Path) -> None:
     """A config made before the data path moves onto it; a second release never touches the
-    current one; --uninstall removes the code and keeps the node's state, which a new install
+    current one; old releases are pruned, never the current or previous one; --uninstall removes the code and keeps the node's state, which a new install
     finds again; --purge removes that too."""
     source = _snapshot_source(tmp_path / "src")
     root = tmp_path / "root"
@@ -520,10 +526,15 @@ def test_releases_side_by_side_an_uninstall_that_keeps_the_data_and_a_purge(tmp_
     second = _install_release(source, root)
     assert second != first and releases.installed() == [first, second]
     assert releases.current() == first                  # installed next to it, not switched to
-    switched = subprocess.run([str(releases.appliance(second)), "--root", str(root), "upgrade", second],
-                              capture_output=True, text=True, timeout=120, cwd="/")
-    assert switched.returncode == 0, switched.stderr    # a stopped node: only the link switches
+    _upgrade(releases, root, second)                  # a stopped node: only the link switches
     assert (releases.current(), releases.previous()) == (second, first)
+    # Old releases go, never the current or the previous one.
+    (source / "appliance/releases.py").write_text((source / "appliance/releases.py").read_text() + "\n")
+    third = _install_release(source, root, "--keep-releases", "1")
+    assert releases.installed() == [first, second, third]
+    _upgrade(releases, root, third)
+    assert _install_release(source, root, "--keep-releases", "1") == third
+    assert releases.installed() == [second, third]
 
     (root / "data/models/m/1").mkdir(parents=True)
     gone = _install(source, root, "--uninstall")
