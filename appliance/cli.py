@@ -11,7 +11,7 @@ from typing import Callable
 
 from .config import Config, NodePaths, effective_values, load_config, resolve_root
 from .errors import ApplianceError, ConfigError
-from . import models_cli
+from . import models_cli, releases
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     builtin = sub.add_parser("builtin-models", help="build the built-in models into the local store")
     builtin.add_argument("--only", action="append", help="build only this model (repeatable)")
     models_cli.add_parsers(sub)   # models push|ls, sync --once, agent, objectstore
+    releases.add_parsers(sub)     # releases, upgrade RELEASE, rollback
     password = sub.add_parser("logviewer-password",
                               help="set a new random password of the log browser and print it once")
     password.add_argument("--if-absent", action="store_true",
@@ -64,8 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("addresses", nargs="*", metavar="ADDR", help="serving node IP address(es)")
     dev = with_overrides(sub.add_parser(
         "dev-cluster", help="N complete nodes on this machine, each on its own loopback address"))
-    dev.add_argument("action", choices=["up", "down", "status", "add-node", "remove-node"])
-    dev.add_argument("name", nargs="?", help="remove-node: the node's name (e.g. serving-2)")
+    dev.add_argument("action", choices=["up", "down", "status", "add-node", "remove-node",
+                                        "upgrade", "rollback"])
+    dev.add_argument("name", nargs="?", help="remove-node: the node's name (e.g. serving-2); "
+                     "upgrade: the release (one node at a time, no request lost)")
+    dev.add_argument("--release", type=Path,
+                     help="up: run every node from this release dir (<prefix>/opt/appliance/releases/<id>)")
     dev.add_argument("--dir", type=Path, default=Path(".dev-cluster"),
                      help="where the nodes' roots live (default ./.dev-cluster)")
     dev.add_argument("--serving", type=int, default=3, help="serving nodes (default 3)")
@@ -226,7 +231,7 @@ def _dev_cluster(args: argparse.Namespace, paths: NodePaths) -> int:
         if problems:
             raise ConfigError(problems)
         devcluster.up(args.dir, args.serving, args.repo, args.models.split(","), overrides,
-                      args.first_address, args.admin_port_base)
+                      args.first_address, args.admin_port_base, release=args.release)
     elif args.action == "down":
         devcluster.down(args.dir)
     elif args.action == "add-node":
@@ -235,6 +240,12 @@ def _dev_cluster(args: argparse.Namespace, paths: NodePaths) -> int:
         if not args.name:
             raise ApplianceError("dev-cluster remove-node needs the node's name, e.g. serving-2")
         devcluster.remove_serving(args.dir, args.name)
+    elif args.action == "upgrade":
+        if not args.name:
+            raise ApplianceError("dev-cluster upgrade needs a release, e.g. 0.1.0-84e0155aacab")
+        devcluster.rolling_switch(args.dir, args.name)
+    elif args.action == "rollback":
+        devcluster.rolling_switch(args.dir, None)
     else:
         print(devcluster.status(args.dir))
     return 0
@@ -257,6 +268,7 @@ COMMANDS: dict[str, Command] = {
     "cluster": _cluster,
     "dev-cluster": _dev_cluster,
     **dict.fromkeys(models_cli.COMMANDS, models_cli.dispatch),
+    **dict.fromkeys(releases.COMMANDS, releases.dispatch),
 }
 
 

@@ -25,8 +25,13 @@ import yaml
 from modelserver.atomic import write_atomic
 from .envoy_admin import read_cluster_view, unhealthy_of
 from .errors import ApplianceError
+from .config import NodePaths
+from .releases import Releases, release_env, switch_node
 
 STATE = "dev-cluster.json"
+# After a node left every Envoy: requests already sent to it finish on the connections Envoy
+# drains (a predict takes milliseconds here); this is their time before the node stops.
+DRAIN_SECONDS = 1.0
 CLI = [sys.executable, "-m", "appliance.cli"]
 
 
@@ -40,8 +45,23 @@ class DevNode:
 
 
 def _cli(root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(CLI + ["--root", str(root), *args], capture_output=True, text=True,
-                          timeout=timeout)
+    """The node's own ``appliance``: its current release when it runs one, else this checkout's."""
+    releases = Releases(root)
+    if releases.current() is None:
+        return subprocess.run(CLI + ["--root", str(root), *args], capture_output=True, text=True,
+                              timeout=timeout)
+    return subprocess.run([str(releases.appliance()), "--root", str(root), *args], capture_output=True,
+                          text=True, timeout=timeout, env=release_env(), cwd="/")
+
+
+def _use_release(root: Path, release: Path) -> None:
+    """Make the node run ``release`` (a release dir of install-node.sh): the nodes of a dev
+    cluster share one releases dir, each with its own ``current`` and ``previous``."""
+    releases = Releases(root)
+    releases.home.mkdir(parents=True, exist_ok=True)
+    if not releases.dir.is_symlink():
+        releases.dir.symlink_to(release.resolve().parent)
+    releases.switch(release.name)
 
 
 def _check(result: subprocess.CompletedProcess, what: str) -> str:
@@ -70,12 +90,18 @@ def _write_config(node: DevNode, values: dict[str, object]) -> None:
 
 def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[str, str],
        first: str = "127.0.0.2", admin_base: int = 8001,
-       progress: Callable[[str], None] = print) -> list[DevNode]:
-    """Start every node (repo first, so serving nodes can sync from it); idempotent."""
+       progress: Callable[[str], None] = print, release: Path | None = None) -> list[DevNode]:
+    """Start every node (repo first, so serving nodes can sync from it); idempotent.
+
+    With ``release`` (a dir of ``<prefix>/opt/appliance/releases``) every node runs that release
+    of the code instead of this checkout's, and can be upgraded and rolled back.
+    """
     if serving < 1 or repo not in (0, 1):
         raise ApplianceError("a dev cluster has 1 or more serving nodes and 0 or 1 repo node")
     base = base.resolve()
     nodes = plan(base, serving, repo, first, admin_base)
+    for node in nodes if release else []:
+        _use_release(Path(node.root), release)
     write_atomic(base / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
     members = ",".join(n.address for n in nodes if n.role == "serving")
     common: dict[str, object] = {"cluster.members": members, "model.name": ",".join(models),
@@ -115,7 +141,7 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
 
 def _push_missing(node: DevNode, builtin: Path, models: list[str]) -> None:
     """Upload the built-in models to the repo node's bucket, unless they are there already."""
-    from .config import NodePaths, load_config
+    from .config import load_config
     from .models_cli import push
     from .sources import open_source
 
@@ -148,6 +174,9 @@ def add_serving(base: Path, progress: Callable[[str], None] = print) -> DevNode:
     values.update({"node.address": node.address, "envoy.admin.port": node.admin_port,
                    "cluster.members": ",".join(members)})
     _write_config(node, values)
+    running = Releases(Path(template.root))
+    if running.current():
+        _use_release(Path(node.root), running.dir / running.current())
     if values.get("s3.type", "none") == "none":
         store = Path(node.root) / "data/models"
         for name in str(values["model.name"]).split(","):
@@ -181,16 +210,64 @@ def remove_serving(base: Path, name: str, progress: Callable[[str], None] = prin
     node = next((n for n in nodes if n.name == name and n.role == "serving"), None)
     if node is None:
         raise ApplianceError(f"no serving node {name} in the dev cluster")
-    live = _live_nodes([n for n in nodes if n is not node], progress)
-    for other in nodes:
-        if other is not node:
-            _change_members(other, "remove-node", node.address, other in live, progress)
-    for other in live:
-        _wait_gone_from_envoy(other, node.address)
+    others = [n for n in nodes if n is not node]
+    _take_out(node, others, _live_nodes(others, progress), progress)
     _check(_cli(Path(node.root), "down", timeout=300), f"stopping {name}")
     nodes.remove(node)
     write_atomic(Path(base).resolve() / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
     progress(f"{name} left the cluster and stopped")
+
+
+def rolling_switch(base: Path, release: str | None, names: list[str] | None = None,
+                   progress: Callable[[str], None] = print) -> None:
+    """Upgrade (or, with ``release`` None, roll back) the nodes one at a time, serving nodes
+    first, then the repo node, without a failed request through any other node's Envoy.
+
+    A serving node is drained first: taken out of every other node's Envoy (its in-flight
+    requests finish on connections Envoy keeps until they close), then stopped, switched and
+    started from the new release, and put back in once it serves; the next node waits for that.
+    A node whose turn would leave no other healthy serving node stops the upgrade, untouched.
+    """
+    nodes = load(base)
+    order = [n for n in nodes if n.role == "serving"] + [n for n in nodes if n.role != "serving"]
+    for node in order if names is None else [n for n in order if n.name in names]:
+        releases = Releases(Path(node.root))
+        target = release or releases.previous()
+        if target is None:
+            raise ApplianceError(f"{node.name} has no previous release to roll back to")
+        if target == releases.current():
+            progress(f"{node.name}: already on {target}")
+            continue
+        others = [n for n in nodes if n is not node]
+        live = _live_nodes(others, progress)
+        if node.role == "serving":
+            _check_not_last(node, nodes, live)
+            _take_out(node, others, live, progress)
+            time.sleep(DRAIN_SECONDS)
+        progress(f"{node.name} ({node.address}): {releases.current()} -> {target}")
+        switch_node(NodePaths(Path(node.root)), target, progress)
+        if node.role == "serving":
+            for other in others:
+                _change_members(other, "add-node", node.address, other in live, progress)
+            wait_in_rotation(live + [node], [node.address], progress)
+        progress(f"{node.name} serves on {target}")
+
+
+def _take_out(node: DevNode, others: list[DevNode], live: list[DevNode],
+              progress: Callable[[str], None]) -> None:
+    """Remove ``node`` from every other node's members; wait until no running Envoy lists it."""
+    for other in others:
+        _change_members(other, "remove-node", node.address, other in live, progress)
+    for other in live:
+        _wait_gone_from_envoy(other, node.address)
+
+
+def _check_not_last(node: DevNode, nodes: list[DevNode], live: list[DevNode]) -> None:
+    """Refuse to take ``node`` out when no other serving node is healthy in a running Envoy."""
+    others = [n.address for n in nodes if n.role == "serving" and n is not node]
+    healthy = set(others) - set(unhealthy_of(live[0].admin_port, others)) if live else set()
+    if not healthy:
+        raise ApplianceError(f"{node.name} is the last healthy serving node: not taken out")
 
 
 def _live_nodes(nodes: list[DevNode], progress: Callable[[str], None]) -> list[DevNode]:

@@ -3,7 +3,7 @@
 
 The appliance's counterpart of the user guide's ``/opt/app/test/resnet_client_grpc.py`` (TF
 Serving's ResNet gRPC example). It needs ``grpcio`` and ``tensorflow-serving-api`` (both in the
-appliance's venv: ``.venv/bin/python`` in a checkout, ``/opt/appliance/venv/bin/python`` on a
+appliance's venv: ``.venv/bin/python`` in a checkout, ``/opt/appliance/current/bin/python`` on a
 node). The tensor is built by hand (``string_val``, shape ``[1]``), as ``image_bytes`` takes a
 batch of encoded images.
 

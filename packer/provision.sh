@@ -52,7 +52,7 @@ trap 'rm -rf "$src"' EXIT
 tar -xzf "$SOURCE_TARBALL" -C "$src"
 log "install: scripts/install-node.sh ${install_args[*]}"
 "$src/scripts/install-node.sh" "${install_args[@]}"
-"$ROOT_NOSLASH/opt/appliance/venv/bin/appliance" --help >/dev/null
+"$ROOT_NOSLASH/opt/appliance/current/bin/appliance" --help >/dev/null
 log "install: done"
 
 log "seal: source and package cache"

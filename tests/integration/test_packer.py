@@ -181,9 +181,9 @@ for ((i = 1; i <= $#; i++)); do [ "${!i}" = --prefix ] && { j=$((i + 1)); prefix
 printf '%s\\n' "$@" > "$prefix/install-node.args"
 bash "$here/install-node.real.sh" "$@" --help >/dev/null
 FAIL_HERE
-mkdir -p "$prefix/opt/appliance/venv/bin"
-printf '#!/bin/sh\\nexit 0\\n' > "$prefix/opt/appliance/venv/bin/appliance"
-chmod +x "$prefix/opt/appliance/venv/bin/appliance"
+mkdir -p "$prefix/opt/appliance/current/bin"
+printf '#!/bin/sh\\nexit 0\\n' > "$prefix/opt/appliance/current/bin/appliance"
+chmod +x "$prefix/opt/appliance/current/bin/appliance"
 """
 
 

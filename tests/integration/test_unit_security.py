@@ -22,7 +22,7 @@ needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
 
 def render_unit(tmp_path: Path, memory_max: str = "90%") -> Path:
     """The unit through install-node.sh's own render_template, for a root install."""
-    script = (f'source "{SCRIPT}"; SERVICE_USER=appliance VENV=/opt/appliance/venv ROOT=/ '
+    script = (f'source "{SCRIPT}"; SERVICE_USER=appliance VENV=/opt/appliance/current ROOT=/ '
               f'ROOT_NOSLASH= MEMORY_MAX={memory_max} '
               f'render_template "{REPO}/supervisor/appliance.service.in"')
     text = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
