@@ -232,7 +232,8 @@ def _apply(paths: NodePaths, where: Target, progress: Progress) -> int:
     from .control import apply
 
     try:
-        apply(paths, progress=progress)
+        # The running node's own overrides stay: an edit of the file is not a new `up --set`.
+        apply(paths, list(where.overrides), progress, config_file=where.path)
     except ApplianceError as exc:
         raise ApplianceError(f"{exc}\n{where.path} keeps the change; the running node did not "
                              "take all of it (fix it, or undo it with the opposite command)") from None
