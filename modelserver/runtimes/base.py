@@ -47,6 +47,11 @@ class LoadOptions:
     inter_op_threads: int = 0
     run_timeout_ms: int = 0  # 0: no timeout; TF Serving uses --rest_api_timeout_in_ms for REST
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The model's precision setting (``f32`` or ``bf16``): runtimes that can honour it do, and
+    # refuse a precision the CPU lacks instead of silently running another one.
+    precision: str = "f32"
+    # The model's runtime-specific settings (the ``openvino`` dict: performance_hint, streams, threads).
+    runtime_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class LoadedModel(abc.ABC):
@@ -88,6 +93,27 @@ class LoadedModel(abc.ABC):
 
     def close(self) -> None:
         """Release runtime resources; in-flight ``run`` calls hold their own references."""
+
+
+def build_signature_def_map(signatures: Mapping[str, Signature]) -> Any:
+    """A ``SignatureDefMap`` made from signatures (for runtimes whose models carry no SignatureDefs)."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    result = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in signatures.items():
+        sigdef = result.signature_def[name]
+        sigdef.method_name = signature.method_name
+        for target, specs in ((sigdef.inputs, signature.inputs), (sigdef.outputs, signature.outputs)):
+            for alias, spec in specs.items():
+                info = target[alias]
+                info.name = spec.tensor_name
+                info.dtype = type(info).DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_name[spec.dtype].number
+                if spec.shape is None:
+                    info.tensor_shape.unknown_rank = True
+                else:
+                    for size in spec.shape:
+                        info.tensor_shape.dim.add().size = size
+    return result
 
 
 class Runtime(abc.ABC):
