@@ -1,0 +1,217 @@
+"""The OpenVINO runtime (``model_platform: 'openvino'``) in the real model server.
+
+One server for the module serves the same models on OpenVINO and on TensorFlow side by side, so
+every answer is compared with TensorFlow's: a SavedModel (``half_plus_two``: predict, classify,
+regress), the built-in ``resnet`` (JPEG bytes in: decoding stays in TensorFlow, the network runs
+on OpenVINO), an ONNX model and an OpenVINO IR model made here from it. The precision the
+networks compiled with is read back from OpenVINO, in the server's log and in-process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import requests
+
+from tests import onnxmodels, tfmodels
+from tests.conftest import ARTIFACTS, Processes, free_port
+from tests.jpeg import make_jpeg
+
+pytest.importorskip("openvino")
+pytest.importorskip("onnx")
+pytestmark = pytest.mark.slow
+
+LOG = ARTIFACTS / "model_server_openvino.log"
+
+
+def _save_ir(onnx_dir: Path, dest: Path) -> None:
+    """An OpenVINO IR (model.xml + model.bin) converted from the ONNX model, weights kept in FP32."""
+    import openvino as ov
+
+    dest.mkdir(parents=True)
+    ov.save_model(ov.convert_model(str(onnx_dir / "model.onnx")), str(dest / "model.xml"), compress_to_fp16=False)
+
+
+def _config(entries: list[tuple[str, Path, str]]) -> str:
+    body = "".join(f"  config {{\n    name: '{name}'\n    base_path: '{path}'\n    model_platform: '{platform}'\n  }}\n"
+                   for name, path, platform in entries)
+    return "model_config_list {\n" + body + "}\n"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, builtin_models: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("openvino_models")
+    tfmodels.save_version(root / "half_plus_two" / "1", tfmodels.half_plus(2.0))
+    onnx = onnxmodels.build(root, {"two_io": {1: onnxmodels.two_io()}})
+    _save_ir(onnx["two_io"] / "1", root / "two_io_ir" / "1")
+    return {"half_plus_two": root / "half_plus_two", "two_io": onnx["two_io"], "two_io_ir": root / "two_io_ir",
+            "resnet": builtin_models / "resnet"}
+
+
+@pytest.fixture(scope="module")
+def ports(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path],
+          session_processes: Processes) -> tuple[str, int]:
+    config = tmp_path_factory.mktemp("openvino_config") / "models.config"
+    config.write_text(_config([
+        ("half_plus_two", models["half_plus_two"], "openvino"), ("half_plus_two_tf", models["half_plus_two"], "tensorflow"),
+        ("resnet", models["resnet"], "openvino"), ("resnet_tf", models["resnet"], "tensorflow"),
+        ("two_io", models["two_io"], "openvino"), ("two_io_ir", models["two_io_ir"], "openvino")]))
+    ARTIFACTS.mkdir(exist_ok=True)
+    LOG.write_bytes(b"")
+    grpc_port = free_port()
+    url = tfmodels.start_model_server(session_processes, [f"--model_config_file={config}", f"--port={grpc_port}"],
+                                      LOG, timeout=900)
+    return url, grpc_port
+
+
+@pytest.fixture(scope="module")
+def server(ports: tuple[str, int]) -> str:
+    return ports[0]
+
+
+@pytest.fixture(scope="module")
+def channel(ports: tuple[str, int]):
+    with grpc.insecure_channel(f"127.0.0.1:{ports[1]}") as chan:
+        grpc.channel_ready_future(chan).result(timeout=30)
+        yield chan
+
+
+def post(server: str, path: str, body: dict) -> requests.Response:
+    return requests.post(server + path, data=json.dumps(body), timeout=120)
+
+
+def both(server: str, model: str, verb: str, body: dict) -> tuple[dict, dict]:
+    """The same request to the model on OpenVINO and on TensorFlow."""
+    on_openvino = post(server, f"/v1/models/{model}:{verb}", body)
+    on_tensorflow = post(server, f"/v1/models/{model}_tf:{verb}", body)
+    assert on_openvino.status_code == 200, on_openvino.text
+    assert on_tensorflow.status_code == 200, on_tensorflow.text
+    return on_openvino.json(), on_tensorflow.json()
+
+
+# ------------------------------------------------------------------ SavedModel: the whole API
+
+
+def test_predict_matches_tensorflow(server: str) -> None:
+    openvino, tensorflow = both(server, "half_plus_two", "predict", {"instances": [[1.0], [2.0], [5.0]]})
+    assert openvino == tensorflow == {"predictions": [[2.5], [3.0], [4.5]]}
+
+
+@pytest.mark.parametrize("verb,signature", [("classify", "classify_x_to_y"), ("regress", "regress_x_to_y")])
+def test_classify_and_regress_match_tensorflow(server: str, verb: str, signature: str) -> None:
+    body = {"signature_name": signature, "examples": [{"x": 1.0}, {"x": 3.0}]}
+    openvino, tensorflow = both(server, "half_plus_two", verb, body)
+    assert openvino == tensorflow
+    assert openvino == ({"results": [[["", 2.5]], [["", 3.5]]]} if verb == "classify" else {"results": [2.5, 3.5]})
+
+
+def test_multi_inference_over_grpc(channel) -> None:
+    from tensorflow_serving.apis import inference_pb2, prediction_service_pb2_grpc
+
+    request = inference_pb2.MultiInferenceRequest()
+    for signature, method in (("classify_x_to_y", "tensorflow/serving/classify"),
+                              ("regress_x_to_y", "tensorflow/serving/regress")):
+        task = request.tasks.add()
+        task.model_spec.name, task.model_spec.signature_name, task.method_name = "half_plus_two", signature, method
+    example = request.input.example_list.examples.add()
+    example.features.feature["x"].float_list.value.append(4.0)
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).MultiInference(request, timeout=60)
+    classify, regress = response.results
+    assert classify.classification_result.classifications[0].classes[0].score == pytest.approx(4.0)
+    assert regress.regression_result.regressions[0].value == pytest.approx(4.0)
+
+
+def test_metadata_is_the_saved_models(server: str) -> None:
+    on_openvino = requests.get(server + "/v1/models/half_plus_two/metadata", timeout=30).json()
+    on_tensorflow = requests.get(server + "/v1/models/half_plus_two_tf/metadata", timeout=30).json()
+    assert on_openvino["metadata"] == on_tensorflow["metadata"]
+    assert set(on_openvino["metadata"]["signature_def"]["signature_def"]) == \
+        {"serving_default", "classify_x_to_y", "regress_x_to_y"}
+
+
+def test_error_bodies_are_client_errors(server: str, channel) -> None:
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    r = post(server, "/v1/models/half_plus_two:predict", {"instances": [1.0, 2.0]})
+    assert r.status_code == 400
+    assert r.json() == {"error": "Invalid shape for input: x Got: [2] Expected: [?,1] Please fix either the "
+                                 "inputs or the model."}
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[2.0]], np.float64)))
+    with pytest.raises(grpc.RpcError) as info:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "Expects arg[0] (x) to be float but double is provided"
+    r = post(server, "/v1/models/half_plus_two:predict", {"instances": [[1.0]], "signature_name": "nope"})
+    assert r.status_code == 400 and r.json() == {"error": 'Serving signature name: "nope" not found in signature def'}
+
+
+# ------------------------------------------------------------------ JPEG in: the built-in resnet
+
+
+def test_resnet_jpeg_in_matches_tensorflow(server: str) -> None:
+    images = [{"b64": base64.b64encode(make_jpeg(seed, (96, 128))).decode()} for seed in range(3)]
+    openvino, tensorflow = both(server, "resnet", "predict", {"instances": images})
+    got = [p["classes"] for p in openvino["predictions"]]
+    assert got == [p["classes"] for p in tensorflow["predictions"]]
+    probabilities = np.array([p["probabilities"] for p in openvino["predictions"]])
+    reference = np.array([p["probabilities"] for p in tensorflow["predictions"]])
+    np.testing.assert_allclose(probabilities, reference, atol=1e-4)
+
+
+# ------------------------------------------------------------------ ONNX and IR
+
+
+@pytest.mark.parametrize("model", ["two_io", "two_io_ir"])
+def test_onnx_and_ir_models(server: str, model: str) -> None:
+    r = post(server, f"/v1/models/{model}:predict", {"inputs": {"a": [[1, 2], [3, 4]], "n": [5, 6]}})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"outputs": {"a_plus_1": [[2.0, 3.0], [4.0, 5.0]], "n_times_2": [10, 12]}}
+    sig = requests.get(server + f"/v1/models/{model}/metadata", timeout=30).json()[
+        "metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["method_name"] == "tensorflow/serving/predict"
+    assert sig["inputs"]["a"]["dtype"] == "DT_FLOAT" and sig["inputs"]["n"]["dtype"] == "DT_INT64"
+    assert sig["inputs"]["a"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}, {"size": "2", "name": ""}]
+    assert set(sig["outputs"]) == {"a_plus_1", "n_times_2"}
+
+
+# ------------------------------------------------------------------ precision
+
+
+def test_every_network_compiled_in_f32_by_default(server: str) -> None:
+    compiled = re.findall(r"openvino: (\S+) signature (\S+): precision (\w+),", LOG.read_text())
+    assert {(Path(path).parent.name, signature) for path, signature, _ in compiled} >= {
+        ("half_plus_two", "serving_default"), ("resnet", "serving_default"), ("two_io", "serving_default"),
+        ("two_io_ir", "serving_default")}
+    assert {precision for _, _, precision in compiled} == {"f32"}
+
+
+def test_precision_read_back_from_the_compiled_network(models: dict[str, Path]) -> None:
+    from modelserver.core.status import Code, ServingError
+    from modelserver.runtimes import LoadOptions, get_runtime
+
+    runtime = get_runtime("openvino")
+    path = str(models["two_io"] / "1")
+
+    def hint(options: LoadOptions) -> str:
+        network = runtime.load(path, options).networks["serving_default"][0]
+        return network.compiled[0].get_property("INFERENCE_PRECISION_HINT").get_type_name()
+
+    assert hint(LoadOptions()) == "f32"
+    if "BF16" in runtime.capabilities:
+        assert hint(LoadOptions(precision="bf16")) == "bf16"
+    else:
+        with pytest.raises(ServingError) as info:
+            runtime.load(path, LoadOptions(precision="bf16"))
+        assert info.value.code == Code.FAILED_PRECONDITION and "use precision f32" in info.value.message
+    latency = runtime.load(path, LoadOptions(runtime_options={"performance_hint": "latency", "streams": 1}))
+    compiled = latency.networks["serving_default"][0].compiled[0]
+    assert str(compiled.get_property("PERFORMANCE_HINT")) == "LATENCY" and compiled.get_property("NUM_STREAMS") == 1
