@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests import onnxmodels, tfmodels
-from tests.conftest import ARTIFACTS, Processes, free_port
+from tests.conftest import ARTIFACTS, Processes
 from tests.jpeg import make_jpeg
 
 pytest.importorskip("openvino")
@@ -55,31 +55,28 @@ def models(tmp_path_factory: pytest.TempPathFactory, builtin_models: Path) -> di
 
 
 @pytest.fixture(scope="module")
-def ports(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path],
-          session_processes: Processes) -> tuple[str, int]:
+def served(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path],
+           session_processes: Processes) -> tuple[str, int]:
+    """(REST base URL, gRPC port) of the module's server."""
     config = tmp_path_factory.mktemp("openvino_config") / "models.config"
     config.write_text(_config([
         ("half_plus_two", models["half_plus_two"], "openvino"), ("half_plus_two_tf", models["half_plus_two"], "tensorflow"),
         ("resnet", models["resnet"], "openvino"), ("resnet_tf", models["resnet"], "tensorflow"),
         ("two_io", models["two_io"], "openvino"), ("two_io_ir", models["two_io_ir"], "openvino")]))
-    ARTIFACTS.mkdir(exist_ok=True)
-    LOG.write_bytes(b"")
-    grpc_port = free_port()
-    url = tfmodels.start_model_server(session_processes, [f"--model_config_file={config}", f"--port={grpc_port}"],
-                                      LOG, timeout=900)
-    return url, grpc_port
+    return tfmodels.serve_config(session_processes, config, LOG.name, timeout=900)
 
 
-@pytest.fixture(scope="module")
-def server(ports: tuple[str, int]) -> str:
-    return ports[0]
+@pytest.fixture
+def server(served: tuple[str, int]) -> str:
+    return served[0]
 
 
-@pytest.fixture(scope="module")
-def channel(ports: tuple[str, int]):
-    with grpc.insecure_channel(f"127.0.0.1:{ports[1]}") as chan:
-        grpc.channel_ready_future(chan).result(timeout=30)
-        yield chan
+@pytest.fixture
+def stub(served: tuple[str, int]):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{served[1]}") as channel:
+        yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
 
 
 def post(server: str, path: str, body: dict) -> requests.Response:
@@ -111,8 +108,8 @@ def test_classify_and_regress_match_tensorflow(server: str, verb: str, signature
     assert openvino == ({"results": [[["", 2.5]], [["", 3.5]]]} if verb == "classify" else {"results": [2.5, 3.5]})
 
 
-def test_multi_inference_over_grpc(channel) -> None:
-    from tensorflow_serving.apis import inference_pb2, prediction_service_pb2_grpc
+def test_multi_inference_over_grpc(stub) -> None:
+    from tensorflow_serving.apis import inference_pb2
 
     request = inference_pb2.MultiInferenceRequest()
     for signature, method in (("classify_x_to_y", "tensorflow/serving/classify"),
@@ -121,7 +118,7 @@ def test_multi_inference_over_grpc(channel) -> None:
         task.model_spec.name, task.model_spec.signature_name, task.method_name = "half_plus_two", signature, method
     example = request.input.example_list.examples.add()
     example.features.feature["x"].float_list.value.append(4.0)
-    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).MultiInference(request, timeout=60)
+    response = stub.MultiInference(request, timeout=60)
     classify, regress = response.results
     assert classify.classification_result.classifications[0].classes[0].score == pytest.approx(4.0)
     assert regress.regression_result.regressions[0].value == pytest.approx(4.0)
@@ -135,9 +132,9 @@ def test_metadata_is_the_saved_models(server: str) -> None:
         {"serving_default", "classify_x_to_y", "regress_x_to_y"}
 
 
-def test_error_bodies_are_client_errors(server: str, channel) -> None:
+def test_error_bodies_are_client_errors(server: str, stub) -> None:
     import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+    from tensorflow_serving.apis import predict_pb2
 
     r = post(server, "/v1/models/half_plus_two:predict", {"instances": [1.0, 2.0]})
     assert r.status_code == 400
@@ -147,7 +144,7 @@ def test_error_bodies_are_client_errors(server: str, channel) -> None:
     request.model_spec.name = "half_plus_two"
     request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[2.0]], np.float64)))
     with pytest.raises(grpc.RpcError) as info:
-        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+        stub.Predict(request, timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "Expects arg[0] (x) to be float but double is provided"
     r = post(server, "/v1/models/half_plus_two:predict", {"instances": [[1.0]], "signature_name": "nope"})
