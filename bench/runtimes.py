@@ -1,13 +1,15 @@
 """Which runtime serves a model fastest, measured: the built-in resnet on each runtime, one run.
 
 Loads one version directory (a SavedModel taking JPEG bytes, like the built-in ``resnet``) with
-the model server's own runtimes, in this process: TensorFlow, OpenVINO in f32, and OpenVINO in
-bf16 where the CPU has it. Each gets the same batch (``--batch`` distinct JPEGs) from
-``--concurrency`` threads at once (the server runs requests on a thread pool; OpenVINO's
-throughput hint runs concurrent requests on separate streams). Rounds alternate between the
-runtimes so they share the machine's background load. Prints a table: images/s (median round),
-images/s per core, precision read back from the compiled network, the largest difference of the
-probabilities from TensorFlow's and whether the top class agrees, then one JSON line.
+the model server's own runtimes, in this process: TensorFlow, and OpenVINO in f32 and in bf16
+(where the CPU has it), each with the throughput and the latency hint. Each gets the same batch
+(``--batch`` distinct JPEGs) from N threads at once, for each N of ``--concurrency`` (the server
+runs requests on a thread pool; OpenVINO's throughput hint runs concurrent requests on separate
+streams, its latency hint gives one request every core). Rounds alternate between the runtimes
+so they share the machine's background load. Prints, per concurrency, the ranking: images/s
+(median round), images/s per core, the precision read back from the compiled network, the
+largest difference of the probabilities from TensorFlow's and whether the top class agrees;
+then one JSON line.
 
     flock /tmp/bench.lock .venv/bin/python bench/runtimes.py --model-dir DIR/resnet/1 --batch 32
 """
@@ -35,21 +37,22 @@ def cpu_isa() -> list[str]:
     return [flag for flag in ISA_FLAGS if flag in flags]
 
 
-def load_candidates(model_dir: str, precisions: list[str]) -> dict[str, object]:
+def load_candidates(model_dir: str, precisions: list[str], hints: list[str]) -> dict[str, object]:
     """name -> loaded model; a precision the CPU lacks is reported and skipped, not benchmarked."""
     from modelserver.core.status import ServingError
     from modelserver.runtimes import LoadOptions, get_runtime
 
-    models: dict[str, object] = {"tensorflow f32": get_runtime("tensorflow").load(model_dir, LoadOptions())}
+    models: dict[str, object] = {"tensorflow": get_runtime("tensorflow").load(model_dir, LoadOptions())}
     for precision in precisions:
-        started = time.monotonic()
-        try:
-            models[f"openvino {precision}"] = get_runtime("openvino").load(model_dir, LoadOptions(precision=precision))
-        except ServingError as exc:
-            print(f"openvino {precision}: not measured: {exc.message}", file=sys.stderr)
-            continue
-        print(f"openvino {precision}: loaded (converted and compiled) in {time.monotonic() - started:.1f} s",
-              file=sys.stderr)
+        for hint in hints:
+            name, started = f"openvino {precision} {hint}", time.monotonic()
+            options = LoadOptions(precision=precision, runtime_options={"performance_hint": hint})
+            try:
+                models[name] = get_runtime("openvino").load(model_dir, options)
+            except ServingError as exc:
+                print(f"{name}: not measured: {exc.message}", file=sys.stderr)
+                continue
+            print(f"{name}: loaded (converted and compiled) in {time.monotonic() - started:.1f} s", file=sys.stderr)
     return models
 
 
@@ -77,46 +80,55 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", required=True, help="a version directory (SavedModel taking image_bytes)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, default=2, help="requests in flight at once")
+    parser.add_argument("--concurrency", default="1,2", help="requests in flight at once (comma list)")
     parser.add_argument("--calls", type=int, default=6, help="timed calls per runtime per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precisions", default="f32,bf16", help="OpenVINO precisions to try")
+    parser.add_argument("--hints", default="throughput,latency", help="OpenVINO performance hints to try")
     args = parser.parse_args()
 
     import numpy as np
 
     from tests.jpeg import make_jpeg
 
-    models = load_candidates(args.model_dir, args.precisions.split(","))
+    models = load_candidates(args.model_dir, args.precisions.split(","), args.hints.split(","))
     inputs = {"image_bytes": np.array([make_jpeg(seed, (256, 256)) for seed in range(args.batch)], dtype=object)}
-    reference = models["tensorflow f32"].run("serving_default", inputs)
-    rates: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            rates[name].append(images_per_second(model, inputs, args.concurrency, args.calls))
-    cores = os.cpu_count() or 1
+    reference = models["tensorflow"].run("serving_default", inputs)
+    results = {"batch": args.batch, "cores": os.cpu_count() or 1, "isa": cpu_isa(), "by_concurrency": {}}
+    for concurrency in (int(n) for n in args.concurrency.split(",")):
+        rates: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(args.rounds):
+            for name, model in models.items():
+                rates[name].append(images_per_second(model, inputs, concurrency, args.calls))
+        rows = ranking(models, inputs, reference, rates, results["cores"])
+        with open("/proc/loadavg") as loadavg:
+            load = loadavg.read().split()[:3]
+        results["by_concurrency"][concurrency] = {"load_average": load, "results": rows}
+        print(f"batch {args.batch}, concurrency {concurrency}, {results['cores']} cores, ISA "
+              f"{' '.join(results['isa'])}, load average {' '.join(load)}")
+        print(f"{'runtime':26} {'precision':9} {'images/s':>9} {'per core':>9} {'vs TF':>6} {'max |diff|':>11} top-1")
+        for row in rows:
+            print(f"{row['runtime']:26} {row['precision']:9} {row['images_per_s']:9.1f} "
+                  f"{row['images_per_s_per_core']:9.2f} {row['vs_tensorflow']:6.2f} {row['max_abs_diff']:11.2e} "
+                  f"{'same' if row['top1_agrees'] else 'DIFFERS'}")
+    print(json.dumps(results))
+
+
+def ranking(models: dict[str, object], inputs: dict, reference: dict, rates: dict[str, list[float]],
+            cores: int) -> list[dict]:
+    """One row per runtime, fastest first, with how far its answers are from TensorFlow's."""
+    import numpy as np
+
     rows = []
     for name, model in models.items():
         out = model.run("serving_default", inputs)
-        diff = float(np.max(np.abs(out["probabilities"] - reference["probabilities"])))
         rate = statistics.median(rates[name])
         rows.append({"runtime": name, "precision": precision_of(model), "images_per_s": round(rate, 1),
                      "images_per_s_per_core": round(rate / cores, 2),
-                     "vs_tensorflow": round(rate / statistics.median(rates["tensorflow f32"]), 2),
-                     "max_abs_diff": diff,
+                     "vs_tensorflow": round(rate / statistics.median(rates["tensorflow"]), 2),
+                     "max_abs_diff": float(np.max(np.abs(out["probabilities"] - reference["probabilities"]))),
                      "top1_agrees": bool(np.array_equal(out["classes"], reference["classes"]))})
-    with open("/proc/loadavg") as loadavg:
-        load = loadavg.read().split()[:3]
-    print(f"batch {args.batch}, concurrency {args.concurrency}, {cores} cores, ISA {' '.join(cpu_isa())}, "
-          f"load average {' '.join(load)}")
-    print(f"{'runtime':16} {'precision':9} {'images/s':>9} {'per core':>9} {'vs TF':>6} {'max |diff|':>11} top-1")
-    for row in sorted(rows, key=lambda r: -r["images_per_s"]):
-        print(f"{row['runtime']:16} {row['precision']:9} {row['images_per_s']:9.1f} "
-              f"{row['images_per_s_per_core']:9.2f} {row['vs_tensorflow']:6.2f} {row['max_abs_diff']:11.2e} "
-              f"{'same' if row['top1_agrees'] else 'DIFFERS'}")
-    print(json.dumps({"batch": args.batch, "concurrency": args.concurrency, "cores": cores, "isa": cpu_isa(),
-                      "load_average": load, "results": rows}))
-
+    return sorted(rows, key=lambda row: -row["images_per_s"])
 
 if __name__ == "__main__":
     main()

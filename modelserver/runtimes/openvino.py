@@ -49,6 +49,12 @@ DTYPES: dict[str, str] = {
     "u32": "DT_UINT32", "u64": "DT_UINT64", "boolean": "DT_BOOL", "string": "DT_STRING",
 }
 
+# pyopenvino can deadlock when two threads reach its first-use initialisations at once (seen: a
+# load converting a model while another compiled one, each waiting for the other: a C++ static
+# guard and the GIL). Loads and compiles therefore run one at a time; the server loads models
+# in parallel threads. Inference does not take it.
+_SERIAL = threading.RLock()
+
 # What a stage of a signature's pipeline is: tensors by name in, tensors by name out.
 Stage = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -152,7 +158,7 @@ class Network:
     def _compile_for(self, ranks: tuple[int, ...]) -> _Compiled:
         import openvino as ov
 
-        with self._lock:
+        with self._lock, _SERIAL:
             if ranks not in self._by_ranks:
                 model = self._model.clone()
                 model.reshape({model.inputs[i]: ov.PartialShape.dynamic(ov.Dimension(rank))
@@ -248,8 +254,9 @@ class OpenVinoRuntime(Runtime):
     def __init__(self) -> None:
         import openvino as ov
 
-        self.core = ov.Core()
-        self.capabilities = list(self.core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
+        with _SERIAL:
+            self.core = ov.Core()
+            self.capabilities = list(self.core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES"))
 
     def load(self, path: str, options: LoadOptions) -> LoadedModel:
         config = compile_config(options, self.capabilities)
@@ -258,12 +265,13 @@ class OpenVinoRuntime(Runtime):
             raise ServingError(Code.NOT_FOUND, f"Could not find a model at supplied export directory path: {path}; "
                                                f"expected {platforms.describe_markers()}")
         started = time.monotonic()
-        if kind == "tensorflow":
-            from modelserver.runtimes import openvino_tf
+        with _SERIAL:
+            if kind == "tensorflow":
+                from modelserver.runtimes import openvino_tf
 
-            model = openvino_tf.load(path, options, lambda *args: self.network(args[0], config, *args[1:]))
-        else:
-            model = self._load_file(path, kind, config)
+                model = openvino_tf.load(path, options, lambda *args: self.network(args[0], config, *args[1:]))
+            else:
+                model = self._load_file(path, kind, config)
         log.info("openvino: %s (%s) ready in %.1f s", path, kind, time.monotonic() - started)
         return model
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests import onnxmodels, tfmodels
-from tests.conftest import ARTIFACTS, Processes
+from tests.conftest import ARTIFACTS, Processes, wait_until
 from tests.jpeg import make_jpeg
 
 pytest.importorskip("openvino")
@@ -50,8 +50,9 @@ def models(tmp_path_factory: pytest.TempPathFactory, builtin_models: Path) -> di
     tfmodels.save_version(root / "half_plus_two" / "1", tfmodels.half_plus(2.0))
     onnx = onnxmodels.build(root, {"two_io": {1: onnxmodels.two_io()}})
     _save_ir(onnx["two_io"] / "1", root / "two_io_ir" / "1")
+    onnxmodels.build(root, {"versioned": {1: onnxmodels.half_plus(2.0)}})
     return {"half_plus_two": root / "half_plus_two", "two_io": onnx["two_io"], "two_io_ir": root / "two_io_ir",
-            "resnet": builtin_models / "resnet"}
+            "resnet": builtin_models / "resnet", "versioned": root / "versioned"}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path],
     config.write_text(_config([
         ("half_plus_two", models["half_plus_two"], "openvino"), ("half_plus_two_tf", models["half_plus_two"], "tensorflow"),
         ("resnet", models["resnet"], "openvino"), ("resnet_tf", models["resnet"], "tensorflow"),
-        ("two_io", models["two_io"], "openvino"), ("two_io_ir", models["two_io_ir"], "openvino")]))
+        ("two_io", models["two_io"], "openvino"), ("two_io_ir", models["two_io_ir"], "openvino"),
+        ("versioned", models["versioned"], "openvino")]))
     return tfmodels.serve_config(session_processes, config, LOG.name, timeout=900)
 
 
@@ -178,6 +180,36 @@ def test_onnx_and_ir_models(server: str, model: str) -> None:
     assert sig["inputs"]["a"]["dtype"] == "DT_FLOAT" and sig["inputs"]["n"]["dtype"] == "DT_INT64"
     assert sig["inputs"]["a"]["tensor_shape"]["dim"] == [{"size": "-1", "name": ""}, {"size": "2", "name": ""}]
     assert set(sig["outputs"]) == {"a_plus_1", "n_times_2"}
+
+
+# ------------------------------------------------------------------ versions
+
+
+def test_a_new_version_replaces_the_old_and_a_broken_one_is_refused(server: str, models: dict[str, Path]) -> None:
+    """The model server's version handling holds for OpenVINO: v2 (an IR) replaces v1 (ONNX); v3, whose
+    model.xml is not a model, fails to load and v2 keeps serving."""
+    def predict() -> requests.Response:
+        return post(server, "/v1/models/versioned:predict", {"instances": [1.0]})
+
+    def status() -> list[dict]:
+        return requests.get(server + "/v1/models/versioned", timeout=30).json()["model_version_status"]
+
+    assert predict().json() == {"predictions": [2.5]}
+    staging = models["versioned"].parent / "staging"
+    onnx = onnxmodels.build(staging, {"v2": {1: onnxmodels.half_plus(3.0)}})
+    _save_ir(onnx["v2"] / "1", staging / "ir")
+    (staging / "ir").rename(models["versioned"] / "2")
+    wait_until(lambda: predict().json() == {"predictions": [3.5]}, timeout=300, what="version 2 serving")
+    broken = staging / "broken"
+    broken.mkdir()
+    (broken / "model.xml").write_text("not a model")
+    (broken / "model.bin").write_bytes(b"")
+    broken.rename(models["versioned"] / "3")
+    wait_until(lambda: any(v["version"] == "3" and v["status"]["error_code"] != "OK" for v in status()),
+               timeout=300, what="version 3 refused")
+    assert predict().json() == {"predictions": [3.5]}
+    assert "Failed to read openvino model" in next(v for v in status() if v["version"] == "3")["status"][
+        "error_message"]
 
 
 # ------------------------------------------------------------------ precision
