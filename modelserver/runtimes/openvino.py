@@ -59,9 +59,10 @@ _SERIAL = threading.RLock()
 Stage = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def _tf_type_name(dtype: str) -> str:
-    """TF's DataTypeString for a ``DT_*`` name (``DT_FLOAT`` -> ``float``), for TF-worded errors."""
-    return dtype[3:].lower()
+def _type_text(ov_type_name: str) -> str:
+    """TF's DataTypeString (``float``, ``int64``) of an OpenVINO element type, for TF-worded errors."""
+    dtype = DTYPES.get(ov_type_name)
+    return dtype[3:].lower() if dtype else ov_type_name
 
 
 def compile_config(options: LoadOptions, capabilities: list[str]) -> dict[str, str]:
@@ -92,7 +93,6 @@ class _Compiled:
 
     def __init__(self, compiled: Any) -> None:
         self.compiled = compiled
-        self.ports = [(port.get_element_type(), port.get_partial_shape()) for port in compiled.inputs]
         self.size = max(int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")), 1)
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(self.size):
@@ -134,7 +134,7 @@ class Network:
         self.feeds = feeds
         self.fetches = fetches
         self.label = label
-        self._model = model
+        self._model = model  # kept only while some rank is open, to compile more shapes of it
         self._compile_model = compile_model
         self._ports = [(port.get_element_type(), port.get_partial_shape()) for port in model.inputs]
         self._numpy_types = [element.to_dtype() for element, _ in self._ports]
@@ -144,6 +144,7 @@ class Network:
         self._lock = threading.Lock()
         if not self._open_ranks:
             self._by_ranks[()] = self._compile(model)
+            self._model = None
 
     @property
     def compiled(self) -> list[Any]:
@@ -175,8 +176,7 @@ class Network:
         element, shape = self._ports[index]
         alias = self._aliases.get(self.feeds[index], self.feeds[index])
         if value.dtype != self._numpy_types[index]:
-            wanted = _tf_type_name(DTYPES.get(element.get_type_name(), element.get_type_name()))
-            got = _tf_type_name(DTYPES.get(_ov_type_name(value.dtype), str(value.dtype)))
+            wanted, got = _type_text(element.get_type_name()), _type_text(_ov_type_name(value.dtype))
             raise ServingError(Code.INVALID_ARGUMENT,
                                f"Expects arg[{index}] ({alias}) to be {wanted} but {got} is provided")
         if not shape.compatible(_partial_shape(value.shape)):

@@ -27,11 +27,13 @@ import os
 import tempfile
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from modelserver.core.status import Code, ServingError
 from modelserver.runtimes.base import LoadOptions, Signature
 from modelserver.runtimes.openvino import Network, OpenVinoModel, Stage
-from modelserver.runtimes.tensorflow import (load_session, new_session, servable, signature_def_map,
-                                             signatures_of, tf)
+from modelserver.runtimes.tensorflow import (_scalar, _serving_error, load_session, new_session, servable,
+                                             signature_def_map, signatures_of, tf)
 
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2, rewriter_config_pb2  # noqa: E402
 
@@ -130,6 +132,11 @@ def _touches_host_types(op: Any) -> bool:
 
 def _pipeline(path: str, host: Any, flat: Any, signature: Signature, options: LoadOptions,
               compile_network: Compile) -> list[Stage]:
+    """The signature's stages: TensorFlow for its host ops (if any), then its network (if any).
+
+    ``crossing`` are the tensors the network reads: from the host ops or straight from the
+    request; signature outputs that host ops make are fetched from TensorFlow too.
+    """
     graph = host.graph
     try:
         outputs = [graph.get_tensor_by_name(spec.tensor_name) for spec in signature.outputs.values()]
@@ -174,8 +181,6 @@ def _unique(tensors: Iterable[Any]) -> list[Any]:
 
 def _host_stage(session: Any, feeds: list[str], fetches: list[str], options: LoadOptions) -> Stage:
     """The TensorFlow part of a signature: request inputs in, the tensors the network needs out."""
-    from modelserver.runtimes.tensorflow import _serving_error
-
     callable_options = config_pb2.CallableOptions(feed=feeds, fetch=fetches)
     if options.run_timeout_ms > 0:
         callable_options.run_options.timeout_in_ms = options.run_timeout_ms
@@ -186,7 +191,7 @@ def _host_stage(session: Any, feeds: list[str], fetches: list[str], options: Loa
             results = run(*[values[name] for name in feeds])
         except Exception as exc:  # noqa: BLE001 - every runtime failure becomes a status
             raise _serving_error(exc) from None
-        return dict(zip(fetches, results))
+        return {name: value if type(value) is np.ndarray else _scalar(value) for name, value in zip(fetches, results)}
     return stage
 
 
