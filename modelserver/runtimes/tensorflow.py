@@ -148,9 +148,12 @@ class TensorFlowRuntime(Runtime):
         session, meta_graph = load_session(path, options)
         try:
             return TensorFlowModel(path, session, meta_graph, options)
-        except BaseException:
+        except ServingError:
             session.close()
             raise
+        except Exception as exc:  # noqa: BLE001 - report any loader failure as the load status
+            session.close()
+            raise ServingError(Code.UNKNOWN, f"Failed to load SavedModel at {path}: {exc}") from None
 
 
 def new_session(options: LoadOptions) -> Any:
