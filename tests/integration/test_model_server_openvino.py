@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests import onnxmodels, tfmodels
-from tests.conftest import ARTIFACTS, Processes, wait_until
+from tests.conftest import ARTIFACTS, TFS_TESTDATA, Processes, wait_until
 from tests.jpeg import make_jpeg
 
 pytest.importorskip("openvino")
@@ -210,6 +210,56 @@ def test_a_new_version_replaces_the_old_and_a_broken_one_is_refused(server: str,
     assert predict().json() == {"predictions": [3.5]}
     assert "Failed to read openvino model" in next(v for v in status() if v["version"] == "3")["status"][
         "error_message"]
+
+
+# ------------------------------------------------------------------ TF Serving's own test models
+
+OFFICIAL = ("saved_model_half_plus_two_cpu", "saved_model_half_plus_two_tf2_cpu", "saved_model_half_plus_three")
+
+
+def _official_feed(spec) -> np.ndarray:
+    """A request for a signature input: two tf.Examples {x: 1.0}, {x: 3.0}, or 1, 2, ... in its shape."""
+    from tensorflow.core.example import example_pb2
+
+    if spec.dtype == "DT_STRING":
+        examples = [example_pb2.Example() for _ in range(2)]
+        for example, value in zip(examples, (1.0, 3.0)):
+            example.features.feature["x"].float_list.value.append(value)
+        return np.array([e.SerializeToString() for e in examples], dtype=object)
+    shape = [2 if d == -1 else d for d in (spec.shape if spec.shape is not None else (2,))]
+    return np.arange(1, 1 + int(np.prod(shape)), dtype=np.float32).reshape(shape)
+
+
+@pytest.mark.skipif(not TFS_TESTDATA.is_dir(), reason=f"TF Serving testdata not found at {TFS_TESTDATA}")
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_test_models_answer_as_on_tensorflow(name: str) -> None:
+    """Every signature, Predict, Classify and Regress, answers as on TensorFlow. One known difference:
+    half_plus_three's SignatureDef says ``x`` is a scalar while its graph says [?,1]: TensorFlow runs a
+    scalar, OpenVINO (which checks shapes against the graph) refuses it as a client error."""
+    from modelserver.core.status import Code, ServingError
+    from modelserver.runtimes import LoadOptions, get_runtime
+    from modelserver.runtimes.tensorflow import servable
+
+    path = str(TFS_TESTDATA / name / "00000123")
+    on_tf, on_openvino = (get_runtime(p).load(path, LoadOptions()) for p in ("tensorflow", "openvino"))
+    for signature in (s for s in on_tf.signatures.values() if servable(s)):
+        inputs = {alias: _official_feed(spec) for alias, spec in signature.inputs.items()}
+        try:
+            expected = on_tf.run(signature.name, inputs)
+        except ServingError as exc:
+            with pytest.raises(ServingError) as info:
+                on_openvino.run(signature.name, inputs)
+            assert (info.value.code, info.value.message) == (exc.code, exc.message)
+            continue
+        if (name, signature.name) == ("saved_model_half_plus_three", "serving_default"):
+            with pytest.raises(ServingError, match="Invalid shape for input: x Got: ") as info:
+                on_openvino.run(signature.name, inputs)
+            assert info.value.code == Code.INVALID_ARGUMENT
+            continue
+        got = on_openvino.run(signature.name, inputs)
+        assert got.keys() == expected.keys()
+        for alias in expected:
+            np.testing.assert_allclose(got[alias], expected[alias], rtol=1e-6, err_msg=f"{signature.name} {alias}")
 
 
 # ------------------------------------------------------------------ precision
