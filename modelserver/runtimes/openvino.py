@@ -20,6 +20,7 @@ run on different streams, so every core stays busy under load (a single request 
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -269,13 +270,13 @@ class OpenVinoRuntime(Runtime):
             if kind == "tensorflow":
                 from modelserver.runtimes import openvino_tf
 
-                model = openvino_tf.load(path, options, lambda *args: self.network(args[0], config, *args[1:]))
+                model = openvino_tf.load(path, options, functools.partial(self.network, config))
             else:
                 model = self._load_file(path, kind, config)
         log.info("openvino: %s (%s) ready in %.1f s", path, kind, time.monotonic() - started)
         return model
 
-    def network(self, model: Any, config: Mapping[str, str], feeds: list[str], fetches: list[str],
+    def network(self, config: Mapping[str, str], model: Any, feeds: list[str], fetches: list[str],
                 aliases: Mapping[str, str], label: str) -> Network:
         """A :class:`Network` of ``model`` compiled with the model's settings."""
         def compile_model(source: Any) -> Any:
@@ -299,7 +300,7 @@ class OpenVinoRuntime(Runtime):
         signature = Signature(name=SIGNATURE, method_name=PREDICT_METHOD,
                               inputs={s.alias: s for s in sorted(inputs, key=lambda s: s.alias)},
                               outputs={s.alias: s for s in sorted(outputs, key=lambda s: s.alias)})
-        network = self.network(model, config, [s.tensor_name for s in inputs], [s.tensor_name for s in outputs], {},
+        network = self.network(config, model, [s.tensor_name for s in inputs], [s.tensor_name for s in outputs], {},
                                f"{path} signature {SIGNATURE}")
         signatures = {SIGNATURE: signature}
         return OpenVinoModel(path, signatures, {SIGNATURE: [network]}, lambda: build_signature_def_map(signatures))
