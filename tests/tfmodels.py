@@ -188,6 +188,19 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
     return url
 
 
+def serve_config(processes, config: Path, log_name: str, timeout: float = 120.0) -> tuple[str, int]:
+    """Start a server on ``config`` with REST and gRPC on free ports, logging to test-artifacts/<log_name>
+    (emptied first); returns (REST base URL, gRPC port)."""
+    from tests.conftest import ARTIFACTS, free_port
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / log_name
+    log.write_bytes(b"")
+    grpc_port = free_port()
+    return start_model_server(processes, [f"--model_config_file={config}", f"--port={grpc_port}"], log,
+                              timeout=timeout), grpc_port
+
+
 def serve_test_models(root: Path, processes, log_name: str, args: list[str] = (),
                       only: tuple[str, ...] = (), **popen) -> str:
     """Build the test models under ``root``, write their models.config, start a server on it.

@@ -14,6 +14,7 @@ __all__ = ["LoadedModel", "LoadOptions", "Runtime", "Signature", "TensorSpec", "
 PLATFORMS: dict[str, str] = {
     "tensorflow": "modelserver.runtimes.tensorflow:TensorFlowRuntime",
     "onnx": "modelserver.runtimes.onnx:OnnxRuntime",
+    "openvino": "modelserver.runtimes.openvino:OpenVinoRuntime",
 }
 
 _instances: dict[str, Runtime] = {}

@@ -95,6 +95,27 @@ class LoadedModel(abc.ABC):
         """Release runtime resources; in-flight ``run`` calls hold their own references."""
 
 
+def build_signature_def_map(signatures: Mapping[str, Signature]) -> Any:
+    """A ``SignatureDefMap`` made from signatures (for runtimes whose models carry no SignatureDefs)."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    result = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in signatures.items():
+        sigdef = result.signature_def[name]
+        sigdef.method_name = signature.method_name
+        for target, specs in ((sigdef.inputs, signature.inputs), (sigdef.outputs, signature.outputs)):
+            for alias, spec in specs.items():
+                info = target[alias]
+                info.name = spec.tensor_name
+                info.dtype = type(info).DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_name[spec.dtype].number
+                if spec.shape is None:
+                    info.tensor_shape.unknown_rank = True
+                else:
+                    for size in spec.shape:
+                        info.tensor_shape.dim.add().size = size
+    return result
+
+
 class Runtime(abc.ABC):
     """Loads model versions of one ``model_platform``."""
 

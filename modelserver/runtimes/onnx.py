@@ -21,7 +21,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from modelserver.core.status import Code, ServingError
-from modelserver.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
+from modelserver.runtimes.base import (LoadedModel, LoadOptions, Runtime, Signature, TensorSpec,
+                                       build_signature_def_map)
 
 log = logging.getLogger(__name__)
 
@@ -140,28 +141,8 @@ class OnnxModel(LoadedModel):
         """Built on first use (it needs TF's DataType enum) and then reused."""
         with self._sigdef_lock:
             if self._sigdef_map is None:
-                self._sigdef_map = self._build_signature_def_map()
+                self._sigdef_map = build_signature_def_map(self.signatures)
             return self._sigdef_map
-
-    def _build_signature_def_map(self) -> Any:
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
-        result = get_model_metadata_pb2.SignatureDefMap()
-        for name, signature in self.signatures.items():
-            sigdef = result.signature_def[name]
-            sigdef.method_name = signature.method_name
-            for target, specs in ((sigdef.inputs, signature.inputs), (sigdef.outputs, signature.outputs)):
-                for alias, spec in specs.items():
-                    info = target[alias]
-                    info.name = spec.tensor_name
-                    info.dtype = type(info).DESCRIPTOR.fields_by_name["dtype"].enum_type.values_by_name[
-                        spec.dtype].number
-                    if spec.shape is None:
-                        info.tensor_shape.unknown_rank = True
-                    else:
-                        for size in spec.shape:
-                            info.tensor_shape.dim.add().size = size
-        return result
 
     def close(self) -> None:
         self._session = None  # in-flight runs keep their own reference to the session

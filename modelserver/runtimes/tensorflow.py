@@ -70,6 +70,27 @@ def _serving_error(exc: BaseException) -> ServingError:
     return ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
+def signatures_of(meta_graph: Any) -> dict[str, Signature]:
+    """The MetaGraph's SignatureDefs in the runtime interface's terms."""
+    sigdefs = meta_graph.signature_def
+    return {name: _signature(name, sigdefs[name]) for name in sigdefs}
+
+
+def servable(signature: Signature) -> bool:
+    """False for a signature with nothing to fetch, or TF2's init op (a NoOp): listed, never run."""
+    return bool(signature.outputs) and signature.name != INIT_OP_SIGNATURE
+
+
+def signature_def_map(sigdefs: Mapping[str, Any]) -> Any:
+    """GetModelMetadata's SignatureDefMap: the SavedModel's own SignatureDefs, as TF Serving shows them."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    result = get_model_metadata_pb2.SignatureDefMap()
+    for name, sigdef in sigdefs.items():
+        result.signature_def[name].CopyFrom(sigdef)
+    return result
+
+
 def _scalar(value: Any) -> np.ndarray:
     """A 0-d output as an array: the session returns a scalar string as plain ``bytes``."""
     return np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
@@ -79,15 +100,14 @@ class TensorFlowModel(LoadedModel):
     """A SavedModel in its own Session, with one prepared callable per signature."""
 
     def __init__(self, path: str, session: Any, meta_graph: Any, options: LoadOptions) -> None:
-        sigdefs = meta_graph.signature_def
-        super().__init__(path, {name: _signature(name, sigdefs[name]) for name in sigdefs})
+        super().__init__(path, signatures_of(meta_graph))
         self._session = session
-        self._sigdefs = {name: sigdefs[name] for name in sigdefs}
+        self._sigdefs = dict(meta_graph.signature_def)
         self._callables: dict[str, Callable[..., list]] = {}
         self._in_caller: dict[str, Callable[..., list]] = {}  # same, run in the calling thread
         for name, signature in self.signatures.items():
-            if not signature.outputs or name == INIT_OP_SIGNATURE:
-                continue  # nothing to fetch, or TF2's init op (a NoOp): nothing to serve
+            if not servable(signature):
+                continue
             callable_options = config_pb2.CallableOptions(
                 feed=[spec.tensor_name for spec in signature.inputs.values()],
                 fetch=[spec.tensor_name for spec in signature.outputs.values()])
@@ -112,12 +132,7 @@ class TensorFlowModel(LoadedModel):
                 for alias, value in zip(signature.outputs, values)}
 
     def signature_def_map(self) -> Any:
-        from tensorflow_serving.apis import get_model_metadata_pb2
-
-        result = get_model_metadata_pb2.SignatureDefMap()
-        for name, sigdef in self._sigdefs.items():
-            result.signature_def[name].CopyFrom(sigdef)
-        return result
+        return signature_def_map(self._sigdefs)
 
     def close(self) -> None:
         self._callables.clear()
@@ -130,23 +145,39 @@ class TensorFlowRuntime(Runtime):
     platform = "tensorflow"
 
     def load(self, path: str, options: LoadOptions) -> LoadedModel:
-        if not os.path.isfile(os.path.join(path, "saved_model.pb")) and \
-                not os.path.isfile(os.path.join(path, "saved_model.pbtxt")):
-            raise ServingError(Code.NOT_FOUND, f"Could not find SavedModel .pb or .pbtxt at supplied export "
-                                               f"directory path: {path}")
-        config = config_pb2.ConfigProto(intra_op_parallelism_threads=options.intra_op_threads,
-                                        inter_op_parallelism_threads=options.inter_op_threads)
-        graph = tf.Graph()
-        session = tf.compat.v1.Session(graph=graph, config=config)
+        session, meta_graph = load_session(path, options)
         try:
-            with graph.as_default():
-                meta_graph = tf.compat.v1.saved_model.loader.load(session, list(options.tags), path)
             return TensorFlowModel(path, session, meta_graph, options)
         except ServingError:
             session.close()
             raise
         except Exception as exc:  # noqa: BLE001 - report any loader failure as the load status
             session.close()
-            if isinstance(exc, tf.errors.OpError):
-                raise _serving_error(exc) from None
             raise ServingError(Code.UNKNOWN, f"Failed to load SavedModel at {path}: {exc}") from None
+
+
+def new_session(options: LoadOptions) -> Any:
+    """A Session on a Graph of its own, with the server's thread flags."""
+    config = config_pb2.ConfigProto(intra_op_parallelism_threads=options.intra_op_threads,
+                                    inter_op_parallelism_threads=options.inter_op_threads)
+    return tf.compat.v1.Session(graph=tf.Graph(), config=config)
+
+
+def load_session(path: str, options: LoadOptions) -> tuple[Any, Any]:
+    """The SavedModel at ``path`` loaded into a new Session: ``(session, meta_graph)``.
+
+    Shared with the OpenVINO runtime, which converts what this loads: both accept the same models.
+    """
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")) and \
+            not os.path.isfile(os.path.join(path, "saved_model.pbtxt")):
+        raise ServingError(Code.NOT_FOUND, f"Could not find SavedModel .pb or .pbtxt at supplied export "
+                                           f"directory path: {path}")
+    session = new_session(options)
+    try:
+        with session.graph.as_default():
+            return session, tf.compat.v1.saved_model.loader.load(session, list(options.tags), path)
+    except Exception as exc:  # noqa: BLE001 - report any loader failure as the load status
+        session.close()
+        if isinstance(exc, tf.errors.OpError):
+            raise _serving_error(exc) from None
+        raise ServingError(Code.UNKNOWN, f"Failed to load SavedModel at {path}: {exc}") from None

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from tests import onnxmodels, tfmodels
-from tests.conftest import ARTIFACTS, Processes, free_port
+from tests.conftest import ARTIFACTS, Processes
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -31,13 +31,7 @@ def ports(tmp_path_factory: pytest.TempPathFactory, session_processes: Processes
     })
     config = root / "models.config"
     config.write_text(onnxmodels.model_config(paths))
-    ARTIFACTS.mkdir(exist_ok=True)
-    log = ARTIFACTS / "model_server_onnx.log"
-    log.write_bytes(b"")
-    grpc_port = free_port()
-    url = tfmodels.start_model_server(session_processes, [f"--model_config_file={config}", f"--port={grpc_port}"],
-                                      log)
-    return url, grpc_port
+    return tfmodels.serve_config(session_processes, config, "model_server_onnx.log")
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ def test_runtime_load_failure_and_unknown_platform(tmp_path: Path) -> None:
     with pytest.raises(ServingError) as info:
         get_runtime("tensorflow").load(str(tmp_path), LoadOptions())
     assert info.value.code == Code.NOT_FOUND
-    with pytest.raises(ServingError, match="valid platforms: onnx, tensorflow"):
+    with pytest.raises(ServingError, match="valid platforms: onnx, openvino, tensorflow"):
         get_runtime("caffe")
 
 
