@@ -28,7 +28,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from modelserver.core.platforms import ONNX_MODEL, SAVED_MODEL, SAVED_MODEL_TEXT
+from modelserver.core.platforms import (ONNX_MODEL, OPENVINO_BIN, OPENVINO_XML, SAVED_MODEL,
+                                        SAVED_MODEL_TEXT, describe_markers)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class NotAModel(ValueError):
 
 
 def check_version(directory: Path) -> None:
-    """Raise :class:`NotAModel` unless ``directory`` holds a SavedModel or an ONNX model that parses."""
+    """Raise :class:`NotAModel` unless ``directory`` holds a SavedModel, an ONNX model or an
+    OpenVINO IR that parses."""
     checked = False
     if (directory / SAVED_MODEL).is_file():
         _check(directory / SAVED_MODEL, "tensorflow", "tensorflow/core/protobuf/saved_model.proto",
@@ -53,9 +55,25 @@ def check_version(directory: Path) -> None:
     if (directory / ONNX_MODEL).is_file():
         _check(directory / ONNX_MODEL, "onnx", "onnx/onnx-ml.proto", "onnx.ModelProto", _has_graph, (7,))
         checked = True
+    if (directory / OPENVINO_XML).is_file():
+        _check_ir(directory)
+        checked = True
     if not checked:
-        raise NotAModel(f"neither {SAVED_MODEL} (a TensorFlow SavedModel) nor {ONNX_MODEL} is in the "
-                        "version directory")
+        raise NotAModel(f"the version directory holds no model: expected {describe_markers()}")
+
+
+def _check_ir(directory: Path) -> None:
+    """An OpenVINO IR: ``model.xml`` is well-formed XML whose root is ``<net>``, next to a ``model.bin``."""
+    import xml.etree.ElementTree as ElementTree
+
+    if not (directory / OPENVINO_BIN).is_file():
+        raise NotAModel(f"{OPENVINO_XML} (an OpenVINO IR) needs its weights, {OPENVINO_BIN}, beside it")
+    try:
+        root = ElementTree.parse(directory / OPENVINO_XML).getroot()
+    except (ElementTree.ParseError, OSError) as exc:
+        raise NotAModel(f"{OPENVINO_XML} is not well-formed XML ({exc})") from None
+    if root.tag != "net":
+        raise NotAModel(f"{OPENVINO_XML} is not an OpenVINO IR (its root element is <{root.tag}>, not <net>)")
 
 
 def _has_meta_graph(message: Any) -> str:

@@ -204,7 +204,7 @@ def test_an_empty_or_garbage_version_dir_is_one_finding_each_and_its_fix_works(t
     config = load_config(paths.config_file)
     problems = _problems(doctor.check_versions(paths, config))
     assert [p.message.split(" (")[0] for p in problems] == ["model m version 2", "model m version 3"]
-    assert "neither saved_model.pb" in problems[0].message
+    assert "holds no model" in problems[0].message
     for problem in problems:
         command = problem.fix.rsplit(": ", 1)[1]
         assert command.startswith("rm -r ")

@@ -36,7 +36,7 @@ def test_saved_models_onnx_models_and_neither(tmp_path: Path) -> None:
     check_version(_version(tmp_path / "txt", {"saved_model.pbtxt": b"meta_graphs { meta_info_def { tags: 'serve' } }"}))
     with pytest.raises(NotAModel, match="saved_model.pbtxt is not a tensorflow.SavedModel protobuf"):
         check_version(_version(tmp_path / "badtxt", {"saved_model.pbtxt": b"meta_graphs {"}))
-    with pytest.raises(NotAModel, match=r"^neither saved_model.pb \(a TensorFlow SavedModel\) nor model.onnx"):
+    with pytest.raises(NotAModel, match=r"^the version directory holds no model: expected saved_model.pb"):
         check_version(_version(tmp_path / "none", {"variables/variables.index": b"x"}))
     onnx = pytest.importorskip("onnx")
     from tests import onnxmodels
@@ -64,3 +64,14 @@ def test_without_the_schema_the_wire_format_is_checked(tmp_path: Path) -> None:
         modelfiles._check_wire(b"not a SavedModel", (2,), "not a model")
     with pytest.raises(NotAModel, match="field 7 is missing"):
         modelfiles._check_wire(b"\x08\x01", (7,), "not a model")
+
+
+def test_an_openvino_ir_needs_its_weights_and_a_net(tmp_path: Path) -> None:
+    check_version(_version(tmp_path / "ir", {"model.xml": b"<?xml version='1.0'?><net name='m' version='11'/>",
+                                             "model.bin": b""}))
+    with pytest.raises(NotAModel, match="needs its weights, model.bin"):
+        check_version(_version(tmp_path / "nobin", {"model.xml": b"<net/>"}))
+    with pytest.raises(NotAModel, match="not well-formed XML"):
+        check_version(_version(tmp_path / "bad", {"model.xml": b"<net", "model.bin": b""}))
+    with pytest.raises(NotAModel, match=r"root element is <html>"):
+        check_version(_version(tmp_path / "html", {"model.xml": b"<html/>", "model.bin": b""}))
