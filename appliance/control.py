@@ -4,9 +4,10 @@
 ``appliance models add|remove|set`` and the agent's watch of the config file all call
 :func:`apply`: read the config file (+ overrides), validate -- an invalid config is refused
 before anything changes --, render and install, reach the processes that need the change (the
-model server re-reads models.config, Envoy swaps its EDS endpoints, supervisord starts/stops/
-restarts only programs whose command changed, the agent and the logviewer follow the running
-config), restart nothing else, and wait until the node serves.
+model server re-reads models.config, Envoy swaps its listeners, clusters and endpoints (file-
+based LDS/CDS/EDS), supervisord starts/stops/restarts only programs whose command changed, the
+agent and the logviewer follow the running config), restart nothing else, and wait until the
+node serves. One change at a time per node (a lock in the run dir); the wait is outside it.
 
 Overrides: ``--set`` given with the change replaces the recorded ones (and is recorded in the
 running config); none given drops them (``--set`` is not kept across an ``up``/``reload``
@@ -15,31 +16,35 @@ without it). The agent's file watch passes the recorded ones on (:func:`apply_fi
 
 from __future__ import annotations
 
+import fcntl
 import logging
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import runconfig
 from .config import Config, NodePaths, effective_values, load_config
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .node import Node
 
 log = logging.getLogger(__name__)
 
 
 def apply(paths: NodePaths, overrides: list[str] | None = None,
           progress: Callable[[str], None] = print, *, config_file: Path | None = None,
-          timeout: float | None = None, wait: bool = True) -> None:
+          timeout: float | None = None) -> None:
     """Apply the config file (``config_file``, default: the one the node runs from, else
     ``<root>/etc/appliance/appliance.yaml``) plus ``overrides`` to the running node and wait
-    until it serves (``timeout``: default ``startup.timeout.seconds``; not when ``wait`` is
-    false: the agent, whose next edit must not wait for a node that may not serve for long)."""
-    from .node import Node
-
-    if config_file is None:
-        config_file = _running_source(paths)
-    config = load_config(config_file, overrides)   # ConfigError: nothing has changed
-    Node(config, paths, config_file, overrides).apply_live(
-        float(config.startup.timeout_seconds if timeout is None else timeout), progress, wait)
+    until it serves (``timeout``: default ``startup.timeout.seconds``)."""
+    with _one_change_at_a_time(paths):
+        if config_file is None:
+            config_file = _running_source(paths)
+        config = load_config(config_file, overrides)   # ConfigError: nothing has changed
+        node = _node(config, paths, config_file, overrides)
+        node.apply_live(progress)
+    node.wait_ready(float(config.startup.timeout_seconds if timeout is None else timeout), progress)
 
 
 def pending_edit(paths: NodePaths) -> Config | None:
@@ -55,17 +60,28 @@ def pending_edit(paths: NodePaths) -> Config | None:
 def apply_file_edit(paths: NodePaths, progress: Callable[[str], None] = log.info) -> bool:
     """What the agent does when the config file changed: apply it with the recorded overrides
     (True), or nothing when it holds no change (False). An invalid file is refused with its key
-    paths only (a value may be a secret): nothing changes."""
-    try:
-        if pending_edit(paths) is None:
+    paths only (a value may be a secret): nothing changes. It does not wait until the node
+    serves: the agent's next edit must not wait for a node that may not serve for long."""
+    with _one_change_at_a_time(paths):   # the overrides as recorded now, not before a CLI's change
+        try:
+            edited = pending_edit(paths)
+        except ConfigError as exc:
+            keys = ", ".join(sorted({key for key, _ in exc.problems}))
+            log.error("the config file %s is not valid (keys: %s); nothing changed: "
+                      "`appliance validate-config` says why", exc.source or "(defaults)", keys)
             return False
-    except ConfigError as exc:
-        keys = ", ".join(sorted({key for key, _ in exc.problems}))
-        log.error("the config file %s is not valid (keys: %s); nothing changed: "
-                  "`appliance validate-config` says why", exc.source or "(defaults)", keys)
-        return False
-    apply(paths, list(runconfig.read(paths).overrides), progress, wait=False)
+        if edited is None:
+            return False
+        running = runconfig.read(paths)
+        _node(edited, paths, running.source_file(paths), running.overrides).apply_live(progress)
     return True
+
+
+def _node(config: Config, paths: NodePaths, config_file: Path | None,
+          overrides: list[str] | tuple[str, ...] | None) -> "Node":
+    from .node import Node
+
+    return Node(config, paths, config_file, list(overrides or []))
 
 
 def _running_source(paths: NodePaths) -> Path | None:
@@ -74,3 +90,11 @@ def _running_source(paths: NodePaths) -> Path | None:
     except runconfig.NotStarted:
         return paths.config_file if paths.config_file.exists() else None
 
+
+@contextmanager
+def _one_change_at_a_time(paths: NodePaths) -> Iterator[None]:
+    """One change per node at a time: a CLI command and the agent's file watch may meet."""
+    paths.run.mkdir(parents=True, exist_ok=True)
+    with open(paths.run / "apply.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

@@ -6,8 +6,6 @@ supervisord -> readiness checks against the real model server and Envoy.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -17,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from . import membership, portowners, render, runconfig
 from modelserver.atomic import write_atomic
@@ -152,7 +150,10 @@ class Node:
         if timeout is None:
             timeout = float(self.config.startup.timeout_seconds)
         if self.supervisor.is_running():
-            self.apply_live(timeout, progress)
+            from . import control
+
+            control.apply(self.paths, self.overrides, progress, config_file=self.config_file,
+                          timeout=timeout)
             self.show_next_steps(progress)
             return
         if self.config.node.role == "serving":
@@ -187,31 +188,19 @@ class Node:
             progress(f"logs: http://{host}:{self.config.logviewer.port}/  password: {where}; "
                      f"`appliance --root {self.paths.root} logviewer-password` sets a new one")
 
-    def apply_live(self, timeout: float, progress: Callable[[str], None] = print,
-                   wait: bool = True) -> None:
+    def apply_live(self, progress: Callable[[str], None] = print) -> None:
         """Bring the running node to this config: render and install, reach the processes that
-        need the change (and only those), wait until it serves unless not ``wait`` (what
-        :func:`control.apply` does)."""
+        need the change (and only those); :meth:`wait_ready` then waits until it serves. Called
+        by :mod:`appliance.control` only, which makes it one change at a time."""
         if not self.supervisor.is_running():
             raise ApplianceError(f"the node under {self.paths.root} is not running: "
                                  "`appliance up` starts it")
         if self.config.node.role == "serving":
             self.check_models()
-        with self._one_change_at_a_time():
-            self._xds_rejected = xds_rejections(self.config.envoy.admin_port)
-            changed = self.render()
-            self.ensure_logviewer_password(progress)
-            self._apply_changes(changed, progress)
-        if wait:
-            self.wait_ready(timeout, progress)
-
-    @contextlib.contextmanager
-    def _one_change_at_a_time(self) -> Iterator[None]:
-        """One change per node at a time: a CLI command and the agent's file watch may meet."""
-        self.paths.run.mkdir(parents=True, exist_ok=True)
-        with open(self.paths.run / "apply.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+        self._xds_rejected = xds_rejections(self.config.envoy.admin_port)
+        changed = self.render()
+        self.ensure_logviewer_password(progress)
+        self._apply_changes(changed, progress)
 
     def _apply_changes(self, changed: list[Path], progress: Callable[[str], None]) -> None:
         """Touch only what changed: EDS and models.config are picked up live (no restart)."""

@@ -17,6 +17,12 @@ from appliance.errors import ApplianceError, ConfigError
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _run_dir(paths: NodePaths) -> dict[str, bytes]:
+    """What the node runs with: every file of its run dir (the lock of a change is none)."""
+    return {str(p.relative_to(paths.run)): p.read_bytes() for p in paths.run.rglob("*")
+            if p.is_file() and p.name != "apply.lock"}
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> NodePaths:
     """A node that `up` started from its config file with one --set (nothing runs)."""
@@ -63,26 +69,26 @@ def test_an_unchanged_file_is_no_pending_edit_an_edited_one_keeps_the_overrides(
 
 def test_an_invalid_edit_is_logged_by_key_path_only_and_changes_nothing(
         node: NodePaths, caplog: pytest.LogCaptureFixture) -> None:
-    before = {p.name: p.read_bytes() for p in node.run.iterdir()}
+    before = _run_dir(node)
     node.config_file.write_text("node.address: 127.0.0.1\nsync.interval.seconds: TOPSECRET\n")
     caplog.set_level(logging.INFO, logger="appliance.control")
     assert control.apply_file_edit(node) is False
     assert "keys: sync.interval.seconds" in caplog.text and "TOPSECRET" not in caplog.text
-    assert {p.name: p.read_bytes() for p in node.run.iterdir()} == before
+    assert _run_dir(node) == before
 
 
 def test_apply_refuses_an_invalid_config_before_anything_changes(node: NodePaths) -> None:
-    before = {p.name: p.read_bytes() for p in node.run.iterdir()}
+    before = _run_dir(node)
     with pytest.raises(ConfigError, match="http.port"):
         control.apply(node, ["http.port=eighty"], progress=lambda line: None)
-    assert {p.name: p.read_bytes() for p in node.run.iterdir()} == before
+    assert _run_dir(node) == before
 
 
 def test_apply_to_a_node_that_is_not_running_says_so_and_renders_nothing(node: NodePaths) -> None:
-    before = {p.name: p.read_bytes() for p in node.run.iterdir()}
+    before = _run_dir(node)
     with pytest.raises(ApplianceError, match="is not running: `appliance up` starts it"):
         control.apply(node, None, progress=lambda line: None)
-    assert {p.name: p.read_bytes() for p in node.run.iterdir()} == before
+    assert _run_dir(node) == before
 
 
 def test_one_module_knows_the_running_config_file() -> None:
