@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from modelserver.core.platforms import SAVED_MODEL, SAVED_MODEL_TEXT
 from modelserver.core.status import Code, ServingError
 from modelserver.runtimes.base import LoadedModel, LoadOptions, Runtime, Signature, TensorSpec
 from modelserver.tfdevices import import_tensorflow
@@ -168,8 +169,7 @@ def load_session(path: str, options: LoadOptions) -> tuple[Any, Any]:
 
     Shared with the OpenVINO runtime, which converts what this loads: both accept the same models.
     """
-    if not os.path.isfile(os.path.join(path, "saved_model.pb")) and \
-            not os.path.isfile(os.path.join(path, "saved_model.pbtxt")):
+    if not any(os.path.isfile(os.path.join(path, name)) for name in (SAVED_MODEL, SAVED_MODEL_TEXT)):
         raise ServingError(Code.NOT_FOUND, f"Could not find SavedModel .pb or .pbtxt at supplied export "
                                            f"directory path: {path}")
     session = new_session(options)
