@@ -760,7 +760,9 @@ def envoy_counter(admin: str, prefix: str, suffix: str) -> Callable[[], float]:
         total = 0.0
         for line in fetch_text(f"http://{admin}/stats?filter={suffix}$").splitlines():
             name, _, value = line.partition(": ")
-            middle = name[len(prefix):-len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else "."
+            if not (name.startswith(prefix) and name.endswith(suffix)):
+                continue
+            middle = name[len(prefix):-len(suffix)]
             if middle.count(".") <= 1 and "objectstore" not in middle:  # not cluster.X.external.*, internal.*
                 total += float(value)
         return total
