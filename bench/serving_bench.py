@@ -280,8 +280,9 @@ class Bench:
         result = run()
         served = target.counter() - before
         result["served"] = served
-        self.check(f"{target.name} c={concurrency}: {result.get('client', 'wrk')} vs {target.counter_name}",
-                   result["ok"], served, slack=concurrency)
+        what = f"{target.name} c={concurrency}: {result.get('client', 'wrk')}"
+        self.check(f"{what} vs {target.counter_name}", result["ok"], served, slack=concurrency)
+        self.check(f"{what}: failed requests vs none", result["errors"], 0)
         return result
 
     def check(self, what: str, tool: float, server: float, slack: float = 0, tolerance: float | None = None) -> None:
@@ -609,7 +610,7 @@ class Bench:
         self.results["settings"]["batching_parameters"] = BATCHING_PARAMETERS
         url, _, proc, counter = self.start_model_server(
             "model_server_batching", [HPT, "resnet"], ["--enable_batching", f"--batching_parameters_file={params}"])
-        on = Target("batching on", url, off.body, counter, off.counter_name, [proc.pid])
+        on = Target("batching on", f"{url}/v1/models/{HPT}:predict", off.body, counter, off.counter_name, [proc.pid])
         cases = [(HPT, self.bodies["hpt"], self.args.duration, 10.0),
                  ("resnet", self.bodies["resnet1"], self.args.resnet_duration, 60.0)]
         pids = [*off.pids, proc.pid]
