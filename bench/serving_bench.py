@@ -4,14 +4,20 @@ Every scenario of bench/README.md is measured side by side in one run, because t
 noisy and only ratios taken minutes apart mean anything. What runs (all on loopback, on free
 ports of ``--address``; every process is started here and stopped here by PID):
 
-1. REST ``saved_model_half_plus_two_mkl``: through Envoy, direct to the model server, MLServer
-   (V2 protocol) and KServe (V1 protocol) serving the same SavedModel; wrk, concurrency 1/8/64.
-2. gRPC: the same model through Envoy and direct (``bench/grpc_load.py``, TF Serving's stubs).
-1b. The same, Envoy vs direct at the highest concurrency, with no CPU pinning at all.
+1. REST ``saved_model_half_plus_two_mkl``: through Envoy, direct to a model server, Envoy alone
+   answering with ``direct_response`` (the floor), MLServer (V2 protocol) and KServe (V1)
+   serving the same SavedModel; wrk, concurrency 1/8/64.
+1b. Envoy vs direct at the highest concurrency, with no CPU pinning at all.
+2. gRPC: the same model through Envoy and direct (h2load; ``bench/grpc_load.py`` at the top).
 3. ``resnet`` with base64 JPEGs at batch 1 and 32 through Envoy vs ``bench/inprocess.py``,
    alternating in rounds.
 4. Server-side batching on vs off at concurrency 64 for both models (direct model servers).
 5. Cold start (``appliance up`` to the first successful predict) and resident memory.
+
+Every run is confirmed by the server's own counter (``Bench.measured``): a load tool's count
+that the server does not confirm, or a run with failed requests, fails the run (exit 1) after
+the results are written. Each cell is ``--rounds`` interleaved rounds, reported as medians with
+the worst round's p99 next to the median one.
 
 CPU split (the machine has 2 cores): the servers (Envoy + model server, or a peer) run under
 ``taskset -c --server-cpus`` and the load generators under ``taskset -c --client-cpus``; the same
