@@ -7,7 +7,8 @@ request (from /proc over the run); then medians and per-round ratios vs direct a
 Variants: ``base`` (the rendered config, ``--envoy-concurrency`` workers), ``conc2`` (2 workers),
 one removed feature each (``no_remote_addr``, ``no_retry``, ``no_buffer``, ``http1``, ``no_hc``,
 ``no_outlier``, ``no_stats``, ``no_reqid``, ``no_envoy_headers``), ``minimal`` (all of them) and
-``floor`` (a ``direct_response``: Envoy alone, no upstream). A scratch tool, not a product path:
+``floor`` (a ``direct_response``: Envoy alone, no upstream; ``floor+EDIT`` with edits such as
+``exact_balance``: connections spread evenly over the workers). A scratch tool, not a product path:
 the product template is envoy/envoy.yaml.j2.
 
     bench/run_all.sh --no-peers   # once: builds the models and renders bench/.work/node
@@ -88,6 +89,9 @@ EDITS = {
         "    connect_timeout: 1s\n    circuit_breakers: {thresholds: [{max_connections: %d, "
         "max_pending_requests: 100000, max_requests: 100000}]}\n" % n)) for n in (1, 2, 4, 8, 16)},
     "no_stats": lambda t: t.replace("static_resources:", "stats_config: {stats_matcher: {reject_all: true}}\n\nstatic_resources:", 1),
+    # every listener spreads its connections evenly over the workers (not as the kernel hands them out)
+    "exact_balance": lambda t: re.sub(r"(  - name: (?:rest|grpc)\n    address: [^\n]+\n)",
+                                      r"\1    connection_balance_config: {exact_balance: {}}\n", t),
 }
 
 
@@ -107,11 +111,11 @@ def variant_yaml(base: str, name: str, ports: dict, eds: dict) -> str:
     if name == "uds":               # REST upstream over the unix socket (scratch --ms ms_uds.py)
         name = "no_hc"
     parts = [] if name in ("base", "conc2") else (list(EDITS) if name == "minimal" else name.split("+"))
-    if name == "floor":
+    if name.split("+")[0] == "floor":  # floor, or floor+EDIT: Envoy alone, with those edits
         t = re.sub(r"(              - match: \{prefix: \"/\"\}\n).*?(          http_filters:)",
                    r"\1                direct_response: {status: 200, body: {inline_string: '{\"predictions\": [2.5, 3.0, 4.5]}'}}\n\2",
                    t, count=1, flags=re.S)
-        parts = []
+        parts = name.split("+")[1:]
     for p in parts:
         new = EDITS[p](t)
         assert new != t, p

@@ -4,20 +4,26 @@ Every scenario of bench/README.md is measured side by side in one run, because t
 noisy and only ratios taken minutes apart mean anything. What runs (all on loopback, on free
 ports of ``--address``; every process is started here and stopped here by PID):
 
-1. REST ``saved_model_half_plus_two_mkl``: through Envoy, direct to the model server, MLServer
-   (V2 protocol) and KServe (V1 protocol) serving the same SavedModel; wrk, concurrency 1/8/64.
-2. gRPC: the same model through Envoy and direct (``bench/grpc_load.py``, TF Serving's stubs).
-1b. The same, Envoy vs direct at the highest concurrency, with no CPU pinning at all.
+1. REST ``saved_model_half_plus_two_mkl``: through Envoy, direct to a model server, Envoy alone
+   answering with ``direct_response`` (the floor), MLServer (V2 protocol) and KServe (V1)
+   serving the same SavedModel; wrk, concurrency 1/8/64.
+1b. Envoy vs direct at the highest concurrency, with no CPU pinning at all.
+2. gRPC: the same model through Envoy and direct (h2load; ``bench/grpc_load.py`` at the top).
 3. ``resnet`` with base64 JPEGs at batch 1 and 32 through Envoy vs ``bench/inprocess.py``,
    alternating in rounds.
 4. Server-side batching on vs off at concurrency 64 for both models (direct model servers).
 5. Cold start (``appliance up`` to the first successful predict) and resident memory.
 
+Every run is confirmed by the server's own counter (``Bench.measured``): a load tool's count
+that the server does not confirm, or a run with failed requests, fails the run (exit 1) after
+the results are written. Each cell is ``--rounds`` interleaved rounds, reported as medians with
+the worst round's p99 next to the median one.
+
 CPU split (the machine has 2 cores): the servers (Envoy + model server, or a peer) run under
 ``taskset -c --server-cpus`` and the load generators under ``taskset -c --client-cpus``; the same
 split is used for every compared setup. Results: a JSON file and Markdown tables in ``--out``.
 
-    .venv/bin/python bench/serving_bench.py [--rounds 2] [--duration 5] [--quick]
+    .venv/bin/python bench/serving_bench.py [--rounds 3] [--duration 5] [--scenarios rest,grpc] [--no-peers]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,6 +56,47 @@ batch_timeout_micros { value: 2000 }
 num_batch_threads { value: 2 }
 max_enqueued_batches { value: 1000 }
 """
+
+
+PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+KSERVE_METRIC = "request_predict_seconds_count"
+MLSERVER_METRIC = "model_infer_request_success_total"
+# Envoy alone: every request answered by Envoy itself (what the node's Envoy costs at the least).
+FLOOR_YAML = """\
+admin: {address: {socket_address: {address: ADDRESS, port_value: ADMIN}}}
+static_resources:
+  listeners:
+  - name: floor
+    address: {socket_address: {address: ADDRESS, port_value: PORT}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: floor
+          route_config:
+            virtual_hosts:
+            - name: floor
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                direct_response: {status: 200, body: {inline_string: '{"predictions": [2.5, 3.0, 4.5]}'}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+"""
+
+
+@dataclass
+class Target:
+    """One server under load: where to send (a URL, or host:port for gRPC), what, and its own counter."""
+
+    name: str
+    url: str
+    body: Path | None
+    counter: Callable[[], float]
+    counter_name: str
+    pids: list[int] = field(default_factory=list)
 
 
 def log(message: str) -> None:
@@ -139,10 +187,11 @@ class Bench:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
         self.results: dict[str, Any] = {"rest": [], "rest_unpinned": [], "grpc": [], "resnet": [], "batching": [],
-                                        "memory": {}, "settings": {}}
+                                        "memory": {}, "settings": {}, "checks": []}
         self.bodies: dict[str, Path] = {}
         self.node_root = args.work / "node"
         self.node_up = False
+        self.runs = 0
 
     # ------------------------------------------------------------------ processes
 
@@ -177,42 +226,80 @@ class Bench:
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
-        return json.loads(lines[-1])
+        result = json.loads(lines[-1])
+        return {**result, "ok": result["requests"] - result["error_kinds"]["status"], "client": "wrk"}
 
     def h2load(self, target: str, concurrency: int, duration: float) -> dict:
         """gRPC with nghttp2's h2load: one HTTP/2 connection, ``concurrency`` streams in flight.
 
         The body is a length-prefixed ``PredictRequest`` serialized with TF Serving's own stubs
-        (``grpc_request_bytes``); latencies come from h2load's per-request log. h2load sees HTTP
-        status codes, not ``grpc-status`` trailers, so the Python client run next to it checks that
-        the answers are OK.
+        (``grpc_request_bytes``). Every run writes a log file of its own (h2load appends to an
+        existing one: a shared file once made each run count every earlier run's requests too);
+        the request count and rate are h2load's own summary, the latencies its per-request log,
+        and the two must agree on the count. h2load sees HTTP statuses, not ``grpc-status``
+        trailers: the server's own counter (``measured``) is what confirms the answers were OK.
         """
-        log_file = self.out / "h2load.log"
-        cmd = ["taskset", "-c", self.args.client_cpus, "h2load", f"-D{duration:g}", "--warm-up-time=1", "-c1",
-               f"-m{concurrency}", "-t1", "-d", str(self.bodies["grpc_hpt"]), "-H", "content-type: application/grpc",
+        self.runs += 1
+        log_file = self.logs / f"h2load-{self.runs}.log"
+        log_file.unlink(missing_ok=True)
+        cmd = ["taskset", "-c", self.args.client_cpus, "h2load", f"-D{duration:g}", "-c1", f"-m{concurrency}",
+               "-t1", "-d", str(self.bodies["grpc_hpt"]), "-H", "content-type: application/grpc",
                "-H", "te: trailers", f"--log-file={log_file}",
                f"http://{target}/tensorflow.serving.PredictionService/Predict"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"h2load failed ({proc.returncode}): {proc.stdout}\n{proc.stderr}")
+        summary = parse_h2load(proc.stdout)
         rows = [line.split("\t") for line in log_file.read_text().splitlines() if line.count("\t") == 2]
         latencies = sorted(int(row[2]) / 1000 for row in rows)
-        ok = sum(1 for row in rows if row[1] == "200")
-        done = len(latencies)
-        return {"requests": done, "rps": done / duration, "p50_ms": latencies[done // 2] if done else float("nan"),
-                "p99_ms": latencies[min(done - 1, int(done * 0.99))] if done else float("nan"),
-                "errors": done - ok, "client_cpu": float("nan"), "client": "h2load"}
+        if abs(len(rows) - summary["done"]) > max(0.01 * summary["done"], 2):
+            raise RuntimeError(f"h2load's log has {len(rows)} requests, its summary {summary['done']}: {log_file}")
+        return {"requests": summary["done"], "ok": summary["succeeded"], "rps": summary["succeeded"] / summary["seconds"],
+                "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+                "errors": summary["done"] - summary["succeeded"], "seconds": summary["seconds"],
+                "client_cpu": float("nan"), "client": "h2load"}
 
     def grpc(self, target: str, concurrency: int, duration: float) -> dict:
+        """The Python client on TF Serving's stubs (``grpc_load.py``): it reads every ``grpc-status``."""
         cmd = ["taskset", "-c", self.args.client_cpus, sys.executable, str(BENCH / "grpc_load.py"),
                "--target", target, "--model", HPT, "--input", "x=float32:1.0,2.0,5.0",
-               "--concurrency", str(concurrency), "--duration", f"{duration:g}", "--warmup", "1"]
+               "--concurrency", str(concurrency), "--duration", f"{duration:g}", "--warmup", "0"]
         proc = subprocess.run(cmd, capture_output=True, text=True,
                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
         lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
         if proc.returncode != 0 or not lines:
             raise RuntimeError(f"grpc_load failed ({proc.returncode}): {proc.stderr[-2000:]}")
-        return {**json.loads(lines[-1]), "client": "grpc_load.py"}
+        result = json.loads(lines[-1])
+        return {**result, "ok": result["requests"], "client": "grpc_load.py"}
+
+    def measured(self, target: "Target", concurrency: int, run: Callable[[], dict]) -> dict:
+        """``run()`` (one load-tool run) with the target's server-side counter read around it.
+
+        The load tool's count of answered requests and the server's own count of requests it
+        answered OK over the same run (Envoy's ``upstream_rq_total``, the model server's
+        ``request_count``, a peer's metrics) are two independent measures of the same thing: when
+        they differ by more than ``--tolerance`` the run is recorded as a failed check, and the
+        bench exits non-zero at the end (after writing its results). The requests in flight when
+        the tool stops (at most ``concurrency``) may be answered, and counted, after it stopped.
+        """
+        before = target.counter()
+        result = run()
+        served = target.counter() - before
+        result["served"] = served
+        what = f"{target.name} c={concurrency}: {result.get('client', 'wrk')}"
+        self.check(f"{what} vs {target.counter_name}", result["ok"], served, slack=concurrency)
+        self.check(f"{what}: failed requests vs none", result["errors"], 0)
+        return result
+
+    def check(self, what: str, tool: float, server: float, slack: float = 0, tolerance: float | None = None) -> None:
+        """Record (and log when failed) whether two measures of one quantity agree."""
+        tolerance = self.args.tolerance if tolerance is None else tolerance
+        gap = max(abs(tool - server) - slack, 0) / max(server, tool, 1)
+        entry = {"what": what, "tool": round(tool, 1), "server": round(server, 1), "gap": round(gap, 4),
+                 "ok": gap <= tolerance}
+        self.results["checks"].append(entry)
+        if not entry["ok"]:
+            log(f"CHECK FAILED: {what}: {tool:.0f} vs {server:.0f} ({gap:.1%} apart, tolerance {tolerance:.0%})")
 
     def warm(self, url: str, body: Path, cpus: str | None = None) -> None:
         """A short unmeasured run: connections, caches and the runtime's first calls."""
@@ -221,7 +308,10 @@ class Bench:
     # ------------------------------------------------------------------ stacks
 
     def start_node(self) -> dict:
-        """``appliance up`` of a node with both built-in models; cold start measured here."""
+        """``appliance up`` of a node with both built-in models; cold start measured here.
+
+        Envoy runs with the product's worker count (``envoy.concurrency`` unset: one per CPU).
+        """
         address = self.args.address
         models = self.node_root / "data/models"
         if not (models / "resnet").is_dir() or not (models / HPT).is_dir():
@@ -230,10 +320,7 @@ class Bench:
                            capture_output=True)
         ports = {key: free_port(address) for key in ("http.port", "grpc.port", "envoy.admin.port",
                                                      "serving.rest.port", "serving.grpc.port")}
-        # Envoy's workers = the CPUs it is pinned to: two workers on one core measured 42-106%
-        # (median 70%) of one worker's requests/s (bench/README.md, bench/envoy_ab.py).
-        sets = {"node.address": address, "envoy.concurrency": cpu_count(self.args.server_cpus),
-                "model.name": f"{HPT},resnet", "logviewer.enabled": "false", **ports}
+        sets = {"node.address": address, "model.name": f"{HPT},resnet", "logviewer.enabled": "false", **ports}
         self.results["settings"]["node"] = sets
         cmd = ["taskset", "-c", self.args.server_cpus, *APPLIANCE, "--root", str(self.node_root), "up"]
         for key, value in sets.items():
@@ -254,29 +341,55 @@ class Bench:
         status = json.loads(subprocess.run(APPLIANCE + ["--root", str(self.node_root), "status", "--json"],
                                            capture_output=True, text=True, check=True).stdout)
         self.node_pids = {p["name"]: p["pid"] for p in status["processes"]}
+        self.envoy_workers = envoy_workers(self.node_pids["envoy"])
+        self.results["settings"]["envoy_workers"] = self.envoy_workers
         cold = {"first_predict_s": first, "first_resnet_predict_s": resnet_first, "appliance_up_returned_s": up_done,
                 "model_server_rss_mb": rss_mb(self.node_pids["model_server"]),
                 "envoy_rss_mb": rss_mb(self.node_pids["envoy"])}
         self.results["cold_start"] = cold
-        log(f"node up: first predict after {first:.1f}s, `appliance up` returned after {up_done:.1f}s")
+        log(f"node up: first predict after {first:.1f}s, `appliance up` returned after {up_done:.1f}s; "
+            f"Envoy workers: {self.envoy_workers}")
         return cold
 
-    def start_model_server(self, name: str, models: list[str], extra: list[str] | None = None) -> tuple[str, str, Proc]:
+    def start_model_server(self, name: str, models: list[str], extra: list[str] | None = None
+                           ) -> tuple[str, str, Proc, Callable[[], float]]:
+        """A model server of its own (the node's has no metrics page), with Prometheus metrics on:
+        its ``request_count`` of OK answers for half_plus_two is the counter returned."""
         address = self.args.address
         rest, grpc = free_port(address), free_port(address)
         config = self.out / f"{name}.models.config"
         config.write_text("model_config_list {\n" + "".join(
             f'  config {{ name: "{m}" base_path: "{self.node_root / "data/models" / m}" model_platform: "tensorflow" }}\n'
             for m in models) + "}\n")
+        monitoring = self.out / "monitoring.config"
+        monitoring.write_text(f'prometheus_config {{ enable: true path: "{PROMETHEUS_PATH}" }}\n')
         cmd = [str(VENV_BIN / "appliance-model-server"), f"--port={grpc}", f"--rest_api_port={rest}",
                f"--listen_address={address}", f"--model_config_file={config}",
-               f"--rest_api_num_threads={self.args.threads}", *(extra or [])]
+               f"--monitoring_config_file={monitoring}", f"--rest_api_num_threads={self.args.threads}", *(extra or [])]
         proc = self.spawn(name, cmd)
         url = f"http://{address}:{rest}"
         wait_until(lambda: proc.check() or http(f"{url}/v1/models/{models[0]}") == 200, 300, name)
-        return url, f"{address}:{grpc}", proc
+        counter = prometheus_counter(url + PROMETHEUS_PATH, ":tensorflow:serving:request_count", status="OK")
+        return url, f"{address}:{grpc}", proc, counter
 
-    def start_kserve(self) -> str:
+    def start_floor(self) -> Target:
+        """Envoy alone answering every request itself (``direct_response``): Envoy's own limit,
+        with the node Envoy's worker count on the same CPUs (the issue's "Envoy floor")."""
+        address = self.args.address
+        port, admin = free_port(address), free_port(address)
+        config = self.out / "envoy_floor.yaml"
+        config.write_text(FLOOR_YAML.replace("ADDRESS", address).replace("ADMIN", str(admin))
+                          .replace("PORT", str(port)))
+        proc = self.spawn("envoy_floor", [str(VENV_BIN / "envoy"), "-c", str(config), "--concurrency",
+                                          str(self.envoy_workers), "--disable-hot-restart", "--log-level", "warn",
+                                          "--base-id", str(admin)])
+        url = f"http://{address}:{port}/v1/models/{HPT}:predict"
+        wait_until(lambda: proc.check() or http(url, HPT_V1) == 200, 60, "the Envoy floor")
+        return Target("Envoy floor", url, self.bodies["hpt"],
+                      envoy_counter(f"{address}:{admin}", "http.floor.", "downstream_rq_2xx"),
+                      "Envoy floor's downstream_rq_2xx", [proc.pid])
+
+    def start_kserve(self) -> Target:
         port = free_port("0.0.0.0")
         python = BENCH / ".venv-kserve/bin/python"
         cmd = [str(python), str(BENCH / "peers/kserve_model.py"), "--model_name", HPT,
@@ -286,16 +399,17 @@ class Bench:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: proc.check() or http(f"{url}/v1/models/{HPT}:predict", HPT_V1) == 200, 180, "kserve")
         self.results["memory"]["kserve_rss_mb"] = tree_rss_mb(proc.pid)
-        return f"{url}/v1/models/{HPT}:predict"
+        return Target("KServe", f"{url}/v1/models/{HPT}:predict", self.bodies["hpt"],
+                      prometheus_counter(f"{url}/metrics", KSERVE_METRIC), KSERVE_METRIC, [proc.pid])
 
-    def start_mlserver(self) -> str:
+    def start_mlserver(self) -> Target:
         port, grpc, metrics = free_port(self.args.address), free_port(self.args.address), free_port(self.args.address)
         home = self.out / "mlserver"
         shutil.rmtree(home, ignore_errors=True)
         (home / HPT).mkdir(parents=True)
         settings = {"host": self.args.address, "http_port": port, "grpc_port": grpc, "metrics_port": metrics,
                     "debug": False, "parallel_workers": self.args.peer_workers - 1 if self.args.peer_workers > 1 else 0,
-                    "metrics_endpoint": None, "gzip_enabled": False}
+                    "gzip_enabled": False}
         self.results["settings"]["mlserver"] = settings
         (home / "settings.json").write_text(json.dumps(settings))
         (home / HPT / "model-settings.json").write_text(json.dumps({
@@ -307,46 +421,59 @@ class Bench:
         url = f"http://{self.args.address}:{port}/v2/models/{HPT}/infer"
         wait_until(lambda: proc.check() or http(url, HPT_V2) == 200, 180, "mlserver")
         self.results["memory"]["mlserver_rss_mb"] = tree_rss_mb(proc.pid)
-        return url
+        return Target("MLServer", url, self.bodies["hpt_v2"],
+                      prometheus_counter(f"http://{self.args.address}:{metrics}/metrics", MLSERVER_METRIC),
+                      MLSERVER_METRIC, [proc.pid])
 
     # ------------------------------------------------------------------ scenarios
 
-    def best_of(self, runs: list[dict]) -> dict:
-        """The median round by requests/s; of an even count the best one (noise only ever slows a round down)."""
-        runs = sorted(runs, key=lambda r: r["rps"])
-        return runs[len(runs) // 2] if len(runs) % 2 else runs[-1]
+    def rounds(self, targets: list[Target], concurrency: int, run: Callable[[Target], dict], count: int,
+               rotate: bool = True) -> dict[str, list[dict]]:
+        """``count`` rounds; each runs every target once (the order rotates per round, so no target
+        always goes first), each run confirmed by the target's server-side counter."""
+        results: dict[str, list[dict]] = {t.name: [] for t in targets}
+        for index in range(count):
+            shift = index % len(targets) if rotate else 0
+            for target in targets[shift:] + targets[:shift]:
+                results[target.name].append({**self.measured(target, concurrency, lambda: run(target)),
+                                             "load": os.getloadavg()[0]})
+        return results
 
-    def scenario_rest(self, targets: dict[str, tuple[str, Path]]) -> None:
-        for url, body in targets.values():
-            self.warm(url, body)
+    def scenario_rest(self, targets: list[Target]) -> None:
+        for target in targets:
+            self.warm(target.url, target.body)
         for concurrency in self.args.concurrency:
-            rounds: dict[str, list[dict]] = {name: [] for name in targets}
-            for _ in range(self.args.rounds):
-                for name, (url, body) in targets.items():  # interleaved: each round runs every target
-                    rounds[name].append(self.wrk(url, body, concurrency, self.args.duration))
-            for name, runs in rounds.items():
-                row = {"target": name, "concurrency": concurrency, **self.best_of(runs),
-                       "all_rps": [round(r["rps"]) for r in runs]}
+            runs = self.rounds(targets, concurrency, lambda t: self.wrk(t.url, t.body, concurrency,
+                                                                          self.args.duration), self.args.rounds)
+            for name, cell in runs.items():
+                row = {"target": name, "concurrency": concurrency, **summarize(cell)}
                 self.results["rest"].append(row)
-                log(f"REST {name:22s} c={concurrency:<3d} {row['rps']:8.0f} req/s  p50 {row['p50_ms']:7.2f} ms  "
-                    f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}")
+                log_row("REST", row)
 
-    def scenario_grpc(self, targets: dict[str, str]) -> None:
-        """h2load at every concurrency, then the Python stubs client at the highest one."""
+    def scenario_grpc(self, targets: list[Target]) -> None:
+        """h2load at every concurrency, then the Python stubs client at the highest one.
+
+        The two clients are a cross-check of each other at the highest concurrency when the
+        Python client is not the bottleneck itself (its CPU under 90% of a core).
+        """
+        for target in targets:
+            self.h2load(target.url, 8, 1)  # warm: connections, the inline path's run-cost samples
         clients = [("h2load", c, self.h2load) for c in self.args.concurrency]
         clients.append(("grpc_load.py", max(self.args.concurrency), self.grpc))
+        cells: dict[tuple[str, str], dict] = {}
         for client, concurrency, run in clients:
-            rounds: dict[str, list[dict]] = {name: [] for name in targets}
-            for _ in range(self.args.rounds):
-                for name, target in targets.items():
-                    rounds[name].append(run(target, concurrency, self.args.duration))
-            for name, runs in rounds.items():
-                row = {"target": name, "concurrency": concurrency, **self.best_of(runs),
-                       "all_rps": [round(r["rps"]) for r in runs], "client": client}
+            runs = self.rounds(targets, concurrency, lambda t: run(t.url, concurrency, self.args.duration),
+                               self.args.rounds)
+            for name, cell in runs.items():
+                row = {"target": name, "concurrency": concurrency, **summarize(cell), "client": client}
                 self.results["grpc"].append(row)
-                log(f"gRPC {name:22s} c={concurrency:<3d} {client:12s} {row['rps']:8.0f} req/s  p50 "
-                    f"{row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}  client CPU "
-                    f"{row['client_cpu']:.2f}")
+                if concurrency == max(self.args.concurrency):
+                    cells[client, name] = row
+                log_row("gRPC", row)
+        for target in targets:
+            h2, py = cells.get(("h2load", target.name)), cells.get(("grpc_load.py", target.name))
+            if h2 and py and py["client_cpu"] < 0.9:
+                self.check(f"gRPC {target.name}: h2load vs grpc_load.py req/s", h2["rps"], py["rps"], tolerance=0.2)
 
     def sequential(self, url: str, body: Path, count: int) -> dict:
         """``count`` requests one after another on one keep-alive connection (a fixed count, not a
@@ -370,7 +497,7 @@ class Bench:
         elapsed = time.perf_counter() - start
         conn.close()
         latencies.sort()
-        return {"requests": count, "rps": count / elapsed, "p50_ms": latencies[count // 2],
+        return {"requests": count, "ok": count - errors, "rps": count / elapsed, "p50_ms": latencies[count // 2],
                 "p99_ms": latencies[min(count - 1, int(count * 0.99))], "errors": errors, "seconds": elapsed}
 
     def wait_idle(self, pids: list[int], timeout: float = 120.0) -> None:
@@ -391,44 +518,36 @@ class Bench:
             if cpu() - before < 0.05:
                 return
 
-    def scenario_rest_unpinned(self, targets: dict[str, tuple[str, Path]]) -> None:
+    def scenario_rest_unpinned(self, targets: list[Target]) -> None:
         """The second CPU layout: no pinning at all, the kernel schedules everything on every core.
 
-        The node's Envoy and model server (all their threads) are re-pinned to every CPU with
-        ``taskset -a -p`` for this scenario and pinned back afterwards; wrk runs unpinned too.
-        Envoy keeps the worker count it was started with (measured: 1 vs 2 workers make no
-        clear difference unpinned; bench/README.md). Rounds alternate which side goes first.
+        The servers (all their threads) are re-pinned to every CPU with ``taskset -a -p`` for this
+        scenario and pinned back afterwards; wrk runs unpinned too. Envoy keeps its worker count.
+        Rounds alternate which side goes first.
         """
         every = f"0-{(os.cpu_count() or 1) - 1}"
-        pids = [self.node_pids["envoy"], self.node_pids["model_server"]]
+        pids = [pid for target in targets for pid in target.pids]
         concurrency = max(self.args.concurrency)
-        rounds: dict[str, list[dict]] = {name: [] for name in targets}
         try:
             for pid in pids:
                 subprocess.run(["taskset", "-a", "-p", "-c", every, str(pid)], check=True, capture_output=True)
-            for url, body in targets.values():
-                self.warm(url, body, every)
-            for index in range(self.args.unpinned_rounds):
-                order = list(targets) if index % 2 == 0 else list(reversed(targets))
-                for name in order:
-                    url, body = targets[name]
-                    rounds[name].append({**self.wrk(url, body, concurrency, self.args.duration, cpus=every),
-                                         "load": os.getloadavg()[0]})
+            for target in targets:
+                self.warm(target.url, target.body, every)
+            runs = self.rounds(targets, concurrency, lambda t: self.wrk(t.url, t.body, concurrency, self.args.duration,
+                                                                          cpus=every), self.args.unpinned_rounds)
         finally:
             for pid in pids:
                 subprocess.run(["taskset", "-a", "-p", "-c", self.args.server_cpus, str(pid)], capture_output=True)
-        envoy, direct = rounds["appliance via Envoy"], rounds["appliance direct"]
+        envoy, direct = runs["appliance via Envoy"], runs["appliance direct"]
         ratios = [e["rps"] / d["rps"] for e, d in zip(envoy, direct)]
-        for name, runs in rounds.items():
-            row = {"target": name, "concurrency": concurrency, "cpus": every, **median_run(runs),
-                   "all_rps": [round(r["rps"]) for r in runs], "loads": [round(r["load"], 1) for r in runs]}
+        for name, cell in runs.items():
+            row = {"target": name, "concurrency": concurrency, "cpus": every, **summarize(cell)}
             self.results["rest_unpinned"].append(row)
-            log(f"REST unpinned {name:22s} c={concurrency:<3d} {row['rps']:8.0f} req/s  p50 {row['p50_ms']:7.2f} ms  "
-                f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}  rounds {row['all_rps']}")
+            log_row("REST unpinned", row)
         self.results["rest_unpinned_ratios"] = ratios
         log(f"REST unpinned via Envoy / direct per round: {', '.join(f'{r:.0%}' for r in ratios)}")
 
-    def scenario_resnet(self, envoy: str, jpeg: Path) -> None:
+    def scenario_resnet(self, envoy: Target, jpeg: Path) -> None:
         """Through Envoy vs in-process, alternating in rounds on the same batch and CPU set.
 
         The in-process runtime (``bench/inprocess.py --rounds``) is loaded once and stays idle
@@ -453,7 +572,7 @@ class Bench:
             if not json.loads(runner.stdout.readline() or "{}").get("ready"):
                 raise RuntimeError(f"inprocess.py did not start; see {self.logs / 'inprocess.log'}")
             pids = [*self.node_pids.values(), runner.pid]
-            url = f"{envoy}/v1/models/resnet:predict"
+            url = envoy.url.replace(f"/{HPT}:", "/resnet:")
             for batch in (1, 32):
                 count = self.args.resnet_requests if batch == 1 else max(self.args.resnet_requests // 8, 2)
                 body = self.bodies[f"resnet{batch}"]
@@ -464,11 +583,12 @@ class Bench:
                         self.wait_idle(pids)
                         if side == "envoy":
                             self.sequential(url, body, 1)  # untimed, like in-process's first call
-                            served_runs.append({**self.sequential(url, body, count), "load": os.getloadavg()[0]})
+                            run = self.measured(envoy, 1, lambda: self.sequential(url, body, count))
+                            served_runs.append({**run, "load": os.getloadavg()[0]})
                         else:
                             inprocess_runs.append(inprocess(batch, count))
                 ratios = [s["rps"] * batch / i["images_per_s"] for s, i in zip(served_runs, inprocess_runs)]
-                served = median_run(served_runs)
+                served = summarize(served_runs)
                 cores = cpu_count(self.args.server_cpus)
                 row = {"batch": batch, "envoy_images_per_s": served["rps"] * batch, "envoy_p50_ms": served["p50_ms"],
                        "envoy_p99_ms": served["p99_ms"], "envoy_errors": sum(r["errors"] for r in served_runs),
@@ -490,24 +610,24 @@ class Bench:
                 os.killpg(runner.pid, signal.SIGKILL)
                 runner.wait()
 
-    def scenario_batching(self, off_url: str) -> None:
+    def scenario_batching(self, off: Target) -> None:
         params = self.out / "batching_parameters.txt"
         params.write_text(BATCHING_PARAMETERS)
         self.results["settings"]["batching_parameters"] = BATCHING_PARAMETERS
-        on_url, _, proc = self.start_model_server(
-            "model_server_batching", [HPT, "resnet"],
-            ["--enable_batching", f"--batching_parameters_file={params}"])
+        url, _, proc, counter = self.start_model_server(
+            "model_server_batching", [HPT, "resnet"], ["--enable_batching", f"--batching_parameters_file={params}"])
+        on = Target("batching on", f"{url}/v1/models/{HPT}:predict", off.body, counter, off.counter_name, [proc.pid])
         cases = [(HPT, self.bodies["hpt"], self.args.duration, 10.0),
                  ("resnet", self.bodies["resnet1"], self.args.resnet_duration, 60.0)]
-        pids = [self.node_pids["model_server"], proc.pid]
+        pids = [*off.pids, proc.pid]
         for model, body, duration, timeout in cases:
-            path = f"/v1/models/{model}:predict"
             runs = {}
-            for side, url in (("off", off_url), ("on", on_url)):
+            for side, target in (("off", off), ("on", on)):
+                model_url = target.url.replace(f"/{HPT}:", f"/{model}:")
                 self.wait_idle(pids)
-                self.wrk(url + path, body, 64 if model == HPT else 4, 2, timeout)
+                self.wrk(model_url, body, 64 if model == HPT else 4, 2, timeout)
                 self.wait_idle(pids)
-                runs[side] = self.wrk(url + path, body, 64, duration, timeout)
+                runs[side] = self.measured(target, 64, lambda: self.wrk(model_url, body, 64, duration, timeout))
             for side, run in runs.items():
                 row = {"model": model, "batching": side, "concurrency": 64, **run}
                 self.results["batching"].append(row)
@@ -519,7 +639,7 @@ class Bench:
     def scenario_memory(self) -> None:
         memory = self.results["memory"]
         for name, models in (("hpt_only", [HPT]), ("resnet_only", ["resnet"])):
-            _, _, proc = self.start_model_server(f"model_server_{name}", models)
+            proc = self.start_model_server(f"model_server_{name}", models)[2]
             memory[f"model_server_{name}_rss_mb"] = rss_mb(proc.pid)
             proc.stop()
             self.procs.remove(proc)
@@ -549,33 +669,116 @@ class Bench:
         try:
             self.start_node()
             address = self.args.address
-            envoy = f"http://{address}:{self.ports['http.port']}"
-            direct = f"http://{address}:{self.ports['serving.rest.port']}"
-            targets = {"appliance via Envoy": (f"{envoy}/v1/models/{HPT}:predict", self.bodies["hpt"]),
-                       "appliance direct": (f"{direct}/v1/models/{HPT}:predict", self.bodies["hpt"])}
-            if not self.args.no_peers:
-                targets["MLServer"] = (self.start_mlserver(), self.bodies["hpt_v2"])
-                targets["KServe"] = (self.start_kserve(), self.bodies["hpt"])
-            self.scenario_rest(targets)
-            self.scenario_rest_unpinned({name: targets[name] for name in ("appliance via Envoy", "appliance direct")})
-            for proc in [p for p in self.procs if p.name in ("mlserver", "kserve")]:
-                proc.stop()
-                self.procs.remove(proc)
-            self.body("grpc_hpt", grpc_request_bytes())
-            self.scenario_grpc({"appliance via Envoy": f"{address}:{self.ports['grpc.port']}",
-                                "appliance direct": f"{address}:{self.ports['serving.grpc.port']}"})
-            self.scenario_resnet(envoy, jpeg)
-            self.scenario_batching(direct)
-            self.scenario_memory()
+            envoy_admin = f"127.0.0.1:{self.ports['envoy.admin.port']}"  # admin stays on loopback
+            via_envoy = Target("appliance via Envoy", f"http://{address}:{self.ports['http.port']}/v1/models/{HPT}:predict",
+                               self.bodies["hpt"], envoy_counter(envoy_admin, "cluster.", "upstream_rq_2xx"),
+                               "Envoy's upstream_rq_2xx", [self.node_pids["envoy"], self.node_pids["model_server"]])
+            url, grpc_direct, proc, counter = self.start_model_server("model_server_direct", [HPT, "resnet"])
+            direct = Target("appliance direct", f"{url}/v1/models/{HPT}:predict", self.bodies["hpt"], counter,
+                            "the model server's request_count", [proc.pid])
+            only = set(self.args.scenarios.split(","))
+            if "rest" in only:
+                targets = [via_envoy, direct, self.start_floor()]
+                if not self.args.no_peers:
+                    targets += [self.start_mlserver(), self.start_kserve()]
+                self.scenario_rest(targets)
+                self.scenario_rest_unpinned([via_envoy, direct])
+                for proc in [p for p in self.procs if p.name in ("mlserver", "kserve", "envoy_floor")]:
+                    proc.stop()
+                    self.procs.remove(proc)
+            if "grpc" in only:
+                self.body("grpc_hpt", grpc_request_bytes())
+                self.scenario_grpc([replace(via_envoy, url=f"{address}:{self.ports['grpc.port']}"),
+                                    replace(direct, url=grpc_direct)])
+            if "resnet" in only:
+                self.scenario_resnet(via_envoy, jpeg)
+            if "batching" in only:
+                self.scenario_batching(direct)
+            if "memory" in only:
+                self.scenario_memory()
         finally:
             self.stop_all()
         self.results["wall_s"] = time.monotonic() - started
         return self.results
 
 
-def median_run(runs: list[dict]) -> dict:
-    """The median run by requests/s (of an even count, the upper middle one)."""
-    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+def percentile(values: list[float], p: float) -> float:
+    """The ``p``-th percentile of sorted ``values`` (nearest rank)."""
+    return values[min(len(values) - 1, int(len(values) * p / 100))] if values else float("nan")
+
+
+def summarize(runs: list[dict]) -> dict:
+    """A cell over its rounds: medians, with the spread of requests/s and the worst round's p99.
+
+    p99 is reported as the median and the worst of the per-round p99s, never the p99 of one
+    chosen round: a tail that shows up in one round of three is part of the result.
+    """
+    rps = [r["rps"] for r in runs]
+    p99 = [r["p99_ms"] for r in runs]
+    cpu = [r["client_cpu"] for r in runs if r.get("client_cpu") == r.get("client_cpu") and "client_cpu" in r]
+    return {"rps": statistics.median(rps), "rps_min": min(rps), "rps_max": max(rps),
+            "p50_ms": statistics.median(r["p50_ms"] for r in runs), "p99_ms": statistics.median(p99),
+            "p99_worst_ms": max(p99), "errors": sum(r["errors"] for r in runs),
+            "client_cpu": statistics.median(cpu) if cpu else float("nan"),
+            "all_rps": [round(x) for x in rps], "all_p99": [round(x, 1) for x in p99],
+            "served": [r["served"] for r in runs]}
+
+
+def log_row(kind: str, row: dict) -> None:
+    log(f"{kind} {row['target']:22s} c={row['concurrency']:<3d} {row.get('client', 'wrk'):12s} "
+        f"{row['rps']:8.0f} req/s ({row['rps_min']:.0f}-{row['rps_max']:.0f})  p50 {row['p50_ms']:6.2f} ms  "
+        f"p99 {row['p99_ms']:7.2f} ms (worst {row['p99_worst_ms']:.2f})  errors {row['errors']}")
+
+
+def parse_h2load(stdout: str) -> dict:
+    """h2load's own summary: ``finished in 5.00s, ...`` and ``requests: N total, ... N done, N succeeded``."""
+    import re
+
+    finished = re.search(r"^finished in ([\d.]+)(ms|s),", stdout, re.M)
+    requests = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", stdout, re.M)
+    if not finished or not requests:
+        raise RuntimeError(f"cannot read h2load's summary:\n{stdout}")
+    seconds = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
+    return {"seconds": seconds, "done": int(requests.group(3)), "succeeded": int(requests.group(4))}
+
+
+def fetch_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
+def prometheus_counter(url: str, metric: str, **labels: str) -> Callable[[], float]:
+    """A reader of the sum of ``metric``'s samples on a Prometheus page whose labels include ``labels``."""
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+
+    def read() -> float:
+        total = 0.0
+        for line in fetch_text(url).splitlines():
+            key, _, value = line.rpartition(" ")
+            if key.split("{", 1)[0] == metric and all(label in key for label in wanted):
+                total += float(value)
+        return total
+    return read
+
+
+def envoy_counter(admin: str, prefix: str, suffix: str) -> Callable[[], float]:
+    """A reader of the sum of Envoy's counters named ``prefix...suffix`` (the object store's left out)."""
+    def read() -> float:
+        total = 0.0
+        for line in fetch_text(f"http://{admin}/stats?filter={suffix}$").splitlines():
+            name, _, value = line.partition(": ")
+            if not (name.startswith(prefix) and name.endswith(suffix)):
+                continue
+            middle = name[len(prefix):-len(suffix)]
+            if middle.count(".") <= 1 and "objectstore" not in middle:  # not cluster.X.external.*, internal.*
+                total += float(value)
+        return total
+    return read
+
+
+def envoy_workers(pid: int) -> int:
+    """How many worker threads (``wrk:worker_N``) an Envoy process runs."""
+    return sum(1 for comm in Path(f"/proc/{pid}/task").glob("*/comm") if comm.read_text().startswith("wrk:worker"))
 
 
 def cpu_count(cpus: str) -> int:
@@ -634,11 +837,16 @@ def main() -> int:
                         help="alternating rounds of REST via Envoy vs direct with no CPU pinning")
     parser.add_argument("--resnet-rounds", type=int, default=5,
                         help="alternating rounds of resnet through Envoy vs in-process (median ratio reported)")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds per cell (best is kept)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds per cell (the median is reported, and the worst p99)")
+    parser.add_argument("--tolerance", type=float, default=0.03,
+                        help="how far a load tool's request count may be from the server's own counter")
     parser.add_argument("--threads", type=int, default=0,
                         help="--rest_api_num_threads of the direct model servers (0: as the node: one per CPU)")
     parser.add_argument("--peer-workers", type=int, default=1, help="MLServer/KServe workers")
     parser.add_argument("--no-peers", action="store_true", help="skip MLServer and KServe")
+    parser.add_argument("--scenarios", default="rest,grpc,resnet,batching,memory",
+                        help="which to run (comma-separated; the node's cold start is always measured)")
     parser.add_argument("--work", type=Path, default=BENCH / ".work", help="node root and built models (kept)")
     parser.add_argument("--out", type=Path, default=None, help="results dir (default WORK/results-<time>)")
     args = parser.parse_args()
@@ -656,6 +864,13 @@ def main() -> int:
     (args.out / "results.md").write_text(text)
     print(text)
     log(f"done in {results['wall_s']:.0f}s; results in {args.out}")
+    failed = [c for c in results["checks"] if not c["ok"]]
+    for check in failed:
+        log(f"CHECK FAILED: {check['what']}: {check['tool']} vs {check['server']} ({check['gap']:.1%} apart)")
+    if failed:
+        log(f"{len(failed)} of {len(results['checks'])} cross-checks FAILED: these figures are not confirmed")
+        return 1
+    log(f"all {len(results['checks'])} cross-checks passed")
     return 0
 
 

@@ -53,26 +53,32 @@ _DTYPES: dict[int, tuple[Any, str]] = {
 # numpy dtype -> (DataType enum value, field), for outputs
 _OUT: dict[np.dtype, tuple[int, str]] = {np.dtype(dt): (enum, field) for enum, (dt, field) in _DTYPES.items()
                                          if dt is not object}
+# DataType enum value -> (numpy dtype, field, bytes a value takes at most once decoded)
+_DECODE: dict[int, tuple[Any, str, int]] = {enum: (dt, field, 8 if dt is object else np.dtype(dt).itemsize)
+                                            for enum, (dt, field) in _DTYPES.items()}
 
 
-def _shape(proto: Any) -> tuple[int, ...] | None:
+def _shape(proto: Any) -> tuple[tuple[int, ...], int] | None:
     """``TensorShape::IsValid``: known rank, every dim >= 0, element count without overflow.
 
-    The count leaves out zero dimensions (``[0, 2**62, 2**62]`` holds no element, yet numpy
-    cannot describe it), and the rank is at most numpy's.
+    Returns the dims and the element count (computed here, once: ``np.prod`` of a tuple cost
+    more than the rest of a small tensor's decoding). The overflow check leaves out zero
+    dimensions (``[0, 2**62, 2**62]`` holds no element, yet numpy cannot describe it), and the
+    rank is at most numpy's.
     """
     shape = proto.tensor_shape
     if shape.unknown_rank or len(shape.dim) > MAX_RANK:
         return None
     dims = tuple(d.size for d in shape.dim)
-    total = 1
+    total, count = 1, 1
     for size in dims:
         if size < 0:
             return None
         total *= size or 1
+        count *= size
         if total > _MAX_ELEMENTS:
             return None
-    return dims
+    return dims, count
 
 
 def ndarray_from_proto(proto: Any, alias: str) -> np.ndarray:
@@ -87,13 +93,12 @@ def ndarray_from_proto(proto: Any, alias: str) -> np.ndarray:
 
 
 def _from_proto(proto: Any) -> np.ndarray | None:
-    entry = _DTYPES.get(proto.dtype)
-    shape = _shape(proto)
-    if entry is None or shape is None:
+    entry = _DECODE.get(proto.dtype)
+    checked = _shape(proto)
+    if entry is None or checked is None:
         return None
-    dtype, field = entry
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    itemsize = 8 if dtype is object else np.dtype(dtype).itemsize
+    shape, count = checked
+    dtype, field, itemsize = entry
     if count * itemsize > MAX_TENSOR_BYTES:
         return None
     if dtype is not object and proto.tensor_content:
