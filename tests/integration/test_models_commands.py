@@ -101,9 +101,9 @@ def test_added_models_serve_with_no_restart_and_the_logviewer_lists_them(site: S
     assert site.predict(ONNX, [0.0]).json() == {"predictions": [3.0]}
     assert site.wrapped_runs() == runs + 1                  # not batched
     assert site.processes() == before
-    for model in (ONNX, BATCHED):
+    for model, version in ((ONNX, 1), (BATCHED, 123)):   # the built SavedModel is version 00000123
         row = site.models_page_row(model)
-        assert "not configured" not in row and '<span class="ok">1</span>' in row, row
+        assert "not configured" not in row and f'<span class="ok">{version}</span>' in row, row
         assert '<span class="ok">answers</span>' in row, row
 
 
