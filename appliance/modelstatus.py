@@ -14,6 +14,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelserver.core.applied import APPLIED_PATH
+
 from .config import Config
 from .localhttp import get_json
 
@@ -73,6 +75,12 @@ class ModelServerClient:
     def available(self, name: str) -> bool:
         """At least one version of ``name`` is AVAILABLE."""
         return "AVAILABLE" in self.status(name).states().values()
+
+    def applied_config(self) -> dict[str, str] | None:
+        """SHA-256 of the models.config and model-settings.json the model server follows now
+        (its ``/appliance/v1/applied-config``); None when it does not answer."""
+        code, body = get_json(f"{self.base_url}{APPLIED_PATH}", self.timeout)
+        return body if code == 200 and isinstance(body, dict) else None
 
     def metadata(self, name: str, version: str) -> tuple[int, object]:
         """(HTTP status, the metadata document, or the body text when it is not JSON)."""

@@ -19,6 +19,7 @@ from typing import Callable
 
 from . import membership, portowners, render, runconfig
 from modelserver.atomic import write_atomic
+from modelserver.core.applied import digest
 from modelserver.core.platforms import has_version
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import Config, NodePaths, local_store
@@ -325,6 +326,8 @@ class Node:
         host = self.config.connect_address()
         if self.config.node.role == "serving":
             server = ModelServerClient.of_node(self.config)
+            step("the model server follows models.config and model-settings.json",
+                 lambda: self._follows_rendered(server))
             for name in self.config.model.names:
                 step(f"model {name} AVAILABLE on the model server", lambda n=name: server.available(n))
         admin = f"http://127.0.0.1:{self.config.envoy.admin_port}/ready"
@@ -346,6 +349,30 @@ class Node:
         if self.config.logviewer.enabled:
             viewer = f"http://{host}:{self.config.logviewer.port}/healthz"
             step(f"logviewer on port {self.config.logviewer.port}", lambda: get_text(viewer)[0] == 200)
+
+    def _follows_rendered(self, server: ModelServerClient) -> bool:
+        """True once the model server follows the files this node rendered; raises when it
+        refused them (e.g. TF Serving's "Illegal to change a model's platform")."""
+        answer = server.applied_config()
+        if answer is None:
+            return False
+        expected = self._rendered_digests()
+        if all(answer.get(key) == value for key, value in expected.items()):
+            return True
+        if answer.get("error"):
+            raise ApplianceError(f"the model server did not take the new config: {answer['error']}")
+        return False
+
+    def _rendered_digests(self) -> dict[str, str]:
+        """What the model server reports once it follows the files this node rendered."""
+        def read(name: str) -> bytes | None:
+            try:
+                return (self.paths.run / name).read_bytes()
+            except FileNotFoundError:
+                return None
+
+        return {"model_config_file": digest(read(render.MODELS_CONFIG)),
+                "model_settings_file": digest(read(render.MODEL_SETTINGS))}
 
     def _objectstore_ready(self) -> bool:
         """The running object store process wrote its ready marker (the bucket exists)."""

@@ -20,7 +20,8 @@ import threading
 from modelserver.manager import ModelConfig, ModelManager
 from modelserver.model_config import ConfigFileError, read_model_server_config
 from modelserver.model_settings import ModelSettings, SettingsFileError, read_model_settings
-from modelserver.core.status import ServingError
+from modelserver.core.applied import digest
+from modelserver.core.status import Code, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class ConfigFileWatcher:
         self._stop = threading.Event()
         self._last = _read_bytes(path)
         self._last_settings = _read_bytes(settings_path) if settings_path else None
+        self._publish(self._last, self._last_settings)   # what the server started with
         self._thread = threading.Thread(target=self._loop, name="config-poll", daemon=True)
 
     def start(self) -> None:
@@ -80,10 +82,23 @@ class ConfigFileWatcher:
             self.manager.reload(configs, settings)
         except ServingError as exc:  # retried next cycle (e.g. a label waiting for its version)
             log.error("ReloadConfig failed: %s", exc.to_string())
+            if exc.code != Code.FAILED_PRECONDITION:   # a label waiting for its version is no refusal
+                self._refused(f"ReloadConfig failed: {exc.to_string()}")
             return True
         self._last, self._last_settings = (data if config_changed else self._last,
                                            settings_data if settings_changed else self._last_settings)
+        self._publish(self._last, self._last_settings)
         return True
+
+    def _publish(self, config: bytes | None, settings: bytes | None) -> None:
+        """Say which bytes of each file the models now follow (``GET /appliance/v1/applied-config``): a
+        node's ``up``/``reload`` waits until they are the bytes it wrote."""
+        self.manager.applied_files = {"model_config_file": digest(config),
+                                      "model_settings_file": digest(settings)}
+
+    def _refused(self, why: str) -> None:
+        """A change the models do not follow: reported with the digests still in force."""
+        self.manager.applied_files = {**self.manager.applied_files, "error": why}
 
     def _configs(self, data: bytes) -> list[ModelConfig] | None:
         """models.config's models; None (logged, and not tried again until it changes) when invalid."""
@@ -95,6 +110,7 @@ class ConfigFileWatcher:
                       self.path, exc)
         except ServingError as exc:
             log.error("Failed to reload model config %s: %s; keeping the current config", self.path, exc.to_string())
+        self._refused("models.config is not valid; the current config is kept (see the model server's log)")
         self._last = data
         return None
 
@@ -104,5 +120,7 @@ class ConfigFileWatcher:
             return read_model_settings(self.settings_path)
         except SettingsFileError as exc:
             log.error("Failed to reload %s; keeping the current model settings", exc)
+            self._refused("model-settings.json is not valid; the current settings are kept "
+                          "(see the model server's log)")
         self._last_settings = data
         return None

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
 from modelserver import json_numbers, json_predict
+from modelserver.core.applied import APPLIED_PATH
 from modelserver.budget import CHARGED_BODY, BodyBudget, charging
 from modelserver.core.inline import runs_inline
 from modelserver.json_tensor import InputCodec, make_codec
@@ -73,6 +74,8 @@ class RestApi:
             if method != "GET":
                 return Response(405, (("Content-Type", "text/plain"),), b"")
             return Response(200, (("Content-Type", "text/plain"),), monitoring.prometheus_page())
+        if path == APPLIED_PATH and method == "GET":
+            return Response(200, JSON_HEADERS, json.dumps(self.manager.applied_files).encode())
         if not _V1.fullmatch(path):
             return Response(404, (("Content-Type", "text/html"),), NOT_FOUND_PAGE)
         try:

@@ -182,6 +182,8 @@ class ModelManager:
         self.on_settings: Callable[[Mapping[str, ServedModel]], None] = lambda models: None
         self.warmup = warmup or WarmupOptions()
         self.settings: dict[str, ModelSettings] = dict(settings or {})
+        # SHA-256 of the config files the models follow (set by config_watch; {} without one).
+        self.applied_files: dict[str, str] = {}
         self.models: dict[str, ServedModel] = {c.name: self._served(c) for c in configs}  # replaced, never mutated
         self.retired: dict[str, ServedModel] = {}   # removed by a reload; kept for their status history
         self._lock = threading.RLock()              # guards version states
