@@ -184,3 +184,26 @@ def test_an_invalid_settings_file_keeps_the_settings_in_force(tmp_path: Path,
     settings_file.unlink()
     assert watcher.check()
     assert manager.models["m"].settings == ModelSettings(metrics=False)
+
+
+def test_the_applied_config_names_the_bytes_in_force_or_why_not(tmp_path: Path) -> None:
+    """What GET /appliance/v1/applied-config answers: a node's up/reload waits on it."""
+    from modelserver.core.applied import digest
+
+    manager, watcher, settings_file = _watched(tmp_path, {"models": {"m": {"metrics": False}}})
+    config = tmp_path / "models.config"
+    started = {"model_config_file": digest(config.read_bytes()),
+               "model_settings_file": digest(settings_file.read_bytes())}
+    assert manager.applied_files == started
+    settings_file.write_text(json.dumps({"models": {"m": {"metrics": True}}}))
+    assert watcher.check()
+    assert manager.applied_files == {**started, "model_settings_file": digest(settings_file.read_bytes())}
+    in_force = dict(manager.applied_files)
+    settings_file.write_text("{")
+    assert watcher.check()
+    assert manager.applied_files["model_settings_file"] == in_force["model_settings_file"]
+    assert "model-settings.json is not valid" in manager.applied_files["error"]
+    config.write_text(config.read_text().replace("'auto'", "'onnx'"))   # TF Serving: illegal
+    assert watcher.check()
+    assert manager.applied_files["model_config_file"] == in_force["model_config_file"]
+    assert "Illegal to change a model's platform" in manager.applied_files["error"]
