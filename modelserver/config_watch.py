@@ -63,6 +63,7 @@ class ConfigFileWatcher:
 
     def check(self) -> bool:
         """Reload when a file changed; True when a reload was attempted."""
+        self._why = ""
         data = _read_bytes(self.path)
         settings_data = _read_bytes(self.settings_path) if self.settings_path else None
         config_changed = data is not None and data != self._last
@@ -73,6 +74,7 @@ class ConfigFileWatcher:
         settings = self._settings(settings_data) if settings_changed else None
         if configs is None and settings is None:
             return True
+        configs_read = configs is not None
         if configs is None:
             configs = [model.config for model in self.manager.models.values()]
             log.info("Model settings file %s changed; applying it to %d model(s)", self.settings_path, len(configs))
@@ -85,19 +87,25 @@ class ConfigFileWatcher:
             if exc.code != Code.FAILED_PRECONDITION:   # a label waiting for its version is no refusal
                 self._refused(f"ReloadConfig failed: {exc.to_string()}")
             return True
+        took_config, took_settings = configs_read, settings is not None
         self._last, self._last_settings = (data if config_changed else self._last,
                                            settings_data if settings_changed else self._last_settings)
-        self._publish(self._last, self._last_settings)
+        self._publish(data if took_config else self._in_force[0],
+                      settings_data if took_settings else self._in_force[1])
+        if self._why:   # the other file was taken; this one was not
+            self._refused(self._why)
         return True
 
     def _publish(self, config: bytes | None, settings: bytes | None) -> None:
         """Say which bytes of each file the models now follow (``GET /appliance/v1/applied-config``): a
         node's ``up``/``reload`` waits until they are the bytes it wrote."""
+        self._in_force = (config, settings)
         self.manager.applied_files = {"model_config_file": digest(config),
                                       "model_settings_file": digest(settings)}
 
     def _refused(self, why: str) -> None:
         """A change the models do not follow: reported with the digests still in force."""
+        self._why = why
         self.manager.applied_files = {**self.manager.applied_files, "error": why}
 
     def _configs(self, data: bytes) -> list[ModelConfig] | None:

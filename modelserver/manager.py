@@ -87,6 +87,12 @@ class VersionState:
     cache: dict[str, Any] = field(default_factory=dict)   # per-version response caches (metadata)
 
 
+def quarantine_context(config: ModelConfig, load_context: str) -> str:
+    """What keys a model's quarantine records: a version that failed to load on one platform or
+    with one set of settings is tried again when they change."""
+    return f"platform={config.platform} {load_context}"
+
+
 class ServedModel:
     """A configured model: its version history and the snapshot requests read."""
 
@@ -98,7 +104,7 @@ class ServedModel:
         self.available: dict[int, VersionState] = {}   # replaced, never mutated
         self.labels: dict[str, int] = {}
         # Versions that failed to load: not chosen again until their files (or settings) change.
-        self.quarantine = Quarantine(quarantine_dir, config.name, f"platform={config.platform} {load_context}")
+        self.quarantine = Quarantine(quarantine_dir, config.name, quarantine_context(config, load_context))
         # Every version on disk is quarantined: nothing for the version policy to choose.
         self.unservable = False
 
@@ -191,6 +197,10 @@ class ModelManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_missing: set[str] = set()
+
+    def _retarget(self, model: ServedModel) -> None:
+        """A change of what a load asks (platform, settings): versions that failed otherwise may load now."""
+        model.quarantine.retarget(quarantine_context(model.config, self._load_context(model.settings)))
 
     def _served(self, config: ModelConfig) -> ServedModel:
         """A new model; the settings that decide a load key its quarantine (see modelserver.quarantine)."""
@@ -304,12 +314,15 @@ class ModelManager:
             if settings is not None:
                 self.settings = dict(settings)
             current = self.models
+            replatformed = set()
             for config in configs:
                 old = current.get(config.name)
                 if old is not None and old.config.platform != config.platform:
-                    raise invalid_argument(f"Illegal to change a model's platform. For model {config.name} platform "
-                                           f"was {old.config.platform} and new platform requested is "
-                                           f"{config.platform}")
+                    # TF Serving refuses this ("Illegal to change a model's platform"); here the
+                    # versions load again on the new runtime, each old one serving meanwhile.
+                    log.info("Model %s: platform %s -> %s; its versions load again on the new runtime",
+                             config.name, old.config.platform, config.platform)
+                    replatformed.add(config.name)
             added: list[ServedModel] = []
             kept: list[ServedModel] = []
             models: dict[str, ServedModel] = {}
@@ -324,7 +337,10 @@ class ModelManager:
                 models[config.name] = model
             removed = [m for name, m in current.items() if name not in models]
             self.models = models
-            reload_versions = [m for m in models.values() if self._apply_settings(m)]  # a retired one's may be old
+            for name in replatformed:
+                self._retarget(models[name])
+            reload_versions = [m for m in models.values()   # a retired one's settings may be old
+                               if self._apply_settings(m) or m.config.name in replatformed]
             self.on_settings(models)
             for model in reload_versions:
                 self._reload_versions(model)
@@ -355,7 +371,7 @@ class ModelManager:
         if old == new:
             return False
         model.settings = new
-        model.quarantine.retarget(self._load_context(new))
+        self._retarget(model)
         log.info("Model %s: settings changed", model.config.name)
         return self._load_options(old) != self._load_options(new)
 

@@ -203,7 +203,13 @@ def test_the_applied_config_names_the_bytes_in_force_or_why_not(tmp_path: Path) 
     assert watcher.check()
     assert manager.applied_files["model_settings_file"] == in_force["model_settings_file"]
     assert "model-settings.json is not valid" in manager.applied_files["error"]
-    config.write_text(config.read_text().replace("'auto'", "'onnx'"))   # TF Serving: illegal
+    settings_file.write_text(json.dumps({"models": {"m": {"metrics": True}}}))
+    config.write_text("model_config_list { config { name: 'm' }")          # not valid
     assert watcher.check()
     assert manager.applied_files["model_config_file"] == in_force["model_config_file"]
-    assert "Illegal to change a model's platform" in manager.applied_files["error"]
+    assert "models.config is not valid" in manager.applied_files["error"]
+    config.write_text("model_config_list { config { name: 'm' base_path: '/nowhere' model_platform: 'onnx' } }")
+    assert watcher.check()             # a new platform (TF Serving refuses it): versions load again
+    assert manager.applied_files == {"model_config_file": digest(config.read_bytes()),
+                                     "model_settings_file": digest(settings_file.read_bytes())}
+    assert manager.models["m"].config.platform == "onnx"
