@@ -118,6 +118,18 @@ def test_set_turns_batching_off_live(site: Site) -> None:
     assert site.processes() == before
 
 
+def test_set_changes_a_served_models_platform_live(site: Site) -> None:
+    """auto -> onnx: TF Serving refuses a platform change; here the version loads again."""
+    before = site.processes()
+    done = site.node.cli("models", "set", ONNX, "platform=onnx", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert site.predict(ONNX, [1.0, 2.0]).json() == {"predictions": [3.5, 4.0]}
+    refused = site.node.cli("models", "set", ONNX, "platform=tensorflow", timeout=300)
+    assert refused.returncode == 1 and "onnx" in refused.stdout + refused.stderr   # not its files
+    assert site.predict(ONNX, [1.0]).json() == {"predictions": [3.5]}
+    assert site.processes() == before
+
+
 def test_remove_stops_serving_the_model_and_keeps_its_files(site: Site) -> None:
     before = site.processes()
     done = site.node.cli("models", "remove", ONNX, timeout=300)
