@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Any, Callable
-
-import yaml
+from typing import Callable
 
 from . import control, membership, runconfig
-from modelserver.atomic import write_atomic
-from .config import Config, NodePaths, build, effective_values, yaml_problem
-from .errors import ApplianceError, ConfigError
+from .configedit import read_document, replace_checked
+from .config import Config, NodePaths, build, effective_values
+from .errors import ApplianceError
 from .node import Node
 
 
@@ -28,22 +26,11 @@ def static_members(config: Config) -> list[str]:
 
 
 def _set_members_in_file(path: Path, members: list[str]) -> None:
-    """Set ``cluster.members`` in the YAML file, in whichever spelling the file already uses."""
-    try:
-        tree: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        tree, mode = {}, 0o600
-    except yaml.YAMLError as exc:      # the file holds secrets: no line of it in the message
-        raise ConfigError([("(file)", f"not valid YAML: {yaml_problem(exc)}")], str(path)) from None
-    if not isinstance(tree, dict):
-        raise ConfigError([("(file)", "the top level must be a mapping of keys")], str(path))
-    value = ",".join(members)
-    if isinstance(tree.get("cluster"), dict):
-        tree["cluster"]["members"] = value
-    else:
-        tree["cluster.members"] = value
-    write_atomic(path, yaml.safe_dump(tree, sort_keys=False), mode=mode)
+    """Set ``cluster.members`` in the YAML file, in whichever spelling the file already uses,
+    keeping its comments (validated by the caller before anything is written)."""
+    document = read_document(path)
+    document.set("cluster.members", ",".join(members))
+    replace_checked(path, document.text(), lambda candidate: None)
 
 
 def change_members(paths: NodePaths, config_file: Path, add: list[str], remove: list[str],

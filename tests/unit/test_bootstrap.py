@@ -227,3 +227,16 @@ def test_cluster_members_in_a_broken_config_file_quote_no_line(tmp_path: Path) -
     with pytest.raises(ConfigError) as caught:
         _set_members_in_file(path, ["127.0.0.2"])
     assert "line 2, column" in str(caught.value) and SECRET[:8] not in str(caught.value)
+
+
+def test_cluster_members_are_set_in_the_files_own_spelling_keeping_its_comments(tmp_path: Path) -> None:
+    from appliance.cluster import _set_members_in_file
+
+    path = tmp_path / "appliance.yaml"
+    path.write_text("# the fleet's node\ncluster:\n  members: 127.0.0.2  # first two\nhttp.port: 8081\n")
+    path.chmod(0o640)
+    _set_members_in_file(path, ["127.0.0.2", "127.0.0.3"])
+    lines = path.read_text().splitlines()   # ruamel may move an end-of-line comment's column
+    assert lines[:2] == ["# the fleet's node", "cluster:"] and lines[3] == "http.port: 8081"
+    assert lines[2].split() == ["members:", "127.0.0.2,127.0.0.3", "#", "first", "two"]
+    assert path.stat().st_mode & 0o777 == 0o640
