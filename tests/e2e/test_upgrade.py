@@ -1,7 +1,8 @@
 """Issue 13, must show 6: a rolling upgrade and a rolling rollback of a dev cluster under load.
 
 Two releases are installed side by side with scripts/install-node.sh: the previous commit's code
-(``git archive`` of $APPLIANCE_UPGRADE_FROM, default HEAD~1) and this checkout's. Both read
+(``git archive`` of $APPLIANCE_UPGRADE_FROM, default the parent of the last commit that
+changed the package) and this checkout's. Both read
 their dependencies from the test venv (``--deps-from``: what differs is the appliance's own
 code; a release installs in ~10 s). A cluster of 3 serving nodes and a repo node starts on the
 previous release; ``devcluster.rolling_switch`` upgrades it one node at a time while clients
@@ -59,8 +60,22 @@ def _install(installer: Path, source: Path, prefix: Path) -> str:
     return done.stdout.split()[-1]
 
 
+# What install-node.sh stages into a release: a commit that changed none of it is the same release.
+PACKAGE_PATHS = ("setup.py", "constraints.txt", "appliance", "modelserver", "logviewer", "envoy", "supervisor")
+
+
+def _previous_ref() -> str:
+    """$APPLIANCE_UPGRADE_FROM, else the parent of the last commit that changed the package (a
+    HEAD that changed only tests or docs would make HEAD~1 the same release)."""
+    if os.environ.get("APPLIANCE_UPGRADE_FROM"):
+        return os.environ["APPLIANCE_UPGRADE_FROM"]
+    last = subprocess.run(["git", "-C", str(REPO), "log", "-1", "--format=%H", "--", *PACKAGE_PATHS],
+                          capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    return f"{last}~1"
+
+
 def _previous_source(dest: Path) -> Path:
-    ref = os.environ.get("APPLIANCE_UPGRADE_FROM", "HEAD~1")
+    ref = _previous_ref()
     dest.mkdir()
     archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], capture_output=True, timeout=120)
     assert archive.returncode == 0, archive.stderr.decode()
