@@ -219,6 +219,10 @@ class Node:
             self.supervisor.restart("envoy")
         elif names & {"lds.yaml", "cds.yaml"} and "envoy" not in restarted:
             progress("Envoy's listeners or clusters changed: Envoy swapped them in (no restart)")
+        if render.MONITORING_CONFIG in names and "model_server" not in restarted:
+            # The model server reads its Prometheus page's path at start only.
+            progress("monitoring.config (metrics.path) changed: restarting model_server")
+            self.supervisor.restart("model_server")
         if "models.config" in names:
             progress("models.config changed: the model server reloads it (no restart)")
         if any(name.startswith("eds_") for name in names):

@@ -338,3 +338,26 @@ def test_doctor_finds_nothing_wrong_on_a_healthy_serving_node(node: NodeUnderTes
     result = node.cli("doctor", *EXTRA, *node.overrides, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout and result.stdout.rstrip().endswith("no problems found")
+
+
+def test_a_changed_metrics_path_moves_the_model_servers_metrics_page(node: NodeUnderTest) -> None:
+    """The model server reads monitoring.config at start only: a new metrics.path restarts it
+    (and says so), so the page is where the config says once `reload` returns."""
+    def page(path: str) -> int:
+        return requests.get(f"http://{node.address}:{node.rest_port}{path}", timeout=30).status_code
+
+    before = _pids(node)
+    moved = node.cli("reload", "--timeout", "300", *EXTRA, *node.overrides,
+                     "--set", "metrics.path=/moved/metrics")
+    try:
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        assert "metrics.path) changed: restarting model_server" in moved.stdout
+        assert (page("/moved/metrics"), page("/monitoring/prometheus/metrics")) == (200, 404)
+        after = _pids(node)
+        assert after["model_server"] != before["model_server"]
+        assert {k: v for k, v in after.items() if k != "model_server"} == \
+            {k: v for k, v in before.items() if k != "model_server"}
+    finally:
+        back = node.cli("reload", "--timeout", "300", *EXTRA, *node.overrides)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert page("/monitoring/prometheus/metrics") == 200
