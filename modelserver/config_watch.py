@@ -81,7 +81,7 @@ class ConfigFileWatcher:
         else:
             log.info("Model config %s changed; reloading %d model(s)", self.path, len(configs))
         try:
-            self.manager.reload(configs, settings)
+            self.manager.reload(configs, settings, superseded=lambda: self._changed_since(data, settings_data))
         except ServingError as exc:  # retried next cycle (e.g. a label waiting for its version)
             log.error("ReloadConfig failed: %s", exc.to_string())
             if exc.code != Code.FAILED_PRECONDITION:   # a label waiting for its version is no refusal
@@ -107,6 +107,11 @@ class ConfigFileWatcher:
         """A change the models do not follow: reported with the digests still in force."""
         self._why = why
         self.manager.applied_files = {**self.manager.applied_files, "error": why}
+
+    def _changed_since(self, data: bytes | None, settings_data: bytes | None) -> bool:
+        """A file changed again since this reload read it: the next check applies it."""
+        return (_read_bytes(self.path) not in (None, data)
+                or bool(self.settings_path) and _read_bytes(self.settings_path) != settings_data)
 
     def _configs(self, data: bytes) -> list[ModelConfig] | None:
         """models.config's models; None (logged, and not tried again until it changes) when invalid."""

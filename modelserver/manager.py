@@ -231,8 +231,10 @@ class ModelManager:
                 if model.available:      # not: every version quarantined (see _wait_available)
                     self._apply_labels(model)
 
-    def _wait_available(self, models: list[ServedModel]) -> bool:
-        """Poll ``models`` until each has an AVAILABLE version (False when stopped first).
+    def _wait_available(self, models: list[ServedModel], superseded: Callable[[], bool] | None = None) -> bool:
+        """Poll ``models`` until each has an AVAILABLE version (False when stopped first, or
+        when ``superseded()`` says a newer config waits: a model with no version on disk never
+        becomes AVAILABLE, and the version poll loads it if one appears).
 
         Raises UNKNOWN ``N model(s) did not become available`` when every version of a model on
         disk failed to load (a newer failed version over an older good one serves the older
@@ -275,6 +277,10 @@ class ModelManager:
             pending = {n: m for n, m in pending.items() if not m.available}
             if pending and self._stop.wait(max(self.poll_wait_seconds, 1.0)):
                 return False
+            if pending and superseded is not None and superseded():
+                log.info("No longer waiting for model(s) %s to become available: the config changed",
+                         ", ".join(sorted(pending)))
+                return False
         return True
 
     def start_polling(self) -> None:
@@ -299,7 +305,8 @@ class ModelManager:
 
     # ---------------------------------------------------------------- config reload
 
-    def reload(self, configs: list[ModelConfig], settings: Mapping[str, ModelSettings] | None = None) -> None:
+    def reload(self, configs: list[ModelConfig], settings: Mapping[str, ModelSettings] | None = None,
+               superseded: Callable[[], bool] | None = None) -> None:
         """Replace the model set (``ServerCore::ReloadConfig``), declaratively.
 
         Models missing from ``configs`` are unloaded; changed ones get their new policy and
@@ -308,7 +315,8 @@ class ModelManager:
         ``N model(s) did not become available`` if one fails. Labels of new models are applied
         once they are loaded. ``settings`` replaces the per-model settings (None keeps them: a
         ``HandleReloadConfigRequest`` carries none); kept models whose settings changed get
-        them applied (:meth:`_apply_settings`).
+        them applied (:meth:`_apply_settings`). ``superseded`` ends the wait when a newer config
+        is there to apply (:meth:`_wait_available`).
         """
         with self._change_lock:
             if settings is not None:
@@ -360,7 +368,7 @@ class ModelManager:
                 self._poll_model(model)
             if label_error is not None:
                 raise label_error
-        if added and self._wait_available(added):
+        if added and self._wait_available(added, superseded):
             for model in added:
                 self._apply_labels(model)
 

@@ -5,6 +5,7 @@ to load)."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from modelserver.config_protos import BatchingSettings
 from modelserver.core.status import Code, ServingError
 from modelserver.model_settings import (ModelSettings, SettingsFileError, parse_model_settings,
                                         read_model_settings)
+from tests.conftest import wait_until
 
 FULL = {"models": {
     "resnet": {"batching": {"max_batch_size": 8, "batch_timeout_micros": 500, "max_enqueued_batches": 4,
@@ -213,3 +215,21 @@ def test_the_applied_config_names_the_bytes_in_force_or_why_not(tmp_path: Path) 
     assert manager.applied_files == {"model_config_file": digest(config.read_bytes()),
                                      "model_settings_file": digest(settings_file.read_bytes())}
     assert manager.models["m"].config.platform == "onnx"
+
+
+def test_a_newer_config_ends_the_wait_for_a_model_with_no_versions(tmp_path: Path) -> None:
+    """A reload waits until its new models are AVAILABLE, and a model with no version on disk
+    never is: a newer models.config must still be applied (the watcher polls in that wait),
+    not wait behind it for ever."""
+    manager, watcher, _ = _watched(tmp_path, {"models": {"empty": {"warmup": False}}})
+    config = Path(watcher.path)
+    kept = config.read_text()
+    config.write_text(kept.replace("} }", f"}} config {{ name: 'empty' base_path: '{tmp_path}/none' "
+                                          "model_platform: 'auto' } }"))
+    waiting = threading.Thread(target=watcher.check, daemon=True)
+    waiting.start()
+    assert wait_until(lambda: "empty" in manager.models, 30, what="the reload to add the model")
+    config.write_text(kept)                          # the operator takes it back
+    waiting.join(60)
+    assert not waiting.is_alive(), "the watcher still waits for a model no config has"
+    assert watcher.check() and list(manager.models) == ["m"]
