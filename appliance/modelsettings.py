@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from modelserver.core.platforms import AUTO, PLATFORMS
 
@@ -113,6 +113,20 @@ class ModelEntry:
 # ----------------------------------------------------------------------------- the schema
 
 
+#: models.config holds a version number as an int64, latest's num_versions as a uint32: a
+#: larger number passes as an integer here and then fails to render.
+MAX_VERSION, MAX_LATEST = 2**63 - 1, 2**32 - 1
+
+
+def _at_most(limit: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        number = positive(value)
+        if number > limit:
+            raise Invalid(f"must be {limit} or less, got {number}")
+        return number
+    return parse
+
+
 def _version_policy(value: Any) -> VersionPolicy:
     text = string(value).strip().lower()
     kind, sep, arg = text.partition(":")
@@ -120,7 +134,7 @@ def _version_policy(value: Any) -> VersionPolicy:
         if kind == "all" and not sep:
             return VersionPolicy("all")
         if kind == "latest":
-            return VersionPolicy("latest", positive(arg) if sep else 1)
+            return VersionPolicy("latest", _at_most(MAX_LATEST)(arg) if sep else 1)
         if kind == "specific":
             return VersionPolicy("specific", versions=_specific_versions(arg))
     except Invalid as exc:
@@ -131,7 +145,7 @@ def _version_policy(value: Any) -> VersionPolicy:
 def _specific_versions(text: str) -> tuple[int, ...]:
     if not text.strip():
         raise Invalid("needs at least one version, e.g. specific:1,2")
-    versions = [positive(item) for item in items(text)]
+    versions = [_at_most(MAX_VERSION)(item) for item in items(text)]
     if len(set(versions)) != len(versions):
         raise Invalid("a version is listed twice")
     return tuple(sorted(versions))
@@ -276,7 +290,7 @@ def _label(path: str, label: str, value: Any, labels: dict[str, int]) -> Problem
     if not LABEL.fullmatch(label):
         return [(path, f"a version label may hold only letters, digits and _, got {label!r}")]
     try:
-        labels[label] = positive(value)
+        labels[label] = _at_most(MAX_VERSION)(value)
     except Invalid as exc:
         return [(path, f"expected a version number: {exc}")]
     return []

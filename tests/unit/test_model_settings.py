@@ -86,6 +86,9 @@ def test_version_policies(text: str, policy: VersionPolicy) -> None:
     ("specific:1,1", "listed twice"), ("specific:0", "must be 1 or more"), ("latest:0", "must be 1 or more"),
     ("latest:x", "expected an integer"), ("newest", "valid: latest, latest:N, all, specific:V1,V2"),
     ("all:2", "unknown version policy"),
+    # models.config holds versions as int64 and latest's num_versions as uint32
+    ("specific:1,9223372036854775808", "must be 9223372036854775807 or less"),
+    ("latest:4294967296", "must be 4294967295 or less"),
 ])
 def test_bad_version_policies_are_refused(text: str, message: str) -> None:
     problems = problems_of({"model.name": "m", "models.m.versions": text})
@@ -136,6 +139,12 @@ def test_a_label_must_name_a_version_a_specific_policy_serves() -> None:
     assert build(values).model.settings["m"].labels == {"stable": 1}
     problems = problems_of({**values, "models.m.labels.canary": 3})
     assert problems == {"models.m.labels.canary": "version 3 is not served: versions is specific:1,2"}
+
+
+def test_a_label_names_a_version_models_config_can_hold() -> None:
+    assert build({"model.name": "m", "models.m.labels.big": 2**63 - 1}).model.settings["m"].labels
+    problems = problems_of({"model.name": "m", "models.m.labels.big": 2**63})
+    assert "must be 9223372036854775807 or less" in problems["models.m.labels.big"]
 
 
 def test_sections_must_be_mappings_and_empty_ones_mean_defaults() -> None:
