@@ -38,7 +38,7 @@ def apply(paths: NodePaths, overrides: list[str] | None = None,
     """Apply the config file (``config_file``, default: the one the node runs from, else
     ``<root>/etc/appliance/appliance.yaml``) plus ``overrides`` to the running node and wait
     until it serves (``timeout``: default ``startup.timeout.seconds``)."""
-    with _one_change_at_a_time(paths):
+    with one_change_at_a_time(paths):
         if config_file is None:
             config_file = _running_source(paths)
         config = load_config(config_file, overrides)   # ConfigError: nothing has changed
@@ -62,7 +62,7 @@ def apply_file_edit(paths: NodePaths, progress: Callable[[str], None] = log.info
     (True), or nothing when it holds no change (False). An invalid file is refused with its key
     paths only (a value may be a secret): nothing changes. It does not wait until the node
     serves: the agent's next edit must not wait for a node that may not serve for long."""
-    with _one_change_at_a_time(paths):   # the overrides as recorded now, not before a CLI's change
+    with one_change_at_a_time(paths):   # the overrides as recorded now, not before a CLI's change
         try:
             edited = pending_edit(paths)
         except ConfigError as exc:
@@ -92,7 +92,7 @@ def _running_source(paths: NodePaths) -> Path | None:
 
 
 @contextmanager
-def _one_change_at_a_time(paths: NodePaths) -> Iterator[None]:
+def one_change_at_a_time(paths: NodePaths) -> Iterator[None]:
     """One change per node at a time: a CLI command and the agent's file watch may meet."""
     paths.run.mkdir(parents=True, exist_ok=True)
     with open(paths.run / "apply.lock", "a") as handle:

@@ -120,12 +120,15 @@ def _edit(paths: NodePaths, explicit: Path | None, name: str,
           edit: Callable[[Target, ConfigDocument, list[str]], list[str]], progress: Progress) -> int:
     """What every edit does around its own change: read the file, change it (``edit`` returns
     what to say), check the whole config, write it, apply it."""
-    where = target(paths, explicit)
-    doc = read_document(where.path)
-    said = edit(where, doc, served_names(doc))
-    if not _install(where, doc, lambda config: check_versions(config, paths, name)):
-        progress(f"{where.path}: unchanged")
-        return 0
+    from .control import one_change_at_a_time
+
+    with one_change_at_a_time(paths):   # another edit's read-change-write would lose this one's
+        where = target(paths, explicit)
+        doc = read_document(where.path)
+        said = edit(where, doc, served_names(doc))
+        if not _install(where, doc, lambda config: check_versions(config, paths, name)):
+            progress(f"{where.path}: unchanged")
+            return 0
     for line in said:
         progress(line)
     return _apply(paths, where, progress)

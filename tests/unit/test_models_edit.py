@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,29 @@ def test_push_refuses_a_version_of_another_platform_than_configured(
     err = capsys.readouterr().err
     assert "is a model of platform onnx, but models.half.platform is tensorflow" in err
     assert not (root / "data/models/half/2").exists()
+
+
+def test_two_edits_at_once_both_reach_the_file(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each edit reads, changes and writes the file under the node's one-change lock: the
+    first reader waits (a while) for the other to read as well, which only the lock prevents."""
+    from appliance import models_edit
+
+    onnxmodels.build(root / "data/models", {"onx2": {1: onnxmodels.half_plus(3.0)}})
+    both, read = threading.Barrier(2), models_edit.read_document
+
+    def slow_read(path: Path):
+        doc = read(path)
+        try:
+            both.wait(timeout=2)   # without the lock the other edit reads the same file meanwhile
+        except threading.BrokenBarrierError:
+            pass
+        return doc
+
+    monkeypatch.setattr(models_edit, "read_document", slow_read)
+    edits = [threading.Thread(target=run, args=(root, "models", "add", name)) for name in ("onx", "onx2")]
+    for edit in edits:
+        edit.start()
+    for edit in edits:
+        edit.join()
+    assert sorted(load_config(root / "etc/appliance/appliance.yaml").model.names) == [
+        "half", "onx", "onx2", "other"]
