@@ -223,8 +223,9 @@ class Node:
             # The model server reads its Prometheus page's path at start only.
             progress("monitoring.config (metrics.path) changed: restarting model_server")
             self.supervisor.restart("model_server")
-        if "models.config" in names:
-            progress("models.config changed: the model server reloads it (no restart)")
+        if names & {render.MODELS_CONFIG, render.MODEL_SETTINGS} and "model_server" not in restarted:
+            changed_files = " and ".join(sorted(names & {render.MODELS_CONFIG, render.MODEL_SETTINGS}))
+            progress(f"{changed_files} changed: the model server re-reads it (no restart)")
         if any(name.startswith("eds_") for name in names):
             progress("cluster membership changed: Envoy swapped its endpoints (no restart)")
         if runconfig.path(self.paths).name in names:
