@@ -243,7 +243,7 @@ def test_up_with_a_changed_config_touches_only_what_changed(node: NodeUnderTest)
                        "--set", "model.name=saved_model_half_plus_two_mkl",
                        "--set", "logviewer.enabled=false")
     assert smaller.returncode == 0, smaller.stdout + smaller.stderr
-    assert "the model server reloads it (no restart)" in smaller.stdout
+    assert "the model server re-reads it (no restart)" in smaller.stdout
     assert "stopped logviewer" in smaller.stdout
     after = pids()
     assert "logviewer" not in after
