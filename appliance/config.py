@@ -136,6 +136,16 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class CapacitySettings:
+    latency_objective_ms: float
+    latency_percentile: float
+    cpu_target_percent: float
+    min_nodes: int
+    window_seconds: int
+    hook: str
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a node needs, validated. Build it with :func:`load_config`."""
 
@@ -154,6 +164,7 @@ class Config:
     startup: StartupSettings
     log: LogSettings
     metrics: MetricsSettings
+    capacity: CapacitySettings
 
     def connect_address(self) -> str:
         """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
@@ -285,6 +296,18 @@ def _url_path(value: Any) -> str:
     return text
 
 
+def _number_between(low: float, high: float) -> Any:
+    def parse(value: Any) -> float:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise Invalid(f"expected a number, got {value!r}") from None
+        if not low < number <= high:
+            raise Invalid(f"must be more than {low:g} and at most {high:g}, got {number:g}")
+        return number
+    return parse
+
+
 def _token(value: Any) -> str:
     text = string(value).strip()
     if text and (len(text) < 16 or not text.isprintable() or " " in text):
@@ -378,6 +401,21 @@ SCHEMA: tuple[Key, ...] = (
         "Bearer token of the node's scrape page (GET /metrics on logviewer.port): set one value "
         "on every node of a cluster so one Prometheus job scrapes them all; empty: each node "
         "generates its own in etc/appliance/metrics.token (0600).", secret=True),
+    Key("capacity.latency.objective.ms", "capacity", "latency_objective_ms",
+        _number_between(0, 3_600_000), 100,
+        "`appliance capacity`: the latency objective of the model servers, in ms (may be a fraction)."),
+    Key("capacity.latency.percentile", "capacity", "latency_percentile", _number_between(0, 100), 99,
+        "`appliance capacity`: which percentile of request latency the objective applies to."),
+    Key("capacity.cpu.target.percent", "capacity", "cpu_target_percent", _number_between(0, 100), 70,
+        "`appliance capacity`: CPU use (model server + Envoy, of the node's CPUs) a node should stay under."),
+    Key("capacity.min.nodes", "capacity", "min_nodes", positive, 2,
+        "`appliance capacity` never recommends fewer serving nodes than this."),
+    Key("capacity.window.seconds", "capacity", "window_seconds", positive, 10,
+        "`appliance capacity` measures the load over this many seconds."),
+    Key("capacity.hook", "capacity", "hook", string, "",
+        "Command `appliance capacity` runs with its recommendation (JSON on stdin; env "
+        "APPLIANCE_CAPACITY_ACTION add|remove|none, APPLIANCE_CAPACITY_NODES, "
+        "APPLIANCE_CAPACITY_TARGET); split like a shell's words, run without a shell."),
 )
 KEYS = {key.name: key for key in SCHEMA}
 SECTIONS = {
@@ -385,7 +423,7 @@ SECTIONS = {
     "node": NodeSettings, "model": ModelSettings, "s3": S3Settings,
     "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
     "cluster": ClusterSettings, "startup": StartupSettings, "log": LogSettings,
-    "metrics": MetricsSettings,
+    "metrics": MetricsSettings, "capacity": CapacitySettings,
 }
 
 
