@@ -41,10 +41,9 @@ from typing import Callable
 from . import promtext, subp
 from .config import Config, NodePaths
 from .errors import ApplianceError, ProcessError
-from .localhttp import get_text
 from .membership import members
 from .nodemetrics import scrape_token
-from .scrapeconfig import _target
+from .scrapeconfig import scrape_address
 
 COUNT = ":tensorflow:serving:request_count"
 LATENCY = ":tensorflow:serving:request_latency"
@@ -141,7 +140,7 @@ def measure(config: Config, paths: NodePaths, sleep: Callable[[float], None] = t
     """Every serving member's load over ``capacity.window.seconds``."""
     token = scrape_token(config, paths)
     addresses = members(config) or [config.connect_address()]
-    urls = {a: f"http://{_target(a, config.logviewer.port)}/metrics" for a in addresses}
+    urls = {a: f"http://{scrape_address(a, config.logviewer.port)}/metrics" for a in addresses}
     started = time.monotonic()
     before = {a: _read(url, token) for a, url in urls.items()}
     sleep(config.capacity.window_seconds)

@@ -28,7 +28,7 @@ import yaml
 
 from . import modelsettings
 from .configkeys import (Invalid, Key, assemble, boolean, choice, integer, items, non_negative,
-                         positive, string, value_of)
+                         number_between, positive, string, value_of)
 from .errors import ConfigError
 from .modelsettings import ModelEntry
 from .sources.presets import PRESETS, split_s3_path
@@ -296,18 +296,6 @@ def _url_path(value: Any) -> str:
     return text
 
 
-def _number_between(low: float, high: float) -> Any:
-    def parse(value: Any) -> float:
-        try:
-            number = float(str(value).strip())
-        except ValueError:
-            raise Invalid(f"expected a number, got {value!r}") from None
-        if not low < number <= high:
-            raise Invalid(f"must be more than {low:g} and at most {high:g}, got {number:g}")
-        return number
-    return parse
-
-
 def _token(value: Any) -> str:
     text = string(value).strip()
     if text and (len(text) < 16 or not text.isprintable() or " " in text):
@@ -402,11 +390,11 @@ SCHEMA: tuple[Key, ...] = (
         "on every node of a cluster so one Prometheus job scrapes them all; empty: each node "
         "generates its own in etc/appliance/metrics.token (0600).", secret=True),
     Key("capacity.latency.objective.ms", "capacity", "latency_objective_ms",
-        _number_between(0, 3_600_000), 100,
+        number_between(0, 3_600_000), 100,
         "`appliance capacity`: the latency objective of the model servers, in ms (may be a fraction)."),
-    Key("capacity.latency.percentile", "capacity", "latency_percentile", _number_between(0, 100), 99,
+    Key("capacity.latency.percentile", "capacity", "latency_percentile", number_between(0, 100), 99,
         "`appliance capacity`: which percentile of request latency the objective applies to."),
-    Key("capacity.cpu.target.percent", "capacity", "cpu_target_percent", _number_between(0, 100), 70,
+    Key("capacity.cpu.target.percent", "capacity", "cpu_target_percent", number_between(0, 100), 70,
         "`appliance capacity`: CPU use (model server + Envoy, of the node's CPUs) a node should stay under."),
     Key("capacity.min.nodes", "capacity", "min_nodes", positive, 2,
         "`appliance capacity` never recommends fewer serving nodes than this."),

@@ -29,17 +29,18 @@ def targets_path(paths: NodePaths) -> Path:
     return paths.run / TARGETS_FILE
 
 
-def _target(address: str, port: int) -> str:
+def scrape_address(address: str, port: int) -> str:
+    """``host:port`` of a node's scrape page (an IPv6 address in brackets)."""
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def targets(config: Config, members: list[str]) -> list[dict]:
     """file_sd groups: the serving members, and this node apart when it is no member."""
     port = config.logviewer.port
-    groups = [{"targets": [_target(a, port) for a in members], "labels": {"role": "serving"}}]
+    groups = [{"targets": [scrape_address(a, port) for a in members], "labels": {"role": "serving"}}]
     own = config.node.address
     if own not in members and own not in ("0.0.0.0", "::"):
-        groups.append({"targets": [_target(own, port)], "labels": {"role": config.node.role}})
+        groups.append({"targets": [scrape_address(own, port)], "labels": {"role": config.node.role}})
     return [g for g in groups if g["targets"]]
 
 
