@@ -4,6 +4,7 @@ real Prometheus scraping the cluster through the generated config, and ``applian
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import socket
@@ -16,11 +17,13 @@ import pytest
 import requests
 
 from appliance import devcluster, promtext
-from tests.e2e.shared_cluster import MODEL, Cluster, Load, grpc_sender, rest_sender
+from tests.e2e.shared_cluster import FIRST, MODEL, Cluster, Load, grpc_sender, rest_sender
 from tests.integration.node_harness import CLI
 
 COUNT = ":tensorflow:serving:request_count"
 PREDICT = ("predict", "Predict")      # the API label over REST and over gRPC
+# A member that joins (on paper: nothing listens there) and leaves, past the cluster's 6 addresses.
+JOINING = str(ipaddress.ip_address(FIRST) + 7)
 
 
 def _token(cluster: Cluster) -> str:
@@ -146,9 +149,24 @@ def test_a_real_prometheus_scrapes_the_cluster_with_the_generated_config(
 
         with Load(rest_sender(cluster.rest(entry)), threads=2):
             _wait(lambda: rate() > 0, 60, lambda: f"no rate of {MODEL} in Prometheus")
+
+        # A member joining and leaving reaches Prometheus through the file_sd file alone.
+        joining = f"{JOINING}:{cluster.ports['logviewer.port']}"
+        try:
+            _members(repo, "add-node")
+            _wait(lambda: joining in targets(), 60, lambda: f"{joining} not in {list(targets())}")
+        finally:
+            _members(repo, "remove-node")
+        _wait(lambda: set(targets()) == expected, 60, lambda: f"targets: {list(targets())}")
     finally:
         prometheus.terminate()
         prometheus.wait(30)
+
+
+def _members(node: devcluster.DevNode, action: str) -> None:
+    out = subprocess.run(CLI + ["--root", node.root, "cluster", action, JOINING], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
 
 
 def _wait(condition, timeout: float, message) -> None:
