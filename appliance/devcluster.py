@@ -29,6 +29,9 @@ from .config import NodePaths
 from .releases import Releases, release_env, switch_node
 
 STATE = "dev-cluster.json"
+#: The dev cluster's CA (cluster.ca.cert / .key), made once: every node, later ones included,
+#: gets the same, as a real cluster's nodes get it in their config or user data.
+CLUSTER_CA = "cluster-ca.yaml"
 # After a node left every Envoy: requests already sent to it finish on the connections Envoy
 # drains (a predict takes milliseconds here); this is their time before the node stops.
 DRAIN_SECONDS = 1.0
@@ -105,7 +108,7 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
     write_atomic(base / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
     members = ",".join(n.address for n in nodes if n.role == "serving")
     common: dict[str, object] = {"cluster.members": members, "model.name": ",".join(models),
-                                 **overrides}
+                                 **cluster_ca(base), **overrides}
     builtin = base / "builtin-models"
     from .builtin_models import build_all
 
@@ -137,6 +140,17 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
     progress(f"dev cluster up: {len(nodes)} nodes under {base}; REST on any of "
              + ", ".join(f"http://{n.address}:{overrides.get('http.port', 8080)}" for n in nodes))
     return nodes
+
+
+def cluster_ca(base: Path) -> dict[str, str]:
+    """The dev cluster's CA keys, generated at its first ``up`` (0600, next to the nodes)."""
+    from .pki import generate_ca
+
+    path = base / CLUSTER_CA
+    if not path.exists():
+        cert, key = generate_ca()
+        write_atomic(path, yaml.safe_dump({"cluster.ca.cert": cert, "cluster.ca.key": key}), mode=0o600)
+    return yaml.safe_load(path.read_text())
 
 
 def _push_missing(node: DevNode, builtin: Path, models: list[str]) -> None:
@@ -324,7 +338,7 @@ def _wait_gone_from_envoy(node: DevNode, address: str, timeout: float = 30.0) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _, clusters = read_cluster_view(node.admin_port)
-        if clusters and not any(h.address.startswith(f"{address}:") for c in clusters for h in c.hosts):
+        if clusters and not any(h.node == address for c in clusters for h in c.hosts):
             return
         time.sleep(0.1)
     raise ApplianceError(f"{node.name}'s Envoy still lists {address} after {timeout:.0f}s")

@@ -46,9 +46,11 @@ REQUIRED = {"supervisord": ["--version"], "envoy": ["--version"], "appliance-mod
 #: Real servers the install script can add (``--with-tensorflow-model-server``, ``--with-minio``).
 OPTIONAL = {"tensorflow_model_server": ["--version"], "minio": ["--version"]}
 #: Port keys that only matter for one role, or only when their feature is on.
-ROLE_PORTS = {"serving.rest.port": "serving", "serving.grpc.port": "serving", "repo.port": "repo"}
+ROLE_PORTS = {"serving.rest.port": "serving", "serving.grpc.port": "serving", "repo.port": "repo",
+              "cluster.port": "serving"}
 FEATURE_PORTS = {"logviewer.port": "logviewer.enabled"}
-LOOPBACK_PORTS = ("envoy.admin.port",)
+#: Ports bound to 127.0.0.1 whatever node.address says (the model server is reached through Envoy).
+LOOPBACK_PORTS = ("envoy.admin.port", "serving.rest.port", "serving.grpc.port")
 REINSTALL = "re-run scripts/install-node.sh (or `pip install` the appliance into its venv)"
 
 
@@ -196,6 +198,8 @@ def node_ports(config: Config) -> dict[str, int]:
         feature = FEATURE_PORTS.get(key.name)
         if feature is not None and str(values.get(feature)).lower() != "true":
             continue
+        if key.name == "cluster.port" and not config.cluster.ca_cert:
+            continue   # no inter-node listener without the cluster CA
         ports[key.name] = int(values[key.name])
     return ports
 

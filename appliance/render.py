@@ -22,7 +22,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from . import logbudget, membership, objectstore, subp
+from . import logbudget, membership, objectstore, pki, subp
 from modelserver.atomic import write_atomic
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
@@ -81,8 +81,17 @@ def supervisor_socket(paths: NodePaths) -> Path:
     return Path(tempfile.gettempdir()) / f"appliance-{digest}.sock"
 
 
+def _internode(config: Config, paths: NodePaths) -> dict | None:
+    """The inter-node mTLS files, or None without a cluster CA (a node alone has no peers)."""
+    if not config.cluster.ca_cert:
+        return None
+    files = pki.node_files(paths)
+    return {"port": config.cluster.port, "ca": files.ca, "cert": files.cert, "key": files.key}
+
+
 def _context(config: Config, paths: NodePaths) -> dict:
     cpus = os.cpu_count() or 1
+    edge = pki.edge_files(config, paths)
     return {
         "config": config,
         "node": config.node,
@@ -103,15 +112,18 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "upstream_idle_timeout": f"{min(30.0, config.serving.idle_timeout_seconds / 2):g}s",
         "listeners": [
             {"name": "rest", "port": config.http_port, "codec": "AUTO", "cluster": "model_server_rest",
-             "upstream_port": config.serving.rest_port,
+             "upstream_port": config.serving.rest_port, "alpn": "h2, http/1.1",
              "retry_on": "connect-failure,refused-stream,reset,gateway-error,retriable-status-codes"},
             {"name": "grpc", "port": config.grpc_port, "codec": "HTTP2", "cluster": "model_server_grpc",
-             "upstream_port": config.serving.grpc_port,
+             "upstream_port": config.serving.grpc_port, "alpn": "h2",
              "retry_on": "connect-failure,refused-stream,reset,unavailable,retriable-headers"},
         ],
         "objectstore": ({"port": config.repo.port, "upstream_port": objectstore.store_port(config)}
                         if config.node.role == "repo" else None),
         "retries": RETRIES,
+        "model_server_host": membership.MODEL_SERVER_HOST,
+        "internode": _internode(config, paths),
+        "edge_tls": {"cert": edge.cert, "key": edge.key, "plaintext": config.tls.plaintext},
         "logs": logbudget.limits(config),
         "logviewer": config.logviewer,
         "metrics": config.metrics,

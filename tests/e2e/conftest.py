@@ -32,7 +32,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     taken: set[int] = set()
     ports = {key: _free_everywhere(addresses, taken) for key in (
         "http.port", "grpc.port", "serving.rest.port", "serving.grpc.port", "logviewer.port",
-        "repo.port")}
+        "repo.port", "cluster.port")}
     admin_base = _free_block(6, taken)
     overrides = {k: str(v) for k, v in ports.items()}
     overrides.update({"enable.access.log": "true", "sync.interval.seconds": "2",

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pytest
 import requests
+import yaml
 
 from appliance import runconfig
 from appliance.config import NodePaths
@@ -205,9 +206,12 @@ def test_a_config_reload_through_envoy_is_refused(node: NodeUnderTest) -> None:
     assert answer.json() == {"predictions": [2.5]}
 
 
-def test_membership_follows_the_config_file_and_cluster_commands(node: NodeUnderTest) -> None:
+def test_membership_follows_the_config_file_and_cluster_commands(node: NodeUnderTest,
+                                                                cluster_ca: dict[str, str]) -> None:
     """Editing cluster.members in the config file is all a user does: the agent re-points Envoy
-    (no restart); `appliance cluster remove-node` takes a member out again."""
+    (no restart; with the cluster CA given at the same time, the node issues its certificate
+    and Envoy loads it with the new listener and clusters); `appliance cluster remove-node`
+    takes a member out again."""
     from appliance.envoy_admin import read_cluster_view
 
     def hosts() -> set[str]:
@@ -217,7 +221,9 @@ def test_membership_follows_the_config_file_and_cluster_commands(node: NodeUnder
     envoy_pid = {p["name"]: p["pid"] for p in node.status()["processes"]}["envoy"]
     config_file = node.root / "etc/appliance/appliance.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(f"cluster:\n  members: [{node.address}, 127.0.0.250]\n")
+    config_file.write_text(yaml.safe_dump({"cluster.members": f"{node.address},127.0.0.250",
+                                           **cluster_ca}))
+    config_file.chmod(0o600)
     wait_until(lambda: hosts() == {node.address, "127.0.0.250"}, timeout=60,
                what="the agent to add the member from the config file")
     for _ in range(10):  # the dead member gets no traffic: its health checks fail
