@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="built-in models to serve (comma-separated)")
     dev.add_argument("--first-address", default="127.0.0.2", help="the first node's address")
     dev.add_argument("--admin-port-base", type=int, default=8001,
-                     help="Envoy admin port of the first node; the next nodes count up")
+                     help="first of the 3 ports on 127.0.0.1 of the first node (Envoy admin, "
+                     "model server gRPC and REST); each next node takes the next 3")
     return parser
 
 

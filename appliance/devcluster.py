@@ -2,8 +2,8 @@
 
 Each node is complete (its own root dir, config file, supervisord, Envoy, model server or
 object store) and listens on its own loopback address (127.0.0.2, 127.0.0.3, ...), so every
-node uses the same ports, as on real machines; only Envoy's admin, which always binds
-127.0.0.1, gets one port per node. With a repo node, the models live in its object store and
+node uses the same public ports, as on real machines; only what always binds 127.0.0.1 --
+Envoy's admin and the model server -- gets its own ports per node (:data:`LOOPBACK_PORTS`). With a repo node, the models live in its object store and
 the serving nodes' agents sync them; without one, each serving node gets them on local disk.
 """
 
@@ -36,6 +36,8 @@ CLUSTER_CA = "cluster-ca.yaml"
 # drains (a predict takes milliseconds here); this is their time before the node stops.
 DRAIN_SECONDS = 1.0
 CLI = [sys.executable, "-m", "appliance.cli"]
+#: 127.0.0.1 ports each node takes from the admin port base: Envoy admin, model server gRPC, REST.
+LOOPBACK_PORTS = 3
 
 
 @dataclass
@@ -45,6 +47,11 @@ class DevNode:
     address: str
     root: str
     admin_port: int
+
+    def loopback_ports(self) -> dict[str, int]:
+        """The node's own ports on 127.0.0.1 (config keys): the next ones after its admin port."""
+        return {"envoy.admin.port": self.admin_port, "serving.grpc.port": self.admin_port + 1,
+                "serving.rest.port": self.admin_port + 2}
 
 
 def _cli(root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -81,7 +88,8 @@ def plan(base: Path, serving: int, repo: int, first: str, admin_base: int) -> li
     for index in range(serving + repo):
         role = "serving" if index < serving else "repo"
         name = f"serving-{index + 1}" if role == "serving" else f"repo-{index - serving + 1}"
-        nodes.append(DevNode(name, role, str(start + index), str(base / name), admin_base + index))
+        nodes.append(DevNode(name, role, str(start + index), str(base / name),
+                             admin_base + LOOPBACK_PORTS * index))
     return nodes
 
 
@@ -116,7 +124,7 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
     s3: dict[str, object] = {}
     for node in (n for n in nodes if n.role == "repo"):
         _write_config(node, {**common, "node.role": "repo", "node.address": node.address,
-                             "envoy.admin.port": node.admin_port})
+                             **node.loopback_ports()})
         progress(f"{node.name} ({node.address}): starting the object store")
         _check(_cli(Path(node.root), "up"), f"starting {node.name}")
         creds = yaml.safe_load((Path(node.root) / "etc/appliance/objectstore.credentials").read_text())
@@ -125,7 +133,7 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
               "model.base.path": "s3://models", **creds}
     for node in (n for n in nodes if n.role == "serving"):
         _write_config(node, {**common, **s3, "node.role": "serving", "node.address": node.address,
-                             "envoy.admin.port": node.admin_port})
+                             **node.loopback_ports()})
         if not s3:
             store = Path(node.root) / "data/models"
             for name in models:
@@ -182,10 +190,10 @@ def add_serving(base: Path, progress: Callable[[str], None] = print) -> DevNode:
         number += 1
     node = DevNode(f"serving-{number}", "serving", str(ipaddress.ip_address(last.address) + 1),
                    str(Path(base).resolve() / f"serving-{number}"),
-                   max(n.admin_port for n in nodes) + 1)
+                   max(n.admin_port for n in nodes) + LOOPBACK_PORTS)
     values = yaml.safe_load((Path(template.root) / "etc/appliance/appliance.yaml").read_text())
     members = [n.address for n in nodes if n.role == "serving"] + [node.address]
-    values.update({"node.address": node.address, "envoy.admin.port": node.admin_port,
+    values.update({"node.address": node.address, **node.loopback_ports(),
                    "cluster.members": ",".join(members)})
     _write_config(node, values)
     running = Releases(Path(template.root))

@@ -180,10 +180,17 @@ class Node:
         if self.config.node.role == "serving":
             model = self.config.model.default
             base = f"http://{host}:{self.config.http_port}/v1/models/{model}"
+            edge = pki.edge_files(self.config, self.paths)
+            if not self.config.tls.plaintext:   # TLS only: the https form, trusting the edge cert
+                base = f"--cacert {edge.cert} https://{host}:{self.config.http_port}/v1/models/{model}"
             if model == HALF_PLUS_TWO:
                 progress(f"try:  curl -d '{{\"instances\": [1.0, 2.0, 5.0]}}' -X POST {base}:predict")
             else:
                 progress(f"try:  curl {base}/metadata    (its signature: what :predict takes)")
+            progress(f"TLS on the same ports: https://{host}:{self.config.http_port} and gRPC "
+                     f"{host}:{self.config.grpc_port} with {edge.cert}")
+        for report in pki.reports(self.config, self.paths):
+            progress(report.text())
         if self.config.logviewer.enabled:
             from logviewer import credentials
 
@@ -464,6 +471,8 @@ class Node:
                               else "END", "error": "", "note": note}
                              for n, note in sorted(notes.items(), reverse=True)]
                 status.models[name] = versions
+        status.certificates = [r.as_dict() | {"text": r.text()}
+                               for r in pki.reports(self.config, self.paths)]
         why, clusters = read_cluster_view(self.config.envoy.admin_port)
         status.envoy = why
         for cluster in clusters:
@@ -488,12 +497,13 @@ class NodeStatus:
     model_server_threads: int = 0
     envoy: str = ""
     upstreams: list[dict] = field(default_factory=list)
+    certificates: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"root": self.root, "role": self.role, "supervisord": self.supervisord,
                 "sizing": {"cpus": self.cpus, "envoy_workers": self.envoy_workers,
                            "model_server_threads": self.model_server_threads},
-                "envoy": self.envoy, "upstreams": self.upstreams,
+                "envoy": self.envoy, "upstreams": self.upstreams, "certificates": self.certificates,
                 "processes": [{"name": p.name, "state": p.state, "pid": p.pid,
                                "uptime_seconds": p.uptime_seconds} for p in self.processes],
                 "models": self.models}
@@ -526,6 +536,7 @@ class NodeStatus:
                              f"{up['requests']:>9}  {', '.join(up['flags'])}")
         elif self.envoy and self.envoy != "ok":
             lines.append(f"  envoy: {self.envoy}")
+        lines += [f"  {cert['text']}" for cert in self.certificates]
         return "\n".join(lines)
 
 

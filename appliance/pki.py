@@ -97,7 +97,7 @@ def _random_id() -> str:
     return secrets.token_hex(4)
 
 
-def _issue(out: Path, key: Path, subject: str, sans: str, days: int,
+def issue(out: Path, key: Path, subject: str, sans: str, days: int,
            ca: tuple[Path, Path] | None) -> None:
     """A new key and a certificate for it, signed by ``ca`` (cert, key) or by itself."""
     signer = ["-CA", str(ca[0]), "-CAkey", str(ca[1])] if ca else []
@@ -225,12 +225,12 @@ def ensure(config: Config, paths: NodePaths) -> list[Path]:
             with tempfile.TemporaryDirectory(prefix=".ca-", dir=files.ca.parent) as tmp:
                 ca_key = Path(tmp) / "ca.key"
                 write_atomic(ca_key, config.cluster.ca_key.strip() + "\n", 0o600)
-                _issue(files.cert, files.key, f"/CN=appliance node {config.node.address}",
+                issue(files.cert, files.key, f"/CN=appliance node {config.node.address}",
                        _sans(config.node.address), NODE_DAYS, (files.ca, ca_key))
             done.append(files.cert)
     edge = edge_files(config, paths)
     if edge.self_signed and not (edge.cert.exists() and edge.key.exists()):
-        _issue(edge.cert, edge.key, "/CN=appliance edge (self-signed)", _sans(config.node.address),
+        issue(edge.cert, edge.key, "/CN=appliance edge (self-signed)", _sans(config.node.address),
                CA_DAYS, None)
     # A certificate replaced in place (tls.cert.file renewed) is a change Envoy must be told of.
     try:
@@ -241,3 +241,44 @@ def ensure(config: Config, paths: NodePaths) -> list[Path]:
     if write_atomic(tls_dir(paths) / "edge.applied", served + "\n", 0o600):
         done.append(edge.cert)
     return done
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+@dataclass(frozen=True)
+class CertReport:
+    """One certificate as `status` and `doctor` tell it."""
+
+    role: str          # "edge" or "inter-node"
+    info: CertInfo
+    problem: str       # '' when it is fine
+    note: str          # self-signed, signed by the cluster CA, ...
+
+    def as_dict(self) -> dict:
+        return {"role": self.role, "file": str(self.info.path), "fingerprint_sha256": self.info.fingerprint,
+                "not_after": self.info.not_after.isoformat() if self.info.not_after else None,
+                "note": self.note, "problem": self.problem}
+
+    def text(self) -> str:
+        if self.info.problem:
+            return f"{self.role} certificate {self.info.path}: {self.problem}"
+        state = f"PROBLEM: {self.problem}" if self.problem else f"valid {self.info.days_left():.0f} more days"
+        return (f"{self.role} certificate ({self.note}), {state}; SHA-256 fingerprint "
+                f"{self.info.fingerprint}")
+
+
+def reports(config: Config, paths: NodePaths) -> list[CertReport]:
+    """The edge certificate and, with a cluster CA, this node's inter-node certificate."""
+    edge = edge_files(config, paths)
+    info = read_cert(edge.cert)
+    problem = info.problem
+    if not problem and info.days_left() < RENEW_DAYS:
+        problem = f"expires in {info.days_left():.0f} days"
+    out = [CertReport("edge", info, problem, "self-signed, made at the first start" if edge.self_signed
+                      else "tls.cert.file")]
+    if config.cluster.ca_cert:
+        files = node_files(paths)
+        out.append(CertReport("inter-node", read_cert(files.cert), node_cert_problem(config, paths),
+                              "signed by the cluster CA"))
+    return out

@@ -74,11 +74,22 @@ def find_binary(name: str) -> str:
 
 
 def supervisor_socket(paths: NodePaths) -> Path:
-    sock = paths.run / "supervisor.sock"
+    return _socket_path(paths, "supervisor")
+
+
+def logviewer_socket(paths: NodePaths) -> Path:
+    """Where the logviewer listens: a unix socket only Envoy (the same user) connects to, so
+    the browser reaches it through Envoy's TLS on logviewer.port and nothing else can."""
+    return _socket_path(paths, "logviewer")
+
+
+def _socket_path(paths: NodePaths, name: str) -> Path:
+    sock = paths.run / f"{name}.sock"
     if len(str(sock)) <= _MAX_SOCKET_PATH:
         return sock
     digest = hashlib.sha1(str(paths.root).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"appliance-{digest}.sock"
+    suffix = "" if name == "supervisor" else f"-{name}"
+    return Path(tempfile.gettempdir()) / f"appliance-{digest}{suffix}.sock"
 
 
 def _internode(config: Config, paths: NodePaths) -> dict | None:
@@ -105,6 +116,12 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "appliance_cli": f"{sys.executable} -m appliance.cli",
         "node_id": f"{socket.gethostname()}-{config.node.address}",
         "supervisor_socket": supervisor_socket(paths),
+        "logviewer_socket": logviewer_socket(paths),
+        # Plain HTTP to the logviewer only from this machine (its password never crosses the
+        # network in the clear): loopback, and the node's own address.
+        "local_sources": ["127.0.0.0/8"] + ([f"{config.node.address}/32"]
+                                            if config.node.address not in ("0.0.0.0", "::")
+                                            and not config.node.address.startswith("127.") else []),
         "supervisor_user": user_name(os.geteuid()),  # who renders runs supervisord
         "envoy_concurrency": config.envoy.concurrency or cpus,
         "serving_threads": config.serving.num_threads or cpus,

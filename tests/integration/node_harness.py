@@ -51,6 +51,11 @@ class NodeUnderTest:
         return f"http://{self.address}:{self.http_port}"
 
     @property
+    def model_server_url(self) -> str:
+        """The node's model server itself: on loopback only, whatever the node's address."""
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
     def logviewer_url(self) -> str:
         return f"http://{self.address}:{self.logviewer_port}"
 

@@ -110,7 +110,7 @@ def test_access_log_names_the_upstream(node: NodeUnderTest) -> None:
         return [entry for entry in lines if entry["path"].endswith(":predict")]
 
     entries = wait_until(predict_lines, timeout=15, what="access log lines")
-    assert entries[-1]["upstream_host"] == f"{node.address}:{node.rest_port}"
+    assert entries[-1]["upstream_host"] == f"127.0.0.1:{node.rest_port}"   # its own, on loopback
     assert entries[-1]["method"] == "POST"
 
 
@@ -255,10 +255,10 @@ def test_up_with_a_changed_config_touches_only_what_changed(node: NodeUnderTest)
     assert "logviewer" not in after
     assert {k: after[k] for k in ("model_server", "envoy", "agent")} == \
         {k: before[k] for k in ("model_server", "envoy", "agent")}
-    predict = f"http://{node.address}:{node.rest_port}/v1/models/resnet:predict"
+    predict = f"{node.model_server_url}/v1/models/resnet:predict"
     wait_until(lambda: requests.post(predict, data='{"instances": []}', timeout=5).status_code == 404,
                timeout=60, what="resnet unloaded by the config reload")
-    status = requests.get(f"http://{node.address}:{node.rest_port}/v1/models/resnet", timeout=5)
+    status = requests.get(f"{node.model_server_url}/v1/models/resnet", timeout=5)
     # history kept, as TF Serving: UNLOADING while in-flight requests drain, then END
     assert status.json()["model_version_status"][0]["state"] in ("UNLOADING", "END")
     restored = node.cli("up", "--timeout", "300", *EXTRA, *node.overrides)
@@ -350,7 +350,7 @@ def test_a_changed_metrics_path_moves_the_model_servers_metrics_page(node: NodeU
     """The model server reads monitoring.config at start only: a new metrics.path restarts it
     (and says so), so the page is where the config says once `reload` returns."""
     def page(path: str) -> int:
-        return requests.get(f"http://{node.address}:{node.rest_port}{path}", timeout=30).status_code
+        return requests.get(f"{node.model_server_url}{path}", timeout=30).status_code
 
     before = _pids(node)
     moved = node.cli("reload", "--timeout", "300", *EXTRA, *node.overrides,
