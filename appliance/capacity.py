@@ -42,8 +42,7 @@ from . import promtext, subp
 from .config import Config, NodePaths
 from .errors import ApplianceError, ProcessError
 from .membership import members
-from .nodemetrics import scrape_token
-from .scrapeconfig import scrape_address
+from .nodemetrics import read_page
 
 COUNT = ":tensorflow:serving:request_count"
 LATENCY = ":tensorflow:serving:request_latency"
@@ -74,17 +73,14 @@ class Recommendation:
     per_node: list[dict] = field(default_factory=list)
 
 
-def _read(url: str, token: str) -> tuple[list[promtext.Sample] | None, str]:
-    from urllib.request import Request, urlopen
-
+def _read(config: Config, paths: NodePaths, address: str) -> tuple[list[promtext.Sample] | None, str]:
+    text, error = read_page(config, paths, address)
+    if text is None:
+        return None, error
     try:
-        with urlopen(Request(url, headers={"Authorization": f"Bearer {token}"}), timeout=10) as resp:
-            return promtext.parse(resp.read().decode("utf-8")), ""
+        return promtext.parse(text), ""
     except promtext.ParseError as exc:
         return None, f"unreadable metrics: {exc}"
-    except OSError as exc:
-        hint = " (is metrics.token the same on every node?)" if "401" in str(exc) else ""
-        return None, f"{exc}{hint}"
 
 
 def quantile(q: float, buckets: dict[float, float]) -> float | None:
@@ -138,16 +134,14 @@ def _measure(node: str, before: list[promtext.Sample], after: list[promtext.Samp
 
 def measure(config: Config, paths: NodePaths, sleep: Callable[[float], None] = time.sleep) -> list[NodeLoad]:
     """Every serving member's load over ``capacity.window.seconds``."""
-    token = scrape_token(config, paths)
-    addresses = members(config) or [config.connect_address()]
-    urls = {a: f"http://{scrape_address(a, config.logviewer.port)}/metrics" for a in addresses}
+    addresses = members(config)
     started = time.monotonic()
-    before = {a: _read(url, token) for a, url in urls.items()}
+    before = {a: _read(config, paths, a) for a in addresses}
     sleep(config.capacity.window_seconds)
     seconds = time.monotonic() - started
     loads = []
-    for address, url in urls.items():
-        after, error = _read(url, token)
+    for address in addresses:
+        after, error = _read(config, paths, address)
         first, first_error = before[address]
         if first is None or after is None:
             loads.append(NodeLoad(address, error=first_error or error))

@@ -28,6 +28,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     prometheus.add_argument("--dir", type=Path, required=True,
                             help="where to write prometheus.yml and its token file")
     prometheus.add_argument("--interval", default="15s", help="scrape interval (default 15s)")
+    prometheus.add_argument("--ca-file", type=Path, help="CA of the nodes' edge certificates "
+                            "(tls.cert.file); without it Prometheus does not verify them")
     for parser in (capacity, prometheus):
         parser.add_argument("--set", dest="overrides", action="append", default=[],
                             metavar="KEY=VALUE", help="override a config key for this call")
@@ -46,7 +48,7 @@ def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
         from .membership import members
         from .scrapeconfig import write_config
 
-        path = write_config(config, paths, members(config), args.dir, args.interval)
+        path = write_config(config, paths, members(config), args.dir, args.interval, args.ca_file)
         print(f"wrote {path}; run: prometheus --config.file={path}")
         if not config.logviewer.enabled:
             print("note: logviewer.enabled is false on this node, so it has no scrape address")
