@@ -213,3 +213,20 @@ def test_a_pool_run_labels_its_request_with_version_and_signature(onnx_model) ->
     with InferencePool(1) as pool:
         pool.submit(model.run, "serving_default", {"x": np.zeros((1, 1), np.float32)}).result()
     assert (slot.version, slot.signature, model.resident_bytes) == ("7", "serving_default", 1234)
+
+
+def test_an_unloaded_version_leaves_the_page() -> None:
+    """Series of versions the server no longer has are dropped at the next scrape (a version a
+    day must not grow the page for ever); failed requests of no version stay."""
+    from modelserver import monitoring
+    from modelserver.manager import ModelConfig, ModelManager, VersionState
+    from modelserver.runtimes.base import LoadOptions
+
+    manager = ModelManager([ModelConfig(name="kept", base_path="/nonexistent")], LoadOptions(), 1.0, 1)
+    model = manager.models["kept"]
+    model.versions = {1: VersionState(1, "END"), 2: VersionState(2, "AVAILABLE")}
+    for version in ("1", "2", ""):
+        monitoring.REQUEST_COUNT.increment("kept", version, "", "predict", "REST", "OK")
+    monitoring.forget_unloaded(manager)
+    left = {key[1] for key in monitoring.REQUEST_COUNT._cells if key[0] == "kept"}
+    assert left == {"2", ""}
