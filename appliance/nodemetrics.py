@@ -43,9 +43,10 @@ from .localhttp import get_text
 TOKEN_FILE = "metrics.token"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Envoy's stats worth a scrape (of thousands): the model server clusters' requests, latency,
-# retries, ejections and health checks, and the listeners' downstream requests. Matched against
+# retries, ejections and health checks (also the local ones the internode listener feeds), and
+# the listeners' downstream requests. Matched against
 # Envoy's stat names before tag extraction (``cluster.model_server_rest.upstream_rq_total``).
-ENVOY_FILTER = (r"^(cluster\.model_server_[a-z]+\.(upstream_rq|upstream_cx_(active|connect_fail"
+ENVOY_FILTER = (r"^(cluster\.(local_)?model_server_[a-z]+\.(upstream_rq|upstream_cx_(active|connect_fail"
                 r"|total)|retry|outlier_detection|health_check|membership_(healthy|total))"
                 r"|http\.(rest|grpc|internode)\.downstream_(rq|cx_active))")
 # Per-host counters of Envoy's /clusters (per upstream node; /stats has per-cluster ones only).
