@@ -289,17 +289,22 @@ def test_access_log_table_and_filters(client: FlaskClient) -> None:
     assert 'class="s2xx"' not in errors and 'class="s5xx"' in errors
 
 
-def test_access_log_pages_to_older_entries(client: FlaskClient, site: Site) -> None:
+def test_access_log_counts_every_match_and_pages_to_older_entries(client: FlaskClient, site: Site) -> None:
     log = site.paths.logs / "access.log"
     with log.open("a") as handle:
         for i in range(300):
             handle.write(access_line(1000 + i) + "\n")
     html = text(client.get("/access"))
     assert html.count("<tr class=\"s") == 200
-    older = re.search(r'id="older" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    assert re.search(r'id="matched">341<', html)  # 340 lines and one not JSON
+    older = re.search(r'href="([^"]+)">older', html).group(1).replace("&amp;", "&")
     html2 = text(client.get(older))
     assert html2.count("<tr class=\"s") == 140
-    assert "req-0" not in html and "req-1299" in html and "req-1000" not in html
+    assert "req-0<" not in html and "req-1299" in html and "req-1000<" not in html
+    one = text(client.get("/access?q=REQ-1234"))
+    assert re.search(r'id="matched">1<', one) and "req-1234" in one
+    # The counts by status link to the same search narrowed to one status.
+    assert re.search(r'status=503[^"]*">503</a> <b>4</b>', text(client.get("/access")))
 
 
 def test_access_page_without_an_access_log(client: FlaskClient, site: Site) -> None:
