@@ -132,6 +132,7 @@ class LogSettings:
 class MetricsSettings:
     enabled: bool
     path: str
+    token: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,14 @@ def _url_path(value: Any) -> str:
     return text
 
 
+def _token(value: Any) -> str:
+    text = string(value).strip()
+    if text and (len(text) < 16 or not text.isprintable() or " " in text):
+        raise Invalid("a token needs at least 16 printable characters and no space "
+                      "(e.g. the output of `openssl rand -hex 32`)")
+    return text
+
+
 SCHEMA: tuple[Key, ...] = (
     Key("node.role", "node", "role", choice(*NODE_ROLES), "serving",
         "serving runs a model server; repo runs the object store (both run Envoy)."),
@@ -365,6 +374,10 @@ SCHEMA: tuple[Key, ...] = (
         "Serve the model server's Prometheus metrics page (TF Serving's --monitoring_config_file)."),
     Key("metrics.path", "metrics", "path", _url_path, PROMETHEUS_PATH,
         "Path of the model server's Prometheus metrics page on its REST port."),
+    Key("metrics.token", "metrics", "token", _token, "",
+        "Bearer token of the node's scrape page (GET /metrics on logviewer.port): set one value "
+        "on every node of a cluster so one Prometheus job scrapes them all; empty: each node "
+        "generates its own in etc/appliance/metrics.token (0600).", secret=True),
 )
 KEYS = {key.name: key for key in SCHEMA}
 SECTIONS = {

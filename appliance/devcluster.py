@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -104,8 +105,9 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
         _use_release(Path(node.root), release)
     write_atomic(base / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
     members = ",".join(n.address for n in nodes if n.role == "serving")
+    # One scrape token for every node: one Prometheus job (and the dashboard) reads them all.
     common: dict[str, object] = {"cluster.members": members, "model.name": ",".join(models),
-                                 **overrides}
+                                 "metrics.token": _cluster_token(base), **overrides}
     builtin = base / "builtin-models"
     from .builtin_models import build_all
 
@@ -137,6 +139,14 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
     progress(f"dev cluster up: {len(nodes)} nodes under {base}; REST on any of "
              + ", ".join(f"http://{n.address}:{overrides.get('http.port', 8080)}" for n in nodes))
     return nodes
+
+
+def _cluster_token(base: Path) -> str:
+    """The dev cluster's metrics token, generated once (0600) so a second ``up`` keeps it."""
+    path = base / "metrics.token"
+    if not path.exists():
+        write_atomic(path, secrets.token_hex(32) + "\n", mode=0o600)
+    return path.read_text(encoding="ascii").strip()
 
 
 def _push_missing(node: DevNode, builtin: Path, models: list[str]) -> None:
