@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     app = create_app(paths, current)
+    from .views.dashboard import start_sampler
+    start_sampler(app)
     host, port = args.address or config.node.address, args.port or config.logviewer.port
     logging.getLogger("logviewer").info("serving %s on http://%s:%d (logs %s, models %s)",
                                         paths.root, host, port, paths.logs,

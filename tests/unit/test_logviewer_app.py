@@ -140,7 +140,8 @@ def text(resp) -> str:
 PAGES = ["/", "/logs", "/logs/view/model_server.log", "/logs/search/model_server.log?q=x",
          "/logs/download/model_server.log", "/api/logs/chunk/model_server.log",
          "/api/logs/tail/model_server.log", "/access", "/models", f"/models/{MODEL}",
-         f"/models/{MODEL}/123", f"/models/{MODEL}/123/file/saved_model.pb", "/cluster"]
+         f"/models/{MODEL}/123", f"/models/{MODEL}/123/file/saved_model.pb", "/cluster",
+         "/dashboard", "/api/dashboard"]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -403,3 +404,26 @@ def test_tail_api_gives_the_mtime_the_page_shows(client: FlaskClient, site: Site
     data = client.get("/api/logs/tail/envoy.log").get_json()
     assert data["mtime"] == (site.paths.logs / "envoy.log").stat().st_mtime
     assert 'id="changed" data-mtime="' in text(client.get("/logs/view/envoy.log"))
+
+
+def test_dashboard_draws_the_stores_samples(client: FlaskClient, site: Site) -> None:
+    import time
+
+    from logviewer import samples
+
+    empty = text(client.get("/dashboard"))
+    assert "No samples yet" in empty and 'data-chart="rps-model"' in empty
+    store = samples.Store(site.paths.dashboard, 3600)
+    before = samples.parse(f':tensorflow:serving:request_count{{model_name="{MODEL}",status="OK"}} 10\n')
+    after = samples.parse(f':tensorflow:serving:request_count{{model_name="{MODEL}",status="OK"}} 60\n')
+    now = time.time()
+    store.add(now - 5, {"127.0.0.1": samples.reduce("127.0.0.1", before, after, 5.0)})
+    resp = client.get("/dashboard?minutes=15")
+    html = text(resp)
+    assert resp.headers["Server-Timing"].startswith("app;dur=")
+    blob = re.search(r'<script type="application/json" id="dashboard-data">(.*?)</script>', html).group(1)
+    data = json.loads(blob)
+    rps = next(c for c in data["charts"] if c["id"] == "rps-model")["series"]
+    assert rps == [{"name": MODEL, "values": [10.0]}] and data["minutes"] == 15
+    assert client.get("/api/dashboard?minutes=15").get_json()["charts"] == data["charts"]
+    assert 'src="/static/dashboard.js"' in html and "<script>" not in html

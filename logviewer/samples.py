@@ -1,0 +1,293 @@
+"""The dashboard's embedded store: every node's metrics page, sampled into a small SQLite file.
+
+A trial node has no Prometheus, so the logviewer keeps its own short history. Every
+``dashboard.sample.seconds`` it reads the metrics page (:mod:`appliance.nodemetrics`) of this
+node (in-process) and of every member node (``GET /metrics`` on their logviewer port, with the
+cluster's ``metrics.token``), and keeps only what the charts draw, already reduced to one
+interval: per model and version the requests, the errors and the latency histogram's buckets
+that filled; per process its CPU (cores) and resident memory; the sync and load events. One
+row per node and tick, JSON, in SQLite (Python's own, nothing to install): ~1 KB a row, 6 h of
+4 nodes at 10 s is ~9 000 rows, ~10 MB. A row older than ``dashboard.retention.hours`` goes.
+
+Why reduce on the way in: an hour is 360 ticks; drawing it must cost well under 300 ms, so
+the page reads small rows and sums them, rather than re-parsing 360 pages of Prometheus text.
+Counters are turned into differences against the node's previous page (kept in memory); a
+counter that went down is a restarted process, and counts from zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from appliance import nodemetrics
+from appliance.config import Config, NodePaths
+from appliance.localhttp import MAX_BODY
+
+log = logging.getLogger(__name__)
+
+REQUESTS = ":tensorflow:serving:request_count"
+LATENCY = ":tensorflow:serving:request_latency_bucket"
+LOADS = ":tensorflow:cc:saved_model:load_attempt_count"
+CPU = "appliance_process_cpu_seconds_total"
+RSS = "appliance_process_resident_memory_bytes"
+SYNC_BYTES = "appliance_agent_sync_bytes_total"
+CYCLES = "appliance_agent_cycles_total"
+FAMILIES = frozenset((REQUESTS, LATENCY, LOADS, CPU, RSS, SYNC_BYTES, CYCLES))
+
+_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+Raw = dict[tuple, float]
+
+
+def parse(text: str) -> Raw:
+    """The samples the dashboard uses, summed per the key it groups them by."""
+    raw: Raw = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        cut = min((i for i in (line.find("{"), line.find(" ")) if i > 0), default=-1)
+        if cut < 0 or line[:cut] not in FAMILIES:
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        name, labels_text, value_text = match.groups()
+        try:
+            value = float(value_text)
+        except ValueError:
+            continue
+        labels = dict(_LABEL.findall(labels_text or ""))
+        model, version = labels.get("model_name", ""), labels.get("version", "")
+        if name == REQUESTS:
+            key: tuple = ("n", model, version, labels.get("status") == "OK")
+        elif name == LATENCY:
+            key = ("le", model, version, labels.get("le", "+Inf"))
+        elif name == LOADS:
+            key = ("load", labels.get("model_path", ""), labels.get("status", ""))
+        elif name == CYCLES:
+            key = ("cycles", labels.get("result", ""))
+        elif name == SYNC_BYTES:
+            key = ("sync_bytes",)
+        else:
+            key = ("cpu" if name == CPU else "rss", labels.get("process", ""))
+        raw[key] = raw.get(key, 0.0) + value
+    return raw
+
+
+def _delta(now: float, before: float | None) -> float:
+    if before is None:
+        return now
+    return now - before if now >= before else now   # went down: the process restarted
+
+
+def _le(text: str) -> float:
+    return math.inf if text in ("+Inf", "Inf", "inf") else float(text)
+
+
+def reduce(node: str, before: Raw, after: Raw, seconds: float) -> dict:
+    """One tick of one node: what happened between two pages ``seconds`` apart.
+
+    ``m``: ``{"model\\tversion": [requests, errors, [[lower µs, upper µs, count], ...]]}``
+    (only the latency buckets that filled); ``p``: ``{process: [cores, resident bytes]}``;
+    ``ev``: ``[[kind, text], ...]`` (sync, sync-failed, load, load-failed).
+    """
+    models: dict[str, list] = {}
+    bounds: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for key, value in after.items():
+        kind = key[0]
+        if kind == "n":
+            cell = models.setdefault(f"{key[1]}\t{key[2]}", [0, 0, []])
+            changed = _delta(value, before.get(key))
+            cell[0] += changed
+            if not key[3]:
+                cell[1] += changed
+        elif kind == "le":
+            bounds.setdefault((key[1], key[2]), []).append(
+                (_le(key[3]), _delta(value, before.get(key))))
+    for (model, version), cumulative in bounds.items():
+        cumulative.sort()
+        cell = models.setdefault(f"{model}\t{version}", [0, 0, []])
+        lower, seen = 0.0, 0.0
+        for upper, count in cumulative:
+            if count > seen:
+                cell[2].append([lower, upper if upper != math.inf else lower, count - seen])
+            lower, seen = upper, max(seen, count)
+    processes = {}
+    for key, value in after.items():
+        if key[0] == "cpu":
+            used = _delta(value, before.get(key))
+            processes[key[1]] = [round(used / seconds, 4) if seconds > 0 else 0.0,
+                                 after.get(("rss", key[1]), 0.0)]
+    events = []
+    downloaded = _delta(after.get(("sync_bytes",), 0.0), before.get(("sync_bytes",)))
+    if before and downloaded > 0:
+        events.append(["sync", f"{node}: synced {downloaded / 2**20:.1f} MiB from the repository"])
+    for result in ("failed", "refused"):
+        key = ("cycles", result)
+        if before and key in after and _delta(after[key], before.get(key, 0.0)) > 0:
+            events.append(["sync-failed", f"{node}: a sync cycle {result}"])
+    for key, value in after.items():
+        if key[0] == "load" and before and _delta(value, before.get(key, 0.0)) > 0:
+            name = "/".join(Path(key[1]).parts[-2:])
+            ok = key[2] == "success"
+            events.append(["load" if ok else "load-failed",
+                           f"{node}: {'loaded' if ok else 'failed to load'} {name}"])
+    return {"dt": round(seconds, 3), "m": {k: [round(v[0]), round(v[1]), v[2]]
+                                            for k, v in models.items() if v[0] or v[2]},
+            "p": processes, "ev": events}
+
+
+# ----------------------------------------------------------------------------- store
+
+
+class Store:
+    """``(tick, node, row)`` in one SQLite file; one connection behind a lock (the sampler
+    writes every few seconds, the page reads)."""
+
+    def __init__(self, path: Path, retention_seconds: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.retention = retention_seconds
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS samples (tick REAL NOT NULL, node TEXT NOT NULL, "
+                         "row TEXT NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS samples_tick ON samples (tick)")
+        self._pruned = 0.0
+
+    def add(self, tick: float, rows: dict[str, dict]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT INTO samples VALUES (?, ?, ?)",
+                                 [(tick, node, json.dumps(row, separators=(",", ":")))
+                                  for node, row in rows.items()])
+            if tick - self._pruned > 60:
+                self._db.execute("DELETE FROM samples WHERE tick < ?", (tick - self.retention,))
+                self._pruned = tick
+            self._db.execute("COMMIT")
+
+    def rows(self, since: float) -> list[tuple[float, str, str]]:
+        """``(tick, node, row JSON)`` from ``since`` on, oldest first."""
+        with self._lock:
+            return self._db.execute("SELECT tick, node, row FROM samples WHERE tick >= ? "
+                                    "ORDER BY tick", (since,)).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+def member_nodes(config: Config, paths: NodePaths) -> list[str]:
+    """This node and every serving node its agent last pointed Envoy at (else the config's)."""
+    from appliance.agent.state import read_state, state_path
+
+    try:
+        state = read_state(state_path(paths)) or {}
+    except ValueError:
+        state = {}
+    members = (state.get("membership") or {}).get("members") or list(config.cluster.members)
+    own = nodemetrics.node_name(config)
+    return [own] + sorted({str(m) for m in members} - {own})
+
+
+def fetch(url: str, token: str, timeout: float) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, resp.read(MAX_BODY).decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except (OSError, ValueError) as exc:
+        return 0, str(exc)
+
+
+class Sampler:
+    """The thread that fills the store, one tick every ``dashboard.sample.seconds``."""
+
+    def __init__(self, paths: NodePaths, config: Callable[[], Config], store: Store) -> None:
+        self.paths = paths
+        self.config = config
+        self.store = store
+        self._previous: dict[str, tuple[float, Raw]] = {}
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dashboard-fetch")
+        self._thread = threading.Thread(target=self._run, name="dashboard-sampler", daemon=True)
+        self._failing: dict[str, str] = {}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._pool.shutdown(wait=False)
+
+    def _page(self, config: Config, node: str, own: str) -> tuple[int, str]:
+        if node == own:
+            return 200, nodemetrics.node_metrics_text(config, self.paths)
+        return fetch(f"http://{node}:{config.logviewer.port}/metrics",
+                     nodemetrics.scrape_token(config, self.paths),
+                     timeout=max(1.0, config.dashboard.sample_seconds * 0.8))
+
+    def tick(self, now: float | None = None) -> dict[str, dict]:
+        """Read every node's page once and store what changed since the last tick."""
+        config = self.config()
+        now = time.time() if now is None else now
+        own = nodemetrics.node_name(config)
+        nodes = member_nodes(config, self.paths)
+        pages = dict(zip(nodes, self._pool.map(lambda n: self._page(config, n, own), nodes)))
+        rows = {}
+        for node, (code, text) in pages.items():
+            if code != 200:
+                self._report(node, f"HTTP {code}" if code else text)
+                rows[node] = {"down": (f"HTTP {code}" if code else text)[:200]}
+                self._previous.pop(node, None)
+                continue
+            self._report(node, "")
+            raw = parse(text)
+            previous = self._previous.get(node)
+            self._previous[node] = (now, raw)
+            if previous is not None:
+                rows[node] = reduce(node, previous[1], raw, now - previous[0])
+        if rows:
+            self.store.add(now, rows)
+        return rows
+
+    def _report(self, node: str, problem: str) -> None:
+        """Log a node's page failing once, and once when it works again."""
+        if problem and self._failing.get(node) != problem:
+            log.warning("dashboard: cannot read the metrics page of %s: %s", node, problem)
+        elif not problem and node in self._failing:
+            log.info("dashboard: the metrics page of %s answers again", node)
+        if problem:
+            self._failing[node] = problem
+        else:
+            self._failing.pop(node, None)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - one bad tick never stops the history
+                log.exception("dashboard: a sample failed")
+            interval = self.config().dashboard.sample_seconds
+            self._stop.wait(max(0.5, interval - (time.monotonic() - started)))
