@@ -64,62 +64,73 @@ def _label(model: str, version: str) -> str:
     return f"{model} v{version}" if version else f"{model} (all versions)"
 
 
-def build(rows: Iterable[tuple[float, str, str]], since: float, until: float) -> dict:
-    """``{"times": [...], "charts": [...], "events": [...], "nodes": {node: problem}}``."""
-    ticks: list[float] = []
-    index: dict[float, int] = {}
-    # (group, key) -> tick index -> cell
-    cells: dict[tuple[str, str], dict[int, _Cell]] = defaultdict(dict)
-    cpu: dict[str, dict[int, float]] = defaultdict(dict)
-    memory: dict[str, dict[int, float]] = defaultdict(dict)
-    events: list[dict] = []
+def tick(nodes: dict[str, dict]) -> dict:
+    """One tick of every node (samples.reduce's rows) as the values the charts draw.
+
+    ``{"v": {"<metric>\\t<group>\\t<series>": value}, "ev": [[kind, text]], "down": {node: why}}``:
+    computed once when the sample is taken, so drawing an hour only places stored numbers.
+    """
+    cells: dict[tuple[str, str], _Cell] = defaultdict(_Cell)
+    values: dict[str, float] = {}
+    events: list[list[str]] = []
     down: dict[str, str] = {}
-    for tick, node, text in rows:
-        at = index.get(tick)
-        if at is None:
-            at = index[tick] = len(ticks)
-            ticks.append(tick)
-        row = json.loads(text)
+    for node, row in sorted(nodes.items()):
         if "down" in row:
             down[node] = row["down"]
             continue
-        down.pop(node, None)
         seconds = row.get("dt", 0.0)
         for name, (requests, errors, buckets) in row.get("m", {}).items():
             model, _, version = name.partition("\t")
             if not model:
                 continue   # requests for no model the server knows (TF's model_name="")
             for key in (("model", model), ("version", _label(model, version)), ("node", node)):
-                cell = cells[key].get(at)
-                if cell is None:
-                    cell = cells[key][at] = _Cell()
-                cell.add(requests, errors, buckets, seconds)
+                cells[key].add(requests, errors, buckets, seconds)
         # A node that answered but served nothing this tick is at 0 requests/s, not missing.
-        cells[("node", node)].setdefault(at, _Cell())
+        cells[("node", node)].rate += 0.0
         for process, (cores, resident) in row.get("p", {}).items():
-            cpu[f"{process}@{node}"][at] = round(cores * 100.0, 1)
-            memory[f"{process}@{node}"][at] = round(resident / 2 ** 20, 1)
-        for kind, text_ in row.get("ev", []):
-            events.append({"t": tick, "kind": kind, "text": text_})
-    # Every model known at some tick counts 0 requests/s at the other ticks its nodes answered.
-    answered = {at for (group, _), by_tick in cells.items() if group == "node" for at in by_tick}
+            values[f"cpu\tprocess\t{process}@{node}"] = round(cores * 100.0, 1)
+            values[f"memory\tprocess\t{process}@{node}"] = round(resident / 2 ** 20, 1)
+        events.extend([kind, text] for kind, text in row.get("ev", []))
+    for (group, key), cell in cells.items():
+        for metric, _, _ in METRICS:
+            value = cell.value(metric)
+            if value is not None:
+                values[f"{metric}\t{group}\t{key}"] = value
+    return {"v": values, "ev": events, "down": down}
+
+
+CHARTS = [(metric, group, f"{title} {group_title}", unit)
+          for group, group_title in GROUPS for metric, title, unit in METRICS] + [
+    ("cpu", "process", "CPU per process", "% of a core"),
+    ("memory", "process", "resident memory per process", "MiB")]
+
+
+def build(rows: Iterable[tuple[float, str]], since: float, until: float) -> dict:
+    """``{"times": [...], "charts": [...], "events": [...], "down": {node: problem}}`` of the
+    store's ``(tick, row)`` pairs, oldest first; ``down`` is the newest tick's."""
+    times: list[float] = []
+    placed: dict[str, dict[int, float]] = defaultdict(dict)
+    events: list[dict] = []
+    down: dict[str, str] = {}
+    for at, (moment, text) in enumerate(rows):
+        row = json.loads(text)
+        times.append(moment)
+        for key, value in row["v"].items():
+            placed[key][at] = value
+        for kind, what in row.get("ev", ()):
+            events.append({"t": moment, "kind": kind, "text": what})
+        down = row.get("down", {})
+    by_chart: dict[tuple[str, str], list[tuple[str, dict[int, float]]]] = defaultdict(list)
+    for key, by_tick in placed.items():
+        metric, group, name = key.split("\t", 2)
+        by_chart[(metric, group)].append((name, by_tick))
+    count = len(times)
     charts = []
-    for group, group_title in GROUPS:
-        keys_of_group = sorted(k for g, k in cells if g == group)
-        for metric, title, unit in METRICS:
-            series = []
-            for key in keys_of_group:
-                by_tick = cells[(group, key)]
-                values = [(by_tick[at].value(metric) if at in by_tick
-                           else (0.0 if metric == "rps" and at in answered else None))
-                          for at in range(len(ticks))]
-                series.append({"name": key, "values": values})
-            charts.append({"id": f"{metric}-{group}", "title": f"{title} {group_title}",
-                           "unit": unit, "series": series})
-    for name, title, unit, data in (("cpu", "CPU per process", "% of a core", cpu),
-                                    ("memory", "resident memory per process", "MiB", memory)):
-        charts.append({"id": f"{name}-process", "title": title, "unit": unit,
-                       "series": [{"name": key, "values": [data[key].get(at) for at in range(len(ticks))]}
-                                  for key in sorted(data)]})
-    return {"since": since, "until": until, "times": ticks, "charts": charts, "events": events,
+    for metric, group, title, unit in CHARTS:
+        # A model with no request in a tick was sampled at 0 requests/s.
+        missing = 0.0 if metric == "rps" and group != "node" else None
+        series = [{"name": name, "values": [by_tick.get(at, missing) for at in range(count)]}
+                  for name, by_tick in sorted(by_chart.get((metric, group), []))]
+        charts.append({"id": f"{metric}-{group}", "title": title, "unit": unit, "series": series})
+    return {"since": since, "until": until, "times": times, "charts": charts, "events": events,
             "down": down}

@@ -409,7 +409,7 @@ def test_tail_api_gives_the_mtime_the_page_shows(client: FlaskClient, site: Site
 def test_dashboard_draws_the_stores_samples(client: FlaskClient, site: Site) -> None:
     import time
 
-    from logviewer import samples
+    from logviewer import charts, samples
 
     empty = text(client.get("/dashboard"))
     assert "No samples yet" in empty and 'data-chart="rps-model"' in empty
@@ -417,7 +417,7 @@ def test_dashboard_draws_the_stores_samples(client: FlaskClient, site: Site) -> 
     before = samples.parse(f':tensorflow:serving:request_count{{model_name="{MODEL}",status="OK"}} 10\n')
     after = samples.parse(f':tensorflow:serving:request_count{{model_name="{MODEL}",status="OK"}} 60\n')
     now = time.time()
-    store.add(now - 5, {"127.0.0.1": samples.reduce("127.0.0.1", before, after, 5.0)})
+    store.add(now - 5, charts.tick({"127.0.0.1": samples.reduce("127.0.0.1", before, after, 5.0)}))
     resp = client.get("/dashboard?minutes=15")
     html = text(resp)
     assert resp.headers["Server-Timing"].startswith("app;dur=")

@@ -61,7 +61,7 @@ def test_charts_per_model_version_and_node(tmp_path: Path) -> None:
         rows = {node: samples.reduce(node, samples.parse(pages[i - 1]), samples.parse(pages[i]), 10.0)
                 for node in ("10.0.0.1", "10.0.0.2")}
         rows["10.0.0.3"] = {"down": "HTTP 0"}
-        store.add(1000.0 + 10 * i, rows)
+        store.add(1000.0 + 10 * i, charts.tick(rows))
     data = charts.build(store.rows(0), 1000.0, 1050.0)
     assert data["times"] == [1010.0, 1020.0, 1030.0, 1040.0]
     by_id = {c["id"]: c for c in data["charts"]}
@@ -84,7 +84,7 @@ def test_charts_per_model_version_and_node(tmp_path: Path) -> None:
 
 def test_a_page_without_version_labels_is_one_series_per_model() -> None:
     row = samples.reduce("n", samples.parse(page(1, version=None)), samples.parse(page(11, version=None)), 1.0)
-    data = charts.build([(1.0, "n", json.dumps(row))], 0, 2)
+    data = charts.build([(1.0, json.dumps(charts.tick({"n": row})))], 0, 2)
     version = next(c for c in data["charts"] if c["id"] == "rps-version")
     assert [s["name"] for s in version["series"]] == ["half (all versions)"]
 
