@@ -10,7 +10,6 @@ that holds it, as Prometheus' ``histogram_quantile`` does.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Iterable
 
@@ -105,15 +104,14 @@ CHARTS = [(metric, group, f"{title} {group_title}", unit)
     ("memory", "process", "resident memory per process", "MiB")]
 
 
-def build(rows: Iterable[tuple[float, str]], since: float, until: float) -> dict:
+def build(rows: Iterable[tuple[float, dict]], since: float, until: float) -> dict:
     """``{"times": [...], "charts": [...], "events": [...], "down": {node: problem}}`` of the
     store's ``(tick, row)`` pairs, oldest first; ``down`` is the newest tick's."""
     times: list[float] = []
     placed: dict[str, dict[int, float]] = defaultdict(dict)
     events: list[dict] = []
     down: dict[str, str] = {}
-    for at, (moment, text) in enumerate(rows):
-        row = json.loads(text)
+    for at, (moment, row) in enumerate(rows):
         times.append(moment)
         for key, value in row["v"].items():
             placed[key][at] = value

@@ -49,6 +49,7 @@ FAMILIES = frozenset((REQUESTS, LATENCY, LOADS, CPU, RSS, SYNC_BYTES, CYCLES))
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
+CACHED = 800   # decoded rows kept: two hours at the default interval
 Raw = dict[tuple, float]
 
 
@@ -168,6 +169,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS ticks (tick REAL PRIMARY KEY, row TEXT NOT NULL)")
         self._pruned = 0.0
+        self._decoded: dict[float, dict] = {}
 
     def add(self, tick: float, row: dict) -> None:
         with self._lock:
@@ -179,11 +181,24 @@ class Store:
                 self._pruned = tick
             self._db.execute("COMMIT")
 
-    def rows(self, since: float) -> list[tuple[float, str]]:
-        """``(tick, row JSON)`` from ``since`` on, oldest first."""
+    def rows(self, since: float) -> list[tuple[float, dict]]:
+        """``(tick, row)`` from ``since`` on, oldest first.
+
+        The newest CACHED rows are kept decoded: a dashboard left open asks for the same hour
+        every interval, and decoding it was most of the page's time.
+        """
         with self._lock:
-            return self._db.execute("SELECT tick, row FROM ticks WHERE tick >= ? ORDER BY tick",
-                                    (since,)).fetchall()
+            out = []
+            for tick, text in self._db.execute("SELECT tick, row FROM ticks WHERE tick >= ? "
+                                               "ORDER BY tick", (since,)):
+                row = self._decoded.get(tick)
+                if row is None:
+                    row = self._decoded[tick] = json.loads(text)
+                out.append((tick, row))
+            if len(self._decoded) > CACHED:
+                for tick in sorted(self._decoded)[:-CACHED]:
+                    del self._decoded[tick]
+            return out
 
     def close(self) -> None:
         with self._lock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from logviewer import charts, samples
@@ -84,7 +83,7 @@ def test_charts_per_model_version_and_node(tmp_path: Path) -> None:
 
 def test_a_page_without_version_labels_is_one_series_per_model() -> None:
     row = samples.reduce("n", samples.parse(page(1, version=None)), samples.parse(page(11, version=None)), 1.0)
-    data = charts.build([(1.0, json.dumps(charts.tick({"n": row})))], 0, 2)
+    data = charts.build([(1.0, charts.tick({"n": row}))], 0, 2)
     version = next(c for c in data["charts"] if c["id"] == "rps-version")
     assert [s["name"] for s in version["series"]] == ["half (all versions)"]
 
