@@ -134,13 +134,17 @@ def access():
                                  text=request.args.get("q", "")[:200],
                                  since=_moment(request.args.get("since")),
                                  until=_moment(request.args.get("until")))
+    now = datetime.now(timezone.utc)
+    recent = not flt.active and request.args.get("all") != "1" and "before" not in request.args
+    if recent:
+        # Opening the page shows the last hour: counting every line of a 500 MB log takes seconds.
+        flt.since = (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
     before = int_arg(request.args.get("before"))
     config = site().config
-    now = datetime.now(timezone.utc)
     presets = [(label, (now - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S"))
                for label, seconds in (("15 min", 900), ("1 h", 3600), ("24 h", 86400))]
     page = dict(flt=flt, name=name, enabled=config.access_log, explain=accesslog.RESPONSE_FLAGS,
-                models=sorted(config.model.names), presets=presets)
+                models=sorted(config.model.names), presets=presets, recent=recent)
     try:
         handle, st, _ = _open(name)
     except safepath.NotInside:

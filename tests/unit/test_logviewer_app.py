@@ -274,7 +274,7 @@ def test_a_symlink_inside_the_log_root_is_served(client: FlaskClient) -> None:
 
 
 def test_access_log_table_and_filters(client: FlaskClient) -> None:
-    html = text(client.get("/access"))
+    html = text(client.get("/access?all=1"))
     assert html.count("<tr class=\"s") == 40
     assert "10.0.0.2:8501" in html and f"/v1/models/{MODEL}:predict" in html
     only_5xx = text(client.get("/access?status=5xx"))
@@ -295,7 +295,7 @@ def test_access_log_counts_every_match_and_pages_to_older_entries(client: FlaskC
     with log.open("a") as handle:
         for i in range(300):
             handle.write(access_line(1000 + i) + "\n")
-    html = text(client.get("/access"))
+    html = text(client.get("/access?all=1"))
     assert html.count("<tr class=\"s") == 200
     assert re.search(r'id="matched">341<', html)  # 340 lines and one not JSON
     older = re.search(r'href="([^"]+)">older', html).group(1).replace("&amp;", "&")
@@ -305,7 +305,19 @@ def test_access_log_counts_every_match_and_pages_to_older_entries(client: FlaskC
     one = text(client.get("/access?q=REQ-1234"))
     assert re.search(r'id="matched">1<', one) and "req-1234" in one
     # The counts by status link to the same search narrowed to one status.
-    assert re.search(r'status=503[^"]*">503</a> <b>4</b>', text(client.get("/access")))
+    assert re.search(r'status=503[^"]*">503</a> <b>4</b>', text(client.get("/access?all=1")))
+
+
+def test_the_access_page_opens_on_the_last_hour(client: FlaskClient, site: Site) -> None:
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    with (site.paths.logs / "access.log").open("a") as handle:
+        handle.write(access_line(7).replace("2025-03-01T10:00:07.000Z", now) + "\n")
+    html = text(client.get("/access"))
+    assert html.count('<tr class="s') == 1 and "showing the last hour" in html
+    assert 'name="since" value=""' in html    # a search from the form covers the whole log
+    assert text(client.get("/access?model=resnet")).count('<tr class="s') == 14
 
 
 def test_access_page_without_an_access_log(client: FlaskClient, site: Site) -> None:
