@@ -41,7 +41,6 @@ _UPSTREAM = re.compile(rb'"upstream_host":\s*"([^"]*)"')
 # a literal is searched at memchr speed, an alternation is tried at every byte.
 _MODEL_FIELD = re.compile(rb'"model":\s*"([^"-][^"]*)"')
 _MODEL_PATH = re.compile(rb'"path":\s*"/v1/models/([^/:?"]+)')
-_VERSION = re.compile(rb'"version":\s*"?(\d+)|"path":\s*"/v1/models/[^/:?"]+/versions/(\d+)')
 MODEL_PATH = re.compile(r"^/v1/models/([^/:?]+)(?:/versions/(\d+))?")
 
 # Envoy's %RESPONSE_FLAGS%: what went wrong between the client, Envoy and the model servers.

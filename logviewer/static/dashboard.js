@@ -8,7 +8,7 @@
   var PALETTE = ["#0b5cad", "#d9480f", "#2b8a3e", "#862e9c", "#c92a2a", "#1098ad", "#e67700",
                  "#5c940d", "#364fc7", "#a61e4d", "#495057", "#0ca678"];
   var MARKERS = {"sync": "#2f80ed", "load": "#1a7f37", "sync-failed": "#c0262d", "load-failed": "#c0262d"};
-  var W = 360, H = 150, LEFT = 46, RIGHT = 8, TOP = 8, BOTTOM = 20;
+  var H = 150, LEFT = 46, RIGHT = 8, TOP = 8, BOTTOM = 20;
   var blob = document.getElementById("dashboard-data");
   if (!blob) { return; }
   var data = JSON.parse(blob.textContent);
@@ -77,8 +77,9 @@
     var max = 0;
     present.forEach(function (s) { s.values.forEach(function (v) { if (v !== null && v > max) { max = v; } }); });
     max = niceMax(max);
-    var svg = el("svg", {viewBox: "0 0 " + W + " " + H, preserveAspectRatio: "none", role: "img",
-                         "aria-label": chart.title}, figure);
+    // The chart's own width in pixels, so that text and lines are never stretched.
+    var W = Math.max(240, Math.round(figure.getBoundingClientRect().width) - 20);
+    var svg = el("svg", {viewBox: "0 0 " + W + " " + H, role: "img", "aria-label": chart.title}, figure);
     var x = function (t) { return LEFT + (W - LEFT - RIGHT) * (t - since) / Math.max(1, until - since); };
     var y = function (v) { return TOP + (H - TOP - BOTTOM) * (1 - v / max); };
     for (var i = 0; i <= 3; i++) {
@@ -156,4 +157,9 @@
 
   render();
   setInterval(refresh, Math.max(2, data.interval) * 1000);
+  var resizing = null;
+  window.addEventListener("resize", function () {
+    clearTimeout(resizing);
+    resizing = setTimeout(render, 200);
+  });
 }());
