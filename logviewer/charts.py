@@ -86,6 +86,11 @@ def tick(nodes: dict[str, dict]) -> dict:
                 cells[key].add(requests, errors, buckets, seconds)
         # A node that answered but served nothing this tick is at 0 requests/s, not missing.
         cells[("node", node)].rate += 0.0
+        if "e" in row and seconds > 0:
+            requests, failed = row["e"]
+            values[f"rps\tedge\t{node}"] = round(requests / seconds, 3)
+            if requests:
+                values[f"errors\tedge\t{node}"] = round(100.0 * failed / requests, 2)
         for process, (cores, resident) in row.get("p", {}).items():
             values[f"cpu\tprocess\t{process}@{node}"] = round(cores * 100.0, 1)
             values[f"memory\tprocess\t{process}@{node}"] = round(resident / 2 ** 20, 1)
@@ -100,6 +105,8 @@ def tick(nodes: dict[str, dict]) -> dict:
 
 CHARTS = [(metric, group, f"{title} {group_title}", unit)
           for group, group_title in GROUPS for metric, title, unit in METRICS] + [
+    ("rps", "edge", "requests/s per node, as clients see them", "req/s"),
+    ("errors", "edge", "5xx rate per node, as clients see it", "%"),
     ("cpu", "process", "CPU per process", "% of a core"),
     ("memory", "process", "resident memory per process", "MiB")]
 
@@ -126,7 +133,7 @@ def build(rows: Iterable[tuple[float, dict]], since: float, until: float) -> dic
     charts = []
     for metric, group, title, unit in CHARTS:
         # A model with no request in a tick was sampled at 0 requests/s.
-        missing = 0.0 if metric == "rps" and group != "node" else None
+        missing = 0.0 if metric == "rps" and group in ("model", "version") else None
         series = [{"name": name, "values": [by_tick.get(at, missing) for at in range(count)]}
                   for name, by_tick in sorted(by_chart.get((metric, group), []))]
         charts.append({"id": f"{metric}-{group}", "title": title, "unit": unit, "series": series})

@@ -44,7 +44,8 @@ CPU = "appliance_process_cpu_seconds_total"
 RSS = "appliance_process_resident_memory_bytes"
 SYNC_BYTES = "appliance_agent_sync_bytes_total"
 CYCLES = "appliance_agent_cycles_total"
-FAMILIES = frozenset((REQUESTS, LATENCY, LOADS, CPU, RSS, SYNC_BYTES, CYCLES))
+EDGE = "envoy_http_downstream_rq_xx"     # Envoy's answers to clients, by class (1-5)
+FAMILIES = frozenset((REQUESTS, LATENCY, LOADS, CPU, RSS, SYNC_BYTES, CYCLES, EDGE))
 
 _SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -82,6 +83,11 @@ def parse(text: str) -> Raw:
             key = ("cycles", labels.get("result", ""))
         elif name == SYNC_BYTES:
             key = ("sync_bytes",)
+        elif name == EDGE:
+            # The public listeners only: an internode request was counted where it came in.
+            if labels.get("envoy_http_conn_manager_prefix") not in ("rest", "grpc"):
+                continue
+            key = ("edge", labels.get("envoy_response_code_class") == "5")
         else:
             key = ("cpu" if name == CPU else "rss", labels.get("process", ""))
         raw[key] = raw.get(key, 0.0) + value
@@ -103,6 +109,7 @@ def reduce(node: str, before: Raw, after: Raw, seconds: float) -> dict:
 
     ``m``: ``{"model\\tversion": [requests, errors, [[lower µs, upper µs, count], ...]]}``
     (only the latency buckets that filled); ``p``: ``{process: [cores, resident bytes]}``;
+    ``e``: ``[requests, 5xx answers]`` of Envoy's public listeners (what clients saw);
     ``ev``: ``[[kind, text], ...]`` (sync, sync-failed, load, load-failed).
     """
     models: dict[str, list] = {}
@@ -126,6 +133,12 @@ def reduce(node: str, before: Raw, after: Raw, seconds: float) -> dict:
             if count > seen:
                 cell[2].append([lower, upper if upper != math.inf else lower, count - seen])
             lower, seen = upper, max(seen, count)
+    edge = [0.0, 0.0]
+    for key, value in after.items():
+        if key[0] == "edge":
+            changed = _delta(value, before.get(key))
+            edge[0] += changed
+            edge[1] += changed if key[1] else 0.0
     processes = {}
     for key, value in after.items():
         if key[0] == "cpu":
@@ -148,7 +161,7 @@ def reduce(node: str, before: Raw, after: Raw, seconds: float) -> dict:
                            f"{node}: {'loaded' if ok else 'failed to load'} {name}"])
     return {"dt": round(seconds, 3), "m": {k: [round(v[0]), round(v[1]), v[2]]
                                             for k, v in models.items() if v[0] or v[2]},
-            "p": processes, "ev": events}
+            "e": [round(edge[0]), round(edge[1])], "p": processes, "ev": events}
 
 
 # ----------------------------------------------------------------------------- store

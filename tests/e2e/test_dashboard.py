@@ -100,6 +100,8 @@ def test_the_dashboard_draws_every_model_and_node_in_chromium(cluster, loaded, b
     assert any(name.startswith(MODEL) and n > 0 for name, n in drawn("rps-version").items())
     for chart in ("rps-node", "p50-node"):
         assert all(drawn(chart).get(node, 0) > 0 for node in serving), (chart, drawn(chart))
+    # What clients saw: the load went through serving-1's Envoy.
+    assert drawn("rps-edge").get(first.address, 0) > 0 and drawn("errors-edge").get(first.address, 0) > 0
     processes = drawn("cpu-process")
     for node in serving:
         assert processes.get(f"model_server@{node}", 0) > 0, processes

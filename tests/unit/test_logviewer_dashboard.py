@@ -32,6 +32,11 @@ def page(requests: int, errors: int = 0, cpu: float = 1.0, rss: int = 50 * 2**20
               f':tensorflow:cc:saved_model:load_attempt_count{{{node}model_path="/data/models/half/1",'
               f'status="success"}} {loads}',
               'envoy_cluster_upstream_rq_total{node="10.0.0.1",envoy_cluster_name="x"} 99']
+    for prefix, share in (("rest", 2), ("grpc", 1), ("internode", 5)):
+        lines += [f'envoy_http_downstream_rq_xx{{{node}envoy_response_code_class="2",'
+                  f'envoy_http_conn_manager_prefix="{prefix}"}} {share * requests}',
+                  f'envoy_http_downstream_rq_xx{{{node}envoy_response_code_class="5",'
+                  f'envoy_http_conn_manager_prefix="{prefix}"}} {share * errors}']
     return "\n".join(lines) + "\n"
 
 
@@ -44,6 +49,7 @@ def test_a_tick_is_what_changed_between_two_pages() -> None:
     assert sum(c for _, _, c in buckets) == 202    # the histogram counts successes only
     assert buckets[0][:2] == [18.0, 32.4] and buckets[-1][:2] == [612.22, 1102.0]
     assert row["p"] == {"model_server": [0.25, 50 * 2**20]}
+    assert row["e"] == [3 * 200 + 3 * 4, 3 * 4]     # REST and gRPC listeners, not internode
     assert sorted(kind for kind, _ in row["ev"]) == ["load", "sync"]
     assert "half/1" in dict(row["ev"])["load"]
 
@@ -74,6 +80,8 @@ def test_charts_per_model_version_and_node(tmp_path: Path) -> None:
     p99 = by_id["p99-model"]["series"][0]["values"]
     assert all(0.018 <= v <= 0.0324 for v in p50) and all(0.6 <= v <= 1.11 for v in p99)
     assert data["down"] == {"10.0.0.3": "HTTP 0"}
+    edge = {s["name"]: s["values"] for s in by_id["errors-edge"]["series"]}
+    assert edge["10.0.0.1"] == [0.0, round(100 * 3 / 303, 2), 0.0, round(100 * 3 / 303, 2)]
     cpu = {s["name"]: s["values"] for s in by_id["cpu-process"]["series"]}
     assert cpu["model_server@10.0.0.1"] == [10.0, 10.0, 10.0, 10.0]
     assert len(data["events"]) == 0
