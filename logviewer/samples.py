@@ -193,6 +193,8 @@ class Store:
                 self._db.execute("DELETE FROM ticks WHERE tick < ?", (tick - self.retention,))
                 self._pruned = tick
             self._db.execute("COMMIT")
+            self._decoded[tick] = row
+            self._trim()
 
     def rows(self, since: float) -> list[tuple[float, dict]]:
         """``(tick, row)`` from ``since`` on, oldest first.
@@ -208,10 +210,13 @@ class Store:
                 if row is None:
                     row = self._decoded[tick] = json.loads(text)
                 out.append((tick, row))
-            if len(self._decoded) > CACHED:
-                for tick in sorted(self._decoded)[:-CACHED]:
-                    del self._decoded[tick]
+            self._trim()
             return out
+
+    def _trim(self) -> None:
+        if len(self._decoded) > CACHED:
+            for tick in sorted(self._decoded)[:-CACHED]:
+                del self._decoded[tick]
 
     def close(self) -> None:
         with self._lock:

@@ -101,3 +101,13 @@ def test_quantiles_interpolate_inside_the_bucket() -> None:
     assert charts.quantile(0.5, buckets) == 1.0
     assert charts.quantile(0.75, buckets) == 2.0
     assert charts.quantile(0.5, {}) is None
+
+
+def test_the_store_keeps_a_bounded_number_of_rows_decoded(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(samples, "CACHED", 5)
+    store = samples.Store(tmp_path / "d.sqlite", 3600)
+    for tick in range(20):
+        store.add(float(tick), {"v": {"rps\tnode\tn": tick}, "ev": [], "down": {}})
+    assert sorted(store._decoded) == [15.0, 16.0, 17.0, 18.0, 19.0]
+    assert [row["v"]["rps\tnode\tn"] for _, row in store.rows(0)] == list(range(20))
+    assert len(store._decoded) == 5
