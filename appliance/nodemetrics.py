@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import time
 from pathlib import Path
 from typing import Iterable
@@ -42,9 +43,10 @@ from .localhttp import get_text
 TOKEN_FILE = "metrics.token"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Envoy's stats worth a scrape (of thousands): the model server clusters' requests, latency,
-# retries, ejections and health checks, and the listeners' downstream requests. Matched against
+# retries, ejections and health checks (also the local ones the internode listener feeds), and
+# the listeners' downstream requests. Matched against
 # Envoy's stat names before tag extraction (``cluster.model_server_rest.upstream_rq_total``).
-ENVOY_FILTER = (r"^(cluster\.model_server_[a-z]+\.(upstream_rq|upstream_cx_(active|connect_fail"
+ENVOY_FILTER = (r"^(cluster\.(local_)?model_server_[a-z]+\.(upstream_rq|upstream_cx_(active|connect_fail"
                 r"|total)|retry|outlier_detection|health_check|membership_(healthy|total))"
                 r"|http\.(rest|grpc|internode)\.downstream_(rq|cx_active))")
 # Per-host counters of Envoy's /clusters (per upstream node; /stats has per-cluster ones only).
@@ -100,7 +102,36 @@ def node_name(config: Config) -> str:
 
 
 def model_server_url(config: Config) -> str:
-    return f"http://{config.connect_address()}:{config.serving.rest_port}{config.metrics.path}"
+    from .modelstatus import local_rest_base
+
+    return local_rest_base(config) + config.metrics.path
+
+
+def scrape_address(address: str, port: int) -> str:
+    """``host:port`` of a node's scrape page (an IPv6 address in brackets)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def read_page(config: Config, paths: NodePaths, address: str, timeout: float = 10.0) -> tuple[str | None, str]:
+    """(page, "") of the node at ``address``, or (None, why not): this node's computed here, a
+    peer's fetched from its scrape address with the token.
+
+    Over TLS (the logviewer's port takes plain HTTP from its own machine only), not verified: a
+    node's edge certificate is self-signed unless ``tls.cert.file`` names one. What a man in the
+    middle could take is the token, which reads metrics and nothing else.
+    """
+    if address in (config.node.address, config.connect_address()):
+        return node_metrics_text(config, paths), ""
+    from urllib.request import Request, urlopen
+
+    url = f"https://{scrape_address(address, config.logviewer.port)}/metrics"
+    request = Request(url, headers={"Authorization": f"Bearer {scrape_token(config, paths)}"})
+    try:
+        with urlopen(request, timeout=timeout, context=ssl._create_unverified_context()) as resp:
+            return resp.read().decode("utf-8"), ""
+    except OSError as exc:
+        hint = " (is metrics.token the same on every node?)" if "401" in str(exc) else ""
+        return None, f"{url}: {exc}{hint}"
 
 
 def node_metrics_text(config: Config, paths: NodePaths) -> str:
@@ -179,21 +210,18 @@ def _number(value: float) -> str:
 
 
 def _envoy_hosts(config: Config) -> str:
-    """Per upstream node (``upstream`` label: the node's address, this node's own for a loopback
-    endpoint) and cluster: Envoy's per-host request counters and whether it is ejected."""
+    """Per upstream node (``upstream`` label: the serving node's address, whichever way Envoy
+    reaches it) and cluster: Envoy's per-host request counters and whether it is ejected."""
     from .envoy_admin import read_cluster_view
 
     status, clusters = read_cluster_view(config.envoy.admin_port)
     if status != "ok":
         return ""
-    self_name = node_name(config)
     families: dict[str, list[tuple[dict[str, str], float]]] = {s: [] for s in HOST_STATS}
     healthy, ejected = [], []
     for cluster in clusters:
         for host in cluster.hosts:
-            address = host.address.rsplit(":", 1)[0]
-            labels = {"cluster": cluster.name,
-                      "upstream": self_name if address == "127.0.0.1" else address}
+            labels = {"cluster": cluster.name, "upstream": host.node}
             for stat in HOST_STATS:
                 families[stat].append((labels, host.stats.get(stat, 0)))
             healthy.append((labels, int(host.health == "HEALTHY")))

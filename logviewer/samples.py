@@ -2,8 +2,8 @@
 
 A trial node has no Prometheus, so the logviewer keeps its own short history. Every
 ``dashboard.sample.seconds`` it reads the metrics page (:mod:`appliance.nodemetrics`) of this
-node (in-process) and of every member node (``GET /metrics`` on their logviewer port, with the
-cluster's ``metrics.token``). Each page is first reduced to one interval against the node's
+node (in-process) and of every member node (``nodemetrics.read_page``: their ``/metrics`` over
+HTTPS with the cluster's ``metrics.token``). Each page is first reduced to one interval against the node's
 previous page (kept in memory): per model and version the requests, the errors and the latency
 buckets that filled; per process its CPU and resident memory; the sync and load events. A
 counter that went down is a restarted process, and counts from zero. The nodes' intervals are
@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import sqlite3
 import threading
 import time
@@ -29,9 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from appliance import nodemetrics
+from appliance import nodemetrics, promtext
 from appliance.config import Config, NodePaths
-from appliance.localhttp import MAX_BODY
 
 from . import charts
 
@@ -47,32 +45,24 @@ CYCLES = "appliance_agent_cycles_total"
 EDGE = "envoy_http_downstream_rq_xx"     # Envoy's answers to clients, by class (1-5)
 FAMILIES = frozenset((REQUESTS, LATENCY, LOADS, CPU, RSS, SYNC_BYTES, CYCLES, EDGE))
 
-_SAMPLE = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
 CACHED = 800   # decoded rows kept: two hours at the default interval
 Raw = dict[tuple, float]
 
 
 def parse(text: str) -> Raw:
-    """The samples the dashboard uses, summed per the key it groups them by."""
+    """The samples the dashboard uses, summed per the key it groups them by.
+
+    A request is an inference (predict, classify, regress): a status or metadata request (API
+    "", e.g. Envoy's health checks of every model) is left out of the counts and latency.
+    """
     raw: Raw = {}
-    for line in text.splitlines():
-        if not line or line[0] == "#":
+    for sample in promtext.parse(text):
+        name, labels = sample.name, sample.labels
+        if name not in FAMILIES:
             continue
-        cut = min((i for i in (line.find("{"), line.find(" ")) if i > 0), default=-1)
-        if cut < 0 or line[:cut] not in FAMILIES:
-            continue
-        match = _SAMPLE.match(line)
-        if match is None:
-            continue
-        name, labels_text, value_text = match.groups()
-        try:
-            value = float(value_text)
-        except ValueError:
-            continue
-        labels = dict(_LABEL.findall(labels_text or ""))
         model, version = labels.get("model_name", ""), labels.get("version", "")
+        if name in (REQUESTS, LATENCY) and not labels.get("API", "x"):
+            continue
         if name == REQUESTS:
             key: tuple = ("n", model, version, labels.get("status") == "OK")
         elif name == LATENCY:
@@ -90,7 +80,7 @@ def parse(text: str) -> Raw:
             key = ("edge", labels.get("envoy_response_code_class") == "5")
         else:
             key = ("cpu" if name == CPU else "rss", labels.get("process", ""))
-        raw[key] = raw.get(key, 0.0) + value
+        raw[key] = raw.get(key, 0.0) + sample.value
     return raw
 
 
@@ -235,22 +225,8 @@ def member_nodes(config: Config, paths: NodePaths) -> list[str]:
     except ValueError:
         state = {}
     members = (state.get("membership") or {}).get("members") or list(config.cluster.members)
-    own = nodemetrics.node_name(config)
+    own = config.connect_address()
     return [own] + sorted({str(m) for m in members} - {own})
-
-
-def fetch(url: str, token: str, timeout: float) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, resp.read(MAX_BODY).decode("utf-8", "replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, ""
-    except (OSError, ValueError) as exc:
-        return 0, str(exc)
 
 
 class Sampler:
@@ -274,29 +250,26 @@ class Sampler:
         self._thread.join(10)
         self._pool.shutdown(wait=False)
 
-    def _page(self, config: Config, node: str, own: str) -> tuple[int, str]:
-        if node == own:
-            return 200, nodemetrics.node_metrics_text(config, self.paths)
-        return fetch(f"http://{node}:{config.logviewer.port}/metrics",
-                     nodemetrics.scrape_token(config, self.paths),
-                     timeout=max(1.0, config.dashboard.sample_seconds * 0.8))
-
     def tick(self, now: float | None = None) -> dict[str, dict]:
         """Read every node's page once and store what changed since the last tick."""
         config = self.config()
         now = time.time() if now is None else now
-        own = nodemetrics.node_name(config)
         nodes = member_nodes(config, self.paths)
-        pages = dict(zip(nodes, self._pool.map(lambda n: self._page(config, n, own), nodes)))
+        timeout = max(1.0, config.dashboard.sample_seconds * 0.8)
+        pages = dict(zip(nodes, self._pool.map(
+            lambda node: nodemetrics.read_page(config, self.paths, node, timeout), nodes)))
         rows = {}
-        for node, (code, text) in pages.items():
-            if code != 200:
-                self._report(node, f"HTTP {code}" if code else text)
-                rows[node] = {"down": (f"HTTP {code}" if code else text)[:200]}
+        for node, (text, problem) in pages.items():
+            try:
+                raw = parse(text) if text is not None else None
+            except promtext.ParseError as exc:
+                raw, problem = None, f"not a metrics page: {exc}"
+            if raw is None:
+                self._report(node, problem)
+                rows[node] = {"down": problem[:300]}
                 self._previous.pop(node, None)
                 continue
             self._report(node, "")
-            raw = parse(text)
             previous = self._previous.get(node)
             self._previous[node] = (now, raw)
             if previous is not None:
