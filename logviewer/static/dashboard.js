@@ -99,17 +99,21 @@
     });
     var legend = html("ul", "legend", undefined, figure);
     present.forEach(function (s) {
-      var d = "", pen = false, points = 0;
+      var d = "", pen = false, points = 0, alone = [];
+      var missing = function (k) { return k < 0 || k >= times.length || s.values[k] === null || s.values[k] === undefined; };
       for (var k = 0; k < times.length; k++) {
         var v = s.values[k];
-        if (v === null || v === undefined) { pen = false; continue; }
+        if (missing(k)) { pen = false; continue; }
         d += (pen ? "L" : "M") + x(times[k]).toFixed(1) + " " + y(v).toFixed(1);
+        if (missing(k - 1) && missing(k + 1)) { alone.push(k); }   // a point no line reaches
         pen = true;
         points++;
       }
       var path = el("path", {d: d, "class": "line", stroke: colour(s.name)}, svg);
-      if (points === 1) { path.setAttribute("stroke-linecap", "round"); path.setAttribute("stroke-width", "4"); }
       el("title", {}, path).textContent = s.name;
+      alone.forEach(function (k) {
+        el("circle", {cx: x(times[k]), cy: y(s.values[k]), r: 2.5, fill: colour(s.name)}, svg);
+      });
       var item = html("li", "", undefined, legend);
       item.setAttribute("data-series", s.name);
       item.setAttribute("data-points", String(points));
