@@ -5,6 +5,8 @@ store (logviewer/samples.py)."""
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import threading
 import time
 
@@ -36,7 +38,11 @@ def _data() -> dict:
     minutes = int_arg(request.args.get("minutes"), 60, low=1, high=7 * 24 * 60)
     until = time.time()
     since = until - minutes * 60
-    data = charts.build(store().rows(since), since, until)
+    try:
+        data = charts.build(store().rows(since), since, until)
+    except (sqlite3.Error, OSError) as exc:   # e.g. var/lib/appliance not writable
+        data = charts.build([], since, until)
+        data["error"] = f"the dashboard's store {site().paths.dashboard} cannot be read: {exc}"
     data["minutes"] = minutes
     data["interval"] = site().config.dashboard.sample_seconds
     return data
@@ -61,10 +67,16 @@ def api_dashboard():
     return jsonify(_data())
 
 
-def start_sampler(app) -> Sampler:
+def start_sampler(app) -> Sampler | None:
     """The thread that fills the app's store (``python -m logviewer`` only: tests that build an
     app fill the store themselves)."""
     with app.app_context():
-        sampler = Sampler(site().paths, lambda: app.extensions["logviewer"].config, store())
+        try:
+            sampler = Sampler(site().paths, lambda: app.extensions["logviewer"].config, store())
+        except (sqlite3.Error, OSError) as exc:
+            # The logs and models stay browsable; the dashboard page says what is wrong.
+            logging.getLogger(__name__).error("no dashboard: cannot open %s: %s",
+                                              site().paths.dashboard, exc)
+            return None
     sampler.start()
     return sampler

@@ -439,3 +439,10 @@ def test_dashboard_draws_the_stores_samples(client: FlaskClient, site: Site) -> 
     assert rps == [{"name": MODEL, "values": [10.0]}] and data["minutes"] == 15
     assert client.get("/api/dashboard?minutes=15").get_json()["charts"] == data["charts"]
     assert 'src="/static/dashboard.js"' in html and "<script>" not in html
+
+
+def test_a_dashboard_store_that_cannot_be_opened_is_said_on_the_page(client: FlaskClient, site: Site) -> None:
+    site.paths.dashboard.parent.mkdir(parents=True, exist_ok=True)
+    site.paths.dashboard.mkdir()          # a directory where the SQLite file should be
+    html = text(client.get("/dashboard"))
+    assert "cannot be read" in html and 'data-chart="rps-model"' in html
