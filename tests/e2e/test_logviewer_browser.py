@@ -26,6 +26,8 @@ from tests.integration.node_harness import NodeUnderTest, new_node, wait_gone
 
 pytestmark = pytest.mark.slow
 MODEL = "saved_model_half_plus_two_mkl"
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeUnderTest, str]]:
     """A running node serving the light model; (node, the logviewer password `up` generated)."""
