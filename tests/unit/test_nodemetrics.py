@@ -105,3 +105,14 @@ def test_recommendations() -> None:
     assert (quiet.action, quiet.nodes, quiet.target_nodes) == ("remove", 2, 2)
     assert quiet.headroom_rps == pytest.approx(sum(100 / x - 100 for x in (0.1, 0.1, 0.2, 0.1)), abs=0.5)
     assert "recommendation: remove 2 serving node(s) (4 -> 2)" in capacity.report(quiet)
+
+
+def test_doctor_wants_one_token_in_a_cluster(cluster_ca: dict[str, str]) -> None:
+    from appliance.doctor_node import check_metrics
+
+    peers = ["node.address=10.0.0.1", "cluster.members=10.0.0.1,10.0.0.2",
+             *(f"{k}={v}" for k, v in cluster_ca.items())]
+    [alone] = check_metrics(load_config(None, ["node.address=10.0.0.1"]))
+    [own] = check_metrics(load_config(None, peers))
+    [shared] = check_metrics(load_config(None, [*peers, "metrics.token=" + "t" * 32]))
+    assert alone.ok and not own.ok and "metrics.token" in own.fix and shared.ok
