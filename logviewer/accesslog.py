@@ -276,12 +276,10 @@ def blocks_backward(handle: BinaryIO, start: int, end: int, block: int = BLOCK
         data = _pread(handle, lo, pos - lo)
         if lo > start:
             cut = data.find(b"\n")
-            if cut < 0:         # one line longer than a block: read it with the next one
-                if lo - start <= 0 or block >= 64 * BLOCK:
-                    lo, cut = start, -1
-                else:
-                    block *= 2
-                    continue
+            if cut < 0 and block < 4 * BLOCK:
+                block *= 2      # one line longer than a block: read it whole with a bigger one
+                continue
+            # (past 16 MiB a line is cut: its end is shown as a line of its own)
             data, lo = data[cut + 1:], lo + cut + 1
         yield lo, data
         pos = lo

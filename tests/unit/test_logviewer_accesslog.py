@@ -99,3 +99,12 @@ def test_response_flags_are_explained() -> None:
     entry = accesslog.parse_line(line(1, flags="UH,URX").encode(), 0)
     assert entry.flag_list() == ["UH", "URX"]
     assert all(flag in accesslog.RESPONSE_FLAGS for flag in entry.flag_list())
+
+
+def test_a_line_longer_than_a_block_is_read_whole(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(accesslog, "BLOCK", 256)
+    lines = [line(1), line(2, model="x" * 700), line(3)]
+    path = write(tmp_path, lines)
+    result = run(path, AccessFilter(model="x" * 700))
+    assert result.matched == 1 and result.entries[0].request_id == "id-2"
+    assert run(path, AccessFilter()).matched == 3
