@@ -174,7 +174,7 @@ def test_an_hour_of_data_renders_in_under_300_ms_server_time(cluster, loaded, br
         db.close()
 
 
-def test_the_access_log_names_model_version_and_node_of_rest_and_grpc(cluster, loaded) -> None:
+def test_the_access_log_names_model_version_and_node_of_rest_and_grpc(cluster, loaded, browser) -> None:
     first, serving, s, _ = loaded
     base = logviewer(cluster, first)
     html = wait_until(lambda: (lambda t: t if "PredictionService/Predict" in t else None)(
@@ -191,3 +191,13 @@ def test_the_access_log_names_model_version_and_node_of_rest_and_grpc(cluster, l
     grpc = [e for e in lines if "PredictionService/Predict" in str(e.get("path"))]
     assert grpc and all(e["model"] == MODEL and e["version"] for e in grpc), grpc[:2]
     assert all(e["edge_node"] == first.address for e in lines)
+
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{base}/login")
+    password = (Path(first.root) / "etc/appliance/logviewer.initial-password").read_text().strip()
+    browser.find_element(By.ID, "password").send_keys(password)
+    browser.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+    browser.get(f"{base}/access?model={MODEL}")
+    assert browser.find_element(By.ID, "matched").text.isdigit()
+    chromium.shot(browser, SHOTS, "04-access-log-by-model")
