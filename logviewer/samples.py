@@ -18,7 +18,6 @@ the logviewer's time, so the page only places stored numbers.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sqlite3
@@ -27,6 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
+
+import orjson
 
 from appliance import nodemetrics, promtext
 from appliance.config import Config, NodePaths
@@ -178,7 +179,7 @@ class Store:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.execute("INSERT OR REPLACE INTO ticks VALUES (?, ?)",
-                             (tick, json.dumps(row, separators=(",", ":"))))
+                             (tick, orjson.dumps(row).decode()))
             if tick - self._pruned > 60:
                 self._db.execute("DELETE FROM ticks WHERE tick < ?", (tick - self.retention,))
                 self._pruned = tick
@@ -198,7 +199,7 @@ class Store:
                                                "ORDER BY tick", (since,)):
                 row = self._decoded.get(tick)
                 if row is None:
-                    row = self._decoded[tick] = json.loads(text)
+                    row = self._decoded[tick] = orjson.loads(text)
                 out.append((tick, row))
             self._trim()
             return out
