@@ -25,7 +25,8 @@ The hook (``capacity.hook``, a command line split like a shell's, run without a 
 recommendation as JSON on stdin and in ``APPLIANCE_CAPACITY_ACTION`` (``add``, ``remove``,
 ``none``), ``APPLIANCE_CAPACITY_NODES`` (how many to add or remove) and
 ``APPLIANCE_CAPACITY_TARGET`` (serving nodes wanted); it runs on every call, "none" included, so
-a pager can resolve what an earlier call raised.
+a pager can resolve what an earlier call raised -- but not when no node answered (nothing was
+measured). ``appliance capacity`` exits 1 when a serving member could not be read.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class NodeLoad:
 
 @dataclass
 class Recommendation:
-    action: str                        # add | remove | none
+    action: str                        # add | remove | none | unknown (no node answered)
     nodes: int                         # how many to add or remove
     serving_nodes: int
     target_nodes: int
@@ -161,7 +162,9 @@ def recommend(config: Config, loads: list[NodeLoad]) -> Recommendation:
     known = [n for n in live if n.can_take is not None]
     headroom = round(sum(max(0.0, n.can_take - n.rate) for n in known), 1) if known else None
     if not live:
-        action, nodes, reason = "none", 0, "no serving node answered"
+        # Nothing measured is not "no change": a hook told "none" would resolve a page while the
+        # whole cluster is unreachable.
+        action, nodes, reason = "unknown", 0, "no serving node answered: nothing measured"
     elif over:
         # At most double per call: past saturation latency is not linear in load, and the next
         # call measures the bigger cluster.
@@ -186,7 +189,7 @@ def recommend(config: Config, loads: list[NodeLoad]) -> Recommendation:
 def run_hook(config: Config, recommendation: Recommendation) -> None:
     """Call ``capacity.hook`` with the recommendation; raise when it fails."""
     command = config.capacity.hook
-    if not command:
+    if not command or recommendation.action == "unknown":
         return
     argv = shlex.split(command)
     env = dict(os.environ, APPLIANCE_CAPACITY_ACTION=recommendation.action,
@@ -215,7 +218,8 @@ def report(recommendation: Recommendation) -> str:
     lines.append(f"objective: p{o['percentile']:g} <= {o['latency_ms']:g} ms, cpu <= "
                  f"{o['cpu_percent']:g}%; the cluster can still take {headroom}")
     verb = {"add": f"add {recommendation.nodes} serving node(s)",
-            "remove": f"remove {recommendation.nodes} serving node(s)", "none": "no change"}
+            "remove": f"remove {recommendation.nodes} serving node(s)", "none": "no change",
+            "unknown": "none possible"}
     lines.append(f"recommendation: {verb[recommendation.action]} ({recommendation.serving_nodes} -> "
                  f"{recommendation.target_nodes}): {recommendation.reason}")
     return "\n".join(lines)

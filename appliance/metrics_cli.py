@@ -59,4 +59,5 @@ def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
     print(json.dumps(asdict(recommendation), indent=1) if args.json else report(recommendation))
     if not args.no_hook:
         run_hook(config, recommendation)
-    return 0
+    # A node that could not be read is a finding for cron / a timer, whatever was recommended.
+    return 1 if any(n["error"] for n in recommendation.per_node) else 0

@@ -107,6 +107,16 @@ def test_recommendations() -> None:
     assert "recommendation: remove 2 serving node(s) (4 -> 2)" in capacity.report(quiet)
 
 
+def test_no_node_answering_recommends_nothing_and_runs_no_hook() -> None:
+    """A hook told "none" would resolve a page while the whole cluster is unreachable."""
+    config = load_config(None, ["capacity.hook=/bin/false"])
+    down = [capacity.NodeLoad(f"10.0.0.{i}", error="connection refused") for i in (1, 2)]
+    nothing = capacity.recommend(config, down)
+    assert (nothing.action, nothing.nodes) == ("unknown", 0)
+    assert "recommendation: none possible" in capacity.report(nothing)
+    capacity.run_hook(config, nothing)     # would start /bin/false (and raise) if it ran
+
+
 def test_doctor_wants_one_token_in_a_cluster(cluster_ca: dict[str, str]) -> None:
     from appliance.doctor_node import check_metrics
 
