@@ -167,13 +167,34 @@ class Store:
         self.path = path
         self.retention = retention_seconds
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                   timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS ticks (tick REAL PRIMARY KEY, row TEXT NOT NULL)")
+        try:
+            self._db = self._open(path)
+        except sqlite3.DatabaseError as exc:
+            if exc.sqlite_errorcode not in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise
+            # Only charts' recent history is lost: moved aside (for a post-mortem), started anew,
+            # rather than no dashboard until someone deletes the file by hand.
+            aside = path.with_name(path.name + ".corrupt")
+            log.error("dashboard store %s is corrupt (%s): moved to %s, starting a new one",
+                      path, exc, aside)
+            path.replace(aside)
+            for suffix in ("-wal", "-shm"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+            self._db = self._open(path)
         self._pruned = 0.0
         self._decoded: dict[float, dict] = {}
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS ticks (tick REAL PRIMARY KEY, row TEXT NOT NULL)")
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
 
     def add(self, tick: float, row: dict) -> None:
         with self._lock:

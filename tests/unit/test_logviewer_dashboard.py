@@ -111,3 +111,15 @@ def test_the_store_keeps_a_bounded_number_of_rows_decoded(tmp_path: Path, monkey
     assert sorted(store._decoded) == [15.0, 16.0, 17.0, 18.0, 19.0]
     assert [row["v"]["rps\tnode\tn"] for _, row in store.rows(0)] == list(range(20))
     assert len(store._decoded) == 5
+
+
+def test_a_corrupt_store_is_moved_aside_and_started_anew(tmp_path: Path) -> None:
+    """Only the charts' recent history is lost, never the dashboard until a person deletes the
+    file (e.g. after a crash mid-write or a full disk)."""
+    path = tmp_path / "d.sqlite"
+    path.write_bytes(b"not sqlite at all " * 512)
+    store = samples.Store(path, 3600)
+    store.add(1000.0, {"x": 1})
+    assert store.rows(0) == [(1000.0, {"x": 1})]
+    assert (tmp_path / "d.sqlite.corrupt").read_bytes().startswith(b"not sqlite")
+    store.close()
