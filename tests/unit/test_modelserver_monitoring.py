@@ -230,3 +230,15 @@ def test_an_unloaded_version_leaves_the_page() -> None:
     monitoring.forget_unloaded(manager)
     left = {key[1] for key in monitoring.REQUEST_COUNT._cells if key[0] == "kept"}
     assert left == {"2", ""}
+
+
+def test_a_newline_in_a_label_value_is_escaped() -> None:
+    """A signature or path name comes from a model's files: a newline in it must not end the
+    sample's line (the node's page, the dashboard and Prometheus would all refuse the page)."""
+    from appliance import promtext
+
+    registry = Registry()
+    counter = registry.add(Counter("/tensorflow/serving/request_count", "", ["signature", "status"]))
+    counter.increment('two\nlines "quoted" \\', "OK")
+    [sample] = promtext.parse(registry.prometheus_text())
+    assert sample.labels == {"signature": 'two\nlines "quoted" \\', "status": "OK"}
