@@ -340,6 +340,16 @@ def test_an_invalid_edit_of_the_config_file_changes_nothing(node: NodeUnderTest)
     assert _pids(node) == pids
 
 
+def test_the_model_servers_metrics_page_is_not_served_through_envoy(node: NodeUnderTest) -> None:
+    """It is read on loopback and served behind the metrics token (GET /metrics on the
+    logviewer's port): the public REST port must not hand it to anyone who asks."""
+    path = "/monitoring/prometheus/metrics"
+    assert requests.get(f"{node.model_server_url}{path}", timeout=30).status_code == 200
+    for query in ("", "?x=1"):
+        public = requests.get(f"{node.url}{path}{query}", timeout=30)
+        assert public.status_code == 404 and b":tensorflow:" not in public.content
+
+
 def test_doctor_finds_nothing_wrong_on_a_healthy_serving_node(node: NodeUnderTest) -> None:
     result = node.cli("doctor", *EXTRA, *node.overrides, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
