@@ -24,6 +24,7 @@ from ..membership import MembershipWatch
 from . import build_syncer
 from .cycle import Syncer
 from .daemon import AgentDaemon
+from .fleetwatch import FleetWatch
 from .state import StateFile, state_path
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ def run(paths: NodePaths) -> int:
             rotator[0].check()
         edits.poll()
 
+    settings = FleetWatch(paths)
+    stop = threading.Event()
+    threading.Thread(target=settings.run, args=(stop,), name="fleet", daemon=True).start()
     watch = MembershipWatch(paths)
     daemon = AgentDaemon(lambda: build(paths, rotator), tick=watch.refresh,
                          state=StateFile(state_path(paths)),
@@ -97,4 +101,6 @@ def run(paths: NodePaths) -> int:
     except ApplianceError as exc:
         log.error("agent cannot start: %s", exc)
         return 1
+    finally:
+        stop.set()
     return 0
