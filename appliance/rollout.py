@@ -41,7 +41,6 @@ from .fleet import Fleet
 log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = (1.0, 5.0, 25.0, 50.0, 100.0)
-TICK_SECONDS = 0.5
 ACTIVE = ("running", "holding")
 DONE = ("promoted", "rolled_back", "aborted")
 MAX_EVENTS = 200
