@@ -13,8 +13,8 @@ typed (:mod:`appliance.agent.fleetwatch`); its state is one object in the reposi
 
 Each tick sums the per-version counts every serving node reports since the step began and
 checks the guards against the stable: error rate (at most ``max_error_increase`` above the
-stable's), p99 latency (at most ``max_p99_ratio`` times the stable's, and more than
-``p99_floor_ms`` above it), and, when a shadow ran first, answer agreement (the hook
+stable's), p99 latency (at most ``max_p99_ratio`` times the stable's in the same window, or
+within ``p99_floor_ms`` of it), and, when a shadow ran first, answer agreement (the hook
 :func:`shadow_agreement`). Guards are judged as soon as the candidate has ``min_requests``
 requests in the step, so a bad candidate is rolled back at once; a step ends when it has
 lasted ``min_seconds`` and the candidate served ``min_requests`` -- a step short of traffic
@@ -154,7 +154,7 @@ def start(fleet: Fleet, config: Config, model: str, candidate: int, stable: int,
     previous = fleet.read().model(model).get("versions")
     rollout = Rollout(model, candidate, stable, config.node.address, steps, guards or Guards(),
                       id=f"{model}-v{candidate}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}",
-                      step_started=time.time(), versions_before=previous)
+                      step_started=time.time(), base=_totals_by_node(fleet), versions_before=previous)
     rollout.event(f"started: {stable} -> {candidate} in steps {_steps(steps)}, controller {rollout.controller}")
     _push_step(fleet, rollout)
     _write(fleet, rollout)
@@ -238,8 +238,7 @@ def _advance(fleet: Fleet, rollout: Rollout) -> None:
     cand, stable = window["candidate"], window["stable"]
     if stable["requests"] >= rollout.guards.min_requests:
         rollout.reference = stable     # at 100 % the stable gets nothing: its last good window
-    reference = rollout.reference or stable
-    failed = _failed_guard(rollout, cand, reference)
+    failed = _failed_guard(rollout, cand, stable)
     if failed:
         rollout.state, rollout.reason = "rolled_back", failed
         rollout.event(f"guard failed at {rollout.percent:g}%: {failed}; rolling back every node")
@@ -259,7 +258,8 @@ def _advance(fleet: Fleet, rollout: Rollout) -> None:
     if rollout.state == "holding":
         rollout.state, rollout.reason = "running", ""
         rollout.event("traffic is back: the step completes")
-    rollout.event(f"step {rollout.step + 1} ({rollout.percent:g}%) passed: {_describe(cand, reference)}")
+    rollout.event(f"step {rollout.step + 1} ({rollout.percent:g}%) passed: "
+                  f"{_describe(cand, stable if stable['requests'] else rollout.reference or stable)}")
     if rollout.step + 1 >= len(rollout.steps):
         rollout.state, rollout.reason = "promoted", f"version {rollout.candidate} serves every request"
         rollout.event(rollout.reason)
@@ -271,18 +271,25 @@ def _advance(fleet: Fleet, rollout: Rollout) -> None:
 
 
 def _failed_guard(rollout: Rollout, cand: dict[str, Any], stable: dict[str, Any]) -> str:
-    """Why the candidate fails a guard, or "" (also when it has too few requests to judge)."""
+    """Why the candidate fails a guard, or "" (also when it has too few requests to judge).
+
+    Latency is compared only within one window where both versions served ``min_requests``:
+    the node's load moves both alike, while the stable's numbers of an earlier step (all there
+    is at 100 %) were taken under another load. Error rates are less load-bound: at 100 % the
+    candidate's is held against the stable's last window."""
     g = rollout.guards
     if cand["requests"] < g.min_requests:
         return ""
+    same_window = stable["requests"] >= g.min_requests
+    reference = stable if same_window else rollout.reference or stable
     cand_rate = cand["errors"] / cand["requests"]
-    stable_rate = stable["errors"] / stable["requests"] if stable.get("requests") else 0.0
+    stable_rate = reference["errors"] / reference["requests"] if reference.get("requests") else 0.0
     if cand_rate > stable_rate + g.max_error_increase:
         return (f"error rate {cand_rate:.1%} on v{rollout.candidate} vs {stable_rate:.1%} on "
                 f"v{rollout.stable} (allowed: +{g.max_error_increase:.1%}), "
                 f"{cand['errors']} of {cand['requests']} requests failed")
     cand_p99, stable_p99 = cand.get("p99_ms"), stable.get("p99_ms")
-    if (cand_p99 is not None and stable_p99 and cand_p99 > stable_p99 * g.max_p99_ratio
+    if (same_window and cand_p99 is not None and stable_p99 and cand_p99 > stable_p99 * g.max_p99_ratio
             and cand_p99 - stable_p99 > g.p99_floor_ms):
         return (f"p99 latency {cand_p99:.1f} ms on v{rollout.candidate} vs {stable_p99:.1f} ms on "
                 f"v{rollout.stable} (allowed: x{g.max_p99_ratio:g})")
