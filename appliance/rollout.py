@@ -71,6 +71,7 @@ class Rollout:
     state: str = "running"                 # running, holding, paused, promoted, rolled_back, aborted
     step: int = 0
     step_started: float = 0.0              # wall clock, seconds
+    revision: int = 0                      # the cluster settings revision of this step
     base: dict[str, Any] = field(default_factory=dict)     # node -> counts at the step's start
     reference: dict[str, Any] = field(default_factory=dict)  # the stable's last window (for 100 %)
     window: dict[str, Any] = field(default_factory=dict)   # this step's numbers so far
@@ -154,7 +155,7 @@ def start(fleet: Fleet, config: Config, model: str, candidate: int, stable: int,
     previous = fleet.read().model(model).get("versions")
     rollout = Rollout(model, candidate, stable, config.node.address, steps, guards or Guards(),
                       id=f"{model}-v{candidate}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}",
-                      step_started=time.time(), base=_totals_by_node(fleet), versions_before=previous)
+                      step_started=time.time(), versions_before=previous)
     rollout.event(f"started: {stable} -> {candidate} in steps {_steps(steps)}, controller {rollout.controller}")
     _push_step(fleet, rollout)
     _write(fleet, rollout)
@@ -182,7 +183,7 @@ def _command(fleet: Fleet, model: str, allowed: tuple[str, ...], state: str, wha
     if rollout.state not in allowed:
         raise ApplianceError(f"the rollout of {model} v{rollout.candidate} is {rollout.state}")
     rollout.state = state
-    rollout.step_started, rollout.base = time.time(), _totals_by_node(fleet)
+    rollout.step_started, rollout.base, rollout.revision = time.time(), {}, fleet.read().revision
     rollout.event(what)
     _write(fleet, rollout)
     return rollout
@@ -196,11 +197,14 @@ def _steps(steps: Iterable[float]) -> str:
 
 
 def _push_step(fleet: Fleet, rollout: Rollout) -> None:
-    fleet.push(rollout.model, {"versions": f"specific:{min(rollout.stable, rollout.candidate)},"
+    """Push the current step; its window starts on each node with that node's first report of
+    this revision (:func:`_window`)."""
+    rollout.base = {}
+    rollout.revision = fleet.push(rollout.model, {"versions": f"specific:{min(rollout.stable, rollout.candidate)},"
                                            f"{max(rollout.stable, rollout.candidate)}",
                                "rollout.version": rollout.candidate, "rollout.percent": rollout.percent},
                why=f"rollout of {rollout.model} v{rollout.candidate}: step {rollout.step + 1} "
-                   f"({rollout.percent:g}%)")
+                   f"({rollout.percent:g}%)").revision
 
 
 def _roll_back(fleet: Fleet, rollout: Rollout, why: str) -> None:
@@ -231,8 +235,6 @@ def tick(fleet: Fleet, config: Config) -> None:
 
 def _advance(fleet: Fleet, rollout: Rollout) -> None:
     now = time.time()
-    if not rollout.base:
-        rollout.base = _totals_by_node(fleet)
     window = _window(fleet, rollout)
     rollout.window = window
     cand, stable = window["candidate"], window["stable"]
@@ -266,7 +268,7 @@ def _advance(fleet: Fleet, rollout: Rollout) -> None:
         _promote(fleet, rollout)
         return
     rollout.step += 1
-    rollout.step_started, rollout.base = now, _totals_by_node(fleet)
+    rollout.step_started = now
     _push_step(fleet, rollout)
 
 
@@ -320,15 +322,18 @@ def _describe(cand: dict[str, Any], stable: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- counts
 
 
-def _totals_by_node(fleet: Fleet) -> dict[str, Any]:
-    return {node: doc.get("counts", {}) for node, doc in fleet.reports().items()
-            if doc.get("role") == "serving"}
-
-
 def _window(fleet: Fleet, rollout: Rollout) -> dict[str, Any]:
     """The candidate's and the stable's requests, errors and p99 since the step began, summed
-    over the serving nodes (a node whose counts went down restarted: all of its counts count)."""
-    now = _totals_by_node(fleet)
+    over the serving nodes. A node's step begins with its first report of the step's revision
+    (written right after it applied it: what it counted before belongs to no step); a node whose
+    counts went down restarted: all of its counts count."""
+    now = {}
+    for node, doc in fleet.reports().items():
+        if doc.get("role") != "serving" or int(doc.get("revision", 0)) < rollout.revision:
+            continue
+        if node not in rollout.base:
+            rollout.base[node] = doc.get("counts", {})
+        now[node] = doc.get("counts", {})
     sides = {"candidate": rollout.candidate, "stable": rollout.stable}
     out: dict[str, Any] = {}
     for side, version in sides.items():

@@ -43,7 +43,7 @@ def canary(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     built = tmp_path_factory.mktemp("canary-models")
     versions = {HALF: {1: build(2.0), 2: build(3.0), 3: build(3.0, fail_at=0.9)},
-                SLOW: {1: build(2.0, work=100), 2: build(3.0, work=200)}}
+                SLOW: {1: build(2.0, work=150), 2: build(3.0, work=300)}}
     nodes = devcluster.load(cluster.base)
     serving = [n for n in nodes if n.role == "serving"]
     for name, builds in versions.items():

@@ -32,12 +32,12 @@ def test_a_canary_key_decides_alone_and_stays_in_as_the_share_grows() -> None:
     for percent in (5.0, 25.0):
         inside[percent] = set()
         for key in keys:
-            rollout.set_split_key(key)
+            rollout.set_request_slot(rollout.request_slot(key))
             versions = {rollout.choose((2, percent), served) for _ in range(3)}
             assert len(versions) == 1
             if versions == {2}:
                 inside[percent].add(key)
-        rollout.set_split_key(None)
+        rollout.set_request_slot(None)
     assert inside[5.0] <= inside[25.0]
     assert 0.03 < len(inside[5.0]) / len(keys) < 0.07
     assert all(rollout.slot(k) < 5.0 for k in inside[5.0])
@@ -106,9 +106,16 @@ class Nodes:
         self.report()
 
     def report(self) -> None:
+        """What each agent writes: the revision it applied (every node follows at once here)."""
+        revision = self.store.read().revision
         for name, counts in self.counts.items():
             self.store.write_object(fleet.node_report_key(name), json.dumps(
-                {"node": name, "role": "serving", "revision": 1, "counts": counts.snapshot()}).encode())
+                {"node": name, "role": "serving", "revision": revision, "counts": counts.snapshot()}).encode())
+
+    def applied(self, canary, config) -> None:
+        """Every node applied the last push and reported it; the controller took a look."""
+        self.report()
+        canary.tick(self.store, config)
 
 
 @pytest.fixture
@@ -124,9 +131,12 @@ def repo(tmp_path: Path):
 
 
 def _start(repo, **guards):
-    canary, store, config, _ = repo
+    canary, store, config, nodes = repo
     settings = {"min_seconds": 0.0, "min_requests": 10, **guards}
-    return canary.start(store, config, "m", 2, 1, [10, 50, 100], canary.Guards(**settings))
+    nodes.serve(1, 1000, errors=200)     # before the rollout: counts for no step
+    started = canary.start(store, config, "m", 2, 1, [10, 50, 100], canary.Guards(**settings))
+    nodes.applied(canary, config)
+    return started
 
 
 def test_a_rollout_holds_without_traffic_and_steps_on_when_it_comes(repo) -> None:
@@ -144,6 +154,7 @@ def test_a_rollout_holds_without_traffic_and_steps_on_when_it_comes(repo) -> Non
     assert (state.state, state.step) == ("running", 1)
     assert store.read().model("m")["rollout.percent"] == 50.0
     for _ in range(2):      # 50 %, then 100 %: promoted, the cluster pins the candidate
+        nodes.applied(canary, config)
         nodes.serve(1, 20)
         nodes.serve(2, 20)
         canary.tick(store, config)
@@ -155,8 +166,9 @@ def test_a_rollout_holds_without_traffic_and_steps_on_when_it_comes(repo) -> Non
 
 def test_errors_on_the_candidate_roll_back_and_say_why(repo) -> None:
     canary, store, config, nodes = repo
-    before = store.push("m", {"versions": "specific:1"}).revision
+    store.push("m", {"versions": "specific:1"})
     _start(repo)
+    before = store.read().revision
     nodes.serve(1, 100, errors=1)
     nodes.serve(2, 5, errors=5)
     canary.tick(store, config)
@@ -167,7 +179,7 @@ def test_errors_on_the_candidate_roll_back_and_say_why(repo) -> None:
     assert state.state == "rolled_back"
     assert state.reason.startswith("error rate 40.0% on v2 vs 1.0% on v1")
     settings = store.read()
-    assert settings.model("m") == {"versions": "specific:1"} and settings.revision == before + 2
+    assert settings.model("m") == {"versions": "specific:1"} and settings.revision == before + 1
     assert "error rate" in settings.why
     assert any(line.startswith("state: rolled_back -- error rate") for line in canary.status_lines(state))
 
@@ -178,7 +190,8 @@ def test_a_slower_candidate_is_rolled_back_by_the_latency_guard_only_in_a_shared
     nodes.serve(1, 50, ms=10.0)
     nodes.serve(2, 10, ms=13.0)      # x1.3: passes; the step ends
     canary.tick(store, config)
-    assert canary.read(store, "m").step == 1, canary.status_lines(canary.read(store, "m"))
+    assert canary.read(store, "m").step == 1
+    nodes.applied(canary, config)
     nodes.serve(1, 50, ms=10.0)
     nodes.serve(2, 20, ms=25.0)
     canary.tick(store, config)
@@ -201,4 +214,4 @@ def test_pause_resume_and_abort(repo) -> None:
     canary.abort(store, "m")
     state = canary.read(store, "m")
     assert state.state == "aborted" and store.read().model("m") == {}
-    assert [e["what"].split(" ")[0] for e in state.events] == ["started:", "paused", "resumed", "aborted"]
+    assert [e["what"].split(" ")[0] for e in state.events] == ["started:", "holding", "paused", "resumed", "aborted"]
