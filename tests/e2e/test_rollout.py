@@ -9,8 +9,10 @@ Every test puts the cluster settings back; the module removes its models at the 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from modelserver.atomic import write_atomic
 from modelserver.rollout import SPLIT_HEADER, slot
 from tests.conftest import wait_until
 from tests.e2e.shared_cluster import REPORT, Cluster
-from tests.e2e.test_cluster import _cli_ok, _server_states
+from tests.e2e.test_cluster import _cli_ok, _node_cli, _server_states
 
 pytestmark = pytest.mark.slow
 
@@ -351,3 +353,38 @@ def _logviewer_page(cluster: Cluster, node: devcluster.DevNode, page: str) -> st
     resp = session.get(base + page, timeout=30)
     assert resp.status_code == 200, resp.text[:500]
     return resp.text
+
+
+def test_cluster_settings_reach_every_node_also_one_whose_agent_was_down(cluster: Cluster) -> None:
+    """`appliance fleet set` changes a model's settings on every node; a node's own `reload`
+    keeps them; a node whose agent was down at the push (as a node that joins later) applies
+    them when its agent starts."""
+    from tests.e2e.shared_cluster import MODEL
+
+    nodes = devcluster.load(cluster.base)
+    serving = [n for n in nodes if n.role == "serving"]
+    late = serving[-1]
+
+    def warmup(node: devcluster.DevNode) -> bool:
+        path = Path(node.root) / "var/lib/appliance/run/model-settings.json"
+        return json.loads(path.read_text())["models"][MODEL]["warmup"]
+    agent = next(p["pid"] for p in cluster.status(late)["processes"] if p["name"] == "agent")
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        result = _node_cli(serving[0], "fleet", "set", MODEL, "warmup=false", "--wait", "3")
+        assert result.returncode == 1 and f"node {late.address}: at revision" in result.stdout, result.stdout
+        assert [warmup(n) for n in serving] == [False, False, True]
+        _cli_ok(serving[0], "reload")                 # no --set: the node's own overrides only
+        assert not warmup(serving[0])
+        os.kill(agent, signal.SIGKILL)                # supervisord starts a new agent
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    try:
+        wait_until(lambda: not warmup(late), timeout=60, what="the restarted agent to apply the push")
+        shown = _cli_ok(late, "fleet", "show")
+        assert f"models.{MODEL}.warmup = false" in shown
+        revision = re.search(r"revision (\d+)", shown).group(1)
+        assert all(f"node {n.address}: applied revision {revision}" in shown for n in serving), shown
+    finally:
+        _cli_ok(serving[0], "fleet", "unset", MODEL, "warmup")
+    assert all(warmup(n) for n in serving)
