@@ -8,6 +8,7 @@ Every test puts the cluster settings back; the module removes its models at the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -30,7 +31,7 @@ from appliance.fleet import Fleet
 from modelserver.atomic import write_atomic
 from modelserver.rollout import SPLIT_HEADER, slot
 from tests.conftest import wait_until
-from tests.e2e.shared_cluster import REPORT, Cluster
+from tests.e2e.shared_cluster import REPORT, Cluster, Load
 from tests.e2e.test_cluster import _cli_ok, _node_cli, _server_states
 
 pytestmark = pytest.mark.slow
@@ -147,53 +148,42 @@ def _grpc(stub, model: str, x: float, version: int | None = None, key: str | Non
     return response.outputs["y"].float_val[0]
 
 
-class KeyedLoad:
+class KeyedLoad(Load):
     """Client threads, each request from one of ``keys`` (sent as x-canary-key) with a random
-    input in [0, 1), through every node's Envoy in turn; every outcome kept with its key."""
+    input in [0, 1), through every node's Envoy in turn, a third of them over gRPC; every
+    outcome also kept with its key."""
 
     def __init__(self, cluster: Cluster, model: str, keys: list[str] | None, threads: int = 6) -> None:
         self.cluster, self.model, self.keys = cluster, model, keys
-        self.results: list[tuple[float, str | None, bool]] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        self.keyed: list[tuple[str | None, bool]] = []
+        self._local = threading.local()
+        self._clients = itertools.count()
+        super().__init__(self._send, threads)
 
-    def _run(self, index: int) -> None:
-        nodes = devcluster.load(self.cluster.base)
-        session = requests.Session()
-        stubs = _grpc_stubs(self.cluster)
-        n = index
-        while not self._stop.is_set():
-            n += 1
-            key = random.choice(self.keys) if self.keys else None
-            x = random.random()
-            try:
-                if index % 3 == 2:   # a third of the clients speak gRPC
-                    ok = _grpc(stubs[n % len(stubs)], self.model, x, key=key) is not None
-                else:
-                    ok = _rest(self.cluster, nodes[n % len(nodes)], session, self.model, x, key=key)[0] == 200
-            except requests.RequestException:
-                ok = False
-            with self._lock:
-                self.results.append((time.time(), key, ok))
-
-    def __enter__(self) -> "KeyedLoad":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def count(self) -> int:
+    def _send(self) -> bool:
+        local = self._local
+        if not hasattr(local, "index"):
+            local.index, local.n = next(self._clients), 0
+            local.nodes, local.session = devcluster.load(self.cluster.base), requests.Session()
+            local.stubs = _grpc_stubs(self.cluster)
+        local.n += 1
+        key = random.choice(self.keys) if self.keys else None
+        x = random.random()
+        try:
+            if local.index % 3 == 2:
+                ok = _grpc(local.stubs[local.n % len(local.stubs)], self.model, x, key=key) is not None
+            else:
+                ok = _rest(self.cluster, local.nodes[local.n % len(local.nodes)], local.session,
+                           self.model, x, key=key)[0] == 200
+        except requests.RequestException:
+            ok = False
         with self._lock:
-            return len(self.results)
+            self.keyed.append((key, ok))
+        return ok
 
     def failed(self, keys: set[str] | None = None) -> int:
         with self._lock:
-            return sum(1 for _, key, ok in self.results if not ok and (keys is None or key in keys))
+            return sum(1 for key, ok in self.keyed if not ok and (keys is None or key in keys))
 
 
 # ----------------------------------------------------------------------------- tests
