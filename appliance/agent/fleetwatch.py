@@ -24,6 +24,7 @@ from .. import control, fleet, rollout, runconfig
 from ..config import NodePaths
 from ..errors import ApplianceError, ConfigError
 from ..localhttp import get_json
+from ..modelstatus import local_rest_base
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,6 @@ class FleetWatch:
                "revision": fleet.applied(self.paths).revision, "time": time.time(),
                "error": self._refused[1] if self._refused else ""}
         if active and config.node.role == "serving":
-            code, counts = get_json(f"http://{config.connect_address()}:{config.serving.rest_port}"
-                                    + COUNTS_PATH, 1.0)
+            code, counts = get_json(local_rest_base(config) + COUNTS_PATH, 1.0)
             doc["counts"] = counts if code == 200 else {}
         store.write_object(fleet.node_report_key(config.node.address), json.dumps(doc).encode())
