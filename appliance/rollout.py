@@ -236,6 +236,8 @@ def tick(fleet: Fleet, config: Config) -> None:
 def _advance(fleet: Fleet, rollout: Rollout) -> None:
     now = time.time()
     window = _window(fleet, rollout)
+    if not rollout.base:
+        return      # no node has applied this step yet: nothing to judge, nothing to wait for
     rollout.window = window
     cand, stable = window["candidate"], window["stable"]
     if stable["requests"] >= rollout.guards.min_requests:
