@@ -13,12 +13,13 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from contextvars import copy_context
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import grpc
 
-from modelserver import grpc_inference, monitoring
+from modelserver import grpc_inference, monitoring, rollout
 from modelserver.core.inline import runs_inline
 from modelserver.manager import ModelManager, VersionState
 from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
@@ -73,6 +74,13 @@ def _lookup(manager: ModelManager, spec: Any) -> VersionState:
     return manager.lookup(spec.name)
 
 
+def _split_key(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == rollout.SPLIT_HEADER:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
+
+
 def _status_message(message: str) -> str:
     message = utf8_text(message)
     if len(message) <= MAX_ERROR_MESSAGE:
@@ -91,10 +99,11 @@ async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, fu
     slot = monitoring.request_started() if api else None
     code = Code.INTERNAL
     try:
+        rollout.set_request_slot(rollout.request_slot(_split_key(context)))
         if executor is None:
             result = func(request)
-        else:
-            result = await asyncio.get_running_loop().run_in_executor(executor, func, request)
+        else:   # the canary key goes along
+            result = await asyncio.get_running_loop().run_in_executor(executor, copy_context().run, func, request)
         code = Code.OK
         if api:
             await context.send_initial_metadata(_served(request, result.model_spec.version.value))
@@ -130,7 +139,8 @@ class PredictionServicer:
 
     def _run(self, spec: Any, run: Callable[[Any, int, Any], Any], request: Any) -> Any:
         state = _lookup(self.manager, spec)
-        return run(state.model, state.version, request)
+        with rollout.COUNTS.timed(spec.name, state.version, self.manager.rollout_of(spec.name) is not None):
+            return run(state.model, state.version, request)
 
     def _executor_for(self, request: Any) -> Executor | None:
         """None (run on the event loop) for a small request to a cheap model: see inline.py."""

@@ -15,6 +15,7 @@ import os
 import re
 import time
 from concurrent.futures import Executor
+from contextvars import copy_context
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import unquote
@@ -24,7 +25,7 @@ from modelserver.core.applied import APPLIED_PATH
 from modelserver.budget import CHARGED_BODY, BodyBudget, charging
 from modelserver.core.inline import runs_inline
 from modelserver.json_tensor import InputCodec, make_codec
-from modelserver import monitoring
+from modelserver import monitoring, rollout
 from modelserver.json_text import dump_string
 from modelserver.manager import ModelManager, VersionState
 from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
@@ -76,6 +77,8 @@ class RestApi:
             return Response(200, (("Content-Type", "text/plain"),), monitoring.prometheus_page())
         if path == APPLIED_PATH and method == "GET":
             return Response(200, JSON_HEADERS, json.dumps(self.manager.applied_files).encode())
+        if path == rollout.COUNTS_PATH and method == "GET":
+            return Response(200, JSON_HEADERS, json.dumps(rollout.COUNTS.snapshot()).encode())
         if not _V1.fullmatch(path):
             return Response(404, (("Content-Type", "text/html"),), NOT_FOUND_PAGE)
         try:
@@ -183,12 +186,13 @@ class RestApi:
             from modelserver.examples import classify_or_regress
 
             return await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._charged, classify_or_regress, self, verb, name, version, label, body)
+                self.executor, copy_context().run, self._charged, classify_or_regress, self, verb, name,
+                version, label, body)
         state = self._inline(name, version, label, len(body))
         if state is not None:
             return self._predict(name, version, label, body, state)
-        return await asyncio.get_running_loop().run_in_executor(
-            self.executor, self._charged, self._predict, name, version, label, body)
+        return await asyncio.get_running_loop().run_in_executor(   # the canary key goes along
+            self.executor, copy_context().run, self._charged, self._predict, name, version, label, body)
 
     def _charged(self, work: Callable[..., bytes], *args: Any) -> bytes:
         """``work(*args)`` in a pool thread, its JSON decoding charged to the body budget (the
@@ -230,9 +234,11 @@ class RestApi:
         signature_name = json_predict.request_signature_name(doc)
         if state is None:
             state = self._lookup(name, version, label)
-        signature = self.signature(state, signature_name)
-        fmt, inputs = json_predict.decode_predict(doc, self._input_codecs(state, signature), numeric)
-        outputs = state.model.run(signature.name, inputs)
+        name = unquote(name)
+        with rollout.COUNTS.timed(name, state.version, self.manager.rollout_of(name) is not None):
+            signature = self.signature(state, signature_name)
+            fmt, inputs = json_predict.decode_predict(doc, self._input_codecs(state, signature), numeric)
+            outputs = state.model.run(signature.name, inputs)
         return json_predict.encode_predict_response(outputs, fmt)
 
 

@@ -25,6 +25,7 @@ from ..scrapeconfig import write_targets
 from . import build_syncer
 from .cycle import Syncer
 from .daemon import AgentDaemon
+from .fleetwatch import FleetWatch
 from .state import StateFile, state_path
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,9 @@ def run(paths: NodePaths) -> int:
             rotator[0].check()
         edits.poll()
 
+    settings = FleetWatch(paths)
+    stop = threading.Event()
+    threading.Thread(target=settings.run, args=(stop,), name="fleet", daemon=True).start()
     watch = MembershipWatch(paths)
 
     def tick() -> list[str]:
@@ -104,4 +108,6 @@ def run(paths: NodePaths) -> int:
     except ApplianceError as exc:
         log.error("agent cannot start: %s", exc)
         return 1
+    finally:
+        stop.set()
     return 0
