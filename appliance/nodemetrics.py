@@ -36,11 +36,14 @@ import time
 from pathlib import Path
 from typing import Iterable
 from urllib.parse import quote
+from urllib.request import HTTPRedirectHandler
 
 from .config import Config, NodePaths
 from .localhttp import get_text
 
 TOKEN_FILE = "metrics.token"
+#: A peer's page read into memory at most (one model's is ~50 KB).
+MAX_PAGE = 32 << 20
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Envoy's stats worth a scrape (of thousands): the model server clusters' requests, latency,
 # retries, ejections and health checks (also the local ones the internode listener feeds), and
@@ -112,6 +115,11 @@ def scrape_address(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+class _NoRedirect(HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):   # noqa: ANN002, ANN003 - urllib's signature
+        return None     # urllib then raises the 3xx as an HTTPError
+
+
 def read_page(config: Config, paths: NodePaths, address: str, timeout: float = 10.0) -> tuple[str | None, str]:
     """(page, "") of the node at ``address``, or (None, why not): this node's computed here, a
     peer's fetched from its scrape address with the token.
@@ -122,14 +130,20 @@ def read_page(config: Config, paths: NodePaths, address: str, timeout: float = 1
     """
     if address in (config.node.address, config.connect_address()):
         return node_metrics_text(config, paths), ""
-    from urllib.request import Request, urlopen
+    from urllib.request import HTTPSHandler, Request, build_opener
 
     url = f"https://{scrape_address(address, config.logviewer.port)}/metrics"
     request = Request(url, headers={"Authorization": f"Bearer {scrape_token(config, paths)}"})
+    # Whatever answers at a member's address gets no further than this: no redirect (urllib
+    # would send the token along, even to plain HTTP), no page bigger than MAX_PAGE in memory.
+    opener = build_opener(_NoRedirect, HTTPSHandler(context=ssl._create_unverified_context()))
     try:
-        with urlopen(request, timeout=timeout, context=ssl._create_unverified_context()) as resp:
-            return resp.read().decode("utf-8"), ""
-    except OSError as exc:
+        with opener.open(request, timeout=timeout) as resp:
+            page = resp.read(MAX_PAGE + 1)
+        if len(page) > MAX_PAGE:
+            return None, f"{url}: the page is larger than {MAX_PAGE >> 20} MiB"
+        return page.decode("utf-8"), ""
+    except (OSError, UnicodeDecodeError) as exc:
         hint = " (is metrics.token the same on every node?)" if "401" in str(exc) else ""
         return None, f"{url}: {exc}{hint}"
 
