@@ -340,10 +340,11 @@ def test_an_invalid_edit_of_the_config_file_changes_nothing(node: NodeUnderTest)
     assert _pids(node) == pids
 
 
-def test_the_model_servers_metrics_page_is_not_served_through_envoy(node: NodeUnderTest) -> None:
-    """It is read on loopback and served behind the metrics token (GET /metrics on the
-    logviewer's port): the public REST port must not hand it to anyone who asks."""
-    path = "/monitoring/prometheus/metrics"
+@pytest.mark.parametrize("path", ["/monitoring/prometheus/metrics", "/appliance/v1/applied-config"])
+def test_the_model_servers_own_pages_are_not_served_through_envoy(node: NodeUnderTest, path: str) -> None:
+    """The metrics page is read on loopback and served behind the metrics token (GET /metrics on
+    the logviewer's port), /appliance/* is for the node's own processes: the public REST port
+    must not hand them to anyone who asks."""
     assert requests.get(f"{node.model_server_url}{path}", timeout=30).status_code == 200
     for query in ("", "?x=1"):
         public = requests.get(f"{node.url}{path}{query}", timeout=30)
