@@ -77,6 +77,11 @@ def scrape_token(config: Config, paths: NodePaths) -> str:
     except FileExistsError:
         pass
     else:
+        if os.geteuid() == 0:
+            # `sudo appliance prometheus-config` (or capacity) may be first: the file must stay
+            # readable by the logviewer, which runs as the owner of etc (the service user).
+            owner = path.parent.stat()
+            os.fchown(fd, owner.st_uid, owner.st_gid)
         with os.fdopen(fd, "w", encoding="ascii") as handle:
             handle.write(secrets.token_urlsafe(32) + "\n")
     token = path.read_text(encoding="ascii").strip()

@@ -4,6 +4,7 @@ logviewer route's auth, file_sd targets and the capacity arithmetic."""
 from __future__ import annotations
 
 import math
+import os
 import stat
 
 import pytest
@@ -52,6 +53,18 @@ def test_the_token_is_generated_once_private_and_config_wins(tmp_path) -> None:
     assert not nodemetrics.authorized(shared, paths, f"Bearer {token}")
     with pytest.raises(Exception, match="at least 16"):
         load_config(None, ["metrics.token=short"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make the file and hand it over")
+def test_a_token_made_by_root_belongs_to_the_owner_of_etc(tmp_path) -> None:
+    """`sudo appliance prometheus-config` may make the token first: the logviewer, which runs as
+    the service user owning etc, must still read it (else every scrape gets a 500)."""
+    paths = NodePaths(tmp_path)
+    paths.etc.mkdir(parents=True)
+    os.chown(paths.etc, 65534, 65534)
+    nodemetrics.scrape_token(load_config(None), paths)
+    made = nodemetrics.token_file(paths).stat()
+    assert (made.st_uid, made.st_gid, stat.S_IMODE(made.st_mode)) == (65534, 65534, 0o600)
 
 
 def test_the_route_needs_the_token_or_a_login(site: Site) -> None:
