@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -120,7 +121,8 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "logviewer_socket": logviewer_socket(paths),
         # Plain HTTP to the logviewer only from this machine (its password never crosses the
         # network in the clear): loopback, and the node's own address.
-        "local_sources": ["127.0.0.0/8"] + ([f"{config.node.address}/32"]
+        # The node's own address alone: /32 of an IPv6 address would be a whole network.
+        "local_sources": ["127.0.0.0/8"] + ([ipaddress.ip_network(config.node.address).with_prefixlen]
                                             if config.node.address not in ("0.0.0.0", "::")
                                             and not config.node.address.startswith("127.") else []),
         "supervisor_user": user_name(os.geteuid()),  # who renders runs supervisord

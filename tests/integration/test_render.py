@@ -62,6 +62,17 @@ def test_envoy_accepts_every_rendered_config(tmp_path: Path, variant: str,
     assert ("[program:model_server]" in supervisord) == (config.node.role == "serving")
 
 
+def test_plain_http_to_the_logviewer_only_from_the_nodes_own_ipv6_address(tmp_path: Path) -> None:
+    """Its password must not cross the network in the clear: the plain chain's source ranges are
+    loopback and the node's own address, an IPv6 one included (not the /32 network around it)."""
+    config = load_config(None, ["node.address=fd00::5"])
+    paths = NodePaths(tmp_path)
+    _install(config, paths)
+    lds = (paths.run / "xds" / "lds.yaml").read_text()
+    assert "{address_prefix: fd00::5, prefix_len: 128}" in lds
+    assert "prefix_len: 32}" not in lds
+
+
 def test_model_server_limits_reach_its_command_line_and_envoy(tmp_path: Path) -> None:
     def rendered(overrides: list[str]) -> dict[str, str]:
         return {f.path.name: f.content for f in render.render_all(load_config(None, overrides), NodePaths(tmp_path))}
