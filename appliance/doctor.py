@@ -552,7 +552,7 @@ def run_checks(paths: NodePaths, config_path: Path | None = None, overrides: lis
                    (check_repository, paths, config), (check_versions, paths, config),
                    (check_processes, paths), (check_applied, paths, config),
                    (check_releases, paths, our_pids(paths)), (check_unit, paths),
-                   (check_certificates, config, paths), (check_metrics, config)]
+                   (check_certificates, config, paths), (check_metrics, config, paths)]
         if config.s3.type != "none" and config.node.role == "serving":
             checks.append((check_clock, s3_endpoint(config)))
     for check, *args in checks:

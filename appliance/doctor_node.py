@@ -247,9 +247,10 @@ def check_applied(paths: NodePaths, config: Config) -> list[Finding]:
 # ----------------------------------------------------------------------------- metrics
 
 
-def check_metrics(config: Config) -> list[Finding]:
+def check_metrics(config: Config, paths: NodePaths | None = None) -> list[Finding]:
     """A node with peers needs the cluster's one metrics token: with a token of its own, one
-    Prometheus job, `appliance capacity` and the dashboard cannot read every node."""
+    Prometheus job, `appliance capacity` and the dashboard cannot read every node. On a running
+    node (``paths``), the page answers its token."""
     from .membership import is_self, members
 
     if not config.logviewer.enabled:
@@ -262,4 +263,37 @@ def check_metrics(config: Config) -> list[Finding]:
                          "read every node with one token",
                          "set metrics.token to the same value on every node "
                          "(e.g. `openssl rand -hex 32`)")]
+    problem = _scrape_problem(config, paths) if paths is not None else ""
+    if problem:
+        return [_problem("metrics", f"the scrape page /metrics on port {config.logviewer.port} "
+                         f"{problem}", f"read {paths.logs / 'logviewer.log'}; a bad "
+                         f"{paths.etc / 'metrics.token'}: delete it (a new one is made) or set "
+                         "metrics.token")]
     return [_ok("metrics", f"scrape page /metrics on port {config.logviewer.port}")]
+
+
+def _scrape_problem(config: Config, paths: NodePaths) -> str:
+    """What is wrong with this node's page as a scraper sees it ('' when it answers, or when
+    nothing listens: check_processes says why)."""
+    import urllib.error
+    import urllib.request
+
+    from .nodemetrics import scrape_address, scrape_token
+
+    try:
+        token = scrape_token(config, paths)
+    except PermissionError:
+        return ""     # not root nor the service user: check_processes says so
+    except (OSError, ValueError) as exc:
+        return f"has no usable token: {exc}"
+    # Plain HTTP: the logviewer's port takes it from this machine.
+    url = f"http://{scrape_address(config.connect_address(), config.logviewer.port)}/metrics"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            resp.read(1)
+        return ""
+    except urllib.error.HTTPError as exc:
+        return f"answered HTTP {exc.code} to the node's own token"
+    except OSError:
+        return ""

@@ -358,6 +358,25 @@ def test_doctor_finds_nothing_wrong_on_a_healthy_serving_node(node: NodeUnderTes
     assert "the model server follows the node's models.config" in result.stdout, result.stdout
 
 
+def test_doctor_reads_the_scrape_page_with_the_nodes_token(node: NodeUnderTest) -> None:
+    """A token file that is no token makes every scrape fail (HTTP 500): the doctor says so
+    rather than "ok" from the config alone."""
+    token = node.root / "etc/appliance/metrics.token"
+    saved = token.read_bytes() if token.exists() else None
+    try:
+        token.write_text("short\n")
+        broken = node.cli("doctor", *EXTRA, *node.overrides, timeout=120)
+        assert broken.returncode == 1, broken.stdout + broken.stderr
+        assert "FAIL [metrics]" in broken.stdout and "too short to be a token" in broken.stdout
+    finally:
+        token.unlink()
+        if saved is not None:
+            token.write_bytes(saved)
+            token.chmod(0o600)
+    fine = node.cli("doctor", *EXTRA, *node.overrides, timeout=120)
+    assert "ok   [metrics] scrape page /metrics" in fine.stdout, fine.stdout
+
+
 def test_a_changed_metrics_path_moves_the_model_servers_metrics_page(node: NodeUnderTest) -> None:
     """The model server reads monitoring.config at start only: a new metrics.path restarts it
     (and says so), so the page is where the config says once `reload` returns."""
