@@ -550,7 +550,7 @@ def _tls_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
             and "cluster.ca.cert" in parsed:
         problems.append(("cluster.ca.cert", "a node with peers (cluster.members, cluster.dns) "
                          "talks to them over mutual TLS: give every node the same cluster CA "
-                         "(`appliance cluster-ca` prints the two keys to add)"))
+                         "(`appliance cluster-ca FILE` makes its two keys)"))
     return problems
 
 

@@ -135,8 +135,14 @@ class Node:
             progress(f"logviewer password: not printed (this output may be a log); it is in {path} "
                      "(mode 0600: root and the service user only)")
             progress(f"  read it with `sudo cat {path}`, log in, then delete it: `sudo rm {path}`")
-        progress(f"  log in at http://{self.config.connect_address()}:"
-                 f"{self.config.logviewer.port}/ ; `appliance logviewer-password` sets a new one")
+        progress(f"  log in at {self.logviewer_url()} ; "
+                 "`appliance logviewer-password` sets a new one")
+
+    def logviewer_url(self) -> str:
+        """Plain HTTP reaches the log browser from this machine only (envoy/lds.yaml.j2)."""
+        host = self.config.connect_address()
+        scheme = "http" if host.startswith("127.") else "https"
+        return f"{scheme}://{host}:{self.config.logviewer.port}/"
 
     def supervisord_cmd(self, foreground: bool) -> list[str]:
         cmd = [render.find_binary("supervisord"), "-c", str(self.paths.run / "supervisord.conf")]
@@ -197,7 +203,7 @@ class Node:
             initial = credentials.initial_password_file(self.paths.etc)
             where = (f"in {initial} (read it, log in, then delete it)" if initial.exists() else
                      "the one printed at the first start")
-            progress(f"logs: http://{host}:{self.config.logviewer.port}/  password: {where}; "
+            progress(f"logs: {self.logviewer_url()}  password: {where}; "
                      f"`appliance --root {self.paths.root} logviewer-password` sets a new one")
 
     def apply_live(self, progress: Callable[[str], None] = print) -> None:
@@ -363,8 +369,13 @@ class Node:
             step(f"S3 API through Envoy on port {self.config.repo.port}",
                  lambda: get_text(s3)[0] == 403)
             return
-        front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
-        step(f"REST through Envoy on port {self.config.http_port}", lambda: get_text(front)[0] == 200)
+        # tls.plaintext false: asked over TLS, as any client must.
+        scheme = "http" if self.config.tls.plaintext else "https"
+        edge = pki.edge_files(self.config, self.paths)
+        cafile = edge.cert if edge.self_signed else None
+        front = f"{scheme}://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
+        step(f"REST through Envoy on port {self.config.http_port}",
+             lambda: get_text(front, cafile=cafile)[0] == 200)
         if self.config.node.role == "serving" and host in membership.members(self.config):
             # Envoy health-checks each host once a second: the node is in rotation (and `up`
             # done) only once its own Envoy routes to its own model server, REST and gRPC.
