@@ -388,26 +388,10 @@ class Node:
     def _follows_rendered(self, server: ModelServerClient) -> bool:
         """True once the model server follows the files this node rendered; raises when it
         refused them (e.g. TF Serving's "Illegal to change a model's platform")."""
-        answer = server.applied_config()
-        if answer is None:
-            return False
-        expected = self._rendered_digests()
-        if all(answer.get(key) == value for key, value in expected.items()):
-            return True
-        if answer.get("error"):
-            raise ApplianceError(f"the model server did not take the new config: {answer['error']}")
-        return False
-
-    def _rendered_digests(self) -> dict[str, str]:
-        """What the model server reports once it follows the files this node rendered."""
-        def read(name: str) -> bytes | None:
-            try:
-                return (self.paths.run / name).read_bytes()
-            except FileNotFoundError:
-                return None
-
-        return {"model_config_file": digest(read(render.MODELS_CONFIG)),
-                "model_settings_file": digest(read(render.MODEL_SETTINGS))}
+        follows, error = follows_rendered(server, self.paths)
+        if error:
+            raise ApplianceError(f"the model server did not take the new config: {error}")
+        return follows
 
     def _objectstore_ready(self) -> bool:
         """The running object store process wrote its ready marker (the bucket exists)."""
@@ -626,3 +610,22 @@ def _tail(path: Path, size: int = 3000) -> str:
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return "(no log)"
+
+
+def follows_rendered(server: ModelServerClient, paths: NodePaths) -> tuple[bool, str]:
+    """(the model server follows the models.config and model-settings.json rendered under
+    ``paths``, the error with which it refused them, if any). Not answering: (False, "")."""
+    def read(name: str) -> bytes | None:
+        try:
+            return (paths.run / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    answer = server.applied_config()
+    if answer is None:
+        return False, ""
+    expected = {"model_config_file": digest(read(render.MODELS_CONFIG)),
+                "model_settings_file": digest(read(render.MODEL_SETTINGS))}
+    if all(answer.get(key) == value for key, value in expected.items()):
+        return True, ""
+    return False, answer.get("error") or ""

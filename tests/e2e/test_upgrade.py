@@ -31,7 +31,7 @@ import pytest
 from appliance import devcluster
 from appliance.releases import Releases
 from tests.conftest import ARTIFACTS, REPO
-from tests.e2e.test_cluster import MODEL, Load, _free_block, _free_everywhere, rest_sender
+from tests.e2e.shared_cluster import MODEL, Load, _free_block, _free_everywhere, rest_sender
 from tests.integration.node_harness import wait_gone
 from tests.integration.test_install_node import _snapshot_source
 

@@ -344,6 +344,7 @@ def test_doctor_finds_nothing_wrong_on_a_healthy_serving_node(node: NodeUnderTes
     result = node.cli("doctor", *EXTRA, *node.overrides, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout and result.stdout.rstrip().endswith("no problems found")
+    assert "the model server follows the node's models.config" in result.stdout, result.stdout
 
 
 def test_a_changed_metrics_path_moves_the_model_servers_metrics_page(node: NodeUnderTest) -> None:
