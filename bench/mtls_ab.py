@@ -103,10 +103,9 @@ def main() -> int:
                  "sync.interval.seconds": "3600", "envoy.concurrency": "1", "serving.threads": "2"}
     body = base / "body.json"
     body.write_text('{"instances": [1.0, 2.0, 5.0]}')
-    nodes = devcluster.up(base / "cluster", 2, 0, [MODEL], overrides, first=args.first,
-                          admin_base=_free_block(2 * devcluster.LOOPBACK_PORTS, taken))
-    try:
-        one, two = nodes
+    try:   # `down` also when `up` fails half way: it stops whatever did start
+        one, two = devcluster.up(base / "cluster", 2, 0, [MODEL], overrides, first=args.first,
+                                 admin_base=_free_block(2 * devcluster.LOOPBACK_PORTS, taken))
         own, peer = one.loopback_ports(), two.loopback_ports()
         local = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": own["serving.rest.port"]}},
                               "health_check_config": {"port_value": own["serving.rest.port"]}}}
