@@ -114,7 +114,7 @@ class ServerFeatures:
         scheduler = self._scheduler(model)
         if scheduler is not None:
             loaded = scheduler.wrap(loaded)
-        return monitoring.InstrumentedModel(loaded, model.config.name, resolve_platform(model.config, path))
+        return monitoring.InstrumentedModel(loaded, model.config.name, resolve_platform(model, path))
 
     def _scheduler(self, model: ServedModel) -> BatchScheduler | None:
         """The scheduler a model's versions go through: its own, none, or the flags' one."""
