@@ -89,6 +89,28 @@ class OpenVino:
 
 
 @dataclass(frozen=True)
+class Auto:
+    """What ``platform: auto`` may choose, and how close to the reference it must answer."""
+
+    runtimes: tuple[str, ...]
+    precisions: tuple[str, ...]
+    atol: float
+    rtol: float
+    tolerances: tuple[str, ...]     # "output=atol/rtol" each
+    top1: bool
+
+    def settings(self) -> dict[str, Any]:
+        """The model server's form (model-settings.json's ``auto``)."""
+        outputs = {}
+        for item in self.tolerances:
+            alias, _, pair = item.partition("=")
+            atol, _, rtol = pair.partition("/")
+            outputs[alias] = {"atol": float(atol), "rtol": float(rtol)}
+        return {"runtimes": list(self.runtimes), "precisions": list(self.precisions), "atol": self.atol,
+                "rtol": self.rtol, "outputs": outputs, "top1": self.top1}
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One served model's settings, every default filled in."""
 
@@ -101,13 +123,15 @@ class ModelEntry:
     metrics: bool
     precision: str
     openvino: OpenVino
+    auto: Auto
 
     def runtime_settings(self) -> dict[str, Any]:
         """The model server's per-model settings (an entry of model-settings.json)."""
         return {"batching": self.batching.parameters(), "warmup": self.warmup, "metrics": self.metrics,
                 "precision": self.precision,
                 "openvino": {"performance_hint": self.openvino.performance_hint,
-                             "streams": self.openvino.streams, "threads": self.openvino.threads}}
+                             "streams": self.openvino.streams, "threads": self.openvino.threads},
+                "auto": self.auto.settings()}
 
 
 # ----------------------------------------------------------------------------- the schema
@@ -151,6 +175,40 @@ def _specific_versions(text: str) -> tuple[int, ...]:
     return tuple(sorted(versions))
 
 
+def _tolerance(value: Any) -> float:
+    try:
+        number = float(string(value) if not isinstance(value, (int, float)) or isinstance(value, bool) else value)
+    except ValueError:
+        raise Invalid(f"expected a number >= 0, got {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise Invalid(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def _tolerances(value: Any) -> tuple[str, ...]:
+    listed = items(value)
+    if listed == [""]:
+        return ()
+    out = []
+    for item in listed:
+        alias, sep, pair = item.partition("=")
+        atol, slash, rtol = pair.partition("/")
+        if not alias or not sep or not slash:
+            raise Invalid(f"expected output=atol/rtol items, e.g. probabilities=0.02/0.1, got {item!r}")
+        out.append(f"{alias}={_tolerance(atol)}/{_tolerance(rtol)}")
+    return tuple(out)
+
+
+def _subset(*valid: str) -> Callable[[Any], tuple[str, ...]]:
+    def parse(value: Any) -> tuple[str, ...]:
+        listed = [item for item in items(value) if item]
+        wrong = [item for item in listed if item not in valid]
+        if wrong or not listed:
+            raise Invalid(f"expected a non-empty list of {', '.join(valid)}, got {value!r}")
+        return tuple(dict.fromkeys(listed))
+    return parse
+
+
 def _batch_sizes(value: Any) -> tuple[int, ...]:
     listed = items(value)
     return () if listed == [""] else tuple(positive(item) for item in listed)
@@ -189,9 +247,22 @@ MODEL_SCHEMA: tuple[Key, ...] = (
         "OpenVINO only: inference streams; 0 means the runtime decides."),
     Key("openvino.threads", "openvino", "threads", non_negative, 0,
         "OpenVINO only: inference threads; 0 means the runtime decides."),
+    Key("auto.runtimes", "auto", "runtimes", _subset(*PLATFORMS), ",".join(PLATFORMS),
+        "platform auto: the runtimes it may choose (the files' own runtime is measured as the "
+        "reference anyway); tensorflow alone means SavedModels are never measured."),
+    Key("auto.precisions", "auto", "precisions", _subset("f32", "bf16"), "f32",
+        "platform auto: the precisions it may choose (bf16 where the runtime and CPU have it)."),
+    Key("auto.atol", "auto", "atol", _tolerance, 1e-4,
+        "platform auto: absolute tolerance of every output against the reference runtime in f32."),
+    Key("auto.rtol", "auto", "rtol", _tolerance, 1e-3,
+        "platform auto: relative tolerance of every output against the reference runtime in f32."),
+    Key("auto.tolerances", "auto", "tolerances", _tolerances, "",
+        "platform auto: tolerances of single outputs, output=atol/rtol items, e.g. probabilities=0.02/0.1."),
+    Key("auto.top1", "auto", "top1", boolean, True,
+        "platform auto: score outputs ([batch, classes]) must also agree on each row's top class."),
 )
 MODEL_KEYS = {key.name: key for key in MODEL_SCHEMA}
-MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino}
+MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino, "auto": Auto}
 LABEL_DOC = ("The version a label names (TF Serving's version_labels; a label is letters, digits "
              "and `_`), e.g. `labels: {stable: 1, canary: 2}`; requests may then name "
              "`/labels/canary` instead of `/versions/2`.")

@@ -38,13 +38,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from modelserver.core.choice import Choice
 from modelserver.core.platforms import AUTO, detect_platform
 from modelserver.core.status import Code, ServingError, invalid_argument, not_found
 from modelserver.quarantine import Quarantine, fingerprint
 from modelserver.runtimes import LoadedModel, LoadOptions, get_runtime
 
 if TYPE_CHECKING:
-    from modelserver.autoplatform import Choice
     from modelserver.model_settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def resolve_platform(model: ServedModel, path: str) -> str:
 def load_with_runtime(model: ServedModel, path: str, options: LoadOptions) -> LoadedModel:
     """Load ``path`` with the model's runtime, or the one ``auto`` chooses (the default
     ``ModelManager.loader``); the choice is kept in ``model.choices``."""
-    from modelserver.autoplatform import Choice, load_auto
+    from modelserver.autoplatform import load_auto
 
     if model.config.platform == AUTO:
         from modelserver.model_settings import AutoSettings

@@ -11,7 +11,8 @@ Four SavedModels, each with a warmup set (``assets.extra/tf_serving_warmup_reque
 * ``agrees``: half_plus_two allowed only OpenVINO (``auto.runtimes``): it agrees and serves.
 * ``plain``: half_plus_two without a warmup set: not measured, TensorFlow serves.
 
-A second server on the same runtime cache does not measure again ("measured earlier").
+A second server on the same runtime cache does not measure again ("measured earlier"). The
+report reaches the appliance's readers: its model server client and the log viewer's pages.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import numpy as np
 import pytest
 import requests
 
+from appliance.config import NodePaths, load_config
+from appliance.modelstatus import ModelServerClient
 from tests import tfmodels
 from tests.conftest import ARTIFACTS, Processes
 
@@ -35,7 +38,9 @@ X = np.array([[1.0], [2.0], [5.0]], np.float32)
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("auto")
+    """A node root whose store holds the models (the log viewer reads it); models.config and the
+    settings file next to it. Returns the store."""
+    root = NodePaths(tmp_path_factory.mktemp("auto")).models
     builds = {"special": tfmodels.special, "altered": tfmodels.half_plus(2.0), "agrees": tfmodels.half_plus(2.0),
               "plain": tfmodels.half_plus(2.0)}
     for name, build in builds.items():
@@ -116,3 +121,26 @@ def test_a_restart_neither_measures_nor_converts_again(report: tuple[str, dict],
         assert choice["candidates"] == report[1][name]["versions"]["1"]["candidates"]
     log = (ARTIFACTS / "model_server_auto_restart.log").read_text()
     assert "converted network read from the cache" in log and "on OpenVINO" not in log
+
+
+def test_the_choice_reaches_the_client_and_the_log_viewer(report: tuple[str, dict], setup: Path) -> None:
+    from logviewer import create_app, credentials
+    from tests.unit.test_logviewer_app import login
+
+    server, _ = report
+    choices = ModelServerClient(server).runtimes()
+    assert choices["altered"][1].describe().startswith(
+        "tensorflow f32 (measured); tensorflow f32: reference, ")
+    assert "openvino f32: disagrees, " in choices["altered"][1].describe()
+    paths = NodePaths(setup.parent.parent)
+    assert paths.models == setup
+    paths.etc.mkdir(parents=True, exist_ok=True)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    (paths.etc / "appliance.yaml").write_text("model.name: special,altered,agrees,plain\n")
+    app = create_app(paths, load_config(paths.etc / "appliance.yaml"), rest_base=server)
+    client = app.test_client()
+    login(client, credentials.set_password(paths.etc))
+    page = client.get("/models/altered").get_data(as_text=True)
+    assert "tensorflow f32 <span class=\"muted\">(measured)</span>" in page
+    page = client.get("/models/special/1").get_data(as_text=True)
+    assert 'id="runtime-candidates"' in page and "No conversion rule found for operations: BesselI0e" in page

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modelserver.autoplatform import Candidate, Choice, compare
+from modelserver.autoplatform import compare
+from modelserver.core.choice import Candidate, Choice
 from modelserver.model_settings import AutoSettings, parse_model_settings
 from modelserver.runtimes.artefacts import TEMP_PREFIX, ArtefactCache, content_hash
 
@@ -101,3 +102,17 @@ def test_the_choice_in_one_line() -> None:
                                  "5.0 ms/pass, max abs diff 0.011, rel 0.077, output y: ...")
     assert Choice.from_json(choice.to_json()) == choice
     assert AutoSettings().tolerance("y") == (1e-4, 1e-3)
+
+
+def test_status_prints_the_runtime_under_its_version() -> None:
+    from appliance.node import NodeStatus, _runtime
+
+    choice = Choice("tensorflow", "f32", "measured", [
+        Candidate("tensorflow", "f32", "reference", seconds_per_pass=0.02),
+        Candidate("openvino", "f32", "failed", "OpenVINO cannot convert ...")], 1)
+    status = NodeStatus(root="/", role="serving", models={"m": [
+        {"version": "1", "state": "AVAILABLE", "error": "", "note": "", "runtime": _runtime(choice)}]})
+    lines = status.text().splitlines()
+    assert lines[-1].strip() == ("runtime: tensorflow f32 (measured); tensorflow f32: reference, 20.0 ms/pass; "
+                                 "openvino f32: failed, OpenVINO cannot convert ...")
+    assert status.as_dict()["models"]["m"][0]["runtime"]["candidates"][1]["verdict"] == "failed"

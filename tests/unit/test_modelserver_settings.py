@@ -109,7 +109,8 @@ def test_runtimes_refuse_a_precision_they_cannot_do() -> None:
 
 def test_auto_platform_comes_from_the_version_files(tmp_path: Path) -> None:
     """Before a version loads (no choice measured yet), ``auto`` is the platform its files say."""
-    from modelserver.autoplatform import Choice, load_auto
+    from modelserver.autoplatform import load_auto
+    from modelserver.core.choice import Choice
     from modelserver.runtimes import LoadOptions
     from modelserver.manager import ModelConfig, ServedModel, resolve_platform
     from modelserver.model_settings import AutoSettings
