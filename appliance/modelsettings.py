@@ -98,6 +98,7 @@ class Auto:
     rtol: float
     tolerances: tuple[str, ...]     # "output=atol/rtol" each
     top1: bool
+    ignore: tuple[str, ...]
 
     def settings(self) -> dict[str, Any]:
         """The model server's form (model-settings.json's ``auto``)."""
@@ -107,7 +108,7 @@ class Auto:
             atol, _, rtol = pair.partition("/")
             outputs[alias] = {"atol": float(atol), "rtol": float(rtol)}
         return {"runtimes": list(self.runtimes), "precisions": list(self.precisions), "atol": self.atol,
-                "rtol": self.rtol, "outputs": outputs, "top1": self.top1}
+                "rtol": self.rtol, "outputs": outputs, "top1": self.top1, "ignore": list(self.ignore)}
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,10 @@ def _tolerances(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(item for item in items(value) if item)
+
+
 def _subset(*valid: str) -> Callable[[Any], tuple[str, ...]]:
     def parse(value: Any) -> tuple[str, ...]:
         listed = [item for item in items(value) if item]
@@ -260,6 +265,9 @@ MODEL_SCHEMA: tuple[Key, ...] = (
         "platform auto: tolerances of single outputs, output=atol/rtol items, e.g. probabilities=0.02/0.1."),
     Key("auto.top1", "auto", "top1", boolean, True,
         "platform auto: score outputs ([batch, classes]) must also agree on each row's top class."),
+    Key("auto.ignore", "auto", "ignore", _names, "",
+        "platform auto: outputs not compared, e.g. classes when it is the arg-max of a compared "
+        "probabilities output (the top-1 check judges it)."),
 )
 MODEL_KEYS = {key.name: key for key in MODEL_SCHEMA}
 MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino, "auto": Auto}

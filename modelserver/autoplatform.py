@@ -10,7 +10,8 @@ it, and every output is compared with the reference's: ``|candidate - reference|
 model's (``auto.atol``, ``auto.rtol``), and for scores (a float output of shape ``[batch,
 classes]``) the top class of every row must be the reference's wherever the reference's own
 margin between the two classes exceeds the tolerance (classes the tolerance cannot tell apart
-decide nothing). The agreeing candidates then run the warmup set in alternating rounds; the
+decide nothing). Outputs derived from a compared one (``classes``, the arg-max of ``probabilities``)
+may be left out (``auto.ignore``): the top-1 check with its margin judges them. The agreeing candidates then run the warmup set in alternating rounds; the
 fastest (median round) serves. A candidate that fails to load or convert, or disagrees, is
 reported with the reason and never chosen.
 
@@ -104,11 +105,15 @@ def _arrays(response: Any) -> dict[str, np.ndarray]:
 
 
 def compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray],
-            tolerance: Callable[[str], tuple[float, float]], top1: bool) -> tuple[float, float, str]:
-    """(largest absolute difference, largest relative difference, why they disagree or "")."""
+            tolerance: Callable[[str], tuple[float, float]], top1: bool,
+            ignore: tuple[str, ...] = ()) -> tuple[float, float, str]:
+    """(largest absolute difference, largest relative difference, why they disagree or "");
+    outputs named in ``ignore`` are not compared."""
     max_abs = max_rel = 0.0
     for key, want in reference.items():
         alias = key.split("/", 1)[1]
+        if alias in ignore:
+            continue
         have = got.get(key)
         if have is None or have.shape != want.shape:
             return max_abs, max_rel, f"output {alias}: shape {None if have is None else list(have.shape)}, " \
@@ -250,7 +255,7 @@ def _measure(path: str, options: LoadOptions, settings: Any, candidates: list[Ca
                 models.pop(i, None)
                 continue
             candidate.max_abs_diff, candidate.max_rel_diff, why = compare(want, got, settings.tolerance,
-                                                                          settings.top1)
+                                                                          settings.top1, settings.ignore)
             candidate.verdict, candidate.reason = ("disagrees", why) if why else ("agrees", "")
         timed = {i: [] for i in models}
         for _ in range(TIMED_ROUNDS):

@@ -10,7 +10,7 @@ configures these per model, so the node renders them into a JSON file next to mo
                            "warmup": true, "metrics": true, "precision": "f32",
                            "openvino": {"performance_hint": "throughput", "streams": 0, "threads": 0},
                            "auto": {"runtimes": ["tensorflow", "onnx", "openvino"], "precisions": ["f32"],
-                                    "atol": 1e-4, "rtol": 1e-3, "top1": true,
+                                    "atol": 1e-4, "rtol": 1e-3, "top1": true, "ignore": ["classes"],
                                     "outputs": {"probabilities": {"atol": 0.02, "rtol": 0.1}}}}}}
 
 ``auto`` says what ``model_platform: "auto"`` may choose and how close a candidate's answers
@@ -53,6 +53,7 @@ class AutoSettings:
     rtol: float = 1e-3
     outputs: Mapping[str, tuple[float, float]] = field(default_factory=dict)   # alias -> (atol, rtol)
     top1: bool = True                             # score outputs ([batch, classes]) must agree on the top class
+    ignore: tuple[str, ...] = ()                  # outputs not compared (derived from one that is: classes)
 
     def tolerance(self, alias: str) -> tuple[float, float]:
         return self.outputs.get(alias, (self.atol, self.rtol))
@@ -61,7 +62,8 @@ class AutoSettings:
         """For the quarantine context and the measurement cache's key: every field."""
         outputs = ",".join(f"{k}={a}/{r}" for k, (a, r) in sorted(self.outputs.items()))
         return (f"auto.runtimes={','.join(self.runtimes)} auto.precisions={','.join(self.precisions)} "
-                f"auto.atol={self.atol} auto.rtol={self.rtol} auto.outputs={outputs} auto.top1={self.top1}")
+                f"auto.atol={self.atol} auto.rtol={self.rtol} auto.outputs={outputs} auto.top1={self.top1} "
+                f"auto.ignore={','.join(self.ignore)}")
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,7 @@ def _auto(value: Any, where: str, errors: list[str]) -> AutoSettings:
     if not isinstance(value, dict):
         errors.append(f"{where}: must be an object")
         return AutoSettings()
-    _unknown(value, ("runtimes", "precisions", "atol", "rtol", "outputs", "top1"), where, errors)
+    _unknown(value, ("runtimes", "precisions", "atol", "rtol", "outputs", "top1", "ignore"), where, errors)
     defaults = AutoSettings()
     runtimes = _choices(value, "runtimes", RUNTIMES, defaults.runtimes, where, errors)
     precisions = _choices(value, "precisions", PRECISIONS, defaults.precisions, where, errors)
@@ -212,7 +214,8 @@ def _auto(value: Any, where: str, errors: list[str]) -> AutoSettings:
     return AutoSettings(runtimes=runtimes, precisions=precisions,
                         atol=_float(value, "atol", defaults.atol, where, errors),
                         rtol=_float(value, "rtol", defaults.rtol, where, errors),
-                        outputs=outputs, top1=_bool(value, "top1", defaults.top1, where, errors))
+                        outputs=outputs, top1=_bool(value, "top1", defaults.top1, where, errors),
+                        ignore=_names(value, "ignore", where, errors))
 
 
 def _choices(doc: dict, key: str, valid: tuple[str, ...], default: tuple[str, ...], where: str,
@@ -222,6 +225,14 @@ def _choices(doc: dict, key: str, valid: tuple[str, ...], default: tuple[str, ..
         errors.append(f"{where}.{key}: must be a non-empty list of {', '.join(valid)}, not {value!r}")
         return default
     return tuple(dict.fromkeys(value))
+
+
+def _names(doc: dict, key: str, where: str, errors: list[str]) -> tuple[str, ...]:
+    value = doc.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        errors.append(f"{where}.{key}: must be a list of output names, not {value!r}")
+        return ()
+    return tuple(value)
 
 
 def _float(doc: dict, key: str, default: float, where: str, errors: list[str]) -> float:

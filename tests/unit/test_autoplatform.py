@@ -32,7 +32,7 @@ def test_auto_settings_errors_name_their_key() -> None:
         "runtimes": ["tensorflow", "mxnet"], "precisions": [], "rtol": -1, "outputs": {"y": {"atol": "x"}},
         "speed": 1}}}})
     assert errors == [
-        "models.m.auto.speed: unknown key; valid: runtimes, precisions, atol, rtol, outputs, top1",
+        "models.m.auto.speed: unknown key; valid: runtimes, precisions, atol, rtol, outputs, top1, ignore",
         "models.m.auto.runtimes: must be a non-empty list of tensorflow, onnx, openvino, not ['tensorflow', 'mxnet']",
         "models.m.auto.precisions: must be a non-empty list of f32, bf16, not []",
         "models.m.auto.outputs.y.atol: must be a number >= 0, not 'x'",
@@ -63,6 +63,10 @@ def test_top1_counts_only_classes_the_tolerance_tells_apart() -> None:
     flipped = {"0/probabilities": np.array([[0.50, 0.49, 0.01], [0.45, 0.5, 0.05]], np.float32)}
     assert compare(want, flipped, _tolerance(0.5), True)[2] == "output probabilities: top class differs on 1 of 2 rows"
     assert compare(want, flipped, _tolerance(0.5), False)[2] == ""
+    # classes, the arg-max of the probabilities, is left to the top-1 check when ignored.
+    want["0/classes"], near_tie["0/classes"] = np.array([0, 0]), np.array([1, 0])
+    assert compare(want, near_tie, _tolerance(0.02), True)[2].startswith("output classes: 1 of 2 values")
+    assert compare(want, near_tie, _tolerance(0.02), True, ignore=("classes",))[2] == ""
 
 
 def test_cache_entries_appear_whole_and_stay_bounded(tmp_path: Path) -> None:
