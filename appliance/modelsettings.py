@@ -221,8 +221,8 @@ def _batch_sizes(value: Any) -> tuple[int, ...]:
 
 MODEL_SCHEMA: tuple[Key, ...] = (
     Key("platform", "", "platform", choice(AUTO, *PLATFORMS), AUTO,
-        f"The model's runtime: {AUTO} (detected from each version's files when the model server "
-        f"loads it) or one of {', '.join(PLATFORMS)}."),
+        f"The model's runtime: {AUTO} (the fastest runtime whose answers agree with those of the "
+        f"runtime the version's files call for, measured on its warmup set) or one of {', '.join(PLATFORMS)}."),
     Key("versions", "", "versions", _version_policy, "latest",
         "Versions served: latest (the newest), latest:N (the N newest), all, or specific:V1,V2."),
     Key("batching.enabled", "batching", "enabled", boolean, False,
