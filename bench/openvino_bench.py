@@ -40,36 +40,13 @@ sys.path.insert(0, str(BENCH.parent))
 
 from runtimes import cpu_isa  # noqa: E402
 from serving_bench import (APPLIANCE, VENV_BIN, Proc, envoy_counter, free_port, http, log, machine,  # noqa: E402
-                           wait_until)
+                           sequential, wait_until)
 
 USER_GUIDE_PER_CORE = 5.6   # images/s per core: ResNet batch 32 on a 16-core CascadeLake, MKL TensorFlow
 MODELS = ("resnet", "resnet_ov", "resnet_auto")
 AUTO_SETTINGS = {"platform": "auto", "auto.precisions": "f32,bf16", "auto.tolerances": "probabilities=0.02/0",
                  "auto.ignore": "classes", "openvino.performance_hint": "latency"}
 OV_SETTINGS = {"platform": "openvino", "openvino.performance_hint": "latency"}
-
-
-def sequential(url: str, body: bytes, count: int) -> dict:
-    """``count`` requests one after another on one keep-alive connection; latencies per request."""
-    import http.client
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
-    latencies, errors = [], 0
-    start = time.perf_counter()
-    for _ in range(count):
-        began = time.perf_counter()
-        conn.request("POST", parts.path, body, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        response.read()
-        errors += response.status != 200
-        latencies.append((time.perf_counter() - began) * 1000)
-    elapsed = time.perf_counter() - start
-    conn.close()
-    latencies.sort()
-    return {"requests": count, "errors": errors, "calls_per_s": count / elapsed, "p50_ms": latencies[count // 2],
-            "p99_ms": latencies[min(count - 1, int(count * 0.99))]}
 
 
 class InProcess:
@@ -185,7 +162,7 @@ def measure(args: argparse.Namespace, envoy: str, admin: str, inprocess: InProce
                     row["confirmed_by_envoy"] = counter() - before
                     if row["errors"] or row["confirmed_by_envoy"] != count:
                         results["checks_failed"].append(f"{side} batch {batch}: {row}")
-                row["images_per_s"] = row["calls_per_s"] * batch
+                row["images_per_s"] = row["rps" if "rps" in row else "calls_per_s"] * batch
                 row["load"] = round(os.getloadavg()[0], 1)
                 runs[side].append(row)
         reference = [r["images_per_s"] for r in runs["tensorflow in-process"]]
