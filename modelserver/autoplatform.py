@@ -225,8 +225,8 @@ def load_auto(path: str, options: LoadOptions, settings: Any) -> tuple[LoadedMod
             choice.how = "measured earlier"
             log.info("auto: %s: %s", path, choice.describe())
             return loaded, choice
-        except (OSError, ValueError, TypeError) as exc:
-            log.warning("auto: %s: cached measurement unreadable (%s); measuring again", path, exc)
+        except (OSError, ValueError, TypeError, ServingError) as exc:
+            log.warning("auto: %s: the cached choice does not load (%s); measuring again", path, exc)
     loaded, choice = _measure(path, options, settings, candidates, allowed, records)
     if cache is not None:
         cache.put(key, lambda d: (d / "choice.json").write_text(json.dumps(choice.to_json())))
