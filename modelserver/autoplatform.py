@@ -37,6 +37,7 @@ import logging
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -157,9 +158,13 @@ def _candidates(detected: str, settings: Any) -> list[Candidate]:
         if runtime not in settings.runtimes:
             continue
         for precision in settings.precisions:
-            if (runtime, precision) != (detected, REFERENCE_PRECISION) and _can_run(runtime, precision):
+            if (runtime, precision) != (detected, REFERENCE_PRECISION):
                 found.append(Candidate(runtime, precision))
     return found
+
+
+def _allowed(candidate: Candidate, settings: Any) -> bool:
+    return candidate.runtime in settings.runtimes and candidate.precision in settings.precisions
 
 
 def _can_run(runtime: str, precision: str) -> bool:
@@ -172,8 +177,6 @@ def _can_run(runtime: str, precision: str) -> bool:
 
 
 def _load(candidate: Candidate, path: str, options: LoadOptions) -> LoadedModel:
-    from dataclasses import replace
-
     runtime = get_runtime(candidate.runtime)
     asked = replace(options, precision=candidate.precision)
     runtime.check_options(asked)
@@ -200,20 +203,21 @@ def load_auto(path: str, options: LoadOptions, settings: Any) -> tuple[LoadedMod
     if detected is None:
         raise ServingError(Code.NOT_FOUND, f"Could not find a model at {path} (model_platform auto): a version "
                                            f"directory holds {describe_markers()}")
+    # Other runtimes are only started (OpenVINO imported) once a measurement is going to happen.
     candidates = _candidates(detected, settings)
-    allowed = [c for c in candidates if c.runtime in settings.runtimes and c.precision in settings.precisions]
-    if not allowed:
-        allowed = candidates[:1]
     if len(candidates) == 1:
-        return _load(candidates[0], path, options), Choice(detected, REFERENCE_PRECISION, "only candidate",
-                                                           candidates)
+        return _load(candidates[0], path, options), Choice(detected, REFERENCE_PRECISION, "only candidate")
     records = warmup_set(path)
     if not records:
-        chosen = allowed[0]
+        chosen = candidates[0]
+        if not _allowed(chosen, settings):   # e.g. auto.runtimes: [openvino] on a SavedModel
+            chosen = next((c for c in candidates[1:] if _allowed(c, settings) and _can_run(c.runtime, c.precision)),
+                          chosen)
         return _load(chosen, path, options), Choice(
             chosen.runtime, chosen.precision,
-            "not measured: no warmup requests (assets.extra/tf_serving_warmup_requests) to compare runtimes on",
-            candidates)
+            "not measured: no warmup requests (assets.extra/tf_serving_warmup_requests) to compare runtimes on")
+    candidates = [candidates[0], *(c for c in candidates[1:] if _can_run(c.runtime, c.precision))]
+    allowed = [c for c in candidates if _allowed(c, settings)]
     cache = artefacts.cache_at(options.cache_dir, options.cache_bytes)
     key = _measurement_key(path, options, settings) if cache is not None else ""
     entry = cache.get(key) if cache is not None else None
