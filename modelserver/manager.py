@@ -19,9 +19,9 @@ ones never keeps them from serving, also after a restart, until its files change
 :meth:`ModelManager.reload` is the declarative config reload that ``HandleReloadConfigRequest``
 and ``--model_config_file_poll_wait_seconds`` share.
 
-``model_platform: "auto"`` (an appliance extension) picks each version's runtime from its files
-(:func:`modelserver.core.platforms.detect_platform`), so one model may have a SavedModel version
-and an ONNX one. Per-model settings (:mod:`modelserver.model_settings`) decide a model's warmup
+``model_platform: "auto"`` (an appliance extension) serves each version on the fastest runtime
+that answers as the one its files call for (:mod:`modelserver.autoplatform`), so one model may
+have a SavedModel version and an ONNX one; ``ServedModel.choices`` says which and why. Per-model settings (:mod:`modelserver.model_settings`) decide a model's warmup
 and what its loads ask of the runtime; a changed precision or runtime option loads the model's
 versions again, each old one serving until its replacement is ready.
 """
