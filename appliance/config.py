@@ -89,6 +89,7 @@ class ServingSettings:
     body_budget_bytes: int
     idle_timeout_seconds: int
     read_timeout_seconds: int
+    runtime_cache_bytes: int
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,11 @@ class NodePaths:
     def quarantine(self) -> Path:
         """Records of model versions that failed to load (written by the model server)."""
         return self.root / "var/lib/appliance/quarantine"
+
+    @property
+    def runtime_cache(self) -> Path:
+        """Converted models and platform auto's measurements (the model server's runtime cache)."""
+        return self.root / "var/lib/appliance/runtime-cache"
 
     @property
     def dashboard(self) -> Path:
@@ -379,6 +385,9 @@ SCHEMA: tuple[Key, ...] = (
         "The model server closes a REST connection idle (or not reading its answers) this long."),
     Key("serving.rest.read.timeout.seconds", "serving", "read_timeout_seconds", positive, 50,
         "The model server answers 408 and closes when a request's headers take this long or its body stalls."),
+    Key("serving.runtime.cache.bytes", "serving", "runtime_cache_bytes", positive, 4 * 2 ** 30,
+        "Disk the model server's runtime cache may use (models converted for OpenVINO, platform auto's "
+        "measurements); least recently used entries go first."),
     Key("sync.interval.seconds", "sync", "interval_seconds", positive, 10,
         "How often the agent polls the model repository (s3.type other than none)."),
     Key("sync.concurrency", "sync", "concurrency", positive, 10,

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
 from modelserver import json_numbers, json_predict
-from modelserver.core.applied import APPLIED_PATH
+from modelserver.core.applied import APPLIED_PATH, RUNTIMES_PATH
 from modelserver.budget import CHARGED_BODY, BodyBudget, charging
 from modelserver.core.inline import runs_inline
 from modelserver.json_tensor import InputCodec, make_codec
@@ -79,6 +79,8 @@ class RestApi:
             return Response(200, JSON_HEADERS, json.dumps(self.manager.applied_files).encode())
         if path == rollout.COUNTS_PATH and method == "GET":
             return Response(200, JSON_HEADERS, json.dumps(rollout.COUNTS.snapshot()).encode())
+        if path == RUNTIMES_PATH and method == "GET":
+            return Response(200, JSON_HEADERS, json.dumps({"models": self.manager.runtimes()}).encode())
         if not _V1.fullmatch(path):
             return Response(404, (("Content-Type", "text/html"),), NOT_FOUND_PAGE)
         try:

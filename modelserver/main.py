@@ -48,7 +48,8 @@ def _load_options(options: Options) -> object:
     inter = options.tensorflow_inter_op_parallelism or options.tensorflow_session_parallelism
     return LoadOptions(tags=tuple(t for t in options.saved_model_tags.split(",") if t),
                        intra_op_threads=intra, inter_op_threads=inter,
-                       run_timeout_ms=max(options.rest_api_timeout_in_ms, 0))
+                       run_timeout_ms=max(options.rest_api_timeout_in_ms, 0),
+                       cache_dir=options.runtime_cache_dir, cache_bytes=max(options.runtime_cache_bytes, 0))
 
 
 def main(argv: list[str] | None = None) -> int:

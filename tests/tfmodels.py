@@ -112,6 +112,39 @@ def numbers(tf, v1):
     return {"serving_default": _sig(v1, {"s": s}, {"y": tf.strings.to_number(s)})}
 
 
+def special(tf, v1):
+    """``y = bessel_i0e(x)``: numbers in and out, but OpenVINO has no conversion rule for BesselI0e."""
+    x = v1.placeholder(tf.float32, shape=[None, 1], name="x")
+    return {"serving_default": _sig(v1, {"x": x}, {"y": tf.math.special.bessel_i0e(x)})}
+
+
+def write_warmup(version_dir: Path, records: list[bytes]) -> None:
+    """``assets.extra/tf_serving_warmup_requests`` of ``version_dir``: a TFRecord of PredictionLogs."""
+    import tensorflow as tf
+
+    extra = version_dir / "assets.extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(extra / "tf_serving_warmup_requests")) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def predict_log(model: str, inputs: dict, signature: str = "") -> bytes:
+    """A PredictionLog record of a Predict request; ``inputs``: alias -> array-like (shape kept)."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    if signature:
+        request.model_spec.signature_name = signature
+    for alias, value in inputs.items():
+        request.inputs[alias].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+    entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    return entry.SerializeToString()
+
+
 MODELS = {
     "half_plus_two": {1: half_plus(2.0)},
     "half_plus": {1: half_plus(2.0, split_inputs=True), 2: half_plus(3.0, split_inputs=True)},
