@@ -21,6 +21,7 @@ import grpc
 from modelserver import grpc_inference, monitoring
 from modelserver.core.inline import runs_inline
 from modelserver.manager import ModelManager, VersionState
+from modelserver.rollout import Rollout
 from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
 
 log = logging.getLogger(__name__)
@@ -113,13 +114,22 @@ async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, fu
 class PredictionServicer:
     """``tensorflow.serving.PredictionService``."""
 
-    def __init__(self, manager: ModelManager, executor: Executor) -> None:
+    def __init__(self, manager: ModelManager, executor: Executor, rollout: Rollout | None = None) -> None:
         self.manager = manager
         self.executor = executor
+        self.rollout = rollout or Rollout()
 
     def _run(self, spec: Any, run: Callable[[Any, int, Any], Any], request: Any) -> Any:
         state = _lookup(self.manager, spec)
         return run(state.model, state.version, request)
+
+    def _predict(self, request: Any) -> Any:
+        spec = request.model_spec
+        state = _lookup(self.manager, spec)
+        if spec.WhichOneof("version_choice") is not None:
+            return grpc_inference.predict(state.model, state.version, request)
+        return grpc_inference.predict(state.model, state.version, request, lambda signature, inputs, outputs:
+                                      self.rollout.answered(spec.name, "gRPC", state, signature, inputs, outputs))
 
     def _executor_for(self, request: Any) -> Executor | None:
         """None (run on the event loop) for a small request to a cheap model: see inline.py."""
@@ -130,8 +140,7 @@ class PredictionServicer:
         return None if runs_inline(model, request.ByteSize()) else self.executor
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _call(context, self._executor_for(request),
-                           lambda r: self._run(r.model_spec, grpc_inference.predict, r), request, "Predict")
+        return await _call(context, self._executor_for(request), self._predict, request, "Predict")
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, self.executor,
@@ -217,7 +226,7 @@ class ModelServicer:
 
 
 async def start_grpc_server(manager: ModelManager, executor: Executor, host: str | GrpcOptions,
-                            port: int = 0) -> grpc.aio.Server:
+                            port: int = 0, rollout: Rollout | None = None) -> grpc.aio.Server:
     """Serve on ``host:port`` (and the unix socket); ``host`` may be a :class:`GrpcOptions`."""
     from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 
@@ -228,7 +237,7 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
     channel_options += parse_channel_arguments(options.channel_arguments)
     server = grpc.aio.server(options=channel_options)
     server.add_generic_rpc_handlers((
-        _service_handler(prediction_service_pb2, "PredictionService", PredictionServicer(manager, executor)),
+        _service_handler(prediction_service_pb2, "PredictionService", PredictionServicer(manager, executor, rollout)),
         _service_handler(model_service_pb2, "ModelService", ModelServicer(manager))))
     if options.enable_health:
         await _add_health(server)

@@ -112,6 +112,23 @@ def numbers(tf, v1):
     return {"serving_default": _sig(v1, {"s": s}, {"y": tf.strings.to_number(s)})}
 
 
+def classifier(perturb: float = 0.0, flip: bool = False, dropout: float = 0.0):
+    """Four-class scores of ``x`` (float [None, 4]): softmax(3x), whose top class is argmax(x).
+
+    Variants for shadow tests: ``perturb`` added to every score; ``flip`` moves the scores one
+    class on (a changed top class) for the rows whose ``x[0]`` is negative; ``dropout`` drops
+    inputs at inference, so two runs answer differently (a nondeterministic model).
+    """
+    def build(tf, v1):
+        x = v1.placeholder(tf.float32, shape=[None, 4], name="x")
+        h = tf.nn.dropout(x, rate=dropout) if dropout else x
+        scores = tf.nn.softmax(3.0 * h) + perturb
+        if flip:
+            scores = tf.where(x[:, :1] < 0, tf.roll(scores, 1, axis=1), scores)
+        return {"serving_default": _sig(v1, {"x": x}, {"scores": tf.identity(scores, name="scores")})}
+    return build
+
+
 MODELS = {
     "half_plus_two": {1: half_plus(2.0)},
     "half_plus": {1: half_plus(2.0, split_inputs=True), 2: half_plus(3.0, split_inputs=True)},
@@ -188,16 +205,17 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
     return url
 
 
-def serve_config(processes, config: Path, log_name: str, timeout: float = 120.0) -> tuple[str, int]:
-    """Start a server on ``config`` with REST and gRPC on free ports, logging to test-artifacts/<log_name>
-    (emptied first); returns (REST base URL, gRPC port)."""
+def serve_config(processes, config: Path, log_name: str, timeout: float = 120.0,
+                 extra: list[str] = ()) -> tuple[str, int]:
+    """Start a server on ``config`` (and ``extra`` flags) with REST and gRPC on free ports, logging to
+    test-artifacts/<log_name> (emptied first); returns (REST base URL, gRPC port)."""
     from tests.conftest import ARTIFACTS, free_port
 
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / log_name
     log.write_bytes(b"")
     grpc_port = free_port()
-    return start_model_server(processes, [f"--model_config_file={config}", f"--port={grpc_port}"], log,
+    return start_model_server(processes, [f"--model_config_file={config}", f"--port={grpc_port}", *extra], log,
                               timeout=timeout), grpc_port
 
 

@@ -1,0 +1,59 @@
+"""The shadow's comparison rules (modelserver/shadow_compare.py) and settings (model_settings.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from modelserver.model_settings import ShadowSettings, parse_model_settings
+from modelserver.shadow_compare import compare, differing, significant
+
+
+def test_a_value_differs_only_when_both_errors_exceed_their_tolerances() -> None:
+    reference = np.array([0.3, 1e-9, 0.0, 100.0, np.nan, 1.0], dtype=np.float32)
+    other = np.array([0.3 + 1e-7, 1e-3, 0.0, 100.001, np.nan, np.nan], dtype=np.float32)
+    # 1e-7 on 0.3: abs error below atol; 1e-3 on 1e-9: both over; 0.001 on 100: rel 1e-5 not over 1e-4
+    assert differing(reference, other, atol=1e-5, rtol=1e-4).tolist() == [False, True, False, False, False, True]
+    assert differing(reference, other.astype(np.float64), 1e-5, 1e-5) is None   # another dtype
+    assert differing(np.array([b"a", b"b"], dtype=object), np.array([b"a", b"c"], dtype=object),
+                     1e-5, 1e-5).tolist() == [False, True]
+
+
+def test_rows_top1_and_topk_with_noise() -> None:
+    primary = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.3, 0.1]], dtype=np.float32)
+    candidate = primary.copy()
+    candidate[1] = [0.8, 0.05, 0.15]            # top class changed, top-2 half the same
+    candidate[2] += 1e-7                        # within tolerance
+    secondary = primary.copy()
+    secondary[3] = [0.59, 0.31, 0.1]            # noise, same top class
+    diffs = compare({"p": primary}, {"p": secondary}, {"p": candidate}, 1e-5, 1e-5, topk=2)
+    diff = diffs["p"]
+    assert diff.rows == 4 and diff.classifier
+    assert diff.raw_rows == [1] and diff.top1_raw == [1]
+    assert diff.noise_rows == 1 and diff.top1_noise == 0
+    assert diff.topk_raw == 3.5 and diff.topk_noise == 4.0
+
+
+def test_a_missing_or_reshaped_output_differs_everywhere() -> None:
+    primary = {"y": np.ones((3, 1), np.float32), "z": np.zeros(3, np.int64)}
+    diffs = compare(primary, None, {"y": np.ones((3, 2), np.float32)}, 1e-5, 1e-5, topk=5)
+    assert diffs["y"].raw_rows == [0, 1, 2] and diffs["z"].raw_rows == [0, 1, 2]
+    assert not diffs["y"].classifier
+
+
+def test_noise_cancels_a_difference_the_primary_has_with_itself() -> None:
+    assert significant(50, 0, 1000)                 # 5 % vs no noise
+    assert not significant(980, 975, 1000)          # a nondeterministic model: as noisy as different
+    assert not significant(0, 0, 1000)
+    assert significant(600, 300, 1000)              # differs beyond its noise
+    assert not significant(1, 0, 1_000_000)         # under the absolute threshold
+
+
+def test_shadow_settings_are_checked_with_their_key_paths() -> None:
+    doc = {"models": {"m": {"shadow": {"version": 2, "sample": 5}}}}
+    settings, errors = parse_model_settings(doc)
+    assert errors == [] and settings["m"].shadow == ShadowSettings(version=2, sample=5.0)
+    assert settings["m"].candidates() == {2}
+    bad = {"models": {"m": {"shadow": {"version": "x", "sample": 0, "atol": -1, "tol": 1}}}}
+    _, errors = parse_model_settings(bad)
+    assert [error.split(":")[0] for error in errors] == [
+        "models.m.shadow.tol", "models.m.shadow.version", "models.m.shadow.sample", "models.m.shadow.atol"]
