@@ -89,6 +89,18 @@ class OpenVino:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """A canary: ``percent`` of the requests naming no version go to ``version`` (0: none)."""
+
+    version: int
+    percent: float
+
+    def parameters(self) -> dict[str, Any] | None:
+        """The model server's form (model-settings.json): None when no rollout runs."""
+        return {"version": self.version, "percent": self.percent} if self.version else None
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One served model's settings, every default filled in."""
 
@@ -101,13 +113,17 @@ class ModelEntry:
     metrics: bool
     precision: str
     openvino: OpenVino
+    rollout: Rollout
 
     def runtime_settings(self) -> dict[str, Any]:
         """The model server's per-model settings (an entry of model-settings.json)."""
-        return {"batching": self.batching.parameters(), "warmup": self.warmup, "metrics": self.metrics,
-                "precision": self.precision,
-                "openvino": {"performance_hint": self.openvino.performance_hint,
-                             "streams": self.openvino.streams, "threads": self.openvino.threads}}
+        out = {"batching": self.batching.parameters(), "warmup": self.warmup, "metrics": self.metrics,
+               "precision": self.precision,
+               "openvino": {"performance_hint": self.openvino.performance_hint,
+                            "streams": self.openvino.streams, "threads": self.openvino.threads}}
+        if self.rollout.parameters() is not None:   # absent, the file reads as before rollouts
+            out["rollout"] = self.rollout.parameters()
+        return out
 
 
 # ----------------------------------------------------------------------------- the schema
@@ -151,6 +167,25 @@ def _specific_versions(text: str) -> tuple[int, ...]:
     return tuple(sorted(versions))
 
 
+def _version_or_none(value: Any) -> int:
+    number = non_negative(value)
+    if number > MAX_VERSION:
+        raise Invalid(f"must be {MAX_VERSION} or less, got {number}")
+    return number
+
+
+def _percent(value: Any) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise Invalid(f"expected a percentage from 0 to 100, got {value!r}") from None
+    if not 0 <= number <= 100:
+        raise Invalid(f"expected a percentage from 0 to 100, got {value!r}")
+    return number
+
+
 def _batch_sizes(value: Any) -> tuple[int, ...]:
     listed = items(value)
     return () if listed == [""] else tuple(positive(item) for item in listed)
@@ -189,9 +224,16 @@ MODEL_SCHEMA: tuple[Key, ...] = (
         "OpenVINO only: inference streams; 0 means the runtime decides."),
     Key("openvino.threads", "openvino", "threads", non_negative, 0,
         "OpenVINO only: inference threads; 0 means the runtime decides."),
+    Key("rollout.version", "rollout", "version", _version_or_none, 0,
+        "Canary: the candidate version that gets rollout.percent of the requests naming no "
+        "version (0: no rollout). Set by `appliance rollout`; the rest go to the newest other "
+        "version served."),
+    Key("rollout.percent", "rollout", "percent", _percent, 0,
+        "Canary: the share (0-100) of requests naming no version sent to rollout.version; "
+        "requests naming a version or label are never redirected."),
 )
 MODEL_KEYS = {key.name: key for key in MODEL_SCHEMA}
-MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino}
+MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino, "rollout": Rollout}
 LABEL_DOC = ("The version a label names (TF Serving's version_labels; a label is letters, digits "
              "and `_`), e.g. `labels: {stable: 1, canary: 2}`; requests may then name "
              "`/labels/canary` instead of `/versions/2`.")
@@ -279,7 +321,8 @@ def _entry(name: str, raw: Mapping[str, Any]) -> tuple[ModelEntry | None, Proble
             parsed[key.name] = key.parse(raw.get(key.name, key.default))
         except Invalid as exc:
             problems.append((f"{where}.{key.name}", str(exc)))
-    problems += _batching_checks(where, parsed) + _label_checks(where, parsed, labels)
+    problems += (_batching_checks(where, parsed) + _label_checks(where, parsed, labels)
+                 + _rollout_checks(where, parsed))
     if problems:
         return None, problems
     return assemble(MODEL_SCHEMA, parsed, MODEL_SECTIONS, ModelEntry,
@@ -317,6 +360,16 @@ def _label_checks(where: str, parsed: Mapping[str, Any], labels: Mapping[str, in
         return []
     return [(f"{where}.{LABELS}.{label}", f"version {version} is not served: versions is {policy}")
             for label, version in labels.items() if version not in policy.versions]
+
+
+def _rollout_checks(where: str, parsed: Mapping[str, Any]) -> Problems:
+    """A candidate under a specific policy must be a version the policy serves (else every
+    request of its share would miss it and go to the other versions: no canary at all)."""
+    policy, version = parsed.get("versions"), parsed.get("rollout.version")
+    if policy is None or policy.kind != "specific" or not version or version in policy.versions:
+        return []
+    return [(f"{where}.rollout.version", f"version {version} is not served: versions is {policy}; "
+                                         f"add it, e.g. versions: {policy},{version}")]
 
 
 def flat_values(settings: Mapping[str, ModelEntry]) -> dict[str, Any]:

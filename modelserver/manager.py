@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from modelserver.core.platforms import AUTO, describe_markers, detect_platform
 from modelserver.core.status import Code, ServingError, invalid_argument, not_found
+from modelserver import rollout
 from modelserver.quarantine import Quarantine, fingerprint
 from modelserver.runtimes import LoadedModel, LoadOptions, get_runtime
 
@@ -570,16 +571,21 @@ class ModelManager:
             version = resolved
         available = model.available if model is not None else {}
         if version is None:
-            state = available.get(model.default) if model is not None and model.default is not None else None
-            if state is not None:
-                return state
             if available:
-                return available[max(available)]
+                chosen = rollout.choose(self.rollout_of(name), available)
+                if chosen is None:   # the newest version that is no shadow's candidate (or the newest)
+                    chosen = model.default if model.default in available else max(available)
+                return available[chosen]
             raise not_found(f"Servable not found for request: Latest({name})")
         state = available.get(version)
         if state is None:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")
         return state
+
+    def rollout_of(self, name: str) -> tuple[int, float] | None:
+        """The model's canary (candidate version, percent), or None (:mod:`modelserver.rollout`)."""
+        model = self.models.get(name)
+        return model.settings.rollout if model is not None and model.settings is not None else None
 
     def status_proto(self, name: str, version: int | None = None) -> Any:
         """GetModelStatusResponse for one model (all versions, or one): REST and gRPC share it."""

@@ -58,6 +58,7 @@ class ModelSettings:
     metrics: bool = True                        # record this model's requests in the Prometheus metrics
     precision: str = "f32"                      # what the runtime computes in (runtimes.base.LoadOptions)
     runtime_options: Mapping[str, Any] = field(default_factory=dict)   # the entry's "openvino" object
+    rollout: tuple[int, float] | None = None    # (candidate version, percent): modelserver.rollout
     shadow: ShadowSettings | None = None        # None: no shadow
 
     def candidates(self) -> frozenset[int]:
@@ -121,7 +122,8 @@ def parse_model_settings(doc: Any) -> tuple[dict[str, ModelSettings], list[str]]
 
 
 def _model(entry: dict, where: str, errors: list[str]) -> ModelSettings:
-    _unknown(entry, ("batching", "warmup", "metrics", "precision", "openvino", "shadow"), where, errors)
+    _unknown(entry, ("batching", "warmup", "metrics", "precision", "openvino", "rollout", "shadow"), where,
+             errors)
     defaults = ModelSettings()
     precision = entry.get("precision", defaults.precision)
     if precision not in PRECISIONS:
@@ -131,7 +133,25 @@ def _model(entry: dict, where: str, errors: list[str]) -> ModelSettings:
                          metrics=_bool(entry, "metrics", defaults.metrics, where, errors),
                          precision=precision,
                          runtime_options=_openvino(entry.get("openvino", {}), f"{where}.openvino", errors),
+                         rollout=_rollout(entry.get("rollout"), f"{where}.rollout", errors),
                          shadow=_shadow(entry.get("shadow"), f"{where}.shadow", errors))
+
+
+def _rollout(value: Any, where: str, errors: list[str]) -> tuple[int, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        errors.append(f"{where}: must be null (no rollout) or an object")
+        return None
+    _unknown(value, ("version", "percent"), where, errors)
+    version, percent = value.get("version"), value.get("percent", 0)
+    if not _is_int(version) or version < 1:
+        errors.append(f"{where}.version: must be a version number, not {version!r}")
+        return None
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 <= percent <= 100:
+        errors.append(f"{where}.percent: must be a number from 0 to 100, not {percent!r}")
+        return None
+    return version, float(percent)
 
 
 def _batching(value: Any, where: str, errors: list[str]) -> BatchingSettings | None:

@@ -32,6 +32,7 @@ from typing import Any
 
 import httptools
 
+from modelserver import rollout
 from modelserver.budget import BodyBudget
 from modelserver.handlers import RestApi, Response, error_body
 
@@ -368,6 +369,7 @@ class HttpProtocol(asyncio.Protocol):
         if request.error is not None or "content-encoding" in request.headers:
             return False
         try:
+            rollout.set_split_key(request.headers.get(rollout.SPLIT_HEADER))
             response = self.api.handle_now(request.method, request.path, b"".join(request.body))
         except Exception:  # noqa: BLE001 - it never should; raising here would fail the HTTP parser
             log.exception("unexpected error answering %s %s inline", request.method, request.path)
@@ -402,6 +404,7 @@ class HttpProtocol(asyncio.Protocol):
     async def _answer(self, request: _Request) -> Response:
         body = b"".join(request.body)
         request.body.clear()
+        rollout.set_split_key(request.headers.get(rollout.SPLIT_HEADER))
         peer = self.transport.get_extra_info("peername") if self.transport is not None else None
         return await self.api.handle(request.method, request.path, request.headers, body,
                                      peer=peer[0] if isinstance(peer, tuple) else "")
