@@ -90,6 +90,7 @@ class _TensorTotals:
             self.topk_noise += diff.topk_noise
 
     def as_dict(self, topk: int) -> dict[str, Any]:
+        """The totals (what :meth:`from_dict` reads back, to sum nodes) and what they mean."""
         rows = self.rows or 1
         out: dict[str, Any] = {
             "rows": self.rows, "values": self.values,
@@ -102,13 +103,30 @@ class _TensorTotals:
             n = self.classifier_rows
             out["classifier"] = {
                 "rows": n, "top1_changed": self.top1_raw, "top1_noise": self.top1_noise,
+                "topk_overlap": self.topk_raw, "topk_noise_overlap": self.topk_noise, "k": topk,
                 "top1_agreement_percent": _percent(n - self.top1_raw, n),
                 "top1_changed_percent": _percent(self.top1_raw, n),
                 "top1_noise_percent": _percent(self.top1_noise, n),
-                f"top{topk}_overlap_percent": _percent(self.topk_raw, n),
-                f"top{topk}_noise_overlap_percent": _percent(self.topk_noise, n),
+                "topk_overlap_percent": _percent(self.topk_raw, n),
+                "topk_noise_overlap_percent": _percent(self.topk_noise, n),
                 "regression": significant(self.top1_raw, self.top1_noise, n)}
         return out
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> _TensorTotals:
+        classifier = doc.get("classifier") or {}
+        return cls(rows=doc["rows"], values=doc["values"], raw_values=doc["differing_values"],
+                   noise_values=doc["noise_values"], raw_rows=doc["differing_rows"], noise_rows=doc["noise_rows"],
+                   max_abs=float(doc["max_abs_error"]), max_rel=float(doc["max_rel_error"]),
+                   classifier_rows=classifier.get("rows", 0), top1_raw=classifier.get("top1_changed", 0),
+                   top1_noise=classifier.get("top1_noise", 0), topk_raw=classifier.get("topk_overlap", 0.0),
+                   topk_noise=classifier.get("topk_noise_overlap", 0.0))
+
+    def merge(self, other: _TensorTotals) -> None:
+        for name in ("rows", "values", "raw_values", "noise_values", "raw_rows", "noise_rows", "classifier_rows",
+                     "top1_raw", "top1_noise", "topk_raw", "topk_noise"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.max_abs, self.max_rel = max(self.max_abs, other.max_abs), max(self.max_rel, other.max_rel)
 
 
 def _percent(part: float, whole: float) -> float:
@@ -142,12 +160,7 @@ class _Run:
 
     def report(self) -> dict[str, Any]:
         with self.lock:
-            tensors = {alias: totals.as_dict(self.settings.topk) for alias, totals in sorted(self.tensors.items())}
-            regressions = [alias for alias, t in tensors.items()
-                           if t["regression"] or t.get("classifier", {}).get("regression")]
-            noisy = [alias for alias, t in tensors.items() if t["noise_rows"]]
-            examples = [example for _, _, example in sorted(self.examples, reverse=True)]
-            return {
+            return summarize({
                 "model": self.model, "candidate": self.settings.version,
                 "primary": sorted(self.primary_versions),
                 "settings": {"sample": self.settings.sample, "atol": self.settings.atol,
@@ -157,9 +170,46 @@ class _Run:
                              "compared": self.compared, "skipped": self.skipped,
                              "candidate_errors": self.candidate_errors,
                              "secondary_errors": self.secondary_errors},
-                "verdict": _verdict(self.compared, self.candidate_errors, regressions),
-                "regressions": regressions, "noisy": noisy, "last_error": self.last_error,
-                "outputs": tensors, "examples": examples}
+                "last_error": self.last_error,
+                "outputs": {alias: totals.as_dict(self.settings.topk) for alias, totals in sorted(self.tensors.items())},
+                "examples": [example for _, _, example in sorted(self.examples, key=lambda e: e[:2], reverse=True)]})
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with its verdict: which outputs regressed (beyond their noise), which are noisy."""
+    tensors = report["outputs"]
+    regressions = [alias for alias, t in tensors.items()
+                   if t["regression"] or t.get("classifier", {}).get("regression")]
+    report["regressions"] = regressions
+    report["noisy"] = [alias for alias, t in tensors.items() if t["noise_rows"]]
+    report["verdict"] = _verdict(report["requests"]["compared"], report["requests"]["candidate_errors"], regressions)
+    return report
+
+
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The nodes' reports of one model's shadow as one (the most recently started shadow's
+    candidate only): counts and totals summed, the most different examples of all nodes."""
+    if not reports:
+        return None
+    latest = max(reports, key=lambda r: r["started"])
+    same = [r for r in reports if r["candidate"] == latest["candidate"]]
+    topk = latest["settings"]["topk"]
+    totals: dict[str, _TensorTotals] = {}
+    for report in same:
+        for alias, doc in report["outputs"].items():
+            totals.setdefault(alias, _TensorTotals()).merge(_TensorTotals.from_dict(doc))
+    requests = {key: sum(r["requests"].get(key, 0) for r in same) for key in latest["requests"]}
+    examples = sorted((e for r in same for e in r["examples"]), key=lambda e: e.get("score", []), reverse=True)
+    return summarize({
+        **{key: latest[key] for key in ("model", "candidate", "settings")},
+        "primary": sorted({v for r in same for v in r["primary"]}),
+        "started": min(r["started"] for r in same),
+        "stopped": None if any(r["running"] for r in same) else max(r["stopped"] or 0 for r in same),
+        "running": any(r["running"] for r in same),
+        "nodes": sorted(r.get("node", "") for r in same), "requests": requests,
+        "last_error": next((r["last_error"] for r in same if r["last_error"]), ""),
+        "outputs": {alias: t.as_dict(topk) for alias, t in sorted(totals.items())},
+        "examples": examples[:EXAMPLES]})
 
 
 def _verdict(compared: int, candidate_errors: int, regressions: list[str]) -> str:
@@ -297,7 +347,7 @@ class ShadowTap:
         if len(run.examples) >= EXAMPLES and score <= run.examples[0][0]:
             return
         example = _example(copy, diffs, error, secondary, candidate)
-        example["score"] = [_finite(part) for part in score]
+        example["score"] = [min(part, 1e300) for part in score]   # JSON has no inf
         entry = (score, run.compared, example)
         if len(run.examples) < EXAMPLES:
             heapq.heappush(run.examples, entry)

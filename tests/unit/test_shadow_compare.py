@@ -57,3 +57,22 @@ def test_shadow_settings_are_checked_with_their_key_paths() -> None:
     _, errors = parse_model_settings(bad)
     assert [error.split(":")[0] for error in errors] == [
         "models.m.shadow.tol", "models.m.shadow.version", "models.m.shadow.sample", "models.m.shadow.atol"]
+
+
+def test_node_reports_sum_into_one() -> None:
+    from modelserver.shadow import _Run, _TensorTotals, merge
+
+    reports = []
+    for node, (rows, flipped) in {"a": (100, 5), "b": (300, 15)}.items():
+        run = _Run("m", ShadowSettings(version=3, sample=100.0))
+        run.compared = rows // 20
+        run.primary_versions = {1}
+        run.tensors["scores"] = _TensorTotals(rows=rows, values=4 * rows, raw_rows=flipped, raw_values=4 * flipped,
+                                              classifier_rows=rows, top1_raw=flipped, topk_raw=rows - flipped / 2,
+                                              topk_noise=float(rows))
+        reports.append({**run.report(), "node": node})
+    merged = merge(reports)
+    assert merged["nodes"] == ["a", "b"] and merged["requests"]["compared"] == 20
+    top1 = merged["outputs"]["scores"]["classifier"]
+    assert top1["rows"] == 400 and top1["top1_changed_percent"] == 5.0 and top1["regression"]
+    assert merged["verdict"] == "differs" and merged["regressions"] == ["scores"]
