@@ -21,6 +21,7 @@ from ..config import NodePaths
 from ..errors import ApplianceError
 from ..logbudget import AccessLogRotator
 from ..membership import MembershipWatch
+from ..shadow import ReportPublisher
 from . import build_syncer
 from .cycle import Syncer
 from .daemon import AgentDaemon
@@ -87,6 +88,8 @@ def run(paths: NodePaths) -> int:
             rotator[0].check()
         edits.poll()
 
+    stop = threading.Event()
+    threading.Thread(target=ReportPublisher(paths).run, args=(stop,), name="shadow-report", daemon=True).start()
     watch = MembershipWatch(paths)
     daemon = AgentDaemon(lambda: build(paths, rotator), tick=watch.refresh,
                          state=StateFile(state_path(paths)),
@@ -97,4 +100,6 @@ def run(paths: NodePaths) -> int:
     except ApplianceError as exc:
         log.error("agent cannot start: %s", exc)
         return 1
+    finally:
+        stop.set()
     return 0
