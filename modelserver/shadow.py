@@ -199,7 +199,8 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
         for alias, doc in report["outputs"].items():
             totals.setdefault(alias, _TensorTotals()).merge(_TensorTotals.from_dict(doc))
     requests = {key: sum(r["requests"].get(key, 0) for r in same) for key in latest["requests"]}
-    examples = sorted((e for r in same for e in r["examples"]), key=lambda e: e.get("score", []), reverse=True)
+    examples = sorted(({**e, "node": r.get("node", "")} for r in same for e in r["examples"]),
+                      key=lambda e: e.get("score", []), reverse=True)
     return summarize({
         **{key: latest[key] for key in ("model", "candidate", "settings")},
         "primary": sorted({v for r in same for v in r["primary"]}),
