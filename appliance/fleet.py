@@ -108,9 +108,16 @@ class Fleet:
     @classmethod
     def of_node(cls, config: Config, call_seconds: float | None = None,
                 paths: NodePaths | None = None) -> "Fleet":
+        """The repository this node's models come from; on a repo node, its own object store."""
         from .sources import open_source
 
-        return cls(open_source(config, paths or NodePaths(Path("/")), call_seconds=call_seconds))
+        paths = paths or NodePaths(Path("/"))
+        if config.node.role == "repo" and config.s3.type == "none":
+            from . import objectstore
+
+            return cls(objectstore.store_source(config, objectstore.ensure_credentials(config, paths),
+                                                call_seconds))
+        return cls(open_source(config, paths, call_seconds=call_seconds))
 
     # -------------------------------------------------------------- objects
 

@@ -233,3 +233,26 @@ def serve_test_models(root: Path, processes, log_name: str, args: list[str] = ()
     log = ARTIFACTS / log_name
     log.write_bytes(b"")
     return start_model_server(processes, [f"--model_config_file={config}", *args], log, **popen)
+
+
+def canary(bias: float, fail_at: float | None = None, work: int = 0):
+    """y = 0.5 * x + bias on x of shape [None], for rollout tests. ``fail_at``: a request with an
+    input at or above it fails (INVALID_ARGUMENT: a candidate failing on some inputs); ``work``:
+    that many chained 256x256 matrix products per request, so a version with twice the work is
+    twice as slow."""
+    def build(tf, v1):
+        import numpy as np
+
+        x = v1.placeholder(tf.float32, shape=[None], name="x")
+        y = 0.5 * x + bias
+        checks = [v1.assert_less(x, fail_at, message="input too large")] if fail_at is not None else []
+        if work:
+            w = tf.constant(np.random.RandomState(0).uniform(-0.1, 0.1, (256, 256)).astype(np.float32))
+            start = tf.ones([1, 256]) * tf.reduce_mean(x)   # depends on the input: not folded away
+            _, h = tf.while_loop(lambda i, h: i < work, lambda i, h: (i + 1, tf.tanh(tf.matmul(h, w))),
+                                 (tf.constant(0), start))
+            y = y + tf.reduce_sum(h) * 1e-30               # below float32 resolution: y unchanged
+        with tf.control_dependencies(checks):
+            y = tf.identity(y, name="y")
+        return {"serving_default": _sig(v1, {"x": x}, {"y": y})}
+    return build

@@ -25,6 +25,7 @@ from ..shadow import ReportPublisher
 from . import build_syncer
 from .cycle import Syncer
 from .daemon import AgentDaemon
+from .fleetwatch import FleetWatch
 from .state import StateFile, state_path
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,9 @@ def run(paths: NodePaths) -> int:
             rotator[0].check()
         edits.poll()
 
+    settings = FleetWatch(paths)
     stop = threading.Event()
+    threading.Thread(target=settings.run, args=(stop,), name="fleet", daemon=True).start()
     threading.Thread(target=ReportPublisher(paths).run, args=(stop,), name="shadow-report", daemon=True).start()
     watch = MembershipWatch(paths)
     daemon = AgentDaemon(lambda: build(paths, rotator), tick=watch.refresh,
