@@ -76,3 +76,22 @@ def test_node_reports_sum_into_one() -> None:
     top1 = merged["outputs"]["scores"]["classifier"]
     assert top1["rows"] == 400 and top1["top1_changed_percent"] == 5.0 and top1["regression"]
     assert merged["verdict"] == "differs" and merged["regressions"] == ["scores"]
+
+
+def test_the_report_is_answered_to_loopback_peers_only() -> None:
+    import asyncio
+    import json
+
+    from modelserver.handlers import RestApi
+    from modelserver.manager import ModelManager
+    from modelserver.rollout import Rollout
+    from modelserver.runtimes import LoadOptions
+    from modelserver.shadow import SHADOW_PATH, ShadowTap
+
+    manager = ModelManager([], LoadOptions(), poll_wait_seconds=0, load_threads=1)
+    api = RestApi(manager, executor=None, hooks=Rollout(ShadowTap(manager)))   # type: ignore[arg-type]
+    for peer, status in (("127.0.0.1", 200), ("::1", 200), ("127.0.16.3", 200), ("10.0.0.7", 404), ("", 404)):
+        response = asyncio.run(api.handle("GET", SHADOW_PATH, {}, b"", peer=peer))
+        assert response.status == status, peer
+        if status == 200:
+            assert json.loads(response.body)["models"] == {}
