@@ -245,14 +245,17 @@ class ShadowTap:
             return
         if run is None or run.settings != settings or run.stopped is not None:
             run = self._current(name, settings)
-        run.seen += 1
-        if random.random() * 100.0 >= settings.sample:
+        copied = random.random() * 100.0 < settings.sample
+        with run.lock:   # request threads and the event loop count at once
+            run.seen += 1
+            run.sampled += copied
+        if not copied:
             return
-        run.sampled += 1
         try:
             self._queue.put_nowait(_Copy(name, api, primary, signature, inputs, outputs, run))
         except queue.Full:
-            run.dropped += 1
+            with run.lock:
+                run.dropped += 1
             return
         if self._thread is None:
             self._start()
