@@ -95,6 +95,16 @@ class ServingSettings:
 class ClusterSettings:
     members: tuple[str, ...]
     dns: str
+    port: int
+    ca_cert: str = field(repr=False)
+    ca_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert_file: str
+    key_file: str
+    plaintext: bool
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,7 @@ class Config:
     startup: StartupSettings
     log: LogSettings
     metrics: MetricsSettings
+    tls: TlsSettings
 
     def connect_address(self) -> str:
         """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
@@ -258,6 +269,17 @@ def _addresses(value: Any) -> tuple[str, ...]:
     return members
 
 
+def _pem(kind: str) -> Any:
+    """A PEM block of ``kind`` (or empty); the message never quotes the value (a secret)."""
+    def parse(value: Any) -> str:
+        text = string(value).strip()
+        if text and not (text.startswith("-----BEGIN ") and f"{kind}-----" in text.splitlines()[0]
+                         and text.endswith("-----")):
+            raise Invalid(f"expected a PEM block (-----BEGIN ...{kind}-----)")
+        return text
+    return parse
+
+
 def _hostname(value: Any) -> str:
     text = string(value).strip().rstrip(".")
     if text and not all(part and len(part) < 64 and part.replace("-", "").isalnum()
@@ -347,6 +369,22 @@ SCHEMA: tuple[Key, ...] = (
         "Empty: this node alone (on a serving node)."),
     Key("cluster.dns", "cluster", "dns", _hostname, "",
         "A DNS name resolving to every serving node; re-resolved by the agent, joined to members."),
+    Key("cluster.port", "cluster", "port", _public_port, 7443,
+        "Inter-node port: each serving node's Envoy takes its peers' traffic here, over mutual "
+        "TLS (a client certificate signed by the cluster CA is required)."),
+    Key("cluster.ca.cert", "cluster", "ca_cert", _pem("CERTIFICATE"), "",
+        "The cluster CA's certificate (PEM), the same on every node: `appliance cluster-ca` "
+        "makes one. Needed as soon as a node has peers.", secret=True),
+    Key("cluster.ca.key", "cluster", "ca_key", _pem("PRIVATE KEY"), "",
+        "The cluster CA's private key (PEM): each node signs its own inter-node certificate "
+        "with it at start.", secret=True),
+    Key("tls.cert.file", "tls", "cert_file", string, "",
+        "Certificate (PEM, chain first-to-last) served on the public REST, gRPC and logviewer "
+        "ports; empty: a self-signed one made at the first start (`status` shows its fingerprint)."),
+    Key("tls.key.file", "tls", "key_file", string, "", "Private key (PEM) of tls.cert.file."),
+    Key("tls.plaintext", "tls", "plaintext", boolean, True,
+        "The public REST and gRPC ports also take plain HTTP (the same port serves TLS and "
+        "plaintext); false: TLS only. The logviewer takes plain HTTP from loopback clients only."),
     Key("logviewer.enabled", "logviewer", "enabled", boolean, True,
         "Run the log and model browser (a login-protected web UI) on every node."),
     Key("logviewer.port", "logviewer", "port", _public_port, 8090,
@@ -372,7 +410,7 @@ SECTIONS = {
     "node": NodeSettings, "model": ModelSettings, "s3": S3Settings,
     "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
     "cluster": ClusterSettings, "startup": StartupSettings, "log": LogSettings,
-    "metrics": MetricsSettings,
+    "metrics": MetricsSettings, "tls": TlsSettings,
 }
 
 
@@ -474,7 +512,7 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Rules that involve several keys; skipped for keys that already failed to parse."""
     problems: list[tuple[str, str]] = []
     ports = [k for k in ("http.port", "grpc.port", "envoy.admin.port",
-                         "serving.rest.port", "serving.grpc.port", "logviewer.port")
+                         "serving.rest.port", "serving.grpc.port", "logviewer.port", "cluster.port")
              if k in parsed]
     seen: dict[int, str] = {}
     for name in ports:
@@ -487,6 +525,7 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
     if parsed.get("repo.internal.port.base", 0) + 7 > 65535:
         problems.append(("repo.internal.port.base", f"{parsed['repo.internal.port.base']} leaves "
                          "no room for the 8 consecutive internal ports of the object store"))
+    problems += _tls_checks(parsed)
     s3_type, base = parsed.get("s3.type"), parsed.get("model.base.path")
     if s3_type is not None and base is not None:
         if s3_type == "none" and base.startswith("s3://"):
@@ -495,6 +534,23 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
             problems += _s3_checks(parsed, s3_type, base)
         elif not base.startswith("/"):
             problems.append(("model.base.path", "a local model store must be an absolute path"))
+    return problems
+
+
+def _tls_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Pairs given together; a node with peers needs the cluster CA (inter-node mTLS)."""
+    problems: list[tuple[str, str]] = []
+    for first, second in (("cluster.ca.cert", "cluster.ca.key"), ("tls.cert.file", "tls.key.file")):
+        if first in parsed and second in parsed and bool(parsed[first]) != bool(parsed[second]):
+            missing = second if parsed[first] else first
+            problems.append((missing, f"{first} and {second} are given together or not at all"))
+    members, address = parsed.get("cluster.members", ()), parsed.get("node.address")
+    peers = [m for m in members if m != address]
+    if (peers or parsed.get("cluster.dns")) and not parsed.get("cluster.ca.cert") \
+            and "cluster.ca.cert" in parsed:
+        problems.append(("cluster.ca.cert", "a node with peers (cluster.members, cluster.dns) "
+                         "talks to them over mutual TLS: give every node the same cluster CA "
+                         "(`appliance cluster-ca` prints the two keys to add)"))
     return problems
 
 

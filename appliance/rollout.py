@@ -13,8 +13,8 @@ typed (:mod:`appliance.agent.fleetwatch`); its state is one object in the reposi
 
 Each tick sums the per-version counts every serving node reports since the step began and
 checks the guards against the stable: error rate (at most ``max_error_increase`` above the
-stable's), p99 latency (at most ``max_p99_ratio`` times the stable's, and more than
-``p99_floor_ms`` above it), and, when a shadow ran first, answer agreement (the hook
+stable's), p99 latency (at most ``max_p99_ratio`` times the stable's in the same window, or
+within ``p99_floor_ms`` of it), and, when a shadow ran first, answer agreement (the hook
 :func:`shadow_agreement`). Guards are judged as soon as the candidate has ``min_requests``
 requests in the step, so a bad candidate is rolled back at once; a step ends when it has
 lasted ``min_seconds`` and the candidate served ``min_requests`` -- a step short of traffic
@@ -41,7 +41,6 @@ from .fleet import Fleet
 log = logging.getLogger(__name__)
 
 DEFAULT_STEPS = (1.0, 5.0, 25.0, 50.0, 100.0)
-TICK_SECONDS = 0.5
 ACTIVE = ("running", "holding")
 DONE = ("promoted", "rolled_back", "aborted")
 MAX_EVENTS = 200
@@ -72,6 +71,7 @@ class Rollout:
     state: str = "running"                 # running, holding, paused, promoted, rolled_back, aborted
     step: int = 0
     step_started: float = 0.0              # wall clock, seconds
+    revision: int = 0                      # the cluster settings revision of this step
     base: dict[str, Any] = field(default_factory=dict)     # node -> counts at the step's start
     reference: dict[str, Any] = field(default_factory=dict)  # the stable's last window (for 100 %)
     window: dict[str, Any] = field(default_factory=dict)   # this step's numbers so far
@@ -183,7 +183,7 @@ def _command(fleet: Fleet, model: str, allowed: tuple[str, ...], state: str, wha
     if rollout.state not in allowed:
         raise ApplianceError(f"the rollout of {model} v{rollout.candidate} is {rollout.state}")
     rollout.state = state
-    rollout.step_started, rollout.base = time.time(), _totals_by_node(fleet)
+    rollout.step_started, rollout.base, rollout.revision = time.time(), {}, fleet.read().revision
     rollout.event(what)
     _write(fleet, rollout)
     return rollout
@@ -197,11 +197,14 @@ def _steps(steps: Iterable[float]) -> str:
 
 
 def _push_step(fleet: Fleet, rollout: Rollout) -> None:
-    fleet.push(rollout.model, {"versions": f"specific:{min(rollout.stable, rollout.candidate)},"
+    """Push the current step; its window starts on each node with that node's first report of
+    this revision (:func:`_window`)."""
+    rollout.base = {}
+    rollout.revision = fleet.push(rollout.model, {"versions": f"specific:{min(rollout.stable, rollout.candidate)},"
                                            f"{max(rollout.stable, rollout.candidate)}",
                                "rollout.version": rollout.candidate, "rollout.percent": rollout.percent},
                why=f"rollout of {rollout.model} v{rollout.candidate}: step {rollout.step + 1} "
-                   f"({rollout.percent:g}%)")
+                   f"({rollout.percent:g}%)").revision
 
 
 def _roll_back(fleet: Fleet, rollout: Rollout, why: str) -> None:
@@ -232,15 +235,12 @@ def tick(fleet: Fleet, config: Config) -> None:
 
 def _advance(fleet: Fleet, rollout: Rollout) -> None:
     now = time.time()
-    if not rollout.base:
-        rollout.base = _totals_by_node(fleet)
     window = _window(fleet, rollout)
     rollout.window = window
     cand, stable = window["candidate"], window["stable"]
     if stable["requests"] >= rollout.guards.min_requests:
         rollout.reference = stable     # at 100 % the stable gets nothing: its last good window
-    reference = rollout.reference or stable
-    failed = _failed_guard(rollout, cand, reference)
+    failed = _failed_guard(rollout, cand, stable)
     if failed:
         rollout.state, rollout.reason = "rolled_back", failed
         rollout.event(f"guard failed at {rollout.percent:g}%: {failed}; rolling back every node")
@@ -260,30 +260,38 @@ def _advance(fleet: Fleet, rollout: Rollout) -> None:
     if rollout.state == "holding":
         rollout.state, rollout.reason = "running", ""
         rollout.event("traffic is back: the step completes")
-    rollout.event(f"step {rollout.step + 1} ({rollout.percent:g}%) passed: {_describe(cand, reference)}")
+    rollout.event(f"step {rollout.step + 1} ({rollout.percent:g}%) passed: "
+                  f"{_describe(cand, stable if stable['requests'] else rollout.reference or stable)}")
     if rollout.step + 1 >= len(rollout.steps):
         rollout.state, rollout.reason = "promoted", f"version {rollout.candidate} serves every request"
         rollout.event(rollout.reason)
         _promote(fleet, rollout)
         return
     rollout.step += 1
-    rollout.step_started, rollout.base = now, _totals_by_node(fleet)
+    rollout.step_started = now
     _push_step(fleet, rollout)
 
 
 def _failed_guard(rollout: Rollout, cand: dict[str, Any], stable: dict[str, Any]) -> str:
-    """Why the candidate fails a guard, or "" (also when it has too few requests to judge)."""
+    """Why the candidate fails a guard, or "" (also when it has too few requests to judge).
+
+    Latency is compared only within one window where both versions served ``min_requests``:
+    the node's load moves both alike, while the stable's numbers of an earlier step (all there
+    is at 100 %) were taken under another load. Error rates are less load-bound: at 100 % the
+    candidate's is held against the stable's last window."""
     g = rollout.guards
     if cand["requests"] < g.min_requests:
         return ""
+    same_window = stable["requests"] >= g.min_requests
+    reference = stable if same_window else rollout.reference or stable
     cand_rate = cand["errors"] / cand["requests"]
-    stable_rate = stable["errors"] / stable["requests"] if stable.get("requests") else 0.0
+    stable_rate = reference["errors"] / reference["requests"] if reference.get("requests") else 0.0
     if cand_rate > stable_rate + g.max_error_increase:
         return (f"error rate {cand_rate:.1%} on v{rollout.candidate} vs {stable_rate:.1%} on "
                 f"v{rollout.stable} (allowed: +{g.max_error_increase:.1%}), "
                 f"{cand['errors']} of {cand['requests']} requests failed")
     cand_p99, stable_p99 = cand.get("p99_ms"), stable.get("p99_ms")
-    if (cand_p99 is not None and stable_p99 and cand_p99 > stable_p99 * g.max_p99_ratio
+    if (same_window and cand_p99 is not None and stable_p99 and cand_p99 > stable_p99 * g.max_p99_ratio
             and cand_p99 - stable_p99 > g.p99_floor_ms):
         return (f"p99 latency {cand_p99:.1f} ms on v{rollout.candidate} vs {stable_p99:.1f} ms on "
                 f"v{rollout.stable} (allowed: x{g.max_p99_ratio:g})")
@@ -314,15 +322,18 @@ def _describe(cand: dict[str, Any], stable: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- counts
 
 
-def _totals_by_node(fleet: Fleet) -> dict[str, Any]:
-    return {node: doc.get("counts", {}) for node, doc in fleet.reports().items()
-            if doc.get("role") == "serving"}
-
-
 def _window(fleet: Fleet, rollout: Rollout) -> dict[str, Any]:
     """The candidate's and the stable's requests, errors and p99 since the step began, summed
-    over the serving nodes (a node whose counts went down restarted: all of its counts count)."""
-    now = _totals_by_node(fleet)
+    over the serving nodes. A node's step begins with its first report of the step's revision
+    (written right after it applied it: what it counted before belongs to no step); a node whose
+    counts went down restarted: all of its counts count."""
+    now = {}
+    for node, doc in fleet.reports().items():
+        if doc.get("role") != "serving" or int(doc.get("revision", 0)) < rollout.revision:
+            continue
+        if node not in rollout.base:
+            rollout.base[node] = doc.get("counts", {})
+        now[node] = doc.get("counts", {})
     sides = {"candidate": rollout.candidate, "stable": rollout.stable}
     out: dict[str, Any] = {}
     for side, version in sides.items():

@@ -31,6 +31,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     unset = fsub.add_parser("unset", help="drop cluster settings: each node's own apply again")
     unset.add_argument("model")
     unset.add_argument("keys", nargs="+", metavar="KEY")
+    for parser in (change, unset):
+        parser.add_argument("--wait", type=float, default=10.0, metavar="SECONDS",
+                            help="how long to wait for every serving node to apply it (default "
+                            "%(default)s); exit 1 naming the nodes that did not")
 
     roll = sub.add_parser("rollout", help="canary: move a model's traffic to a new version in "
                           "steps, with automatic rollback")
@@ -147,7 +151,7 @@ def _fleet(args: argparse.Namespace, config: Config, fleet: Fleet, paths: NodePa
         new = fleet.push(args.model, values, why=f"fleet set {' '.join(args.pairs)}")
     else:
         new = fleet.push(args.model, unset=args.keys, why=f"fleet unset {' '.join(args.keys)}")
-    late = fleet.wait_applied(new.revision, [a for a in config.cluster.members] or [config.node.address])
+    late = fleet.wait_applied(new.revision, config.cluster.members or [config.node.address], args.wait)
     print(f"revision {new.revision} written")
     for node, why in sorted(late.items()):
         print(f"node {node}: {why}")

@@ -26,7 +26,7 @@ from . import fleet, runconfig
 from .config import Config, NodePaths
 from .errors import ApplianceError
 from .localhttp import get_json
-from .modelstatus import ModelServerClient
+from .modelstatus import ModelServerClient, local_rest_base
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class ReportPublisher:
         config = running.config
         if config.node.role != "serving":
             return False
-        code, doc = get_json(_local_base(config) + SHADOW_PATH, 2.0)
+        code, doc = get_json(local_rest_base(config) + SHADOW_PATH, 2.0)
         if code != 200 or not isinstance(doc, dict) or not doc.get("models"):
             return False
         data = json.dumps({"node": config.node.address, "models": doc["models"]}, sort_keys=True).encode()
@@ -81,10 +81,6 @@ class ReportPublisher:
         self._fleet.write_object(f"{REPORTS}{config.node.address}.json", data)
         self._last = data
         return True
-
-
-def _local_base(config: Config) -> str:
-    return f"http://{config.connect_address()}:{config.serving.rest_port}"
 
 
 # ----------------------------------------------------------------------------- reading reports

@@ -14,6 +14,7 @@ from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
 from appliance.config import Config, NodePaths, local_store
+from appliance.modelstatus import local_rest_base
 
 from . import credentials, security
 from .models import ModelStore
@@ -50,7 +51,7 @@ class Site:
     @property
     def store(self) -> ModelStore:
         config = self.config
-        rest = self._rest_base or f"http://{config.connect_address()}:{config.serving.rest_port}"
+        rest = self._rest_base or local_rest_base(config)
         return ModelStore(local_store(config, self.paths), config.model.names, rest,
                           self.paths.quarantine)
 

@@ -99,7 +99,7 @@ async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, fu
     start = time.perf_counter()
     code = Code.INTERNAL
     try:
-        rollout.set_split_key(_split_key(context))
+        rollout.set_request_slot(rollout.request_slot(_split_key(context)))
         if executor is None:
             result = func(request)
         else:   # the canary key goes along

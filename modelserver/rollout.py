@@ -39,9 +39,12 @@ SPLIT_HEADER = "x-canary-key"
 COUNTS_PATH = "/appliance/v1/rollout"
 
 #: Latency bucket upper bounds in ms (the guard's p99 is the bucket bound it falls in).
-BUCKETS_MS = tuple(round(0.1 * 1.25 ** i, 3) for i in range(60))   # 0.1 ms .. ~55 s
+BUCKETS_MS = tuple(round(0.1 * 1.1 ** i, 3) for i in range(140))   # 0.1 ms .. ~60 s, 10 % apart
 
-_split_key: ContextVar[str | None] = ContextVar("canary_split_key", default=None)
+#: The current request's place in [0, 100), drawn once per request (a request may be looked up
+#: more than once -- an inline attempt, then the thread pool -- and must not be drawn again:
+#: a second draw after a first that was passed over would bias the split).
+_slot: ContextVar[float | None] = ContextVar("canary_slot", default=None)
 
 
 def slot(key: str) -> float:
@@ -50,9 +53,14 @@ def slot(key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2 ** 64 * 100
 
 
-def set_split_key(key: str | None) -> None:
-    """The current request's ``x-canary-key`` (None: a random draw decides)."""
-    _split_key.set(key)
+def request_slot(key: str | None) -> float:
+    """A request's place: its ``x-canary-key``'s, or a random one."""
+    return slot(key) if key is not None else random.random() * 100
+
+
+def set_request_slot(value: float | None) -> None:
+    """Where the current request falls (:func:`request_slot`; None: drawn at each lookup)."""
+    _slot.set(value)
 
 
 def choose(rollout: tuple[int, float] | None, available: Mapping[int, Any]) -> int | None:
@@ -66,8 +74,9 @@ def choose(rollout: tuple[int, float] | None, available: Mapping[int, Any]) -> i
         return candidate
     if candidate not in available:
         return max(others)
-    key = _split_key.get()
-    draw = slot(key) if key is not None else random.random() * 100
+    draw = _slot.get()
+    if draw is None:
+        draw = random.random() * 100
     return candidate if draw < percent else max(others)
 
 

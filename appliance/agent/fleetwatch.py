@@ -24,6 +24,7 @@ from .. import control, fleet, rollout, runconfig
 from ..config import NodePaths
 from ..errors import ApplianceError, ConfigError
 from ..localhttp import get_json
+from ..modelstatus import local_rest_base
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,8 @@ IDLE_REPORT_SECONDS = 10.0
 
 
 class FleetWatch:
-    """Runs on a thread of its own (:meth:`run`), so a slow store never holds up the sync cycle
-    or membership."""
+    """Runs on two threads of its own (:meth:`run`), so a slow store never holds up the sync
+    cycle or membership, and reports and rollout ticks never delay the next poll."""
 
     def __init__(self, paths: NodePaths) -> None:
         self.paths = paths
@@ -42,44 +43,55 @@ class FleetWatch:
         self._fleet: fleet.Fleet | None = None
         self._refused: tuple[int, str] | None = None     # revision, why
         self._reported_at = 0.0
-        self._ticked_at = 0.0
-        self._error = ""
+        self._report_now = threading.Event()
+        self._store_lock = threading.Lock()
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(fleet.POLL_SECONDS):
+        threading.Thread(target=self._loop, args=(stop, REPORT_SECONDS, self.report, "report"),
+                         name="fleet-report", daemon=True).start()
+        self._loop(stop, fleet.POLL_SECONDS, self.poll, "poll")
+
+    def _loop(self, stop: threading.Event, seconds: float, work, what: str) -> None:
+        error = ""
+        while not stop.wait(seconds):
             try:
-                self.poll()
-                if self._error:
-                    log.info("the cluster settings can be read again")
-                self._error = ""
+                work()
+                if error:
+                    log.info("cluster settings: the %s works again", what)
+                error = ""
             except Exception as exc:  # noqa: BLE001 - the watch must outlive a store outage
-                if str(exc) != self._error:
-                    log.error("cannot read or apply the cluster settings (retrying): %s", exc)
-                self._error = str(exc)
+                if str(exc) != error:
+                    log.error("cluster settings: the %s failed (retrying): %s", what, exc)
+                error = str(exc)
 
     def _store(self) -> tuple[fleet.Fleet, runconfig.RunningConfig]:
-        running = self._running()
-        if running is not self._built_for or self._fleet is None:
-            self._fleet = fleet.Fleet.of_node(running.config, call_seconds=2.0, paths=self.paths)
-            self._built_for = running
-        return self._fleet, running
+        with self._store_lock:
+            running = self._running()
+            if running is not self._built_for or self._fleet is None:
+                self._fleet = fleet.Fleet.of_node(running.config, call_seconds=2.0, paths=self.paths)
+                self._built_for = running
+            return self._fleet, running
 
     def poll(self) -> None:
-        store, running = self._store()
+        """Apply a new revision of the document (a refused one is not tried again)."""
+        store, _ = self._store()
         settings = store.read()
-        applied = fleet.applied(self.paths)
-        changed = False
-        if settings.revision != applied.revision and (
+        if settings.revision != fleet.applied(self.paths).revision and (
                 self._refused is None or self._refused[0] != settings.revision):
-            changed = self._apply(settings)
+            if self._apply(settings):
+                self._report_now.set()
+
+    def report(self) -> None:
+        """The node's report, when due; a tick of the rollouts this node controls."""
+        store, running = self._store()
+        active = any(entry.get("rollout.version") for entry in fleet.applied(self.paths).models.values())
         now = time.monotonic()
-        active = any(entry.get("rollout.version") for entry in settings.models.values())
-        if changed or now - self._reported_at >= (REPORT_SECONDS if active else IDLE_REPORT_SECONDS):
+        if self._report_now.is_set() or now - self._reported_at >= (REPORT_SECONDS if active else IDLE_REPORT_SECONDS):
+            self._report_now.clear()
             self._report(store, running, active)
             self._reported_at = now
-        if active and now - self._ticked_at >= rollout.TICK_SECONDS:
+        if active:
             rollout.tick(store, running.config)
-            self._ticked_at = now
 
     def _apply(self, settings: fleet.FleetSettings) -> bool:
         try:
@@ -103,7 +115,6 @@ class FleetWatch:
                "revision": fleet.applied(self.paths).revision, "time": time.time(),
                "error": self._refused[1] if self._refused else ""}
         if active and config.node.role == "serving":
-            code, counts = get_json(f"http://{config.connect_address()}:{config.serving.rest_port}"
-                                    + COUNTS_PATH, 1.0)
+            code, counts = get_json(local_rest_base(config) + COUNTS_PATH, 1.0)
             doc["counts"] = counts if code == 200 else {}
         store.write_object(fleet.node_report_key(config.node.address), json.dumps(doc).encode())
