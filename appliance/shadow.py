@@ -33,10 +33,28 @@ log = logging.getLogger(__name__)
 COMMANDS = ("shadow",)
 REPORTS = "shadow/"
 PUBLISH_SECONDS = 1.0
+AGREEMENT_SECONDS = 5.0
 KEYS = ("shadow.version", "shadow.sample", "shadow.atol", "shadow.rtol", "shadow.topk")
 
 
 # ----------------------------------------------------------------------------- the agent's part
+
+
+class _NodeStore:
+    """The repository of the node's running config, opened again only when that config changed."""
+
+    def __init__(self, paths: NodePaths) -> None:
+        self.paths = paths
+        self._running = runconfig.Follower(paths)
+        self._built_for: object = None
+        self._fleet: fleet.Fleet | None = None
+
+    def __call__(self) -> tuple[fleet.Fleet, Config]:
+        running = self._running()
+        if running is not self._built_for or self._fleet is None:
+            self._fleet = fleet.Fleet.of_node(running.config, call_seconds=2.0, paths=self.paths)
+            self._built_for = running
+        return self._fleet, running.config
 
 
 class ReportPublisher:
@@ -44,10 +62,7 @@ class ReportPublisher:
     runs on a thread of the agent (:meth:`run`), so a slow store holds up nothing else."""
 
     def __init__(self, paths: NodePaths) -> None:
-        self.paths = paths
-        self._running = runconfig.Follower(paths)
-        self._built_for: object = None
-        self._fleet: fleet.Fleet | None = None
+        self._store = _NodeStore(paths)
         self._last = b""
         self._error = ""
 
@@ -65,8 +80,7 @@ class ReportPublisher:
         """Write the node's report when it changed; True when written."""
         from modelserver.shadow import SHADOW_PATH
 
-        running = self._running()
-        config = running.config
+        store, config = self._store()
         if config.node.role != "serving":
             return False
         code, doc = get_json(local_rest_base(config) + SHADOW_PATH, 2.0)
@@ -75,12 +89,31 @@ class ReportPublisher:
         data = json.dumps({"node": config.node.address, "models": doc["models"]}, sort_keys=True).encode()
         if data == self._last:
             return False
-        if running is not self._built_for or self._fleet is None:
-            self._fleet = fleet.Fleet.of_node(config, call_seconds=2.0, paths=self.paths)
-            self._built_for = running
-        self._fleet.write_object(f"{REPORTS}{config.node.address}.json", data)
+        store.write_object(f"{REPORTS}{config.node.address}.json", data)
         self._last = data
         return True
+
+
+class AgreementSource:
+    """The canary's answer-agreement guard (``appliance.rollout.AGREEMENT_SOURCE``): how often
+    the rollout's candidate agreed with the served version in the model's shadow, summed over
+    the nodes, when a shadow of that candidate ran (0..1); else None. Read at most every
+    :data:`AGREEMENT_SECONDS`."""
+
+    def __init__(self, paths: NodePaths) -> None:
+        self._store = _NodeStore(paths)
+        self._cache: tuple[float, tuple[str, int], float | None] = (0.0, ("", 0), None)
+
+    def __call__(self, rollout: Any) -> float | None:
+        key = (rollout.model, rollout.candidate)
+        read_at, cached_key, value = self._cache
+        if cached_key == key and time.monotonic() - read_at < AGREEMENT_SECONDS:
+            return value
+        report = cluster_reports(self._store()[0]).get(rollout.model)
+        percent = report["agreement_percent"] if report and report["candidate"] == rollout.candidate else None
+        value = None if percent is None else percent / 100
+        self._cache = (time.monotonic(), key, value)
+        return value
 
 
 # ----------------------------------------------------------------------------- reading reports
@@ -108,7 +141,9 @@ def report_text(report: dict[str, Any]) -> str:
     lines = [f"shadow of {report['model']}: candidate version {report['candidate']} vs "
              f"{', '.join(map(str, report['primary'])) or '(none yet)'} -- {state}, since {_when(report['started'])}",
              f"verdict: {report['verdict'].upper()}"
-             + (f" (regressions in: {', '.join(report['regressions'])})" if report["regressions"] else ""),
+             + (f" (regressions in: {', '.join(report['regressions'])})" if report["regressions"] else "")
+             + (f"; agreement {report['agreement_percent']}% of inputs" if report["agreement_percent"] is not None
+                else ""),
              f"nodes: {', '.join(report.get('nodes', [])) or '-'}; sample {report['settings']['sample']}%, "
              f"atol {report['settings']['atol']:g}, rtol {report['settings']['rtol']:g}",
              f"requests: {counts['seen']} seen, {counts['sampled']} copied, {counts['compared']} compared, "

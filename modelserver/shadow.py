@@ -183,7 +183,24 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     report["regressions"] = regressions
     report["noisy"] = [alias for alias, t in tensors.items() if t["noise_rows"]]
     report["verdict"] = _verdict(report["requests"]["compared"], report["requests"]["candidate_errors"], regressions)
+    report["agreement_percent"] = _agreement(report)
     return report
+
+
+def _agreement(report: dict[str, Any]) -> float | None:
+    """The share of compared inputs whose answer the candidate agreed with, beyond the noise:
+    a classifier output by its top-1 class, any other by its values within tolerance; the worst
+    output counts, and a candidate error is a disagreement. None before anything was compared."""
+    compared = report["requests"]["compared"]
+    if not compared:
+        return None
+    worst = 0.0
+    for out in report["outputs"].values():
+        top = out.get("classifier")
+        changed, noise, rows = ((top["top1_changed"], top["top1_noise"], top["rows"]) if top
+                                else (out["differing_rows"], out["noise_rows"], out["rows"]))
+        worst = max(worst, max(changed - noise, 0) / rows if rows else 0.0)
+    return _percent((1 - worst) * (1 - report["requests"]["candidate_errors"] / compared), 1)
 
 
 def merge(reports: list[dict[str, Any]]) -> dict[str, Any] | None:

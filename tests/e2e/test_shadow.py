@@ -95,7 +95,8 @@ def test_shadow_start_report_stop_through_envoy(shadowed: Cluster) -> None:
     for node in nodes:   # the node's own report is not for the network
         assert requests.get(cluster.rest(node) + "/appliance/v1/shadow", timeout=5).status_code == 404
     text = _cli_ok(first, "shadow", "report", MODEL)
-    assert "verdict: DIFFERS (regressions in: scores)" in text and "top-1 agreement 95.0%" in text
+    assert "verdict: DIFFERS (regressions in: scores); agreement 95.0% of inputs" in text
+    assert "top-1 agreement 95.0%" in text
 
     out = _cli_ok(first, "shadow", "stop", MODEL)
     assert "stopped" in out

@@ -100,7 +100,7 @@ def test_candidates_within_tolerance_differing_and_noisy(server) -> None:
                       timeout=30).raise_for_status()
     close = _drained(url, "cls", 20)
     assert close["requests"]["seen"] == 30 and close["primary"] == [1] and close["candidate"] == 2
-    assert close["verdict"] == "agrees", close
+    assert close["verdict"] == "agrees" and close["agreement_percent"] == 100.0, close
     scores = close["outputs"]["scores"]
     assert scores["differing_rows"] == 0 and scores["classifier"]["top1_agreement_percent"] == 100.0
     assert scores["rows"] == ROWS * close["requests"]["compared"]
@@ -119,7 +119,7 @@ def test_candidates_within_tolerance_differing_and_noisy(server) -> None:
     assert flipped["candidate"] == 3 and flipped["requests"]["seen"] == 60 and flipped["verdict"] == "differs"
     top1 = flipped["outputs"]["scores"]["classifier"]
     assert abs(top1["top1_changed_percent"] - 5.0) <= 1.0 and top1["top1_noise"] == 0 and top1["regression"]
-    assert flipped["regressions"] == ["scores"]
+    assert flipped["regressions"] == ["scores"] and flipped["agreement_percent"] == 95.0
     examples = flipped["examples"]
     assert examples and {example["api"] for example in examples} <= {"REST", "gRPC"}
     for example in examples:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from modelserver.model_settings import ShadowSettings, parse_model_settings
@@ -95,3 +97,26 @@ def test_the_report_is_answered_to_loopback_peers_only() -> None:
         assert response.status == status, peer
         if status == 200:
             assert json.loads(response.body)["models"] == {}
+
+
+def test_agreement_for_the_canary_guard(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from appliance import fleet
+    from appliance.config import NodePaths, load_config
+    from appliance.shadow import AgreementSource
+    from modelserver.shadow import _Run, _TensorTotals
+
+    paths = NodePaths(tmp_path)
+    config = load_config(None, ["model.name=m"])
+    store = fleet.Fleet.of_node(config, paths=paths)
+    run = _Run("m", ShadowSettings(version=3))
+    run.compared = 10
+    run.tensors["scores"] = _TensorTotals(rows=200, values=800, raw_rows=12, noise_rows=2, classifier_rows=200,
+                                          top1_raw=10, top1_noise=0, topk_raw=200.0, topk_noise=200.0)
+    assert run.report()["agreement_percent"] == 95.0        # 10 of 200 inputs changed class
+    store.write_object("shadow/10.0.0.1.json", json.dumps({"node": "10.0.0.1", "models": {"m": run.report()}}).encode())
+    source = AgreementSource(paths)
+    source._store = lambda: (store, config)
+    assert source(SimpleNamespace(model="m", candidate=3)) == 0.95
+    assert source(SimpleNamespace(model="m", candidate=4)) is None   # no shadow of that candidate
