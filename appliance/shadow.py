@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from . import fleet, runconfig
-from .config import Config, NodePaths
+from .config import Config, NodePaths, load_config
 from .errors import ApplianceError
 from .localhttp import get_json
 from .modelstatus import ModelServerClient, local_rest_base
@@ -214,6 +214,8 @@ def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
         wanted = {"version": args.version, "sample": args.sample, "atol": args.atol, "rtol": args.rtol,
                   "topk": args.topk}
         values = {f"shadow.{key}": value for key, value in wanted.items() if value is not None}
+        # Checked here as every node will check it: a refused value would stay in the document.
+        load_config(None, [f"model.name={args.model}", *(f"models.{args.model}.{k}={v}" for k, v in values.items())])
         new = store.push(args.model, values, unset=[k for k in KEYS if k not in values],
                          why=f"shadow of {args.model}: version {args.version}")
     else:

@@ -120,3 +120,33 @@ def test_agreement_for_the_canary_guard(tmp_path) -> None:
     source._store = lambda: (store, config)
     assert source(SimpleNamespace(model="m", candidate=3)) == 0.95
     assert source(SimpleNamespace(model="m", candidate=4)) is None   # no shadow of that candidate
+
+
+def test_report_text_and_refused_settings(tmp_path) -> None:
+    import argparse
+
+    import pytest
+
+    from appliance import shadow
+    from appliance.config import NodePaths
+    from appliance.errors import ConfigError
+    from modelserver.shadow import _Run, _TensorTotals, merge
+
+    run = _Run("m", ShadowSettings(version=3, sample=100.0))
+    run.compared, run.primary_versions, run.candidate_errors, run.last_error = 10, {1}, 1, "INVALID_ARGUMENT: boom"
+    run.tensors["scores"] = _TensorTotals(rows=200, values=800, raw_rows=10, classifier_rows=200, top1_raw=10,
+                                          topk_raw=195.0, topk_noise=200.0)
+    text = shadow.report_text(merge([{**run.report(), "node": "10.0.0.1"}]))
+    assert "candidate version 3 vs 1 -- running" in text and "verdict: FAILS" in text
+    assert "agreement 85.5% of inputs" in text                     # 95 % of rows, 9 in 10 requests without error
+    assert "top-1 agreement 95.0% (changed 5.0%, noise 0.0%), top-5 overlap 97.5%  REGRESSION" in text
+    assert "last candidate error: INVALID_ARGUMENT: boom" in text
+
+    from appliance import runconfig
+    from appliance.config import load_config
+
+    runconfig.publish(NodePaths(tmp_path), load_config(None, ["model.name=m"]), None, [])
+    args = argparse.Namespace(shadow_command="start", model="m", version=3, sample=0.0, atol=None, rtol=None,
+                              topk=None, timeout=1.0)
+    with pytest.raises(ConfigError, match="shadow.sample"):
+        shadow.dispatch(args, NodePaths(tmp_path))
