@@ -28,7 +28,7 @@ import yaml
 
 from . import modelsettings
 from .configkeys import (Invalid, Key, assemble, boolean, choice, integer, items, non_negative,
-                         positive, string, value_of)
+                         number_between, positive, string, value_of)
 from .errors import ConfigError
 from .modelsettings import ModelEntry
 from .sources.presets import PRESETS, split_s3_path
@@ -142,6 +142,17 @@ class LogSettings:
 class MetricsSettings:
     enabled: bool
     path: str
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    latency_objective_ms: float
+    latency_percentile: float
+    cpu_target_percent: float
+    min_nodes: int
+    window_seconds: int
+    hook: str
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,7 @@ class Config:
     log: LogSettings
     metrics: MetricsSettings
     tls: TlsSettings
+    capacity: CapacitySettings
 
     def connect_address(self) -> str:
         """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
@@ -306,6 +318,14 @@ def _url_path(value: Any) -> str:
     return text
 
 
+def _token(value: Any) -> str:
+    text = string(value).strip()
+    if text and (len(text) < 16 or not text.isprintable() or " " in text):
+        raise Invalid("a token needs at least 16 printable characters and no space "
+                      "(e.g. the output of `openssl rand -hex 32`)")
+    return text
+
+
 SCHEMA: tuple[Key, ...] = (
     Key("node.role", "node", "role", choice(*NODE_ROLES), "serving",
         "serving runs a model server; repo runs the object store (both run Envoy)."),
@@ -403,6 +423,25 @@ SCHEMA: tuple[Key, ...] = (
         "Serve the model server's Prometheus metrics page (TF Serving's --monitoring_config_file)."),
     Key("metrics.path", "metrics", "path", _url_path, PROMETHEUS_PATH,
         "Path of the model server's Prometheus metrics page on its REST port."),
+    Key("metrics.token", "metrics", "token", _token, "",
+        "Bearer token of the node's scrape page (GET /metrics on logviewer.port): set one value "
+        "on every node of a cluster so one Prometheus job scrapes them all; empty: each node "
+        "generates its own in etc/appliance/metrics.token (0600).", secret=True),
+    Key("capacity.latency.objective.ms", "capacity", "latency_objective_ms",
+        number_between(0, 3_600_000), 100,
+        "`appliance capacity`: the latency objective of the model servers, in ms (may be a fraction)."),
+    Key("capacity.latency.percentile", "capacity", "latency_percentile", number_between(0, 100), 99,
+        "`appliance capacity`: which percentile of request latency the objective applies to."),
+    Key("capacity.cpu.target.percent", "capacity", "cpu_target_percent", number_between(0, 100), 70,
+        "`appliance capacity`: CPU use (model server + Envoy, of the node's CPUs) a node should stay under."),
+    Key("capacity.min.nodes", "capacity", "min_nodes", positive, 2,
+        "`appliance capacity` never recommends fewer serving nodes than this."),
+    Key("capacity.window.seconds", "capacity", "window_seconds", positive, 10,
+        "`appliance capacity` measures the load over this many seconds."),
+    Key("capacity.hook", "capacity", "hook", string, "",
+        "Command `appliance capacity` runs with its recommendation (JSON on stdin; env "
+        "APPLIANCE_CAPACITY_ACTION add|remove|none, APPLIANCE_CAPACITY_NODES, "
+        "APPLIANCE_CAPACITY_TARGET); split like a shell's words, run without a shell."),
 )
 KEYS = {key.name: key for key in SCHEMA}
 SECTIONS = {
@@ -410,7 +449,7 @@ SECTIONS = {
     "node": NodeSettings, "model": ModelSettings, "s3": S3Settings,
     "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
     "cluster": ClusterSettings, "startup": StartupSettings, "log": LogSettings,
-    "metrics": MetricsSettings, "tls": TlsSettings,
+    "metrics": MetricsSettings, "tls": TlsSettings, "capacity": CapacitySettings,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -115,8 +116,10 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
         _use_release(Path(node.root), release)
     write_atomic(base / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
     members = ",".join(n.address for n in nodes if n.role == "serving")
+    # One scrape token for every node: one Prometheus job (and the dashboard) reads them all.
     common: dict[str, object] = {"cluster.members": members, "model.name": ",".join(models),
-                                 **cluster_ca(base), **overrides}
+                                 "metrics.token": _cluster_token(base), **cluster_ca(base),
+                                 **overrides}
     builtin = base / "builtin-models"
     from .builtin_models import build_all
 
@@ -159,6 +162,14 @@ def cluster_ca(base: Path) -> dict[str, str]:
         cert, key = generate_ca()
         write_atomic(path, yaml.safe_dump({"cluster.ca.cert": cert, "cluster.ca.key": key}), mode=0o600)
     return yaml.safe_load(path.read_text())
+
+
+def _cluster_token(base: Path) -> str:
+    """The dev cluster's metrics token, generated once (0600) so a second ``up`` keeps it."""
+    path = base / "metrics.token"
+    if not path.exists():
+        write_atomic(path, secrets.token_hex(32) + "\n", mode=0o600)
+    return path.read_text(encoding="ascii").strip()
 
 
 def _push_missing(node: DevNode, builtin: Path, models: list[str]) -> None:

@@ -242,3 +242,24 @@ def check_applied(paths: NodePaths, config: Config) -> list[Finding]:
     if not findings:
         findings.append(_ok("settings", "the running node uses the config file as it is"))
     return findings
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def check_metrics(config: Config) -> list[Finding]:
+    """A node with peers needs the cluster's one metrics token: with a token of its own, one
+    Prometheus job, `appliance capacity` and the dashboard cannot read every node."""
+    from .membership import is_self, members
+
+    if not config.logviewer.enabled:
+        return [_ok("metrics", "no scrape page: it is /metrics on the logviewer's port "
+                               "(logviewer.enabled is false)")]
+    peers = config.cluster.dns or [a for a in members(config) if not is_self(config, a)]
+    if peers and not config.metrics.token:
+        return [_problem("metrics", "this node scrapes with a token of its own (metrics.token is "
+                         "empty) while it has peers: Prometheus and `appliance capacity` cannot "
+                         "read every node with one token",
+                         "set metrics.token to the same value on every node "
+                         "(e.g. `openssl rand -hex 32`)")]
+    return [_ok("metrics", f"scrape page /metrics on port {config.logviewer.port}")]

@@ -235,7 +235,12 @@ def tick(fleet: Fleet, config: Config) -> None:
 
 def _advance(fleet: Fleet, rollout: Rollout) -> None:
     now = time.time()
+    applied = bool(rollout.base)
     window = _window(fleet, rollout)
+    if not rollout.base:
+        return      # no node has applied this step yet: nothing to judge, nothing to wait for
+    if not applied:
+        rollout.step_started = now    # the step's minimum time counts from when it applies
     rollout.window = window
     cand, stable = window["candidate"], window["stable"]
     if stable["requests"] >= rollout.guards.min_requests:
