@@ -106,10 +106,13 @@ async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, fu
         else:   # the canary key goes along
             result = await asyncio.get_running_loop().run_in_executor(executor, copy_context().run, func, request)
         code = Code.OK
+        if api:
+            await context.send_initial_metadata(_served(request, result.model_spec.version.value))
         return result
     except ServingError as err:
         code = err.code
-        await context.abort(grpc.StatusCode[err.code.name], _status_message(err.message))
+        await context.abort(grpc.StatusCode[err.code.name], _status_message(err.message),
+                            _served(request) if api else ())
     except Exception as exc:  # noqa: BLE001 - a request never takes the server down
         if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
             code = Code.CANCELLED
@@ -119,6 +122,13 @@ async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, fu
     finally:
         if api:
             monitoring.record_request(request.model_spec.name, api, "GRPC", code, start, slot)
+
+
+def _served(request: Any, version: int | None = None) -> tuple[tuple[str, str], ...]:
+    """The model (and version) that answered, for Envoy's access log: a gRPC request names its
+    model only in its body, which Envoy does not read."""
+    served = (("x-appliance-model", request.model_spec.name[:200]),)
+    return served + (("x-appliance-version", str(version)),) if version else served
 
 
 class PredictionServicer:
