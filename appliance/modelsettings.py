@@ -124,6 +124,25 @@ class Auto:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """A shadow: copies of requests naming no version go to ``version`` too (0: none) and its
+    answers are compared with the served version's (modelserver/shadow.py)."""
+
+    version: int
+    sample: float
+    atol: float
+    rtol: float
+    topk: int
+
+    def parameters(self) -> dict[str, Any] | None:
+        """The model server's form (model-settings.json): None when no shadow runs."""
+        if not self.version:
+            return None
+        return {"version": self.version, "sample": self.sample, "atol": self.atol, "rtol": self.rtol,
+                "topk": self.topk}
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One served model's settings, every default filled in."""
 
@@ -138,6 +157,7 @@ class ModelEntry:
     openvino: OpenVino
     rollout: Rollout
     auto: Auto
+    shadow: Shadow
 
     def runtime_settings(self) -> dict[str, Any]:
         """The model server's per-model settings (an entry of model-settings.json)."""
@@ -146,8 +166,9 @@ class ModelEntry:
                "openvino": {"performance_hint": self.openvino.performance_hint,
                             "streams": self.openvino.streams, "threads": self.openvino.threads},
                "auto": self.auto.settings()}
-        if self.rollout.parameters() is not None:   # absent, the file reads as before rollouts
-            out["rollout"] = self.rollout.parameters()
+        for section in (self.rollout, self.shadow):   # absent, the file reads as before them
+            if section.parameters() is not None:
+                out[section.__class__.__name__.lower()] = section.parameters()
         return out
 
 
@@ -208,6 +229,13 @@ def _percent(value: Any) -> float:
         raise Invalid(f"expected a percentage from 0 to 100, got {value!r}") from None
     if not 0 <= number <= 100:
         raise Invalid(f"expected a percentage from 0 to 100, got {value!r}")
+    return number
+
+
+def _share(value: Any) -> float:
+    number = _percent(value)
+    if not number:
+        raise Invalid("expected a percentage over 0, up to 100")
     return number
 
 
@@ -310,9 +338,24 @@ MODEL_SCHEMA: tuple[Key, ...] = (
     Key("auto.ignore", "auto", "ignore", _names, "",
         "platform auto: outputs not compared, e.g. classes when it is the arg-max of a compared "
         "probabilities output (the top-1 check judges it)."),
+    Key("shadow.version", "shadow", "version", _version_or_none, 0,
+        "Shadow: the candidate version that gets a copy of shadow.sample % of the requests naming "
+        "no version, off the clients' path, its answers compared with the served version's "
+        "(0: no shadow). Loaded while set; never answers a client. Set by `appliance shadow start`."),
+    Key("shadow.sample", "shadow", "sample", _share, 10.0,
+        "Shadow: the percentage (over 0, up to 100) of requests naming no version that are copied."),
+    Key("shadow.atol", "shadow", "atol", _tolerance, 1e-5,
+        "Shadow: absolute tolerance; a value differs only when its absolute error exceeds atol "
+        "and its relative error exceeds rtol."),
+    Key("shadow.rtol", "shadow", "rtol", _tolerance, 1e-5,
+        "Shadow: relative tolerance (see shadow.atol)."),
+    Key("shadow.topk", "shadow", "topk", non_negative, 5,
+        "Shadow: k of the top-k overlap reported for classifier outputs (float [batch, classes]); "
+        "0: no top-1/top-k checks."),
 )
 MODEL_KEYS = {key.name: key for key in MODEL_SCHEMA}
-MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino, "rollout": Rollout, "auto": Auto}
+MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino, "rollout": Rollout, "auto": Auto,
+                  "shadow": Shadow}
 LABEL_DOC = ("The version a label names (TF Serving's version_labels; a label is letters, digits "
              "and `_`), e.g. `labels: {stable: 1, canary: 2}`; requests may then name "
              "`/labels/canary` instead of `/versions/2`.")

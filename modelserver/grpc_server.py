@@ -22,6 +22,7 @@ import grpc
 from modelserver import grpc_inference, monitoring, rollout
 from modelserver.core.inline import runs_inline
 from modelserver.manager import ModelManager, VersionState
+from modelserver.rollout import Rollout
 from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
 
 log = logging.getLogger(__name__)
@@ -133,14 +134,20 @@ def _served(request: Any, version: int | None = None) -> tuple[tuple[str, str], 
 class PredictionServicer:
     """``tensorflow.serving.PredictionService``."""
 
-    def __init__(self, manager: ModelManager, executor: Executor) -> None:
+    def __init__(self, manager: ModelManager, executor: Executor, hooks: Rollout | None = None) -> None:
         self.manager = manager
         self.executor = executor
+        self.hooks = hooks or Rollout()
 
-    def _run(self, spec: Any, run: Callable[[Any, int, Any], Any], request: Any) -> Any:
+    def _run(self, spec: Any, run: Callable[..., Any], request: Any, *answered: Any) -> Any:
         state = _lookup(self.manager, spec)
+        if answered and spec.WhichOneof("version_choice") is None:   # rollout.py: the shadow's copy
+            answered = (lambda signature, inputs, outputs:
+                        self.hooks.answered(spec.name, "gRPC", state, signature, inputs, outputs),)
+        else:
+            answered = ()
         with rollout.COUNTS.timed(spec.name, state.version, self.manager.rollout_of(spec.name) is not None):
-            return run(state.model, state.version, request)
+            return run(state.model, state.version, request, *answered)
 
     def _executor_for(self, request: Any) -> Executor | None:
         """None (run on the event loop) for a small request to a cheap model: see inline.py."""
@@ -152,7 +159,7 @@ class PredictionServicer:
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, self._executor_for(request),
-                           lambda r: self._run(r.model_spec, grpc_inference.predict, r), request, "Predict")
+                           lambda r: self._run(r.model_spec, grpc_inference.predict, r, True), request, "Predict")
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, self.executor,
@@ -238,7 +245,7 @@ class ModelServicer:
 
 
 async def start_grpc_server(manager: ModelManager, executor: Executor, host: str | GrpcOptions,
-                            port: int = 0) -> grpc.aio.Server:
+                            port: int = 0, hooks: Rollout | None = None) -> grpc.aio.Server:
     """Serve on ``host:port`` (and the unix socket); ``host`` may be a :class:`GrpcOptions`."""
     from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 
@@ -249,7 +256,7 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
     channel_options += parse_channel_arguments(options.channel_arguments)
     server = grpc.aio.server(options=channel_options)
     server.add_generic_rpc_handlers((
-        _service_handler(prediction_service_pb2, "PredictionService", PredictionServicer(manager, executor)),
+        _service_handler(prediction_service_pb2, "PredictionService", PredictionServicer(manager, executor, hooks)),
         _service_handler(model_service_pb2, "ModelService", ModelServicer(manager))))
     if options.enable_health:
         await _add_health(server)

@@ -24,6 +24,11 @@ that answers as the one its files call for (:mod:`modelserver.autoplatform`), so
 have a SavedModel version and an ONNX one; ``ServedModel.choices`` says which and why. Per-model settings (:mod:`modelserver.model_settings`) decide a model's warmup
 and what its loads ask of the runtime; a changed precision or runtime option loads the model's
 versions again, each old one serving until its replacement is ready.
+
+A model's settings may name candidate versions (a shadow's, :meth:`ModelSettings.candidates`):
+they are loaded on top of what the version policy picks among the other versions, and a request
+that names no version never gets one while another version is available, so a candidate can be
+loaded, compared and dropped without a client noticing.
 """
 
 from __future__ import annotations
@@ -112,9 +117,19 @@ class ServedModel:
         self.unservable = False
         # The runtime serving each loaded version directory, and why (modelserver.autoplatform).
         self.choices: dict[str, Choice] = {}
+        self.default: int | None = None                # see choose_default
+
+    def candidates(self) -> frozenset[int]:
+        return self.settings.candidates() if self.settings is not None else frozenset()
 
     def publish(self) -> None:
         self.available = {v: s for v, s in self.versions.items() if s.state == "AVAILABLE"}
+        self.choose_default()
+
+    def choose_default(self) -> None:
+        """The version a request naming none gets: the newest available that is no candidate."""
+        available, candidates = self.available, self.candidates()
+        self.default = max((v for v in available if v not in candidates), default=None)
 
 
 def list_versions(base_path: str, model_name: str) -> dict[int, str] | None:
@@ -393,6 +408,7 @@ class ModelManager:
         if old == new:
             return False
         model.settings = new
+        model.choose_default()
         self._retarget(model)
         log.info("Model %s: settings changed", model.config.name)
         if self._load_options(old) != self._load_options(new):
@@ -418,7 +434,11 @@ class ModelManager:
         self._report_quarantined(model, quarantined)
         while True:
             # Each round that fails quarantines a version, so the next one picks older ones.
-            aspired = aspired_versions(config, [v for v in on_disk if v not in quarantined])
+            candidates = model.candidates().intersection(on_disk).difference(quarantined)
+            pool = [v for v in on_disk if v not in quarantined]
+            if config.policy == "latest":   # a newer candidate must not push the served one out
+                pool = [v for v in pool if v not in candidates]
+            aspired = candidates | aspired_versions(config, pool)
             with self._lock:
                 loaded = {v for v, s in model.versions.items() if s.state == "AVAILABLE"}
             failed = [v for v in sorted(aspired - loaded, reverse=True)
@@ -571,7 +591,9 @@ class ModelManager:
         if version is None:
             if available:
                 chosen = rollout.choose(self.rollout_of(name), available)
-                return available[max(available) if chosen is None else chosen]
+                if chosen is None:   # the newest version that is no shadow's candidate (or the newest)
+                    chosen = model.default if model.default in available else max(available)
+                return available[chosen]
             raise not_found(f"Servable not found for request: Latest({name})")
         state = available.get(version)
         if state is None:

@@ -11,14 +11,16 @@ configures these per model, so the node renders them into a JSON file next to mo
                            "openvino": {"performance_hint": "throughput", "streams": 0, "threads": 0},
                            "auto": {"runtimes": ["tensorflow", "onnx", "openvino"], "precisions": ["f32"],
                                     "atol": 1e-4, "rtol": 1e-3, "top1": true, "ignore": ["classes"],
-                                    "outputs": {"probabilities": {"atol": 0.02, "rtol": 0.1}}}}}}
+                                    "outputs": {"probabilities": {"atol": 0.02, "rtol": 0.1}}},
+                           "shadow": null | {"version": 2, "sample": 10.0, "atol": 1e-5, "rtol": 1e-5, "topk": 5}}}}
 
 ``auto`` says what ``model_platform: "auto"`` may choose and how close a candidate's answers
 must be to the reference runtime's (:mod:`modelserver.autoplatform`). ``openvino`` may also hold
 ``perturb_weights`` (a number): for tests only, it scales the OpenVINO network's weights by
 ``1 + x`` so that ``auto`` has a disagreeing runtime to refuse.
 
-``batching: null`` is batching off for that model. A key left out takes its default (batching
+``batching: null`` is batching off for that model; ``shadow`` (:mod:`modelserver.shadow`) copies
+a sample of the model's unversioned requests to a candidate version and compares the answers. A key left out takes its default (batching
 fields: TF's scheduler defaults). A model without an entry keeps the global flags' behaviour,
 so the file changes nothing for a server run as ``tensorflow_model_server`` would be. Errors are
 collected for the whole file, each with its key path (``models.resnet.batching.max_batch_size:
@@ -41,6 +43,19 @@ MAX_FILE_BYTES = 1 << 20
 
 _BATCHING_INTS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
 _OPENVINO_INTS = ("streams", "threads")
+_SHADOW_KEYS = ("version", "sample", "atol", "rtol", "topk")
+
+
+@dataclass(frozen=True)
+class ShadowSettings:
+    """A shadow of one model: which version gets copies of its unversioned requests, how many,
+    and when two answers count as the same (see :mod:`modelserver.shadow`)."""
+
+    version: int                # the candidate
+    sample: float = 10.0        # percent of unversioned requests copied, (0, 100]
+    atol: float = 1e-5          # a value differs only when its absolute error exceeds atol...
+    rtol: float = 1e-5          # ...and its relative error exceeds rtol (Polygraphy's rule)
+    topk: int = 5               # top-k overlap of classifier outputs; 0: no classifier checks
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,12 @@ class ModelSettings:
     runtime_options: Mapping[str, Any] = field(default_factory=dict)   # the entry's "openvino" object
     rollout: tuple[int, float] | None = None    # (candidate version, percent): modelserver.rollout
     auto: AutoSettings = field(default_factory=AutoSettings)
+    shadow: ShadowSettings | None = None        # None: no shadow
+
+    def candidates(self) -> frozenset[int]:
+        """Versions loaded besides the version policy's that unversioned requests never get
+        (the manager's ``lookup``): a shadow's candidate."""
+        return frozenset((self.shadow.version,)) if self.shadow is not None else frozenset()
 
     def load_context(self) -> str:
         """What else decides a load, for the quarantine's context; "" at the defaults, so a
@@ -136,7 +157,8 @@ def parse_model_settings(doc: Any) -> tuple[dict[str, ModelSettings], list[str]]
 
 
 def _model(entry: dict, where: str, errors: list[str]) -> ModelSettings:
-    _unknown(entry, ("batching", "warmup", "metrics", "precision", "openvino", "rollout", "auto"), where, errors)
+    _unknown(entry, ("batching", "warmup", "metrics", "precision", "openvino", "rollout", "auto", "shadow"),
+             where, errors)
     defaults = ModelSettings()
     precision = entry.get("precision", defaults.precision)
     if precision not in PRECISIONS:
@@ -147,7 +169,8 @@ def _model(entry: dict, where: str, errors: list[str]) -> ModelSettings:
                          precision=precision,
                          runtime_options=_openvino(entry.get("openvino", {}), f"{where}.openvino", errors),
                          rollout=_rollout(entry.get("rollout"), f"{where}.rollout", errors),
-                         auto=_auto(entry.get("auto", {}), f"{where}.auto", errors))
+                         auto=_auto(entry.get("auto", {}), f"{where}.auto", errors),
+                         shadow=_shadow(entry.get("shadow"), f"{where}.shadow", errors))
 
 
 def _rollout(value: Any, where: str, errors: list[str]) -> tuple[int, float] | None:
@@ -260,6 +283,29 @@ def _float(doc: dict, key: str, default: float, where: str, errors: list[str]) -
         errors.append(f"{where}.{key}: must be a number >= 0, not {value!r}")
         return default
     return float(value)
+
+
+def _shadow(value: Any, where: str, errors: list[str]) -> ShadowSettings | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        errors.append(f"{where}: must be null (no shadow) or an object")
+        return None
+    _unknown(value, _SHADOW_KEYS, where, errors)
+    before = len(errors)
+    defaults = ShadowSettings(version=1)
+    version = value.get("version")
+    if not _is_int(version) or version < 0:
+        errors.append(f"{where}.version: must be a version number, not {version!r}")
+    sample = _float(value, "sample", defaults.sample, where, errors)
+    if not 0 < sample <= 100:
+        errors.append(f"{where}.sample: must be a percentage over 0 and at most 100, not {sample!r}")
+    tolerances = {key: _float(value, key, getattr(defaults, key), where, errors) for key in ("atol", "rtol")}
+    topk = _int(value, "topk", defaults.topk, where, errors)
+    if len(errors) > before:
+        return None
+    return ShadowSettings(version=version, sample=float(sample), topk=topk,
+                          **{key: float(number) for key, number in tolerances.items()})
 
 
 def _is_int(value: Any) -> bool:

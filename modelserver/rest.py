@@ -413,7 +413,9 @@ class HttpProtocol(asyncio.Protocol):
         body = b"".join(request.body)
         request.body.clear()
         _enter_split(request)
-        return await self.api.handle(request.method, request.path, request.headers, body)
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return await self.api.handle(request.method, request.path, request.headers, body,
+                                     peer=peer[0] if isinstance(peer, tuple) else "")
 
     def _write(self, response: Response, keep_alive: bool, http10: bool, head: bool = False) -> None:
         lines = [f"HTTP/{'1.0' if http10 else '1.1'} {response.status} {_REASONS.get(response.status, 'Unknown')}"]

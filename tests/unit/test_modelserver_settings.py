@@ -55,7 +55,7 @@ def test_every_error_is_reported_with_its_key_path() -> None:
     }, "other": 1})
     assert sorted(errors) == sorted([
         "other: unknown key; valid: models",
-        "models.a.extra: unknown key; valid: batching, warmup, metrics, precision, openvino, rollout, auto",
+        "models.a.extra: unknown key; valid: batching, warmup, metrics, precision, openvino, rollout, auto, shadow",
         "models.a.batching.colour: unknown key; valid: max_batch_size, batch_timeout_micros, max_enqueued_batches, "
         "num_batch_threads, allowed_batch_sizes, pad_variable_length_inputs",
         "models.a.batching: max_batch_size must be positive",
