@@ -89,6 +89,7 @@ class ServingSettings:
     body_budget_bytes: int
     idle_timeout_seconds: int
     read_timeout_seconds: int
+    runtime_cache_bytes: int
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,12 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    sample_seconds: int
+    retention_hours: int
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     enabled: bool
     path: str
@@ -176,6 +183,7 @@ class Config:
     metrics: MetricsSettings
     tls: TlsSettings
     capacity: CapacitySettings
+    dashboard: DashboardSettings
 
     def connect_address(self) -> str:
         """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
@@ -204,6 +212,16 @@ class NodePaths:
     def quarantine(self) -> Path:
         """Records of model versions that failed to load (written by the model server)."""
         return self.root / "var/lib/appliance/quarantine"
+
+    @property
+    def runtime_cache(self) -> Path:
+        """Converted models and platform auto's measurements (the model server's runtime cache)."""
+        return self.root / "var/lib/appliance/runtime-cache"
+
+    @property
+    def dashboard(self) -> Path:
+        """The logviewer's dashboard history (logviewer/samples.py)."""
+        return self.root / "var/lib/appliance/dashboard.sqlite"
 
     @property
     def logs(self) -> Path:
@@ -367,6 +385,9 @@ SCHEMA: tuple[Key, ...] = (
         "The model server closes a REST connection idle (or not reading its answers) this long."),
     Key("serving.rest.read.timeout.seconds", "serving", "read_timeout_seconds", positive, 50,
         "The model server answers 408 and closes when a request's headers take this long or its body stalls."),
+    Key("serving.runtime.cache.bytes", "serving", "runtime_cache_bytes", positive, 4 * 2 ** 30,
+        "Disk the model server's runtime cache may use (models converted for OpenVINO, platform auto's "
+        "measurements); least recently used entries go first."),
     Key("sync.interval.seconds", "sync", "interval_seconds", positive, 10,
         "How often the agent polls the model repository (s3.type other than none)."),
     Key("sync.concurrency", "sync", "concurrency", positive, 10,
@@ -419,6 +440,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("log.max.total.mb", "log", "max_total_mb", _log_budget, 1024,
         "Disk the node's logs may take in all, in MiB (every log file rotated by size: "
         "supervisord's program logs, Envoy's access log, the object store's)."),
+    Key("dashboard.sample.seconds", "dashboard", "sample_seconds", positive, 10,
+        "How often the logviewer reads every node's metrics page for its dashboard's charts."),
+    Key("dashboard.retention.hours", "dashboard", "retention_hours", positive, 6,
+        "Hours of dashboard history the logviewer keeps (var/lib/appliance/dashboard.sqlite, "
+        "about 1 MB per node and hour at the default sample interval)."),
     Key("metrics.enabled", "metrics", "enabled", boolean, True,
         "Serve the model server's Prometheus metrics page (TF Serving's --monitoring_config_file)."),
     Key("metrics.path", "metrics", "path", _url_path, PROMETHEUS_PATH,
@@ -450,6 +476,7 @@ SECTIONS = {
     "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
     "cluster": ClusterSettings, "startup": StartupSettings, "log": LogSettings,
     "metrics": MetricsSettings, "tls": TlsSettings, "capacity": CapacitySettings,
+    "dashboard": DashboardSettings,
 }
 
 

@@ -20,6 +20,7 @@ from typing import Callable
 from . import membership, pki, portowners, render, runconfig
 from modelserver.atomic import write_atomic
 from modelserver.core.applied import digest
+from modelserver.core.choice import Choice
 from modelserver.core.platforms import has_version
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import Config, NodePaths, local_store
@@ -449,13 +450,16 @@ class Node:
 
             server = ModelServerClient.of_node(self.config)
             store = local_store(self.config, self.paths)
+            runtimes = server.runtimes() or {}
             for name in self.config.model.names:
                 answer = server.status(name)
                 notes = version_notes(self.paths, store, name)
+                choices = runtimes.get(name, {})
                 if answer.reported:
                     versions = [{"version": v["version"], "state": v["state"],
                                  "error": v["status"].get("error_message", ""),
-                                 "note": notes.pop(int(v["version"]), "")}
+                                 "note": notes.pop(int(v["version"]), ""),
+                                 "runtime": _runtime(choices.get(int(v["version"])))}
                                 for v in answer.versions]
                 else:
                     versions = [{"version": "-", "state": "UNREACHABLE" if answer.code == 0
@@ -520,6 +524,8 @@ class NodeStatus:
                     if v.get("note"):
                         error = f"  {v['note']}"
                     lines.append(f"  {name:<32}{v['version']:>9}  {v['state']}{error}")
+                    if v.get("runtime"):
+                        lines.append(f"  {'':<32}{'':>9}  runtime: {v['runtime']['line']}")
         if self.upstreams:
             lines.append(f"  {'SERVING NODE (as Envoy sees it)':<34}{'CLUSTER':<20}{'HEALTH':<10}"
                          f"{'REQUESTS':>9}  FLAGS")
@@ -533,6 +539,11 @@ class NodeStatus:
             lines.append(f"  envoy: {self.envoy}")
         lines += [f"  {cert['text']}" for cert in self.certificates]
         return "\n".join(lines)
+
+
+def _runtime(choice: Choice | None) -> dict | None:
+    """A version's runtime for ``status``: the choice (what ``--json`` gives) and its one line."""
+    return None if choice is None else {**choice.to_json(), "line": choice.describe()}
 
 
 def _duration(seconds: int) -> str:

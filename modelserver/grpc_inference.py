@@ -8,7 +8,7 @@ core in :mod:`modelserver.examples`, the same one REST uses.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from modelserver import examples, monitoring
 from modelserver.core.status import Code, ServingError, invalid_argument
@@ -26,8 +26,10 @@ def _model_spec(out: Any, name: str, signature_name: str | None, version: int) -
     out.version.value = version
 
 
-def predict(model: LoadedModel, version: int, request: Any) -> Any:
-    """``RunPredict``: checks, input decoding, output filter, ``*_val`` outputs."""
+def predict(model: LoadedModel, version: int, request: Any,
+            answered: Callable[[str, Mapping[str, Any], Mapping[str, Any]], None] | None = None) -> Any:
+    """``RunPredict``: checks, input decoding, output filter, ``*_val`` outputs. ``answered``
+    is shown the signature, inputs and outputs of a request that ran (rollout.py)."""
     from tensorflow_serving.apis import predict_pb2
 
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -48,6 +50,8 @@ def predict(model: LoadedModel, version: int, request: Any) -> Any:
     else:
         inputs = dict(request.inputs)  # LoadedModel.run reports the mismatch in TF Serving's words
     outputs = model.run(signature.name, inputs)
+    if answered is not None:
+        answered(signature.name, inputs, outputs)
     response = predict_pb2.PredictResponse()
     _model_spec(response.model_spec, request.model_spec.name, signature_name, version)
     for alias in (wanted or outputs):

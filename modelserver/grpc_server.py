@@ -13,14 +13,16 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from contextvars import copy_context
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import grpc
 
-from modelserver import grpc_inference, monitoring
+from modelserver import grpc_inference, monitoring, rollout
 from modelserver.core.inline import runs_inline
 from modelserver.manager import ModelManager, VersionState
+from modelserver.rollout import Rollout
 from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,13 @@ def _lookup(manager: ModelManager, spec: Any) -> VersionState:
     return manager.lookup(spec.name)
 
 
+def _split_key(context: grpc.aio.ServicerContext) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == rollout.SPLIT_HEADER:
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
+
+
 def _status_message(message: str) -> str:
     message = utf8_text(message)
     if len(message) <= MAX_ERROR_MESSAGE:
@@ -91,15 +100,19 @@ async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, fu
     slot = monitoring.request_started() if api else None
     code = Code.INTERNAL
     try:
+        rollout.set_request_slot(rollout.request_slot(_split_key(context)))
         if executor is None:
             result = func(request)
-        else:
-            result = await asyncio.get_running_loop().run_in_executor(executor, func, request)
+        else:   # the canary key goes along
+            result = await asyncio.get_running_loop().run_in_executor(executor, copy_context().run, func, request)
         code = Code.OK
+        if api:
+            await context.send_initial_metadata(_served(request, result.model_spec.version.value))
         return result
     except ServingError as err:
         code = err.code
-        await context.abort(grpc.StatusCode[err.code.name], _status_message(err.message))
+        await context.abort(grpc.StatusCode[err.code.name], _status_message(err.message),
+                            _served(request) if api else ())
     except Exception as exc:  # noqa: BLE001 - a request never takes the server down
         if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
             code = Code.CANCELLED
@@ -111,16 +124,30 @@ async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, fu
             monitoring.record_request(request.model_spec.name, api, "GRPC", code, start, slot)
 
 
+def _served(request: Any, version: int | None = None) -> tuple[tuple[str, str], ...]:
+    """The model (and version) that answered, for Envoy's access log: a gRPC request names its
+    model only in its body, which Envoy does not read."""
+    served = (("x-appliance-model", request.model_spec.name[:200]),)
+    return served + (("x-appliance-version", str(version)),) if version else served
+
+
 class PredictionServicer:
     """``tensorflow.serving.PredictionService``."""
 
-    def __init__(self, manager: ModelManager, executor: Executor) -> None:
+    def __init__(self, manager: ModelManager, executor: Executor, hooks: Rollout | None = None) -> None:
         self.manager = manager
         self.executor = executor
+        self.hooks = hooks or Rollout()
 
-    def _run(self, spec: Any, run: Callable[[Any, int, Any], Any], request: Any) -> Any:
+    def _run(self, spec: Any, run: Callable[..., Any], request: Any, *answered: Any) -> Any:
         state = _lookup(self.manager, spec)
-        return run(state.model, state.version, request)
+        if answered and spec.WhichOneof("version_choice") is None:   # rollout.py: the shadow's copy
+            answered = (lambda signature, inputs, outputs:
+                        self.hooks.answered(spec.name, "gRPC", state, signature, inputs, outputs),)
+        else:
+            answered = ()
+        with rollout.COUNTS.timed(spec.name, state.version, self.manager.rollout_of(spec.name) is not None):
+            return run(state.model, state.version, request, *answered)
 
     def _executor_for(self, request: Any) -> Executor | None:
         """None (run on the event loop) for a small request to a cheap model: see inline.py."""
@@ -132,7 +159,7 @@ class PredictionServicer:
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, self._executor_for(request),
-                           lambda r: self._run(r.model_spec, grpc_inference.predict, r), request, "Predict")
+                           lambda r: self._run(r.model_spec, grpc_inference.predict, r, True), request, "Predict")
 
     async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await _call(context, self.executor,
@@ -218,7 +245,7 @@ class ModelServicer:
 
 
 async def start_grpc_server(manager: ModelManager, executor: Executor, host: str | GrpcOptions,
-                            port: int = 0) -> grpc.aio.Server:
+                            port: int = 0, hooks: Rollout | None = None) -> grpc.aio.Server:
     """Serve on ``host:port`` (and the unix socket); ``host`` may be a :class:`GrpcOptions`."""
     from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 
@@ -229,7 +256,7 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
     channel_options += parse_channel_arguments(options.channel_arguments)
     server = grpc.aio.server(options=channel_options)
     server.add_generic_rpc_handlers((
-        _service_handler(prediction_service_pb2, "PredictionService", PredictionServicer(manager, executor)),
+        _service_handler(prediction_service_pb2, "PredictionService", PredictionServicer(manager, executor, hooks)),
         _service_handler(model_service_pb2, "ModelService", ModelServicer(manager))))
     if options.enable_health:
         await _add_health(server)
