@@ -181,12 +181,14 @@ async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadP
     except ImportError:
         log.warning("gRPC is not served yet: --port=%d is not opened", options.port)
         return None
+    limits = _rest_limits(options)
     grpc_options = GrpcOptions(host=options.listen_address, port=options.port, socket_path=options.grpc_socket_path,
                                channel_arguments=options.grpc_channel_arguments,
-                               enable_health=options.enable_grpc_healthcheck_service)
+                               enable_health=options.enable_grpc_healthcheck_service,
+                               body_budget=limits.body_budget, read_timeout=limits.read_timeout)
     if options.grpc_max_threads:
-        log.info("--grpc_max_threads=%d: gRPC runs on asyncio here, with no thread per RPC to cap; inference "
-                 "concurrency is the runtime pool's size", options.grpc_max_threads)
+        log.info("--grpc_max_threads=%d: gRPC runs on the event loop here, with no thread per RPC to cap; "
+                 "inference concurrency is the runtime pool's size", options.grpc_max_threads)
     server = await start_grpc_server(manager, executor, grpc_options)
     if options.port > 0:
         log.info("Running gRPC ModelServer at %s:%d ...", options.listen_address, options.port)
