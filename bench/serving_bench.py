@@ -282,10 +282,15 @@ class Bench:
         bench exits non-zero at the end (after writing its results). The requests in flight when
         the tool stops (at most ``concurrency``) may be answered, and counted, after it stopped.
         """
-        before = target.counter()
+        before, sched, started = target.counter(), schedstat(target.pids), time.monotonic()
         result = run()
         served = target.counter() - before
+        after, elapsed = schedstat(target.pids), time.monotonic() - started
         result["served"] = served
+        # The profile of the run from the kernel's side: the servers' CPU per answered request,
+        # and how long their threads were runnable but waiting for a CPU (per second of the run).
+        result["server_us"] = (after[0] - sched[0]) / 1e3 / max(served, 1)
+        result["runq_ms_per_s"] = (after[1] - sched[1]) / 1e6 / elapsed
         what = f"{target.name} c={concurrency}: {result.get('client', 'wrk')}"
         self.check(f"{what} vs {target.counter_name}", result["ok"], served, slack=concurrency)
         self.check(f"{what}: failed requests vs none", result["errors"], 0)
@@ -720,14 +725,18 @@ def summarize(runs: list[dict]) -> dict:
             "p50_ms": statistics.median(r["p50_ms"] for r in runs), "p99_ms": statistics.median(p99),
             "p99_worst_ms": max(p99), "errors": sum(r["errors"] for r in runs),
             "client_cpu": statistics.median(cpu) if cpu else float("nan"),
+            "server_us": statistics.median(r.get("server_us", float("nan")) for r in runs),
+            "runq_ms_per_s": statistics.median(r.get("runq_ms_per_s", float("nan")) for r in runs),
             "all_rps": [round(x) for x in rps], "all_p99": [round(x, 1) for x in p99],
+            "all_runq": [round(r.get("runq_ms_per_s", float("nan")), 1) for r in runs],
             "served": [r["served"] for r in runs]}
 
 
 def log_row(kind: str, row: dict) -> None:
     log(f"{kind} {row['target']:22s} c={row['concurrency']:<3d} {row.get('client', 'wrk'):12s} "
         f"{row['rps']:8.0f} req/s ({row['rps_min']:.0f}-{row['rps_max']:.0f})  p50 {row['p50_ms']:6.2f} ms  "
-        f"p99 {row['p99_ms']:7.2f} ms (worst {row['p99_worst_ms']:.2f})  errors {row['errors']}")
+        f"p99 {row['p99_ms']:7.2f} ms (worst {row['p99_worst_ms']:.2f})  errors {row['errors']}  "
+        f"server {row['server_us']:.0f} us/req  run-queue wait {row['runq_ms_per_s']:.0f} ms/s")
 
 
 def parse_h2load(stdout: str) -> dict:
@@ -740,6 +749,19 @@ def parse_h2load(stdout: str) -> dict:
         raise RuntimeError(f"cannot read h2load's summary:\n{stdout}")
     seconds = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
     return {"seconds": seconds, "done": int(requests.group(3)), "succeeded": int(requests.group(4))}
+
+
+def schedstat(pids: list[int]) -> tuple[int, int]:
+    """CPU time and run-queue wait (ns), summed over every thread of ``pids`` (/proc/PID/task/*/schedstat)."""
+    cpu = wait = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                fields = task.read_text().split()
+            except OSError:  # a thread that ended meanwhile
+                continue
+            cpu, wait = cpu + int(fields[0]), wait + int(fields[1])
+    return cpu, wait
 
 
 def fetch_text(url: str) -> str:
