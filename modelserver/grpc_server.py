@@ -122,7 +122,7 @@ LOOP, POOL, THREAD, INLINE_OR_POOL = "loop", "pool", "thread", "inline-or-pool"
 @dataclass(frozen=True)
 class Method:
     request_class: Any
-    run: Callable[[Any], Any]     # request message -> response message; raises ServingError
+    run: Callable[[Any], Any]     # request message -> response message (or its bytes); raises ServingError
     where: str
     api: str = ""                 # counted in request_count/request_latency under this API name
 
@@ -212,7 +212,9 @@ class GrpcApi:
 
 def _reply(method: Method, request: Any, path: str) -> Reply:
     try:
-        return Reply(0, "", method.run(request).SerializeToString(), more=path.endswith("/Watch"))
+        response = method.run(request)
+        body = response if isinstance(response, bytes) else response.SerializeToString()
+        return Reply(0, "", body, more=path.endswith("/Watch"))
     except Exception as exc:  # noqa: BLE001 - a request never takes the server down
         return _error_reply(exc)
 
