@@ -282,13 +282,17 @@ class Bench:
         bench exits non-zero at the end (after writing its results). The requests in flight when
         the tool stops (at most ``concurrency``) may be answered, and counted, after it stopped.
         """
-        before, sched, started = target.counter(), schedstat(target.pids), time.monotonic()
+        cpus = cpu_list(self.args.server_cpus)
+        before, sched, stolen, started = target.counter(), schedstat(target.pids), steal_ms(cpus), time.monotonic()
         result = run()
         served = target.counter() - before
         after, elapsed = schedstat(target.pids), time.monotonic() - started
+        result["steal_ms"] = steal_ms(cpus) - stolen
         result["served"] = served
         # The profile of the run from the kernel's side: the servers' CPU per answered request,
-        # and how long their threads were runnable but waiting for a CPU (per second of the run).
+        # how long their threads were runnable but waiting for a CPU (per second of the run), and
+        # how long the hypervisor took the servers' CPU away (steal): the causes of a tail that
+        # are not in any of our processes.
         result["server_us"] = (after[0] - sched[0]) / 1e3 / max(served, 1)
         result["runq_ms_per_s"] = (after[1] - sched[1]) / 1e6 / elapsed
         what = f"{target.name} c={concurrency}: {result.get('client', 'wrk')}"
@@ -729,6 +733,7 @@ def summarize(runs: list[dict]) -> dict:
             "runq_ms_per_s": statistics.median(r.get("runq_ms_per_s", float("nan")) for r in runs),
             "all_rps": [round(x) for x in rps], "all_p99": [round(x, 1) for x in p99],
             "all_runq": [round(r.get("runq_ms_per_s", float("nan")), 1) for r in runs],
+            "all_steal_ms": [round(r.get("steal_ms", float("nan"))) for r in runs],
             "served": [r["served"] for r in runs]}
 
 
@@ -736,7 +741,8 @@ def log_row(kind: str, row: dict) -> None:
     log(f"{kind} {row['target']:22s} c={row['concurrency']:<3d} {row.get('client', 'wrk'):12s} "
         f"{row['rps']:8.0f} req/s ({row['rps_min']:.0f}-{row['rps_max']:.0f})  p50 {row['p50_ms']:6.2f} ms  "
         f"p99 {row['p99_ms']:7.2f} ms (worst {row['p99_worst_ms']:.2f})  errors {row['errors']}  "
-        f"server {row['server_us']:.0f} us/req  run-queue wait {row['runq_ms_per_s']:.0f} ms/s")
+        f"server {row['server_us']:.0f} us/req  run-queue wait {row['runq_ms_per_s']:.0f} ms/s  "
+        f"steal {row['all_steal_ms']} ms")
 
 
 def parse_h2load(stdout: str) -> dict:
@@ -803,13 +809,27 @@ def envoy_workers(pid: int) -> int:
     return sum(1 for comm in Path(f"/proc/{pid}/task").glob("*/comm") if comm.read_text().startswith("wrk:worker"))
 
 
-def cpu_count(cpus: str) -> int:
-    """How many CPUs a taskset list names (``0``, ``0,1``, ``0-3``)."""
-    count = 0
+def cpu_list(cpus: str) -> list[int]:
+    """The CPUs a taskset list names (``0``, ``0,1``, ``0-3``)."""
+    result: list[int] = []
     for part in cpus.split(","):
         low, _, high = part.partition("-")
-        count += int(high or low) - int(low) + 1
-    return count
+        result += range(int(low), int(high or low) + 1)
+    return result
+
+
+def cpu_count(cpus: str) -> int:
+    return len(cpu_list(cpus))
+
+
+def steal_ms(cpus: list[int]) -> float:
+    """Time the hypervisor ran something else while these (virtual) CPUs had work: /proc/stat's steal."""
+    total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            total += int(fields[7])
+    return total * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def grpc_request_bytes() -> bytes:
