@@ -8,6 +8,7 @@ exit 0 at once; in-flight inference is not waited for.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -97,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     except ServingError as exc:
         print(f"Failed to start server. Error: {exc.to_string()}", file=sys.stderr)
         return 1
+    # Everything TensorFlow and the loaded models hold (~270k objects) leaves the collector's view:
+    # a full collection walked them all with the event loop stopped, 40-640 ms on the benchmark VM
+    # in the middle of serving (bench/README.md, the REST tail). Objects created later (requests,
+    # models loaded later) are collected as before.
+    gc.freeze()
     manager.start_polling()
     _watch_config_file(options, manager)
     code = _serve(options, manager, features)
