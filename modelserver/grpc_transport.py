@@ -319,15 +319,18 @@ class Http2Connection(asyncio.Protocol):
                 self._send_pending(stream)
 
     def _header_fragment(self, flags: int, stream_id: int, fragment: bytes) -> None:
-        if self.block is None:
-            self.block, self.block_stream, self.block_flags = bytearray(fragment), stream_id, flags
+        if self.block is None and flags & END_HEADERS:
+            block = fragment  # the usual case: the whole block in one HEADERS frame
         else:
-            self.block += fragment
-        if len(self.block) > MAX_HEADER_BLOCK:
-            raise _ConnectionError(ENHANCE_YOUR_CALM)
-        if not flags & END_HEADERS:
-            return
-        block, self.block = bytes(self.block), None
+            if self.block is None:
+                self.block, self.block_stream, self.block_flags = bytearray(fragment), stream_id, flags
+            else:
+                self.block += fragment
+            if len(self.block) > MAX_HEADER_BLOCK:
+                raise _ConnectionError(ENHANCE_YOUR_CALM)
+            if not flags & END_HEADERS:
+                return
+            block, self.block = bytes(self.block), None
         try:
             # Decoded whatever becomes of the stream: the table must follow the client's encoder.
             headers = self.decoder.decode(block)

@@ -83,6 +83,7 @@ STATIC_TABLE: tuple[tuple[str, str], ...] = (
     ('via', ''),
     ('www-authenticate', ''),
 )
+_STATIC_COUNT = len(STATIC_TABLE)
 # RFC 7541 Appendix B: the code of each symbol (256 is EOS) and its length in bits.
 _HUFFMAN_CODES = (
     0x1ff8, 0x7fffd8, 0xfffffe2, 0xfffffe3, 0xfffffe4, 0xfffffe5, 0xfffffe6, 0xfffffe7, 0xfffffe8,
@@ -265,8 +266,12 @@ class Decoder:
         while pos < end:
             byte = data[pos]
             if byte & 0x80:                       # indexed header field
-                index, pos = _integer(data, pos, 7)
-                name, value = self._indexed(index)
+                index = byte & 0x7F
+                if index < 0x7F:
+                    pos += 1
+                else:
+                    index, pos = _integer(data, pos, 7)
+                name, value = STATIC_TABLE[index - 1] if 0 < index <= _STATIC_COUNT else self._indexed(index)
             elif byte & 0xE0 == 0x20:             # dynamic table size update
                 size, pos = _integer(data, pos, 5)
                 if size > self.max_table_size:
