@@ -15,14 +15,16 @@ USER_GUIDE_PER_CORE = 88.95 / 16  # ResNet, batch 32, 16-core Xeon: 5.6 images/s
 
 def _latency_table(rows: list[dict], extra: str = "") -> list[str]:
     head = ("| target | concurrency | requests/s (median of rounds) | min-max | p50 ms | p99 ms (median of rounds) | "
-            "p99 ms (worst round) | errors | rounds (req/s) | server counted (per round) |"
+            "p99 ms (worst round) | errors | rounds (req/s) | rounds (p99 ms) | server counted (per round) | "
+            "server CPU us/req | run-queue wait ms/s (per round) | steal ms (per round) |"
             + (" client | client CPU |" if extra else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         line = (f"| {row['target']} | {row['concurrency']} | {row['rps']:.0f} | {row['rps_min']:.0f}-"
                 f"{row['rps_max']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['p99_worst_ms']:.2f} | "
-                f"{row['errors']} | {', '.join(map(str, row['all_rps']))} | "
-                f"{', '.join(f'{x:.0f}' for x in row.get('served', []))} |")
+                f"{row['errors']} | {', '.join(map(str, row['all_rps']))} | {', '.join(map(str, row['all_p99']))} | "
+                f"{', '.join(f'{x:.0f}' for x in row.get('served', []))} | {row.get('server_us', float('nan')):.0f} | "
+                f"{', '.join(map(str, row.get('all_runq', [])))} | {', '.join(map(str, row.get('all_steal_ms', [])))} |")
         if extra:
             cpu = row["client_cpu"]
             line += f" {row['client']} | {'-' if cpu != cpu else f'{cpu:.2f}'} |"
