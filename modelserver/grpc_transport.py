@@ -39,6 +39,7 @@ from typing import Any, Awaitable, Callable, NamedTuple, Union
 
 from modelserver import hpack
 from modelserver.budget import BodyBudget
+from modelserver.sweep import ConnectionSweep
 
 log = logging.getLogger(__name__)
 
@@ -600,26 +601,13 @@ class _CallError(Exception):
         self.code, self.message = code, message
 
 
-class _ServerState:
+class _ServerState(ConnectionSweep):
     """What the connections of one gRPC server share: limits, the body budget, the idle sweep."""
 
     def __init__(self, limits: GrpcLimits) -> None:
+        super().__init__(limits.idle_timeout, limits.read_timeout)
         self.limits = limits
         self.budget = BodyBudget(limits.body_budget)
-        self.connections: set[Http2Connection] = set()
-        self.tick = max(0.05, min(1.0, limits.idle_timeout / 4, limits.read_timeout / 4))
-        self.handle: asyncio.TimerHandle | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.handle = loop.call_later(self.tick, self._sweep, loop)
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        for connection in list(self.connections):
-            try:
-                connection.sweep(self.tick)
-            except Exception:  # noqa: BLE001 - one connection never stops the sweep
-                log.exception("closing a stalled gRPC connection failed")
-        self.handle = loop.call_later(self.tick, self._sweep, loop)
 
 
 class GrpcServer:
@@ -632,8 +620,7 @@ class GrpcServer:
     async def stop(self, grace: float | None = None) -> None:
         for server in self.servers:
             server.close()
-        if self.state.handle is not None:
-            self.state.handle.cancel()
+        self.state.stop()
         for connection in list(self.state.connections):
             connection.shut_down()
 
