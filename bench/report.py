@@ -67,9 +67,13 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                     f"{sum(same)} of {len(same)} rounds (p99 via Envoy {envoy['all_p99']} vs floor "
                     f"{floor['all_p99']} ms)", all(same)))
     g_envoy, g_direct = _cell(grpc, "appliance via Envoy", top), _cell(grpc, "appliance direct", top)
+    both = results.get("protocols", [])
+    if both:  # REST and gRPC in the same rounds: the ratio from runs seconds apart
+        envoy, direct = _cell(both, "REST appliance via Envoy", top), _cell(both, "REST appliance direct", top)
+        g_envoy, g_direct = _cell(both, "gRPC appliance via Envoy", top), _cell(both, "gRPC appliance direct", top)
     for side, g, r in (("via Envoy", g_envoy, envoy), ("direct", g_direct, direct)):
         if g and r:
-            out.append((f"gRPC >= REST ({side}, c={top})",
+            out.append((f"gRPC >= REST ({side}, c={top}{', same rounds' if both else ''})",
                         f"{g['rps'] / r['rps']:.2f}x ({g['rps']:.0f} vs {r['rps']:.0f} req/s)", g["rps"] >= r["rps"]))
     if g_envoy and g_direct:
         ratio = g_envoy["rps"] / g_direct["rps"]
@@ -116,6 +120,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "### 1b. REST, no CPU pinning (servers and wrk scheduled by the kernel on every core)", ""]
         lines += _latency_table(results["rest_unpinned"])
     lines += ["", "### 2. gRPC, saved_model_half_plus_two_mkl", ""] + _latency_table(results["grpc"], "cpu")
+    if results.get("protocols"):
+        lines += ["", "### 2b. REST and gRPC in the same rounds (wrk and h2load taking turns)", ""]
+        lines += _latency_table(results["protocols"])
     lines += ["", "### 3. resnet (base64 JPEG, 320x240), one request at a time (REST), alternating rounds", "",
               "| batch | via Envoy images/s (median) | in-process images/s (median) | via Envoy / in-process (median "
               "of rounds) | per round | via Envoy p50 ms | p99 ms | errors | images/s per core (via Envoy) | "

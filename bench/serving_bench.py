@@ -9,6 +9,7 @@ ports of ``--address``; every process is started here and stopped here by PID):
    serving the same SavedModel; wrk, concurrency 1/8/64.
 1b. Envoy vs direct at the highest concurrency, with no CPU pinning at all.
 2. gRPC: the same model through Envoy and direct (h2load; ``bench/grpc_load.py`` at the top).
+2b. REST and gRPC, through Envoy and direct, in the same rounds at the top concurrency.
 3. ``resnet`` with base64 JPEGs at batch 1 and 32 through Envoy vs ``bench/inprocess.py``,
    alternating in rounds.
 4. Server-side batching on vs off at concurrency 64 for both models (direct model servers).
@@ -186,7 +187,8 @@ class Bench:
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
-        self.results: dict[str, Any] = {"rest": [], "rest_unpinned": [], "grpc": [], "resnet": [], "batching": [],
+        self.results: dict[str, Any] = {"rest": [], "rest_unpinned": [], "grpc": [], "protocols": [], "resnet": [],
+                                        "batching": [],
                                         "memory": {}, "settings": {}, "checks": []}
         self.bodies: dict[str, Path] = {}
         self.node_root = args.work / "node"
@@ -484,6 +486,21 @@ class Bench:
             if h2 and py and py["client_cpu"] < 0.9:
                 self.check(f"gRPC {target.name}: h2load vs grpc_load.py req/s", h2["rps"], py["rps"], tolerance=0.2)
 
+    def scenario_protocols(self, rest: list[Target], grpc: list[Target]) -> None:
+        """REST and gRPC in the same rounds at the highest concurrency (wrk and h2load taking turns):
+        the gRPC-vs-REST targets of issue 15 from runs seconds apart, not scenarios minutes apart."""
+        top = max(self.args.concurrency)
+        named = [replace(t, name=f"REST {t.name}") for t in rest] + [replace(t, name=f"gRPC {t.name}") for t in grpc]
+
+        def run(target: Target) -> dict:
+            if target.name.startswith("gRPC"):
+                return self.h2load(target.url, top, self.args.duration)
+            return self.wrk(target.url, target.body, top, self.args.duration)
+        for name, cell in self.rounds(named, top, run, self.args.rounds).items():
+            row = {"target": name, "concurrency": top, **summarize(cell)}
+            self.results["protocols"].append(row)
+            log_row("REST+gRPC", row)
+
     def sequential(self, url: str, body: Path, count: int) -> dict:
         """``count`` requests one after another on one keep-alive connection (a fixed count, not a
         time box: a time-boxed client leaves a multi-second request running in the server when it
@@ -695,10 +712,14 @@ class Bench:
                 for proc in [p for p in self.procs if p.name in ("mlserver", "kserve", "envoy_floor")]:
                     proc.stop()
                     self.procs.remove(proc)
-            if "grpc" in only:
+            grpc_targets = [replace(via_envoy, url=f"{address}:{self.ports['grpc.port']}"),
+                            replace(direct, url=grpc_direct)]
+            if "grpc" in only or "protocols" in only:
                 self.body("grpc_hpt", grpc_request_bytes())
-                self.scenario_grpc([replace(via_envoy, url=f"{address}:{self.ports['grpc.port']}"),
-                                    replace(direct, url=grpc_direct)])
+            if "grpc" in only:
+                self.scenario_grpc(grpc_targets)
+            if "protocols" in only:
+                self.scenario_protocols([via_envoy, direct], grpc_targets)
             if "resnet" in only:
                 self.scenario_resnet(via_envoy, jpeg)
             if "batching" in only:
@@ -887,7 +908,7 @@ def main() -> int:
                         help="--rest_api_num_threads of the direct model servers (0: as the node: one per CPU)")
     parser.add_argument("--peer-workers", type=int, default=1, help="MLServer/KServe workers")
     parser.add_argument("--no-peers", action="store_true", help="skip MLServer and KServe")
-    parser.add_argument("--scenarios", default="rest,grpc,resnet,batching,memory",
+    parser.add_argument("--scenarios", default="rest,grpc,protocols,resnet,batching,memory",
                         help="which to run (comma-separated; the node's cold start is always measured)")
     parser.add_argument("--work", type=Path, default=BENCH / ".work", help="node root and built models (kept)")
     parser.add_argument("--out", type=Path, default=None, help="results dir (default WORK/results-<time>)")
