@@ -47,7 +47,10 @@ from typing import Any, Callable
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 VENV_BIN = Path(sys.executable).parent
-APPLIANCE = [str(VENV_BIN / "appliance")]
+# Through this interpreter, not the venv's console scripts: a script's shebang names the
+# interpreter it was installed with, and a reinstall elsewhere can leave it pointing at nothing.
+APPLIANCE = [sys.executable, "-m", "appliance.cli"]
+MODEL_SERVER = [sys.executable, "-m", "modelserver.main"]
 HPT = "saved_model_half_plus_two_mkl"
 HPT_V1 = b'{"instances": [1.0, 2.0, 5.0]}'
 HPT_V2 = b'{"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0, 5.0]}]}'
@@ -374,7 +377,7 @@ class Bench:
             for m in models) + "}\n")
         monitoring = self.out / "monitoring.config"
         monitoring.write_text(f'prometheus_config {{ enable: true path: "{PROMETHEUS_PATH}" }}\n')
-        cmd = [str(VENV_BIN / "appliance-model-server"), f"--port={grpc}", f"--rest_api_port={rest}",
+        cmd = [*MODEL_SERVER, f"--port={grpc}", f"--rest_api_port={rest}",
                f"--listen_address={address}", f"--model_config_file={config}",
                f"--monitoring_config_file={monitoring}", f"--rest_api_num_threads={self.args.threads}", *(extra or [])]
         proc = self.spawn(name, cmd)
