@@ -125,6 +125,31 @@ def http(url: str, body: bytes | None = None, timeout: float = 5.0) -> int:
         return 0
 
 
+def sequential(url: str, data: bytes, count: int) -> dict:
+    """``count`` requests one after another on one keep-alive connection (a fixed count, not a
+    time box: a time-boxed client leaves a multi-second request running in the server when it
+    stops, and that request would steal CPU from the next measurement)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    latencies, errors = [], 0
+    start = time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        conn.request("POST", parts.path, data, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        errors += response.status != 200
+        latencies.append((time.perf_counter() - t0) * 1000)
+    elapsed = time.perf_counter() - start
+    conn.close()
+    latencies.sort()
+    return {"requests": count, "ok": count - errors, "rps": count / elapsed, "p50_ms": latencies[count // 2],
+            "p99_ms": latencies[min(count - 1, int(count * 0.99))], "errors": errors, "seconds": elapsed}
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
     start = time.monotonic()
     while not check():
@@ -505,29 +530,7 @@ class Bench:
             log_row("REST+gRPC", row)
 
     def sequential(self, url: str, body: Path, count: int) -> dict:
-        """``count`` requests one after another on one keep-alive connection (a fixed count, not a
-        time box: a time-boxed client leaves a multi-second request running in the server when it
-        stops, and that request would steal CPU from the next measurement)."""
-        import http.client
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(url)
-        data = body.read_bytes()
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
-        latencies, errors = [], 0
-        start = time.perf_counter()
-        for _ in range(count):
-            t0 = time.perf_counter()
-            conn.request("POST", parts.path, data, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            errors += response.status != 200
-            latencies.append((time.perf_counter() - t0) * 1000)
-        elapsed = time.perf_counter() - start
-        conn.close()
-        latencies.sort()
-        return {"requests": count, "ok": count - errors, "rps": count / elapsed, "p50_ms": latencies[count // 2],
-                "p99_ms": latencies[min(count - 1, int(count * 0.99))], "errors": errors, "seconds": elapsed}
+        return sequential(url, body.read_bytes(), count)
 
     def wait_idle(self, pids: list[int], timeout: float = 120.0) -> None:
         """Until ``pids`` use under 10% of a CPU: an abandoned request must not run into the next test."""

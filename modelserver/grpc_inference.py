@@ -8,7 +8,7 @@ core in :mod:`modelserver.examples`, the same one REST uses.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from modelserver import examples, monitoring
 from modelserver.core.status import Code, ServingError, invalid_argument
@@ -26,9 +26,11 @@ def _model_spec(out: Any, name: str, signature_name: str | None, version: int) -
     out.version.value = version
 
 
-def predict(model: LoadedModel, version: int, request: Any) -> bytes:
+def predict(model: LoadedModel, version: int, request: Any,
+            answered: Callable[[str, Mapping[str, Any], Mapping[str, Any]], None] | None = None) -> bytes:
     """``RunPredict``: checks, input decoding, output filter, ``*_val`` outputs; the serialized
-    ``PredictResponse``, written field by field (``outputs`` map entries, then ``model_spec``)."""
+    ``PredictResponse``, written field by field (``outputs`` map entries, then ``model_spec``).
+    ``answered`` is shown the signature, inputs and outputs of a request that ran (rollout.py)."""
     from tensorflow_serving.apis import model_pb2
 
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -49,6 +51,8 @@ def predict(model: LoadedModel, version: int, request: Any) -> bytes:
     else:
         inputs = dict(request.inputs)  # LoadedModel.run reports the mismatch in TF Serving's words
     outputs = model.run(signature.name, inputs)
+    if answered is not None:
+        answered(signature.name, inputs, outputs)
     spec = model_pb2.ModelSpec()
     _model_spec(spec, request.model_spec.name, signature_name, version)
     entries = [length_delimited(1, length_delimited(1, alias.encode()) + length_delimited(2, serialized_tensor(outputs[alias])))

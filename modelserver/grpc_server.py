@@ -16,13 +16,15 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
+from contextvars import copy_context
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
-from modelserver import grpc_inference, monitoring
+from modelserver import grpc_inference, monitoring, rollout
 from modelserver.core.inline import runs_inline
 from modelserver.grpc_transport import GrpcLimits, GrpcServer, Reply, start_server
 from modelserver.manager import ModelManager, VersionState
+from modelserver.rollout import Rollout
 from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
 
 log = logging.getLogger(__name__)
@@ -134,11 +136,12 @@ class GrpcApi:
     version choice belongs here or in ``_lookup``, shared by every method.
     """
 
-    def __init__(self, manager: ModelManager, executor: Executor, enable_health: bool = False) -> None:
+    def __init__(self, manager: ModelManager, executor: Executor, enable_health: bool = False,
+                 hooks: Rollout | None = None) -> None:
         self.manager = manager
         self.executor = executor
         self.methods: dict[str, Method] = {}
-        prediction = PredictionServicer(manager)
+        prediction = PredictionServicer(manager, hooks)
         model = ModelServicer(manager)
         self._add("tensorflow.serving.PredictionService", "tensorflow_serving.apis.prediction_service_pb2", {
             "Predict": (prediction.predict, INLINE_OR_POOL, "Predict"),
@@ -177,12 +180,15 @@ class GrpcApi:
         except Exception:  # noqa: BLE001 - protobuf's DecodeError; the body is not this message
             # C++ gRPC's GenericDeserialize answers INTERNAL with the parser's (empty) error.
             return Reply(Code.INTERNAL.value, "")
+        # Request entry: the canary draw (rollout.py) and the metrics slot this call's run fills in.
+        rollout.set_request_slot(rollout.request_slot(headers.get(rollout.SPLIT_HEADER)))
+        slot = monitoring.request_started() if method.api else None
         where = method.where
         if where == INLINE_OR_POOL:
             where = LOOP if self._cheap(request, len(raw)) else POOL
         if where == LOOP:
-            return self._run(method, request, path)
-        return self._run_in_thread(method, request, path, None if where == THREAD else self.executor)
+            return self._run(method, request, path, slot)
+        return self._run_in_thread(method, request, path, None if where == THREAD else self.executor, slot)
 
     def _cheap(self, request: Any, size: int) -> bool:
         try:
@@ -191,32 +197,51 @@ class GrpcApi:
             return False  # the pool path reports it
         return runs_inline(model, size)
 
-    def _run(self, method: Method, request: Any, path: str) -> Reply:
+    def _run(self, method: Method, request: Any, path: str, slot: Any) -> Reply:
         start = time.perf_counter()
         reply = _reply(method, request, path)
         if method.api:
-            monitoring.record_request(request.model_spec.name, method.api, "GRPC", Code(reply.code), start)
+            monitoring.record_request(request.model_spec.name, method.api, "GRPC", Code(reply.code), start, slot)
         return reply
 
-    async def _run_in_thread(self, method: Method, request: Any, path: str, executor: Executor | None) -> Reply:
+    async def _run_in_thread(self, method: Method, request: Any, path: str, executor: Executor | None,
+                             slot: Any) -> Reply:
         start = time.perf_counter()
         code = Code.CANCELLED  # the client went away (or the server stops) while it ran
         try:
-            reply = await asyncio.get_running_loop().run_in_executor(executor, _reply, method, request, path)
+            # The canary draw and the metrics slot (context variables) go along to the thread.
+            reply = await asyncio.get_running_loop().run_in_executor(executor, copy_context().run, _reply, method,
+                                                                     request, path)
             code = Code(reply.code)
             return reply
         finally:
             if method.api:
-                monitoring.record_request(request.model_spec.name, method.api, "GRPC", code, start)
+                monitoring.record_request(request.model_spec.name, method.api, "GRPC", code, start, slot)
 
 
 def _reply(method: Method, request: Any, path: str) -> Reply:
+    """The call's answer. Predict, Classify and Regress also name the model and version that
+    answered (``x-appliance-model``, ``x-appliance-version``) for Envoy's access log: a gRPC
+    request names its model only in its body, which Envoy does not read."""
     try:
         response = method.run(request)
+        version = None
+        if method.api:
+            response, version = response
         body = response if isinstance(response, bytes) else response.SerializeToString()
-        return Reply(0, "", body, more=path.endswith("/Watch"))
+        return Reply(0, "", body, more=path.endswith("/Watch"),
+                     headers=_served(request, version) if method.api else ())
     except Exception as exc:  # noqa: BLE001 - a request never takes the server down
-        return _error_reply(exc)
+        reply = _error_reply(exc)
+        return reply._replace(headers=_served(request)) if method.api else reply
+
+
+def _served(request: Any, version: int | None = None) -> tuple[tuple[str, str], ...]:
+    name = request.model_spec.name[:200]
+    if not name.isprintable() or not name.isascii():  # a header value Envoy would refuse
+        return ()
+    served = (("x-appliance-model", name),)
+    return served + (("x-appliance-version", str(version)),) if version else served
 
 
 def _health_check(request: Any) -> Any:
@@ -240,20 +265,28 @@ def _health_list(request: Any) -> Any:
 class PredictionServicer:
     """``tensorflow.serving.PredictionService``."""
 
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, hooks: Rollout | None = None) -> None:
         self.manager = manager
+        self.hooks = hooks or Rollout()
 
-    def _run(self, spec: Any, run: Callable[[Any, int, Any], Any], request: Any) -> Any:
+    def _run(self, spec: Any, run: Callable[..., Any], request: Any, *answered: Any) -> tuple[Any, int]:
+        """The response and the version that gave it."""
         state = _lookup(self.manager, spec)
-        return run(state.model, state.version, request)
+        if answered and spec.WhichOneof("version_choice") is None:   # rollout.py: the shadow's copy
+            answered = (lambda signature, inputs, outputs:
+                        self.hooks.answered(spec.name, "gRPC", state, signature, inputs, outputs),)
+        else:
+            answered = ()
+        with rollout.COUNTS.timed(spec.name, state.version, self.manager.rollout_of(spec.name) is not None):
+            return run(state.model, state.version, request, *answered), state.version
 
-    def predict(self, request: Any) -> Any:
-        return self._run(request.model_spec, grpc_inference.predict, request)
+    def predict(self, request: Any) -> tuple[Any, int]:
+        return self._run(request.model_spec, grpc_inference.predict, request, True)
 
-    def classify(self, request: Any) -> Any:
+    def classify(self, request: Any) -> tuple[Any, int]:
         return self._run(request.model_spec, grpc_inference.classify, request)
 
-    def regress(self, request: Any) -> Any:
+    def regress(self, request: Any) -> tuple[Any, int]:
         return self._run(request.model_spec, grpc_inference.regress, request)
 
     def multi_inference(self, request: Any) -> Any:
@@ -262,7 +295,7 @@ class PredictionServicer:
         from tensorflow_serving.apis import model_pb2
 
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-        return self._run(spec, grpc_inference.multi_inference, request)
+        return self._run(spec, grpc_inference.multi_inference, request)[0]
 
     def metadata(self, request: Any) -> Any:
         from tensorflow_serving.apis import get_model_metadata_pb2
@@ -317,8 +350,8 @@ class ModelServicer:
 
 
 async def start_grpc_server(manager: ModelManager, executor: Executor, host: str | GrpcOptions,
-                            port: int = 0) -> GrpcServer:
+                            port: int = 0, hooks: Rollout | None = None) -> GrpcServer:
     """Serve on ``host:port`` (and the unix socket); ``host`` may be a :class:`GrpcOptions`."""
     options = host if isinstance(host, GrpcOptions) else GrpcOptions(host=host, port=port)
-    api = GrpcApi(manager, executor, options.enable_health)
+    api = GrpcApi(manager, executor, options.enable_health, hooks)
     return await start_server(api, options.host, options.port, options.socket_path, grpc_limits(options))

@@ -80,6 +80,7 @@ class Reply(NamedTuple):
     message: str = ""
     body: bytes = b""
     more: bool = False
+    headers: tuple[tuple[str, str], ...] = ()   # sent with the answer's headers (trailers when an error)
 
 
 # The application behind the port: ``(path, headers, message) -> Reply``, or an awaitable of one
@@ -483,13 +484,14 @@ class Http2Connection(asyncio.Protocol):
         code, message, body = reply.code, reply.message, reply.body
         if code == OK and len(body) > self.limits.max_send:
             code, message = RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(body)} vs. {self.limits.max_send})"
+        extra = b"".join(hpack.literal(name, value) for name, value in reply.headers)
         if code != OK:
             self._emit(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id,
-                              _GRPC_HEAD + _status_block(code, message)))
+                              _GRPC_HEAD + extra + _status_block(code, message)))
             self._finish(stream)
             return
         data = _U32.pack(len(body))
-        head = _frame(HEADERS, END_HEADERS, stream.id, _GRPC_HEAD)
+        head = _frame(HEADERS, END_HEADERS, stream.id, _GRPC_HEAD + extra)
         size = 5 + len(body)
         if not reply.more and size <= min(stream.send_window, self.send_window, self.peer_max_frame):
             # The common case: everything in one write.

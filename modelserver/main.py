@@ -49,7 +49,8 @@ def _load_options(options: Options) -> object:
     inter = options.tensorflow_inter_op_parallelism or options.tensorflow_session_parallelism
     return LoadOptions(tags=tuple(t for t in options.saved_model_tags.split(",") if t),
                        intra_op_threads=intra, inter_op_threads=inter,
-                       run_timeout_ms=max(options.rest_api_timeout_in_ms, 0))
+                       run_timeout_ms=max(options.rest_api_timeout_in_ms, 0),
+                       cache_dir=options.runtime_cache_dir, cache_bytes=max(options.runtime_cache_bytes, 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,19 +141,22 @@ def _serve(options: Options, manager: ModelManager, features: ServerFeatures) ->
 async def _run_servers(options: Options, manager: ModelManager, features: ServerFeatures) -> int:
     from modelserver.handlers import RestApi
     from modelserver.rest import start_rest_server
+    from modelserver.rollout import Rollout
+    from modelserver.shadow import ShadowTap
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     executor = features.executor(options.rest_api_num_threads)
+    hooks = Rollout(ShadowTap(manager))
     servers = []
     try:
         if options.port > 0 or options.grpc_socket_path:
-            servers.append(await _start_grpc(options, manager, executor))
+            servers.append(await _start_grpc(options, manager, executor, hooks))
         if options.rest_api_port > 0:
             api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support,
-                          metrics_path=features.monitoring.prometheus_path)
+                          metrics_path=features.monitoring.prometheus_path, hooks=hooks)
             servers.append(await start_rest_server(api, options.listen_address, options.rest_api_port,
                                                    _rest_limits(options)))
             log.info("Exporting HTTP/REST API at:%s:%d ...", options.listen_address, options.rest_api_port)
@@ -181,7 +185,8 @@ def _rest_limits(options: Options) -> object:
                       read_timeout=limit(options.rest_api_read_timeout_seconds, math.inf))
 
 
-async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadPoolExecutor) -> object:
+async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadPoolExecutor,
+                      hooks: object) -> object:
     try:
         from modelserver.grpc_server import GrpcOptions, start_grpc_server
     except ImportError:
@@ -195,7 +200,7 @@ async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadP
     if options.grpc_max_threads:
         log.info("--grpc_max_threads=%d: gRPC runs on the event loop here, with no thread per RPC to cap; "
                  "inference concurrency is the runtime pool's size", options.grpc_max_threads)
-    server = await start_grpc_server(manager, executor, grpc_options)
+    server = await start_grpc_server(manager, executor, grpc_options, hooks=hooks)
     if options.port > 0:
         log.info("Running gRPC ModelServer at %s:%d ...", options.listen_address, options.port)
     if options.grpc_socket_path:
