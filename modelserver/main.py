@@ -8,6 +8,7 @@ exit 0 at once; in-flight inference is not waited for.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -98,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     except ServingError as exc:
         print(f"Failed to start server. Error: {exc.to_string()}", file=sys.stderr)
         return 1
+    # Everything TensorFlow and the loaded models hold (~270k objects) leaves the collector's view:
+    # a full collection walked them all with the event loop stopped, 40-640 ms on the benchmark VM
+    # in the middle of serving (bench/README.md, the REST tail). Objects created later (requests,
+    # models loaded later) are collected as before.
+    gc.freeze()
     manager.start_polling()
     _watch_config_file(options, manager)
     code = _serve(options, manager, features)
@@ -186,12 +192,14 @@ async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadP
     except ImportError:
         log.warning("gRPC is not served yet: --port=%d is not opened", options.port)
         return None
+    limits = _rest_limits(options)
     grpc_options = GrpcOptions(host=options.listen_address, port=options.port, socket_path=options.grpc_socket_path,
                                channel_arguments=options.grpc_channel_arguments,
-                               enable_health=options.enable_grpc_healthcheck_service)
+                               enable_health=options.enable_grpc_healthcheck_service,
+                               body_budget=limits.body_budget, read_timeout=limits.read_timeout)
     if options.grpc_max_threads:
-        log.info("--grpc_max_threads=%d: gRPC runs on asyncio here, with no thread per RPC to cap; inference "
-                 "concurrency is the runtime pool's size", options.grpc_max_threads)
+        log.info("--grpc_max_threads=%d: gRPC runs on the event loop here, with no thread per RPC to cap; "
+                 "inference concurrency is the runtime pool's size", options.grpc_max_threads)
     server = await start_grpc_server(manager, executor, grpc_options, hooks=hooks)
     if options.port > 0:
         log.info("Running gRPC ModelServer at %s:%d ...", options.listen_address, options.port)
