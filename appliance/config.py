@@ -415,7 +415,8 @@ SCHEMA: tuple[Key, ...] = (
         "TLS (a client certificate signed by the cluster CA is required)."),
     Key("cluster.ca.cert", "cluster", "ca_cert", _pem("CERTIFICATE"), "",
         "The cluster CA's certificate (PEM), the same on every node: `appliance cluster-ca` "
-        "makes one. Needed as soon as a node has peers.", secret=True),
+        "makes one. Needed as soon as a node has peers: without it a node sends its peers "
+        "nothing.", secret=True),
     Key("cluster.ca.key", "cluster", "ca_key", _pem("PRIVATE KEY"), "",
         "The cluster CA's private key (PEM): each node signs its own inter-node certificate "
         "with it at start.", secret=True),
@@ -604,19 +605,15 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _tls_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Pairs given together; a node with peers needs the cluster CA (inter-node mTLS)."""
+    """Pairs given together."""
     problems: list[tuple[str, str]] = []
     for first, second in (("cluster.ca.cert", "cluster.ca.key"), ("tls.cert.file", "tls.key.file")):
         if first in parsed and second in parsed and bool(parsed[first]) != bool(parsed[second]):
             missing = second if parsed[first] else first
             problems.append((missing, f"{first} and {second} are given together or not at all"))
-    members, address = parsed.get("cluster.members", ()), parsed.get("node.address")
-    peers = [m for m in members if m != address]
-    if (peers or parsed.get("cluster.dns")) and not parsed.get("cluster.ca.cert") \
-            and "cluster.ca.cert" in parsed:
-        problems.append(("cluster.ca.cert", "a node with peers (cluster.members, cluster.dns) "
-                         "talks to them over mutual TLS: give every node the same cluster CA "
-                         "(`appliance cluster-ca FILE` makes its two keys)"))
+    # A node with peers but no cluster CA is not refused: it serves through its own model
+    # server only (membership.peers_left_out), and up/status/doctor say so. A config made for
+    # a release before inter-node mTLS then still starts, so a rolling upgrade keeps serving.
     return problems
 
 

@@ -198,6 +198,9 @@ class Node:
                      f"{host}:{self.config.grpc_port} with {edge.cert}")
         for report in pki.reports(self.config, self.paths):
             progress(report.text())
+        left_out = membership.peers_left_out(self.config)
+        if left_out:
+            progress("WARNING: " + membership.no_ca_warning(self.config, left_out))
         if self.config.logviewer.enabled:
             from logviewer import credentials
 
@@ -472,6 +475,9 @@ class Node:
                 status.models[name] = versions
         status.certificates = [r.as_dict() | {"text": r.text()}
                                for r in pki.reports(self.config, self.paths)]
+        left_out = membership.peers_left_out(self.config)
+        if left_out:
+            status.warnings.append(membership.no_ca_warning(self.config, left_out))
         why, clusters = read_cluster_view(self.config.envoy.admin_port)
         status.envoy = why
         for cluster in clusters:
@@ -497,12 +503,14 @@ class NodeStatus:
     envoy: str = ""
     upstreams: list[dict] = field(default_factory=list)
     certificates: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"root": self.root, "role": self.role, "supervisord": self.supervisord,
                 "sizing": {"cpus": self.cpus, "envoy_workers": self.envoy_workers,
                            "model_server_threads": self.model_server_threads},
                 "envoy": self.envoy, "upstreams": self.upstreams, "certificates": self.certificates,
+                "warnings": self.warnings,
                 "processes": [{"name": p.name, "state": p.state, "pid": p.pid,
                                "uptime_seconds": p.uptime_seconds} for p in self.processes],
                 "models": self.models}
@@ -538,6 +546,7 @@ class NodeStatus:
         elif self.envoy and self.envoy != "ok":
             lines.append(f"  envoy: {self.envoy}")
         lines += [f"  {cert['text']}" for cert in self.certificates]
+        lines += [f"  WARNING: {warning}" for warning in self.warnings]
         return "\n".join(lines)
 
 
