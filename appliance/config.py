@@ -89,6 +89,7 @@ class ServingSettings:
     body_budget_bytes: int
     idle_timeout_seconds: int
     read_timeout_seconds: int
+    runtime_cache_bytes: int
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,11 @@ class NodePaths:
     def quarantine(self) -> Path:
         """Records of model versions that failed to load (written by the model server)."""
         return self.root / "var/lib/appliance/quarantine"
+
+    @property
+    def runtime_cache(self) -> Path:
+        """Converted models and platform auto's measurements (the model server's runtime cache)."""
+        return self.root / "var/lib/appliance/runtime-cache"
 
     @property
     def dashboard(self) -> Path:
@@ -379,6 +385,9 @@ SCHEMA: tuple[Key, ...] = (
         "The model server closes a REST connection idle (or not reading its answers) this long."),
     Key("serving.rest.read.timeout.seconds", "serving", "read_timeout_seconds", positive, 50,
         "The model server answers 408 and closes when a request's headers take this long or its body stalls."),
+    Key("serving.runtime.cache.bytes", "serving", "runtime_cache_bytes", positive, 4 * 2 ** 30,
+        "Disk the model server's runtime cache may use (models converted for OpenVINO, platform auto's "
+        "measurements); least recently used entries go first."),
     Key("sync.interval.seconds", "sync", "interval_seconds", positive, 10,
         "How often the agent polls the model repository (s3.type other than none)."),
     Key("sync.concurrency", "sync", "concurrency", positive, 10,
@@ -406,7 +415,8 @@ SCHEMA: tuple[Key, ...] = (
         "TLS (a client certificate signed by the cluster CA is required)."),
     Key("cluster.ca.cert", "cluster", "ca_cert", _pem("CERTIFICATE"), "",
         "The cluster CA's certificate (PEM), the same on every node: `appliance cluster-ca` "
-        "makes one. Needed as soon as a node has peers.", secret=True),
+        "makes one. Needed as soon as a node has peers: without it a node sends its peers "
+        "nothing.", secret=True),
     Key("cluster.ca.key", "cluster", "ca_key", _pem("PRIVATE KEY"), "",
         "The cluster CA's private key (PEM): each node signs its own inter-node certificate "
         "with it at start.", secret=True),
@@ -595,19 +605,15 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _tls_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Pairs given together; a node with peers needs the cluster CA (inter-node mTLS)."""
+    """Pairs given together."""
     problems: list[tuple[str, str]] = []
     for first, second in (("cluster.ca.cert", "cluster.ca.key"), ("tls.cert.file", "tls.key.file")):
         if first in parsed and second in parsed and bool(parsed[first]) != bool(parsed[second]):
             missing = second if parsed[first] else first
             problems.append((missing, f"{first} and {second} are given together or not at all"))
-    members, address = parsed.get("cluster.members", ()), parsed.get("node.address")
-    peers = [m for m in members if m != address]
-    if (peers or parsed.get("cluster.dns")) and not parsed.get("cluster.ca.cert") \
-            and "cluster.ca.cert" in parsed:
-        problems.append(("cluster.ca.cert", "a node with peers (cluster.members, cluster.dns) "
-                         "talks to them over mutual TLS: give every node the same cluster CA "
-                         "(`appliance cluster-ca` prints the two keys to add)"))
+    # A node with peers but no cluster CA is not refused: it serves through its own model
+    # server only (membership.peers_left_out), and up/status/doctor say so. A config made for
+    # a release before inter-node mTLS then still starts, so a rolling upgrade keeps serving.
     return problems
 
 

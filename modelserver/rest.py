@@ -35,6 +35,7 @@ import httptools
 from modelserver import rollout
 from modelserver.budget import BodyBudget
 from modelserver.handlers import RestApi, Response, error_body
+from modelserver.sweep import ConnectionSweep
 
 log = logging.getLogger(__name__)
 
@@ -413,7 +414,9 @@ class HttpProtocol(asyncio.Protocol):
         body = b"".join(request.body)
         request.body.clear()
         _enter_split(request)
-        return await self.api.handle(request.method, request.path, request.headers, body)
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return await self.api.handle(request.method, request.path, request.headers, body,
+                                     peer=peer[0] if isinstance(peer, tuple) else "")
 
     def _write(self, response: Response, keep_alive: bool, http10: bool, head: bool = False) -> None:
         lines = [f"HTTP/{'1.0' if http10 else '1.1'} {response.status} {_REASONS.get(response.status, 'Unknown')}"]
@@ -438,27 +441,14 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a connection whose request was refused."""
 
 
-class _ServerState:
+class _ServerState(ConnectionSweep):
     """What the connections of one REST server share: limits, the body budget, the idle sweep."""
 
     def __init__(self, limits: RestLimits) -> None:
+        super().__init__(limits.idle_timeout, limits.read_timeout)
         self.limits = limits
         self.max_body = min(limits.max_body, limits.body_budget)  # a bigger body could never fit
         self.budget = BodyBudget(limits.body_budget)
-        self.connections: set[HttpProtocol] = set()
-        self.tick = max(0.05, min(1.0, limits.idle_timeout / 4, limits.read_timeout / 4))
-        self.handle: asyncio.TimerHandle | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.handle = loop.call_later(self.tick, self._sweep, loop)
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        for connection in list(self.connections):
-            try:
-                connection.sweep(self.tick)
-            except Exception:  # noqa: BLE001 - one connection never stops the sweep
-                log.exception("closing a stalled connection failed")
-        self.handle = loop.call_later(self.tick, self._sweep, loop)
 
 
 async def start_rest_server(api: RestApi, host: str, port: int, limits: RestLimits = RestLimits()) -> Any:

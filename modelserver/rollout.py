@@ -12,6 +12,10 @@ key in the slice at 5 % stays in it at 25 % -- so a user's session sees one vers
 The counters are only kept for models with a rollout (nothing is added to other requests'
 path); the node's agent reads them at ``GET /appliance/v1/rollout`` on the REST port and
 reports them to the rollout's controller (appliance/rollout.py).
+
+A request naming no version is also shown, once answered, to :meth:`Rollout.answered`, which
+hands a sample of it to the model's shadow (:mod:`modelserver.shadow`) without delaying the
+answer; the shadow's candidate never answers one (``ModelManager.lookup``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ import time
 from bisect import bisect_left
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from modelserver.manager import VersionState
+    from modelserver.shadow import ShadowTap
 
 SPLIT_HEADER = "x-canary-key"
 COUNTS_PATH = "/appliance/v1/rollout"
@@ -125,3 +135,17 @@ def p99_ms(buckets: list[int]) -> float | None:
         if seen >= 0.99 * total:
             return bound
     return float("inf")
+
+
+class Rollout:
+    """The request paths' hook for requests that name no version (REST ``handlers.py``, gRPC
+    ``grpc_server.py``), called after the primary answered."""
+
+    def __init__(self, shadow: ShadowTap | None = None) -> None:
+        self.shadow = shadow
+
+    def answered(self, name: str, api: str, state: VersionState, signature: str,
+                 inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        """``state`` answered an unversioned request of model ``name`` with ``outputs``."""
+        if self.shadow is not None:
+            self.shadow.offer(name, api, state, signature, inputs, outputs)

@@ -16,12 +16,13 @@ import threading
 import time
 from pathlib import Path
 
-from .. import control, runconfig
+from .. import control, rollout, runconfig
 from ..config import NodePaths
 from ..errors import ApplianceError
 from ..logbudget import AccessLogRotator
 from ..membership import MembershipWatch
 from ..scrapeconfig import write_targets
+from ..shadow import AgreementSource, ReportPublisher
 from . import build_syncer
 from .cycle import Syncer
 from .daemon import AgentDaemon
@@ -92,6 +93,8 @@ def run(paths: NodePaths) -> int:
     settings = FleetWatch(paths)
     stop = threading.Event()
     threading.Thread(target=settings.run, args=(stop,), name="fleet", daemon=True).start()
+    threading.Thread(target=ReportPublisher(paths).run, args=(stop,), name="shadow-report", daemon=True).start()
+    rollout.AGREEMENT_SOURCE = AgreementSource(paths)   # a rollout's guard reads the shadow's report
     watch = MembershipWatch(paths)
 
     def tick() -> list[str]:

@@ -79,3 +79,17 @@ def test_metadata_and_status(channel) -> None:
         get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "half_plus"}), timeout=10)
     assert [s.version for s in status.model_version_status] == [2, 1]
     assert all(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for s in status.model_version_status)
+
+
+@pytest.mark.parametrize("arr", [
+    np.array([2.5, 3.0, 4.5], np.float32), np.arange(6, dtype=np.float64).reshape(2, 3),
+    np.float32(1.5).reshape(()), np.zeros((2, 0, 3), np.float32), np.arange(300, dtype=np.float32),
+    np.arange(4, dtype=np.int64), np.array([b"a", b""], dtype=object)])
+def test_serialized_tensor_is_the_tensor_proto(arr: np.ndarray) -> None:
+    """Predict's outputs are written without a TensorProto object: the bytes must parse as one."""
+    from tensorflow.core.framework import tensor_pb2
+
+    from modelserver.tensor_proto import proto_from_ndarray, serialized_tensor
+
+    parsed = tensor_pb2.TensorProto.FromString(serialized_tensor(arr))
+    assert parsed == proto_from_ndarray(arr)

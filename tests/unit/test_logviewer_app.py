@@ -141,7 +141,7 @@ PAGES = ["/", "/logs", "/logs/view/model_server.log", "/logs/search/model_server
          "/logs/download/model_server.log", "/api/logs/chunk/model_server.log",
          "/api/logs/tail/model_server.log", "/access", "/models", f"/models/{MODEL}",
          f"/models/{MODEL}/123", f"/models/{MODEL}/123/file/saved_model.pb", "/cluster",
-         "/dashboard", "/api/dashboard"]
+         "/dashboard", "/api/dashboard", "/shadow", "/api/shadow"]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -364,6 +364,25 @@ def test_cluster_page_without_envoy(client: FlaskClient) -> None:
     resp = client.get("/cluster")
     assert resp.status_code == 200
     assert "does not answer" in text(resp)
+
+
+def test_shadow_page_sums_the_nodes_reports(client: FlaskClient, site: Site) -> None:
+    from appliance import fleet
+    from modelserver.model_settings import ShadowSettings
+    from modelserver.shadow import _Run, _TensorTotals
+
+    assert "No shadow has run yet" in text(client.get("/shadow"))
+    store = fleet.Fleet.of_node(load_config(site.paths.etc / "appliance.yaml"), paths=site.paths)
+    for node, flipped in (("10.0.0.1", 1), ("10.0.0.2", 3)):
+        run = _Run(MODEL, ShadowSettings(version=2))
+        run.compared, run.primary_versions = 2, {1}
+        run.tensors["<probs>"] = _TensorTotals(rows=40, values=160, raw_rows=flipped, classifier_rows=40,
+                                               top1_raw=flipped, topk_raw=40.0, topk_noise=40.0)
+        store.write_object(f"shadow/{node}.json", json.dumps({"node": node, "models": {MODEL: run.report()}}).encode())
+    page = text(client.get("/shadow"))
+    assert "differs" in page and "10.0.0.1, 10.0.0.2" in page and "&lt;probs&gt;" in page and "<probs>" not in page
+    assert "95.0 %" in page            # top-1 agreement over both nodes: 4 of 80 rows changed
+    assert client.get("/api/shadow").get_json()[MODEL]["requests"]["compared"] == 4
 
 
 def test_pages_have_working_links(client: FlaskClient) -> None:
