@@ -13,10 +13,12 @@ import urllib.request
 MAX_BODY = 8 * 1024 * 1024
 
 
-def get_text(url: str, timeout: float = 2.0, method: str = "GET") -> tuple[int, str]:
+def get_text(url: str, timeout: float = 2.0, method: str = "GET",
+             headers: dict[str, str] | None = None) -> tuple[int, str]:
     """(status, body text); status 0 when nothing answers. ``method="POST"`` sends no body."""
     try:
-        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
+                                         headers=headers or {})
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.read(MAX_BODY).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
@@ -25,9 +27,9 @@ def get_text(url: str, timeout: float = 2.0, method: str = "GET") -> tuple[int, 
         return 0, str(exc)
 
 
-def get_json(url: str, timeout: float = 2.0) -> tuple[int, object]:
+def get_json(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, object]:
     """(status, parsed JSON, or the body text when it is not JSON); status 0 when nothing answers."""
-    code, text = get_text(url, timeout)
+    code, text = get_text(url, timeout, headers=headers)
     if code == 0:
         return 0, text
     try:

@@ -101,6 +101,9 @@ class ModelEntry:
     metrics: bool
     precision: str
     openvino: OpenVino
+    # The edge's rules (run/api-keys.json, not model-settings.json: a change reloads no model).
+    auth_required: bool = False
+    rate: int = 0
 
     def runtime_settings(self) -> dict[str, Any]:
         """The model server's per-model settings (an entry of model-settings.json)."""
@@ -189,6 +192,11 @@ MODEL_SCHEMA: tuple[Key, ...] = (
         "OpenVINO only: inference streams; 0 means the runtime decides."),
     Key("openvino.threads", "openvino", "threads", non_negative, 0,
         "OpenVINO only: inference threads; 0 means the runtime decides."),
+    Key("auth.required", "", "auth_required", boolean, False,
+        "Requests to this model need an API key (auth.required asks it for every model)."),
+    Key("rate", "", "rate", non_negative, 0,
+        "Requests per second to this model each serving node lets through; 429 (gRPC "
+        "RESOURCE_EXHAUSTED) past it. 0: no limit."),
 )
 MODEL_KEYS = {key.name: key for key in MODEL_SCHEMA}
 MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino}

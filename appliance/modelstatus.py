@@ -14,6 +14,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelserver.access import INTERNAL_HEADER
 from modelserver.core.applied import APPLIED_PATH
 
 from .config import Config
@@ -40,6 +41,10 @@ class ModelStatus:
         return out
 
 
+# The node's own status reads need no API key (modelserver/access.py).
+INTERNAL = {INTERNAL_HEADER: "1"}
+
+
 class ModelServerClient:
     """Asks one model server's REST API about models."""
 
@@ -58,7 +63,7 @@ class ModelServerClient:
                          *(urllib.parse.quote(part, safe="") for part in (name, *rest))])
 
     def status(self, name: str) -> ModelStatus:
-        code, body = get_json(self.url(name), self.timeout)
+        code, body = get_json(self.url(name), self.timeout, INTERNAL)
         if code == 200 and isinstance(body, dict):
             return ModelStatus(code, True, list(body.get("model_version_status") or []))
         error = body.get("error", "") if isinstance(body, dict) else body
@@ -84,4 +89,4 @@ class ModelServerClient:
 
     def metadata(self, name: str, version: str) -> tuple[int, object]:
         """(HTTP status, the metadata document, or the body text when it is not JSON)."""
-        return get_json(self.url(name, "versions", version, "metadata"), self.timeout)
+        return get_json(self.url(name, "versions", version, "metadata"), self.timeout, INTERNAL)

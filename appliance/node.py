@@ -345,7 +345,9 @@ class Node:
                  lambda: get_text(s3)[0] == 403)
             return
         front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
-        step(f"REST through Envoy on port {self.config.http_port}", lambda: get_text(front)[0] == 200)
+        # 401: routed to a model server that wants an API key; 429: the node's rate limit.
+        step(f"REST through Envoy on port {self.config.http_port}",
+             lambda: get_text(front)[0] in (200, 401, 429))
         if self.config.node.role == "serving" and host in membership.members(self.config):
             # Envoy health-checks each host once a second: the node is in rotation (and `up`
             # done) only once its own Envoy routes to its own model server, REST and gRPC.
@@ -377,7 +379,8 @@ class Node:
                 return None
 
         return {"model_config_file": digest(read(render.MODELS_CONFIG)),
-                "model_settings_file": digest(read(render.MODEL_SETTINGS))}
+                "model_settings_file": digest(read(render.MODEL_SETTINGS)),
+                "api_keys_file": digest(read(render.API_KEYS))}
 
     def _objectstore_ready(self) -> bool:
         """The running object store process wrote its ready marker (the bucket exists)."""

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import grpc
 
 from modelserver import grpc_inference, monitoring
+from modelserver.access import KEY_NAME_HEADER, Access, AccessDenied, model_of_request
 from modelserver.core.inline import runs_inline
 from modelserver.manager import ModelManager, VersionState
 from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
@@ -31,6 +32,7 @@ MAX_MESSAGE = 2 ** 31 - 1
 # --grpc_channel_arguments=grpc.max_connection_idle_ms=N overrides it.
 MAX_CONNECTION_IDLE_MS = 300_000
 MAX_ERROR_MESSAGE = 1024  # grpc_status_util.cc: longer messages are cut and marked
+STATUS_READS = ("GetModelStatus", "GetModelMetadata")   # what Envoy's and the agent's own calls may read
 HEALTH_SERVICES = ("", "ModelService", "PredictionService",
                    "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService")
 
@@ -217,7 +219,7 @@ class ModelServicer:
 
 
 async def start_grpc_server(manager: ModelManager, executor: Executor, host: str | GrpcOptions,
-                            port: int = 0) -> grpc.aio.Server:
+                            port: int = 0, access: Access | None = None) -> grpc.aio.Server:
     """Serve on ``host:port`` (and the unix socket); ``host`` may be a :class:`GrpcOptions`."""
     from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 
@@ -227,9 +229,10 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
                        ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS)]
     channel_options += parse_channel_arguments(options.channel_arguments)
     server = grpc.aio.server(options=channel_options)
+    access = access or Access()
     server.add_generic_rpc_handlers((
-        _service_handler(prediction_service_pb2, "PredictionService", PredictionServicer(manager, executor)),
-        _service_handler(model_service_pb2, "ModelService", ModelServicer(manager))))
+        _service_handler(prediction_service_pb2, "PredictionService", PredictionServicer(manager, executor), access),
+        _service_handler(model_service_pb2, "ModelService", ModelServicer(manager), access)))
     if options.enable_health:
         await _add_health(server)
     if options.port > 0:
@@ -243,7 +246,7 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
     return server
 
 
-def _service_handler(module: Any, service: str, servicer: Any) -> grpc.GenericRpcHandler:
+def _service_handler(module: Any, service: str, servicer: Any, access: Access) -> grpc.GenericRpcHandler:
     """The service's unary methods, reading and parsing the request message in the handler.
 
     A body that does not parse as the request message gets INTERNAL with the parser's (empty)
@@ -263,7 +266,7 @@ def _service_handler(module: Any, service: str, servicer: Any) -> grpc.GenericRp
         response_class = message_factory.GetMessageClass(method.output_type)
 
         async def handle(_messages: Any, context: grpc.aio.ServicerContext, impl: Any = getattr(servicer, method.name),
-                         request_class: Any = request_class) -> Any:
+                         request_class: Any = request_class, status_read: bool = method.name in STATUS_READS) -> Any:
             raw = await context.read()
             if raw is grpc.aio.EOF:
                 await context.abort(grpc.StatusCode.INTERNAL, "Couldn't initialize byte buffer reader")
@@ -272,11 +275,26 @@ def _service_handler(module: Any, service: str, servicer: Any) -> grpc.GenericRp
                 request.ParseFromString(raw)
             except Exception:  # noqa: BLE001 - protobuf's DecodeError; the body is not this message
                 await context.abort(grpc.StatusCode.INTERNAL, "")
+            if not access.rules.idle:
+                await _admit(access, request, context, status_read)
             return await impl(request, context)
 
         handlers[method.name] = grpc.stream_unary_rpc_method_handler(
             handle, request_deserializer=None, response_serializer=response_class.SerializeToString)
     return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
+
+
+async def _admit(access: Access, request: Any, context: grpc.aio.ServicerContext, status_read: bool) -> None:
+    """The access check (access.py) of one call: abort it when refused; the key's name goes back in
+    the initial metadata, for Envoy's access log."""
+    metadata = dict(context.invocation_metadata() or ())
+    try:
+        name = access.check(model_of_request(request), metadata.get, status_read)
+    except AccessDenied as exc:
+        trailing = (("retry-after", str(exc.retry_after)),) if exc.retry_after else ()
+        await context.abort(grpc.StatusCode[exc.code.name], exc.message, trailing_metadata=trailing)
+    if name:
+        await context.send_initial_metadata(((KEY_NAME_HEADER, name),))
 
 
 async def _add_health(server: grpc.aio.Server) -> None:
