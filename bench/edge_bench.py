@@ -74,9 +74,16 @@ def node(name: str, tls: bool) -> dict:
         key = re.search(r"^bench: (\S+)$", out, re.M).group(1)
         headers["Authorization"] = f"Bearer {key}"
     cli(root, "up", "--timeout", "300")
+    status = json.loads(cli(root, "status", "--json"))
+    pids = {p["name"]: p["pid"] for p in status["processes"] if p["name"] in ("model_server", "envoy")}
     scheme = "https" if name == "edge" and tls else "http"
     return {"name": name, "root": root, "url": f"{scheme}://{address}:{ports['http.port']}/v1/models/{HPT}:predict",
-            "admin": values["envoy.admin.port"], "headers": headers}
+            "admin": values["envoy.admin.port"], "headers": headers, "pids": pids}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def envoy_2xx(target: dict) -> int:
@@ -87,17 +94,21 @@ def envoy_2xx(target: dict) -> int:
 
 
 def wrk(target: dict, body: Path, concurrency: int, seconds: float) -> dict:
-    cmd = ["wrk", "-t2", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA)]
+    cmd = ["wrk", "-t2", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "--timeout", "10s", "-s", str(LUA)]
     for name, value in target["headers"].items():
         cmd += ["-H", f"{name}: {value}"]
     before = envoy_2xx(target)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in target["pids"].items()}
     proc = subprocess.run(cmd + [target["url"]], capture_output=True, text=True,
                           env={**os.environ, "WRK_BODY": str(body)}, timeout=seconds + 60)
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in target["pids"].items()}
     line = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode != 0 or not line:
         raise RuntimeError(f"wrk failed: {proc.stdout}{proc.stderr}")
     result = json.loads(line[-1])
     result["envoy_2xx"] = envoy_2xx(target) - before
+    for name, seconds_used in cpu.items():   # the servers' own cost, whatever the background load
+        result[f"{name}_cpu_us"] = round(seconds_used / max(1, result["envoy_2xx"]) * 1e6, 1)
     return result
 
 
@@ -124,7 +135,8 @@ def main() -> int:
                 runs[target["name"]].append(result)
                 print(f"round {round_no + 1} {target['name']:5s} {result['rps']:8.1f} req/s "
                       f"p50 {result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms errors {result['errors']} "
-                      f"wrk ok {result['requests'] - result['errors']} envoy 2xx {result['envoy_2xx']}",
+                      f"wrk ok {result['requests'] - result['errors']} envoy 2xx {result['envoy_2xx']} "
+                      f"CPU/request: model server {result['model_server_cpu_us']} us, envoy {result['envoy_cpu_us']} us",
                       file=sys.stderr)
         ratios = [e["rps"] / p["rps"] for p, e in zip(runs["plain"], runs["edge"])]
         summary = {
@@ -135,6 +147,8 @@ def main() -> int:
             "ratios": [round(r, 3) for r in ratios], "ratio_median": round(statistics.median(ratios), 3),
             "plain_p99_ms": statistics.median(r["p99_ms"] for r in runs["plain"]),
             "edge_p99_ms": statistics.median(r["p99_ms"] for r in runs["edge"]),
+            "cpu_us_per_request": {side: {name: statistics.median(r[f"{name}_cpu_us"] for r in runs[side])
+                                          for name in ("model_server", "envoy")} for side in runs},
             "errors": sum(r["errors"] for rs in runs.values() for r in rs),
             "wrk_vs_envoy": [(r["requests"] - r["errors"], r["envoy_2xx"]) for rs in runs.values() for r in rs]}
         print(json.dumps(summary, indent=2))

@@ -13,7 +13,8 @@ absent means no limit.
 
 A thread stats the file every :data:`POLL_SECONDS` and swaps the parsed rules in when its bytes
 changed, so an ``appliance keys`` change applies within a second without a restart. A request
-pays a SHA-256 of the key it presents and a dict lookup; nothing is read from disk per request.
+pays a dict lookup of the key it presents (its SHA-256 is computed once, then remembered in
+memory) and its buckets; nothing is read from disk per request.
 An invalid file is logged (by its path, never its content) and the rules in force are kept.
 
 Clients send ``Authorization: Bearer <key>`` (or ``x-api-key: <key>``; REST headers and gRPC
@@ -31,6 +32,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,6 +48,7 @@ POLL_SECONDS = 0.2
 INTERNAL_HEADER = "x-appliance-internal"
 KEY_NAME_HEADER = "x-appliance-key-name"
 BURST_SECONDS = 0.1     # a bucket holds this long's worth of requests (at least one)
+SEEN_KEYS = 4096        # presented keys remembered with their rule (hashing one costs more than the rest)
 
 
 class AccessDenied(ServingError):
@@ -71,9 +74,8 @@ class TokenBucket:
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 
-    def take(self) -> int:
+    def take(self, now: float) -> int:
         """0 when a request may pass (and is counted), else the seconds until one may."""
-        now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens >= 1.0:
@@ -97,6 +99,18 @@ class Rules:
     required_models: frozenset[str] = frozenset()
     keys: Mapping[str, KeyRule] = field(default_factory=dict)   # sha256 hex -> rule
     model_buckets: Mapping[str, TokenBucket] = field(default_factory=dict)
+    # Presented key -> its rule (None: unknown), in memory only, dropped with these rules.
+    seen: dict[str, KeyRule | None] = field(default_factory=dict)
+
+    def rule_of(self, key: str) -> KeyRule | None:
+        try:
+            return self.seen[key]
+        except KeyError:
+            rule = self.keys.get(hash_key(key))
+        if len(self.seen) >= SEEN_KEYS:   # a client trying keys gets no memory out of it
+            self.seen.clear()
+        self.seen[key] = rule
+        return rule
 
     @property
     def idle(self) -> bool:
@@ -216,34 +230,34 @@ class Access:
         if rules.idle or (status_read and get(INTERNAL_HEADER)):
             return ""
         key = presented_key(get)
-        rule = rules.keys.get(hash_key(key)) if key else None
+        rule = rules.rule_of(key) if key else None
         if rule is None and (key or rules.required or model in rules.required_models):
             raise AccessDenied(Code.UNAUTHENTICATED, "Missing or invalid API key: send it as "
                                "'Authorization: Bearer <key>'" if not key else "Invalid API key")
         if rule is not None and rule.models and model not in rule.models:
             raise AccessDenied(Code.PERMISSION_DENIED, f"API key {rule.name} may not call model {model}")
+        now = time.monotonic()
         bucket = rules.model_buckets.get(model)
-        wait = bucket.take() if bucket is not None else 0
+        wait = bucket.take(now) if bucket is not None else 0
         if wait:
             raise AccessDenied(Code.RESOURCE_EXHAUSTED, f"Rate limit of model {model} exceeded", wait)
         if rule is not None and rule.bucket is not None:
-            wait = rule.bucket.take()
+            wait = rule.bucket.take(now)
             if wait:
                 raise AccessDenied(Code.RESOURCE_EXHAUSTED, f"Rate limit of API key {rule.name} exceeded", wait)
         return rule.name if rule is not None else ""
 
 
+_MODEL_PATH = re.compile(r"/v1/models/([^/:]+)", re.IGNORECASE)
+
+
 def model_of_path(path: str) -> str:
     """The model a REST path names (``/v1/models/NAME[/...][:verb]``, TF Serving's ``[^/:]+``), or ""."""
-    if len(path) < 12 or path[:11].lower() != "/v1/models/":
+    match = _MODEL_PATH.match(path)
+    if match is None:
         return ""
-    rest = path[11:]
-    end = len(rest)
-    for sep in "/:":
-        at = rest.find(sep)
-        if 0 <= at < end:
-            end = at
-    return unquote(rest[:end])
+    name = match.group(1)
+    return unquote(name) if "%" in name else name
 
 
 def model_of_request(request: Any) -> str:

@@ -72,10 +72,11 @@ def test_buckets_limit_and_say_when_to_retry(tmp_path) -> None:
 
 def test_a_token_bucket_refills_at_its_rate() -> None:
     bucket = TokenBucket(50.0)
+    start = bucket.stamp
     assert bucket.capacity == 5.0
-    assert [bucket.take() for _ in range(6)] == [0] * 5 + [1]
-    bucket.stamp -= 0.1      # a tenth of a second later: 5 more
-    assert [bucket.take() for _ in range(6)] == [0] * 5 + [1]
+    assert [bucket.take(start) for _ in range(6)] == [0] * 5 + [1]
+    assert [bucket.take(start + 0.1) for _ in range(6)] == [0] * 5 + [1]   # 5 more a tenth later
+    assert bucket.take(start + 10) == 0 and bucket.tokens == 4.0            # never more than 5
 
 
 def test_a_reread_keeps_buckets_whose_rate_did_not_change(tmp_path) -> None:
