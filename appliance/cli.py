@@ -11,7 +11,7 @@ from typing import Callable
 
 from .config import Config, NodePaths, effective_values, load_config, resolve_root
 from .errors import ApplianceError, ConfigError
-from . import keys_cli, models_cli, releases
+from . import keys_cli, metrics_cli, models_cli, releases
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     models_cli.add_parsers(sub)   # models push|ls, sync --once, agent, objectstore
     keys_cli.add_parser(sub)      # keys add|revoke|rotate|ls
     releases.add_parsers(sub)     # releases, upgrade RELEASE, rollback
+    metrics_cli.add_parsers(sub)  # capacity, prometheus-config
     password = sub.add_parser("logviewer-password",
                               help="set a new random password of the log browser and print it once")
     password.add_argument("--if-absent", action="store_true",
@@ -61,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--user-data", type=Path,
                       help="user data file (default <root>/var/lib/cloud/instance/user-data.txt)")
     boot.add_argument("--force", action="store_true", help="re-apply user data applied before")
+    ca = sub.add_parser("cluster-ca", help="make the cluster CA (once per cluster) into a 0600 file "
+                        "of the keys cluster.ca.cert and cluster.ca.key")
+    ca.add_argument("file", type=Path, help="where to write it (must not exist)")
     cluster = sub.add_parser("cluster", help="serving nodes this node's Envoy balances over")
     cluster.add_argument("action", choices=["add-node", "remove-node", "members"])
     cluster.add_argument("addresses", nargs="*", metavar="ADDR", help="serving node IP address(es)")
@@ -80,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="built-in models to serve (comma-separated)")
     dev.add_argument("--first-address", default="127.0.0.2", help="the first node's address")
     dev.add_argument("--admin-port-base", type=int, default=8001,
-                     help="Envoy admin port of the first node; the next nodes count up")
+                     help="first of the 3 ports on 127.0.0.1 of the first node (Envoy admin, "
+                     "model server gRPC and REST); each next node takes the next 3")
     return parser
 
 
@@ -223,6 +228,23 @@ def _cluster(args: argparse.Namespace, paths: NodePaths) -> int:
     return 0
 
 
+def _cluster_ca(args: argparse.Namespace, paths: NodePaths) -> int:
+    import yaml
+
+    from modelserver.atomic import write_atomic
+    from .pki import generate_ca
+
+    if args.file.exists():
+        raise ApplianceError(f"{args.file} exists: a cluster has one CA; remove the file to make "
+                             "a new one (every node then needs the new keys)")
+    cert, key = generate_ca()
+    write_atomic(args.file, yaml.safe_dump({"cluster.ca.cert": cert, "cluster.ca.key": key}), 0o600)
+    print(f"wrote the cluster CA to {args.file} (mode 600). Give every node of the cluster the "
+          f"same keys: `appliance bootstrap --from {args.file}` on it, or its two keys in the "
+          "user data's appliance: mapping. Each node then issues its own certificate at `up`.")
+    return 0
+
+
 def _dev_cluster(args: argparse.Namespace, paths: NodePaths) -> int:
     from . import devcluster
     from .config import parse_overrides
@@ -267,10 +289,12 @@ COMMANDS: dict[str, Command] = {
     "doctor": _doctor,
     "bootstrap": _bootstrap,
     "cluster": _cluster,
+    "cluster-ca": _cluster_ca,
     "dev-cluster": _dev_cluster,
     "keys": keys_cli.dispatch,
     **dict.fromkeys(models_cli.COMMANDS, models_cli.dispatch),
     **dict.fromkeys(releases.COMMANDS, releases.dispatch),
+    **dict.fromkeys(metrics_cli.COMMANDS, metrics_cli.dispatch),
 }
 
 

@@ -29,7 +29,7 @@ import yaml
 from . import apikeys, modelsettings
 from .apikeys import ApiKey
 from .configkeys import (Invalid, Key, assemble, boolean, choice, integer, items, non_negative,
-                         positive, string, value_of)
+                         number_between, positive, string, value_of)
 from .errors import ConfigError
 from .modelsettings import ModelEntry
 from .sources.presets import PRESETS, split_s3_path
@@ -96,6 +96,16 @@ class ServingSettings:
 class ClusterSettings:
     members: tuple[str, ...]
     dns: str
+    port: int
+    ca_cert: str = field(repr=False)
+    ca_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert_file: str
+    key_file: str
+    plaintext: bool
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,17 @@ class LogSettings:
 class MetricsSettings:
     enabled: bool
     path: str
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class CapacitySettings:
+    latency_objective_ms: float
+    latency_percentile: float
+    cpu_target_percent: float
+    min_nodes: int
+    window_seconds: int
+    hook: str
 
 
 @dataclass(frozen=True)
@@ -173,6 +194,8 @@ class Config:
     startup: StartupSettings
     log: LogSettings
     metrics: MetricsSettings
+    tls: TlsSettings
+    capacity: CapacitySettings
     auth: AuthSettings
     ip: IpSettings
     rate: RateSettings
@@ -281,6 +304,17 @@ def _addresses(value: Any) -> tuple[str, ...]:
     return members
 
 
+def _pem(kind: str) -> Any:
+    """A PEM block of ``kind`` (or empty); the message never quotes the value (a secret)."""
+    def parse(value: Any) -> str:
+        text = string(value).strip()
+        if text and not (text.startswith("-----BEGIN ") and f"{kind}-----" in text.splitlines()[0]
+                         and text.endswith("-----")):
+            raise Invalid(f"expected a PEM block (-----BEGIN ...{kind}-----)")
+        return text
+    return parse
+
+
 def _cidrs(value: Any) -> tuple[str, ...]:
     found = []
     for item in items(value):
@@ -316,6 +350,14 @@ def _url_path(value: Any) -> str:
     text = string(value).strip()
     if not text.startswith("/") or any(c.isspace() or c in "?#" for c in text):
         raise Invalid(f"expected an URL path such as {PROMETHEUS_PATH}, got {value!r}")
+    return text
+
+
+def _token(value: Any) -> str:
+    text = string(value).strip()
+    if text and (len(text) < 16 or not text.isprintable() or " " in text):
+        raise Invalid("a token needs at least 16 printable characters and no space "
+                      "(e.g. the output of `openssl rand -hex 32`)")
     return text
 
 
@@ -382,6 +424,22 @@ SCHEMA: tuple[Key, ...] = (
         "Empty: this node alone (on a serving node)."),
     Key("cluster.dns", "cluster", "dns", _hostname, "",
         "A DNS name resolving to every serving node; re-resolved by the agent, joined to members."),
+    Key("cluster.port", "cluster", "port", _public_port, 7443,
+        "Inter-node port: each serving node's Envoy takes its peers' traffic here, over mutual "
+        "TLS (a client certificate signed by the cluster CA is required)."),
+    Key("cluster.ca.cert", "cluster", "ca_cert", _pem("CERTIFICATE"), "",
+        "The cluster CA's certificate (PEM), the same on every node: `appliance cluster-ca` "
+        "makes one. Needed as soon as a node has peers.", secret=True),
+    Key("cluster.ca.key", "cluster", "ca_key", _pem("PRIVATE KEY"), "",
+        "The cluster CA's private key (PEM): each node signs its own inter-node certificate "
+        "with it at start.", secret=True),
+    Key("tls.cert.file", "tls", "cert_file", string, "",
+        "Certificate (PEM, chain first-to-last) served on the public REST, gRPC and logviewer "
+        "ports; empty: a self-signed one made at the first start (`status` shows its fingerprint)."),
+    Key("tls.key.file", "tls", "key_file", string, "", "Private key (PEM) of tls.cert.file."),
+    Key("tls.plaintext", "tls", "plaintext", boolean, True,
+        "The public REST and gRPC ports also take plain HTTP (the same port serves TLS and "
+        "plaintext); false: TLS only. The logviewer takes plain HTTP from loopback clients only."),
     Key("logviewer.enabled", "logviewer", "enabled", boolean, True,
         "Run the log and model browser (a login-protected web UI) on every node."),
     Key("logviewer.port", "logviewer", "port", _public_port, 8090,
@@ -400,6 +458,25 @@ SCHEMA: tuple[Key, ...] = (
         "Serve the model server's Prometheus metrics page (TF Serving's --monitoring_config_file)."),
     Key("metrics.path", "metrics", "path", _url_path, PROMETHEUS_PATH,
         "Path of the model server's Prometheus metrics page on its REST port."),
+    Key("metrics.token", "metrics", "token", _token, "",
+        "Bearer token of the node's scrape page (GET /metrics on logviewer.port): set one value "
+        "on every node of a cluster so one Prometheus job scrapes them all; empty: each node "
+        "generates its own in etc/appliance/metrics.token (0600).", secret=True),
+    Key("capacity.latency.objective.ms", "capacity", "latency_objective_ms",
+        number_between(0, 3_600_000), 100,
+        "`appliance capacity`: the latency objective of the model servers, in ms (may be a fraction)."),
+    Key("capacity.latency.percentile", "capacity", "latency_percentile", number_between(0, 100), 99,
+        "`appliance capacity`: which percentile of request latency the objective applies to."),
+    Key("capacity.cpu.target.percent", "capacity", "cpu_target_percent", number_between(0, 100), 70,
+        "`appliance capacity`: CPU use (model server + Envoy, of the node's CPUs) a node should stay under."),
+    Key("capacity.min.nodes", "capacity", "min_nodes", positive, 2,
+        "`appliance capacity` never recommends fewer serving nodes than this."),
+    Key("capacity.window.seconds", "capacity", "window_seconds", positive, 10,
+        "`appliance capacity` measures the load over this many seconds."),
+    Key("capacity.hook", "capacity", "hook", string, "",
+        "Command `appliance capacity` runs with its recommendation (JSON on stdin; env "
+        "APPLIANCE_CAPACITY_ACTION add|remove|none, APPLIANCE_CAPACITY_NODES, "
+        "APPLIANCE_CAPACITY_TARGET); split like a shell's words, run without a shell."),
     Key("auth.required", "auth", "required", boolean, False,
         "Every inference request needs an API key (`appliance keys add`); "
         "models.<name>.auth.required asks it for one model only."),
@@ -424,7 +501,8 @@ SECTIONS = {
     "node": NodeSettings, "model": ModelSettings, "s3": S3Settings,
     "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
     "cluster": ClusterSettings, "startup": StartupSettings, "log": LogSettings,
-    "metrics": MetricsSettings, "auth": AuthSettings, "ip": IpSettings, "rate": RateSettings,
+    "metrics": MetricsSettings, "tls": TlsSettings, "capacity": CapacitySettings,
+    "auth": AuthSettings, "ip": IpSettings, "rate": RateSettings,
 }
 
 
@@ -530,7 +608,7 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Rules that involve several keys; skipped for keys that already failed to parse."""
     problems: list[tuple[str, str]] = []
     ports = [k for k in ("http.port", "grpc.port", "envoy.admin.port",
-                         "serving.rest.port", "serving.grpc.port", "logviewer.port")
+                         "serving.rest.port", "serving.grpc.port", "logviewer.port", "cluster.port")
              if k in parsed]
     seen: dict[int, str] = {}
     for name in ports:
@@ -543,6 +621,7 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
     if parsed.get("repo.internal.port.base", 0) + 7 > 65535:
         problems.append(("repo.internal.port.base", f"{parsed['repo.internal.port.base']} leaves "
                          "no room for the 8 consecutive internal ports of the object store"))
+    problems += _tls_checks(parsed)
     s3_type, base = parsed.get("s3.type"), parsed.get("model.base.path")
     if s3_type is not None and base is not None:
         if s3_type == "none" and base.startswith("s3://"):
@@ -551,6 +630,23 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
             problems += _s3_checks(parsed, s3_type, base)
         elif not base.startswith("/"):
             problems.append(("model.base.path", "a local model store must be an absolute path"))
+    return problems
+
+
+def _tls_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Pairs given together; a node with peers needs the cluster CA (inter-node mTLS)."""
+    problems: list[tuple[str, str]] = []
+    for first, second in (("cluster.ca.cert", "cluster.ca.key"), ("tls.cert.file", "tls.key.file")):
+        if first in parsed and second in parsed and bool(parsed[first]) != bool(parsed[second]):
+            missing = second if parsed[first] else first
+            problems.append((missing, f"{first} and {second} are given together or not at all"))
+    members, address = parsed.get("cluster.members", ()), parsed.get("node.address")
+    peers = [m for m in members if m != address]
+    if (peers or parsed.get("cluster.dns")) and not parsed.get("cluster.ca.cert") \
+            and "cluster.ca.cert" in parsed:
+        problems.append(("cluster.ca.cert", "a node with peers (cluster.members, cluster.dns) "
+                         "talks to them over mutual TLS: give every node the same cluster CA "
+                         "(`appliance cluster-ca` prints the two keys to add)"))
     return problems
 
 

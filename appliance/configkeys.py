@@ -95,6 +95,21 @@ def positive(value: Any) -> int:
     return number
 
 
+def number_between(low: float, high: float) -> Callable[[Any], float]:
+    """A parser of a number (fractions allowed) in ``(low, high]``."""
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise Invalid(f"expected a number, got {value!r}")
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise Invalid(f"expected a number, got {value!r}") from None
+        if not low < number <= high:
+            raise Invalid(f"must be more than {low:g} and at most {high:g}, got {number:g}")
+        return number
+    return parse
+
+
 def items(value: Any) -> list[str]:
     """A YAML list or a comma-separated string, as stripped strings (empty items kept)."""
     listed = value if isinstance(value, list) else string(value).split(",")

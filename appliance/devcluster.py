@@ -2,8 +2,8 @@
 
 Each node is complete (its own root dir, config file, supervisord, Envoy, model server or
 object store) and listens on its own loopback address (127.0.0.2, 127.0.0.3, ...), so every
-node uses the same ports, as on real machines; only Envoy's admin, which always binds
-127.0.0.1, gets one port per node. With a repo node, the models live in its object store and
+node uses the same public ports, as on real machines; only what always binds 127.0.0.1 --
+Envoy's admin and the model server -- gets its own ports per node (:data:`LOOPBACK_PORTS`). With a repo node, the models live in its object store and
 the serving nodes' agents sync them; without one, each serving node gets them on local disk.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -29,10 +30,15 @@ from .config import NodePaths
 from .releases import Releases, release_env, switch_node
 
 STATE = "dev-cluster.json"
+#: The dev cluster's CA (cluster.ca.cert / .key), made once: every node, later ones included,
+#: gets the same, as a real cluster's nodes get it in their config or user data.
+CLUSTER_CA = "cluster-ca.yaml"
 # After a node left every Envoy: requests already sent to it finish on the connections Envoy
 # drains (a predict takes milliseconds here); this is their time before the node stops.
 DRAIN_SECONDS = 1.0
 CLI = [sys.executable, "-m", "appliance.cli"]
+#: 127.0.0.1 ports each node takes from the admin port base: Envoy admin, model server gRPC, REST.
+LOOPBACK_PORTS = 3
 
 
 @dataclass
@@ -42,6 +48,11 @@ class DevNode:
     address: str
     root: str
     admin_port: int
+
+    def loopback_ports(self) -> dict[str, int]:
+        """The node's own ports on 127.0.0.1 (config keys): the next ones after its admin port."""
+        return {"envoy.admin.port": self.admin_port, "serving.grpc.port": self.admin_port + 1,
+                "serving.rest.port": self.admin_port + 2}
 
 
 def _cli(root: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -78,7 +89,8 @@ def plan(base: Path, serving: int, repo: int, first: str, admin_base: int) -> li
     for index in range(serving + repo):
         role = "serving" if index < serving else "repo"
         name = f"serving-{index + 1}" if role == "serving" else f"repo-{index - serving + 1}"
-        nodes.append(DevNode(name, role, str(start + index), str(base / name), admin_base + index))
+        nodes.append(DevNode(name, role, str(start + index), str(base / name),
+                             admin_base + LOOPBACK_PORTS * index))
     return nodes
 
 
@@ -104,7 +116,9 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
         _use_release(Path(node.root), release)
     write_atomic(base / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
     members = ",".join(n.address for n in nodes if n.role == "serving")
+    # One scrape token for every node: one Prometheus job (and the dashboard) reads them all.
     common: dict[str, object] = {"cluster.members": members, "model.name": ",".join(models),
+                                 "metrics.token": _cluster_token(base), **cluster_ca(base),
                                  **overrides}
     builtin = base / "builtin-models"
     from .builtin_models import build_all
@@ -113,7 +127,7 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
     s3: dict[str, object] = {}
     for node in (n for n in nodes if n.role == "repo"):
         _write_config(node, {**common, "node.role": "repo", "node.address": node.address,
-                             "envoy.admin.port": node.admin_port})
+                             **node.loopback_ports()})
         progress(f"{node.name} ({node.address}): starting the object store")
         _check(_cli(Path(node.root), "up"), f"starting {node.name}")
         creds = yaml.safe_load((Path(node.root) / "etc/appliance/objectstore.credentials").read_text())
@@ -122,7 +136,7 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
               "model.base.path": "s3://models", **creds}
     for node in (n for n in nodes if n.role == "serving"):
         _write_config(node, {**common, **s3, "node.role": "serving", "node.address": node.address,
-                             "envoy.admin.port": node.admin_port})
+                             **node.loopback_ports()})
         if not s3:
             store = Path(node.root) / "data/models"
             for name in models:
@@ -137,6 +151,25 @@ def up(base: Path, serving: int, repo: int, models: list[str], overrides: dict[s
     progress(f"dev cluster up: {len(nodes)} nodes under {base}; REST on any of "
              + ", ".join(f"http://{n.address}:{overrides.get('http.port', 8080)}" for n in nodes))
     return nodes
+
+
+def cluster_ca(base: Path) -> dict[str, str]:
+    """The dev cluster's CA keys, generated at its first ``up`` (0600, next to the nodes)."""
+    from .pki import generate_ca
+
+    path = base / CLUSTER_CA
+    if not path.exists():
+        cert, key = generate_ca()
+        write_atomic(path, yaml.safe_dump({"cluster.ca.cert": cert, "cluster.ca.key": key}), mode=0o600)
+    return yaml.safe_load(path.read_text())
+
+
+def _cluster_token(base: Path) -> str:
+    """The dev cluster's metrics token, generated once (0600) so a second ``up`` keeps it."""
+    path = base / "metrics.token"
+    if not path.exists():
+        write_atomic(path, secrets.token_hex(32) + "\n", mode=0o600)
+    return path.read_text(encoding="ascii").strip()
 
 
 def _push_missing(node: DevNode, builtin: Path, models: list[str]) -> None:
@@ -168,10 +201,10 @@ def add_serving(base: Path, progress: Callable[[str], None] = print) -> DevNode:
         number += 1
     node = DevNode(f"serving-{number}", "serving", str(ipaddress.ip_address(last.address) + 1),
                    str(Path(base).resolve() / f"serving-{number}"),
-                   max(n.admin_port for n in nodes) + 1)
+                   max(n.admin_port for n in nodes) + LOOPBACK_PORTS)
     values = yaml.safe_load((Path(template.root) / "etc/appliance/appliance.yaml").read_text())
     members = [n.address for n in nodes if n.role == "serving"] + [node.address]
-    values.update({"node.address": node.address, "envoy.admin.port": node.admin_port,
+    values.update({"node.address": node.address, **node.loopback_ports(),
                    "cluster.members": ",".join(members)})
     _write_config(node, values)
     running = Releases(Path(template.root))
@@ -324,7 +357,7 @@ def _wait_gone_from_envoy(node: DevNode, address: str, timeout: float = 30.0) ->
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _, clusters = read_cluster_view(node.admin_port)
-        if clusters and not any(h.address.startswith(f"{address}:") for c in clusters for h in c.hosts):
+        if clusters and not any(h.node == address for c in clusters for h in c.hosts):
             return
         time.sleep(0.1)
     raise ApplianceError(f"{node.name}'s Envoy still lists {address} after {timeout:.0f}s")

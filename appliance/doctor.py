@@ -11,7 +11,8 @@ disk space; the model store writable; the model repository reachable (the local 
 version of each model for ``s3.type: none``; TCP + HTTP reachability of ``s3.endpoint``
 otherwise; on a repo node the object store's data dir instead); no version directory without a
 model, none quarantined by the model server or refused by the agent; supervisord's processes
-running when the node is up, and none crashed lately; the clock, the systemd unit
+running when the node is up, and none crashed lately; the certificates (edge, inter-node); the
+clock, the systemd unit
 (:mod:`appliance.doctor_node`). A check the caller may not run (not root, not the service user)
 is one finding saying so, never a traceback.
 """
@@ -46,9 +47,11 @@ REQUIRED = {"supervisord": ["--version"], "envoy": ["--version"], "appliance-mod
 #: Real servers the install script can add (``--with-tensorflow-model-server``, ``--with-minio``).
 OPTIONAL = {"tensorflow_model_server": ["--version"], "minio": ["--version"]}
 #: Port keys that only matter for one role, or only when their feature is on.
-ROLE_PORTS = {"serving.rest.port": "serving", "serving.grpc.port": "serving", "repo.port": "repo"}
+ROLE_PORTS = {"serving.rest.port": "serving", "serving.grpc.port": "serving", "repo.port": "repo",
+              "cluster.port": "serving"}
 FEATURE_PORTS = {"logviewer.port": "logviewer.enabled"}
-LOOPBACK_PORTS = ("envoy.admin.port",)
+#: Ports bound to 127.0.0.1 whatever node.address says (the model server is reached through Envoy).
+LOOPBACK_PORTS = ("envoy.admin.port", "serving.rest.port", "serving.grpc.port")
 REINSTALL = "re-run scripts/install-node.sh (or `pip install` the appliance into its venv)"
 
 
@@ -196,6 +199,8 @@ def node_ports(config: Config) -> dict[str, int]:
         feature = FEATURE_PORTS.get(key.name)
         if feature is not None and str(values.get(feature)).lower() != "true":
             continue
+        if key.name == "cluster.port" and not config.cluster.ca_cert:
+            continue   # no inter-node listener without the cluster CA
         ports[key.name] = int(values[key.name])
     return ports
 
@@ -505,12 +510,38 @@ def check_processes(paths: NodePaths) -> list[Finding]:
     return findings
 
 
+# ----------------------------------------------------------------------------- certificates
+
+
+def check_certificates(config: Config, paths: NodePaths) -> list[Finding]:
+    """The edge certificate, and this node's inter-node one: present, not close to expiry,
+    signed by the cluster CA and made for node.address (what `up` would otherwise reissue)."""
+    from . import pki
+
+    findings = []
+    running = bool(our_pids(paths))
+    for report in pki.reports(config, paths):
+        if not report.problem:
+            findings.append(_ok("certificates", report.text()))
+            continue
+        made_at_up = report.role == "inter-node" or report.note != "tls.cert.file"
+        if report.info.problem.startswith("missing") and made_at_up and not running:
+            findings.append(_ok("certificates", f"{report.role} certificate: made at the first `up`"))
+            continue
+        if report.role == "edge" and not report.info.problem and "tls.cert.file" == report.note:
+            fix = f"renew the certificate in tls.cert.file ({report.info.path}), then `appliance reload`"
+        else:
+            fix = "`appliance up` (or `reload` on a running node) issues it anew"
+        findings.append(_problem("certificates", report.text(), fix))
+    return findings
+
+
 # ----------------------------------------------------------------------------- the report
 
 
 def run_checks(paths: NodePaths, config_path: Path | None = None, overrides: list[str] | None = None,
                bin_dir: Path | None = None) -> list[Finding]:
-    from .doctor_node import check_clock, check_unit
+    from .doctor_node import check_applied, check_clock, check_metrics, check_releases, check_unit
     from .render import bin_dir as default_bin_dir
 
     config, findings = check_config(paths, config_path, overrides or [])
@@ -519,7 +550,9 @@ def run_checks(paths: NodePaths, config_path: Path | None = None, overrides: lis
     if config is not None:
         checks += [(check_ports, config, paths), (check_model_store, paths, config),
                    (check_repository, paths, config), (check_versions, paths, config),
-                   (check_processes, paths), (check_unit, paths)]
+                   (check_processes, paths), (check_applied, paths, config),
+                   (check_releases, paths, our_pids(paths)), (check_unit, paths),
+                   (check_certificates, config, paths), (check_metrics, config)]
         if config.s3.type != "none" and config.node.role == "serving":
             checks.append((check_clock, s3_endpoint(config)))
     for check, *args in checks:

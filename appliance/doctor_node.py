@@ -164,3 +164,102 @@ def check_repo_data(paths: NodePaths, config: Config, user: str) -> list[Finding
            else f"make {data} writable for this user (chown -R $(id -un) {data}), or set repo.data.path")
     return [_problem("repo data", f"the object store's data dir {data} (repo.data.path) is not "
                      f"writable by {owner}" + ("" if where == data else f" ({where} is not)"), fix)]
+
+
+# ----------------------------------------------------------------------------- releases
+
+
+def check_releases(paths: NodePaths, pids: set[int]) -> list[Finding]:
+    """On an installed node (releases side by side): ``current`` names a complete release and
+    every running process of the node runs that release, so an upgrade or rollback that stopped
+    half way is said (and how to finish it)."""
+    from .releases import Releases
+
+    releases = Releases(paths.root)
+    if not releases.dir.is_dir():
+        return []     # a checkout or a pip install: no releases to check
+    current = releases.current()
+    if current is None or not (releases.dir / current / ".appliance-release").is_file():
+        known = ", ".join(releases.installed()) or "none"
+        return [_problem("releases", f"{releases.home}/current names no complete release "
+                         f"({current or 'missing'}; installed: {known})",
+                         "`appliance upgrade RELEASE` with one of the installed releases, or "
+                         "reinstall with scripts/install-node.sh")]
+    running = {}
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        for arg in argv[:2]:
+            if arg.startswith(f"{releases.dir}/"):
+                running[pid] = Path(arg).relative_to(releases.dir).parts[0]
+    stale = {pid: release for pid, release in running.items() if release != current}
+    if stale:
+        listed = ", ".join(f"pid {pid} runs {release}" for pid, release in sorted(stale.items()))
+        return [_problem("releases", f"the node runs another release than current ({current}): "
+                         f"{listed}", f"finish the switch: `appliance upgrade {current}` (stops "
+                         "the node, starts it from the current release)")]
+    previous = releases.previous()
+    return [_ok("releases", f"current release {current}" + (f", previous {previous}" if previous else "")
+                + (", every process runs it" if running else ""))]
+
+
+# ----------------------------------------------------------------------------- applied settings
+
+
+def check_applied(paths: NodePaths, config: Config) -> list[Finding]:
+    """A running serving node applies what its config says: the config file has no edit that
+    was not applied (`appliance reload`), and the model server follows the models.config and
+    model-settings.json the node rendered (else it refused them, and says why)."""
+    from . import runconfig
+    from .errors import ApplianceError
+    from .modelstatus import ModelServerClient
+    from .node import follows_rendered
+
+    try:
+        running = runconfig.read(paths)
+    except ApplianceError:
+        return []     # never started here: nothing applied yet
+    findings = []
+    try:
+        edited = running.reread(paths) != running.config
+    except ApplianceError:
+        edited = True     # check_config says what is wrong with the file
+    if edited:
+        findings.append(_problem("settings", "the config file changed since the node applied it "
+                                 "(the running node still uses the settings it had)",
+                                 "`appliance reload` applies it (check it first: `appliance doctor`)"))
+    if config.node.role == "serving":
+        follows, error = follows_rendered(ModelServerClient.of_node(running.config), paths)
+        if error:
+            findings.append(_problem("settings", f"the model server refused the node's model settings: "
+                                     f"{error}", "fix the models.* settings named in the error, then "
+                                     "`appliance reload`"))
+        elif follows:
+            findings.append(_ok("settings", "the model server follows the node's models.config and "
+                                "model-settings.json"))
+    if not findings:
+        findings.append(_ok("settings", "the running node uses the config file as it is"))
+    return findings
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def check_metrics(config: Config) -> list[Finding]:
+    """A node with peers needs the cluster's one metrics token: with a token of its own, one
+    Prometheus job, `appliance capacity` and the dashboard cannot read every node."""
+    from .membership import is_self, members
+
+    if not config.logviewer.enabled:
+        return [_ok("metrics", "no scrape page: it is /metrics on the logviewer's port "
+                               "(logviewer.enabled is false)")]
+    peers = config.cluster.dns or [a for a in members(config) if not is_self(config, a)]
+    if peers and not config.metrics.token:
+        return [_problem("metrics", "this node scrapes with a token of its own (metrics.token is "
+                         "empty) while it has peers: Prometheus and `appliance capacity` cannot "
+                         "read every node with one token",
+                         "set metrics.token to the same value on every node "
+                         "(e.g. `openssl rand -hex 32`)")]
+    return [_ok("metrics", f"scrape page /metrics on port {config.logviewer.port}")]

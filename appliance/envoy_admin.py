@@ -15,7 +15,8 @@ from .membership import CLUSTERS
 
 @dataclass
 class Host:
-    address: str
+    address: str   # what Envoy connects to: 127.0.0.1:<port> for this node, peer:cluster.port
+    node: str      # the serving node's address (the endpoint's hostname, membership.py)
     health: str
     flags: list[str]
     stats: dict[str, int]
@@ -60,7 +61,8 @@ def parse_clusters(body: dict) -> list[Cluster]:
             eds = str(health.get("eds_health_status", "HEALTHY"))
             state = "HEALTHY" if not flags and eds in ("HEALTHY", "UNKNOWN") else "UNHEALTHY"
             stats = {s.get("name", ""): _int(s.get("value", 0)) for s in host.get("stats", []) or []}
-            cluster.hosts.append(Host(address, state, flags, stats, _int(host.get("weight", 1))))
+            node = str(host.get("hostname") or sock.get("address", "?"))
+            cluster.hosts.append(Host(address, node, state, flags, stats, _int(host.get("weight", 1))))
         clusters.append(cluster)
     return clusters
 
@@ -99,7 +101,7 @@ def unhealthy_of(admin_port: int, addresses: list[str]) -> list[str]:
     _, clusters = read_cluster_view(admin_port)   # the model server clusters only
     if not clusters:
         return list(addresses)
-    healthy = [{h.address.rsplit(":", 1)[0] for h in c.hosts if h.health == "HEALTHY"}
+    healthy = [{h.node for h in c.hosts if h.health == "HEALTHY"}
                for c in clusters]
     return [a for a in addresses if not all(a in seen for seen in healthy)]
 

@@ -6,10 +6,18 @@ file per upstream cluster; Envoy watches those files and swaps the endpoints in 
 node joining or leaving never restarts Envoy or drops an in-flight request. Envoy only notices
 a *rename* into place (ref/envoy.md §9), which is exactly what :func:`write_atomic` does, and
 unchanged bytes are not rewritten.
+
+Two kinds of endpoint, told apart by endpoint metadata (``transport_socket_matches`` in
+envoy/cds.yaml.j2): this node's own model server is reached on 127.0.0.1 in plain text (no
+extra hop, no TLS on loopback); a peer is reached on its ``internode`` listener
+(``cluster.port``) over mutual TLS, and that listener hands the request to the peer's own model
+server. Every endpoint carries the node's address as its ``hostname``: that is how the admin
+view (:mod:`appliance.envoy_admin`) and the access log (``%UPSTREAM_HOST_NAME%``) name a node.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 from pathlib import Path
@@ -23,6 +31,10 @@ log = logging.getLogger(__name__)
 
 # Upstream cluster name -> which model server port it reaches.
 CLUSTERS = {"model_server_rest": "rest", "model_server_grpc": "grpc"}
+#: Endpoint metadata that selects the inter-node mTLS transport socket (envoy/cds.yaml.j2).
+INTERNODE_MATCH = {"envoy.transport_socket_match": {"internode": True}}
+#: Where a node's model server listens: loopback only, reached through the node's own Envoy.
+MODEL_SERVER_HOST = "127.0.0.1"
 
 
 def xds_dir(paths: NodePaths) -> Path:
@@ -53,17 +65,44 @@ def members(config: Config) -> list[str]:
     return found
 
 
+def is_self(config: Config, address: str) -> bool:
+    """``address`` is this serving node: its own model server is then reached on loopback."""
+    if config.node.role != "serving":
+        return False
+    if address == config.node.address:
+        return True
+    if config.node.address not in ("0.0.0.0", "::"):
+        return False
+    try:   # bound to every address: the member is this machine if one of its addresses is it
+        with socket.socket(socket.AF_INET6 if ipaddress.ip_address(address).version == 6
+                           else socket.AF_INET) as probe:
+            probe.bind((address, 0))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _endpoint(config: Config, address: str, kind: str) -> dict:
+    if is_self(config, address):
+        port = config.serving.rest_port if kind == "rest" else config.serving.grpc_port
+        # gRPC has no health service in stock TF Serving: health-check the REST port.
+        return {"endpoint": {
+            "address": {"socket_address": {"address": MODEL_SERVER_HOST, "port_value": port}},
+            "hostname": address,
+            "health_check_config": {"port_value": config.serving.rest_port}}}
+    # The peer's internode listener routes gRPC to its gRPC port and the rest (health checks
+    # included) to its REST port: one port for both clusters.
+    return {"endpoint": {
+                "address": {"socket_address": {"address": address, "port_value": config.cluster.port}},
+                "hostname": address},
+            "metadata": {"filter_metadata": INTERNODE_MATCH}}
+
+
 def eds_documents(config: Config, addresses: list[str]) -> dict[str, str]:
     """The EDS DiscoveryResponse of each upstream cluster, as YAML text."""
     docs = {}
     for cluster, kind in CLUSTERS.items():
-        port = config.serving.rest_port if kind == "rest" else config.serving.grpc_port
-        endpoints = [{
-            "endpoint": {
-                "address": {"socket_address": {"address": addr, "port_value": port}},
-                # gRPC has no health service in stock TF Serving: health-check the REST port.
-                "health_check_config": {"port_value": config.serving.rest_port},
-            }} for addr in addresses]
+        endpoints = [_endpoint(config, addr, kind) for addr in addresses]
         doc = {
             "version_info": ",".join(addresses) or "none",
             "resources": [{

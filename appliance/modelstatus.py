@@ -19,6 +19,7 @@ from modelserver.core.applied import APPLIED_PATH
 
 from .config import Config
 from .localhttp import get_json
+from .membership import MODEL_SERVER_HOST
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class ModelStatus:
         return out
 
 
+def local_rest_base(config: Config) -> str:
+    """This node's model server's REST API: on loopback only (membership.MODEL_SERVER_HOST)."""
+    return f"http://{MODEL_SERVER_HOST}:{config.serving.rest_port}"
+
+
 # The node's own status reads need no API key (modelserver/access.py).
 INTERNAL = {INTERNAL_HEADER: "1"}
 
@@ -55,7 +61,7 @@ class ModelServerClient:
     @classmethod
     def of_node(cls, config: Config) -> "ModelServerClient":
         """The client of this node's own model server."""
-        return cls(f"http://{config.connect_address()}:{config.serving.rest_port}")
+        return cls(local_rest_base(config))
 
     def url(self, name: str, *rest: str) -> str:
         """``<base>/v1/models/NAME[/rest...]``, each segment quoted whole."""

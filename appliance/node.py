@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import membership, portowners, render, runconfig
+from . import membership, pki, portowners, render, runconfig
 from modelserver.atomic import write_atomic
 from modelserver.core.applied import digest
 from modelserver.core.platforms import has_version
@@ -100,9 +100,13 @@ class Node:
                 "or change model.name")
 
     def render(self) -> list[Path]:
-        """Render, validate and atomically install the run dir; return the files that changed."""
+        """Issue missing or stale certificates, render, validate and atomically install the run
+        dir; return the files that changed (certificates included)."""
+        issued = pki.ensure(self.config, self.paths)
+        for path in issued:
+            log.info("wrote %s", path)
         files = render.render_all(self.config, self.paths)
-        changed = render.install(files, self.paths)
+        changed = issued + render.install(files, self.paths)
         if runconfig.publish(self.paths, self.config, self.config_file, self.overrides):
             changed.append(runconfig.path(self.paths))
         return changed
@@ -176,10 +180,17 @@ class Node:
         if self.config.node.role == "serving":
             model = self.config.model.default
             base = f"http://{host}:{self.config.http_port}/v1/models/{model}"
+            edge = pki.edge_files(self.config, self.paths)
+            if not self.config.tls.plaintext:   # TLS only: the https form, trusting the edge cert
+                base = f"--cacert {edge.cert} https://{host}:{self.config.http_port}/v1/models/{model}"
             if model == HALF_PLUS_TWO:
                 progress(f"try:  curl -d '{{\"instances\": [1.0, 2.0, 5.0]}}' -X POST {base}:predict")
             else:
                 progress(f"try:  curl {base}/metadata    (its signature: what :predict takes)")
+            progress(f"TLS on the same ports: https://{host}:{self.config.http_port} and gRPC "
+                     f"{host}:{self.config.grpc_port} with {edge.cert}")
+        for report in pki.reports(self.config, self.paths):
+            progress(report.text())
         if self.config.logviewer.enabled:
             from logviewer import credentials
 
@@ -213,7 +224,15 @@ class Node:
             parts = [f"{label} {', '.join(items)}" for label, items in
                      (("started", added), ("restarted", modified), ("stopped", removed)) if items]
             progress("supervisord.conf changed: " + ("; ".join(parts) or "no program changed"))
-        if "envoy.yaml" in names and "envoy" not in restarted:
+        node_certs = pki.node_files(self.paths)
+        certificates = names & {p.name for p in (node_certs.ca, node_certs.cert,
+                                                 pki.edge_files(self.config, self.paths).cert)}
+        if certificates and "envoy" not in restarted and not {"lds.yaml", "cds.yaml"} <= names:
+            # Envoy reads certificate files when it loads a listener or cluster, not after: new
+            # files under unchanged listeners and clusters are only read by a new Envoy.
+            progress(f"{', '.join(sorted(certificates))} changed: restarting envoy")
+            self.supervisor.restart("envoy")
+        elif "envoy.yaml" in names and "envoy" not in restarted:
             # Only what Envoy reads at start: its admin port or node id (node.address).
             progress("envoy.yaml (Envoy's bootstrap: admin port, node id) changed: restarting envoy")
             self.supervisor.restart("envoy")
@@ -360,27 +379,10 @@ class Node:
     def _follows_rendered(self, server: ModelServerClient) -> bool:
         """True once the model server follows the files this node rendered; raises when it
         refused them (e.g. TF Serving's "Illegal to change a model's platform")."""
-        answer = server.applied_config()
-        if answer is None:
-            return False
-        expected = self._rendered_digests()
-        if all(answer.get(key) == value for key, value in expected.items()):
-            return True
-        if answer.get("error"):
-            raise ApplianceError(f"the model server did not take the new config: {answer['error']}")
-        return False
-
-    def _rendered_digests(self) -> dict[str, str]:
-        """What the model server reports once it follows the files this node rendered."""
-        def read(name: str) -> bytes | None:
-            try:
-                return (self.paths.run / name).read_bytes()
-            except FileNotFoundError:
-                return None
-
-        return {"model_config_file": digest(read(render.MODELS_CONFIG)),
-                "model_settings_file": digest(read(render.MODEL_SETTINGS)),
-                "api_keys_file": digest(read(render.API_KEYS))}
+        follows, error = follows_rendered(server, self.paths)
+        if error:
+            raise ApplianceError(f"the model server did not take the new config: {error}")
+        return follows
 
     def _objectstore_ready(self) -> bool:
         """The running object store process wrote its ready marker (the bucket exists)."""
@@ -455,12 +457,15 @@ class Node:
                               else "END", "error": "", "note": note}
                              for n, note in sorted(notes.items(), reverse=True)]
                 status.models[name] = versions
+        status.certificates = [r.as_dict() | {"text": r.text()}
+                               for r in pki.reports(self.config, self.paths)]
         why, clusters = read_cluster_view(self.config.envoy.admin_port)
         status.envoy = why
         for cluster in clusters:
             for host in cluster.hosts:
                 status.upstreams.append({
-                    "cluster": cluster.name, "address": host.address, "health": host.health,
+                    "cluster": cluster.name, "node": host.node, "address": host.address,
+                    "health": host.health,
                     "flags": host.flags, "requests": host.stats.get("rq_total", 0),
                     "errors": host.stats.get("rq_error", 0)})
         return status
@@ -478,12 +483,13 @@ class NodeStatus:
     model_server_threads: int = 0
     envoy: str = ""
     upstreams: list[dict] = field(default_factory=list)
+    certificates: list[dict] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"root": self.root, "role": self.role, "supervisord": self.supervisord,
                 "sizing": {"cpus": self.cpus, "envoy_workers": self.envoy_workers,
                            "model_server_threads": self.model_server_threads},
-                "envoy": self.envoy, "upstreams": self.upstreams,
+                "envoy": self.envoy, "upstreams": self.upstreams, "certificates": self.certificates,
                 "processes": [{"name": p.name, "state": p.state, "pid": p.pid,
                                "uptime_seconds": p.uptime_seconds} for p in self.processes],
                 "models": self.models}
@@ -509,10 +515,14 @@ class NodeStatus:
             lines.append(f"  {'SERVING NODE (as Envoy sees it)':<34}{'CLUSTER':<20}{'HEALTH':<10}"
                          f"{'REQUESTS':>9}  FLAGS")
             for up in self.upstreams:
-                lines.append(f"  {up['address']:<34}{up['cluster']:<20}{up['health']:<10}"
+                # This node's own model server is reached on loopback, a peer on cluster.port.
+                where = up["node"] + ("" if up["address"].startswith(up["node"] + ":")
+                                      else f" ({up['address']})")
+                lines.append(f"  {where:<34}{up['cluster']:<20}{up['health']:<10}"
                              f"{up['requests']:>9}  {', '.join(up['flags'])}")
         elif self.envoy and self.envoy != "ok":
             lines.append(f"  envoy: {self.envoy}")
+        lines += [f"  {cert['text']}" for cert in self.certificates]
         return "\n".join(lines)
 
 
@@ -591,3 +601,23 @@ def _tail(path: Path, size: int = 3000) -> str:
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return "(no log)"
+
+
+def follows_rendered(server: ModelServerClient, paths: NodePaths) -> tuple[bool, str]:
+    """(the model server follows the models.config, model-settings.json and api-keys.json rendered under
+    ``paths``, the error with which it refused them, if any). Not answering: (False, "")."""
+    def read(name: str) -> bytes | None:
+        try:
+            return (paths.run / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    answer = server.applied_config()
+    if answer is None:
+        return False, ""
+    expected = {"model_config_file": digest(read(render.MODELS_CONFIG)),
+                "model_settings_file": digest(read(render.MODEL_SETTINGS)),
+                "api_keys_file": digest(read(render.API_KEYS))}
+    if all(answer.get(key) == value for key, value in expected.items()):
+        return True, ""
+    return False, answer.get("error") or ""

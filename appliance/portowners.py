@@ -8,7 +8,9 @@ the doctor says in its message.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +24,29 @@ class Listener:
     command: str
 
 
-def _listening_inodes(port: int) -> set[str]:
-    inodes = set()
+@dataclass(frozen=True)
+class Socket:
+    """A listening TCP socket and the process holding it."""
+
+    address: str
+    port: int
+    pid: int
+    command: str
+
+
+def _address(hex_address: str) -> str:
+    """/proc/net/tcp's address: 32-bit words in host (little-endian) order."""
+    raw = bytes.fromhex(hex_address)
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, words)
+    mapped = ipaddress.IPv6Address(words).ipv4_mapped   # gRPC binds 127.0.0.1 as ::ffff:127.0.0.1
+    return str(mapped) if mapped else socket.inet_ntop(socket.AF_INET6, words)
+
+
+def _listening() -> dict[str, tuple[str, int]]:
+    """inode -> (address, port) of every listening TCP socket of the host."""
+    found = {}
     for table in ("tcp", "tcp6"):
         try:
             lines = (PROC / "net" / table).read_text(encoding="ascii").splitlines()[1:]
@@ -33,9 +56,34 @@ def _listening_inodes(port: int) -> set[str]:
             fields = line.split()
             if len(fields) < 10 or fields[3] != _LISTEN:
                 continue
-            if int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    return inodes
+            address, port = fields[1].rsplit(":", 1)
+            found[fields[9]] = (_address(address), int(port, 16))
+    return found
+
+
+def _listening_inodes(port: int) -> set[str]:
+    return {inode for inode, (_, bound) in _listening().items() if bound == port}
+
+
+def sockets_of(pids: set[int]) -> list[Socket]:
+    """Every listening TCP socket held by one of ``pids`` (what ``ss -ltnp`` shows for them)."""
+    listening = _listening()
+    found = []
+    for pid in sorted(pids):
+        try:
+            fds = os.listdir(PROC / str(pid) / "fd")
+        except OSError:
+            continue
+        command = _command(PROC / str(pid))
+        for fd in fds:
+            try:
+                link = os.readlink(PROC / str(pid) / "fd" / fd)
+            except OSError:
+                continue
+            inode = link[len("socket:["):-1] if link.startswith("socket:[") else ""
+            if inode in listening:
+                found.append(Socket(*listening[inode], pid, command))
+    return found
 
 
 def listeners(port: int) -> list[Listener]:

@@ -24,7 +24,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from . import apikeys, logbudget, membership, objectstore, subp
+from . import apikeys, logbudget, membership, objectstore, pki, subp
 from modelserver.atomic import write_atomic
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
@@ -77,15 +77,35 @@ def find_binary(name: str) -> str:
 
 
 def supervisor_socket(paths: NodePaths) -> Path:
-    sock = paths.run / "supervisor.sock"
+    return _socket_path(paths, "supervisor")
+
+
+def logviewer_socket(paths: NodePaths) -> Path:
+    """Where the logviewer listens: a unix socket only Envoy (the same user) connects to, so
+    the browser reaches it through Envoy's TLS on logviewer.port and nothing else can."""
+    return _socket_path(paths, "logviewer")
+
+
+def _socket_path(paths: NodePaths, name: str) -> Path:
+    sock = paths.run / f"{name}.sock"
     if len(str(sock)) <= _MAX_SOCKET_PATH:
         return sock
     digest = hashlib.sha1(str(paths.root).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"appliance-{digest}.sock"
+    suffix = "" if name == "supervisor" else f"-{name}"
+    return Path(tempfile.gettempdir()) / f"appliance-{digest}{suffix}.sock"
+
+
+def _internode(config: Config, paths: NodePaths) -> dict | None:
+    """The inter-node mTLS files, or None without a cluster CA (a node alone has no peers)."""
+    if not config.cluster.ca_cert:
+        return None
+    files = pki.node_files(paths)
+    return {"port": config.cluster.port, "ca": files.ca, "cert": files.cert, "key": files.key}
 
 
 def _context(config: Config, paths: NodePaths, members: list[str]) -> dict:
     cpus = os.cpu_count() or 1
+    edge = pki.edge_files(config, paths)
     return {
         "config": config,
         "node": config.node,
@@ -99,6 +119,12 @@ def _context(config: Config, paths: NodePaths, members: list[str]) -> dict:
         "appliance_cli": f"{sys.executable} -m appliance.cli",
         "node_id": f"{socket.gethostname()}-{config.node.address}",
         "supervisor_socket": supervisor_socket(paths),
+        "logviewer_socket": logviewer_socket(paths),
+        # Plain HTTP to the logviewer only from this machine (its password never crosses the
+        # network in the clear): loopback, and the node's own address.
+        "local_sources": ["127.0.0.0/8"] + ([f"{config.node.address}/32"]
+                                            if config.node.address not in ("0.0.0.0", "::")
+                                            and not config.node.address.startswith("127.") else []),
         "supervisor_user": user_name(os.geteuid()),  # who renders runs supervisord
         "envoy_concurrency": config.envoy.concurrency or cpus,
         "serving_threads": config.serving.num_threads or cpus,
@@ -106,15 +132,18 @@ def _context(config: Config, paths: NodePaths, members: list[str]) -> dict:
         "upstream_idle_timeout": f"{min(30.0, config.serving.idle_timeout_seconds / 2):g}s",
         "listeners": [
             {"name": "rest", "port": config.http_port, "codec": "AUTO", "cluster": "model_server_rest",
-             "upstream_port": config.serving.rest_port,
+             "upstream_port": config.serving.rest_port, "alpn": "h2, http/1.1",
              "retry_on": "connect-failure,refused-stream,reset,gateway-error,retriable-status-codes"},
             {"name": "grpc", "port": config.grpc_port, "codec": "HTTP2", "cluster": "model_server_grpc",
-             "upstream_port": config.serving.grpc_port,
+             "upstream_port": config.serving.grpc_port, "alpn": "h2",
              "retry_on": "connect-failure,refused-stream,reset,unavailable,retriable-headers"},
         ],
         "objectstore": ({"port": config.repo.port, "upstream_port": objectstore.store_port(config)}
                         if config.node.role == "repo" else None),
         "retries": RETRIES,
+        "model_server_host": membership.MODEL_SERVER_HOST,
+        "internode": _internode(config, paths),
+        "edge_tls": {"cert": edge.cert, "key": edge.key, "plaintext": config.tls.plaintext},
         "logs": logbudget.limits(config),
         "logviewer": config.logviewer,
         "metrics": config.metrics,

@@ -18,6 +18,7 @@ import argparse
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Callable
 
 from appliance import runconfig
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--address", help="listen address (default node.address)")
     parser.add_argument("--port", type=int, help="listen port (default logviewer.port)")
+    parser.add_argument("--unix-socket", type=Path,
+                        help="listen on this unix socket instead (behind the node's Envoy, which "
+                        "terminates TLS and says so in X-Forwarded-Proto / X-Forwarded-For)")
     parser.add_argument("--threads", type=int, default=6, help="waitress worker threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -64,14 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     app = create_app(paths, current)
-    host, port = args.address or config.node.address, args.port or config.logviewer.port
-    logging.getLogger("logviewer").info("serving %s on http://%s:%d (logs %s, models %s)",
-                                        paths.root, host, port, paths.logs,
-                                        local_store(config, paths))
+    if args.unix_socket:
+        args.unix_socket.unlink(missing_ok=True)   # left by a killed predecessor
+        # Only Envoy, running as this user, can connect (0600): its forwarded headers are the truth.
+        where: dict = {"unix_socket": str(args.unix_socket), "unix_socket_perms": "600",
+                       "trusted_proxy": "*", "trusted_proxy_count": 1,
+                       "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"}}
+        shown = f"unix:{args.unix_socket}"
+    else:
+        where = {"host": args.address or config.node.address,
+                 "port": args.port or config.logviewer.port}
+        shown = f"http://{where['host']}:{where['port']}"
+    logging.getLogger("logviewer").info("serving %s on %s (logs %s, models %s)", paths.root, shown,
+                                        paths.logs, local_store(config, paths))
     # supervisord stops it with SIGTERM: exit 0 rather than die of the signal, which supervisord
     # logs as "WARN stopped: logviewer (terminated by SIGTERM)" at every orderly stop.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    waitress.serve(app, host=host, port=port, threads=args.threads, ident="appliance-logviewer",
+    waitress.serve(app, **where, threads=args.threads, ident="appliance-logviewer",
                    max_request_body_size=1024 * 1024, max_request_header_size=64 * 1024,
                    channel_timeout=60, clear_untrusted_proxy_headers=True)
     return 0

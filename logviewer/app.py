@@ -14,6 +14,7 @@ from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
 from appliance.config import Config, NodePaths, local_store
+from appliance.modelstatus import local_rest_base
 
 from . import credentials, security
 from .models import ModelStore
@@ -50,7 +51,7 @@ class Site:
     @property
     def store(self) -> ModelStore:
         config = self.config
-        rest = self._rest_base or f"http://{config.connect_address()}:{config.serving.rest_port}"
+        rest = self._rest_base or local_rest_base(config)
         return ModelStore(local_store(config, self.paths), config.model.names, rest,
                           self.paths.quarantine)
 
@@ -90,8 +91,8 @@ def create_app(paths: NodePaths, config: Config | Callable[[], Config], *,
     security.install(app)
     _filters(app)
 
-    from .views import auth, cluster, logs, models
-    for blueprint in (auth.bp, logs.bp, models.bp, cluster.bp):
+    from .views import auth, cluster, logs, metrics, models
+    for blueprint in (auth.bp, logs.bp, models.bp, cluster.bp, metrics.bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(Refused)

@@ -14,11 +14,13 @@ old one), and ``"metrics": false`` mutes the model's metrics at once.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from modelserver import monitoring
 from modelserver.batching import BatchingModel, BatchScheduler
@@ -50,6 +52,11 @@ class InferencePool(ThreadPoolExecutor):
 
     def grow(self, workers: int) -> None:
         self._max_workers = max(self._max_workers, workers)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn`` in the caller's context (``run_in_executor`` does not carry it): the
+        request's metrics slot (:func:`monitoring.request_started`) reaches the model run."""
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 
 class ServerFeatures:
@@ -105,16 +112,20 @@ class ServerFeatures:
 
     def _load(self, model: ServedModel, path: str, options: LoadOptions) -> LoadedModel:
         start = time.perf_counter()
+        resident = monitoring.resident_bytes()
         try:
             loaded = load_with_runtime(model, path, options)
         except Exception:
             monitoring.record_load(path, False, start)
             raise
         monitoring.record_load(path, True, start)
+        resident = max(0, monitoring.resident_bytes() - resident)
         scheduler = self._scheduler(model)
         if scheduler is not None:
             loaded = scheduler.wrap(loaded)
-        return monitoring.InstrumentedModel(loaded, model.config.name, resolve_platform(model.config, path))
+        dirname = os.path.basename(os.path.normpath(path))
+        return monitoring.InstrumentedModel(loaded, model.config.name, resolve_platform(model.config, path),
+                                            str(int(dirname)) if dirname.isdigit() else dirname, resident)
 
     def _scheduler(self, model: ServedModel) -> BatchScheduler | None:
         """The scheduler a model's versions go through: its own, none, or the flags' one."""

@@ -90,6 +90,7 @@ async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, fu
     request_latency under ``request.model_spec.name``, as TF Serving's PredictionServiceImpl does.
     """
     start = time.perf_counter()
+    slot = monitoring.request_started() if api else None
     code = Code.INTERNAL
     try:
         if executor is None:
@@ -109,7 +110,7 @@ async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, fu
         await context.abort(grpc.StatusCode.INTERNAL, _status_message(f"{type(exc).__name__}: {exc}"))
     finally:
         if api:
-            monitoring.record_request(request.model_spec.name, api, "GRPC", code, start)
+            monitoring.record_request(request.model_spec.name, api, "GRPC", code, start, slot)
 
 
 class PredictionServicer:

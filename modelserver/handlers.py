@@ -267,10 +267,11 @@ class RestApi:
 class _Recorded:
     """One REST request in request_count/latency, with the status its outcome maps to."""
 
-    __slots__ = ("name", "api", "start")
+    __slots__ = ("name", "api", "start", "slot")
 
     def __init__(self, name: str, api: str) -> None:
         self.name, self.api, self.start = name, api, time.perf_counter()
+        self.slot = monitoring.request_started()
 
     def __enter__(self) -> None:
         return None
@@ -278,7 +279,7 @@ class _Recorded:
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> None:
         code = (Code.OK if kind is None else exc.code if isinstance(exc, ServingError)
                 else Code.CANCELLED if isinstance(exc, asyncio.CancelledError) else Code.INTERNAL)
-        monitoring.record_request(unquote(self.name), self.api, "REST", code, self.start)
+        monitoring.record_request(unquote(self.name), self.api, "REST", code, self.start, self.slot)
 
 
 def _error(exc: Exception, method: str, path: str) -> tuple[int, bytes]:

@@ -80,6 +80,12 @@ class _Metric:
                 cell = self._cells.setdefault(values, self._new_cell())
         return cell
 
+    def forget(self, gone: Callable[[tuple[str, ...]], bool]) -> None:
+        """Drop the cells whose label tuple ``gone`` says is no more (a version unloaded)."""
+        with self._create:
+            for values in [v for v in self._cells if gone(v)]:
+                del self._cells[values]
+
     def _labels(self, values: tuple[str, ...]) -> str:
         return ",".join(f'{n}="{_label_value(v)}"' for n, v in zip(self._label_text, values))
 

@@ -110,3 +110,12 @@ def builtin_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("builtin_models")
     build_all(dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def cluster_ca() -> dict[str, str]:
+    """A cluster CA made once per session: the config keys cluster.ca.cert and cluster.ca.key."""
+    from appliance.pki import generate_ca
+
+    cert, key = generate_ca()
+    return {"cluster.ca.cert": cert, "cluster.ca.key": key}

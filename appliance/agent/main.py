@@ -21,6 +21,7 @@ from ..config import NodePaths
 from ..errors import ApplianceError
 from ..logbudget import AccessLogRotator
 from ..membership import MembershipWatch
+from ..scrapeconfig import write_targets
 from . import build_syncer
 from .cycle import Syncer
 from .daemon import AgentDaemon
@@ -88,7 +89,13 @@ def run(paths: NodePaths) -> int:
         edits.poll()
 
     watch = MembershipWatch(paths)
-    daemon = AgentDaemon(lambda: build(paths, rotator), tick=watch.refresh,
+
+    def tick() -> list[str]:
+        addresses = watch.refresh()
+        write_targets(runconfig.read(paths).config, paths, addresses)   # Prometheus' file_sd
+        return addresses
+
+    daemon = AgentDaemon(lambda: build(paths, rotator), tick=tick,
                          state=StateFile(state_path(paths)),
                          watch_files=lambda: [runconfig.path(paths)], chores=chores)
     daemon.install_signals()

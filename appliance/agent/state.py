@@ -21,6 +21,8 @@ Format ``appliance-agent-state/1``::
                       keeps the previous picture. ``status`` is "in store", "installed"
                       (this cycle), "refused" or "pending" (not downloaded yet).
     membership        {members, at, error}: the serving nodes the agent last pointed Envoy at
+    totals            {ok, refused, failed, bytes}: cycles by result and bytes downloaded since
+                      the agent started (counters for the node's metrics page)
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class StateFile:
             "format": FORMAT, "pid": os.getpid(), "written_at": None, "interval_seconds": None,
             "cycle": 0, "syncing_since": None, "next_cycle_at": None, "source": None,
             "last_cycle": None, "last_ok_at": None, "models_cycle": None, "models": {},
-            "membership": None}
+            "membership": None, "totals": {"ok": 0, "refused": 0, "failed": 0, "bytes": 0}}
         self._write_failed = False
 
     # ------------------------------------------------------------------ the daemon's steps
@@ -134,6 +136,9 @@ class StateFile:
                                   "result": result, "cause": cause[:2000],
                                   "failures_in_a_row": failures}
         self.doc.update(syncing_since=None, next_cycle_at=now + delay)
+        totals = self.doc["totals"]
+        totals[result] += 1
+        totals["bytes"] += size
         self._write()
 
     def _write(self) -> None:

@@ -31,9 +31,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     addresses = [socket.inet_ntoa((base_ip + i).to_bytes(4, "big")) for i in range(6)]
     taken: set[int] = set()
     ports = {key: _free_everywhere(addresses, taken) for key in (
-        "http.port", "grpc.port", "serving.rest.port", "serving.grpc.port", "logviewer.port",
-        "repo.port")}
-    admin_base = _free_block(6, taken)
+        "http.port", "grpc.port", "logviewer.port", "repo.port", "cluster.port")}
+    # Envoy admin and model server ports of up to 6 nodes, on 127.0.0.1 (devcluster.LOOPBACK_PORTS).
+    admin_base = _free_block(6 * devcluster.LOOPBACK_PORTS, taken)
     overrides = {k: str(v) for k, v in ports.items()}
     overrides.update({"enable.access.log": "true", "sync.interval.seconds": "2",
                       "repo.internal.port.base": str(_free_internal_base(taken)),

@@ -177,7 +177,7 @@ def grpc_sender(target: str, model: str = MODEL, not_found: list[int] | None = N
 
 def envoy_hosts(node: devcluster.DevNode, cluster_name: str = "model_server_rest") -> dict[str, str]:
     _, clusters = read_cluster_view(node.admin_port)
-    return {h.address.split(":")[0]: h.health for c in clusters if c.name == cluster_name
+    return {h.node: h.health for c in clusters if c.name == cluster_name
             for h in c.hosts}
 
 

@@ -54,7 +54,9 @@ def test_any_node_answers_and_requests_spread_over_every_serving_node(cluster: C
             for line in log.read_text().splitlines() if log.exists() else []:
                 entry = json.loads(line)
                 if entry["path"].endswith(":predict"):
-                    seen.add(entry["upstream_host"].split(":")[0])
+                    # the node's own model server is on loopback; a peer is peer:cluster.port
+                    host = entry["upstream_host"].split(":")[0]
+                    seen.add(node.address if host == "127.0.0.1" else host)
         return seen
 
     spread = wait_until(lambda: upstreams() if upstreams() >= serving else None, timeout=20,
@@ -63,7 +65,7 @@ def test_any_node_answers_and_requests_spread_over_every_serving_node(cluster: C
     # the model came from the repo node's object store, through each serving node's agent
     status = cluster.status(nodes[0])
     assert status["models"][MODEL][0]["state"] == "AVAILABLE"
-    assert {u["address"].split(":")[0] for u in status["upstreams"]} == serving
+    assert {u["node"] for u in status["upstreams"]} == serving
     assert status["sizing"]["cpus"] == os.cpu_count()
 
 
@@ -87,8 +89,8 @@ def test_killed_model_server_costs_a_handful_and_comes_back(cluster: Cluster) ->
             return (pids.get("model_server") not in (None, 0, before["model_server"])
                     and envoy_hosts(entry).get(victim.address) == "HEALTHY"
                     and envoy_hosts(entry, "model_server_grpc").get(victim.address) == "HEALTHY")
-        rest_port = cluster.ports["serving.rest.port"]
-        wait_until(lambda: requests.get(f"http://{victim.address}:{rest_port}/v1/models/{MODEL}",
+        rest_port = victim.loopback_ports()["serving.rest.port"]
+        wait_until(lambda: requests.get(f"http://127.0.0.1:{rest_port}/v1/models/{MODEL}",
                                         timeout=2).status_code == 200,
                    timeout=120, interval=0.2, what="the model server restarted by supervisord")
         restarted_at = time.monotonic()
@@ -117,7 +119,7 @@ def test_killed_model_server_costs_a_handful_and_comes_back(cluster: Cluster) ->
 def _requests_to(node: devcluster.DevNode, address: str) -> int:
     _, clusters = read_cluster_view(node.admin_port)
     return sum(h.stats.get("rq_total", 0) for c in clusters for h in c.hosts
-               if h.address.startswith(f"{address}:"))
+               if h.node == address)
 
 
 def test_nodes_join_and_leave_under_load_without_losing_a_request(cluster: Cluster) -> None:
@@ -158,7 +160,7 @@ def _cli_ok(node: devcluster.DevNode, *args: str) -> str:
 
 def _server_states(cluster: Cluster, node: devcluster.DevNode, model: str = MODEL) -> dict[int, str]:
     """version -> state on the node's model server; empty while it does not know the model."""
-    url = f"http://{node.address}:{cluster.ports['serving.rest.port']}/v1/models/{model}"
+    url = f"http://127.0.0.1:{node.loopback_ports()['serving.rest.port']}/v1/models/{model}"
     resp = requests.get(url, timeout=5)
     if resp.status_code != 200:
         return {}

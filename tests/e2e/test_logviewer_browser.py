@@ -179,7 +179,7 @@ def test_login_live_tail_and_model_page_in_chromium(node, browser) -> None:
     shot(browser, "05-models")
     browser.find_element(By.LINK_TEXT, MODEL).click()
     serving = wait.until(ec.presence_of_element_located((By.ID, "serving")))
-    status = requests.get(f"http://{node.address}:{node.rest_port}/v1/models/{MODEL}", timeout=10).json()
+    status = requests.get(f"{node.model_server_url}/v1/models/{MODEL}", timeout=10).json()
     version = next(v["version"] for v in status["model_version_status"] if v["state"] == "AVAILABLE")
     assert serving.text == f"serving version {version}"
     assert "serving_default" in browser.page_source

@@ -31,7 +31,7 @@ import pytest
 from appliance import devcluster
 from appliance.releases import Releases
 from tests.conftest import ARTIFACTS, REPO
-from tests.e2e.test_cluster import MODEL, Load, _free_block, _free_everywhere, rest_sender
+from tests.e2e.shared_cluster import MODEL, Load, _free_block, _free_everywhere, rest_sender
 from tests.integration.node_harness import wait_gone
 from tests.integration.test_install_node import _snapshot_source
 
@@ -97,14 +97,14 @@ def upgrade(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upgrade]:
                  for i in range(4)]
     taken: set[int] = set()
     ports = {key: _free_everywhere(addresses, taken) for key in (
-        "http.port", "grpc.port", "serving.rest.port", "serving.grpc.port", "logviewer.port", "repo.port")}
+        "http.port", "grpc.port", "logviewer.port", "repo.port", "cluster.port")}
     overrides = {k: str(v) for k, v in ports.items()}
     overrides.update({"sync.interval.seconds": "2", "envoy.concurrency": "1", "serving.threads": "2",
                       "repo.internal.port.base": str(_free_block(8, taken))})
     cluster = base / "cluster"
     try:
         started = time.monotonic()
-        devcluster.up(cluster, 3, 1, [MODEL], overrides, first=FIRST, admin_base=_free_block(4, taken),
+        devcluster.up(cluster, 3, 1, [MODEL], overrides, first=FIRST, admin_base=_free_block(4 * devcluster.LOOPBACK_PORTS, taken),
                       release=releases / previous)
         REPORT["cluster_up_seconds"] = round(time.monotonic() - started, 1)
         yield Upgrade(cluster, releases, previous, this, ports["http.port"])

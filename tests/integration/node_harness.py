@@ -29,6 +29,7 @@ class NodeUnderTest:
     rest_port: int
     model_grpc_port: int
     logviewer_port: int = 0     # 0: the logviewer keeps its default port (8090)
+    cluster_port: int = 0       # 0: the inter-node listener keeps its default port (7443)
 
     @property
     def overrides(self) -> list[str]:
@@ -38,6 +39,8 @@ class NodeUnderTest:
                  "envoy.concurrency": 2}
         if self.logviewer_port:
             pairs["logviewer.port"] = self.logviewer_port
+        if self.cluster_port:
+            pairs["cluster.port"] = self.cluster_port
         out: list[str] = []
         for key, value in pairs.items():
             out += ["--set", f"{key}={value}"]
@@ -46,6 +49,11 @@ class NodeUnderTest:
     @property
     def url(self) -> str:
         return f"http://{self.address}:{self.http_port}"
+
+    @property
+    def model_server_url(self) -> str:
+        """The node's model server itself: on loopback only, whatever the node's address."""
+        return f"http://127.0.0.1:{self.rest_port}"
 
     @property
     def logviewer_url(self) -> str:
@@ -84,7 +92,7 @@ def new_node(root: Path, models: Path, names: list[str], address: str = "127.0.0
     for name in names:
         (store / name).symlink_to(models / name, target_is_directory=True)
     return NodeUnderTest(root, address, free_port(address), free_port(address), free_port(),
-                         free_port(address), free_port(address), free_port(address))
+                         free_port(address), free_port(address), free_port(address), free_port(address))
 
 
 def wait_gone(pids: list[int], timeout: float = 30) -> list[int]:

@@ -79,14 +79,31 @@ def tree_state(root: Path) -> dict[str, tuple]:
     return state
 
 
+# Debian's interpreter, the one an image has: the service user can run it (pyenv's may sit in a
+# home it cannot reach), and the user installs below read their dependencies from this install.
+SYSTEM_PYTHON = "/usr/bin/python3.11"
+
+
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    base = tmp_path_factory.mktemp("install-node")
-    source = _snapshot_source(base / "src")
-    root = base / "root"
-    first = _install(source, root)
-    assert first.returncode == 0, first.stdout + first.stderr[-5000:]
-    yield source, root
+def installed() -> Iterator[tuple[Path, Path]]:
+    """The one full install of the module (every dependency from the index, about a minute).
+
+    Under /tmp in a 0755 dir (pytest's own temp dirs are 0700): the service user's installs
+    read their dependencies from its release.
+    """
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="appliance-install-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        source = _snapshot_source(base / "src")
+        root = base / "root"
+        python = ["--python", SYSTEM_PYTHON] if Path(SYSTEM_PYTHON).exists() else []
+        first = _install(source, root, *python)
+        assert first.returncode == 0, first.stdout + first.stderr[-5000:]
+        yield source, root
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- the install
@@ -214,6 +231,9 @@ def test_the_installed_node_answers_the_user_guide_through_envoy(
                                 text=True, timeout=120)
         assert doctor.returncode == 0, doctor.stdout + doctor.stderr
         assert "held by this node's envoy" in doctor.stdout
+        current = Releases(root).current()
+        assert f"current release {current}, every process runs it" in doctor.stdout, doctor.stdout
+        assert "the model server follows the node's models.config" in doctor.stdout, doctor.stdout
 
         _rotate_access_log(root, url)
     finally:
@@ -351,16 +371,19 @@ def _user_node(root: Path, address: str, keys: set[str]) -> UserNode:
 
 
 @pytest.fixture(scope="module")
-def user_installs() -> Iterator[tuple[Path, UserNode, UserNode, tuple[int, int]]]:
+def user_installs(installed: tuple[Path, Path]) -> Iterator[tuple[Path, UserNode, UserNode, tuple[int, int]]]:
     """A repo node and a serving node installed with `install-node.sh --prefix --user`.
 
     Under /tmp in a 0755 dir (pytest's own temp dirs are 0700: the user could not reach its venv),
-    with Debian's python3.11 (the interpreter of an image, reachable by any user).
+    with Debian's python3.11 (the interpreter of an image, reachable by any user). Their
+    dependencies come from the module's full install (``--deps-from``: what is under test here
+    is the service user, not pip, which ``installed`` covers).
     """
     import tempfile
 
-    if os.geteuid() != 0 or shutil.which("setpriv") is None or not Path("/usr/bin/python3.11").exists():
-        pytest.skip("needs root, setpriv and /usr/bin/python3.11")
+    if os.geteuid() != 0 or shutil.which("setpriv") is None or not Path(SYSTEM_PYTHON).exists():
+        pytest.skip(f"needs root, setpriv and {SYSTEM_PYTHON}")
+    deps = installed[1] / "opt/appliance/current"
     uid_gid = _service_user()
     base = Path(tempfile.mkdtemp(prefix="appliance-user-", dir="/tmp"))
     base.chmod(0o755)
@@ -369,7 +392,8 @@ def user_installs() -> Iterator[tuple[Path, UserNode, UserNode, tuple[int, int]]
         nodes = []
         for name, address in (("repo", REPO_ADDRESS), ("serving", SERVING_ADDRESS)):
             root = base / name
-            done = _install(source, root, "--user", SERVICE_USER, "--python", "/usr/bin/python3.11")
+            done = _install(source, root, "--user", SERVICE_USER, "--python", SYSTEM_PYTHON,
+                            "--deps-from", str(deps))
             assert done.returncode == 0, done.stdout + done.stderr[-5000:]
             nodes.append(_user_node(root, address, _installed_keys(root / "opt/appliance/current")))
         yield base, nodes[0], nodes[1], uid_gid

@@ -57,8 +57,11 @@ def test_supervisord_runs_the_logviewer_unless_disabled(tmp_path: Path) -> None:
     paths = NodePaths(tmp_path)
     files = {f.path.name: f.content for f in render.render_all(load_config(None), paths)}
     program = _programs(files["supervisord.conf"])["logviewer"]
-    # What it listens on is on its command line: a change restarts it; the rest it follows.
-    assert program["command"] == f"{sys.executable} -m logviewer --root {tmp_path} --address 0.0.0.0 --port 8090"
+    # It listens on a unix socket only: Envoy serves it on logviewer.port, behind the edge TLS.
+    socket = render.logviewer_socket(paths)
+    assert program["command"] == f"{sys.executable} -m logviewer --root {tmp_path} --unix-socket {socket}"
+    assert f"pipe: {{path: {socket}}}" in files["cds.yaml"]
+    assert "name: logviewer\n    address: {socket_address: {address: 0.0.0.0, port_value: 8090}}" in files["lds.yaml"]
     assert program["stdout_logfile"] == f"{paths.logs}/logviewer.log"
     assert program["autorestart"] == "true" and program["stopasgroup"] == "true"
     disabled = render.render_all(load_config(None, ["logviewer.enabled=false"]), paths)

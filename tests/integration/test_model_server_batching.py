@@ -17,6 +17,7 @@ entry, so it keeps the global flags' batching.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -114,7 +115,9 @@ def metrics(server: str) -> tuple[dict[tuple[str, frozenset], float], dict[str, 
 
 
 def sample(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+    """The sum of ``name``'s series that carry ``labels`` (and maybe more: version, signature)."""
+    wanted = set(labels.items())
+    return sum(value for (key, lbl), value in samples.items() if key == name and wanted <= lbl)
 
 
 def predict_rest(server: str, rows: list[float], model: str = "half_plus_two") -> requests.Response:
@@ -233,6 +236,18 @@ def test_prometheus_page(ports: tuple[str, int, str]) -> None:
     assert sample(after, ":tensorflow:cc:saved_model:load_attempt_count", model_path=version_dir,
                   status="success") == 1
     assert sample(after, ":appliance:serving:available_versions", model_name="half_plus_two") == 1
+    # Ours: the version and signature that ran; each version's state and its memory at load.
+    version = str(int(os.path.basename(version_dir)))
+    ran = dict(model_name="half_plus_two", version=version, signature="serving_default", API="predict",
+               entrypoint="REST")
+    assert sample(after, count, status="OK", **ran) - sample(before, count, status="OK", **ran) == 1
+    assert sample(after, latency + "_count", **ran) - sample(before, latency + "_count", **ran) == 1
+    assert sample(after, count, model_name="half_plus_two", version="", API="", status="OK") - \
+        sample(before, count, model_name="half_plus_two", version="", API="", status="OK") == 1
+    assert sample(after, ":appliance:serving:model_state", model_name="half_plus_two", version=version,
+                  state="AVAILABLE") == 1
+    assert sample(after, ":appliance:serving:model_resident_bytes", model_name="half_plus_two",
+                  version=version) > 0
 
 
 def test_prometheus_page_only_answers_get(server: str) -> None:

@@ -56,7 +56,7 @@ class Site:
 
     def wrapped_runs(self) -> float:
         """The model server's count of batched runs (its Prometheus page, metrics.path)."""
-        page = requests.get(f"http://{self.node.address}:{self.node.rest_port}"
+        page = requests.get(f"{self.node.model_server_url}"
                             "/monitoring/prometheus/metrics", timeout=30)
         assert page.ok, page.text
         found = [line.split()[-1] for line in page.text.splitlines()

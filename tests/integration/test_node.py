@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pytest
 import requests
+import yaml
 
 from appliance import runconfig
 from appliance.config import NodePaths
@@ -109,7 +110,7 @@ def test_access_log_names_the_upstream(node: NodeUnderTest) -> None:
         return [entry for entry in lines if entry["path"].endswith(":predict")]
 
     entries = wait_until(predict_lines, timeout=15, what="access log lines")
-    assert entries[-1]["upstream_host"] == f"{node.address}:{node.rest_port}"
+    assert entries[-1]["upstream_host"] == f"127.0.0.1:{node.rest_port}"   # its own, on loopback
     assert entries[-1]["method"] == "POST"
 
 
@@ -205,9 +206,12 @@ def test_a_config_reload_through_envoy_is_refused(node: NodeUnderTest) -> None:
     assert answer.json() == {"predictions": [2.5]}
 
 
-def test_membership_follows_the_config_file_and_cluster_commands(node: NodeUnderTest) -> None:
+def test_membership_follows_the_config_file_and_cluster_commands(node: NodeUnderTest,
+                                                                cluster_ca: dict[str, str]) -> None:
     """Editing cluster.members in the config file is all a user does: the agent re-points Envoy
-    (no restart); `appliance cluster remove-node` takes a member out again."""
+    (no restart; with the cluster CA given at the same time, the node issues its certificate
+    and Envoy loads it with the new listener and clusters); `appliance cluster remove-node`
+    takes a member out again."""
     from appliance.envoy_admin import read_cluster_view
 
     def hosts() -> set[str]:
@@ -217,7 +221,9 @@ def test_membership_follows_the_config_file_and_cluster_commands(node: NodeUnder
     envoy_pid = {p["name"]: p["pid"] for p in node.status()["processes"]}["envoy"]
     config_file = node.root / "etc/appliance/appliance.yaml"
     config_file.parent.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(f"cluster:\n  members: [{node.address}, 127.0.0.250]\n")
+    config_file.write_text(yaml.safe_dump({"cluster.members": f"{node.address},127.0.0.250",
+                                           **cluster_ca}))
+    config_file.chmod(0o600)
     wait_until(lambda: hosts() == {node.address, "127.0.0.250"}, timeout=60,
                what="the agent to add the member from the config file")
     for _ in range(10):  # the dead member gets no traffic: its health checks fail
@@ -249,10 +255,10 @@ def test_up_with_a_changed_config_touches_only_what_changed(node: NodeUnderTest)
     assert "logviewer" not in after
     assert {k: after[k] for k in ("model_server", "envoy", "agent")} == \
         {k: before[k] for k in ("model_server", "envoy", "agent")}
-    predict = f"http://{node.address}:{node.rest_port}/v1/models/resnet:predict"
+    predict = f"{node.model_server_url}/v1/models/resnet:predict"
     wait_until(lambda: requests.post(predict, data='{"instances": []}', timeout=5).status_code == 404,
                timeout=60, what="resnet unloaded by the config reload")
-    status = requests.get(f"http://{node.address}:{node.rest_port}/v1/models/resnet", timeout=5)
+    status = requests.get(f"{node.model_server_url}/v1/models/resnet", timeout=5)
     # history kept, as TF Serving: UNLOADING while in-flight requests drain, then END
     assert status.json()["model_version_status"][0]["state"] in ("UNLOADING", "END")
     restored = node.cli("up", "--timeout", "300", *EXTRA, *node.overrides)
@@ -338,13 +344,14 @@ def test_doctor_finds_nothing_wrong_on_a_healthy_serving_node(node: NodeUnderTes
     result = node.cli("doctor", *EXTRA, *node.overrides, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FAIL" not in result.stdout and result.stdout.rstrip().endswith("no problems found")
+    assert "the model server follows the node's models.config" in result.stdout, result.stdout
 
 
 def test_a_changed_metrics_path_moves_the_model_servers_metrics_page(node: NodeUnderTest) -> None:
     """The model server reads monitoring.config at start only: a new metrics.path restarts it
     (and says so), so the page is where the config says once `reload` returns."""
     def page(path: str) -> int:
-        return requests.get(f"http://{node.address}:{node.rest_port}{path}", timeout=30).status_code
+        return requests.get(f"{node.model_server_url}{path}", timeout=30).status_code
 
     before = _pids(node)
     moved = node.cli("reload", "--timeout", "300", *EXTRA, *node.overrides,

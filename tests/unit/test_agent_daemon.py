@@ -27,6 +27,7 @@ from appliance.membership import MembershipWatch, eds_path
 from appliance.sources.local import LocalSource
 from tests.conftest import wait_until
 from tests.unit.test_agent_state import make_version, node  # noqa: F401 - the node fixture
+from tests.pem import FAKE_CA_OVERRIDES
 
 
 def _run(daemon: AgentDaemon) -> threading.Thread:
@@ -55,7 +56,8 @@ def test_a_running_config_change_reaches_envoy_without_waiting_for_an_interval(
     wait_until(lambda: eds.exists() and "127.0.0.1" in eds.read_text(), 10, what="first EDS")
     changed = time.monotonic()
     runconfig.publish(node, load_config(None, ["node.address=127.0.0.1", "model.name=m,empty",
-                                               "cluster.members=127.0.0.1,127.0.0.9"]), None, [])
+                                               "cluster.members=127.0.0.1,127.0.0.9",
+                                               *FAKE_CA_OVERRIDES]), None, [])
     wait_until(lambda: "127.0.0.9" in eds.read_text(), 10, interval=0.02,
                what="the new member in the EDS file")
     assert time.monotonic() - changed < 3.0, "within the watch period, not the hour-long interval"

@@ -281,3 +281,18 @@ def test_a_version_that_failed_to_load_is_one_finding_and_removing_it_clears_it(
     assert f"replace the files of {version}" in problem.fix and "remove that directory" in problem.fix
     shutil.rmtree(version)
     assert _problems(doctor.check_versions(paths, config)) == []
+
+
+def test_releases_current_must_name_a_complete_release_and_a_checkout_has_none(tmp_path: Path) -> None:
+    from appliance.doctor_node import check_releases
+
+    paths = NodePaths(tmp_path)
+    assert check_releases(paths, set()) == []            # no opt/appliance/releases: nothing to say
+    home = tmp_path / "opt/appliance"
+    (home / "releases/1.0-aaa").mkdir(parents=True)      # half installed: no stamp
+    (home / "current").symlink_to("releases/1.0-aaa")
+    [finding] = check_releases(paths, set())
+    assert not finding.ok and "names no complete release (1.0-aaa" in finding.message
+    (home / "releases/1.0-aaa/.appliance-release").write_text("stamp\n")
+    [finding] = check_releases(paths, {os.getpid()})     # this process runs no release
+    assert finding.ok and finding.message == "current release 1.0-aaa"

@@ -10,6 +10,7 @@ import yaml
 from appliance import membership
 from appliance.config import NodePaths, load_config
 from appliance.errors import ConfigError
+from tests.pem import FAKE_CA_OVERRIDES
 
 
 def test_a_lone_serving_node_balances_over_itself() -> None:
@@ -18,14 +19,28 @@ def test_a_lone_serving_node_balances_over_itself() -> None:
 
 
 def test_static_members_and_dns_are_joined() -> None:
-    config = load_config(None, ["cluster.members=127.0.0.2,127.0.0.3", "cluster.dns=localhost"])
+    config = load_config(None, ["cluster.members=127.0.0.2,127.0.0.3", "cluster.dns=localhost",
+                                *FAKE_CA_OVERRIDES])
     found = membership.members(config)
     assert found[:2] == ["127.0.0.2", "127.0.0.3"] and "127.0.0.1" in found
 
 
 def test_unresolvable_dns_gives_no_members_rather_than_failing() -> None:
-    config = load_config(None, ["cluster.dns=no-such-host.invalid"])
+    config = load_config(None, ["cluster.dns=no-such-host.invalid", *FAKE_CA_OVERRIDES])
     assert membership.members(config) == []
+
+
+def test_a_node_with_peers_needs_the_cluster_ca() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["node.address=127.0.0.2", "cluster.members=127.0.0.2,127.0.0.3"])
+    assert [key for key, _ in err.value.problems] == ["cluster.ca.cert"]
+    assert load_config(None, ["node.address=127.0.0.2", "cluster.members=127.0.0.2"]).cluster.members
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [FAKE_CA_OVERRIDES[0]])
+    assert [key for key, _ in err.value.problems] == ["cluster.ca.key"]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["cluster.ca.cert=secret-not-a-pem"])
+    assert "secret-not-a-pem" not in str(err.value)
 
 
 @pytest.mark.parametrize("bad", ["cluster.members=node-a", "cluster.members=127.0.0.2,127.0.0.2",
@@ -36,19 +51,25 @@ def test_bad_membership_values_are_config_errors(bad: str) -> None:
     assert err.value.problems[0][0] == bad.split("=")[0]
 
 
-def test_eds_files_name_every_member_with_the_rest_health_port(tmp_path: Path) -> None:
-    config = load_config(None, ["cluster.members=127.0.0.2,127.0.0.3", "serving.rest.port=18501",
-                                "serving.grpc.port=18500"])
+def test_eds_files_reach_this_node_on_loopback_and_peers_over_mtls(tmp_path: Path) -> None:
+    """This node's own model server on 127.0.0.1 (plain, health-checked on its REST port); a
+    peer on its internode listener, marked for the mTLS transport socket; each named by node."""
+    config = load_config(None, ["node.address=127.0.0.2", "cluster.members=127.0.0.2,127.0.0.3",
+                                "serving.rest.port=18501", "serving.grpc.port=18500",
+                                "cluster.port=17443", *FAKE_CA_OVERRIDES])
     paths = NodePaths(tmp_path)
     changed = membership.write_endpoints(config, paths)
     assert sorted(p.name for p in changed) == ["eds_model_server_grpc.yaml", "eds_model_server_rest.yaml"]
     grpc = yaml.safe_load(membership.eds_path(paths, "model_server_grpc").read_text())
     (assignment,) = grpc["resources"]
     assert assignment["cluster_name"] == "model_server_grpc"
-    endpoints = [e["endpoint"] for e in assignment["endpoints"][0]["lb_endpoints"]]
-    assert [(e["address"]["socket_address"]["address"], e["address"]["socket_address"]["port_value"],
-             e["health_check_config"]["port_value"]) for e in endpoints] == [
-        ("127.0.0.2", 18500, 18501), ("127.0.0.3", 18500, 18501)]
+    local, peer = assignment["endpoints"][0]["lb_endpoints"]
+    assert local == {"endpoint": {
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 18500}},
+        "hostname": "127.0.0.2", "health_check_config": {"port_value": 18501}}}
+    assert peer == {"endpoint": {
+        "address": {"socket_address": {"address": "127.0.0.3", "port_value": 17443}},
+        "hostname": "127.0.0.3"}, "metadata": {"filter_metadata": membership.INTERNODE_MATCH}}
     assert membership.write_endpoints(config, paths) == []          # unchanged: not rewritten
     empty = membership.eds_documents(load_config(None, ["node.role=repo"]), [])
     assert yaml.safe_load(empty["model_server_rest"])["resources"][0]["endpoints"] == []

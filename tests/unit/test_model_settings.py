@@ -15,6 +15,7 @@ from appliance.config import PROMETHEUS_PATH, build, effective_values, load_conf
 from appliance.errors import ConfigError
 from appliance.modelsettings import VersionPolicy
 from modelserver.config_protos import DEFAULT_PROMETHEUS_PATH
+from tests.pem import FAKE_CA
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -174,7 +175,7 @@ def test_the_metrics_page_keys() -> None:
 
 @pytest.mark.parametrize("values", [
     {},
-    {"model.name": "a,b", "s3.secret.key": "S", "cluster.members": "127.0.0.2,127.0.0.3"},
+    {"model.name": "a,b", "s3.secret.key": "S", "cluster.members": "127.0.0.2,127.0.0.3", **FAKE_CA},
     {"model.name": "resnet,scorer,a.b", "models.resnet.versions": "latest:2",
      "models.resnet.labels.stable": 1, "models.resnet.labels.canary": 2,
      "models.resnet.batching.enabled": True, "models.resnet.batching.allowed_batch_sizes": [4, 8, 32],

@@ -180,16 +180,53 @@ def test_request_count_names_only_served_models() -> None:
     count = monitoring.REQUEST_COUNT
     previous = monitoring._serves
     monitoring.watch_manager(manager)
+
+    def value(name: str, status: str, version: str = "", signature: str = "") -> int:
+        return count.value(name, version, signature, "predict", "REST", status)
     try:
-        before = count.value("", "NOT_FOUND"), count.value("served", "NOT_FOUND")
+        before = value("", "NOT_FOUND"), value("served", "NOT_FOUND")
         for name in ("served", "unknown-1", "unknown-2"):
             monitoring.record_request(name, "predict", "REST", Code.NOT_FOUND, 0.0)
-        assert (count.value("", "NOT_FOUND"), count.value("served", "NOT_FOUND")) == (before[0] + 2, before[1] + 1)
-        assert ("unknown-1", "NOT_FOUND") not in count._cells
+        assert (value("", "NOT_FOUND"), value("served", "NOT_FOUND")) == (before[0] + 2, before[1] + 1)
+        assert not [key for key in count._cells if key[0] == "unknown-1"]
+        # The version and signature the model run left in the request's slot label the request.
+        slot = monitoring.request_started()
+        slot.version, slot.signature = "3", "serving_default"
+        monitoring.record_request("served", "predict", "REST", Code.OK, 0.0, slot)
+        assert value("served", "OK", "3", "serving_default") == 1
         monitoring.collect(False)
         monitoring.record_request("served", "predict", "REST", Code.OK, 0.0)
         monitoring.record_request("unknown-3", "predict", "REST", Code.NOT_FOUND, 0.0)
-        assert count.value("served", "OK") == 0 and count.value("", "NOT_FOUND") == before[0] + 2
+        assert value("served", "OK") == 0 and value("", "NOT_FOUND") == before[0] + 2
     finally:
         monitoring.collect(True)
         monitoring._serves = previous
+
+
+def test_a_pool_run_labels_its_request_with_version_and_signature(onnx_model) -> None:
+    """The inference pool carries the request's context: the run there fills in its slot."""
+    from modelserver import monitoring
+    from modelserver.features import InferencePool
+
+    model = monitoring.InstrumentedModel(onnx_model, "m", "onnx", "7", resident=1234)
+    slot = monitoring.request_started()
+    with InferencePool(1) as pool:
+        pool.submit(model.run, "serving_default", {"x": np.zeros((1, 1), np.float32)}).result()
+    assert (slot.version, slot.signature, model.resident_bytes) == ("7", "serving_default", 1234)
+
+
+def test_an_unloaded_version_leaves_the_page() -> None:
+    """Series of versions the server no longer has are dropped at the next scrape (a version a
+    day must not grow the page for ever); failed requests of no version stay."""
+    from modelserver import monitoring
+    from modelserver.manager import ModelConfig, ModelManager, VersionState
+    from modelserver.runtimes.base import LoadOptions
+
+    manager = ModelManager([ModelConfig(name="kept", base_path="/nonexistent")], LoadOptions(), 1.0, 1)
+    model = manager.models["kept"]
+    model.versions = {1: VersionState(1, "END"), 2: VersionState(2, "AVAILABLE")}
+    for version in ("1", "2", ""):
+        monitoring.REQUEST_COUNT.increment("kept", version, "", "predict", "REST", "OK")
+    monitoring.forget_unloaded(manager)
+    left = {key[1] for key in monitoring.REQUEST_COUNT._cells if key[0] == "kept"}
+    assert left == {"2", ""}
