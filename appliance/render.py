@@ -25,6 +25,7 @@ import jinja2
 import yaml
 
 from . import apikeys, logbudget, membership, objectstore, pki, subp
+from modelserver.access import BURST_SECONDS
 from modelserver.atomic import write_atomic
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
@@ -173,10 +174,10 @@ def edge_context(config: Config, members: list[str]) -> dict:
 
 def token_bucket(rate: float) -> dict:
     """Envoy's bucket for ``rate`` requests/s: whole tokens per fill, fills at least 50 ms apart
-    (Envoy's minimum), holding a tenth of a second's worth (at least one fill)."""
+    (Envoy's minimum), holding half a second's worth like the model server's (access.py)."""
     per_fill = max(1, math.ceil(rate * 0.05))
     return {"rate": round(rate, 3), "tokens_per_fill": per_fill, "fill_interval": f"{per_fill / rate:.4f}s",
-            "max_tokens": max(per_fill, math.ceil(rate * 0.1))}
+            "max_tokens": max(per_fill, math.ceil(rate * BURST_SECONDS))}
 
 
 def _environment() -> jinja2.Environment:

@@ -8,7 +8,7 @@ The rules come from one JSON file (``--api_keys_file``, the appliance renders it
      "keys": {"<sha256 hex>": {"name": "alice", "models": ["resnet"], "rate": 10}}}
 
 ``models`` empty or absent in a key means every model. ``rate`` is requests per second on this
-model server (a token bucket holding a tenth of a second's worth, at least one request); 0 or
+model server (a token bucket holding half a second's worth, at least one request); 0 or
 absent means no limit.
 
 A thread stats the file every :data:`POLL_SECONDS` and swaps the parsed rules in when its bytes
@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2
 INTERNAL_HEADER = "x-appliance-internal"
 KEY_NAME_HEADER = "x-appliance-key-name"
-BURST_SECONDS = 0.1     # a bucket holds this long's worth of requests (at least one)
+# A bucket holds this long's worth of requests (at least one): a client pausing less than this
+# loses none of its rate, and a burst is at most this much over it.
+BURST_SECONDS = 0.5
 SEEN_KEYS = 4096        # presented keys remembered with their rule (hashing one costs more than the rest)
 
 
