@@ -50,8 +50,9 @@ def cli(root: Path, *args: str, timeout: float = 600) -> str:
     return result.stdout
 
 
-def node(name: str, tls: bool) -> dict:
-    """Start one node; what wrk needs to reach it."""
+def node(name: str, tls: bool, started: list[Path]) -> dict:
+    """Start one node (its root added to ``started`` first: a failed `up` is stopped too); what
+    wrk needs to reach it."""
     root = WORK / name
     address = ADDRESSES[name]
     store = root / "data/models"
@@ -73,6 +74,7 @@ def node(name: str, tls: bool) -> dict:
         out = cli(root, "keys", "add", "bench", "--rate", str(HUGE))
         key = re.search(r"^bench: (\S+)$", out, re.M).group(1)
         headers["Authorization"] = f"Bearer {key}"
+    started.append(root)
     cli(root, "up", "--timeout", "300")
     status = json.loads(cli(root, "status", "--json"))
     pids = {p["name"]: p["pid"] for p in status["processes"] if p["name"] in ("model_server", "envoy")}
@@ -122,10 +124,10 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     body = WORK / "body.json"
     body.write_text('{"instances": [1.0, 2.0, 5.0]}')
-    targets = []
+    targets, started = [], []
     try:
         for name in ("plain", "edge"):
-            targets.append(node(name, tls=not args.no_tls))
+            targets.append(node(name, not args.no_tls, started))
         for target in targets:
             wrk(target, body, args.concurrency, 2)    # warm-up
         runs: dict[str, list[dict]] = {"plain": [], "edge": []}
@@ -154,9 +156,9 @@ def main() -> int:
         print(json.dumps(summary, indent=2))
         return 0 if summary["ratio_median"] >= 0.9 else 1
     finally:
-        for target in targets:
+        for root in started:
             try:
-                cli(target["root"], "down", timeout=120)
+                cli(root, "down", timeout=120)
             except RuntimeError as exc:
                 print(exc, file=sys.stderr)
 
