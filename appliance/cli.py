@@ -11,7 +11,7 @@ from typing import Callable
 
 from .config import Config, NodePaths, effective_values, load_config, resolve_root
 from .errors import ApplianceError, ConfigError
-from . import keys_cli, metrics_cli, models_cli, releases
+from . import keys_cli, metrics_cli, models_cli, releases, rollout_cli, shadow
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     keys_cli.add_parser(sub)      # keys add|revoke|rotate|ls
     releases.add_parsers(sub)     # releases, upgrade RELEASE, rollback
     metrics_cli.add_parsers(sub)  # capacity, prometheus-config
+    rollout_cli.add_parsers(sub)  # rollout start|status|pause|resume|abort, fleet show|set|unset
+    shadow.add_parsers(sub)       # shadow start|stop|report
     password = sub.add_parser("logviewer-password",
                               help="set a new random password of the log browser and print it once")
     password.add_argument("--if-absent", action="store_true",
@@ -295,6 +297,8 @@ COMMANDS: dict[str, Command] = {
     **dict.fromkeys(models_cli.COMMANDS, models_cli.dispatch),
     **dict.fromkeys(releases.COMMANDS, releases.dispatch),
     **dict.fromkeys(metrics_cli.COMMANDS, metrics_cli.dispatch),
+    **dict.fromkeys(rollout_cli.COMMANDS, rollout_cli.dispatch),
+    **dict.fromkeys(shadow.COMMANDS, shadow.dispatch),
 }
 
 

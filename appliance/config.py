@@ -90,6 +90,7 @@ class ServingSettings:
     body_budget_bytes: int
     idle_timeout_seconds: int
     read_timeout_seconds: int
+    runtime_cache_bytes: int
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,12 @@ class StartupSettings:
 @dataclass(frozen=True)
 class LogSettings:
     max_total_mb: int
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    sample_seconds: int
+    retention_hours: int
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,7 @@ class Config:
     auth: AuthSettings
     ip: IpSettings
     rate: RateSettings
+    dashboard: DashboardSettings
 
     def connect_address(self) -> str:
         """Where local clients reach this node's listeners (a wildcard bind means loopback)."""
@@ -227,6 +235,16 @@ class NodePaths:
     def quarantine(self) -> Path:
         """Records of model versions that failed to load (written by the model server)."""
         return self.root / "var/lib/appliance/quarantine"
+
+    @property
+    def runtime_cache(self) -> Path:
+        """Converted models and platform auto's measurements (the model server's runtime cache)."""
+        return self.root / "var/lib/appliance/runtime-cache"
+
+    @property
+    def dashboard(self) -> Path:
+        """The logviewer's dashboard history (logviewer/samples.py)."""
+        return self.root / "var/lib/appliance/dashboard.sqlite"
 
     @property
     def logs(self) -> Path:
@@ -402,6 +420,9 @@ SCHEMA: tuple[Key, ...] = (
         "The model server closes a REST connection idle (or not reading its answers) this long."),
     Key("serving.rest.read.timeout.seconds", "serving", "read_timeout_seconds", positive, 50,
         "The model server answers 408 and closes when a request's headers take this long or its body stalls."),
+    Key("serving.runtime.cache.bytes", "serving", "runtime_cache_bytes", positive, 4 * 2 ** 30,
+        "Disk the model server's runtime cache may use (models converted for OpenVINO, platform auto's "
+        "measurements); least recently used entries go first."),
     Key("sync.interval.seconds", "sync", "interval_seconds", positive, 10,
         "How often the agent polls the model repository (s3.type other than none)."),
     Key("sync.concurrency", "sync", "concurrency", positive, 10,
@@ -429,7 +450,8 @@ SCHEMA: tuple[Key, ...] = (
         "TLS (a client certificate signed by the cluster CA is required)."),
     Key("cluster.ca.cert", "cluster", "ca_cert", _pem("CERTIFICATE"), "",
         "The cluster CA's certificate (PEM), the same on every node: `appliance cluster-ca` "
-        "makes one. Needed as soon as a node has peers.", secret=True),
+        "makes one. Needed as soon as a node has peers: without it a node sends its peers "
+        "nothing.", secret=True),
     Key("cluster.ca.key", "cluster", "ca_key", _pem("PRIVATE KEY"), "",
         "The cluster CA's private key (PEM): each node signs its own inter-node certificate "
         "with it at start.", secret=True),
@@ -454,6 +476,11 @@ SCHEMA: tuple[Key, ...] = (
     Key("log.max.total.mb", "log", "max_total_mb", _log_budget, 1024,
         "Disk the node's logs may take in all, in MiB (every log file rotated by size: "
         "supervisord's program logs, Envoy's access log, the object store's)."),
+    Key("dashboard.sample.seconds", "dashboard", "sample_seconds", positive, 10,
+        "How often the logviewer reads every node's metrics page for its dashboard's charts."),
+    Key("dashboard.retention.hours", "dashboard", "retention_hours", positive, 6,
+        "Hours of dashboard history the logviewer keeps (var/lib/appliance/dashboard.sqlite, "
+        "about 1 MB per node and hour at the default sample interval)."),
     Key("metrics.enabled", "metrics", "enabled", boolean, True,
         "Serve the model server's Prometheus metrics page (TF Serving's --monitoring_config_file)."),
     Key("metrics.path", "metrics", "path", _url_path, PROMETHEUS_PATH,
@@ -503,7 +530,7 @@ SECTIONS = {
     "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
     "cluster": ClusterSettings, "startup": StartupSettings, "log": LogSettings,
     "metrics": MetricsSettings, "tls": TlsSettings, "capacity": CapacitySettings,
-    "auth": AuthSettings, "ip": IpSettings, "rate": RateSettings,
+    "auth": AuthSettings, "ip": IpSettings, "rate": RateSettings, "dashboard": DashboardSettings,
 }
 
 
@@ -635,19 +662,15 @@ def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _tls_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Pairs given together; a node with peers needs the cluster CA (inter-node mTLS)."""
+    """Pairs given together."""
     problems: list[tuple[str, str]] = []
     for first, second in (("cluster.ca.cert", "cluster.ca.key"), ("tls.cert.file", "tls.key.file")):
         if first in parsed and second in parsed and bool(parsed[first]) != bool(parsed[second]):
             missing = second if parsed[first] else first
             problems.append((missing, f"{first} and {second} are given together or not at all"))
-    members, address = parsed.get("cluster.members", ()), parsed.get("node.address")
-    peers = [m for m in members if m != address]
-    if (peers or parsed.get("cluster.dns")) and not parsed.get("cluster.ca.cert") \
-            and "cluster.ca.cert" in parsed:
-        problems.append(("cluster.ca.cert", "a node with peers (cluster.members, cluster.dns) "
-                         "talks to them over mutual TLS: give every node the same cluster CA "
-                         "(`appliance cluster-ca` prints the two keys to add)"))
+    # A node with peers but no cluster CA is not refused: it serves through its own model
+    # server only (membership.peers_left_out), and up/status/doctor say so. A config made for
+    # a release before inter-node mTLS then still starts, so a rolling upgrade keeps serving.
     return problems
 
 

@@ -12,6 +12,10 @@ node serves. One change at a time per node (a lock in the run dir); the wait is 
 Overrides: ``--set`` given with the change replaces the recorded ones (and is recorded in the
 running config); none given drops them (``--set`` is not kept across an ``up``/``reload``
 without it). The agent's file watch passes the recorded ones on (:func:`apply_file_edit`).
+
+Cluster settings (:mod:`appliance.fleet`, pushed to every node through the repository) are
+overrides too, layered after the node's own: every change here keeps the revision the node
+applied last, and :func:`apply_fleet` (the agent) swaps one revision for the next.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from . import runconfig
+from . import fleet, runconfig
 from .config import Config, NodePaths, effective_values, load_config
 from .errors import ConfigError
 
@@ -41,8 +45,8 @@ def apply(paths: NodePaths, overrides: list[str] | None = None,
     with one_change_at_a_time(paths):
         if config_file is None:
             config_file = _running_source(paths)
-        config = load_config(config_file, overrides)   # ConfigError: nothing has changed
-        node = _node(config, paths, config_file, overrides)
+        config, layered = _load_layered(paths, config_file, overrides or [])
+        node = _node(config, paths, config_file, layered)
         node.apply_live(progress)
     node.wait_ready(float(config.startup.timeout_seconds if timeout is None else timeout), progress)
 
@@ -75,6 +79,35 @@ def apply_file_edit(paths: NodePaths, progress: Callable[[str], None] = log.info
         running = runconfig.read(paths)
         _node(edited, paths, running.source_file(paths), running.overrides).apply_live(progress)
     return True
+
+
+def apply_fleet(paths: NodePaths, settings: fleet.FleetSettings,
+                progress: Callable[[str], None] = log.info) -> bool:
+    """What the agent does with a new revision of the cluster settings: apply it over the node's
+    own config and overrides (those of the previous revision replaced), without waiting until
+    the node serves; then record it as applied. False when it changed nothing on this node.
+    Raises ConfigError (nothing changed, the revision is not recorded) when this node refuses
+    it."""
+    with one_change_at_a_time(paths):
+        running = runconfig.read(paths)
+        source = running.source_file(paths)
+        config, layered = _load_layered(paths, source, running.overrides, current=settings)
+        changed = effective_values(config, mask_secrets=False) != running.values
+        if changed:
+            _node(config, paths, source, layered).apply_live(progress)
+        fleet.record_applied(paths, settings)
+    return changed
+
+
+def _load_layered(paths: NodePaths, config_file: Path | None, overrides: list[str] | tuple[str, ...],
+                  current: fleet.FleetSettings | None = None) -> tuple[Config, list[str]]:
+    """The config of ``config_file`` + ``overrides`` + the cluster settings (``current``, default:
+    the revision applied last) for the models it serves, and the overrides that make it."""
+    previous = fleet.applied(paths)
+    own = fleet.layered(paths, overrides, (), previous, current)
+    names = load_config(config_file, own).model.names       # ConfigError: nothing has changed
+    layered = fleet.layered(paths, overrides, names, previous, current)
+    return load_config(config_file, layered), layered
 
 
 def _node(config: Config, paths: NodePaths, config_file: Path | None,

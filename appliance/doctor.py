@@ -518,7 +518,14 @@ def check_certificates(config: Config, paths: NodePaths) -> list[Finding]:
     signed by the cluster CA and made for node.address (what `up` would otherwise reissue)."""
     from . import pki
 
+    from .membership import no_ca_warning, peers_left_out
+
     findings = []
+    left_out = peers_left_out(config)
+    if left_out:
+        findings.append(_problem("certificates", no_ca_warning(config, left_out),
+                                 "`appliance cluster-ca FILE` once, then its cluster.ca.cert and "
+                                 "cluster.ca.key into every node's config"))
     running = bool(our_pids(paths))
     for report in pki.reports(config, paths):
         if not report.problem:

@@ -7,19 +7,30 @@ all poll these endpoints, and a service that is down is an answer (status 0), no
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 MAX_BODY = 8 * 1024 * 1024
 
 
 def get_text(url: str, timeout: float = 2.0, method: str = "GET",
-             headers: dict[str, str] | None = None) -> tuple[int, str]:
-    """(status, body text); status 0 when nothing answers. ``method="POST"`` sends no body."""
+             headers: dict[str, str] | None = None, cafile: Path | None = None) -> tuple[int, str]:
+    """(status, body text); status 0 when nothing answers. ``method="POST"`` sends no body.
+
+    An https URL is this node's own edge: its certificate must chain to ``cafile`` (the
+    self-signed one, or the system's CAs when None); the name is not checked, since the node is
+    asked by address and a certificate made for its DNS name is still its own.
+    """
+    context = None
+    if url.startswith("https:"):
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+        context.check_hostname = False
     try:
         request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
                                          headers=headers or {})
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             return resp.status, resp.read(MAX_BODY).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(64 * 1024).decode("utf-8", "replace")

@@ -98,11 +98,26 @@ def _endpoint(config: Config, address: str, kind: str) -> dict:
             "metadata": {"filter_metadata": INTERNODE_MATCH}}
 
 
+def peers_left_out(config: Config, addresses: list[str] | None = None) -> list[str]:
+    """Members this node does not send to: every peer, when it has no cluster CA (inter-node
+    traffic is mutual TLS or nothing). Such a node serves through its own model server only."""
+    if config.cluster.ca_cert:
+        return []
+    return [a for a in (members(config) if addresses is None else addresses) if not is_self(config, a)]
+
+
+def no_ca_warning(config: Config, left_out: list[str]) -> str:
+    return (f"no cluster CA (cluster.ca.cert, cluster.ca.key): this node sends no request to its peers "
+            f"({', '.join(left_out)}) and serves through its own model server only; give every node "
+            "the same cluster CA (`appliance cluster-ca FILE` makes one) and the agent applies it")
+
+
 def eds_documents(config: Config, addresses: list[str]) -> dict[str, str]:
     """The EDS DiscoveryResponse of each upstream cluster, as YAML text."""
     docs = {}
+    left_out = peers_left_out(config, addresses)
     for cluster, kind in CLUSTERS.items():
-        endpoints = [_endpoint(config, addr, kind) for addr in addresses]
+        endpoints = [_endpoint(config, addr, kind) for addr in addresses if addr not in left_out]
         doc = {
             "version_info": ",".join(addresses) or "none",
             "resources": [{

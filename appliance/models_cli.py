@@ -217,6 +217,7 @@ def ls(config: Config, paths: NodePaths) -> int:
     source = open_source(config, paths)
     store = LocalStore(local_store(config, paths))
     server = ModelServerClient.of_node(config)
+    runtimes = server.runtimes()
     try:
         names = sorted(set(config.model.names) | set(source.models()))
     except SourceError as exc:
@@ -235,6 +236,7 @@ def ls(config: Config, paths: NodePaths) -> int:
             print(f"warning: {exc}", file=sys.stderr)
         local = store.versions(name)
         states = server.states(name)
+        choices = (runtimes or {}).get(name, {})
         notes = version_notes(paths, store.root, name)
         served = "" if name in config.model.names else " (not in model.name)"
         for number in sorted(set(remote) | set(local) | set(states or {})):
@@ -243,6 +245,8 @@ def ls(config: Config, paths: NodePaths) -> int:
             note = f"  {notes[number]}" if number in notes else ""
             print(f"{name:<32}{number:>10}  {in_repo:<16}{'yes' if number in local else '-':<10}"
                   f"{state}{served}{note}")
+            if number in choices:
+                print(f"{'':<44}runtime: {choices[number].describe()}")
     return 1 if failed else 0
 
 

@@ -89,6 +89,60 @@ class OpenVino:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """A canary: ``percent`` of the requests naming no version go to ``version`` (0: none)."""
+
+    version: int
+    percent: float
+
+    def parameters(self) -> dict[str, Any] | None:
+        """The model server's form (model-settings.json): None when no rollout runs."""
+        return {"version": self.version, "percent": self.percent} if self.version else None
+
+
+@dataclass(frozen=True)
+class Auto:
+    """What ``platform: auto`` may choose, and how close to the reference it must answer."""
+
+    runtimes: tuple[str, ...]
+    precisions: tuple[str, ...]
+    atol: float
+    rtol: float
+    tolerances: tuple[str, ...]     # "output=atol/rtol" each
+    top1: bool
+    ignore: tuple[str, ...]
+
+    def settings(self) -> dict[str, Any]:
+        """The model server's form (model-settings.json's ``auto``)."""
+        outputs = {}
+        for item in self.tolerances:
+            alias, _, pair = item.partition("=")
+            atol, _, rtol = pair.partition("/")
+            outputs[alias] = {"atol": float(atol), "rtol": float(rtol)}
+        return {"runtimes": list(self.runtimes), "precisions": list(self.precisions), "atol": self.atol,
+                "rtol": self.rtol, "outputs": outputs, "top1": self.top1, "ignore": list(self.ignore)}
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """A shadow: copies of requests naming no version go to ``version`` too (0: none) and its
+    answers are compared with the served version's (modelserver/shadow.py)."""
+
+    version: int
+    sample: float
+    atol: float
+    rtol: float
+    topk: int
+
+    def parameters(self) -> dict[str, Any] | None:
+        """The model server's form (model-settings.json): None when no shadow runs."""
+        if not self.version:
+            return None
+        return {"version": self.version, "sample": self.sample, "atol": self.atol, "rtol": self.rtol,
+                "topk": self.topk}
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     """One served model's settings, every default filled in."""
 
@@ -101,16 +155,24 @@ class ModelEntry:
     metrics: bool
     precision: str
     openvino: OpenVino
+    rollout: Rollout
+    auto: Auto
+    shadow: Shadow
     # The edge's rules (run/api-keys.json, not model-settings.json: a change reloads no model).
     auth_required: bool = False
     rate: int = 0
 
     def runtime_settings(self) -> dict[str, Any]:
         """The model server's per-model settings (an entry of model-settings.json)."""
-        return {"batching": self.batching.parameters(), "warmup": self.warmup, "metrics": self.metrics,
-                "precision": self.precision,
-                "openvino": {"performance_hint": self.openvino.performance_hint,
-                             "streams": self.openvino.streams, "threads": self.openvino.threads}}
+        out = {"batching": self.batching.parameters(), "warmup": self.warmup, "metrics": self.metrics,
+               "precision": self.precision,
+               "openvino": {"performance_hint": self.openvino.performance_hint,
+                            "streams": self.openvino.streams, "threads": self.openvino.threads},
+               "auto": self.auto.settings()}
+        for section in (self.rollout, self.shadow):   # absent, the file reads as before them
+            if section.parameters() is not None:
+                out[section.__class__.__name__.lower()] = section.parameters()
+        return out
 
 
 # ----------------------------------------------------------------------------- the schema
@@ -154,6 +216,70 @@ def _specific_versions(text: str) -> tuple[int, ...]:
     return tuple(sorted(versions))
 
 
+def _version_or_none(value: Any) -> int:
+    number = non_negative(value)
+    if number > MAX_VERSION:
+        raise Invalid(f"must be {MAX_VERSION} or less, got {number}")
+    return number
+
+
+def _percent(value: Any) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise Invalid(f"expected a percentage from 0 to 100, got {value!r}") from None
+    if not 0 <= number <= 100:
+        raise Invalid(f"expected a percentage from 0 to 100, got {value!r}")
+    return number
+
+
+def _share(value: Any) -> float:
+    number = _percent(value)
+    if not number:
+        raise Invalid("expected a percentage over 0, up to 100")
+    return number
+
+
+def _tolerance(value: Any) -> float:
+    try:
+        number = float(string(value) if not isinstance(value, (int, float)) or isinstance(value, bool) else value)
+    except ValueError:
+        raise Invalid(f"expected a number >= 0, got {value!r}") from None
+    if not number >= 0 or number == float("inf"):
+        raise Invalid(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def _tolerances(value: Any) -> tuple[str, ...]:
+    listed = items(value)
+    if listed == [""]:
+        return ()
+    out = []
+    for item in listed:
+        alias, sep, pair = item.partition("=")
+        atol, slash, rtol = pair.partition("/")
+        if not alias or not sep or not slash:
+            raise Invalid(f"expected output=atol/rtol items, e.g. probabilities=0.02/0.1, got {item!r}")
+        out.append(f"{alias}={_tolerance(atol)}/{_tolerance(rtol)}")
+    return tuple(out)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(item for item in items(value) if item)
+
+
+def _subset(*valid: str) -> Callable[[Any], tuple[str, ...]]:
+    def parse(value: Any) -> tuple[str, ...]:
+        listed = [item for item in items(value) if item]
+        wrong = [item for item in listed if item not in valid]
+        if wrong or not listed:
+            raise Invalid(f"expected a non-empty list of {', '.join(valid)}, got {value!r}")
+        return tuple(dict.fromkeys(listed))
+    return parse
+
+
 def _batch_sizes(value: Any) -> tuple[int, ...]:
     listed = items(value)
     return () if listed == [""] else tuple(positive(item) for item in listed)
@@ -161,8 +287,8 @@ def _batch_sizes(value: Any) -> tuple[int, ...]:
 
 MODEL_SCHEMA: tuple[Key, ...] = (
     Key("platform", "", "platform", choice(AUTO, *PLATFORMS), AUTO,
-        f"The model's runtime: {AUTO} (detected from each version's files when the model server "
-        f"loads it) or one of {', '.join(PLATFORMS)}."),
+        f"The model's runtime: {AUTO} (the fastest runtime whose answers agree with those of the "
+        f"runtime the version's files call for, measured on its warmup set) or one of {', '.join(PLATFORMS)}."),
     Key("versions", "", "versions", _version_policy, "latest",
         "Versions served: latest (the newest), latest:N (the N newest), all, or specific:V1,V2."),
     Key("batching.enabled", "batching", "enabled", boolean, False,
@@ -192,6 +318,43 @@ MODEL_SCHEMA: tuple[Key, ...] = (
         "OpenVINO only: inference streams; 0 means the runtime decides."),
     Key("openvino.threads", "openvino", "threads", non_negative, 0,
         "OpenVINO only: inference threads; 0 means the runtime decides."),
+    Key("rollout.version", "rollout", "version", _version_or_none, 0,
+        "Canary: the candidate version that gets rollout.percent of the requests naming no "
+        "version (0: no rollout). Set by `appliance rollout`; the rest go to the newest other "
+        "version served."),
+    Key("rollout.percent", "rollout", "percent", _percent, 0,
+        "Canary: the share (0-100) of requests naming no version sent to rollout.version; "
+        "requests naming a version or label are never redirected."),
+    Key("auto.runtimes", "auto", "runtimes", _subset(*PLATFORMS), ",".join(PLATFORMS),
+        "platform auto: the runtimes it may choose (the files' own runtime is measured as the "
+        "reference anyway); tensorflow alone means SavedModels are never measured."),
+    Key("auto.precisions", "auto", "precisions", _subset("f32", "bf16"), "f32",
+        "platform auto: the precisions it may choose (bf16 where the runtime and CPU have it)."),
+    Key("auto.atol", "auto", "atol", _tolerance, 1e-4,
+        "platform auto: absolute tolerance of every output against the reference runtime in f32."),
+    Key("auto.rtol", "auto", "rtol", _tolerance, 1e-3,
+        "platform auto: relative tolerance of every output against the reference runtime in f32."),
+    Key("auto.tolerances", "auto", "tolerances", _tolerances, "",
+        "platform auto: tolerances of single outputs, output=atol/rtol items, e.g. probabilities=0.02/0.1."),
+    Key("auto.top1", "auto", "top1", boolean, True,
+        "platform auto: score outputs ([batch, classes]) must also agree on each row's top class."),
+    Key("auto.ignore", "auto", "ignore", _names, "",
+        "platform auto: outputs not compared, e.g. classes when it is the arg-max of a compared "
+        "probabilities output (the top-1 check judges it)."),
+    Key("shadow.version", "shadow", "version", _version_or_none, 0,
+        "Shadow: the candidate version that gets a copy of shadow.sample % of the requests naming "
+        "no version, off the clients' path, its answers compared with the served version's "
+        "(0: no shadow). Loaded while set; never answers a client. Set by `appliance shadow start`."),
+    Key("shadow.sample", "shadow", "sample", _share, 10.0,
+        "Shadow: the percentage (over 0, up to 100) of requests naming no version that are copied."),
+    Key("shadow.atol", "shadow", "atol", _tolerance, 1e-5,
+        "Shadow: absolute tolerance; a value differs only when its absolute error exceeds atol "
+        "and its relative error exceeds rtol."),
+    Key("shadow.rtol", "shadow", "rtol", _tolerance, 1e-5,
+        "Shadow: relative tolerance (see shadow.atol)."),
+    Key("shadow.topk", "shadow", "topk", non_negative, 5,
+        "Shadow: k of the top-k overlap reported for classifier outputs (float [batch, classes]); "
+        "0: no top-1/top-k checks."),
     Key("auth.required", "", "auth_required", boolean, False,
         "Requests to this model need an API key (auth.required asks it for every model)."),
     Key("rate", "", "rate", non_negative, 0,
@@ -199,7 +362,8 @@ MODEL_SCHEMA: tuple[Key, ...] = (
         "RESOURCE_EXHAUSTED) past it. 0: no limit."),
 )
 MODEL_KEYS = {key.name: key for key in MODEL_SCHEMA}
-MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino}
+MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino, "rollout": Rollout, "auto": Auto,
+                  "shadow": Shadow}
 LABEL_DOC = ("The version a label names (TF Serving's version_labels; a label is letters, digits "
              "and `_`), e.g. `labels: {stable: 1, canary: 2}`; requests may then name "
              "`/labels/canary` instead of `/versions/2`.")
@@ -287,7 +451,8 @@ def _entry(name: str, raw: Mapping[str, Any]) -> tuple[ModelEntry | None, Proble
             parsed[key.name] = key.parse(raw.get(key.name, key.default))
         except Invalid as exc:
             problems.append((f"{where}.{key.name}", str(exc)))
-    problems += _batching_checks(where, parsed) + _label_checks(where, parsed, labels)
+    problems += (_batching_checks(where, parsed) + _label_checks(where, parsed, labels)
+                 + _rollout_checks(where, parsed))
     if problems:
         return None, problems
     return assemble(MODEL_SCHEMA, parsed, MODEL_SECTIONS, ModelEntry,
@@ -325,6 +490,16 @@ def _label_checks(where: str, parsed: Mapping[str, Any], labels: Mapping[str, in
         return []
     return [(f"{where}.{LABELS}.{label}", f"version {version} is not served: versions is {policy}")
             for label, version in labels.items() if version not in policy.versions]
+
+
+def _rollout_checks(where: str, parsed: Mapping[str, Any]) -> Problems:
+    """A candidate under a specific policy must be a version the policy serves (else every
+    request of its share would miss it and go to the other versions: no canary at all)."""
+    policy, version = parsed.get("versions"), parsed.get("rollout.version")
+    if policy is None or policy.kind != "specific" or not version or version in policy.versions:
+        return []
+    return [(f"{where}.rollout.version", f"version {version} is not served: versions is {policy}; "
+                                         f"add it, e.g. versions: {policy},{version}")]
 
 
 def flat_values(settings: Mapping[str, ModelEntry]) -> dict[str, Any]:

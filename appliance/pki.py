@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
+import secrets
+import socket
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -85,20 +88,14 @@ def generate_ca() -> tuple[str, str]:
     with tempfile.TemporaryDirectory(prefix="appliance-ca-") as tmp:
         cert, key = Path(tmp) / "ca.crt", Path(tmp) / "ca.key"
         _openssl(["req", "-x509", *_CURVE, "-keyout", str(key), "-out", str(cert),
-                  "-days", str(CA_DAYS), "-subj", f"/CN=appliance cluster CA {_random_id()}",
+                  "-days", str(CA_DAYS), "-subj", f"/CN=appliance cluster CA {secrets.token_hex(4)}",
                   "-addext", "basicConstraints=critical,CA:TRUE",
                   "-addext", "keyUsage=critical,keyCertSign,cRLSign"], "generating the cluster CA")
         return cert.read_text(), key.read_text()
 
 
-def _random_id() -> str:
-    import secrets
-
-    return secrets.token_hex(4)
-
-
 def issue(out: Path, key: Path, subject: str, sans: str, days: int,
-           ca: tuple[Path, Path] | None) -> None:
+          ca: tuple[Path, Path] | None) -> None:
     """A new key and a certificate for it, signed by ``ca`` (cert, key) or by itself."""
     signer = ["-CA", str(ca[0]), "-CAkey", str(ca[1])] if ca else []
     key.parent.mkdir(parents=True, exist_ok=True)
@@ -114,9 +111,7 @@ def issue(out: Path, key: Path, subject: str, sans: str, days: int,
 
 
 def _sans(address: str) -> str:
-    import ipaddress
-    import socket
-
+    """The node's names: its address (when it is one IP), its hostname, and loopback."""
     names = [f"DNS:{socket.gethostname()}", "DNS:localhost", "IP:127.0.0.1"]
     try:
         ipaddress.ip_address(address)

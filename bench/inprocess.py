@@ -39,12 +39,17 @@ def main() -> None:
     def measure(batch: int, calls: int) -> dict:
         inputs = {"image_bytes": np.array([data] * batch, dtype=object)}
         model.run("serving_default", inputs)  # first call (kernels, buffers for this batch): not counted
+        latencies = []
         start = time.perf_counter()
         for _ in range(calls):
+            began = time.perf_counter()
             model.run("serving_default", inputs)
+            latencies.append((time.perf_counter() - began) * 1000)
         elapsed = time.perf_counter() - start
+        latencies.sort()
         return {"batch": batch, "calls": calls, "seconds": elapsed, "calls_per_s": calls / elapsed,
-                "images_per_s": calls * batch / elapsed}
+                "images_per_s": calls * batch / elapsed, "p50_ms": latencies[calls // 2],
+                "p99_ms": latencies[min(calls - 1, int(calls * 0.99))]}
 
     if not args.rounds:
         print(json.dumps(measure(args.batch, args.calls)))

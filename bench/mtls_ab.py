@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from appliance import devcluster, membership  # noqa: E402
 from appliance.config import NodePaths, load_config  # noqa: E402
 from appliance.envoy_admin import read_cluster_view  # noqa: E402
+from appliance.localhttp import get_text  # noqa: E402
 from modelserver.atomic import write_atomic  # noqa: E402
 from tests.e2e.shared_cluster import _free_block, _free_everywhere  # noqa: E402
 
@@ -49,6 +50,19 @@ def wrk(url: str, body: Path, concurrency: int, seconds: float) -> dict:
                           "-s", str(REPO / "bench/post.lua"), url], capture_output=True, text=True,
                          env={"WRK_BODY": str(body), "PATH": "/usr/bin:/bin"}, timeout=seconds + 60)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def served(node: devcluster.DevNode, direct: bool) -> float:
+    """The server side's own count of answered predicts: node 1's Envoy (2xx of the REST
+    cluster), or for ``direct`` its model server (TF Serving's request_count, API predict, OK)."""
+    if direct:
+        port = node.loopback_ports()["serving.rest.port"]
+        code, text = get_text(f"http://127.0.0.1:{port}/monitoring/prometheus/metrics", timeout=10)
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(":tensorflow:serving:request_count{") and 'API="predict"' in line
+                   and 'status="OK"' in line)
+    code, text = get_text(f"http://127.0.0.1:{node.admin_port}/stats?filter=^cluster.model_server_rest.upstream_rq_2xx$")
+    return float(text.split(":")[1]) if ":" in text else 0.0
 
 
 def pin(node: devcluster.DevNode, endpoint: dict | None) -> None:
@@ -89,10 +103,9 @@ def main() -> int:
                  "sync.interval.seconds": "3600", "envoy.concurrency": "1", "serving.threads": "2"}
     body = base / "body.json"
     body.write_text('{"instances": [1.0, 2.0, 5.0]}')
-    nodes = devcluster.up(base / "cluster", 2, 0, [MODEL], overrides, first=args.first,
-                          admin_base=_free_block(2 * devcluster.LOOPBACK_PORTS, taken))
-    try:
-        one, two = nodes
+    try:   # `down` also when `up` fails half way: it stops whatever did start
+        one, two = devcluster.up(base / "cluster", 2, 0, [MODEL], overrides, first=args.first,
+                                 admin_base=_free_block(2 * devcluster.LOOPBACK_PORTS, taken))
         own, peer = one.loopback_ports(), two.loopback_ports()
         local = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": own["serving.rest.port"]}},
                               "health_check_config": {"port_value": own["serving.rest.port"]}}}
@@ -114,10 +127,13 @@ def main() -> int:
                     sock = endpoint["endpoint"]["address"]["socket_address"]
                     wait_healthy(one, f"{sock['address']}:{sock['port_value']}")
                 wrk(url, body, args.concurrency, 1)          # warm the connections
+                before = served(one, endpoint is None)
                 result = wrk(url, body, args.concurrency, args.seconds)
+                result["server_count"] = served(one, endpoint is None) - before
                 results[name].append(result)
                 print(f"round {round_no + 1} {name:<11} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:.2f} ms"
-                      f"  p99 {result['p99_ms']:.2f} ms  errors {result['errors']}", flush=True)
+                      f"  p99 {result['p99_ms']:.2f} ms  errors {result['errors']}  wrk {result['requests']}"
+                      f" / server {result['server_count']:.0f}", flush=True)
         medians = {n: statistics.median(r["rps"] for r in rs) for n, rs in results.items()}
         print(json.dumps({"medians_rps": medians,
                           "vs_local": {n: round(v / medians["local"], 3) for n, v in medians.items()},

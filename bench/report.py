@@ -15,14 +15,16 @@ USER_GUIDE_PER_CORE = 88.95 / 16  # ResNet, batch 32, 16-core Xeon: 5.6 images/s
 
 def _latency_table(rows: list[dict], extra: str = "") -> list[str]:
     head = ("| target | concurrency | requests/s (median of rounds) | min-max | p50 ms | p99 ms (median of rounds) | "
-            "p99 ms (worst round) | errors | rounds (req/s) | server counted (per round) |"
+            "p99 ms (worst round) | errors | rounds (req/s) | rounds (p99 ms) | server counted (per round) | "
+            "server CPU us/req | run-queue wait ms/s (per round) | steal ms (per round) |"
             + (" client | client CPU |" if extra else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         line = (f"| {row['target']} | {row['concurrency']} | {row['rps']:.0f} | {row['rps_min']:.0f}-"
                 f"{row['rps_max']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['p99_worst_ms']:.2f} | "
-                f"{row['errors']} | {', '.join(map(str, row['all_rps']))} | "
-                f"{', '.join(f'{x:.0f}' for x in row.get('served', []))} |")
+                f"{row['errors']} | {', '.join(map(str, row['all_rps']))} | {', '.join(map(str, row['all_p99']))} | "
+                f"{', '.join(f'{x:.0f}' for x in row.get('served', []))} | {row.get('server_us', float('nan')):.0f} | "
+                f"{', '.join(map(str, row.get('all_runq', [])))} | {', '.join(map(str, row.get('all_steal_ms', [])))} |")
         if extra:
             cpu = row["client_cpu"]
             line += f" {row['client']} | {'-' if cpu != cpu else f'{cpu:.2f}'} |"
@@ -65,9 +67,13 @@ def targets(results: dict) -> list[tuple[str, str, bool | None]]:
                     f"{sum(same)} of {len(same)} rounds (p99 via Envoy {envoy['all_p99']} vs floor "
                     f"{floor['all_p99']} ms)", all(same)))
     g_envoy, g_direct = _cell(grpc, "appliance via Envoy", top), _cell(grpc, "appliance direct", top)
+    both = results.get("protocols", [])
+    if both:  # REST and gRPC in the same rounds: the ratio from runs seconds apart
+        envoy, direct = _cell(both, "REST appliance via Envoy", top), _cell(both, "REST appliance direct", top)
+        g_envoy, g_direct = _cell(both, "gRPC appliance via Envoy", top), _cell(both, "gRPC appliance direct", top)
     for side, g, r in (("via Envoy", g_envoy, envoy), ("direct", g_direct, direct)):
         if g and r:
-            out.append((f"gRPC >= REST ({side}, c={top})",
+            out.append((f"gRPC >= REST ({side}, c={top}{', same rounds' if both else ''})",
                         f"{g['rps'] / r['rps']:.2f}x ({g['rps']:.0f} vs {r['rps']:.0f} req/s)", g["rps"] >= r["rps"]))
     if g_envoy and g_direct:
         ratio = g_envoy["rps"] / g_direct["rps"]
@@ -114,6 +120,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", "### 1b. REST, no CPU pinning (servers and wrk scheduled by the kernel on every core)", ""]
         lines += _latency_table(results["rest_unpinned"])
     lines += ["", "### 2. gRPC, saved_model_half_plus_two_mkl", ""] + _latency_table(results["grpc"], "cpu")
+    if results.get("protocols"):
+        lines += ["", "### 2b. REST and gRPC in the same rounds (wrk and h2load taking turns)", ""]
+        lines += _latency_table(results["protocols"])
     lines += ["", "### 3. resnet (base64 JPEG, 320x240), one request at a time (REST), alternating rounds", "",
               "| batch | via Envoy images/s (median) | in-process images/s (median) | via Envoy / in-process (median "
               "of rounds) | per round | via Envoy p50 ms | p99 ms | errors | images/s per core (via Envoy) | "

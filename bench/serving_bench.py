@@ -9,6 +9,7 @@ ports of ``--address``; every process is started here and stopped here by PID):
    serving the same SavedModel; wrk, concurrency 1/8/64.
 1b. Envoy vs direct at the highest concurrency, with no CPU pinning at all.
 2. gRPC: the same model through Envoy and direct (h2load; ``bench/grpc_load.py`` at the top).
+2b. REST and gRPC, through Envoy and direct, in the same rounds at the top concurrency.
 3. ``resnet`` with base64 JPEGs at batch 1 and 32 through Envoy vs ``bench/inprocess.py``,
    alternating in rounds.
 4. Server-side batching on vs off at concurrency 64 for both models (direct model servers).
@@ -46,7 +47,10 @@ from typing import Any, Callable
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 VENV_BIN = Path(sys.executable).parent
-APPLIANCE = [str(VENV_BIN / "appliance")]
+# Through this interpreter, not the venv's console scripts: a script's shebang names the
+# interpreter it was installed with, and a reinstall elsewhere can leave it pointing at nothing.
+APPLIANCE = [sys.executable, "-m", "appliance.cli"]
+MODEL_SERVER = [sys.executable, "-m", "modelserver.main"]
 HPT = "saved_model_half_plus_two_mkl"
 HPT_V1 = b'{"instances": [1.0, 2.0, 5.0]}'
 HPT_V2 = b'{"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1.0, 2.0, 5.0]}]}'
@@ -121,6 +125,31 @@ def http(url: str, body: bytes | None = None, timeout: float = 5.0) -> int:
         return 0
 
 
+def sequential(url: str, data: bytes, count: int) -> dict:
+    """``count`` requests one after another on one keep-alive connection (a fixed count, not a
+    time box: a time-boxed client leaves a multi-second request running in the server when it
+    stops, and that request would steal CPU from the next measurement)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    latencies, errors = [], 0
+    start = time.perf_counter()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        conn.request("POST", parts.path, data, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        errors += response.status != 200
+        latencies.append((time.perf_counter() - t0) * 1000)
+    elapsed = time.perf_counter() - start
+    conn.close()
+    latencies.sort()
+    return {"requests": count, "ok": count - errors, "rps": count / elapsed, "p50_ms": latencies[count // 2],
+            "p99_ms": latencies[min(count - 1, int(count * 0.99))], "errors": errors, "seconds": elapsed}
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> float:
     start = time.monotonic()
     while not check():
@@ -186,7 +215,8 @@ class Bench:
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[Proc] = []
-        self.results: dict[str, Any] = {"rest": [], "rest_unpinned": [], "grpc": [], "resnet": [], "batching": [],
+        self.results: dict[str, Any] = {"rest": [], "rest_unpinned": [], "grpc": [], "protocols": [], "resnet": [],
+                                        "batching": [],
                                         "memory": {}, "settings": {}, "checks": []}
         self.bodies: dict[str, Path] = {}
         self.node_root = args.work / "node"
@@ -282,10 +312,19 @@ class Bench:
         bench exits non-zero at the end (after writing its results). The requests in flight when
         the tool stops (at most ``concurrency``) may be answered, and counted, after it stopped.
         """
-        before = target.counter()
+        cpus = cpu_list(self.args.server_cpus)
+        before, sched, stolen, started = target.counter(), schedstat(target.pids), steal_ms(cpus), time.monotonic()
         result = run()
         served = target.counter() - before
+        after, elapsed = schedstat(target.pids), time.monotonic() - started
+        result["steal_ms"] = steal_ms(cpus) - stolen
         result["served"] = served
+        # The profile of the run from the kernel's side: the servers' CPU per answered request,
+        # how long their threads were runnable but waiting for a CPU (per second of the run), and
+        # how long the hypervisor took the servers' CPU away (steal): the causes of a tail that
+        # are not in any of our processes.
+        result["server_us"] = (after[0] - sched[0]) / 1e3 / max(served, 1)
+        result["runq_ms_per_s"] = (after[1] - sched[1]) / 1e6 / elapsed
         what = f"{target.name} c={concurrency}: {result.get('client', 'wrk')}"
         self.check(f"{what} vs {target.counter_name}", result["ok"], served, slack=concurrency)
         self.check(f"{what}: failed requests vs none", result["errors"], 0)
@@ -363,7 +402,7 @@ class Bench:
             for m in models) + "}\n")
         monitoring = self.out / "monitoring.config"
         monitoring.write_text(f'prometheus_config {{ enable: true path: "{PROMETHEUS_PATH}" }}\n')
-        cmd = [str(VENV_BIN / "appliance-model-server"), f"--port={grpc}", f"--rest_api_port={rest}",
+        cmd = [*MODEL_SERVER, f"--port={grpc}", f"--rest_api_port={rest}",
                f"--listen_address={address}", f"--model_config_file={config}",
                f"--monitoring_config_file={monitoring}", f"--rest_api_num_threads={self.args.threads}", *(extra or [])]
         proc = self.spawn(name, cmd)
@@ -475,30 +514,23 @@ class Bench:
             if h2 and py and py["client_cpu"] < 0.9:
                 self.check(f"gRPC {target.name}: h2load vs grpc_load.py req/s", h2["rps"], py["rps"], tolerance=0.2)
 
-    def sequential(self, url: str, body: Path, count: int) -> dict:
-        """``count`` requests one after another on one keep-alive connection (a fixed count, not a
-        time box: a time-boxed client leaves a multi-second request running in the server when it
-        stops, and that request would steal CPU from the next measurement)."""
-        import http.client
-        from urllib.parse import urlsplit
+    def scenario_protocols(self, rest: list[Target], grpc: list[Target]) -> None:
+        """REST and gRPC in the same rounds at the highest concurrency (wrk and h2load taking turns):
+        the gRPC-vs-REST targets of issue 15 from runs seconds apart, not scenarios minutes apart."""
+        top = max(self.args.concurrency)
+        named = [replace(t, name=f"REST {t.name}") for t in rest] + [replace(t, name=f"gRPC {t.name}") for t in grpc]
 
-        parts = urlsplit(url)
-        data = body.read_bytes()
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
-        latencies, errors = [], 0
-        start = time.perf_counter()
-        for _ in range(count):
-            t0 = time.perf_counter()
-            conn.request("POST", parts.path, data, {"Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            errors += response.status != 200
-            latencies.append((time.perf_counter() - t0) * 1000)
-        elapsed = time.perf_counter() - start
-        conn.close()
-        latencies.sort()
-        return {"requests": count, "ok": count - errors, "rps": count / elapsed, "p50_ms": latencies[count // 2],
-                "p99_ms": latencies[min(count - 1, int(count * 0.99))], "errors": errors, "seconds": elapsed}
+        def run(target: Target) -> dict:
+            if target.name.startswith("gRPC"):
+                return self.h2load(target.url, top, self.args.duration)
+            return self.wrk(target.url, target.body, top, self.args.duration)
+        for name, cell in self.rounds(named, top, run, self.args.rounds).items():
+            row = {"target": name, "concurrency": top, **summarize(cell)}
+            self.results["protocols"].append(row)
+            log_row("REST+gRPC", row)
+
+    def sequential(self, url: str, body: Path, count: int) -> dict:
+        return sequential(url, body.read_bytes(), count)
 
     def wait_idle(self, pids: list[int], timeout: float = 120.0) -> None:
         """Until ``pids`` use under 10% of a CPU: an abandoned request must not run into the next test."""
@@ -686,10 +718,14 @@ class Bench:
                 for proc in [p for p in self.procs if p.name in ("mlserver", "kserve", "envoy_floor")]:
                     proc.stop()
                     self.procs.remove(proc)
-            if "grpc" in only:
+            grpc_targets = [replace(via_envoy, url=f"{address}:{self.ports['grpc.port']}"),
+                            replace(direct, url=grpc_direct)]
+            if "grpc" in only or "protocols" in only:
                 self.body("grpc_hpt", grpc_request_bytes())
-                self.scenario_grpc([replace(via_envoy, url=f"{address}:{self.ports['grpc.port']}"),
-                                    replace(direct, url=grpc_direct)])
+            if "grpc" in only:
+                self.scenario_grpc(grpc_targets)
+            if "protocols" in only:
+                self.scenario_protocols([via_envoy, direct], grpc_targets)
             if "resnet" in only:
                 self.scenario_resnet(via_envoy, jpeg)
             if "batching" in only:
@@ -720,14 +756,20 @@ def summarize(runs: list[dict]) -> dict:
             "p50_ms": statistics.median(r["p50_ms"] for r in runs), "p99_ms": statistics.median(p99),
             "p99_worst_ms": max(p99), "errors": sum(r["errors"] for r in runs),
             "client_cpu": statistics.median(cpu) if cpu else float("nan"),
+            "server_us": statistics.median(r.get("server_us", float("nan")) for r in runs),
+            "runq_ms_per_s": statistics.median(r.get("runq_ms_per_s", float("nan")) for r in runs),
             "all_rps": [round(x) for x in rps], "all_p99": [round(x, 1) for x in p99],
+            "all_runq": [round(r.get("runq_ms_per_s", float("nan")), 1) for r in runs],
+            "all_steal_ms": [round(r.get("steal_ms", float("nan"))) for r in runs],
             "served": [r["served"] for r in runs]}
 
 
 def log_row(kind: str, row: dict) -> None:
     log(f"{kind} {row['target']:22s} c={row['concurrency']:<3d} {row.get('client', 'wrk'):12s} "
         f"{row['rps']:8.0f} req/s ({row['rps_min']:.0f}-{row['rps_max']:.0f})  p50 {row['p50_ms']:6.2f} ms  "
-        f"p99 {row['p99_ms']:7.2f} ms (worst {row['p99_worst_ms']:.2f})  errors {row['errors']}")
+        f"p99 {row['p99_ms']:7.2f} ms (worst {row['p99_worst_ms']:.2f})  errors {row['errors']}  "
+        f"server {row['server_us']:.0f} us/req  run-queue wait {row['runq_ms_per_s']:.0f} ms/s  "
+        f"steal {row['all_steal_ms']} ms")
 
 
 def parse_h2load(stdout: str) -> dict:
@@ -740,6 +782,19 @@ def parse_h2load(stdout: str) -> dict:
         raise RuntimeError(f"cannot read h2load's summary:\n{stdout}")
     seconds = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
     return {"seconds": seconds, "done": int(requests.group(3)), "succeeded": int(requests.group(4))}
+
+
+def schedstat(pids: list[int]) -> tuple[int, int]:
+    """CPU time and run-queue wait (ns), summed over every thread of ``pids`` (/proc/PID/task/*/schedstat)."""
+    cpu = wait = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                fields = task.read_text().split()
+            except OSError:  # a thread that ended meanwhile
+                continue
+            cpu, wait = cpu + int(fields[0]), wait + int(fields[1])
+    return cpu, wait
 
 
 def fetch_text(url: str) -> str:
@@ -781,13 +836,27 @@ def envoy_workers(pid: int) -> int:
     return sum(1 for comm in Path(f"/proc/{pid}/task").glob("*/comm") if comm.read_text().startswith("wrk:worker"))
 
 
-def cpu_count(cpus: str) -> int:
-    """How many CPUs a taskset list names (``0``, ``0,1``, ``0-3``)."""
-    count = 0
+def cpu_list(cpus: str) -> list[int]:
+    """The CPUs a taskset list names (``0``, ``0,1``, ``0-3``)."""
+    result: list[int] = []
     for part in cpus.split(","):
         low, _, high = part.partition("-")
-        count += int(high or low) - int(low) + 1
-    return count
+        result += range(int(low), int(high or low) + 1)
+    return result
+
+
+def cpu_count(cpus: str) -> int:
+    return len(cpu_list(cpus))
+
+
+def steal_ms(cpus: list[int]) -> float:
+    """Time the hypervisor ran something else while these (virtual) CPUs had work: /proc/stat's steal."""
+    total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            total += int(fields[7])
+    return total * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def grpc_request_bytes() -> bytes:
@@ -845,7 +914,7 @@ def main() -> int:
                         help="--rest_api_num_threads of the direct model servers (0: as the node: one per CPU)")
     parser.add_argument("--peer-workers", type=int, default=1, help="MLServer/KServe workers")
     parser.add_argument("--no-peers", action="store_true", help="skip MLServer and KServe")
-    parser.add_argument("--scenarios", default="rest,grpc,resnet,batching,memory",
+    parser.add_argument("--scenarios", default="rest,grpc,protocols,resnet,batching,memory",
                         help="which to run (comma-separated; the node's cold start is always measured)")
     parser.add_argument("--work", type=Path, default=BENCH / ".work", help="node root and built models (kept)")
     parser.add_argument("--out", type=Path, default=None, help="results dir (default WORK/results-<time>)")

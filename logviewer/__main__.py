@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     from .app import create_app
 
     app = create_app(paths, current)
+    from .views.dashboard import start_sampler
+    start_sampler(app)
     if args.unix_socket:
         args.unix_socket.unlink(missing_ok=True)   # left by a killed predecessor
         # Only Envoy, running as this user, can connect (0600): its forwarded headers are the truth.

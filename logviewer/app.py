@@ -91,8 +91,9 @@ def create_app(paths: NodePaths, config: Config | Callable[[], Config], *,
     security.install(app)
     _filters(app)
 
-    from .views import auth, cluster, logs, metrics, models
-    for blueprint in (auth.bp, logs.bp, models.bp, cluster.bp, metrics.bp):
+    from .views import auth, cluster, dashboard, logs, metrics, models, rollouts, shadow
+    for blueprint in (auth.bp, logs.bp, models.bp, cluster.bp, metrics.bp, dashboard.bp, rollouts.bp,
+                      shadow.bp):
         app.register_blueprint(blueprint)
 
     @app.errorhandler(Refused)

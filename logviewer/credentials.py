@@ -85,6 +85,8 @@ def set_password(etc: Path, password: str | None = None) -> str:
 
 def ensure_password(etc: Path) -> str | None:
     """Create a password if none exists; return it (to print once), or None if one existed."""
+    if password_file(etc).exists():   # hashing one costs ~0.3 s, and every apply asks
+        return None
     password = new_password()
     if _write_private(password_file(etc), generate_password_hash(password) + "\n", exclusive=True):
         return password

@@ -1,4 +1,4 @@
-"""Reading logs by byte offset: pages, the live tail, search and the access log.
+"""Reading logs by byte offset: pages, the live tail and search (the access log: accesslog.py).
 
 Nothing here reads a whole file: every function seeks and reads at most a few MiB, so a
 multi-GB log costs the same memory as a small one. Offsets are byte offsets; pages are
@@ -8,12 +8,10 @@ start or end of the file).
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 PAGE = 64 * 1024            # default page of a log view
 MAX_PAGE = 1024 * 1024      # largest page a client may ask for
@@ -163,133 +161,3 @@ def search(handle: BinaryIO, size: int, needle: str, start: int = 0, max_matches
     result.scanned_to = pos
     result.complete = pos >= size
     return result
-
-
-# ----------------------------------------------------------------------------- access log
-
-MODEL_PATH = re.compile(r"^/v1/models/([^/:?]+)")
-
-
-@dataclass
-class AccessEntry:
-    offset: int
-    time: str
-    method: str
-    path: str
-    status: str
-    duration_ms: str
-    upstream: str
-    model: str
-    flags: str
-    listener: str
-    client: str
-    request_id: str
-    raw: str
-
-    def status_class(self) -> str:
-        return f"s{self.status[:1]}xx" if self.status[:1].isdigit() else "s0xx"
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return "-"
-    return str(value)[:MAX_LINE]
-
-
-def parse_access_line(line: bytes, offset: int) -> AccessEntry | None:
-    try:
-        entry = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(entry, dict):
-        return None
-    path = _text(entry.get("path"))
-    match = MODEL_PATH.match(path)
-    return AccessEntry(
-        offset=offset, time=_text(entry.get("time")), method=_text(entry.get("method")),
-        path=path, status=_text(entry.get("status")), duration_ms=_text(entry.get("duration_ms")),
-        upstream=_text(entry.get("upstream_host")), model=match.group(1) if match else "",
-        flags=_text(entry.get("flags")), listener=_text(entry.get("listener")),
-        client=_text(entry.get("client")), request_id=_text(entry.get("request_id")),
-        raw=decode(line[:MAX_LINE]))
-
-
-@dataclass
-class AccessFilter:
-    model: str = ""
-    status: str = ""   # "404", "4xx", "5xx", "error" (>= 400) or ""
-    node: str = ""     # substring of the upstream host
-    text: str = ""     # substring of the raw line
-
-    def matches(self, e: AccessEntry) -> bool:
-        if self.model and e.model != self.model:
-            return False
-        if self.status:
-            s = self.status.lower()
-            if s == "error":
-                if not (e.status.isdigit() and int(e.status) >= 400) and e.status != "0":
-                    return False
-            elif len(s) == 3 and s.endswith("xx"):
-                if e.status[:1] != s[0]:
-                    return False
-            elif e.status != s:
-                return False
-        if self.node and self.node not in e.upstream:
-            return False
-        if self.text and self.text.lower() not in e.raw.lower():
-            return False
-        return True
-
-
-def lines_backward(handle: BinaryIO, before: int, block: int = 256 * 1024) -> Iterator[tuple[int, bytes]]:
-    """(offset, line) pairs from byte ``before`` back to the start of the file, newest first."""
-    pos = before
-    carry = b""
-    while pos > 0:
-        start = max(0, pos - block)
-        data = _pread(handle, start, pos - start) + carry
-        pos = start
-        lines = data.split(b"\n")
-        carry = lines[0] if start > 0 else b""
-        if len(carry) > MAX_PAGE:       # a monstrous line: give up on it
-            carry = b""
-        offset = start + len(lines[0]) + 1 if start > 0 else 0
-        offsets = []
-        for line in (lines[1:] if start > 0 else lines):
-            offsets.append((offset, line))
-            offset += len(line) + 1
-        for off, line in reversed(offsets):
-            if line.strip():
-                yield off, line
-    if carry.strip():
-        yield 0, carry
-
-
-@dataclass
-class AccessPage:
-    entries: list[AccessEntry]
-    before: int            # where this page's scan started (the newest end)
-    older: int             # where the next (older) page continues; 0 means the start was reached
-    scanned: int
-    size: int
-
-
-def access_page(handle: BinaryIO, size: int, flt: AccessFilter, before: int | None = None,
-                limit: int = 200, max_scan: int = 64 * 1024 * 1024) -> AccessPage:
-    """The newest ``limit`` entries matching ``flt`` before byte ``before`` (default: the end)."""
-    end = size if before is None else min(max(0, before), size)
-    entries: list[AccessEntry] = []
-    older = 0
-    for offset, line in lines_backward(handle, end):
-        older = offset
-        scanned = end - offset
-        entry = parse_access_line(line, offset)
-        if entry is not None and flt.matches(entry):
-            entries.append(entry)
-            if len(entries) >= limit:
-                break
-        if scanned >= max_scan:
-            break
-    else:
-        older = 0
-    return AccessPage(entries, end, older, end - older, size)

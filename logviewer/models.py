@@ -3,7 +3,8 @@
 Files come from disk through :mod:`logviewer.safepath` (a model directory that is a symlink
 out of the store is listed but never browsed). Versions' states and signatures come from the
 model server's TF Serving REST API: ``GET /v1/models/<name>`` and
-``GET /v1/models/<name>/versions/<v>/metadata``; which versions the model server quarantined
+``GET /v1/models/<name>/versions/<v>/metadata``; the runtime serving each version and why
+from ``GET /appliance/v1/runtimes``; which versions the model server quarantined
 (failed to load, not tried again until their files change) from its record
 (:mod:`modelserver.quarantine`).
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelserver import quarantine
+from modelserver.core.choice import Choice
 from modelserver.core.platforms import is_version_name, version_dirs
 from appliance.modelstatus import ModelServerClient
 
@@ -33,6 +35,7 @@ class VersionInfo:
     error: str = ""
     dirname: str = ""        # its directory in the store ("00000123" for version 123)
     quarantined: str = ""    # "quarantined since <time>: <reason>", or ""
+    runtime: Choice | None = None   # what serves it and why (platform auto's measurement)
 
     @property
     def serving(self) -> bool:
@@ -142,11 +145,13 @@ class ModelStore:
         versions = self.disk_versions(name)
         status, reported = self.server_versions(name) if info.configured else ("not configured", [])
         info.server_status = status
+        choices = (self.server.runtimes() or {}).get(name, {}) if reported else {}
         for entry in reported:
             version = str(entry.get("version", ""))
             v = versions.setdefault(version, VersionInfo(version))
             v.state = str(entry.get("state", ""))
             v.error = str((entry.get("status") or {}).get("error_message", ""))
+            v.runtime = choices.get(int(version)) if version.isdigit() else None
         directory = self.model_dir(name)
         if directory is not None:
             for number, entry in quarantine.current(self.quarantine_dir, name, directory).items():

@@ -143,6 +143,8 @@ def install(app: Flask) -> None:
         response.headers["Cross-Origin-Resource-Policy"] = "same-origin"
         if not request.path.startswith("/static/"):
             response.headers["Cache-Control"] = "no-store"
+        if "started" in g:   # the app's own time for this request (the page is rendered by now)
+            response.headers["Server-Timing"] = f"app;dur={(time.monotonic() - g.started) * 1000:.1f}"
         return response
 
     @app.before_request

@@ -8,7 +8,9 @@ costs one read and a failed reload (a label waiting for its version) is retried.
 
 ``--model_settings_file`` (an appliance extension) is re-read on the same poll, and a change of
 either file reloads with both: a changed settings file alone applies the new settings to the
-models being served. An invalid settings file is logged and the settings in force are kept, as
+models being served. The settings file is also looked at every :data:`SETTINGS_POLL_SECONDS`
+(one read of a small file): a canary rollback (:mod:`modelserver.rollout`) must reach every
+node within a second or two, whatever the poll wait. An invalid settings file is logged and the settings in force are kept, as
 an invalid models.config is.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from modelserver.manager import ModelConfig, ModelManager
 from modelserver.model_config import ConfigFileError, read_model_server_config
@@ -24,6 +27,8 @@ from modelserver.core.applied import digest
 from modelserver.core.status import Code, ServingError
 
 log = logging.getLogger(__name__)
+
+SETTINGS_POLL_SECONDS = 0.1
 
 
 def _read_bytes(path: str) -> bytes | None:
@@ -55,7 +60,12 @@ class ConfigFileWatcher:
         self._stop.set()
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.wait_seconds):
+        step = min(self.wait_seconds, SETTINGS_POLL_SECONDS) if self.settings_path else self.wait_seconds
+        due = time.monotonic() + self.wait_seconds
+        while not self._stop.wait(step):
+            if time.monotonic() < due and _read_bytes(self.settings_path) == self._last_settings:
+                continue
+            due = time.monotonic() + self.wait_seconds
             try:
                 self.check()
             except Exception:  # noqa: BLE001 - one bad cycle never stops the watcher

@@ -124,7 +124,7 @@ class ServerFeatures:
         if scheduler is not None:
             loaded = scheduler.wrap(loaded)
         dirname = os.path.basename(os.path.normpath(path))
-        return monitoring.InstrumentedModel(loaded, model.config.name, resolve_platform(model.config, path),
+        return monitoring.InstrumentedModel(loaded, model.config.name, resolve_platform(model, path),
                                             str(int(dirname)) if dirname.isdigit() else dirname, resident)
 
     def _scheduler(self, model: ServedModel) -> BatchScheduler | None:

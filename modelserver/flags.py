@@ -86,6 +86,11 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
     Flag("quarantine_dir", str, "",
          "keep the record of versions that failed to load here, so they stay skipped after a restart "
          "until their files change; empty keeps it in memory (appliance extension)"),
+    Flag("runtime_cache_dir", str, "",
+         "keep converted models (OpenVINO) and model_platform auto's measurements here, by the version's "
+         "content, so a restart neither converts nor measures again; empty keeps nothing (appliance extension)"),
+    Flag("runtime_cache_bytes", int, 4 << 30,
+         "the runtime cache's size limit; least recently used entries go first (appliance extension)"),
 ]}
 
 # Accepted for compatibility, not implemented yet: a warning when given.

@@ -8,11 +8,11 @@ core in :mod:`modelserver.examples`, the same one REST uses.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from modelserver import examples, monitoring
 from modelserver.core.status import Code, ServingError, invalid_argument
-from modelserver.tensor_proto import ndarray_from_proto, proto_from_ndarray
+from modelserver.tensor_proto import length_delimited, ndarray_from_proto, serialized_tensor
 from modelserver.runtimes import LoadedModel
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -26,9 +26,12 @@ def _model_spec(out: Any, name: str, signature_name: str | None, version: int) -
     out.version.value = version
 
 
-def predict(model: LoadedModel, version: int, request: Any) -> Any:
-    """``RunPredict``: checks, input decoding, output filter, ``*_val`` outputs."""
-    from tensorflow_serving.apis import predict_pb2
+def predict(model: LoadedModel, version: int, request: Any,
+            answered: Callable[[str, Mapping[str, Any], Mapping[str, Any]], None] | None = None) -> bytes:
+    """``RunPredict``: checks, input decoding, output filter, ``*_val`` outputs; the serialized
+    ``PredictResponse``, written field by field (``outputs`` map entries, then ``model_spec``).
+    ``answered`` is shown the signature, inputs and outputs of a request that ran (rollout.py)."""
+    from tensorflow_serving.apis import model_pb2
 
     signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     signature = model.signatures.get(signature_name)
@@ -48,11 +51,14 @@ def predict(model: LoadedModel, version: int, request: Any) -> Any:
     else:
         inputs = dict(request.inputs)  # LoadedModel.run reports the mismatch in TF Serving's words
     outputs = model.run(signature.name, inputs)
-    response = predict_pb2.PredictResponse()
-    _model_spec(response.model_spec, request.model_spec.name, signature_name, version)
-    for alias in (wanted or outputs):
-        response.outputs[alias].CopyFrom(proto_from_ndarray(outputs[alias]))
-    return response
+    if answered is not None:
+        answered(signature.name, inputs, outputs)
+    spec = model_pb2.ModelSpec()
+    _model_spec(spec, request.model_spec.name, signature_name, version)
+    entries = [length_delimited(1, length_delimited(1, alias.encode()) + length_delimited(2, serialized_tensor(outputs[alias])))
+               for alias in (wanted or outputs)]
+    return b"".join(entries) + length_delimited(2, spec.SerializeToString())
+
 
 
 def classify(model: LoadedModel, version: int, request: Any) -> Any:

@@ -1,10 +1,13 @@
 """The gRPC port: PredictionService, ModelService and (optionally) grpc.health.v1.Health.
 
-Uses the official ``tensorflow_serving.apis`` stubs on ``grpc.aio`` with TF Serving's 2 GiB
-message limit, ``--grpc_channel_arguments`` on top, and an optional unix socket
-(``--grpc_socket_path``) next to the TCP port. The servicers only resolve the model spec and
-map errors to TF Serving's status codes and messages; the inference itself is
-:mod:`modelserver.grpc_inference`, run in the runtime pool shared with REST.
+TF Serving's services with its 2 GiB message limit, ``--grpc_channel_arguments`` for the limits
+they name, and an optional unix socket (``--grpc_socket_path``) next to the TCP port. The
+transport is :mod:`modelserver.grpc_transport` (HTTP/2 on the model server's event loop, not
+grpcio's server: see there why). This module is the application behind it: :class:`GrpcApi`
+is the one entry every call goes through (method, request parsing, where it runs, status and
+metrics), the servicers only resolve the model spec and map errors to TF Serving's status codes
+and messages; the inference itself is :mod:`modelserver.grpc_inference`, run in the runtime pool
+shared with REST, or on the event loop for a cheap model (inline.py), as REST does.
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ import asyncio
 import logging
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from typing import Any, Callable
+from contextvars import copy_context
+from dataclasses import dataclass, replace
+from typing import Any, Awaitable, Callable
 
-import grpc
-
-from modelserver import grpc_inference, monitoring
+from modelserver import grpc_inference, monitoring, rollout
 from modelserver.access import KEY_NAME_HEADER, Access, AccessDenied, model_of_request
 from modelserver.core.inline import runs_inline
+from modelserver.grpc_transport import GrpcLimits, GrpcServer, Reply, start_server
 from modelserver.manager import ModelManager, VersionState
+from modelserver.rollout import Rollout
 from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,9 @@ MAX_ERROR_MESSAGE = 1024  # grpc_status_util.cc: longer messages are cut and mar
 STATUS_READS = ("GetModelStatus", "GetModelMetadata")   # what Envoy's and the agent's own calls may read
 HEALTH_SERVICES = ("", "ModelService", "PredictionService",
                    "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService")
+# --grpc_channel_arguments that mean something to this server, and the GrpcLimits field each sets.
+CHANNEL_LIMITS = {"grpc.max_receive_message_length": "max_receive", "grpc.max_send_message_length": "max_send",
+                  "grpc.max_concurrent_streams": "max_streams", "grpc.max_metadata_size": "max_header_list"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class GrpcOptions:
     socket_path: str = ""
     channel_arguments: str = ""
     enable_health: bool = False
+    body_budget: int = 2 ** 30      # shared with nothing: the REST port has a budget of its own
+    read_timeout: float = 50.0
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
@@ -62,6 +71,24 @@ def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
             continue
         result.append((key, number) if -(2 ** 31) <= number < 2 ** 31 else (key, value))
     return result
+
+
+def grpc_limits(options: GrpcOptions) -> GrpcLimits:
+    """The transport's limits: TF Serving's defaults, then what ``--grpc_channel_arguments`` sets.
+
+    gRPC's own arguments that concern its C core (keepalive, buffer pools, user agents...) have
+    nothing to set here; they are logged and ignored. A negative size means no limit, as in gRPC.
+    """
+    limits = GrpcLimits(max_receive=MAX_MESSAGE, max_send=MAX_MESSAGE, body_budget=options.body_budget,
+                        idle_timeout=MAX_CONNECTION_IDLE_MS / 1000, read_timeout=options.read_timeout)
+    for key, value in parse_channel_arguments(options.channel_arguments):
+        if key == "grpc.max_connection_idle_ms" and isinstance(value, int):
+            limits = replace(limits, idle_timeout=value / 1000 if value > 0 else float("inf"))
+        elif key in CHANNEL_LIMITS and isinstance(value, int):
+            limits = replace(limits, **{CHANNEL_LIMITS[key]: value if value >= 0 else MAX_MESSAGE})
+        else:
+            log.info("--grpc_channel_arguments: %s does not apply to this server; ignored", key)
+    return limits
 
 
 def _lookup(manager: ModelManager, spec: Any) -> VersionState:
@@ -82,83 +109,224 @@ def _status_message(message: str) -> str:
     return message[:MAX_ERROR_MESSAGE] + "...TRUNCATED"
 
 
-async def _call(context: grpc.aio.ServicerContext, executor: Executor | None, func: Callable[[Any], Any],
-                request: Any, api: str = "") -> Any:
-    """Run ``func`` (in the pool when ``executor`` is given) and turn failures into gRPC statuses.
+def _error_reply(exc: Exception) -> Reply:
+    """A call's exception as the status TF Serving answers."""
+    if isinstance(exc, ServingError):
+        return Reply(exc.code.value, _status_message(exc.message))
+    log.error("unexpected gRPC error", exc_info=exc)
+    return Reply(Code.INTERNAL.value, _status_message(f"{type(exc).__name__}: {exc}"))
 
-    With ``api`` (``Predict``, ``Classify``, ``Regress``) the call is counted in request_count and
-    request_latency under ``request.model_spec.name``, as TF Serving's PredictionServiceImpl does.
+
+# Where a method runs: on the event loop, in the runtime pool (inference), in a thread of its own
+# (a call that blocks for long, outside the pool so inference never waits behind it), or, for
+# Predict, on the event loop when inline.py says the model is cheap enough.
+LOOP, POOL, THREAD, INLINE_OR_POOL = "loop", "pool", "thread", "inline-or-pool"
+
+
+@dataclass(frozen=True)
+class Method:
+    request_class: Any
+    run: Callable[[Any], Any]     # request message -> response message (or its bytes); raises ServingError
+    where: str
+    api: str = ""                 # counted in request_count/request_latency under this API name
+
+
+class GrpcApi:
+    """Every gRPC call's one entry: ``(path, headers, message) -> Reply`` (or an awaitable of one).
+
+    The transport calls it for each complete request; a request-entry check (API keys) or a
+    version choice belongs here or in ``_lookup``, shared by every method.
     """
-    start = time.perf_counter()
-    slot = monitoring.request_started() if api else None
-    code = Code.INTERNAL
+
+    def __init__(self, manager: ModelManager, executor: Executor, enable_health: bool = False,
+                 hooks: Rollout | None = None, access: Access | None = None) -> None:
+        self.manager = manager
+        self.executor = executor
+        self.access = access or Access()   # API keys and per-model / per-key rate limits
+        self.methods: dict[str, Method] = {}
+        prediction = PredictionServicer(manager, hooks)
+        model = ModelServicer(manager)
+        self._add("tensorflow.serving.PredictionService", "tensorflow_serving.apis.prediction_service_pb2", {
+            "Predict": (prediction.predict, INLINE_OR_POOL, "Predict"),
+            "Classify": (prediction.classify, POOL, "Classify"),
+            "Regress": (prediction.regress, POOL, "Regress"),
+            "MultiInference": (prediction.multi_inference, POOL, ""),
+            "GetModelMetadata": (prediction.metadata, LOOP, "")})
+        self._add("tensorflow.serving.ModelService", "tensorflow_serving.apis.model_service_pb2", {
+            "GetModelStatus": (model.status, LOOP, ""),
+            "HandleReloadConfigRequest": (model.reload, THREAD, "")})
+        if enable_health:
+            self._add("grpc.health.v1.Health", "grpc_health.v1.health_pb2",
+                      {"Check": (_health_check, LOOP, ""), "Watch": (_health_check, LOOP, ""),
+                       "List": (_health_list, LOOP, "")})
+
+    def _add(self, service: str, module_name: str, methods: dict[str, tuple[Callable[[Any], Any], str, str]]) -> None:
+        import importlib
+
+        from google.protobuf import message_factory
+
+        descriptor = importlib.import_module(module_name).DESCRIPTOR.services_by_name[service.rsplit(".", 1)[1]]
+        for method in descriptor.methods:
+            if method.name not in methods:  # a newer version of the service: UNIMPLEMENTED
+                continue
+            run, where, api = methods[method.name]
+            self.methods[f"/{service}/{method.name}"] = Method(
+                message_factory.GetMessageClass(method.input_type), run, where, api)
+
+    def __call__(self, path: str, headers: dict[str, str], raw: bytes) -> Reply | Awaitable[Reply]:
+        method = self.methods.get(path)
+        if method is None:
+            return Reply(Code.UNIMPLEMENTED.value, "Method not found!" if path.count("/") == 2 else "")
+        request = method.request_class()
+        try:
+            request.ParseFromString(raw)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError; the body is not this message
+            # C++ gRPC's GenericDeserialize answers INTERNAL with the parser's (empty) error.
+            return Reply(Code.INTERNAL.value, "")
+        key_name = ""
+        if not self.access.rules.idle:
+            try:
+                key_name = self.access.check(model_of_request(request), headers.get,
+                                             path.rsplit("/", 1)[-1] in STATUS_READS)
+            except AccessDenied as exc:
+                retry = (("retry-after", str(exc.retry_after)),) if exc.retry_after else ()
+                return Reply(exc.code.value, exc.message, headers=retry)
+        reply = self._dispatch(method, request, path, headers, raw)
+        # The key's name goes back with the answer, for Envoy's access log.
+        return _with_headers(reply, ((KEY_NAME_HEADER, key_name),)) if key_name else reply
+
+    def _dispatch(self, method: Method, request: Any, path: str, headers: dict[str, str],
+                  raw: bytes) -> Reply | Awaitable[Reply]:
+        # Request entry: the canary draw (rollout.py) and the metrics slot this call's run fills in.
+        rollout.set_request_slot(rollout.request_slot(headers.get(rollout.SPLIT_HEADER)))
+        slot = monitoring.request_started() if method.api else None
+        where = method.where
+        if where == INLINE_OR_POOL:
+            where = LOOP if self._cheap(request, len(raw)) else POOL
+        if where == LOOP:
+            return self._run(method, request, path, slot)
+        return self._run_in_thread(method, request, path, None if where == THREAD else self.executor, slot)
+
+    def _cheap(self, request: Any, size: int) -> bool:
+        try:
+            model = _lookup(self.manager, request.model_spec).model
+        except ServingError:
+            return False  # the pool path reports it
+        return runs_inline(model, size)
+
+    def _run(self, method: Method, request: Any, path: str, slot: Any) -> Reply:
+        start = time.perf_counter()
+        reply = _reply(method, request, path)
+        if method.api:
+            monitoring.record_request(request.model_spec.name, method.api, "GRPC", Code(reply.code), start, slot)
+        return reply
+
+    async def _run_in_thread(self, method: Method, request: Any, path: str, executor: Executor | None,
+                             slot: Any) -> Reply:
+        start = time.perf_counter()
+        code = Code.CANCELLED  # the client went away (or the server stops) while it ran
+        try:
+            # The canary draw and the metrics slot (context variables) go along to the thread.
+            reply = await asyncio.get_running_loop().run_in_executor(executor, copy_context().run, _reply, method,
+                                                                     request, path)
+            code = Code(reply.code)
+            return reply
+        finally:
+            if method.api:
+                monitoring.record_request(request.model_spec.name, method.api, "GRPC", code, start, slot)
+
+
+def _reply(method: Method, request: Any, path: str) -> Reply:
+    """The call's answer. Predict, Classify and Regress also name the model and version that
+    answered (``x-appliance-model``, ``x-appliance-version``) for Envoy's access log: a gRPC
+    request names its model only in its body, which Envoy does not read."""
     try:
-        if executor is None:
-            result = func(request)
-        else:
-            result = await asyncio.get_running_loop().run_in_executor(executor, func, request)
-        code = Code.OK
-        return result
-    except ServingError as err:
-        code = err.code
-        await context.abort(grpc.StatusCode[err.code.name], _status_message(err.message))
+        response = method.run(request)
+        version = None
+        if method.api:
+            response, version = response
+        body = response if isinstance(response, bytes) else response.SerializeToString()
+        return Reply(0, "", body, more=path.endswith("/Watch"),
+                     headers=_served(request, version) if method.api else ())
     except Exception as exc:  # noqa: BLE001 - a request never takes the server down
-        if isinstance(exc, (asyncio.CancelledError, grpc.aio.AbortError)):
-            code = Code.CANCELLED
-            raise
-        log.exception("unexpected gRPC error")
-        await context.abort(grpc.StatusCode.INTERNAL, _status_message(f"{type(exc).__name__}: {exc}"))
-    finally:
-        if api:
-            monitoring.record_request(request.model_spec.name, api, "GRPC", code, start, slot)
+        reply = _error_reply(exc)
+        return reply._replace(headers=_served(request)) if method.api else reply
+
+
+def _served(request: Any, version: int | None = None) -> tuple[tuple[str, str], ...]:
+    name = request.model_spec.name[:200]
+    if not name.isprintable() or not name.isascii():  # a header value Envoy would refuse
+        return ()
+    served = (("x-appliance-model", name),)
+    return served + (("x-appliance-version", str(version)),) if version else served
+
+
+
+def _with_headers(reply: Reply | Awaitable[Reply], extra: tuple[tuple[str, str], ...]) -> Reply | Awaitable[Reply]:
+    """``reply`` with ``extra`` headers added (once it is ready, when it is an awaitable)."""
+    if isinstance(reply, Reply):
+        return reply._replace(headers=reply.headers + extra)
+
+    async def later() -> Reply:
+        ready = await reply
+        return ready._replace(headers=ready.headers + extra)
+    return later()
+
+
+def _health_check(request: Any) -> Any:
+    """``grpc.health.v1.Health``: the port opens only once every model is loaded, so SERVING."""
+    from grpc_health.v1 import health_pb2
+
+    if request.service not in HEALTH_SERVICES:
+        raise ServingError(Code.NOT_FOUND, "unknown service")
+    return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+def _health_list(request: Any) -> Any:
+    from grpc_health.v1 import health_pb2
+
+    response = health_pb2.HealthListResponse()
+    for name in HEALTH_SERVICES:
+        response.statuses[name].status = health_pb2.HealthCheckResponse.SERVING
+    return response
 
 
 class PredictionServicer:
     """``tensorflow.serving.PredictionService``."""
 
-    def __init__(self, manager: ModelManager, executor: Executor) -> None:
+    def __init__(self, manager: ModelManager, hooks: Rollout | None = None) -> None:
         self.manager = manager
-        self.executor = executor
+        self.hooks = hooks or Rollout()
 
-    def _run(self, spec: Any, run: Callable[[Any, int, Any], Any], request: Any) -> Any:
+    def _run(self, spec: Any, run: Callable[..., Any], request: Any, *answered: Any) -> tuple[Any, int]:
+        """The response and the version that gave it."""
         state = _lookup(self.manager, spec)
-        return run(state.model, state.version, request)
+        if answered and spec.WhichOneof("version_choice") is None:   # rollout.py: the shadow's copy
+            answered = (lambda signature, inputs, outputs:
+                        self.hooks.answered(spec.name, "gRPC", state, signature, inputs, outputs),)
+        else:
+            answered = ()
+        with rollout.COUNTS.timed(spec.name, state.version, self.manager.rollout_of(spec.name) is not None):
+            return run(state.model, state.version, request, *answered), state.version
 
-    def _executor_for(self, request: Any) -> Executor | None:
-        """None (run on the event loop) for a small request to a cheap model: see inline.py."""
-        try:
-            model = _lookup(self.manager, request.model_spec).model
-        except ServingError:
-            return self.executor
-        return None if runs_inline(model, request.ByteSize()) else self.executor
+    def predict(self, request: Any) -> tuple[Any, int]:
+        return self._run(request.model_spec, grpc_inference.predict, request, True)
 
-    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _call(context, self._executor_for(request),
-                           lambda r: self._run(r.model_spec, grpc_inference.predict, r), request, "Predict")
+    def classify(self, request: Any) -> tuple[Any, int]:
+        return self._run(request.model_spec, grpc_inference.classify, request)
 
-    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _call(context, self.executor,
-                           lambda r: self._run(r.model_spec, grpc_inference.classify, r), request, "Classify")
+    def regress(self, request: Any) -> tuple[Any, int]:
+        return self._run(request.model_spec, grpc_inference.regress, request)
 
-    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _call(context, self.executor,
-                           lambda r: self._run(r.model_spec, grpc_inference.regress, r), request, "Regress")
-
-    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _call(context, self.executor, self._multi_inference, request)
-
-    def _multi_inference(self, request: Any) -> Any:
+    def multi_inference(self, request: Any) -> Any:
         # Every task must name the same model (checked in the core); the first one picks the version.
         # Without tasks the spec is empty, hence "ModelSpec has no name specified." as in TF Serving.
         from tensorflow_serving.apis import model_pb2
 
         spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
-        return self._run(spec, grpc_inference.multi_inference, request)
+        return self._run(spec, grpc_inference.multi_inference, request)[0]
 
-    async def GetModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _call(context, None, self._metadata, request)
-
-    def _metadata(self, request: Any) -> Any:
+    def metadata(self, request: Any) -> Any:
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         if not request.HasField("model_spec"):
@@ -182,127 +350,38 @@ class ModelServicer:
     def __init__(self, manager: ModelManager) -> None:
         self.manager = manager
 
-    async def GetModelStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await _call(context, None, self._status, request)
-
-    def _status(self, request: Any) -> Any:
+    def status(self, request: Any) -> Any:
         if not request.HasField("model_spec"):
             raise invalid_argument("Missing ModelSpec")
         spec = request.model_spec
         version = spec.version.value if spec.WhichOneof("version_choice") == "version" else None
         return self.manager.status_proto(spec.name, version)
 
-    async def HandleReloadConfigRequest(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        """Blocks (in a thread, not on the event loop) until newly added models are AVAILABLE."""
+    def reload(self, request: Any) -> Any:
+        """Blocks (in a thread of its own, never the pool) until newly added models are AVAILABLE."""
         from tensorflow_serving.apis import model_management_pb2
 
+        from modelserver.model_config import model_configs_from_proto
+
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self._reload, request)
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
+                                       "ModelConfigList is currently supported")
+            configs = model_configs_from_proto(request.config)
+            log.info("Reloading the model config: %s", ", ".join(c.name for c in configs) or "(no models)")
+            self.manager.reload(configs)
         except ServingError as err:
             log.error("ReloadConfig failed: %s", err.message)
-            await context.abort(grpc.StatusCode[err.code.name], _status_message(err.message))
-        except Exception as exc:  # noqa: BLE001 - a bad reload never takes the server down
-            log.exception("ReloadConfig failed")
-            await context.abort(grpc.StatusCode.INTERNAL, _status_message(f"{type(exc).__name__}: {exc}"))
+            raise
         response = model_management_pb2.ReloadConfigResponse()
         response.status.error_code = 0
         return response
 
-    def _reload(self, request: Any) -> None:
-        from modelserver.model_config import model_configs_from_proto
-
-        if request.config.WhichOneof("config") != "model_config_list":
-            raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest. Only "
-                                   "ModelConfigList is currently supported")
-        configs = model_configs_from_proto(request.config)
-        log.info("Reloading the model config: %s", ", ".join(c.name for c in configs) or "(no models)")
-        self.manager.reload(configs)
-
 
 async def start_grpc_server(manager: ModelManager, executor: Executor, host: str | GrpcOptions,
-                            port: int = 0, access: Access | None = None) -> grpc.aio.Server:
+                            port: int = 0, hooks: Rollout | None = None,
+                            access: Access | None = None) -> GrpcServer:
     """Serve on ``host:port`` (and the unix socket); ``host`` may be a :class:`GrpcOptions`."""
-    from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
-
     options = host if isinstance(host, GrpcOptions) else GrpcOptions(host=host, port=port)
-    channel_options = [("grpc.max_receive_message_length", MAX_MESSAGE),
-                       ("grpc.max_send_message_length", MAX_MESSAGE),
-                       ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS)]
-    channel_options += parse_channel_arguments(options.channel_arguments)
-    server = grpc.aio.server(options=channel_options)
-    access = access or Access()
-    server.add_generic_rpc_handlers((
-        _service_handler(prediction_service_pb2, "PredictionService", PredictionServicer(manager, executor), access),
-        _service_handler(model_service_pb2, "ModelService", ModelServicer(manager), access)))
-    if options.enable_health:
-        await _add_health(server)
-    if options.port > 0:
-        address = f"[{options.host}]:{options.port}" if ":" in options.host else f"{options.host}:{options.port}"
-        if server.add_insecure_port(address) == 0:
-            raise OSError(f"cannot bind gRPC port {address}")
-    if options.socket_path:
-        if server.add_insecure_port(f"unix:{options.socket_path}") == 0:
-            raise OSError(f"cannot bind gRPC unix socket {options.socket_path}")
-    await server.start()
-    return server
-
-
-def _service_handler(module: Any, service: str, servicer: Any, access: Access) -> grpc.GenericRpcHandler:
-    """The service's unary methods, reading and parsing the request message in the handler.
-
-    A body that does not parse as the request message gets INTERNAL with the parser's (empty)
-    initialization error, as C++ gRPC's ``GenericDeserialize`` answers it in TF Serving; a
-    deserializer passed to grpc would make Python's server answer UNKNOWN instead. A call whose
-    request stream ends without a message gets INTERNAL "Couldn't initialize byte buffer reader",
-    what C++ gRPC's ``ProtoBufferReader`` answers for the missing buffer: grpc.aio's unary handler
-    would return without any status and leave the client waiting, hence stream-unary handlers
-    that read the one message themselves (server CPU per Predict measured the same: 399 vs 415 us).
-    """
-    from google.protobuf import message_factory
-
-    descriptor = module.DESCRIPTOR.services_by_name[service]
-    handlers = {}
-    for method in descriptor.methods:
-        request_class = message_factory.GetMessageClass(method.input_type)
-        response_class = message_factory.GetMessageClass(method.output_type)
-
-        async def handle(_messages: Any, context: grpc.aio.ServicerContext, impl: Any = getattr(servicer, method.name),
-                         request_class: Any = request_class, status_read: bool = method.name in STATUS_READS) -> Any:
-            raw = await context.read()
-            if raw is grpc.aio.EOF:
-                await context.abort(grpc.StatusCode.INTERNAL, "Couldn't initialize byte buffer reader")
-            request = request_class()
-            try:
-                request.ParseFromString(raw)
-            except Exception:  # noqa: BLE001 - protobuf's DecodeError; the body is not this message
-                await context.abort(grpc.StatusCode.INTERNAL, "")
-            if not access.rules.idle:
-                await _admit(access, request, context, status_read)
-            return await impl(request, context)
-
-        handlers[method.name] = grpc.stream_unary_rpc_method_handler(
-            handle, request_deserializer=None, response_serializer=response_class.SerializeToString)
-    return grpc.method_handlers_generic_handler(descriptor.full_name, handlers)
-
-
-async def _admit(access: Access, request: Any, context: grpc.aio.ServicerContext, status_read: bool) -> None:
-    """The access check (access.py) of one call: abort it when refused; the key's name goes back in
-    the initial metadata, for Envoy's access log."""
-    metadata = dict(context.invocation_metadata() or ())
-    try:
-        name = access.check(model_of_request(request), metadata.get, status_read)
-    except AccessDenied as exc:
-        trailing = (("retry-after", str(exc.retry_after)),) if exc.retry_after else ()
-        await context.abort(grpc.StatusCode[exc.code.name], exc.message, trailing_metadata=trailing)
-    if name:
-        await context.send_initial_metadata(((KEY_NAME_HEADER, name),))
-
-
-async def _add_health(server: grpc.aio.Server) -> None:
-    """``grpc.health.v1.Health``: the port opens only once every model is loaded, so SERVING."""
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
-    servicer = health.aio.HealthServicer()
-    for name in HEALTH_SERVICES:
-        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    api = GrpcApi(manager, executor, options.enable_health, hooks, access)
+    return await start_server(api, options.host, options.port, options.socket_path, grpc_limits(options))

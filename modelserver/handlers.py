@@ -9,27 +9,31 @@ its canonical status. Inference runs in the runtime thread pool, never on the ev
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
 import re
 import time
 from concurrent.futures import Executor
+from contextvars import copy_context
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
 from modelserver import json_numbers, json_predict
 from modelserver.access import KEY_NAME_HEADER, Access, AccessDenied, model_of_path
-from modelserver.core.applied import APPLIED_PATH
+from modelserver.core.applied import APPLIED_PATH, RUNTIMES_PATH
 from modelserver.budget import CHARGED_BODY, BodyBudget, charging
 from modelserver.core.inline import runs_inline
 from modelserver.json_tensor import InputCodec, make_codec
-from modelserver import monitoring
+from modelserver import monitoring, rollout
 from modelserver.json_text import dump_string
 from modelserver.manager import ModelManager, VersionState
 from modelserver.core.status import Code, ServingError, invalid_argument, utf8_text
+from modelserver.rollout import Rollout
 from modelserver.runtimes import Signature
+from modelserver.shadow import SHADOW_PATH
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +67,22 @@ class RestApi:
     """Answers one parsed HTTP request; never raises."""
 
     def __init__(self, manager: ModelManager, executor: Executor, enable_cors: bool = False,
-                 metrics_path: str | None = None, access: Access | None = None) -> None:
+                 metrics_path: str | None = None, hooks: Rollout | None = None,
+                 access: Access | None = None) -> None:
         self.manager = manager
+        self.hooks = hooks or Rollout()   # rollout.py: requests naming no version
         self.access = access or Access()   # API keys and per-model / per-key rate limits
         self.executor = executor
         self.extra_headers = CORS_HEADERS if enable_cors else ()
         self.metrics_path = metrics_path  # Prometheus page, registered as an exact URI like TF's
         self.budget: BodyBudget | None = None  # the REST server's; JSON decoding is charged to it
 
-    async def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response:
+    async def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
+                     peer: str = "") -> Response:
+        if path == SHADOW_PATH and method == "GET" and self.hooks.shadow is not None:
+            if not _loopback(peer):   # the report holds clients' inputs
+                return Response(404, (("Content-Type", "text/html"),), NOT_FOUND_PAGE)
+            return Response(200, JSON_HEADERS, json.dumps(self.hooks.shadow.report()).encode())
         if path == self.metrics_path:
             if method != "GET":
                 return Response(405, (("Content-Type", "text/plain"),), b"")
@@ -79,6 +90,10 @@ class RestApi:
         if path == APPLIED_PATH and method == "GET":
             applied = {**self.manager.applied_files, **self.access.applied}
             return Response(200, JSON_HEADERS, json.dumps(applied).encode())
+        if path == rollout.COUNTS_PATH and method == "GET":
+            return Response(200, JSON_HEADERS, json.dumps(rollout.COUNTS.snapshot()).encode())
+        if path == RUNTIMES_PATH and method == "GET":
+            return Response(200, JSON_HEADERS, json.dumps({"models": self.manager.runtimes()}).encode())
         if not _V1.fullmatch(path):
             return Response(404, (("Content-Type", "text/html"),), NOT_FOUND_PAGE)
         admitted = self._admit(method, path, headers)
@@ -211,12 +226,13 @@ class RestApi:
             from modelserver.examples import classify_or_regress
 
             return await asyncio.get_running_loop().run_in_executor(
-                self.executor, self._charged, classify_or_regress, self, verb, name, version, label, body)
+                self.executor, copy_context().run, self._charged, classify_or_regress, self, verb, name,
+                version, label, body)
         state = self._inline(name, version, label, len(body))
         if state is not None:
             return self._predict(name, version, label, body, state)
-        return await asyncio.get_running_loop().run_in_executor(
-            self.executor, self._charged, self._predict, name, version, label, body)
+        return await asyncio.get_running_loop().run_in_executor(   # the canary key goes along
+            self.executor, copy_context().run, self._charged, self._predict, name, version, label, body)
 
     def _charged(self, work: Callable[..., bytes], *args: Any) -> bytes:
         """``work(*args)`` in a pool thread, its JSON decoding charged to the body budget (the
@@ -258,9 +274,13 @@ class RestApi:
         signature_name = json_predict.request_signature_name(doc)
         if state is None:
             state = self._lookup(name, version, label)
-        signature = self.signature(state, signature_name)
-        fmt, inputs = json_predict.decode_predict(doc, self._input_codecs(state, signature), numeric)
-        outputs = state.model.run(signature.name, inputs)
+        name = unquote(name)
+        with rollout.COUNTS.timed(name, state.version, self.manager.rollout_of(name) is not None):
+            signature = self.signature(state, signature_name)
+            fmt, inputs = json_predict.decode_predict(doc, self._input_codecs(state, signature), numeric)
+            outputs = state.model.run(signature.name, inputs)
+        if version is None and label is None:
+            self.hooks.answered(name, "REST", state, signature.name, inputs, outputs)
         return json_predict.encode_predict_response(outputs, fmt)
 
 
@@ -280,6 +300,13 @@ class _Recorded:
         code = (Code.OK if kind is None else exc.code if isinstance(exc, ServingError)
                 else Code.CANCELLED if isinstance(exc, asyncio.CancelledError) else Code.INTERNAL)
         monitoring.record_request(unquote(self.name), self.api, "REST", code, self.start, self.slot)
+
+
+def _loopback(peer: str) -> bool:
+    try:
+        return ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return False
 
 
 def _error(exc: Exception, method: str, path: str) -> tuple[int, bytes]:

@@ -8,6 +8,7 @@ exit 0 at once; in-flight inference is not waited for.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -49,7 +50,8 @@ def _load_options(options: Options) -> object:
     inter = options.tensorflow_inter_op_parallelism or options.tensorflow_session_parallelism
     return LoadOptions(tags=tuple(t for t in options.saved_model_tags.split(",") if t),
                        intra_op_threads=intra, inter_op_threads=inter,
-                       run_timeout_ms=max(options.rest_api_timeout_in_ms, 0))
+                       run_timeout_ms=max(options.rest_api_timeout_in_ms, 0),
+                       cache_dir=options.runtime_cache_dir, cache_bytes=max(options.runtime_cache_bytes, 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     except ServingError as exc:
         print(f"Failed to start server. Error: {exc.to_string()}", file=sys.stderr)
         return 1
+    # Everything TensorFlow and the loaded models hold (~270k objects) leaves the collector's view:
+    # a full collection walked them all with the event loop stopped, 40-640 ms on the benchmark VM
+    # in the middle of serving (bench/README.md, the REST tail). Objects created later (requests,
+    # models loaded later) are collected as before.
+    gc.freeze()
     manager.start_polling()
     _watch_config_file(options, manager)
     code = _serve(options, manager, features)
@@ -135,6 +142,8 @@ def _serve(options: Options, manager: ModelManager, features: ServerFeatures) ->
 async def _run_servers(options: Options, manager: ModelManager, features: ServerFeatures) -> int:
     from modelserver.handlers import RestApi
     from modelserver.rest import start_rest_server
+    from modelserver.rollout import Rollout
+    from modelserver.shadow import ShadowTap
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -143,13 +152,14 @@ async def _run_servers(options: Options, manager: ModelManager, features: Server
     executor = features.executor(options.rest_api_num_threads)
     access = Access(options.api_keys_file)
     access.start()
+    hooks = Rollout(ShadowTap(manager))
     servers = []
     try:
         if options.port > 0 or options.grpc_socket_path:
-            servers.append(await _start_grpc(options, manager, executor, access))
+            servers.append(await _start_grpc(options, manager, executor, hooks, access))
         if options.rest_api_port > 0:
             api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support,
-                          metrics_path=features.monitoring.prometheus_path, access=access)
+                          metrics_path=features.monitoring.prometheus_path, hooks=hooks, access=access)
             servers.append(await start_rest_server(api, options.listen_address, options.rest_api_port,
                                                    _rest_limits(options)))
             log.info("Exporting HTTP/REST API at:%s:%d ...", options.listen_address, options.rest_api_port)
@@ -179,19 +189,21 @@ def _rest_limits(options: Options) -> object:
 
 
 async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadPoolExecutor,
-                      access: Access) -> object:
+                      hooks: object, access: Access) -> object:
     try:
         from modelserver.grpc_server import GrpcOptions, start_grpc_server
     except ImportError:
         log.warning("gRPC is not served yet: --port=%d is not opened", options.port)
         return None
+    limits = _rest_limits(options)
     grpc_options = GrpcOptions(host=options.listen_address, port=options.port, socket_path=options.grpc_socket_path,
                                channel_arguments=options.grpc_channel_arguments,
-                               enable_health=options.enable_grpc_healthcheck_service)
+                               enable_health=options.enable_grpc_healthcheck_service,
+                               body_budget=limits.body_budget, read_timeout=limits.read_timeout)
     if options.grpc_max_threads:
-        log.info("--grpc_max_threads=%d: gRPC runs on asyncio here, with no thread per RPC to cap; inference "
-                 "concurrency is the runtime pool's size", options.grpc_max_threads)
-    server = await start_grpc_server(manager, executor, grpc_options, access=access)
+        log.info("--grpc_max_threads=%d: gRPC runs on the event loop here, with no thread per RPC to cap; "
+                 "inference concurrency is the runtime pool's size", options.grpc_max_threads)
+    server = await start_grpc_server(manager, executor, grpc_options, hooks=hooks, access=access)
     if options.port > 0:
         log.info("Running gRPC ModelServer at %s:%d ...", options.listen_address, options.port)
     if options.grpc_socket_path:

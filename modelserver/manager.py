@@ -19,11 +19,16 @@ ones never keeps them from serving, also after a restart, until its files change
 :meth:`ModelManager.reload` is the declarative config reload that ``HandleReloadConfigRequest``
 and ``--model_config_file_poll_wait_seconds`` share.
 
-``model_platform: "auto"`` (an appliance extension) picks each version's runtime from its files
-(:func:`modelserver.core.platforms.detect_platform`), so one model may have a SavedModel version
-and an ONNX one. Per-model settings (:mod:`modelserver.model_settings`) decide a model's warmup
+``model_platform: "auto"`` (an appliance extension) serves each version on the fastest runtime
+that answers as the one its files call for (:mod:`modelserver.autoplatform`), so one model may
+have a SavedModel version and an ONNX one; ``ServedModel.choices`` says which and why. Per-model settings (:mod:`modelserver.model_settings`) decide a model's warmup
 and what its loads ask of the runtime; a changed precision or runtime option loads the model's
 versions again, each old one serving until its replacement is ready.
+
+A model's settings may name candidate versions (a shadow's, :meth:`ModelSettings.candidates`):
+they are loaded on top of what the version policy picks among the other versions, and a request
+that names no version never gets one while another version is available, so a candidate can be
+loaded, compared and dropped without a client noticing.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from modelserver.core.platforms import AUTO, describe_markers, detect_platform
+from modelserver.core.choice import Choice
+from modelserver.core.platforms import AUTO, detect_platform
 from modelserver.core.status import Code, ServingError, invalid_argument, not_found
+from modelserver import rollout
 from modelserver.quarantine import Quarantine, fingerprint
 from modelserver.runtimes import LoadedModel, LoadOptions, get_runtime
 
@@ -85,6 +92,7 @@ class VersionState:
     error: ServingError | None = None
     model: LoadedModel | None = None
     cache: dict[str, Any] = field(default_factory=dict)   # per-version response caches (metadata)
+    path: str = ""                    # its version directory
 
 
 def quarantine_context(config: ModelConfig, load_context: str) -> str:
@@ -107,9 +115,21 @@ class ServedModel:
         self.quarantine = Quarantine(quarantine_dir, config.name, quarantine_context(config, load_context))
         # Every version on disk is quarantined: nothing for the version policy to choose.
         self.unservable = False
+        # The runtime serving each loaded version directory, and why (modelserver.autoplatform).
+        self.choices: dict[str, Choice] = {}
+        self.default: int | None = None                # see choose_default
+
+    def candidates(self) -> frozenset[int]:
+        return self.settings.candidates() if self.settings is not None else frozenset()
 
     def publish(self) -> None:
         self.available = {v: s for v, s in self.versions.items() if s.state == "AVAILABLE"}
+        self.choose_default()
+
+    def choose_default(self) -> None:
+        """The version a request naming none gets: the newest available that is no candidate."""
+        available, candidates = self.available, self.candidates()
+        self.default = max((v for v in available if v not in candidates), default=None)
 
 
 def list_versions(base_path: str, model_name: str) -> dict[int, str] | None:
@@ -148,23 +168,32 @@ def aspired_versions(config: ModelConfig, on_disk: Iterable[int]) -> set[int]:
     return set(present[:max(config.num_versions, 1)])
 
 
-def resolve_platform(config: ModelConfig, path: str) -> str:
-    """The platform that loads version directory ``path``: the model's, or with ``auto`` the one
-    its files say; a directory holding no known model files is NOT_FOUND."""
-    if config.platform != AUTO:
-        return config.platform
-    platform = detect_platform(Path(path))
-    if platform is None:
-        raise ServingError(Code.NOT_FOUND, f"Could not find a model at {path} (model_platform auto): a version "
-                                           f"directory holds {describe_markers()}")
-    return platform
+def resolve_platform(model: ServedModel, path: str) -> str:
+    """The platform that serves version directory ``path``: the model's, or with ``auto`` the
+    one chosen when it loaded (else the one its files say)."""
+    if model.config.platform != AUTO:
+        return model.config.platform
+    choice = model.choices.get(path)
+    return choice.platform if choice is not None else (detect_platform(Path(path)) or AUTO)
 
 
 def load_with_runtime(model: ServedModel, path: str, options: LoadOptions) -> LoadedModel:
-    """Load ``path`` with the runtime of its platform (the default ``ModelManager.loader``)."""
-    runtime = get_runtime(resolve_platform(model.config, path))
-    runtime.check_options(options)
-    return runtime.load(path, options)
+    """Load ``path`` with the model's runtime, or the one ``auto`` chooses (the default
+    ``ModelManager.loader``); the choice is kept in ``model.choices``."""
+    from modelserver.autoplatform import load_auto
+
+    if model.config.platform == AUTO:
+        from modelserver.model_settings import AutoSettings
+
+        settings = model.settings.auto if model.settings is not None else AutoSettings()
+        loaded, choice = load_auto(path, options, settings)
+    else:
+        runtime = get_runtime(model.config.platform)
+        runtime.check_options(options)
+        loaded = runtime.load(path, options)
+        choice = Choice(model.config.platform, options.precision, "configured")
+    model.choices[path] = choice
+    return loaded
 
 
 def _status_of(exc: Exception) -> ServingError:
@@ -379,9 +408,12 @@ class ModelManager:
         if old == new:
             return False
         model.settings = new
+        model.choose_default()
         self._retarget(model)
         log.info("Model %s: settings changed", model.config.name)
-        return self._load_options(old) != self._load_options(new)
+        if self._load_options(old) != self._load_options(new):
+            return True
+        return model.config.platform == AUTO and (old and old.auto) != (new and new.auto)
 
     # ---------------------------------------------------------------- versions
 
@@ -402,7 +434,11 @@ class ModelManager:
         self._report_quarantined(model, quarantined)
         while True:
             # Each round that fails quarantines a version, so the next one picks older ones.
-            aspired = aspired_versions(config, [v for v in on_disk if v not in quarantined])
+            candidates = model.candidates().intersection(on_disk).difference(quarantined)
+            pool = [v for v in on_disk if v not in quarantined]
+            if config.policy == "latest":   # a newer candidate must not push the served one out
+                pool = [v for v in pool if v not in candidates]
+            aspired = candidates | aspired_versions(config, pool)
             with self._lock:
                 loaded = {v for v, s in model.versions.items() if s.state == "AVAILABLE"}
             failed = [v for v in sorted(aspired - loaded, reverse=True)
@@ -435,7 +471,7 @@ class ModelManager:
         name = model.config.name
         path = os.path.join(model.config.base_path, dirname)
         files = fingerprint(path)      # before the load: files replaced meanwhile get a new try
-        state = VersionState(version, state="LOADING")
+        state = VersionState(version, state="LOADING", path=path)
         with self._lock:
             model.versions[version] = state
         log.info("Loading servable: {name: %s version: %d} from %s", name, version, path)
@@ -525,9 +561,12 @@ class ModelManager:
         self._close_later(name, version, state.model, lambda: self._finish_unload(name, state))
 
     def _finish_unload(self, name: str, state: VersionState) -> None:
+        model = self.models.get(name) or self.retired.get(name)
         with self._lock:
             state.model, state.state = None, "END"
             state.cache.clear()
+            if model is not None and all(s.path != state.path for s in model.available.values()):
+                model.choices.pop(state.path, None)
         log.info("Done unloading servable version {name: %s version: %d}", name, state.version)
 
     def _apply_labels(self, model: ServedModel) -> None:
@@ -551,12 +590,29 @@ class ModelManager:
         available = model.available if model is not None else {}
         if version is None:
             if available:
-                return available[max(available)]
+                chosen = rollout.choose(self.rollout_of(name), available)
+                if chosen is None:   # the newest version that is no shadow's candidate (or the newest)
+                    chosen = model.default if model.default in available else max(available)
+                return available[chosen]
             raise not_found(f"Servable not found for request: Latest({name})")
         state = available.get(version)
         if state is None:
             raise not_found(f"Servable not found for request: Specific({name}, {version})")
         return state
+
+    def rollout_of(self, name: str) -> tuple[int, float] | None:
+        """The model's canary (candidate version, percent), or None (:mod:`modelserver.rollout`)."""
+        model = self.models.get(name)
+        return model.settings.rollout if model is not None and model.settings is not None else None
+
+    def runtimes(self) -> dict[str, dict[str, Any]]:
+        """Each model's AVAILABLE versions: the runtime serving it and why (``GET /appliance/v1/runtimes``)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, model in sorted(self.models.items()):
+            rows = {str(v): model.choices[s.path].to_json() for v, s in sorted(model.available.items())
+                    if s.path in model.choices}
+            out[name] = {"platform": model.config.platform, "versions": rows}
+        return out
 
     def status_proto(self, name: str, version: int | None = None) -> Any:
         """GetModelStatusResponse for one model (all versions, or one): REST and gRPC share it."""

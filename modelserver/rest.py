@@ -32,8 +32,10 @@ from typing import Any
 
 import httptools
 
+from modelserver import rollout
 from modelserver.budget import BodyBudget
 from modelserver.handlers import RestApi, Response, error_body
+from modelserver.sweep import ConnectionSweep
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,7 @@ class RestLimits:
 
 class _Request:
     __slots__ = ("method", "path", "headers", "body", "keep_alive", "http10", "held", "counted", "dropped",
-                 "inflater", "inflated", "error")
+                 "inflater", "inflated", "error", "slot")
 
     def __init__(self) -> None:
         self.method = ""
@@ -79,6 +81,14 @@ class _Request:
         self.inflater: Any = None
         self.inflated = 0
         self.error: Response | None = None  # answered with this instead of the API's answer
+        self.slot: float | None = None      # its place in a canary split (modelserver.rollout)
+
+
+def _enter_split(request: _Request) -> None:
+    """One canary draw per request, whether it is answered inline or after a second try."""
+    if request.slot is None:
+        request.slot = rollout.request_slot(request.headers.get(rollout.SPLIT_HEADER))
+    rollout.set_request_slot(request.slot)
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -368,6 +378,7 @@ class HttpProtocol(asyncio.Protocol):
         if request.error is not None or "content-encoding" in request.headers:
             return False
         try:
+            _enter_split(request)
             response = self.api.handle_now(request.method, request.path, request.headers, b"".join(request.body))
         except Exception:  # noqa: BLE001 - it never should; raising here would fail the HTTP parser
             log.exception("unexpected error answering %s %s inline", request.method, request.path)
@@ -402,7 +413,10 @@ class HttpProtocol(asyncio.Protocol):
     async def _answer(self, request: _Request) -> Response:
         body = b"".join(request.body)
         request.body.clear()
-        return await self.api.handle(request.method, request.path, request.headers, body)
+        _enter_split(request)
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        return await self.api.handle(request.method, request.path, request.headers, body,
+                                     peer=peer[0] if isinstance(peer, tuple) else "")
 
     def _write(self, response: Response, keep_alive: bool, http10: bool, head: bool = False) -> None:
         lines = [f"HTTP/{'1.0' if http10 else '1.1'} {response.status} {_REASONS.get(response.status, 'Unknown')}"]
@@ -427,27 +441,14 @@ class _Refused(Exception):
     """Raised from a parser callback to stop parsing a connection whose request was refused."""
 
 
-class _ServerState:
+class _ServerState(ConnectionSweep):
     """What the connections of one REST server share: limits, the body budget, the idle sweep."""
 
     def __init__(self, limits: RestLimits) -> None:
+        super().__init__(limits.idle_timeout, limits.read_timeout)
         self.limits = limits
         self.max_body = min(limits.max_body, limits.body_budget)  # a bigger body could never fit
         self.budget = BodyBudget(limits.body_budget)
-        self.connections: set[HttpProtocol] = set()
-        self.tick = max(0.05, min(1.0, limits.idle_timeout / 4, limits.read_timeout / 4))
-        self.handle: asyncio.TimerHandle | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.handle = loop.call_later(self.tick, self._sweep, loop)
-
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        for connection in list(self.connections):
-            try:
-                connection.sweep(self.tick)
-            except Exception:  # noqa: BLE001 - one connection never stops the sweep
-                log.exception("closing a stalled connection failed")
-        self.handle = loop.call_later(self.tick, self._sweep, loop)
 
 
 async def start_rest_server(api: RestApi, host: str, port: int, limits: RestLimits = RestLimits()) -> Any:

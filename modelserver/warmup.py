@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from modelserver import grpc_inference
 from modelserver.core.status import Code, ServingError, invalid_argument
@@ -25,7 +25,7 @@ REQUESTS_FILE = "tf_serving_warmup_requests"
 MAX_RECORDS = 1000
 
 # PredictionLog.log_type -> the runner of its logged ``request``
-_RUNNERS: dict[str, Callable[[LoadedModel, int, Any], Any]] = {
+RUNNERS: dict[str, Callable[[LoadedModel, int, Any], Any]] = {
     "predict_log": grpc_inference.predict,
     "classify_log": grpc_inference.classify,
     "regress_log": grpc_inference.regress,
@@ -51,15 +51,15 @@ def import_protos() -> None:
     from tensorflow_serving.apis import prediction_log_pb2  # noqa: F401
 
 
-def run_warmup(model: LoadedModel, version: int, version_dir: str, iterations: int = 1) -> int:
-    """Replay the version's warmup records; returns how many were read (0 without a file)."""
+def read_records(version_dir: str) -> Iterator[tuple[str, Any]]:
+    """The version's warmup records as (log type, logged request); none without a file. A record
+    that does not parse, a log type without a runner, or too many records raise the status TF
+    Serving fails the load with."""
     from tensorflow_serving.apis import prediction_log_pb2
 
     path = warmup_path(version_dir)
     if not os.path.isfile(path):
-        log.info("No warmup data file found at %s", path)
-        return 0
-    started = time.monotonic()
+        return
     count = 0
     for record in _records(path):
         entry = prediction_log_pb2.PredictionLog()
@@ -68,16 +68,27 @@ def run_warmup(model: LoadedModel, version: int, version_dir: str, iterations: i
         except Exception:  # noqa: BLE001 - protobuf raises DecodeError, a plain Exception subclass
             raise invalid_argument(f"Failed to parse warmup record: {record!r} from {path}") from None
         kind = entry.WhichOneof("log_type")
-        run = _RUNNERS.get(kind or "")
-        if run is None:
+        if (kind or "") not in RUNNERS:
             number = entry.DESCRIPTOR.fields_by_name[kind].number if kind else 0
             raise ServingError(Code.UNIMPLEMENTED, f"Unsupported log_type for warmup: {number}")
-        request = getattr(entry, kind).request
-        for _ in range(max(iterations, 1)):
-            run(model, version, request)
         count += 1
         if count > MAX_RECORDS:
             raise invalid_argument(f"Number of warmup records exceeds the maximum ({MAX_RECORDS}) at {path}")
+        yield kind, getattr(entry, kind).request
+
+
+def run_warmup(model: LoadedModel, version: int, version_dir: str, iterations: int = 1) -> int:
+    """Replay the version's warmup records; returns how many were read (0 without a file)."""
+    path = warmup_path(version_dir)
+    if not os.path.isfile(path):
+        log.info("No warmup data file found at %s", path)
+        return 0
+    started = time.monotonic()
+    count = 0
+    for kind, request in read_records(version_dir):
+        for _ in range(max(iterations, 1)):
+            RUNNERS[kind](model, version, request)
+        count += 1
     log.info("Finished reading warmup data for model at %s. Number of warmup records read: %d. "
              "Elapsed time (microseconds): %d.", path, count, int((time.monotonic() - started) * 1e6))
     return count

@@ -112,6 +112,112 @@ def numbers(tf, v1):
     return {"serving_default": _sig(v1, {"s": s}, {"y": tf.strings.to_number(s)})}
 
 
+def special(tf, v1):
+    """``y = bessel_i0e(x)``: numbers in and out, but OpenVINO has no conversion rule for BesselI0e."""
+    x = v1.placeholder(tf.float32, shape=[None, 1], name="x")
+    return {"serving_default": _sig(v1, {"x": x}, {"y": tf.math.special.bessel_i0e(x)})}
+
+
+def write_warmup(version_dir: Path, records: list[bytes]) -> None:
+    """``assets.extra/tf_serving_warmup_requests`` of ``version_dir``: a TFRecord of PredictionLogs."""
+    import tensorflow as tf
+
+    extra = version_dir / "assets.extra"
+    extra.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(extra / "tf_serving_warmup_requests")) as writer:
+        for record in records:
+            writer.write(record)
+
+
+def predict_log(model: str, inputs: dict, signature: str = "") -> bytes:
+    """A PredictionLog record of a Predict request; ``inputs``: alias -> array-like (shape kept)."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    if signature:
+        request.model_spec.signature_name = signature
+    for alias, value in inputs.items():
+        request.inputs[alias].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+    entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    return entry.SerializeToString()
+
+
+def classifier(perturb: float = 0.0, flip: bool = False, dropout: float = 0.0):
+    """Four-class scores of ``x`` (float [None, 4]): softmax(3x), whose top class is argmax(x).
+
+    Variants for shadow tests: ``perturb`` added to every score; ``flip`` moves the scores one
+    class on (a changed top class) for the rows whose ``x[0]`` is negative; ``dropout`` drops
+    inputs at inference, so two runs answer differently (a nondeterministic model).
+    """
+    def build(tf, v1):
+        x = v1.placeholder(tf.float32, shape=[None, 4], name="x")
+        h = tf.nn.dropout(x, rate=dropout) if dropout else x
+        scores = tf.nn.softmax(3.0 * h) + perturb
+        if flip:
+            scores = tf.where(x[:, :1] < 0, tf.roll(scores, 1, axis=1), scores)
+        return {"serving_default": _sig(v1, {"x": x}, {"scores": tf.identity(scores, name="scores")})}
+    return build
+
+
+def classifier_batch(rng, rows: int = 20):
+    """``rows`` inputs of :func:`classifier` with distinct positive values; exactly one has a
+    negative ``x[0]`` (the one ``flip`` changes): 1 in ``rows`` inputs changes class."""
+    import numpy as np
+
+    batch = np.array([rng.sample([0.1, 0.4, 0.7, 1.0], 4) for _ in range(rows)], dtype=np.float32)
+    batch[rng.randrange(rows), 0] = -1.0
+    return batch
+
+
+def classifier_scores(batch):
+    """What :func:`classifier` (no variant) answers for ``batch``."""
+    import numpy as np
+
+    exp = np.exp(3.0 * batch)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def send_classifier(rest_url: str, grpc_target: str, model: str, count: int, seed: int, rows: int = 20,
+                    check: bool = True) -> None:
+    """``count`` requests of :func:`classifier_batch` naming no version, every third over gRPC;
+    with ``check`` every answer must be version 1's (:func:`classifier_scores`): a shadow never
+    changes what the client gets."""
+    import random
+
+    import grpc
+    import numpy as np
+    import requests
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    rng = random.Random(seed)
+    channel = grpc.insecure_channel(grpc_target)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    with requests.Session() as session:
+        for i in range(count):
+            batch = classifier_batch(rng, rows)
+            if i % 3 == 2:
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = model
+                request.inputs["x"].dtype = 1  # DT_FLOAT
+                request.inputs["x"].tensor_shape.dim.add().size = rows
+                request.inputs["x"].tensor_shape.dim.add().size = 4
+                request.inputs["x"].float_val.extend(batch.reshape(-1).tolist())
+                response = stub.Predict(request, timeout=30)
+                assert response.model_spec.version.value == 1
+                scores = np.array(response.outputs["scores"].float_val).reshape(rows, 4)
+            else:
+                resp = session.post(f"{rest_url}/v1/models/{model}:predict", json={"instances": batch.tolist()},
+                                    timeout=30)
+                assert resp.status_code == 200, resp.text
+                scores = np.array(resp.json()["predictions"])
+            if check:
+                np.testing.assert_allclose(scores, classifier_scores(batch), rtol=1e-5)
+    channel.close()
+
+
 MODELS = {
     "half_plus_two": {1: half_plus(2.0)},
     "half_plus": {1: half_plus(2.0, split_inputs=True), 2: half_plus(3.0, split_inputs=True)},
@@ -188,16 +294,17 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
     return url
 
 
-def serve_config(processes, config: Path, log_name: str, timeout: float = 120.0) -> tuple[str, int]:
-    """Start a server on ``config`` with REST and gRPC on free ports, logging to test-artifacts/<log_name>
-    (emptied first); returns (REST base URL, gRPC port)."""
+def serve_config(processes, config: Path, log_name: str, timeout: float = 120.0,
+                 extra: list[str] = ()) -> tuple[str, int]:
+    """Start a server on ``config`` (and ``extra`` flags) with REST and gRPC on free ports, logging to
+    test-artifacts/<log_name> (emptied first); returns (REST base URL, gRPC port)."""
     from tests.conftest import ARTIFACTS, free_port
 
     ARTIFACTS.mkdir(exist_ok=True)
     log = ARTIFACTS / log_name
     log.write_bytes(b"")
     grpc_port = free_port()
-    return start_model_server(processes, [f"--model_config_file={config}", f"--port={grpc_port}"], log,
+    return start_model_server(processes, [f"--model_config_file={config}", f"--port={grpc_port}", *extra], log,
                               timeout=timeout), grpc_port
 
 
@@ -215,3 +322,26 @@ def serve_test_models(root: Path, processes, log_name: str, args: list[str] = ()
     log = ARTIFACTS / log_name
     log.write_bytes(b"")
     return start_model_server(processes, [f"--model_config_file={config}", *args], log, **popen)
+
+
+def canary(bias: float, fail_at: float | None = None, work: int = 0):
+    """y = 0.5 * x + bias on x of shape [None], for rollout tests. ``fail_at``: a request with an
+    input at or above it fails (INVALID_ARGUMENT: a candidate failing on some inputs); ``work``:
+    that many chained 256x256 matrix products per request, so a version with twice the work is
+    twice as slow."""
+    def build(tf, v1):
+        import numpy as np
+
+        x = v1.placeholder(tf.float32, shape=[None], name="x")
+        y = 0.5 * x + bias
+        checks = [v1.assert_less(x, fail_at, message="input too large")] if fail_at is not None else []
+        if work:
+            w = tf.constant(np.random.RandomState(0).uniform(-0.1, 0.1, (256, 256)).astype(np.float32))
+            start = tf.ones([1, 256]) * tf.reduce_mean(x)   # depends on the input: not folded away
+            _, h = tf.while_loop(lambda i, h: i < work, lambda i, h: (i + 1, tf.tanh(tf.matmul(h, w))),
+                                 (tf.constant(0), start))
+            y = y + tf.reduce_sum(h) * 1e-30               # below float32 resolution: y unchanged
+        with tf.control_dependencies(checks):
+            y = tf.identity(y, name="y")
+        return {"serving_default": _sig(v1, {"x": x}, {"y": y})}
+    return build

@@ -16,15 +16,17 @@ import threading
 import time
 from pathlib import Path
 
-from .. import control, runconfig
+from .. import control, rollout, runconfig
 from ..config import NodePaths
 from ..errors import ApplianceError
 from ..logbudget import AccessLogRotator
 from ..membership import MembershipWatch
 from ..scrapeconfig import write_targets
+from ..shadow import AgreementSource, ReportPublisher
 from . import build_syncer
 from .cycle import Syncer
 from .daemon import AgentDaemon
+from .fleetwatch import FleetWatch
 from .state import StateFile, state_path
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,11 @@ def run(paths: NodePaths) -> int:
             rotator[0].check()
         edits.poll()
 
+    settings = FleetWatch(paths)
+    stop = threading.Event()
+    threading.Thread(target=settings.run, args=(stop,), name="fleet", daemon=True).start()
+    threading.Thread(target=ReportPublisher(paths).run, args=(stop,), name="shadow-report", daemon=True).start()
+    rollout.AGREEMENT_SOURCE = AgreementSource(paths)   # a rollout's guard reads the shadow's report
     watch = MembershipWatch(paths)
 
     def tick() -> list[str]:
@@ -104,4 +111,6 @@ def run(paths: NodePaths) -> int:
     except ApplianceError as exc:
         log.error("agent cannot start: %s", exc)
         return 1
+    finally:
+        stop.set()
     return 0

@@ -89,6 +89,7 @@ class LocalSource(ModelSource):
 
     def _put_bytes(self, key: str, data: bytes) -> None:
         target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, target)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import re
+from datetime import datetime, timedelta, timezone
 
 from flask import Blueprint, abort, jsonify, redirect, render_template, request, url_for
 
-from .. import logfiles, safepath
+from .. import accesslog, logfiles, safepath
 from ..security import login_required
 from . import int_arg, site, stream_file
 
 bp = Blueprint("logs", __name__)
+ACCESS_TIME = re.compile(r"\d{4}(-\d\d(-\d\d([T ]\d\d(:\d\d(:\d\d(\.\d+)?)?)?)?)?)?")
 
 DESCRIPTIONS = {
     "model_server.log": "the model server (TF Serving compatible): loads, errors, requests",
@@ -125,18 +128,36 @@ def api_tail(name: str):
 @login_required
 def access():
     name = request.args.get("log", site().access_log)
-    flt = logfiles.AccessFilter(model=request.args.get("model", "")[:200],
-                                status=request.args.get("status", "")[:10].strip(),
-                                node=request.args.get("node", "")[:200].strip(),
-                                text=request.args.get("q", "")[:200])
+    flt = accesslog.AccessFilter(model=request.args.get("model", "")[:200].strip(),
+                                 status=request.args.get("status", "")[:10].strip(),
+                                 node=request.args.get("node", "")[:200].strip(),
+                                 text=request.args.get("q", "")[:200],
+                                 since=_moment(request.args.get("since")),
+                                 until=_moment(request.args.get("until")))
+    now = datetime.now(timezone.utc)
+    recent = not flt.active and request.args.get("all") != "1" and "before" not in request.args
+    if recent:
+        # Opening the page shows the last hour: counting every line of a 500 MB log takes seconds.
+        flt.since = (now - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
     before = int_arg(request.args.get("before"))
+    config = site().config
+    presets = [(label, (now - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S"))
+               for label, seconds in (("15 min", 900), ("1 h", 3600), ("24 h", 86400))]
+    page = dict(flt=flt, name=name, enabled=config.access_log, explain=accesslog.RESPONSE_FLAGS,
+                models=sorted(config.model.names), presets=presets, recent=recent)
     try:
         handle, st, _ = _open(name)
     except safepath.NotInside:
-        return render_template("access.html", page=None, flt=flt, name=name, models=[],
-                               enabled=site().config.access_log)
+        return render_template("access.html", result=None, **page)
     with handle:
-        page = logfiles.access_page(handle, st.st_size, flt, before=before)
-    models = sorted(set(site().config.model.names) | {e.model for e in page.entries if e.model})
-    return render_template("access.html", page=page, flt=flt, name=name, models=models,
-                           enabled=site().config.access_log)
+        size = st.st_size if before is None else min(before, st.st_size)
+        result = accesslog.search(handle, size, flt, config.node.address)
+    result.size = st.st_size
+    page["models"] = sorted(set(page["models"]) | set(result.by_model))
+    return render_template("access.html", result=result, **page)
+
+
+def _moment(value: str | None) -> str:
+    """An ISO 8601 time from the form (``2026-01-02T10:00``, seconds optional), else ""."""
+    value = (value or "").strip()[:40]
+    return value.replace(" ", "T") if ACCESS_TIME.fullmatch(value) else ""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 
 APPLIED_PATH = "/appliance/v1/applied-config"
+# Each model's versions: the runtime serving it and why (modelserver/autoplatform.py).
+RUNTIMES_PATH = "/appliance/v1/runtimes"
 
 
 def digest(data: bytes | None) -> str:

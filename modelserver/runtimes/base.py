@@ -52,6 +52,10 @@ class LoadOptions:
     # ``openvino`` object: performance_hint, streams, threads), which other runtimes ignore.
     precision: str = "f32"
     runtime_options: Mapping[str, Any] = field(default_factory=dict)
+    # Where runtimes keep what they computed from a version's files (``--runtime_cache_dir``,
+    # modelserver/runtimes/artefacts.py): "" keeps nothing, every load converts again.
+    cache_dir: str = ""
+    cache_bytes: int = 4 << 30
 
 
 class LoadedModel(abc.ABC):

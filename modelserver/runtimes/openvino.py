@@ -186,6 +186,22 @@ class Network:
         return np.ascontiguousarray(value)
 
 
+def perturbed(model: Any, scale: float) -> Any:
+    """A copy of ``model`` whose floating-point weights (every f32 constant) are
+    multiplied by ``1 + scale``: the model settings' test-only ``openvino.perturb_weights``, which
+    makes an honestly wrong OpenVINO copy of a model, to show that ``platform: auto`` refuses a
+    runtime whose answers differ from the reference's."""
+    import openvino as ov
+
+    copy = model.clone()
+    for op in copy.get_ops():
+        if op.get_type_name() != "Constant" or op.get_element_type() != ov.Type.f32:
+            continue
+        replacement = ov.op.Constant((op.get_data() * (1.0 + scale)).astype(np.float32))
+        op.output(0).replace(replacement.output(0))
+    return copy
+
+
 def _partial_shape(dims: tuple[int, ...]) -> Any:
     import openvino as ov
 
@@ -251,6 +267,7 @@ class OpenVinoRuntime(Runtime):
     """``model_platform: "openvino"``: IR, ONNX and SavedModels on OpenVINO's CPU plugin."""
 
     platform = "openvino"
+    precisions = PRECISIONS   # bf16 only where the CPU has it: compile_config says so otherwise
 
     def __init__(self) -> None:
         import openvino as ov
@@ -270,16 +287,20 @@ class OpenVinoRuntime(Runtime):
             if kind == "tensorflow":
                 from modelserver.runtimes import openvino_tf
 
-                model = openvino_tf.load(path, options, functools.partial(self.network, config))
+                model = openvino_tf.load(path, options, functools.partial(self.network, config, options))
             else:
-                model = self._load_file(path, kind, config)
+                model = self._load_file(path, kind, config, options)
         log.info("openvino: %s (%s) ready in %.1f s", path, kind, time.monotonic() - started)
         return model
 
-    def network(self, config: Mapping[str, str], model: Any, feeds: list[str], fetches: list[str],
-                aliases: Mapping[str, str], label: str) -> Network:
+    def network(self, config: Mapping[str, str], options: LoadOptions, model: Any, feeds: list[str],
+                fetches: list[str], aliases: Mapping[str, str], label: str) -> Network:
         """A :class:`Network` of ``model`` compiled with the model's settings."""
+        scale = float(options.runtime_options.get("perturb_weights", 0.0))
+
         def compile_model(source: Any) -> Any:
+            if scale:
+                source = perturbed(source, scale)
             try:
                 return self.core.compile_model(source, DEVICE, dict(config))
             except Exception as exc:  # noqa: BLE001 - a model OpenVINO cannot compile fails its load
@@ -288,7 +309,7 @@ class OpenVinoRuntime(Runtime):
                                                           f"{lines[-1] if lines else type(exc).__name__}") from None
         return Network(model, compile_model, feeds, fetches, aliases, label)
 
-    def _load_file(self, path: str, kind: str, config: Mapping[str, str]) -> OpenVinoModel:
+    def _load_file(self, path: str, kind: str, config: Mapping[str, str], options: LoadOptions) -> OpenVinoModel:
         """IR or ONNX: one ``serving_default`` predict signature from the model's inputs and outputs."""
         model_file = Path(path) / (platforms.ONNX_MODEL if kind == "onnx" else platforms.OPENVINO_XML)
         try:
@@ -300,7 +321,7 @@ class OpenVinoRuntime(Runtime):
         signature = Signature(name=SIGNATURE, method_name=PREDICT_METHOD,
                               inputs={s.alias: s for s in sorted(inputs, key=lambda s: s.alias)},
                               outputs={s.alias: s for s in sorted(outputs, key=lambda s: s.alias)})
-        network = self.network(config, model, [s.tensor_name for s in inputs], [s.tensor_name for s in outputs], {},
+        network = self.network(config, options, model, [s.tensor_name for s in inputs], [s.tensor_name for s in outputs], {},
                                f"{path} signature {SIGNATURE}")
         signatures = {SIGNATURE: signature}
         return OpenVinoModel(path, signatures, {SIGNATURE: [network]}, lambda: build_signature_def_map(signatures))

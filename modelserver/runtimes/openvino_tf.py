@@ -16,20 +16,28 @@ reverse then fails). So each signature is split where strings end:
    TensorFlow inferred for them (``[?, 224, 224, 3]`` for resnet: the rank is known again), and
    is converted with ``openvino.convert_model``. Weights stay FP32.
 
+What the steps above produce (SignatureDefs, the host graph, each network as IR in FP32) is
+cached by the version's content (``--runtime_cache_dir``), so a restart skips them: the cached
+load imports the host graph and compiles the networks.
+
 A signature without strings runs on OpenVINO alone; one made only of strings (an echo) runs on
 TensorFlow alone: there is no network to speed up.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from modelserver.core.status import Code, ServingError
+from modelserver.runtimes import artefacts
 from modelserver.runtimes.base import LoadOptions, Signature
 from modelserver.runtimes.openvino import Network, OpenVinoModel, Stage
 from modelserver.runtimes.tensorflow import (_scalar, _serving_error, load_session, new_session, servable,
@@ -47,8 +55,94 @@ OUTPUT_PREFIX = "openvino_output_"
 Compile = Callable[..., Network]
 
 
+# Bumped when what a cache entry holds changes, so entries of an older layout are never read.
+CACHE_FORMAT = "savedmodel-split-1"
+
+
+@dataclass
+class Plan:
+    """One signature's stages as data: what its TensorFlow part feeds and fetches, and its
+    network (an ``ov.Model``) with the tensor names of its input and output ports."""
+
+    host_feeds: list[str]
+    host_fetches: list[str]
+    network: Any = None
+    network_feeds: list[str] = field(default_factory=list)
+    network_fetches: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Converted:
+    """A SavedModel made ready for OpenVINO: its SignatureDefs, the TensorFlow graph of every
+    signature's host part, and each signature's plan. What the cache keeps."""
+
+    sigdefs: Any            # a MetaGraphDef holding only the signature_def map
+    host_graph: Any         # GraphDef; empty when no signature has a host part
+    plans: dict[str, Plan]
+
+    def save(self, directory: Path) -> None:
+        import openvino as ov
+
+        (directory / "signatures.pb").write_bytes(self.sigdefs.SerializeToString())
+        (directory / "host.pb").write_bytes(self.host_graph.SerializeToString())
+        index = {}
+        for i, (name, plan) in enumerate(sorted(self.plans.items())):
+            entry = {"host_feeds": plan.host_feeds, "host_fetches": plan.host_fetches, "network": None}
+            if plan.network is not None:
+                entry["network"] = {"file": f"network-{i}.xml", "feeds": plan.network_feeds,
+                                    "fetches": plan.network_fetches}
+                # compress_to_fp16 defaults to True: the weights would lose precision on disk.
+                ov.save_model(plan.network, str(directory / f"network-{i}.xml"), compress_to_fp16=False)
+            index[name] = entry
+        (directory / "plans.json").write_text(json.dumps(index))
+
+    @classmethod
+    def read(cls, directory: Path) -> "Converted":
+        import openvino as ov
+
+        sigdefs = meta_graph_pb2.MetaGraphDef()
+        sigdefs.ParseFromString((directory / "signatures.pb").read_bytes())
+        host_graph = tf.compat.v1.GraphDef()
+        host_graph.ParseFromString((directory / "host.pb").read_bytes())
+        core = ov.Core()
+        plans = {}
+        for name, entry in json.loads((directory / "plans.json").read_text()).items():
+            plan = Plan(entry["host_feeds"], entry["host_fetches"])
+            if entry["network"] is not None:
+                plan.network = core.read_model(str(directory / entry["network"]["file"]))
+                plan.network_feeds, plan.network_fetches = entry["network"]["feeds"], entry["network"]["fetches"]
+            plans[name] = plan
+        return cls(sigdefs, host_graph, plans)
+
+
 def load(path: str, options: LoadOptions, compile_network: Compile) -> OpenVinoModel:
-    """Load, freeze and split the SavedModel at ``path``; compile each signature's network."""
+    """The SavedModel at ``path`` on OpenVINO: from the cache of converted models when it holds
+    this version's content (:mod:`modelserver.runtimes.artefacts`), else loaded, frozen, split
+    and converted here (and cached)."""
+    import openvino as ov
+
+    cache = artefacts.cache_at(options.cache_dir, options.cache_bytes)
+    converted = None
+    if cache is not None:
+        key = artefacts.cache_key(CACHE_FORMAT, artefacts.content_hash(path), ov.__version__, tf.__version__,
+                                  ",".join(options.tags))
+        entry = cache.get(key)
+        if entry is not None:
+            try:
+                converted = Converted.read(entry)
+                log.info("openvino: %s: converted network read from the cache (%s)", path, entry)
+            except Exception as exc:  # noqa: BLE001 - an unreadable entry is converted again
+                log.warning("openvino: %s: cache entry %s unreadable (%s); converting again", path, entry, exc)
+        if converted is None:
+            converted = convert(path, options)
+            cache.put(key, converted.save)
+    else:
+        converted = convert(path, options)
+    return _build(path, converted, options, compile_network)
+
+
+def convert(path: str, options: LoadOptions) -> Converted:
+    """Load, freeze and split the SavedModel at ``path``; convert each signature's network."""
     session, meta_graph = load_session(path, options)
     try:
         signatures = {name: sig for name, sig in signatures_of(meta_graph).items() if servable(sig)}
@@ -56,12 +150,37 @@ def load(path: str, options: LoadOptions, compile_network: Compile) -> OpenVinoM
         flat = _inline(_freeze(session, fetches), fetches)
     finally:
         session.close()
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(flat, name="")
+    plans = {name: _plan(path, graph, flat, sig) for name, sig in signatures.items()}
+    host_nodes = sorted({name.split(":")[0] for plan in plans.values() for name in plan.host_fetches})
+    host_graph = (tf.compat.v1.graph_util.extract_sub_graph(flat, host_nodes) if host_nodes
+                  else tf.compat.v1.GraphDef())
+    sigdefs = meta_graph_pb2.MetaGraphDef()
+    for name, sigdef in meta_graph.signature_def.items():
+        sigdefs.signature_def[name].CopyFrom(sigdef)
+    return Converted(sigdefs, host_graph, plans)
+
+
+def _build(path: str, converted: Converted, options: LoadOptions, compile_network: Compile) -> OpenVinoModel:
+    """The servable model: a TensorFlow session for the host parts, each network compiled."""
     host = new_session(options)
     with host.graph.as_default():
-        tf.graph_util.import_graph_def(flat, name="")
-    pipelines = {name: _pipeline(path, host, flat, sig, options, compile_network) for name, sig in signatures.items()}
-    sigdefs = dict(meta_graph.signature_def)
-    return OpenVinoModel(path, signatures_of(meta_graph), pipelines, lambda: signature_def_map(sigdefs))
+        tf.graph_util.import_graph_def(converted.host_graph, name="")
+    signatures = signatures_of(converted.sigdefs)
+    pipelines: dict[str, list[Stage]] = {}
+    for name, plan in converted.plans.items():
+        stages: list[Stage] = []
+        if plan.host_fetches:
+            stages.append(_host_stage(host, plan.host_feeds, plan.host_fetches, options))
+        if plan.network is not None:
+            aliases = {spec.tensor_name: alias for alias, spec in signatures[name].inputs.items()}
+            stages.append(compile_network(plan.network, plan.network_feeds, plan.network_fetches, aliases,
+                                          f"{path} signature {name}"))
+        pipelines[name] = stages
+    sigdefs = dict(converted.sigdefs.signature_def)
+    return OpenVinoModel(path, signatures, pipelines, lambda: signature_def_map(sigdefs))
 
 
 def _freeze(session: Any, fetches: list[str]) -> Any:
@@ -130,14 +249,12 @@ def _touches_host_types(op: Any) -> bool:
     return any(t.dtype.base_dtype in HOST_DTYPES for t in (*op.inputs, *op.outputs))
 
 
-def _pipeline(path: str, host: Any, flat: Any, signature: Signature, options: LoadOptions,
-              compile_network: Compile) -> list[Stage]:
-    """The signature's stages: TensorFlow for its host ops (if any), then its network (if any).
+def _plan(path: str, graph: Any, flat: Any, signature: Signature) -> Plan:
+    """The signature's plan: TensorFlow for its host ops (if any), then its network (if any).
 
     ``crossing`` are the tensors the network reads: from the host ops or straight from the
     request; signature outputs that host ops make are fetched from TensorFlow too.
     """
-    graph = host.graph
     try:
         outputs = [graph.get_tensor_by_name(spec.tensor_name) for spec in signature.outputs.values()]
     except (KeyError, ValueError) as exc:
@@ -150,21 +267,17 @@ def _pipeline(path: str, host: Any, flat: Any, signature: Signature, options: Lo
     host_ops = (_closure(op for op in needed if _touches_host_types(op)) & dynamic) | feed_ops
     crossing = _unique(t for op in needed - host_ops for t in op.inputs if t.op in host_ops)
     network_outputs = [t for t in outputs if t.op not in host_ops]
-    stages: list[Stage] = []
     host_fetches = _unique([t for t in crossing if t.name not in feeds] +
                            [t for t in outputs if t.op in host_ops and t.name not in feeds])
-    if host_fetches:
-        stages.append(_host_stage(host, [n for n, t in feeds.items() if t.op in _closure(x.op for x in host_fetches)],
-                                  [t.name for t in host_fetches], options))
+    plan = Plan([n for n, t in feeds.items() if t.op in _closure(x.op for x in host_fetches)] if host_fetches else [],
+                [t.name for t in host_fetches])
     if network_outputs:
-        model = _convert(path, signature.name, _body(flat, host_ops, crossing, network_outputs))
-        aliases = {spec.tensor_name: alias for alias, spec in signature.inputs.items()}
-        stages.append(compile_network(model, [crossing[_index(p, INPUT_PREFIX)].name for p in model.inputs],
-                                      [network_outputs[_index(p, OUTPUT_PREFIX)].name for p in model.outputs],
-                                      aliases, f"{path} signature {signature.name}"))
+        plan.network = _convert(path, signature.name, _body(flat, host_ops, crossing, network_outputs))
+        plan.network_feeds = [crossing[_index(p, INPUT_PREFIX)].name for p in plan.network.inputs]
+        plan.network_fetches = [network_outputs[_index(p, OUTPUT_PREFIX)].name for p in plan.network.outputs]
     log.info("openvino: %s signature %s: %d op(s) on TensorFlow, %d on OpenVINO", path, signature.name,
              len((host_ops - feed_ops) & needed), len(needed - host_ops))
-    return stages
+    return plan
 
 
 def _in_graph(graph: Any, tensor_name: str) -> bool:
@@ -238,10 +351,19 @@ def _convert(path: str, signature_name: str, body: Any) -> Any:
         try:
             return ov.convert_model(graph_file)
         except Exception as exc:  # noqa: BLE001 - a network OpenVINO cannot convert fails the load
-            reason = str(exc).strip().splitlines()
             raise ServingError(Code.INVALID_ARGUMENT, f"OpenVINO cannot convert signature {signature_name} of "
-                                                      f"{path}: {reason[-1] if reason else type(exc).__name__}") \
-                from None
+                                                      f"{path}: {_conversion_failure(exc)}") from None
+
+
+def _conversion_failure(exc: Exception) -> str:
+    """The converter's reason: its summary lines ("No conversion rule found for operations:
+    BesselI0e"), not the source location before them nor the pointer to the docs after them."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    summary = [line[3:] for line in lines if line.startswith("-- ")]
+    if summary:
+        return "; ".join(summary)
+    useful = [line for line in lines if not line.startswith(("To facilitate", "Check '"))]
+    return useful[-1] if useful else type(exc).__name__
 
 
 def _index(port: Any, prefix: str) -> int:

@@ -10,39 +10,22 @@ to see the version that serves. Screenshots go to test-artifacts/logviewer/.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
 import stat
-import tempfile
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 import requests
 
-from tests.conftest import ARTIFACTS
+from tests.e2e import chromium
+from tests.e2e.chromium import browser  # noqa: F401 - a fixture
 from tests.integration.node_harness import NodeUnderTest, new_node, wait_gone
 
 pytestmark = pytest.mark.slow
 MODEL = "saved_model_half_plus_two_mkl"
-SHOTS = ARTIFACTS / "logviewer"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--window-size=1366,900"]
-
-
-def _browser_binaries() -> tuple[str, str]:
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    if not (os.access(chromium, os.X_OK) and os.access(driver, os.X_OK)):
-        message = "Debian's chromium and chromium-driver are needed (scripts/test.sh installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return chromium, driver
 
 
 @pytest.fixture(scope="module")
@@ -71,32 +54,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeUnderTe
         node.kill_all(wait_gone(pids, 30))
 
 
-@pytest.fixture
-def browser(tmp_path: Path):
-    chromium, driver_path = _browser_binaries()
-    os.environ.setdefault("SE_OFFLINE", "true")   # selenium must not look for drivers online
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=tmp_path)
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path,
-                                              log_output=str(tmp_path / "chromedriver.log")),
-                              options=options)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def shot(driver, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SHOTS / f"{name}.png"))
+    chromium.shot(driver, "logviewer", name)
 
 
 def test_login_live_tail_and_model_page_in_chromium(node, browser) -> None:

@@ -17,7 +17,8 @@ import pytest
 import requests
 
 from appliance import devcluster, promtext
-from tests.e2e.shared_cluster import FIRST, MODEL, Cluster, Load, grpc_sender, rest_sender
+from tests.conftest import ARTIFACTS
+from tests.e2e.shared_cluster import FIRST, MODEL, REPORT, Cluster, Load, grpc_sender, rest_sender
 from tests.integration.node_harness import CLI
 
 COUNT = ":tensorflow:serving:request_count"
@@ -91,6 +92,7 @@ def test_every_node_page_parses_under_load_and_counts_what_was_sent(cluster: Clu
     latest = max((v["version"] for v in status["models"][MODEL] if v["state"] == "AVAILABLE"), key=int)
     assert list(served) == [latest], served
     assert abs(served[latest] - sent) <= max(1, sent // 100), (served, sent)
+    REPORT["metrics_sent_vs_counted"] = [sent, served[latest]]
 
     # Per process and per upstream node, and the model's state, from one serving node's page.
     page = _page(cluster, _serving(cluster)[0])
@@ -208,6 +210,8 @@ def test_capacity_recommends_a_node_past_the_objective_and_no_change_without_loa
     assert "recommendation: add " in loaded, loaded
     idle = capacity()
     assert "recommendation: no change (3 -> 3)" in idle, idle
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "capacity-report.txt").write_text(f"under load:\n{loaded}\nidle:\n{idle}")
     first, second = [json.loads(line) for line in calls.read_text().splitlines()]
     assert first["action"] == "add" and first["nodes"] >= 1 and first["target_nodes"] == 3 + first["nodes"]
     assert first["env"]["APPLIANCE_CAPACITY_ACTION"] == "add"

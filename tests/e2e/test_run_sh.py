@@ -61,15 +61,20 @@ def test_run_sh_serves_the_user_guide_requests(builtin_models: Path, tmp_path: P
     assert set(resnet.json()["predictions"][0]) == {"classes", "probabilities"}
     wait_until(lambda: "logs: http" in log.read_text(), timeout=60, what="the closing lines")
 
-    # The last lines say what to do next: the request to try, the log browser, its password.
+    # The last lines say what to do next: the request to try, TLS on the same ports and the
+    # edge certificate's fingerprint, the log browser and its password.
     started = log.read_text().rstrip("\n").splitlines()
     initial = node.root / "etc/appliance/logviewer.initial-password"
-    assert started[-2] == ("try:  curl -d '{\"instances\": [1.0, 2.0, 5.0]}' -X POST "
-                           f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict")
+    closing = started[-5:]
+    tried = next(line for line in closing if line.startswith("try:"))
+    assert tried == ("try:  curl -d '{\"instances\": [1.0, 2.0, 5.0]}' -X POST "
+                     f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict")
+    assert any(line.startswith("edge certificate (self-signed") and "SHA-256 fingerprint" in line
+               for line in closing), closing
     assert started[-1].startswith(f"logs: http://{node.address}:{node.logviewer_port}/  "
                                   f"password: in {initial} (read it, log in, then delete it)")
     assert initial.stat().st_mode & 0o777 == 0o600
-    curl = subprocess.run(started[-2].removeprefix("try:").strip(), shell=True, capture_output=True,
+    curl = subprocess.run(tried.removeprefix("try:").strip(), shell=True, capture_output=True,
                           text=True, timeout=30)
     assert curl.stdout == '{"predictions": [2.5, 3.0, 4.5]}'
 

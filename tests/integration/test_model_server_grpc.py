@@ -29,8 +29,11 @@ def test_predict(channel) -> None:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "half_plus_two"
     request.inputs["x"].CopyFrom(tf.make_tensor_proto([2.0], shape=[1]))   # shape [1] to a [-1,1] placeholder
-    response = stub.Predict(request, timeout=10)
+    response, call = stub.Predict.with_call(request, timeout=10)
     assert response.outputs["y"].float_val[0] == 3.0
+    # Which model and version answered, for Envoy's access log (it does not read gRPC bodies).
+    assert {"x-appliance-model": "half_plus_two", "x-appliance-version": "1"}.items() <= dict(
+        call.initial_metadata()).items()
     assert response.model_spec.signature_name == "serving_default" and response.model_spec.version.value == 1
     request.model_spec.version_label = "canary"
     request.model_spec.name = "half_plus"
@@ -58,6 +61,7 @@ def test_predict_errors(channel, name: str, signature: str, code, message: str) 
     with pytest.raises(grpc.RpcError) as info:
         stub.Predict(request, timeout=10)
     assert info.value.code() == code and info.value.details() == message
+    assert ("x-appliance-model", name) in info.value.trailing_metadata()
 
 
 def test_metadata_and_status(channel) -> None:
@@ -75,3 +79,17 @@ def test_metadata_and_status(channel) -> None:
         get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "half_plus"}), timeout=10)
     assert [s.version for s in status.model_version_status] == [2, 1]
     assert all(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for s in status.model_version_status)
+
+
+@pytest.mark.parametrize("arr", [
+    np.array([2.5, 3.0, 4.5], np.float32), np.arange(6, dtype=np.float64).reshape(2, 3),
+    np.float32(1.5).reshape(()), np.zeros((2, 0, 3), np.float32), np.arange(300, dtype=np.float32),
+    np.arange(4, dtype=np.int64), np.array([b"a", b""], dtype=object)])
+def test_serialized_tensor_is_the_tensor_proto(arr: np.ndarray) -> None:
+    """Predict's outputs are written without a TensorProto object: the bytes must parse as one."""
+    from tensorflow.core.framework import tensor_pb2
+
+    from modelserver.tensor_proto import proto_from_ndarray, serialized_tensor
+
+    parsed = tensor_pb2.TensorProto.FromString(serialized_tensor(arr))
+    assert parsed == proto_from_ndarray(arr)

@@ -368,3 +368,134 @@ def test_a_tiny_grpc_request_cannot_fill_a_huge_tensor(server: Server) -> None:
         assert server.peak() - base < 64 * MiB
         filled = stub.Predict(request(1_000_000), timeout=60)   # 4 MB: within the cap
     assert len(filled.outputs["y"].float_val) == 1_000_000 and filled.outputs["y"].float_val[-1] == 2.5
+
+
+# ------------------------------------------------------------------ gRPC's HTTP/2 transport
+# Raw HTTP/2 frames (RFC 9113), for what no well-behaved gRPC client would send.
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY = 0, 1, 3, 4, 7
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+
+
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
+
+
+def grpc_headers(path: str = PREDICT) -> bytes:
+    from modelserver.hpack import literal
+
+    return b"".join(literal(name, value) for name, value in (
+        (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "x"),
+        ("content-type", "application/grpc"), ("te", "trailers")))
+
+
+class H2Client:
+    """One raw connection to the gRPC port: send frames, read the server's frames until it closes."""
+
+    def __init__(self, server: Server) -> None:
+        from modelserver.hpack import Decoder
+
+        self.sock = socket.create_connection(("127.0.0.1", server.grpc_port), timeout=30)
+        self.buffer = b""
+        self.decoder = Decoder()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def start(self) -> None:
+        self.send(H2_PREFACE + h2_frame(SETTINGS, 0, 0))
+
+    def frames(self) -> Any:
+        """(type, flags, stream, payload) of each frame, headers decoded, until the server closes."""
+        while True:
+            while len(self.buffer) >= 9 and len(self.buffer) >= 9 + int.from_bytes(self.buffer[:3], "big"):
+                length = int.from_bytes(self.buffer[:3], "big")
+                kind, flags, stream = self.buffer[3], self.buffer[4], int.from_bytes(self.buffer[5:9], "big")
+                payload, self.buffer = self.buffer[9:9 + length], self.buffer[9 + length:]
+                yield kind, flags, stream, dict(self.decoder.decode(payload)) if kind == HEADERS else payload
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                return
+            self.buffer += chunk
+
+    def status(self, stream: int) -> tuple[str, str]:
+        """The grpc-status and grpc-message the server ends ``stream`` with."""
+        for kind, _, number, payload in self.frames():
+            if kind == HEADERS and number == stream and "grpc-status" in payload:
+                return payload["grpc-status"], payload.get("grpc-message", "")
+        raise AssertionError(f"the connection closed before stream {stream} was answered")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_grpc_connections_that_stall_or_misbehave_are_closed(server: Server) -> None:
+    """No preface, a request that stops arriving: closed after the read timeout. A header block
+    that would decode to megabytes (indexed references to one large table entry): GOAWAY."""
+    from modelserver.hpack import literal
+
+    started = time.monotonic()
+    silent, stalled = H2Client(server), H2Client(server)
+    try:
+        stalled.start()
+        stalled.send(h2_frame(HEADERS, 0x4, 1, grpc_headers()) + h2_frame(DATA, 0, 1, b"\x00\x00\x00\x01"))
+        assert [f[0] for f in silent.frames()][:1] == [SETTINGS]   # the server's, then the close
+        list(stalled.frames())
+        assert time.monotonic() - started >= IDLE_SECONDS * 0.9
+    finally:
+        silent.close()
+        stalled.close()
+    bomb = H2Client(server)
+    try:
+        bomb.start()
+        entry = b"\x40" + literal("x", "a" * 4000)[1:]     # literal with incremental indexing: 4 KB entry
+        bomb.send(h2_frame(HEADERS, 0x5, 1, grpc_headers() + entry + b"\xbe" * 1000))  # 1000 x that entry
+        goaway = [f for f in bomb.frames() if f[0] == GOAWAY]
+        assert goaway and goaway[0][3][4:8] == (9).to_bytes(4, "big")   # COMPRESSION_ERROR
+    finally:
+        bomb.close()
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        assert grpc_predict(channel) == 3.0
+
+
+def test_grpc_messages_and_streams_are_bounded(server: Server) -> None:
+    """A message announcing more than gRPC's 2 GiB limit is refused from its 5-byte prefix;
+    messages in flight share the server's body budget (over it: RESOURCE_EXHAUSTED at once, and
+    memory stays near the budget); streams past SETTINGS_MAX_CONCURRENT_STREAMS are refused."""
+    client = H2Client(server)
+    try:
+        client.start()
+        client.send(h2_frame(HEADERS, 0x4, 1, grpc_headers()) + h2_frame(DATA, 0, 1, b"\x00\xff\xff\xff\xff"))
+        assert client.status(1) == ("8", "Received message larger than max (4294967295 vs. 2147483647)")
+        base = settle(server)
+        server.reset_peak()
+        piece = b"\x00" * (4 * MiB)
+        codes = []
+        for stream in (3, 5, 7, 9):           # 4 x 64 MiB announced against a 200 MiB budget
+            client.send(h2_frame(HEADERS, 0x4, stream, grpc_headers())
+                        + h2_frame(DATA, 0, stream, b"\x00" + (64 * MiB).to_bytes(4, "big")))
+            for offset in range(0, 64 * MiB, 16384):
+                client.send(h2_frame(DATA, 0, stream, piece[offset % (4 * MiB):offset % (4 * MiB) + 16384]))
+        client.send(h2_frame(RST_STREAM, 0, 3, bytes(4)))
+        for kind, _, stream, payload in client.frames():
+            if kind == HEADERS and "grpc-status" in payload:
+                codes.append((stream, payload["grpc-status"]))
+                break
+        assert codes == [(9, "8")], codes
+        assert server.peak() - base < BUDGET + 64 * MiB
+    finally:
+        client.close()
+    crowd = H2Client(server)
+    try:
+        crowd.start()
+        crowd.send(b"".join(h2_frame(HEADERS, 0x4, 2 * i + 1, grpc_headers()) for i in range(1001)))
+        refused = next(f for f in crowd.frames() if f[0] == RST_STREAM)
+        assert refused[2] == 2001 and refused[3] == (7).to_bytes(4, "big")   # REFUSED_STREAM
+    finally:
+        crowd.close()
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        assert grpc_predict(channel) == 3.0

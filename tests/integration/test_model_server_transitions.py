@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import requests
 
@@ -26,22 +27,8 @@ tf = pytest.importorskip("tensorflow")
 pytestmark = pytest.mark.slow
 
 
-def _write_warmup(version_dir: Path, records: list[bytes]) -> None:
-    extra = version_dir / "assets.extra"
-    extra.mkdir(parents=True, exist_ok=True)
-    with tf.io.TFRecordWriter(str(extra / "tf_serving_warmup_requests")) as writer:
-        for record in records:
-            writer.write(record)
-
-
 def _predict_log(x: float) -> bytes:
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = "switch"
-    request.inputs["x"].CopyFrom(tf.make_tensor_proto([x], shape=[1]))
-    entry = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-    return entry.SerializeToString()
+    return tfmodels.predict_log("switch", {"x": np.array([x], dtype=np.float32)})
 
 
 def _stage(staging: Path, base: Path, version: int, bias: float, warmup: list[bytes] | None = None) -> None:
@@ -49,7 +36,7 @@ def _stage(staging: Path, base: Path, version: int, bias: float, warmup: list[by
     tmp = staging / f"v{version}"
     tfmodels.save_version(tmp, tfmodels.half_plus(bias))
     if warmup is not None:
-        _write_warmup(tmp, warmup)
+        tfmodels.write_warmup(tmp, warmup)
     os.rename(tmp, base / str(version))
 
 

@@ -122,7 +122,9 @@ def test_per_model_settings_reach_the_model_servers_files(tmp_path: Path) -> Non
                      "num_batch_threads": 0, "allowed_batch_sizes": [4, 8, 16],
                      "pad_variable_length_inputs": False},
         "warmup": True, "metrics": True, "precision": "f32",
-        "openvino": {"performance_hint": "throughput", "streams": 0, "threads": 0}}
+        "openvino": {"performance_hint": "throughput", "streams": 0, "threads": 0},
+        "auto": {"runtimes": ["tensorflow", "onnx", "openvino"], "precisions": ["f32"], "atol": 1e-4, "rtol": 1e-3,
+                 "outputs": {}, "top1": True, "ignore": []}}
     assert settings["scorer"]["batching"] is None
     assert (settings["scorer"]["warmup"], settings["scorer"]["metrics"]) == (False, False)
     assert settings["every"]["openvino"] == {"performance_hint": "latency", "streams": 2, "threads": 0}

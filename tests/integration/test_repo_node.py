@@ -160,7 +160,7 @@ def _program_pid(node: NodeUnderTest, name: str) -> int:
     return next(p["pid"] for p in node.status()["processes"] if p["name"] == name)
 
 
-def test_only_envoy_and_the_logviewer_listen_on_the_node_address(
+def test_only_envoy_listens_on_the_node_address(
         repo_node: tuple[NodeUnderTest, ObjectStore]) -> None:
     node, store = repo_node
     supervisord = int((node.root / "var/lib/appliance/run/supervisord.pid").read_text())
@@ -170,8 +170,9 @@ def test_only_envoy_and_the_logviewer_listen_on_the_node_address(
     public = {port: program.get(pid) for (address, port), pid in everything.items()
               if address != "127.0.0.1"}
     assert all(address in ("127.0.0.1", NODE_ADDRESS) for address, _ in everything), everything
+    # The log browser too: Envoy serves it (edge TLS) from the logviewer's unix socket.
     assert public == {node.http_port: "envoy", node.grpc_port: "envoy", store.port: "envoy",
-                      node.logviewer_port: "logviewer"}
+                      node.logviewer_port: "envoy"}
     # The object store's whole process tree (appliance objectstore, weed) is on loopback only,
     # all 8 internal ports included: its S3 gRPC port too, which weed binds to its S3 address.
     ports = listening(_tree(_program_pid(node, "objectstore")))

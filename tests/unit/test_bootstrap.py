@@ -13,6 +13,7 @@ import yaml
 from appliance.bootstrap import BootstrapError, appliance_keys, bootstrap
 from appliance.config import NodePaths, load_config
 from appliance.errors import ConfigError
+from tests.pem import FAKE_CA
 
 CLOUD_CONFIG = """#cloud-config
 package_update: false
@@ -77,6 +78,21 @@ def test_a_serving_node_gets_no_invented_credentials_and_no_secret_mode(tmp_path
     assert result.changed and result.generated == []
     assert paths.config_file.stat().st_mode & 0o777 == 0o640
     assert load_config(paths.config_file).s3.access_key == ""
+
+
+def test_the_cluster_ca_arrives_in_user_data_as_pem_blocks_and_stays_0600(tmp_path: Path) -> None:
+    """The CA is handed out like the store's keys: YAML block scalars under appliance:."""
+    paths = NodePaths(tmp_path)
+    block = "\n".join(f"  {key}: |\n" + "".join(f"    {line}\n" for line in value.splitlines())
+                      for key, value in FAKE_CA.items())
+    _user_data(paths, "#cloud-config\nappliance:\n  cluster.members: 10.0.0.11,10.0.0.12\n" + block)
+    result = bootstrap(paths)
+    assert result.changed and result.generated == []
+    assert paths.config_file.stat().st_mode & 0o777 == 0o600
+    config = load_config(paths.config_file)
+    assert config.cluster.ca_cert == FAKE_CA["cluster.ca.cert"]
+    assert config.cluster.ca_key == FAKE_CA["cluster.ca.key"]
+    assert "fake" not in result.text() and "fake" not in repr(config)
 
 
 def test_no_user_data_and_no_config_writes_nothing(tmp_path: Path) -> None:

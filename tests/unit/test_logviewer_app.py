@@ -140,7 +140,8 @@ def text(resp) -> str:
 PAGES = ["/", "/logs", "/logs/view/model_server.log", "/logs/search/model_server.log?q=x",
          "/logs/download/model_server.log", "/api/logs/chunk/model_server.log",
          "/api/logs/tail/model_server.log", "/access", "/models", f"/models/{MODEL}",
-         f"/models/{MODEL}/123", f"/models/{MODEL}/123/file/saved_model.pb", "/cluster"]
+         f"/models/{MODEL}/123", f"/models/{MODEL}/123/file/saved_model.pb", "/cluster",
+         "/dashboard", "/api/dashboard", "/shadow", "/api/shadow"]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -273,7 +274,7 @@ def test_a_symlink_inside_the_log_root_is_served(client: FlaskClient) -> None:
 
 
 def test_access_log_table_and_filters(client: FlaskClient) -> None:
-    html = text(client.get("/access"))
+    html = text(client.get("/access?all=1"))
     assert html.count("<tr class=\"s") == 40
     assert "10.0.0.2:8501" in html and f"/v1/models/{MODEL}:predict" in html
     only_5xx = text(client.get("/access?status=5xx"))
@@ -289,17 +290,34 @@ def test_access_log_table_and_filters(client: FlaskClient) -> None:
     assert 'class="s2xx"' not in errors and 'class="s5xx"' in errors
 
 
-def test_access_log_pages_to_older_entries(client: FlaskClient, site: Site) -> None:
+def test_access_log_counts_every_match_and_pages_to_older_entries(client: FlaskClient, site: Site) -> None:
     log = site.paths.logs / "access.log"
     with log.open("a") as handle:
         for i in range(300):
             handle.write(access_line(1000 + i) + "\n")
-    html = text(client.get("/access"))
+    html = text(client.get("/access?all=1"))
     assert html.count("<tr class=\"s") == 200
-    older = re.search(r'id="older" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    assert re.search(r'id="matched">341<', html)  # 340 lines and one not JSON
+    older = re.search(r'href="([^"]+)">older', html).group(1).replace("&amp;", "&")
     html2 = text(client.get(older))
     assert html2.count("<tr class=\"s") == 140
-    assert "req-0" not in html and "req-1299" in html and "req-1000" not in html
+    assert "req-0<" not in html and "req-1299" in html and "req-1000<" not in html
+    one = text(client.get("/access?q=REQ-1234"))
+    assert re.search(r'id="matched">1<', one) and "req-1234" in one
+    # The counts by status link to the same search narrowed to one status.
+    assert re.search(r'status=503[^"]*">503</a> <b>4</b>', text(client.get("/access?all=1")))
+
+
+def test_the_access_page_opens_on_the_last_hour(client: FlaskClient, site: Site) -> None:
+    from datetime import datetime, timezone
+
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    with (site.paths.logs / "access.log").open("a") as handle:
+        handle.write(access_line(7).replace("2025-03-01T10:00:07.000Z", now) + "\n")
+    html = text(client.get("/access"))
+    assert html.count('<tr class="s') == 1 and "showing the last hour" in html
+    assert 'name="since" value=""' in html    # a search from the form covers the whole log
+    assert text(client.get("/access?model=resnet")).count('<tr class="s') == 14
 
 
 def test_access_page_without_an_access_log(client: FlaskClient, site: Site) -> None:
@@ -346,6 +364,25 @@ def test_cluster_page_without_envoy(client: FlaskClient) -> None:
     resp = client.get("/cluster")
     assert resp.status_code == 200
     assert "does not answer" in text(resp)
+
+
+def test_shadow_page_sums_the_nodes_reports(client: FlaskClient, site: Site) -> None:
+    from appliance import fleet
+    from modelserver.model_settings import ShadowSettings
+    from modelserver.shadow import _Run, _TensorTotals
+
+    assert "No shadow has run yet" in text(client.get("/shadow"))
+    store = fleet.Fleet.of_node(load_config(site.paths.etc / "appliance.yaml"), paths=site.paths)
+    for node, flipped in (("10.0.0.1", 1), ("10.0.0.2", 3)):
+        run = _Run(MODEL, ShadowSettings(version=2))
+        run.compared, run.primary_versions = 2, {1}
+        run.tensors["<probs>"] = _TensorTotals(rows=40, values=160, raw_rows=flipped, classifier_rows=40,
+                                               top1_raw=flipped, topk_raw=40.0, topk_noise=40.0)
+        store.write_object(f"shadow/{node}.json", json.dumps({"node": node, "models": {MODEL: run.report()}}).encode())
+    page = text(client.get("/shadow"))
+    assert "differs" in page and "10.0.0.1, 10.0.0.2" in page and "&lt;probs&gt;" in page and "<probs>" not in page
+    assert "95.0 %" in page            # top-1 agreement over both nodes: 4 of 80 rows changed
+    assert client.get("/api/shadow").get_json()[MODEL]["requests"]["compared"] == 4
 
 
 def test_pages_have_working_links(client: FlaskClient) -> None:
@@ -398,3 +435,33 @@ def test_tail_api_gives_the_mtime_the_page_shows(client: FlaskClient, site: Site
     data = client.get("/api/logs/tail/envoy.log").get_json()
     assert data["mtime"] == (site.paths.logs / "envoy.log").stat().st_mtime
     assert 'id="changed" data-mtime="' in text(client.get("/logs/view/envoy.log"))
+
+
+def test_dashboard_draws_the_stores_samples(client: FlaskClient, site: Site) -> None:
+    import time
+
+    from logviewer import charts, samples
+
+    empty = text(client.get("/dashboard"))
+    assert "No samples yet" in empty and 'data-chart="rps-model"' in empty
+    store = samples.Store(site.paths.dashboard, 3600)
+    before = samples.parse(f':tensorflow:serving:request_count{{model_name="{MODEL}",status="OK"}} 10\n')
+    after = samples.parse(f':tensorflow:serving:request_count{{model_name="{MODEL}",status="OK"}} 60\n')
+    now = time.time()
+    store.add(now - 5, charts.tick({"127.0.0.1": samples.reduce("127.0.0.1", before, after, 5.0)}))
+    resp = client.get("/dashboard?minutes=15")
+    html = text(resp)
+    assert resp.headers["Server-Timing"].startswith("app;dur=")
+    blob = re.search(r'<script type="application/json" id="dashboard-data">(.*?)</script>', html).group(1)
+    data = json.loads(blob)
+    rps = next(c for c in data["charts"] if c["id"] == "rps-model")["series"]
+    assert rps == [{"name": MODEL, "values": [10.0]}] and data["minutes"] == 15
+    assert client.get("/api/dashboard?minutes=15").get_json()["charts"] == data["charts"]
+    assert 'src="/static/dashboard.js"' in html and "<script>" not in html
+
+
+def test_a_dashboard_store_that_cannot_be_opened_is_said_on_the_page(client: FlaskClient, site: Site) -> None:
+    site.paths.dashboard.parent.mkdir(parents=True, exist_ok=True)
+    site.paths.dashboard.mkdir()          # a directory where the SQLite file should be
+    html = text(client.get("/dashboard"))
+    assert "cannot be read" in html and 'data-chart="rps-model"' in html

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -68,36 +67,6 @@ def test_search_matches_a_naive_search_across_block_boundaries(tmp_path: Path, m
         rest = logfiles.search(handle, len(data), "NEEDLE", start=first.scanned_to, max_matches=10_000)
     assert not first.complete
     assert [m.offset for m in first.matches + rest.matches] == [o for o, _ in expected]
-
-
-def test_lines_backward_yields_every_line_newest_first(tmp_path: Path) -> None:
-    data = write_lines(tmp_path / "d.log", 2000, seed=3)
-    expected, offset = [], 0
-    for line in data.split(b"\n")[:-1]:
-        expected.append((offset, line))
-        offset += len(line) + 1
-    with open(tmp_path / "d.log", "rb") as handle:
-        got = list(logfiles.lines_backward(handle, len(data), block=777))
-    assert got == list(reversed(expected))
-
-
-def test_access_entries_parse_envoy_json_lines() -> None:
-    line = json.dumps({"time": "2025-01-01T00:00:00.000Z", "method": "POST",
-                       "path": "/v1/models/resnet/versions/2:predict", "status": 503,
-                       "duration_ms": 12, "upstream_host": "10.1.2.3:8501", "flags": "UF",
-                       "request_id": None}).encode()
-    entry = logfiles.parse_access_line(line, 0)
-    assert entry.model == "resnet" and entry.status == "503" and entry.upstream == "10.1.2.3:8501"
-    assert entry.request_id == "-" and entry.status_class() == "s5xx"
-    assert logfiles.parse_access_line(b"garbage", 0) is None
-    assert logfiles.parse_access_line(b"[1, 2]", 0) is None
-    grpc = logfiles.parse_access_line(json.dumps({"path": "/tensorflow.serving.PredictionService/Predict",
-                                                  "status": 200}).encode(), 0)
-    assert grpc.model == ""
-    assert logfiles.AccessFilter(status="error").matches(entry)
-    assert logfiles.AccessFilter(status="5xx", model="resnet", node="10.1.2").matches(entry)
-    assert not logfiles.AccessFilter(status="4xx").matches(entry)
-    assert not logfiles.AccessFilter(model="other").matches(entry)
 
 
 @pytest.mark.parametrize("rel", ["", ".", "..", "a/../b", "/abs", "a//b", "a\\b", "a%2fb",

@@ -30,10 +30,20 @@ def test_unresolvable_dns_gives_no_members_rather_than_failing() -> None:
     assert membership.members(config) == []
 
 
-def test_a_node_with_peers_needs_the_cluster_ca() -> None:
-    with pytest.raises(ConfigError) as err:
-        load_config(None, ["node.address=127.0.0.2", "cluster.members=127.0.0.2,127.0.0.3"])
-    assert [key for key, _ in err.value.problems] == ["cluster.ca.cert"]
+def test_a_node_with_peers_and_no_cluster_ca_sends_them_nothing_and_says_so() -> None:
+    """Not a config error (a config of a release before inter-node mTLS must still start, for a
+    rolling upgrade): the node serves through its own model server only."""
+    alone = load_config(None, ["node.address=127.0.0.2", "cluster.members=127.0.0.2,127.0.0.3"])
+    assert membership.peers_left_out(alone) == ["127.0.0.3"]
+    for text in membership.eds_documents(alone, membership.members(alone)).values():
+        [assignment] = yaml.safe_load(text)["resources"]
+        [hosts] = [[e["endpoint"]["hostname"] for e in group["lb_endpoints"]]
+                   for group in assignment["endpoints"]]
+        assert hosts == ["127.0.0.2"]
+    assert "cluster-ca" in membership.no_ca_warning(alone, ["127.0.0.3"])
+    with_ca = load_config(None, ["node.address=127.0.0.2", "cluster.members=127.0.0.2,127.0.0.3",
+                                 *FAKE_CA_OVERRIDES])
+    assert membership.peers_left_out(with_ca) == []
     assert load_config(None, ["node.address=127.0.0.2", "cluster.members=127.0.0.2"]).cluster.members
     with pytest.raises(ConfigError) as err:
         load_config(None, [FAKE_CA_OVERRIDES[0]])

@@ -55,7 +55,7 @@ def test_every_error_is_reported_with_its_key_path() -> None:
     }, "other": 1})
     assert sorted(errors) == sorted([
         "other: unknown key; valid: models",
-        "models.a.extra: unknown key; valid: batching, warmup, metrics, precision, openvino",
+        "models.a.extra: unknown key; valid: batching, warmup, metrics, precision, openvino, rollout, auto, shadow",
         "models.a.batching.colour: unknown key; valid: max_batch_size, batch_timeout_micros, max_enqueued_batches, "
         "num_batch_threads, allowed_batch_sizes, pad_variable_length_inputs",
         "models.a.batching: max_batch_size must be positive",
@@ -108,20 +108,27 @@ def test_runtimes_refuse_a_precision_they_cannot_do() -> None:
 
 
 def test_auto_platform_comes_from_the_version_files(tmp_path: Path) -> None:
-    from modelserver.manager import ModelConfig, resolve_platform
+    """Before a version loads (no choice measured yet), ``auto`` is the platform its files say."""
+    from modelserver.autoplatform import load_auto
+    from modelserver.core.choice import Choice
+    from modelserver.runtimes import LoadOptions
+    from modelserver.manager import ModelConfig, ServedModel, resolve_platform
+    from modelserver.model_settings import AutoSettings
 
-    config = ModelConfig(name="m", base_path=str(tmp_path), platform="auto")
+    model = ServedModel(ModelConfig(name="m", base_path=str(tmp_path), platform="auto"))
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "model.onnx").write_bytes(b"")
     (tmp_path / "2").mkdir()
     (tmp_path / "2" / "saved_model.pb").write_bytes(b"")
     (tmp_path / "3").mkdir()
-    assert resolve_platform(config, str(tmp_path / "1")) == "onnx"
-    assert resolve_platform(config, str(tmp_path / "2")) == "tensorflow"
-    assert resolve_platform(ModelConfig(name="m", base_path=str(tmp_path), platform="onnx"),
+    assert resolve_platform(model, str(tmp_path / "1")) == "onnx"
+    assert resolve_platform(model, str(tmp_path / "2")) == "tensorflow"
+    model.choices[str(tmp_path / "2")] = Choice("openvino", "f32", "measured")
+    assert resolve_platform(model, str(tmp_path / "2")) == "openvino"
+    assert resolve_platform(ServedModel(ModelConfig(name="m", base_path=str(tmp_path), platform="onnx")),
                             str(tmp_path / "2")) == "onnx"
     with pytest.raises(ServingError) as info:
-        resolve_platform(config, str(tmp_path / "3"))
+        load_auto(str(tmp_path / "3"), LoadOptions(), AutoSettings())
     assert info.value.code is Code.NOT_FOUND
     assert info.value.message.startswith(f"Could not find a model at {tmp_path / '3'} (model_platform auto): "
                                          "a version directory holds saved_model.pb")

@@ -1,0 +1,439 @@
+"""Shadow traffic: copies of live requests run on a candidate version, off the client's path.
+
+While a model's settings hold a ``shadow`` (:class:`ShadowSettings`), a sample of its requests
+that name no version (REST and gRPC Predict) is handed here *after* the client's answer was
+computed: the request's decoded inputs and the primary's outputs go into a bounded queue, and
+the client's request goes on at once. One worker thread, at the lowest CPU priority, runs each
+copy on the candidate and once more on the primary (the "secondary", Diffy's trick: a model that
+answers differently from run to run must not look like a regression), compares the three
+answers (:mod:`modelserver.shadow_compare`) and adds them to the model's report. When the queue
+is full the copy is dropped and counted: the shadow never makes a client wait.
+
+The report (:meth:`ShadowTap.report`, ``GET /appliance/v1/shadow`` on the REST port, loopback
+peers only) sums the comparisons per output tensor and keeps the :data:`EXAMPLES` most
+different requests with their inputs. A changed shadow setting starts a new report; after the
+shadow is stopped its last report stays readable until the model gets a new one.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import logging
+import os
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from modelserver.core.status import ServingError
+from modelserver.model_settings import ShadowSettings
+from modelserver.shadow_compare import TensorDiff, compare, significant
+
+if TYPE_CHECKING:
+    from modelserver.manager import ModelManager, VersionState
+
+log = logging.getLogger(__name__)
+
+SHADOW_PATH = "/appliance/v1/shadow"
+QUEUE_SIZE = 64          # copies waiting for the worker; more are dropped
+EXAMPLES = 10            # most different requests kept per model
+EXAMPLE_VALUES = 4096    # an input with more values is shown by its shape only
+WORKER_NICE = 19
+
+
+@dataclass
+class _Copy:
+    name: str
+    api: str
+    primary: VersionState
+    signature: str
+    inputs: Mapping[str, np.ndarray]
+    outputs: Mapping[str, np.ndarray]
+    run: "_Run"
+
+
+@dataclass
+class _TensorTotals:
+    rows: int = 0
+    values: int = 0
+    raw_values: int = 0
+    noise_values: int = 0
+    raw_rows: int = 0
+    noise_rows: int = 0
+    max_abs: float = 0.0
+    max_rel: float = 0.0
+    classifier_rows: int = 0
+    top1_raw: int = 0
+    top1_noise: int = 0
+    topk_raw: float = 0.0
+    topk_noise: float = 0.0
+
+    def add(self, diff: TensorDiff) -> None:
+        self.rows += diff.rows
+        self.values += diff.values
+        self.raw_values += diff.raw_values
+        self.noise_values += diff.noise_values
+        self.raw_rows += len(diff.raw_rows)
+        self.noise_rows += diff.noise_rows
+        self.max_abs = max(self.max_abs, diff.max_abs)
+        self.max_rel = max(self.max_rel, diff.max_rel)
+        if diff.classifier:
+            self.classifier_rows += diff.rows
+            self.top1_raw += len(diff.top1_raw)
+            self.top1_noise += diff.top1_noise
+            self.topk_raw += diff.topk_raw
+            self.topk_noise += diff.topk_noise
+
+    def as_dict(self, topk: int) -> dict[str, Any]:
+        """The totals (what :meth:`from_dict` reads back, to sum nodes) and what they mean."""
+        rows = self.rows or 1
+        out: dict[str, Any] = {
+            "rows": self.rows, "values": self.values,
+            "differing_rows": self.raw_rows, "noise_rows": self.noise_rows,
+            "differing_values": self.raw_values, "noise_values": self.noise_values,
+            "differing_percent": _percent(self.raw_rows, rows), "noise_percent": _percent(self.noise_rows, rows),
+            "max_abs_error": _finite(self.max_abs), "max_rel_error": _finite(self.max_rel),
+            "regression": significant(self.raw_rows, self.noise_rows, self.rows)}
+        if self.classifier_rows:
+            n = self.classifier_rows
+            out["classifier"] = {
+                "rows": n, "top1_changed": self.top1_raw, "top1_noise": self.top1_noise,
+                "topk_overlap": self.topk_raw, "topk_noise_overlap": self.topk_noise, "k": topk,
+                "top1_agreement_percent": _percent(n - self.top1_raw, n),
+                "top1_changed_percent": _percent(self.top1_raw, n),
+                "top1_noise_percent": _percent(self.top1_noise, n),
+                "topk_overlap_percent": _percent(self.topk_raw, n),
+                "topk_noise_overlap_percent": _percent(self.topk_noise, n),
+                "regression": significant(self.top1_raw, self.top1_noise, n)}
+        return out
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> _TensorTotals:
+        classifier = doc.get("classifier") or {}
+        return cls(rows=doc["rows"], values=doc["values"], raw_values=doc["differing_values"],
+                   noise_values=doc["noise_values"], raw_rows=doc["differing_rows"], noise_rows=doc["noise_rows"],
+                   max_abs=float(doc["max_abs_error"]), max_rel=float(doc["max_rel_error"]),
+                   classifier_rows=classifier.get("rows", 0), top1_raw=classifier.get("top1_changed", 0),
+                   top1_noise=classifier.get("top1_noise", 0), topk_raw=classifier.get("topk_overlap", 0.0),
+                   topk_noise=classifier.get("topk_noise_overlap", 0.0))
+
+    def merge(self, other: _TensorTotals) -> None:
+        for name in ("rows", "values", "raw_values", "noise_values", "raw_rows", "noise_rows", "classifier_rows",
+                     "top1_raw", "top1_noise", "topk_raw", "topk_noise"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.max_abs, self.max_rel = max(self.max_abs, other.max_abs), max(self.max_rel, other.max_rel)
+
+
+def _percent(part: float, whole: float) -> float:
+    return round(100.0 * part / whole, 3) if whole else 0.0
+
+
+def _finite(value: float) -> float | str:
+    return value if np.isfinite(value) else "inf"
+
+
+@dataclass
+class _Run:
+    """One shadow of one model, from its start to its stop: counters, totals and examples."""
+
+    model: str
+    settings: ShadowSettings
+    started: float = field(default_factory=time.time)
+    stopped: float | None = None
+    seen: int = 0            # requests without a version while it ran
+    sampled: int = 0
+    dropped: int = 0         # the queue was full
+    compared: int = 0
+    skipped: int = 0         # the candidate was not loaded (yet), or was the primary itself
+    candidate_errors: int = 0
+    secondary_errors: int = 0
+    primary_versions: set[int] = field(default_factory=set)
+    tensors: dict[str, _TensorTotals] = field(default_factory=dict)
+    examples: list[tuple[tuple, int, dict]] = field(default_factory=list)   # a min-heap on the score
+    last_error: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def report(self) -> dict[str, Any]:
+        with self.lock:
+            return summarize({
+                "model": self.model, "candidate": self.settings.version,
+                "primary": sorted(self.primary_versions),
+                "settings": {"sample": self.settings.sample, "atol": self.settings.atol,
+                             "rtol": self.settings.rtol, "topk": self.settings.topk},
+                "started": self.started, "stopped": self.stopped, "running": self.stopped is None,
+                "requests": {"seen": self.seen, "sampled": self.sampled, "dropped": self.dropped,
+                             "compared": self.compared, "skipped": self.skipped,
+                             "candidate_errors": self.candidate_errors,
+                             "secondary_errors": self.secondary_errors},
+                "last_error": self.last_error,
+                "outputs": {alias: totals.as_dict(self.settings.topk) for alias, totals in sorted(self.tensors.items())},
+                "examples": [example for _, _, example in sorted(self.examples, key=lambda e: e[:2], reverse=True)]})
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with its verdict: which outputs regressed (beyond their noise), which are noisy."""
+    tensors = report["outputs"]
+    regressions = [alias for alias, t in tensors.items()
+                   if t["regression"] or t.get("classifier", {}).get("regression")]
+    report["regressions"] = regressions
+    report["noisy"] = [alias for alias, t in tensors.items() if t["noise_rows"]]
+    report["verdict"] = _verdict(report["requests"]["compared"], report["requests"]["candidate_errors"], regressions)
+    report["agreement_percent"] = _agreement(report)
+    return report
+
+
+def _agreement(report: dict[str, Any]) -> float | None:
+    """The share of compared inputs whose answer the candidate agreed with, beyond the noise:
+    a classifier output by its top-1 class, any other by its values within tolerance; the worst
+    output counts, and a candidate error is a disagreement. None before anything was compared."""
+    compared = report["requests"]["compared"]
+    if not compared:
+        return None
+    worst = 0.0
+    for out in report["outputs"].values():
+        top = out.get("classifier")
+        changed, noise, rows = ((top["top1_changed"], top["top1_noise"], top["rows"]) if top
+                                else (out["differing_rows"], out["noise_rows"], out["rows"]))
+        worst = max(worst, max(changed - noise, 0) / rows if rows else 0.0)
+    return _percent((1 - worst) * (1 - report["requests"]["candidate_errors"] / compared), 1)
+
+
+def merge(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The nodes' reports of one model's shadow as one (the most recently started shadow's
+    candidate only): counts and totals summed, the most different examples of all nodes."""
+    if not reports:
+        return None
+    latest = max(reports, key=lambda r: r["started"])
+    same = [r for r in reports if r["candidate"] == latest["candidate"]]
+    topk = latest["settings"]["topk"]
+    totals: dict[str, _TensorTotals] = {}
+    for report in same:
+        for alias, doc in report["outputs"].items():
+            totals.setdefault(alias, _TensorTotals()).merge(_TensorTotals.from_dict(doc))
+    requests = {key: sum(r["requests"].get(key, 0) for r in same) for key in latest["requests"]}
+    examples = sorted(({**e, "node": r.get("node", "")} for r in same for e in r["examples"]),
+                      key=lambda e: e.get("score", []), reverse=True)
+    return summarize({
+        **{key: latest[key] for key in ("model", "candidate", "settings")},
+        "primary": sorted({v for r in same for v in r["primary"]}),
+        "started": min(r["started"] for r in same),
+        "stopped": None if any(r["running"] for r in same) else max(r["stopped"] or 0 for r in same),
+        "running": any(r["running"] for r in same),
+        "nodes": sorted(r.get("node", "") for r in same), "requests": requests,
+        "last_error": next((r["last_error"] for r in same if r["last_error"]), ""),
+        "outputs": {alias: t.as_dict(topk) for alias, t in sorted(totals.items())},
+        "examples": examples[:EXAMPLES]})
+
+
+def _verdict(compared: int, candidate_errors: int, regressions: list[str]) -> str:
+    if candidate_errors:
+        return "fails"
+    if not compared:
+        return "no data"
+    return "differs" if regressions else "agrees"
+
+
+class ShadowTap:
+    """The model server's shadows: takes copies on the request path, compares them on its thread."""
+
+    def __init__(self, manager: ModelManager, queue_size: int = QUEUE_SIZE) -> None:
+        self.manager = manager
+        self.runs: dict[str, _Run] = {}       # the current or last shadow of each model
+        self._queue: queue.Queue[_Copy] = queue.Queue(queue_size)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- request path
+
+    def offer(self, name: str, api: str, primary: VersionState, signature: str,
+              inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        """A request without a version was answered by ``primary``; maybe copy it. Never blocks."""
+        model = self.manager.models.get(name)
+        settings = model.settings.shadow if model is not None and model.settings is not None else None
+        run = self.runs.get(name)
+        if settings is None:
+            if run is not None and run.stopped is None:
+                self._current(name, None)
+            return
+        if run is None or run.settings != settings or run.stopped is not None:
+            run = self._current(name, settings)
+        copied = random.random() * 100.0 < settings.sample
+        with run.lock:   # request threads and the event loop count at once
+            run.seen += 1
+            run.sampled += copied
+        if not copied:
+            return
+        try:
+            self._queue.put_nowait(_Copy(name, api, primary, signature, inputs, outputs, run))
+        except queue.Full:
+            with run.lock:
+                run.dropped += 1
+            return
+        if self._thread is None:
+            self._start()
+
+    def _current(self, name: str, settings: ShadowSettings | None) -> _Run | None:
+        """The model's run for ``settings`` (None: its shadow stopped), started when new."""
+        with self._lock:
+            run = self.runs.get(name)
+            if run is not None and run.settings == settings and run.stopped is None:
+                return run
+            if run is not None and run.stopped is None:
+                run.stopped = time.time()
+                log.info("Shadow of model %s (candidate version %d) stopped after %d compared requests",
+                         name, run.settings.version, run.compared)
+            if settings is None:
+                return None
+            run = _Run(name, settings)
+            self.runs[name] = run
+            log.info("Shadow of model %s: %.3g%% of its unversioned requests copied to version %d",
+                     name, settings.sample, settings.version)
+            return run
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="shadow", daemon=True)
+                self._thread.start()
+
+    # ---------------------------------------------------------------- worker
+
+    def _work(self) -> None:
+        try:   # Linux: a thread's own nice value; the client's requests go first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
+        except (OSError, AttributeError):
+            pass
+        while True:
+            copy = self._queue.get()
+            try:
+                self._compare(copy)
+            except Exception:  # noqa: BLE001 - one bad copy never stops the shadow
+                log.exception("shadow comparison of model %s failed", copy.name)
+
+    def _compare(self, copy: _Copy) -> None:
+        run, settings = copy.run, copy.run.settings
+        try:
+            candidate = self.manager.lookup(copy.name, version=settings.version)
+        except ServingError:
+            candidate = None
+        if candidate is None or candidate.version == copy.primary.version or copy.primary.model is None:
+            with run.lock:
+                run.skipped += 1
+            return
+        secondary = self._run(copy.primary, copy)
+        answer = self._run(candidate, copy)
+        with run.lock:
+            run.primary_versions.add(copy.primary.version)
+            if isinstance(secondary, str):
+                run.secondary_errors += 1
+                secondary = None
+            if isinstance(answer, str):
+                run.candidate_errors += 1
+                run.last_error = answer
+                run.compared += 1
+                self._keep(run, (float("inf"), 0.0, 0.0), copy, {}, answer)
+                return
+        diffs = compare(copy.outputs, secondary, answer, settings.atol, settings.rtol, settings.topk)
+        with run.lock:
+            run.compared += 1
+            for alias, diff in diffs.items():
+                run.tensors.setdefault(alias, _TensorTotals()).add(diff)
+            score = _score(diffs)
+            if score > (0.0, 0.0, 0.0):
+                self._keep(run, score, copy, diffs, "", secondary, answer)
+
+    @staticmethod
+    def _run(state: VersionState, copy: _Copy) -> Mapping[str, np.ndarray] | str:
+        """The outputs of ``state`` on the copy's inputs, or the error's text."""
+        model = state.model
+        if model is None:
+            return "the version was unloaded"
+        try:
+            return model.run(copy.signature, copy.inputs)
+        except ServingError as exc:
+            return exc.to_string()
+        except Exception as exc:  # noqa: BLE001 - a failing candidate is what a shadow is for
+            return f"{type(exc).__name__}: {exc}"
+
+    @staticmethod
+    def _keep(run: _Run, score: tuple, copy: _Copy, diffs: Mapping[str, TensorDiff], error: str,
+              secondary: Mapping[str, np.ndarray] | None = None,
+              candidate: Mapping[str, np.ndarray] | None = None) -> None:
+        """Keep the copy among the run's most different (caller holds ``run.lock``)."""
+        if len(run.examples) >= EXAMPLES and score <= run.examples[0][0]:
+            return
+        example = _example(copy, diffs, error, secondary, candidate)
+        example["score"] = [min(part, 1e300) for part in score]   # JSON has no inf
+        entry = (score, run.compared, example)
+        if len(run.examples) < EXAMPLES:
+            heapq.heappush(run.examples, entry)
+        else:
+            heapq.heapreplace(run.examples, entry)
+
+    # ---------------------------------------------------------------- report
+
+    def report(self) -> dict[str, Any]:
+        """Every model's current or last shadow, as ``GET /appliance/v1/shadow`` answers it."""
+        for name, run in list(self.runs.items()):
+            model = self.manager.models.get(name)
+            settings = model.settings.shadow if model is not None and model.settings is not None else None
+            if run.stopped is None and settings != run.settings:
+                self._current(name, settings)
+        return {"models": {name: run.report() for name, run in sorted(self.runs.items())},
+                "queue": {"size": self._queue.qsize(), "capacity": self._queue.maxsize}}
+
+
+def _score(diffs: Mapping[str, TensorDiff]) -> tuple[float, float, float]:
+    """How different a request's answers are: rows whose top class changed beyond the noise,
+    rows with values beyond tolerance beyond the noise, then the largest relative error."""
+    top1 = sum(len(d.top1_raw) - d.top1_noise for d in diffs.values())
+    rows = sum(len(d.raw_rows) - d.noise_rows for d in diffs.values())
+    return (float(max(top1, 0)), float(max(rows, 0)), max((d.max_rel for d in diffs.values()), default=0.0))
+
+
+def _example(copy: _Copy, diffs: Mapping[str, TensorDiff], error: str,
+             secondary: Mapping[str, np.ndarray] | None, candidate: Mapping[str, np.ndarray] | None) -> dict:
+    """A request as the report shows it: inputs, and for its differing rows the three answers."""
+    example: dict[str, Any] = {"time": time.time(), "api": copy.api, "primary_version": copy.primary.version,
+                               "signature": copy.signature,
+                               "inputs": {alias: _json_tensor(value) for alias, value in copy.inputs.items()}}
+    if error:
+        example["candidate_error"] = error
+        return example
+    rows = sorted({row for diff in diffs.values() for row in (*diff.raw_rows, *diff.top1_raw)})[:8]
+    example["rows"] = rows
+    example["outputs"] = {}
+    for alias, diff in diffs.items():
+        if not diff.raw_rows and not diff.top1_raw:
+            continue
+        shown = {"primary": copy.outputs[alias], "candidate": (candidate or {}).get(alias),
+                 "secondary": (secondary or {}).get(alias)}
+        example["outputs"][alias] = {
+            who: _json_tensor(value[rows] if value is not None and value.ndim and value.shape[0] > max(rows, default=0)
+                              else value) for who, value in shown.items() if value is not None}
+        if diff.classifier:
+            example["outputs"][alias]["top1"] = [
+                {"row": row, "primary": int(np.argmax(copy.outputs[alias][row])),
+                 "candidate": int(np.argmax(candidate[alias][row]))} for row in diff.top1_raw[:8]]
+    return example
+
+
+def _json_tensor(value: Any) -> Any:
+    """A tensor as JSON: nested lists (bytes as base64), or its shape when it is large."""
+    array = np.asarray(value)
+    if array.size > EXAMPLE_VALUES:
+        return {"dtype": str(array.dtype), "shape": list(array.shape)}
+    if array.dtype == object or array.dtype.kind == "S":
+        return [_json_scalar(item) for item in array.reshape(-1).tolist()]
+    return array.tolist()   # NaN and inf as json.dumps writes them (NaN, Infinity)
+
+
+def _json_scalar(item: Any) -> Any:
+    if isinstance(item, bytes):
+        return {"b64": base64.b64encode(item).decode("ascii")}
+    return item
