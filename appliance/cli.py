@@ -11,7 +11,7 @@ from typing import Callable
 
 from .config import Config, NodePaths, effective_values, load_config, resolve_root
 from .errors import ApplianceError, ConfigError
-from . import metrics_cli, models_cli, releases, rollout_cli, shadow
+from . import keys_cli, metrics_cli, models_cli, releases, rollout_cli, shadow
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     builtin = sub.add_parser("builtin-models", help="build the built-in models into the local store")
     builtin.add_argument("--only", action="append", help="build only this model (repeatable)")
     models_cli.add_parsers(sub)   # models push|ls, sync --once, agent, objectstore
+    keys_cli.add_parser(sub)      # keys add|revoke|rotate|ls
     releases.add_parsers(sub)     # releases, upgrade RELEASE, rollback
     metrics_cli.add_parsers(sub)  # capacity, prometheus-config
     rollout_cli.add_parsers(sub)  # rollout start|status|pause|resume|abort, fleet show|set|unset
@@ -292,6 +293,7 @@ COMMANDS: dict[str, Command] = {
     "cluster": _cluster,
     "cluster-ca": _cluster_ca,
     "dev-cluster": _dev_cluster,
+    "keys": keys_cli.dispatch,
     **dict.fromkeys(models_cli.COMMANDS, models_cli.dispatch),
     **dict.fromkeys(releases.COMMANDS, releases.dispatch),
     **dict.fromkeys(metrics_cli.COMMANDS, metrics_cli.dispatch),

@@ -26,7 +26,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from . import modelsettings
+from . import apikeys, modelsettings
+from .apikeys import ApiKey
 from .configkeys import (Invalid, Key, assemble, boolean, choice, integer, items, non_negative,
                          number_between, positive, string, value_of)
 from .errors import ConfigError
@@ -163,6 +164,25 @@ class CapacitySettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    required: bool
+    keys: Mapping[str, ApiKey]      # keys.<name>.* (appliance/apikeys.py)
+
+
+@dataclass(frozen=True)
+class IpSettings:
+    allow: tuple[str, ...]          # CIDRs, normalized
+    deny: tuple[str, ...]
+    trusted_proxies: int
+
+
+@dataclass(frozen=True)
+class RateSettings:
+    node: int
+    cluster: int
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a node needs, validated. Build it with :func:`load_config`."""
 
@@ -183,6 +203,9 @@ class Config:
     metrics: MetricsSettings
     tls: TlsSettings
     capacity: CapacitySettings
+    auth: AuthSettings
+    ip: IpSettings
+    rate: RateSettings
     dashboard: DashboardSettings
 
     def connect_address(self) -> str:
@@ -308,6 +331,18 @@ def _pem(kind: str) -> Any:
             raise Invalid(f"expected a PEM block (-----BEGIN ...{kind}-----)")
         return text
     return parse
+
+
+def _cidrs(value: Any) -> tuple[str, ...]:
+    found = []
+    for item in items(value):
+        if not item:
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise Invalid(f"{item!r} is not an address or CIDR (e.g. 10.0.0.0/8, 192.0.2.7)") from None
+    return tuple(found)
 
 
 def _hostname(value: Any) -> str:
@@ -469,6 +504,24 @@ SCHEMA: tuple[Key, ...] = (
         "Command `appliance capacity` runs with its recommendation (JSON on stdin; env "
         "APPLIANCE_CAPACITY_ACTION add|remove|none, APPLIANCE_CAPACITY_NODES, "
         "APPLIANCE_CAPACITY_TARGET); split like a shell's words, run without a shell."),
+    Key("auth.required", "auth", "required", boolean, False,
+        "Every inference request needs an API key (`appliance keys add`); "
+        "models.<name>.auth.required asks it for one model only."),
+    Key("ip.allow", "ip", "allow", _cidrs, "",
+        "Client addresses (CIDRs, comma-separated) allowed to call the public REST and gRPC "
+        "ports; empty: any. The node's own address and 127.0.0.1 are always allowed."),
+    Key("ip.deny", "ip", "deny", _cidrs, "",
+        "Client addresses (CIDRs) refused with 403 (gRPC PERMISSION_DENIED), even when ip.allow lists them."),
+    Key("ip.trusted.proxies", "ip", "trusted_proxies", non_negative, 0,
+        "Proxies in front of the nodes that append to X-Forwarded-For: the client address is "
+        "taken that many hops from its right end; 0: the connection's peer."),
+    Key("rate.node", "rate", "node", non_negative, 0,
+        "Requests per second each public port (REST, gRPC) of this node lets through (TLS and "
+        "plain clients counted apart while tls.plaintext is on); 429 (gRPC RESOURCE_EXHAUSTED) "
+        "past it. 0: no limit."),
+    Key("rate.cluster", "rate", "cluster", non_negative, 0,
+        "Requests per second for the whole cluster, divided evenly over the serving members "
+        "(cluster.members and cluster.dns) as they join and leave. 0: no limit."),
 )
 KEYS = {key.name: key for key in SCHEMA}
 SECTIONS = {
@@ -477,7 +530,7 @@ SECTIONS = {
     "envoy": EnvoySettings, "serving": ServingSettings, "logviewer": LogviewerSettings,
     "cluster": ClusterSettings, "startup": StartupSettings, "log": LogSettings,
     "metrics": MetricsSettings, "tls": TlsSettings, "capacity": CapacitySettings,
-    "dashboard": DashboardSettings,
+    "auth": AuthSettings, "ip": IpSettings, "rate": RateSettings, "dashboard": DashboardSettings,
 }
 
 
@@ -555,7 +608,7 @@ def build(values: Mapping[str, Any]) -> Config:
     """Validate flat ``values`` (dotted keys) into a :class:`Config`, reporting every problem."""
     problems: list[tuple[str, str]] = []
     for name in values:
-        if name not in KEYS and not modelsettings.is_model_key(name):
+        if name not in KEYS and not modelsettings.is_model_key(name) and not apikeys.is_key_key(name):
             close = difflib.get_close_matches(name, KEYS, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             problems.append((name, f"unknown key{hint}"))
@@ -570,9 +623,13 @@ def build(values: Mapping[str, Any]) -> Config:
     settings, model_problems = modelsettings.parse(
         {k: v for k, v in values.items() if modelsettings.is_model_key(k)}, parsed.get("model.name"))
     problems += model_problems
+    keys, key_problems = apikeys.parse({k: v for k, v in values.items() if apikeys.is_key_key(k)},
+                                       parsed.get("model.name"))
+    problems += key_problems
     if problems:
         raise ConfigError(problems)
-    return assemble(SCHEMA, parsed, SECTIONS, Config, {"model": {"settings": settings}})
+    return assemble(SCHEMA, parsed, SECTIONS, Config, {"model": {"settings": settings},
+                                                        "auth": {"keys": keys}})
 
 
 def _cross_checks(parsed: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -668,6 +725,7 @@ def effective_values(config: Config, mask_secrets: bool = True) -> dict[str, Any
         value = value_of(key, config)
         out[key.name] = "********" if key.secret and mask_secrets and value else value
     out.update(modelsettings.flat_values(config.model.settings))
+    out.update(apikeys.flat_values(config.auth.keys))
     return out
 
 

@@ -16,7 +16,7 @@ MAX_BODY = 8 * 1024 * 1024
 
 
 def get_text(url: str, timeout: float = 2.0, method: str = "GET",
-             cafile: Path | None = None) -> tuple[int, str]:
+             headers: dict[str, str] | None = None, cafile: Path | None = None) -> tuple[int, str]:
     """(status, body text); status 0 when nothing answers. ``method="POST"`` sends no body.
 
     An https URL is this node's own edge: its certificate must chain to ``cafile`` (the
@@ -28,7 +28,8 @@ def get_text(url: str, timeout: float = 2.0, method: str = "GET",
         context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
         context.check_hostname = False
     try:
-        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None,
+                                         headers=headers or {})
         with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             return resp.status, resp.read(MAX_BODY).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
@@ -37,9 +38,9 @@ def get_text(url: str, timeout: float = 2.0, method: str = "GET",
         return 0, str(exc)
 
 
-def get_json(url: str, timeout: float = 2.0) -> tuple[int, object]:
+def get_json(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, object]:
     """(status, parsed JSON, or the body text when it is not JSON); status 0 when nothing answers."""
-    code, text = get_text(url, timeout)
+    code, text = get_text(url, timeout, headers=headers)
     if code == 0:
         return 0, text
     try:

@@ -165,5 +165,16 @@ class MembershipWatch:
         write_endpoints(config, self.paths, addresses)
         if addresses != self.last:
             log.info("cluster members: %s", ", ".join(addresses) or "(none)")
+            if config.rate.cluster and self.last is not None and len(addresses) != len(self.last):
+                _share_cluster_rate(config, self.paths, addresses)
             self.last = addresses
         return addresses
+
+
+def _share_cluster_rate(config: Config, paths: NodePaths, addresses: list[str]) -> None:
+    """rate.cluster is divided over the members: a DNS change of their number re-renders the
+    listeners' bucket (a cluster.members edit re-renders everything anyway)."""
+    from . import render
+
+    envoy = [f for f in render.render_all(config, paths, addresses) if f.path.name in render.ENVOY_FILES]
+    render.install(envoy, paths)

@@ -126,12 +126,12 @@ def _edit(paths: NodePaths, explicit: Path | None, name: str,
         where = target(paths, explicit)
         doc = read_document(where.path)
         said = edit(where, doc, served_names(doc))
-        if not _install(where, doc, lambda config: check_versions(config, paths, name)):
+        if not install(where, doc, lambda config: check_versions(config, paths, name)):
             progress(f"{where.path}: unchanged")
             return 0
     for line in said:
         progress(line)
-    return _apply(paths, where, progress)
+    return apply_edit(paths, where, progress)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -181,7 +181,7 @@ def _refuse_shadowed(where: Target, key: str) -> None:
                              "without that override (`appliance down`, then `appliance up`)")
 
 
-def _install(where: Target, doc: ConfigDocument, check: Callable[[Config], None]) -> bool:
+def install(where: Target, doc: ConfigDocument, check: Callable[[Config], None]) -> bool:
     """Write the edited file if the whole config it makes (with ``up``'s overrides) is valid."""
 
     def validate(candidate: Path) -> None:
@@ -227,7 +227,7 @@ def check_versions(config: Config, paths: NodePaths, name: str) -> None:
                              f"{model_dir}/<version>/ first; a version holds {describe_markers()}")
 
 
-def _apply(paths: NodePaths, where: Target, progress: Progress) -> int:
+def apply_edit(paths: NodePaths, where: Target, progress: Progress) -> int:
     if not where.running:
         progress(f"no node is running under {paths.root}: the change applies at the next "
                  "`appliance up`")

@@ -158,6 +158,9 @@ class ModelEntry:
     rollout: Rollout
     auto: Auto
     shadow: Shadow
+    # The edge's rules (run/api-keys.json, not model-settings.json: a change reloads no model).
+    auth_required: bool = False
+    rate: int = 0
 
     def runtime_settings(self) -> dict[str, Any]:
         """The model server's per-model settings (an entry of model-settings.json)."""
@@ -352,6 +355,11 @@ MODEL_SCHEMA: tuple[Key, ...] = (
     Key("shadow.topk", "shadow", "topk", non_negative, 5,
         "Shadow: k of the top-k overlap reported for classifier outputs (float [batch, classes]); "
         "0: no top-1/top-k checks."),
+    Key("auth.required", "", "auth_required", boolean, False,
+        "Requests to this model need an API key (auth.required asks it for every model)."),
+    Key("rate", "", "rate", non_negative, 0,
+        "Requests per second to this model each serving node lets through; 429 (gRPC "
+        "RESOURCE_EXHAUSTED) past it. 0: no limit."),
 )
 MODEL_KEYS = {key.name: key for key in MODEL_SCHEMA}
 MODEL_SECTIONS = {"batching": Batching, "openvino": OpenVino, "rollout": Rollout, "auto": Auto,

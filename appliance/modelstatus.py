@@ -14,6 +14,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelserver.access import INTERNAL_HEADER
 from modelserver.core.applied import APPLIED_PATH, RUNTIMES_PATH
 from modelserver.core.choice import Choice
 
@@ -47,6 +48,10 @@ def local_rest_base(config: Config) -> str:
     return f"http://{MODEL_SERVER_HOST}:{config.serving.rest_port}"
 
 
+# The node's own status reads need no API key (modelserver/access.py).
+INTERNAL = {INTERNAL_HEADER: "1"}
+
+
 class ModelServerClient:
     """Asks one model server's REST API about models."""
 
@@ -65,7 +70,7 @@ class ModelServerClient:
                          *(urllib.parse.quote(part, safe="") for part in (name, *rest))])
 
     def status(self, name: str) -> ModelStatus:
-        code, body = get_json(self.url(name), self.timeout)
+        code, body = get_json(self.url(name), self.timeout, INTERNAL)
         if code == 200 and isinstance(body, dict):
             return ModelStatus(code, True, list(body.get("model_version_status") or []))
         error = body.get("error", "") if isinstance(body, dict) else body
@@ -106,4 +111,4 @@ class ModelServerClient:
 
     def metadata(self, name: str, version: str) -> tuple[int, object]:
         """(HTTP status, the metadata document, or the body text when it is not JSON)."""
-        return get_json(self.url(name, "versions", version, "metadata"), self.timeout)
+        return get_json(self.url(name, "versions", version, "metadata"), self.timeout, INTERNAL)

@@ -6,7 +6,6 @@ supervisord -> readiness checks against the real model server and Envoy.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -373,13 +372,14 @@ class Node:
             step(f"S3 API through Envoy on port {self.config.repo.port}",
                  lambda: get_text(s3)[0] == 403)
             return
-        # tls.plaintext false: asked over TLS, as any client must.
+        # tls.plaintext false: asked over TLS, as any client must. 401: routed to a model server
+        # that wants an API key; 429: the node's rate limit.
         scheme = "http" if self.config.tls.plaintext else "https"
         edge = pki.edge_files(self.config, self.paths)
         cafile = edge.cert if edge.self_signed else None
         front = f"{scheme}://{host}:{self.config.http_port}/v1/models/{self.config.model.default}"
         step(f"REST through Envoy on port {self.config.http_port}",
-             lambda: get_text(front, cafile=cafile)[0] == 200)
+             lambda: get_text(front, cafile=cafile)[0] in (200, 401, 429))
         if self.config.node.role == "serving" and host in membership.members(self.config):
             # Envoy health-checks each host once a second: the node is in rotation (and `up`
             # done) only once its own Envoy routes to its own model server, REST and gRPC.
@@ -633,7 +633,7 @@ def _tail(path: Path, size: int = 3000) -> str:
 
 
 def follows_rendered(server: ModelServerClient, paths: NodePaths) -> tuple[bool, str]:
-    """(the model server follows the models.config and model-settings.json rendered under
+    """(the model server follows the models.config, model-settings.json and api-keys.json rendered under
     ``paths``, the error with which it refused them, if any). Not answering: (False, "")."""
     def read(name: str) -> bytes | None:
         try:
@@ -645,7 +645,8 @@ def follows_rendered(server: ModelServerClient, paths: NodePaths) -> tuple[bool,
     if answer is None:
         return False, ""
     expected = {"model_config_file": digest(read(render.MODELS_CONFIG)),
-                "model_settings_file": digest(read(render.MODEL_SETTINGS))}
+                "model_settings_file": digest(read(render.MODEL_SETTINGS)),
+                "api_keys_file": digest(read(render.API_KEYS))}
     if all(answer.get(key) == value for key, value in expected.items()):
         return True, ""
     return False, answer.get("error") or ""

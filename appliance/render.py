@@ -11,6 +11,7 @@ import functools
 import hashlib
 import ipaddress
 import json
+import math
 import logging
 import os
 import shutil
@@ -24,7 +25,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from . import logbudget, membership, objectstore, pki, subp
+from . import apikeys, logbudget, membership, objectstore, pki, subp
+from modelserver.access import BURST_SECONDS
 from modelserver.atomic import write_atomic
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
@@ -41,6 +43,7 @@ RETRIES = 4
 MODELS_CONFIG = "models.config"
 MODEL_SETTINGS = "model-settings.json"
 MONITORING_CONFIG = "monitoring.config"
+API_KEYS = "api-keys.json"      # digests only, still 0600 (modelserver/access.py)
 # AF_UNIX paths are limited to 108 bytes; deep temp roots fall back to a short path in /tmp.
 _MAX_SOCKET_PATH = 100
 
@@ -102,7 +105,7 @@ def _internode(config: Config, paths: NodePaths) -> dict | None:
     return {"port": config.cluster.port, "ca": files.ca, "cert": files.cert, "key": files.key}
 
 
-def _context(config: Config, paths: NodePaths) -> dict:
+def _context(config: Config, paths: NodePaths, members: list[str]) -> dict:
     cpus = os.cpu_count() or 1
     edge = pki.edge_files(config, paths)
     return {
@@ -148,10 +151,35 @@ def _context(config: Config, paths: NodePaths) -> dict:
         "logviewer": config.logviewer,
         "metrics": config.metrics,
         "model_server_files": {"models": MODELS_CONFIG, "settings": MODEL_SETTINGS,
-                               "monitoring": MONITORING_CONFIG},
+                               "monitoring": MONITORING_CONFIG, "api_keys": API_KEYS},
+        "edge": edge_context(config, members),
         "bin": {"model_server": find_binary("appliance-model-server"), "envoy": find_binary("envoy"),
                 "python": sys.executable},
     }
+
+
+def edge_context(config: Config, members: list[str]) -> dict:
+    """The public listeners' edge filters: IP lists (the node's own addresses always allowed) and
+    the node's token bucket, the lower of rate.node and rate.cluster's share."""
+    def nets(cidrs: tuple[str, ...]) -> list[dict]:
+        return [{"address": str(n.network_address), "prefix": n.prefixlen}
+                for n in map(ipaddress.ip_network, cidrs)]
+
+    # The node's own calls (`up`'s readiness check) come from its address or, on loopback, 127.0.0.1.
+    own = [str(ipaddress.ip_network(a)) for a in (config.connect_address(), "127.0.0.1")]
+    allow = [*config.ip.allow, *own] if config.ip.allow else []
+    rates = [r for r in (config.rate.node, config.rate.cluster / max(1, len(members))) if r]
+    return {"allow": nets(tuple(dict.fromkeys(allow))), "deny": nets(config.ip.deny),
+            "trusted_hops": config.ip.trusted_proxies, "members": len(members),
+            "bucket": token_bucket(min(rates)) if rates else None}
+
+
+def token_bucket(rate: float) -> dict:
+    """Envoy's bucket for ``rate`` requests/s: whole tokens per fill, fills at least 50 ms apart
+    (Envoy's minimum), holding half a second's worth like the model server's (access.py)."""
+    per_fill = max(1, math.ceil(rate * 0.05))
+    return {"rate": round(rate, 3), "tokens_per_fill": per_fill, "fill_interval": f"{per_fill / rate:.4f}s",
+            "max_tokens": max(per_fill, math.ceil(rate * BURST_SECONDS))}
 
 
 def _environment() -> jinja2.Environment:
@@ -217,10 +245,11 @@ def monitoring_config(config: Config) -> str:
     return header + text_format.MessageToString(message)
 
 
-def render_all(config: Config, paths: NodePaths) -> list[RenderedFile]:
-    """Every file of the node's run dir, rendered in memory."""
+def render_all(config: Config, paths: NodePaths, addresses: list[str] | None = None) -> list[RenderedFile]:
+    """Every file of the node's run dir, rendered in memory (``addresses``: the members, when known)."""
     env = _environment()
-    context = _context(config, paths)
+    addresses = membership.members(config) if addresses is None else addresses
+    context = _context(config, paths, addresses)
     files = []
     xds = membership.xds_dir(paths)
     for template, target in (("envoy/cds.yaml.j2", xds / "cds.yaml"),
@@ -237,7 +266,8 @@ def render_all(config: Config, paths: NodePaths) -> list[RenderedFile]:
         files.append(RenderedFile(paths.run / MODEL_SETTINGS, model_settings(config)))
         if config.metrics.enabled:
             files.append(RenderedFile(paths.run / MONITORING_CONFIG, monitoring_config(config)))
-    for cluster, text in membership.eds_documents(config, membership.members(config)).items():
+        files.append(RenderedFile(paths.run / API_KEYS, apikeys.keys_file(config), 0o600))
+    for cluster, text in membership.eds_documents(config, addresses).items():
         files.append(RenderedFile(membership.eds_path(paths, cluster), text))
     return files
 

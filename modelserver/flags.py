@@ -80,6 +80,9 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
          "JSON file of per-model settings (batching, warmup, metrics, precision, runtime options); a "
          "model listed there has them instead of --enable_batching/--batching_parameters_file/"
          "--enable_model_warmup; re-read with --model_config_file on its poll (appliance extension)"),
+    Flag("api_keys_file", str, "",
+         "JSON file of API key digests, per-model and per-key rate limits (modelserver/access.py); "
+         "re-read within a second of a change; empty: no keys, no limits (appliance extension)"),
     Flag("quarantine_dir", str, "",
          "keep the record of versions that failed to load here, so they stay skipped after a restart "
          "until their files change; empty keeps it in memory (appliance extension)"),

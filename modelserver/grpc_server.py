@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
 from modelserver import grpc_inference, monitoring, rollout
+from modelserver.access import KEY_NAME_HEADER, Access, AccessDenied, model_of_request
 from modelserver.core.inline import runs_inline
 from modelserver.grpc_transport import GrpcLimits, GrpcServer, Reply, start_server
 from modelserver.manager import ModelManager, VersionState
@@ -35,6 +36,7 @@ MAX_MESSAGE = 2 ** 31 - 1
 # --grpc_channel_arguments=grpc.max_connection_idle_ms=N overrides it.
 MAX_CONNECTION_IDLE_MS = 300_000
 MAX_ERROR_MESSAGE = 1024  # grpc_status_util.cc: longer messages are cut and marked
+STATUS_READS = ("GetModelStatus", "GetModelMetadata")   # what Envoy's and the agent's own calls may read
 HEALTH_SERVICES = ("", "ModelService", "PredictionService",
                    "tensorflow.serving.ModelService", "tensorflow.serving.PredictionService")
 # --grpc_channel_arguments that mean something to this server, and the GrpcLimits field each sets.
@@ -137,9 +139,10 @@ class GrpcApi:
     """
 
     def __init__(self, manager: ModelManager, executor: Executor, enable_health: bool = False,
-                 hooks: Rollout | None = None) -> None:
+                 hooks: Rollout | None = None, access: Access | None = None) -> None:
         self.manager = manager
         self.executor = executor
+        self.access = access or Access()   # API keys and per-model / per-key rate limits
         self.methods: dict[str, Method] = {}
         prediction = PredictionServicer(manager, hooks)
         model = ModelServicer(manager)
@@ -180,6 +183,20 @@ class GrpcApi:
         except Exception:  # noqa: BLE001 - protobuf's DecodeError; the body is not this message
             # C++ gRPC's GenericDeserialize answers INTERNAL with the parser's (empty) error.
             return Reply(Code.INTERNAL.value, "")
+        key_name = ""
+        if not self.access.rules.idle:
+            try:
+                key_name = self.access.check(model_of_request(request), headers.get,
+                                             path.rsplit("/", 1)[-1] in STATUS_READS)
+            except AccessDenied as exc:
+                retry = (("retry-after", str(exc.retry_after)),) if exc.retry_after else ()
+                return Reply(exc.code.value, exc.message, headers=retry)
+        reply = self._dispatch(method, request, path, headers, raw)
+        # The key's name goes back with the answer, for Envoy's access log.
+        return _with_headers(reply, ((KEY_NAME_HEADER, key_name),)) if key_name else reply
+
+    def _dispatch(self, method: Method, request: Any, path: str, headers: dict[str, str],
+                  raw: bytes) -> Reply | Awaitable[Reply]:
         # Request entry: the canary draw (rollout.py) and the metrics slot this call's run fills in.
         rollout.set_request_slot(rollout.request_slot(headers.get(rollout.SPLIT_HEADER)))
         slot = monitoring.request_started() if method.api else None
@@ -242,6 +259,18 @@ def _served(request: Any, version: int | None = None) -> tuple[tuple[str, str], 
         return ()
     served = (("x-appliance-model", name),)
     return served + (("x-appliance-version", str(version)),) if version else served
+
+
+
+def _with_headers(reply: Reply | Awaitable[Reply], extra: tuple[tuple[str, str], ...]) -> Reply | Awaitable[Reply]:
+    """``reply`` with ``extra`` headers added (once it is ready, when it is an awaitable)."""
+    if isinstance(reply, Reply):
+        return reply._replace(headers=reply.headers + extra)
+
+    async def later() -> Reply:
+        ready = await reply
+        return ready._replace(headers=ready.headers + extra)
+    return later()
 
 
 def _health_check(request: Any) -> Any:
@@ -350,8 +379,9 @@ class ModelServicer:
 
 
 async def start_grpc_server(manager: ModelManager, executor: Executor, host: str | GrpcOptions,
-                            port: int = 0, hooks: Rollout | None = None) -> GrpcServer:
+                            port: int = 0, hooks: Rollout | None = None,
+                            access: Access | None = None) -> GrpcServer:
     """Serve on ``host:port`` (and the unix socket); ``host`` may be a :class:`GrpcOptions`."""
     options = host if isinstance(host, GrpcOptions) else GrpcOptions(host=host, port=port)
-    api = GrpcApi(manager, executor, options.enable_health, hooks)
+    api = GrpcApi(manager, executor, options.enable_health, hooks, access)
     return await start_server(api, options.host, options.port, options.socket_path, grpc_limits(options))

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
 from modelserver import json_numbers, json_predict
+from modelserver.access import KEY_NAME_HEADER, Access, AccessDenied, model_of_path
 from modelserver.core.applied import APPLIED_PATH, RUNTIMES_PATH
 from modelserver.budget import CHARGED_BODY, BodyBudget, charging
 from modelserver.core.inline import runs_inline
@@ -66,9 +67,11 @@ class RestApi:
     """Answers one parsed HTTP request; never raises."""
 
     def __init__(self, manager: ModelManager, executor: Executor, enable_cors: bool = False,
-                 metrics_path: str | None = None, hooks: Rollout | None = None) -> None:
+                 metrics_path: str | None = None, hooks: Rollout | None = None,
+                 access: Access | None = None) -> None:
         self.manager = manager
         self.hooks = hooks or Rollout()   # rollout.py: requests naming no version
+        self.access = access or Access()   # API keys and per-model / per-key rate limits
         self.executor = executor
         self.extra_headers = CORS_HEADERS if enable_cors else ()
         self.metrics_path = metrics_path  # Prometheus page, registered as an exact URI like TF's
@@ -85,20 +88,43 @@ class RestApi:
                 return Response(405, (("Content-Type", "text/plain"),), b"")
             return Response(200, (("Content-Type", "text/plain"),), monitoring.prometheus_page())
         if path == APPLIED_PATH and method == "GET":
-            return Response(200, JSON_HEADERS, json.dumps(self.manager.applied_files).encode())
+            applied = {**self.manager.applied_files, **self.access.applied}
+            return Response(200, JSON_HEADERS, json.dumps(applied).encode())
         if path == rollout.COUNTS_PATH and method == "GET":
             return Response(200, JSON_HEADERS, json.dumps(rollout.COUNTS.snapshot()).encode())
         if path == RUNTIMES_PATH and method == "GET":
             return Response(200, JSON_HEADERS, json.dumps({"models": self.manager.runtimes()}).encode())
         if not _V1.fullmatch(path):
             return Response(404, (("Content-Type", "text/html"),), NOT_FOUND_PAGE)
+        admitted = self._admit(method, path, headers)
+        if isinstance(admitted, Response):
+            return admitted
         try:
             status, payload = await self._dispatch(method, path, headers, body)
         except Exception as exc:  # noqa: BLE001 - a request never takes the server down
             status, payload = _error(exc, method, path)
-        return Response(status, JSON_HEADERS + self.extra_headers, payload)
+        return Response(status, admitted, payload)
 
-    def handle_now(self, method: str, path: str, body: bytes) -> Response | None:
+    def _admit(self, method: str, path: str, headers: Mapping[str, str]) -> Response | tuple[tuple[str, str], ...]:
+        """The access check (access.py): the refusal, or the headers of the answer (with the key's
+        name for Envoy's access log). A CORS preflight carries no credentials and is not checked."""
+        if self.access.rules.idle:
+            return JSON_HEADERS + self.extra_headers
+        try:
+            name = "" if method == "OPTIONS" else self.access.check(model_of_path(path), headers.get,
+                                                                     status_read=method == "GET")
+        except AccessDenied as exc:
+            extra: tuple[tuple[str, str], ...] = ()
+            if exc.retry_after:
+                extra = (("Retry-After", str(exc.retry_after)),)
+            elif exc.code == Code.UNAUTHENTICATED:
+                extra = (("WWW-Authenticate", "Bearer"),)
+            return Response(exc.http_status, JSON_HEADERS + self.extra_headers + extra, error_body(exc.message))
+        if name:
+            return JSON_HEADERS + self.extra_headers + ((KEY_NAME_HEADER, name),)
+        return JSON_HEADERS + self.extra_headers
+
+    def handle_now(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response | None:
         """:meth:`handle`'s answer computed on the spot when it needs no thread and no await (a
         predict that runs inline, see inline.py), else None. Saves the HTTP server a task and a
         chain of coroutines per request for the models that cost least."""
@@ -106,15 +132,18 @@ class RestApi:
         if match is None:
             return None
         name, version, label, verb = match.groups()
+        state = self._inline(name, version, label, len(body)) if verb.lower() == "predict" else None
+        if state is None:
+            return None
+        admitted = self._admit(method, path, headers)
+        if isinstance(admitted, Response):
+            return admitted
         try:
-            state = self._inline(name, version, label, len(body)) if verb.lower() == "predict" else None
-            if state is None:
-                return None
             with _Recorded(name, "predict"):
                 status, payload = 200, self._predict(name, version, label, body, state)
         except Exception as exc:  # noqa: BLE001 - a request never takes the server down
             status, payload = _error(exc, method, path)
-        return Response(status, JSON_HEADERS + self.extra_headers, payload)
+        return Response(status, admitted, payload)
 
     async def _dispatch(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> tuple[int, bytes]:
         if method == "OPTIONS":

@@ -16,6 +16,7 @@ import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from modelserver.access import Access
 from modelserver.features import ServerFeatures
 from modelserver.flags import FlagError, Options, parse_flags, usage, warn_ignored
 from modelserver.manager import ModelConfig, ModelManager, WarmupOptions
@@ -149,14 +150,16 @@ async def _run_servers(options: Options, manager: ModelManager, features: Server
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     executor = features.executor(options.rest_api_num_threads)
+    access = Access(options.api_keys_file)
+    access.start()
     hooks = Rollout(ShadowTap(manager))
     servers = []
     try:
         if options.port > 0 or options.grpc_socket_path:
-            servers.append(await _start_grpc(options, manager, executor, hooks))
+            servers.append(await _start_grpc(options, manager, executor, hooks, access))
         if options.rest_api_port > 0:
             api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support,
-                          metrics_path=features.monitoring.prometheus_path, hooks=hooks)
+                          metrics_path=features.monitoring.prometheus_path, hooks=hooks, access=access)
             servers.append(await start_rest_server(api, options.listen_address, options.rest_api_port,
                                                    _rest_limits(options)))
             log.info("Exporting HTTP/REST API at:%s:%d ...", options.listen_address, options.rest_api_port)
@@ -186,7 +189,7 @@ def _rest_limits(options: Options) -> object:
 
 
 async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadPoolExecutor,
-                      hooks: object) -> object:
+                      hooks: object, access: Access) -> object:
     try:
         from modelserver.grpc_server import GrpcOptions, start_grpc_server
     except ImportError:
@@ -200,7 +203,7 @@ async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadP
     if options.grpc_max_threads:
         log.info("--grpc_max_threads=%d: gRPC runs on the event loop here, with no thread per RPC to cap; "
                  "inference concurrency is the runtime pool's size", options.grpc_max_threads)
-    server = await start_grpc_server(manager, executor, grpc_options, hooks=hooks)
+    server = await start_grpc_server(manager, executor, grpc_options, hooks=hooks, access=access)
     if options.port > 0:
         log.info("Running gRPC ModelServer at %s:%d ...", options.listen_address, options.port)
     if options.grpc_socket_path:

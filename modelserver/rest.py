@@ -379,7 +379,7 @@ class HttpProtocol(asyncio.Protocol):
             return False
         try:
             _enter_split(request)
-            response = self.api.handle_now(request.method, request.path, b"".join(request.body))
+            response = self.api.handle_now(request.method, request.path, request.headers, b"".join(request.body))
         except Exception:  # noqa: BLE001 - it never should; raising here would fail the HTTP parser
             log.exception("unexpected error answering %s %s inline", request.method, request.path)
             response = None

@@ -1,0 +1,167 @@
+"""The edge's cost: the same predict at concurrency 64 through a plain node and through a node with
+edge TLS, an API key required and rate limits on (high enough never to refuse), in one run.
+
+Two whole nodes (``appliance up``: supervisord, Envoy, model server) on two loopback addresses,
+serving half_plus_two, measured by wrk in interleaved rounds (the order alternates each round, so
+both sides share the background load). Each run is cross-checked with the node's own counters
+(Envoy's ``http.rest.downstream_rq_2xx``). Prints a JSON summary; the exit code is 0 when the
+edge node reaches >= 90% of the plain node's throughput (median of the per-round ratios).
+
+    .venv/bin/python bench/edge_bench.py --rounds 5 --duration 10
+    .venv/bin/python bench/edge_bench.py --no-tls     # keys + limits only (no edge TLS)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "bench/.work/edge"
+PYTHON = REPO / ".venv/bin/python"
+HPT = "saved_model_half_plus_two_mkl"
+ADDRESSES = {"plain": "127.0.12.40", "edge": "127.0.12.41"}
+LUA = REPO / "bench/post.lua"
+HUGE = 1_000_000    # requests/s: the buckets run on every request and never refuse
+
+
+def free_port(address: str) -> int:
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def cli(root: Path, *args: str, timeout: float = 600) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run([str(PYTHON), "-m", "appliance.cli", "--root", str(root), *args],
+                            capture_output=True, text=True, timeout=timeout, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"appliance {' '.join(args)}: {result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def node(name: str, tls: bool, started: list[Path]) -> dict:
+    """Start one node (its root added to ``started`` first: a failed `up` is stopped too); what
+    wrk needs to reach it."""
+    root = WORK / name
+    address = ADDRESSES[name]
+    store = root / "data/models"
+    if not (store / HPT).exists():
+        cli(root, "builtin-models", "--only", HPT)
+    ports = {key: free_port(address) for key in ("http.port", "grpc.port", "serving.rest.port",
+                                                 "serving.grpc.port", "logviewer.port")}
+    values: dict[str, object] = {"model.name": HPT, "node.address": address,
+                                 "envoy.admin.port": free_port("127.0.0.1"), **ports}
+    if name == "edge":
+        values.update({"auth.required": True, "rate.node": HUGE, f"models.{HPT}.rate": HUGE})
+        if tls:
+            values["tls.plaintext"] = False
+    config = root / "etc/appliance/appliance.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
+    headers = {}
+    if name == "edge":
+        out = cli(root, "keys", "add", "bench", "--rate", str(HUGE))
+        key = re.search(r"^bench: (\S+)$", out, re.M).group(1)
+        headers["Authorization"] = f"Bearer {key}"
+    started.append(root)
+    cli(root, "up", "--timeout", "300")
+    status = json.loads(cli(root, "status", "--json"))
+    pids = {p["name"]: p["pid"] for p in status["processes"] if p["name"] in ("model_server", "envoy")}
+    scheme = "https" if name == "edge" and tls else "http"
+    return {"name": name, "root": root, "url": f"{scheme}://{address}:{ports['http.port']}/v1/models/{HPT}:predict",
+            "admin": values["envoy.admin.port"], "headers": headers, "pids": pids}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def envoy_2xx(target: dict) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{target['admin']}/stats?filter=^http.rest.downstream_rq_2xx$",
+                                timeout=5) as resp:
+        found = re.search(r"downstream_rq_2xx: (\d+)", resp.read().decode())
+    return int(found.group(1)) if found else 0
+
+
+def wrk(target: dict, body: Path, concurrency: int, seconds: float) -> dict:
+    cmd = ["wrk", "-t2", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "--timeout", "10s", "-s", str(LUA)]
+    for name, value in target["headers"].items():
+        cmd += ["-H", f"{name}: {value}"]
+    before = envoy_2xx(target)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in target["pids"].items()}
+    proc = subprocess.run(cmd + [target["url"]], capture_output=True, text=True,
+                          env={**os.environ, "WRK_BODY": str(body)}, timeout=seconds + 60)
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in target["pids"].items()}
+    line = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if proc.returncode != 0 or not line:
+        raise RuntimeError(f"wrk failed: {proc.stdout}{proc.stderr}")
+    result = json.loads(line[-1])
+    result["envoy_2xx"] = envoy_2xx(target) - before
+    for name, seconds_used in cpu.items():   # the servers' own cost, whatever the background load
+        result[f"{name}_cpu_us"] = round(seconds_used / max(1, result["envoy_2xx"]) * 1e6, 1)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--no-tls", action="store_true", help="the edge node without TLS")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    body = WORK / "body.json"
+    body.write_text('{"instances": [1.0, 2.0, 5.0]}')
+    targets, started = [], []
+    try:
+        for name in ("plain", "edge"):
+            targets.append(node(name, not args.no_tls, started))
+        for target in targets:
+            wrk(target, body, args.concurrency, 2)    # warm-up
+        runs: dict[str, list[dict]] = {"plain": [], "edge": []}
+        for round_no in range(args.rounds):
+            for target in targets if round_no % 2 == 0 else targets[::-1]:
+                result = wrk(target, body, args.concurrency, args.duration)
+                runs[target["name"]].append(result)
+                print(f"round {round_no + 1} {target['name']:5s} {result['rps']:8.1f} req/s "
+                      f"p50 {result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms errors {result['errors']} "
+                      f"wrk ok {result['requests'] - result['errors']} envoy 2xx {result['envoy_2xx']} "
+                      f"CPU/request: model server {result['model_server_cpu_us']} us, envoy {result['envoy_cpu_us']} us",
+                      file=sys.stderr)
+        ratios = [e["rps"] / p["rps"] for p, e in zip(runs["plain"], runs["edge"])]
+        summary = {
+            "concurrency": args.concurrency, "edge": "TLS + API key + rate limits" if not args.no_tls
+            else "API key + rate limits", "loadavg": os.getloadavg(),
+            "plain_rps_median": round(statistics.median(r["rps"] for r in runs["plain"]), 1),
+            "edge_rps_median": round(statistics.median(r["rps"] for r in runs["edge"]), 1),
+            "ratios": [round(r, 3) for r in ratios], "ratio_median": round(statistics.median(ratios), 3),
+            "plain_p99_ms": statistics.median(r["p99_ms"] for r in runs["plain"]),
+            "edge_p99_ms": statistics.median(r["p99_ms"] for r in runs["edge"]),
+            "cpu_us_per_request": {side: {name: statistics.median(r[f"{name}_cpu_us"] for r in runs[side])
+                                          for name in ("model_server", "envoy")} for side in runs},
+            "errors": sum(r["errors"] for rs in runs.values() for r in rs),
+            "wrk_vs_envoy": [(r["requests"] - r["errors"], r["envoy_2xx"]) for rs in runs.values() for r in rs]}
+        print(json.dumps(summary, indent=2))
+        return 0 if summary["ratio_median"] >= 0.9 else 1
+    finally:
+        for root in started:
+            try:
+                cli(root, "down", timeout=120)
+            except RuntimeError as exc:
+                print(exc, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
