@@ -89,6 +89,10 @@ def run_set(model: LoadedModel, records: list[tuple[str, Any]]) -> dict[str, np.
 def _arrays(response: Any) -> dict[str, np.ndarray]:
     from modelserver.tensor_proto import ndarray_from_proto
 
+    if isinstance(response, bytes):   # grpc_inference.predict answers the serialized PredictResponse
+        from tensorflow_serving.apis import predict_pb2
+
+        response = predict_pb2.PredictResponse.FromString(response)
     name = type(response).__name__
     if name == "PredictResponse":
         return {alias: ndarray_from_proto(proto, alias) for alias, proto in response.outputs.items()}
