@@ -30,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 WORK = REPO / "bench/.work/shadow"
-COUNT = re.compile(r':tensorflow:serving:request_count\{model_name="classifier",status="OK"\} (\d+)')
+# One series per version, signature, API and entrypoint: summed.
+COUNT = re.compile(r':tensorflow:serving:request_count\{([^}]*)\} (\d+)')
 
 
 def get(url: str) -> bytes:
@@ -60,7 +61,9 @@ def settings(path: Path, sample: float | None) -> str:
 
 
 def served(url: str) -> int:
-    return int(COUNT.search(get(url + "/monitoring/prometheus/metrics").decode()).group(1))
+    page = get(url + "/monitoring/prometheus/metrics").decode()
+    return sum(int(count) for labels, count in COUNT.findall(page)
+               if 'model_name="classifier"' in labels and 'status="OK"' in labels)
 
 
 def wrk(url: str, body: Path, concurrency: int, duration: float, cpus: str) -> dict:
