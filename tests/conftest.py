@@ -31,9 +31,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+class GiveUp(Exception):
+    """Raised by a ``wait_until`` check when waiting longer cannot help (the process died)."""
+
+
 def wait_until(check: Callable[[], object], timeout: float = 60.0, interval: float = 0.1,
                what: str = "condition") -> object:
-    """Poll ``check`` until it returns a truthy value (exceptions count as not yet)."""
+    """Poll ``check`` until it returns a truthy value (exceptions count as not yet, except
+    ``GiveUp``, which ends the wait at once)."""
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while time.monotonic() < deadline:
@@ -41,6 +46,8 @@ def wait_until(check: Callable[[], object], timeout: float = 60.0, interval: flo
             value = check()
             if value:
                 return value
+        except GiveUp:
+            raise
         except Exception as exc:  # noqa: BLE001 - readiness polling
             last = exc
         time.sleep(interval)

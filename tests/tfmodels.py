@@ -267,7 +267,7 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
     import urllib.error
     import urllib.request
 
-    from tests.conftest import free_port, venv_bin, wait_until
+    from tests.conftest import GiveUp, free_port, venv_bin, wait_until
 
     port = free_port()
     proc = processes.start([venv_bin("appliance-model-server"), "--listen_address=127.0.0.1", "--port=0",
@@ -276,7 +276,7 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
 
     def ready() -> bool:
         if proc.poll() is not None:
-            raise RuntimeError(f"model server exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
+            raise GiveUp(f"model server exited with {proc.returncode}; see {log}:\n{log.read_text()[-3000:]}")
         try:
             urllib.request.urlopen(url + "/v1/models/x", timeout=2)
         except urllib.error.HTTPError:
@@ -289,7 +289,7 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
         wait_until(ready, timeout=timeout, what=f"model server on {url}")
     except TimeoutError:
         raise
-    except RuntimeError as exc:
+    except GiveUp as exc:
         raise AssertionError(str(exc)) from None
     return url
 

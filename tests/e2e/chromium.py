@@ -55,3 +55,18 @@ def shot(driver, folder: str, name: str) -> None:
     """A screenshot in test-artifacts/<folder>/<name>.png."""
     (ARTIFACTS / folder).mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(ARTIFACTS / folder / f"{name}.png"))
+
+
+def login(driver, url: str, password: str, timeout: float = 30) -> None:
+    """Opens a page behind the logviewer's login: the login form comes first, and the page is back
+    only once the login's POST has answered (navigating on before it does loses the session)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout)
+    driver.get(url)
+    wait.until(ec.presence_of_element_located((By.ID, "password"))).send_keys(password)
+    driver.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
+    wait.until(lambda d: "/login" not in d.current_url and d.execute_script(
+        "return document.readyState") == "complete")

@@ -160,11 +160,8 @@ def test_an_hour_of_data_renders_in_under_300_ms_server_time(cluster, loaded, br
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
-        browser.get(f"{base}/login")
         password = (Path(first.root) / "etc/appliance/logviewer.initial-password").read_text().strip()
-        browser.find_element(By.ID, "password").send_keys(password)
-        browser.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
-        browser.get(f"{base}/dashboard?minutes=60")
+        chromium.login(browser, f"{base}/dashboard?minutes=60", password)
         WebDriverWait(browser, 30).until(
             lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-drawn"))
         chromium.shot(browser, SHOTS, "03-dashboard-an-hour")
@@ -194,10 +191,8 @@ def test_the_access_log_names_model_version_and_node_of_rest_and_grpc(cluster, l
 
     from selenium.webdriver.common.by import By
 
-    browser.get(f"{base}/login")
     password = (Path(first.root) / "etc/appliance/logviewer.initial-password").read_text().strip()
-    browser.find_element(By.ID, "password").send_keys(password)
-    browser.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
-    browser.get(f"{base}/access?model={MODEL}")
+    chromium.login(browser, f"{base}/access?model={MODEL}", password)
+    assert "/access" in browser.current_url, browser.current_url
     assert browser.find_element(By.ID, "matched").text.isdigit()
     chromium.shot(browser, SHOTS, "04-access-log-by-model")

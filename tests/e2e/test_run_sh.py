@@ -6,6 +6,7 @@ no supervisord CRIT), and Ctrl-C stops every process it started."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import signal
@@ -30,6 +31,13 @@ def clean_clone(dest: Path) -> Path:
     """The committed checkout, cloned; its .venv is the installed one (run.sh must not reinstall)."""
     subprocess.run(["git", "clone", "--quiet", "--no-hardlinks", str(REPO), str(dest)], check=True,
                    timeout=120)
+    # The clone shares the .venv: had it another setup.py than the one the .venv was installed
+    # from, run.sh would reinstall the shared .venv from the clone (which the test then deletes).
+    want = hashlib.sha256((dest / "setup.py").read_bytes() + (dest / "constraints.txt").read_bytes()).hexdigest()
+    stamp = REPO / ".venv/.appliance-installed"
+    if not stamp.exists() or stamp.read_text().strip() != want:
+        pytest.fail("the .venv was not installed from the committed setup.py and constraints.txt: "
+                    "commit them and run scripts/install.sh first")
     (dest / ".venv").symlink_to((REPO / ".venv").resolve(), target_is_directory=True)
     return dest
 
