@@ -123,6 +123,11 @@ class Node:
             return
         from logviewer import credentials
 
+        # The metrics page's token too, so the operator finds it where `up` says it is before
+        # anything has scraped (it is otherwise made on first use).
+        from .nodemetrics import scrape_token
+
+        scrape_token(self.config, self.paths)
         password = credentials.ensure_password(self.paths.etc)
         if not password:
             return
@@ -208,6 +213,10 @@ class Node:
                      "the one printed at the first start")
             progress(f"logs: {self.logviewer_url()}  password: {where}; "
                      f"`appliance --root {self.paths.root} logviewer-password` sets a new one")
+            token = ("metrics.token" if self.config.metrics.token else
+                     str(self.paths.etc / "metrics.token"))
+            progress(f"metrics: {self.logviewer_url()}metrics  (Authorization: Bearer <{token}>); "
+                     f"dashboard: {self.logviewer_url()}dashboard")
 
     def apply_live(self, progress: Callable[[str], None] = print) -> None:
         """Bring the running node to this config: render and install, reach the processes that

@@ -186,6 +186,17 @@ class AccessFilter:
     def active(self) -> bool:
         return any((self.model, self.status, self.node, self.text, self.since, self.until))
 
+    def problem(self) -> str | None:
+        """What is wrong with the status asked for (a filter that matched nothing silently would
+        read as "no such requests")."""
+        if _STATUS_FORM.fullmatch(self.status):
+            return None
+        return (f"status {self.status!r} is not one the search knows: a code (404), a class "
+                "(4xx) or \"error\" (400 and above, or none)")
+
+
+_STATUS_FORM = re.compile(r"(?i)|error|[0-9]xx|[0-9]{3}")
+
 
 # ----------------------------------------------------------------------------- time range
 

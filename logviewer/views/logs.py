@@ -134,6 +134,10 @@ def access():
                                  text=request.args.get("q", "")[:200],
                                  since=_moment(request.args.get("since")),
                                  until=_moment(request.args.get("until")))
+    bad_time = [key for key in ("since", "until") if request.args.get(key, "").strip()
+                and not getattr(flt, key)]
+    problem = flt.problem() or (f"{' and '.join(bad_time)}: not a time (2026-01-31T10:00, UTC)"
+                                if bad_time else None)
     now = datetime.now(timezone.utc)
     recent = not flt.active and request.args.get("all") != "1" and "before" not in request.args
     if recent:
@@ -145,6 +149,8 @@ def access():
                for label, seconds in (("15 min", 900), ("1 h", 3600), ("24 h", 86400))]
     page = dict(flt=flt, name=name, enabled=config.access_log, explain=accesslog.RESPONSE_FLAGS,
                 models=sorted(config.model.names), presets=presets, recent=recent)
+    if problem:
+        return render_template("access.html", result=None, problem=problem, **page), 400
     try:
         handle, st, _ = _open(name)
     except safepath.NotInside:

@@ -67,20 +67,26 @@ def test_run_sh_serves_the_user_guide_requests(builtin_models: Path, tmp_path: P
                            json={"instances": [{"b64": image}]}, timeout=120)
     assert resnet.status_code == 200, resnet.text
     assert set(resnet.json()["predictions"][0]) == {"classes", "probabilities"}
-    wait_until(lambda: "logs: http" in log.read_text(), timeout=60, what="the closing lines")
+    wait_until(lambda: "metrics: http" in log.read_text(), timeout=60, what="the closing lines")
 
     # The last lines say what to do next: the request to try, TLS on the same ports and the
     # edge certificate's fingerprint, the log browser and its password.
     started = log.read_text().rstrip("\n").splitlines()
     initial = node.root / "etc/appliance/logviewer.initial-password"
-    closing = started[-5:]
+    closing = started[-6:]
     tried = next(line for line in closing if line.startswith("try:"))
     assert tried == ("try:  curl -d '{\"instances\": [1.0, 2.0, 5.0]}' -X POST "
                      f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict")
     assert any(line.startswith("edge certificate (self-signed") and "SHA-256 fingerprint" in line
                for line in closing), closing
-    assert started[-1].startswith(f"logs: http://{node.address}:{node.logviewer_port}/  "
-                                  f"password: in {initial} (read it, log in, then delete it)")
+    logs_url = f"http://{node.address}:{node.logviewer_port}/"
+    assert started[-2].startswith(f"logs: {logs_url}  password: in {initial} (read it, log in, then delete it)")
+    token = node.root / "etc/appliance/metrics.token"
+    assert started[-1] == (f"metrics: {logs_url}metrics  (Authorization: Bearer <{token}>); "
+                           f"dashboard: {logs_url}dashboard")
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert requests.get(logs_url + "metrics", timeout=30,
+                        headers={"Authorization": f"Bearer {token.read_text().strip()}"}).status_code == 200
     assert initial.stat().st_mode & 0o777 == 0o600
     curl = subprocess.run(tried.removeprefix("try:").strip(), shell=True, capture_output=True,
                           text=True, timeout=30)

@@ -502,12 +502,63 @@ def test_a_repo_node_and_a_serving_node_run_as_the_service_user_and_serve_a_push
         assert {_uid_of(pid) for pid in pids} == {uid_gid[0]}
         served = serving.root / "data/models/half/1"
         assert served.is_dir() and served.stat().st_uid == uid_gid[0]
+        _see_it_as_the_service_user(serving, uid_gid, url)
+
+        # After a restart of the whole node, the same pages answer with the same token.
+        before = _node_pids(serving.appliance, serving.root)
+        processes.stop(serving_up, timeout=90)
+        assert wait_gone(before, 30) == []
+        serving_up = _up_as_user(serving, uid_gid, processes, tmp_path / "serving-up-2.log")
+        _wait_answering(serving, serving_up, tmp_path / "serving-up-2.log", url, 200,
+                        '{"instances": [1.0, 2.0, 5.0]}')
+        pids += _node_pids(serving.appliance, serving.root)
+        _see_it_as_the_service_user(serving, uid_gid, url)
     finally:
         for proc in processes.procs:
             processes.stop(proc, timeout=90)
         for pid in wait_gone(pids, 30):
             os.kill(pid, 9)
     assert wait_gone(pids, 5) == []
+
+
+def _see_it_as_the_service_user(node: UserNode, uid_gid: tuple[int, int], url: str) -> None:
+    """Issue 17 on an installed node run by the service user: the metrics page (with the token
+    the node made for itself), the dashboard behind the login, `capacity`, `status` and `doctor`."""
+    from appliance import promtext
+
+    for _ in range(5):
+        assert requests.post(url, data='{"instances": [1.0]}', timeout=30).ok
+    base = f"http://{node.address}:{node.ports['logviewer.port']}"
+    token_file = node.root / "etc/appliance/metrics.token"
+    assert token_file.stat().st_uid == uid_gid[0] and token_file.stat().st_mode & 0o777 == 0o600
+    assert requests.get(base + "/metrics", timeout=30).status_code == 401
+    token = token_file.read_text().strip()
+
+    def counted() -> float:
+        page = requests.get(base + "/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        assert page.status_code == 200, page.text[:300]
+        return sum(s.value for s in promtext.parse(page.text)
+                   if s.name == ":tensorflow:serving:request_count" and s.labels.get("model_name") == "half")
+    assert wait_until(lambda: counted() >= 5, timeout=60, what="the requests on the metrics page")
+
+    session = requests.Session()
+    password = (node.root / "etc/appliance/logviewer.initial-password").read_text().strip()
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', session.get(base + "/login", timeout=30).text)
+    assert session.post(base + "/login", data={"password": password, "csrf_token": csrf.group(1)},
+                        timeout=30).ok
+    def charted() -> bool:
+        data = session.get(base + "/api/dashboard", params={"minutes": 15}, timeout=30).json()
+        return any(s["name"] == "half" and any(s["values"]) for c in data["charts"] if c["id"] == "rps-model"
+                   for s in c["series"])
+    wait_until(charted, timeout=90, interval=2, what="the dashboard's request rate of half")
+    page = session.get(base + "/dashboard", timeout=30)
+    assert page.status_code == 200 and 'id="dashboard-data"' in page.text
+
+    for cmd in (["capacity", "--no-hook"], ["status"], ["doctor"]):
+        run = subprocess.run(_as_user(*uid_gid, [node.appliance, "--root", str(node.root), *cmd]),
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, (cmd, run.stdout, run.stderr)
+        assert "Traceback" not in run.stderr and "Permission denied" not in run.stdout + run.stderr, run
 
 
 def _uid_of(pid: int) -> int:

@@ -290,6 +290,16 @@ def test_access_log_table_and_filters(client: FlaskClient) -> None:
     assert 'class="s2xx"' not in errors and 'class="s5xx"' in errors
 
 
+def test_an_access_search_it_cannot_do_says_so(client: FlaskClient) -> None:
+    """A filter the search does not know is a 400 that says why, never "0 requests match"."""
+    for query, words in (("status=5XX0", "5XX0&#39; is not one the search knows"),
+                         ("status=oops", "a class (4xx)"), ("since=yesterday", "since: not a time")):
+        resp = client.get(f"/access?{query}")
+        assert resp.status_code == 400, query
+        assert words in text(resp) and 'id="matched"' not in text(resp), query
+    assert client.get("/access?status=4xx&since=2026-01-31T10:00").status_code == 200
+
+
 def test_access_log_counts_every_match_and_pages_to_older_entries(client: FlaskClient, site: Site) -> None:
     log = site.paths.logs / "access.log"
     with log.open("a") as handle:
