@@ -273,17 +273,22 @@ def rolling_switch(base: Path, release: str | None, names: list[str] | None = No
             continue
         others = [n for n in nodes if n is not node]
         live = _live_nodes(others, progress)
+        phases = {"out": time.monotonic()}
         if node.role == "serving":
             _check_not_last(node, nodes, live)
             _take_out(node, others, live, progress)
             time.sleep(DRAIN_SECONDS)
+        phases["switch"] = time.monotonic()
         progress(f"{node.name} ({node.address}): {releases.current()} -> {target}")
         switch_node(NodePaths(Path(node.root)), target, progress)
+        phases["back in"] = time.monotonic()
         if node.role == "serving":
             for other in others:
                 _change_members(other, "add-node", node.address, other in live, progress)
             wait_in_rotation(live + [node], [node.address], progress)
-        progress(f"{node.name} serves on {target}")
+        took = ", ".join(f"{name} {end - start:.1f}s" for (name, start), end in
+                         zip(phases.items(), [*list(phases.values())[1:], time.monotonic()]))
+        progress(f"{node.name} serves on {target} ({took})")
 
 
 def _take_out(node: DevNode, others: list[DevNode], live: list[DevNode],

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -116,12 +117,16 @@ def switch_node(paths: NodePaths, release: str, progress: Callable[[str], None] 
         progress(f"switched to release {release}; the unit restarted (systemctl status {UNIT})")
         return
     running = _running(paths)
+    started = time.monotonic()
     if running:
         _run([str(releases.appliance()), "--root", str(paths.root), "down"], "stopping the node")
+    stopped = time.monotonic()
     releases.switch(release)
     if running:
         _run([str(releases.appliance()), "--root", str(paths.root), "up"], f"starting {release}")
-    progress(f"switched to release {release}" + (" and started" if running else ""))
+    progress(f"switched to release {release}" + (
+        f" and started (down {stopped - started:.1f}s, up {time.monotonic() - stopped:.1f}s)"
+        if running else ""))
 
 
 def _running(paths: NodePaths) -> bool:
