@@ -225,9 +225,7 @@ def add_serving(base: Path, progress: Callable[[str], None] = print) -> DevNode:
     nodes.append(node)
     write_atomic(Path(base).resolve() / STATE, json.dumps([asdict(n) for n in nodes], indent=2))
     live = _live_nodes([n for n in nodes if n is not node], progress)
-    for other in nodes:
-        if other is not node:
-            _change_members(other, "add-node", node.address, other in live, progress)
+    _change_members([n for n in nodes if n is not node], "add-node", node.address, live, progress)
     wait_in_rotation(live + [node], [node.address], progress)
     progress(f"{node.name} joined: every running node balances over it")
     return node
@@ -283,8 +281,7 @@ def rolling_switch(base: Path, release: str | None, names: list[str] | None = No
         switch_node(NodePaths(Path(node.root)), target, progress)
         phases["back in"] = time.monotonic()
         if node.role == "serving":
-            for other in others:
-                _change_members(other, "add-node", node.address, other in live, progress)
+            _change_members(others, "add-node", node.address, live, progress)
             wait_in_rotation(live + [node], [node.address], progress)
         took = ", ".join(f"{name} {end - start:.1f}s" for (name, start), end in
                          zip(phases.items(), [*list(phases.values())[1:], time.monotonic()]))
@@ -294,8 +291,7 @@ def rolling_switch(base: Path, release: str | None, names: list[str] | None = No
 def _take_out(node: DevNode, others: list[DevNode], live: list[DevNode],
               progress: Callable[[str], None]) -> None:
     """Remove ``node`` from every other node's members; wait until no running Envoy lists it."""
-    for other in others:
-        _change_members(other, "remove-node", node.address, other in live, progress)
+    _change_members(others, "remove-node", node.address, live, progress)
     for other in live:
         _wait_gone_from_envoy(other, node.address)
 
@@ -320,16 +316,19 @@ def _live_nodes(nodes: list[DevNode], progress: Callable[[str], None]) -> list[D
     return live
 
 
-def _change_members(node: DevNode, action: str, address: str, running: bool,
+def _change_members(nodes: list[DevNode], action: str, address: str, live: list[DevNode],
                     progress: Callable[[str], None]) -> None:
-    """``cluster add-node|remove-node`` on one node; a node that is down only has its config
+    """``cluster add-node|remove-node`` on every one of ``nodes`` at once (each is its own node:
+    one after another only adds up their apply times); a node that is down only has its config
     file changed, and a failure there is reported, not raised."""
-    result = _cli(Path(node.root), "cluster", action, address)
-    if running:
-        _check(result, f"{action} on {node.name}")
-    elif result.returncode != 0:
-        progress(f"{node.name} is down and its config was not changed ({action} {address}): "
-                 f"{(result.stderr or result.stdout).strip()[-500:]}")
+    with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+        results = list(pool.map(lambda n: _cli(Path(n.root), "cluster", action, address), nodes))
+    for node, result in zip(nodes, results):
+        if node in live:
+            _check(result, f"{action} on {node.name}")
+        elif result.returncode != 0:
+            progress(f"{node.name} is down and its config was not changed ({action} {address}): "
+                     f"{(result.stderr or result.stdout).strip()[-500:]}")
 
 
 def wait_in_rotation(nodes: list[DevNode], addresses: list[str],
