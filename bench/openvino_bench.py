@@ -141,8 +141,11 @@ def start_node(root: Path, address: str, out: Path) -> tuple[dict, str]:
     return ports, f"http://{address}:{ports['http.port']}"
 
 
-def runtimes_report(address: str, rest_port: int) -> dict:
-    with urllib.request.urlopen(f"http://{address}:{rest_port}/appliance/v1/runtimes", timeout=10) as response:
+def runtimes_report(rest_port: int) -> dict:
+    from appliance.membership import MODEL_SERVER_HOST   # the model server listens there, behind Envoy
+
+    with urllib.request.urlopen(f"http://{MODEL_SERVER_HOST}:{rest_port}/appliance/v1/runtimes",
+                                timeout=10) as response:
         return json.loads(response.read())["models"]
 
 
@@ -236,7 +239,7 @@ def main() -> int:
     inprocess = None
     try:
         ports, envoy = start_node(root, args.address, out)
-        results["runtimes"] = runtimes_report(args.address, ports["serving.rest.port"])
+        results["runtimes"] = runtimes_report(ports["serving.rest.port"])
         inprocess = InProcess(store / "resnet" / "1", jpeg, out / "logs")
         measure(args, envoy, f"127.0.0.1:{ports['envoy.admin.port']}", inprocess, bodies, results)
     finally:

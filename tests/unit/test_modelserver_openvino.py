@@ -15,14 +15,16 @@ WITHOUT_BF16 = ["WINOGRAD", "FP32", "FP16", "INT8"]
 def test_default_is_f32_set_explicitly_with_the_throughput_hint() -> None:
     """Never OpenVINO's own default: on a CPU with bf16 it would silently run bf16."""
     assert compile_config(LoadOptions(), WITH_BF16) == {"INFERENCE_PRECISION_HINT": "f32",
-                                                        "PERFORMANCE_HINT": "THROUGHPUT"}
+                                                        "PERFORMANCE_HINT": "THROUGHPUT",
+                                                        "ENABLE_CPU_PINNING": "False"}
 
 
 def test_bf16_where_the_cpu_has_it_and_the_runtime_settings() -> None:
     options = LoadOptions(precision="bf16", runtime_options={"performance_hint": "latency", "streams": 2,
                                                              "threads": 4})
     assert compile_config(options, WITH_BF16) == {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY",
-                                                  "NUM_STREAMS": "2", "INFERENCE_NUM_THREADS": "4"}
+                                                  "ENABLE_CPU_PINNING": "False", "NUM_STREAMS": "2",
+                                                  "INFERENCE_NUM_THREADS": "4"}
 
 
 @pytest.mark.parametrize("options,code,message", [
