@@ -84,6 +84,10 @@ STATIC_TABLE: tuple[tuple[str, str], ...] = (
     ('www-authenticate', ''),
 )
 _STATIC_COUNT = len(STATIC_TABLE)
+# Each name's first index in the static table: what literal() refers to instead of spelling it.
+_STATIC_NAMES: dict[str, int] = {}
+for _index, (_name, _) in enumerate(STATIC_TABLE, 1):
+    _STATIC_NAMES.setdefault(_name, _index)
 # RFC 7541 Appendix B: the code of each symbol (256 is EOS) and its length in bits.
 _HUFFMAN_CODES = (
     0x1ff8, 0x7fffd8, 0xfffffe2, 0xfffffe3, 0xfffffe4, 0xfffffe5, 0xfffffe6, 0xfffffe7, 0xfffffe8,
@@ -325,7 +329,7 @@ def _encode_integer(value: int, prefix_bits: int, flags: int) -> bytes:
 def literal(name: str, value: str | bytes) -> bytes:
     """``name: value`` as a literal never added to the table (no Huffman coding)."""
     raw = value.encode("latin-1") if isinstance(value, str) else value
-    static = next((i + 1 for i, (n, _) in enumerate(STATIC_TABLE) if n == name), 0)
+    static = _STATIC_NAMES.get(name, 0)
     head = _encode_integer(static, 4, 0x00) if static else b"\x00" + _encode_integer(len(name), 7, 0) + name.encode()
     return head + _encode_integer(len(raw), 7, 0) + raw
 
