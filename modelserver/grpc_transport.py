@@ -28,6 +28,7 @@ connections (closed by one sweep per server, not a timer per connection).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import stat
@@ -112,6 +113,13 @@ def percent_encode(message: str) -> bytes:
 def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     length = len(payload)
     return _HEAD.pack(length >> 16, length & 0xFFFF, kind, flags, stream_id) + payload
+
+
+@functools.lru_cache(maxsize=1024)
+def _headers_block(headers: tuple[tuple[str, str], ...]) -> bytes:
+    """A reply's own headers, encoded: the same few (the model and version that answered, for
+    Envoy's access log) on every call, so encoded once rather than ~15 us per call (issue 15)."""
+    return b"".join(hpack.literal(name, value) for name, value in headers)
 
 
 def _status_block(code: int, message: str) -> bytes:
@@ -484,7 +492,7 @@ class Http2Connection(asyncio.Protocol):
         code, message, body = reply.code, reply.message, reply.body
         if code == OK and len(body) > self.limits.max_send:
             code, message = RESOURCE_EXHAUSTED, f"Sent message larger than max ({len(body)} vs. {self.limits.max_send})"
-        extra = b"".join(hpack.literal(name, value) for name, value in reply.headers)
+        extra = _headers_block(reply.headers) if reply.headers else b""
         if code != OK:
             self._emit(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id,
                               _GRPC_HEAD + extra + _status_block(code, message)))

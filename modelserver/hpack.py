@@ -84,6 +84,10 @@ STATIC_TABLE: tuple[tuple[str, str], ...] = (
     ('www-authenticate', ''),
 )
 _STATIC_COUNT = len(STATIC_TABLE)
+# Each name's first index in the static table: what literal() refers to instead of spelling it.
+_STATIC_NAMES: dict[str, int] = {}
+for _index, (_name, _) in enumerate(STATIC_TABLE, 1):
+    _STATIC_NAMES.setdefault(_name, _index)
 # RFC 7541 Appendix B: the code of each symbol (256 is EOS) and its length in bits.
 _HUFFMAN_CODES = (
     0x1ff8, 0x7fffd8, 0xfffffe2, 0xfffffe3, 0xfffffe4, 0xfffffe5, 0xfffffe6, 0xfffffe7, 0xfffffe8,
@@ -235,6 +239,11 @@ class Decoder:
         self.max_header_list = max_header_list
         self.entries: deque[tuple[str, str]] = deque()
         self.size = 0
+        # The last block and its headers, kept while the table is unchanged since: a client (or
+        # Envoy upstream) that indexed its headers on the first call sends the same bytes for
+        # every later one, which then cost one comparison instead of ~10-20 us of decoding.
+        self.last_block = b""
+        self.last_headers: list[tuple[str, str]] = []
 
     def _add(self, name: str, value: str) -> None:
         size = 32 + len(name) + len(value)
@@ -261,8 +270,12 @@ class Decoder:
         Raises :class:`HpackError` when the block is malformed or its headers add up to more than
         ``max_header_list`` (counted as SETTINGS_MAX_HEADER_LIST_SIZE is: 32 + name + value).
         """
+        if data == self.last_block and data:
+            return list(self.last_headers)
+        self.last_block = b""   # until this block has decoded whole (a bad one may leave the table changed)
         headers: list[tuple[str, str]] = []
         total, pos, end = 0, 0, len(data)
+        changed = False
         while pos < end:
             byte = data[pos]
             if byte & 0x80:                       # indexed header field
@@ -278,6 +291,7 @@ class Decoder:
                     raise HpackError(f"table size {size} over {self.max_table_size}")
                 self.table_size = size
                 self._evict()
+                changed = True
                 continue
             else:                                 # literal: incremental indexing, without, never
                 indexing = byte & 0xC0 == 0x40
@@ -289,11 +303,14 @@ class Decoder:
                 value, pos = _string(data, pos)
                 if indexing:
                     self._add(name, value)
+                    changed = True
             total += 32 + len(name) + len(value)
             if total > self.max_header_list:
                 raise HpackError(f"header list larger than {self.max_header_list} bytes")
             headers.append((name, value))
-        return headers
+        # A block that changed the table decodes differently next time, even to the same bytes.
+        self.last_block, self.last_headers = (b"", []) if changed else (bytes(data), headers)
+        return list(headers)
 
 
 def _encode_integer(value: int, prefix_bits: int, flags: int) -> bytes:
@@ -312,7 +329,7 @@ def _encode_integer(value: int, prefix_bits: int, flags: int) -> bytes:
 def literal(name: str, value: str | bytes) -> bytes:
     """``name: value`` as a literal never added to the table (no Huffman coding)."""
     raw = value.encode("latin-1") if isinstance(value, str) else value
-    static = next((i + 1 for i, (n, _) in enumerate(STATIC_TABLE) if n == name), 0)
+    static = _STATIC_NAMES.get(name, 0)
     head = _encode_integer(static, 4, 0x00) if static else b"\x00" + _encode_integer(len(name), 7, 0) + name.encode()
     return head + _encode_integer(len(raw), 7, 0) + raw
 

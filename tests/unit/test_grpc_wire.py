@@ -28,6 +28,18 @@ def test_hpack_decodes_rfc_7541_examples_with_its_dynamic_table() -> None:
     assert decoder.size == 164  # C.4.3's table: 3 entries, 164 octets
 
 
+def test_hpack_repeated_blocks_follow_the_dynamic_table() -> None:
+    decoder = hpack.Decoder()
+    insert = bytes.fromhex("400a637573746f6d2d6b65790d637573746f6d2d686561646572")  # RFC 7541 C.2.1
+    assert decoder.decode(insert) == [("custom-key", "custom-header")]
+    assert decoder.decode(insert) == [("custom-key", "custom-header")]
+    assert decoder.size == 2 * 55            # the same bytes inserted twice: not a cached answer
+    newest = bytes.fromhex("be")             # dynamic index 62: the newest entry
+    assert decoder.decode(newest) == decoder.decode(newest) == [("custom-key", "custom-header")]
+    decoder.decode(bytes.fromhex("4001610162"))   # a: b inserted, now index 62
+    assert decoder.decode(newest) == [("a", "b")]
+
+
 @pytest.mark.parametrize("block", [
     "ff",                       # an index past both tables
     "41" + "8c" + "f1e3c2e5f23a6ba0ab90f4" + "00",   # Huffman padding that is not all ones
