@@ -9,6 +9,14 @@ answers differently from run to run must not look like a regression), compares t
 answers (:mod:`modelserver.shadow_compare`) and adds them to the model's report. When the queue
 is full the copy is dropped and counted: the shadow never makes a client wait.
 
+Each step of a copy (the secondary's run, the candidate's, the comparison) waits until the server
+has had no request for :data:`IDLE_GAP` (``monitoring.idle_seconds``), so copies use the idle
+time between clients' requests and do not compete for the core or the GIL with them: a nice
+value alone does not do that (the model runs on the runtime's own threads at normal priority,
+and a preempted low-priority thread holding the GIL stalls the event loop). On a server with no
+idle time the queue fills and copies are dropped, counted: a shadow measures nothing there rather
+than slowing the clients.
+
 The report (:meth:`ShadowTap.report`, ``GET /appliance/v1/shadow`` on the REST port, loopback
 peers only) sums the comparisons per output tensor and keeps the :data:`EXAMPLES` most
 different requests with their inputs. A changed shadow setting starts a new report; after the
@@ -30,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from modelserver import monitoring
 from modelserver.core.status import ServingError
 from modelserver.model_settings import ShadowSettings
 from modelserver.shadow_compare import TensorDiff, compare, significant
@@ -44,6 +53,8 @@ QUEUE_SIZE = 64          # copies waiting for the worker; more are dropped
 EXAMPLES = 10            # most different requests kept per model
 EXAMPLE_VALUES = 4096    # an input with more values is shown by its shape only
 WORKER_NICE = 19
+IDLE_GAP = 0.0005        # seconds without a request before a copy's next step runs
+IDLE_POLL_MAX = 0.01     # the longest sleep between two looks while the server is busy
 
 
 @dataclass
@@ -325,8 +336,11 @@ class ShadowTap:
             with run.lock:
                 run.skipped += 1
             return
+        _when_idle()
         secondary = self._run(copy.primary, copy)
+        _when_idle()
         answer = self._run(candidate, copy)
+        _when_idle()
         with run.lock:
             run.primary_versions.add(copy.primary.version)
             if isinstance(secondary, str):
@@ -386,6 +400,15 @@ class ShadowTap:
                 self._current(name, settings)
         return {"models": {name: run.report() for name, run in sorted(self.runs.items())},
                 "queue": {"size": self._queue.qsize(), "capacity": self._queue.maxsize}}
+
+
+def _when_idle() -> None:
+    """Return once the server has had no request for :data:`IDLE_GAP` (the copy waits as long as
+    it takes: the bounded queue drops the copies that come meanwhile)."""
+    pause = IDLE_GAP
+    while (idle := monitoring.idle_seconds()) < IDLE_GAP:
+        time.sleep(max(IDLE_GAP - idle, pause))
+        pause = min(pause * 2, IDLE_POLL_MAX)
 
 
 def _score(diffs: Mapping[str, TensorDiff]) -> tuple[float, float, float]:
