@@ -3,7 +3,7 @@
 While a model's settings hold a ``shadow`` (:class:`ShadowSettings`), a sample of its requests
 that name no version (REST and gRPC Predict) is handed here *after* the client's answer was
 computed: the request's decoded inputs and the primary's outputs go into a bounded queue, and
-the client's request goes on at once. One worker thread, at the lowest CPU priority, runs each
+the client's request goes on at once. One worker thread runs each
 copy on the candidate and once more on the primary (the "secondary", Diffy's trick: a model that
 answers differently from run to run must not look like a regression), compares the three
 answers (:mod:`modelserver.shadow_compare`) and adds them to the model's report. When the queue
@@ -11,11 +11,14 @@ is full the copy is dropped and counted: the shadow never makes a client wait.
 
 Each step of a copy (the secondary's run, the candidate's, the comparison) waits until the server
 has had no request for :data:`IDLE_GAP` (``monitoring.idle_seconds``), so copies use the idle
-time between clients' requests and do not compete for the core or the GIL with them: a nice
-value alone does not do that (the model runs on the runtime's own threads at normal priority,
-and a preempted low-priority thread holding the GIL stalls the event loop). On a server with no
-idle time the queue fills and copies are dropped, counted: a shadow measures nothing there rather
-than slowing the clients.
+time between clients' requests and do not compete for the core or the GIL with them. On a
+server with no idle time the queue fills and copies are dropped, counted: a shadow measures
+nothing there rather than slowing the clients. The thread keeps the normal CPU priority on
+purpose: a low one (the nice 19 it had) throttles only its Python parts -- the model runs on the
+runtime's own threads anyway -- which are exactly where it holds the GIL, and a low-priority
+thread preempted while holding the GIL (by Envoy, by other processes) stalls the event loop that
+waits for it: the clients' tail. The comparison is numpy on whole tensors (the GIL is released
+in the large operations); nothing in it loops over rows in Python.
 
 The report (:meth:`ShadowTap.report`, ``GET /appliance/v1/shadow`` on the REST port, loopback
 peers only) sums the comparisons per output tensor and keeps the :data:`EXAMPLES` most
@@ -28,7 +31,6 @@ from __future__ import annotations
 import base64
 import heapq
 import logging
-import os
 import queue
 import random
 import threading
@@ -52,7 +54,6 @@ SHADOW_PATH = "/appliance/v1/shadow"
 QUEUE_SIZE = 64          # copies waiting for the worker; more are dropped
 EXAMPLES = 10            # most different requests kept per model
 EXAMPLE_VALUES = 4096    # an input with more values is shown by its shape only
-WORKER_NICE = 19
 IDLE_GAP = 0.0005        # seconds without a request before a copy's next step runs
 IDLE_POLL_MAX = 0.01     # the longest sleep between two looks while the server is busy
 
@@ -315,10 +316,6 @@ class ShadowTap:
     # ---------------------------------------------------------------- worker
 
     def _work(self) -> None:
-        try:   # Linux: a thread's own nice value; the client's requests go first
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
-        except (OSError, AttributeError):
-            pass
         while True:
             copy = self._queue.get()
             try:
