@@ -3,9 +3,9 @@
 While a model's settings hold a ``shadow`` (:class:`ShadowSettings`), a sample of its requests
 that name no version (REST and gRPC Predict) is handed here *after* the client's answer was
 computed: the request's decoded inputs and the primary's outputs go into a bounded queue, and
-the client's request goes on at once. One worker thread runs each
-copy on the candidate and once more on the primary (the "secondary", Diffy's trick: a model that
-answers differently from run to run must not look like a regression), compares the three
+the client's request goes on at once. One worker thread runs each copy on the candidate and
+once more on the primary (the "secondary", Diffy's trick: a model that answers differently
+from run to run must not look like a regression), compares the three
 answers (:mod:`modelserver.shadow_compare`) and adds them to the model's report. When the queue
 is full the copy is dropped and counted: the shadow never makes a client wait.
 
