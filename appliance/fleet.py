@@ -8,7 +8,7 @@ it out of the model listing)::
 
     {"format": "appliance-fleet/1", "revision": 7, "updated": "2026-12-01T23:50:00Z",
      "why": "rollout of resnet v2: step 2 (5%)",
-     "models": {"resnet": {"versions": "specific:1,2", "rollout.version": 2, "rollout.percent": 5}}}
+     "models": {"resnet": {"rollout.version": 2, "rollout.percent": 5}}}
 
 ``models.<name>`` holds keys relative to ``models.<name>`` (the names of
 :mod:`appliance.modelsettings`); a key missing there is the node's own setting again. Every

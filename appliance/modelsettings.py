@@ -192,7 +192,7 @@ def _at_most(limit: int) -> Callable[[Any], int]:
     return parse
 
 
-def _version_policy(value: Any) -> VersionPolicy:
+def version_policy(value: Any) -> VersionPolicy:
     text = string(value).strip().lower()
     kind, sep, arg = text.partition(":")
     try:
@@ -289,7 +289,7 @@ MODEL_SCHEMA: tuple[Key, ...] = (
     Key("platform", "", "platform", choice(AUTO, *PLATFORMS), AUTO,
         f"The model's runtime: {AUTO} (the fastest runtime whose answers agree with those of the "
         f"runtime the version's files call for, measured on its warmup set) or one of {', '.join(PLATFORMS)}."),
-    Key("versions", "", "versions", _version_policy, "latest",
+    Key("versions", "", "versions", version_policy, "latest",
         "Versions served: latest (the newest), latest:N (the N newest), all, or specific:V1,V2."),
     Key("batching.enabled", "batching", "enabled", boolean, False,
         "Batch this model's requests on the server (TF Serving's --enable_batching, per model)."),
@@ -320,8 +320,8 @@ MODEL_SCHEMA: tuple[Key, ...] = (
         "OpenVINO only: inference threads; 0 means the runtime decides."),
     Key("rollout.version", "rollout", "version", _version_or_none, 0,
         "Canary: the candidate version that gets rollout.percent of the requests naming no "
-        "version (0: no rollout). Set by `appliance rollout`; the rest go to the newest other "
-        "version served."),
+        "version (0: no rollout). Set by `appliance rollout`; loaded on top of the versions "
+        "policy, which never picks it while named (the rest go to the policy's version)."),
     Key("rollout.percent", "rollout", "percent", _percent, 0,
         "Canary: the share (0-100) of requests naming no version sent to rollout.version; "
         "requests naming a version or label are never redirected."),
@@ -451,8 +451,7 @@ def _entry(name: str, raw: Mapping[str, Any]) -> tuple[ModelEntry | None, Proble
             parsed[key.name] = key.parse(raw.get(key.name, key.default))
         except Invalid as exc:
             problems.append((f"{where}.{key.name}", str(exc)))
-    problems += (_batching_checks(where, parsed) + _label_checks(where, parsed, labels)
-                 + _rollout_checks(where, parsed))
+    problems += _batching_checks(where, parsed) + _label_checks(where, parsed, labels)
     if problems:
         return None, problems
     return assemble(MODEL_SCHEMA, parsed, MODEL_SECTIONS, ModelEntry,
@@ -490,16 +489,6 @@ def _label_checks(where: str, parsed: Mapping[str, Any], labels: Mapping[str, in
         return []
     return [(f"{where}.{LABELS}.{label}", f"version {version} is not served: versions is {policy}")
             for label, version in labels.items() if version not in policy.versions]
-
-
-def _rollout_checks(where: str, parsed: Mapping[str, Any]) -> Problems:
-    """A candidate under a specific policy must be a version the policy serves (else every
-    request of its share would miss it and go to the other versions: no canary at all)."""
-    policy, version = parsed.get("versions"), parsed.get("rollout.version")
-    if policy is None or policy.kind != "specific" or not version or version in policy.versions:
-        return []
-    return [(f"{where}.rollout.version", f"version {version} is not served: versions is {policy}; "
-                                         f"add it, e.g. versions: {policy},{version}")]
 
 
 def flat_values(settings: Mapping[str, ModelEntry]) -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 A rollout moves the requests that name no version from the version serving them (the stable)
 to a candidate in steps (default 1, 5, 25, 50, 100 %). Each step is a change of the cluster
-settings (:mod:`appliance.fleet`): ``models.<m>.versions: specific:STABLE,CANDIDATE`` (every
-node loads both) and ``models.<m>.rollout.version/percent`` (every model server splits the same
-way, :mod:`modelserver.rollout`).
+settings (:mod:`appliance.fleet`): ``models.<m>.rollout.version/percent``. Every model server
+loads the candidate on top of its version policy, which never picks a version a rollout names
+(``ModelSettings.candidates``: under ``latest`` a candidate that is the newest version on disk
+stays out of the policy's choice), and splits the same way (:mod:`modelserver.rollout`). The
+user's ``versions`` is left alone while the rollout runs.
 
 Where it runs: the controller is a tick of the agent of the node where ``rollout start`` was
 typed (:mod:`appliance.agent.fleetwatch`); its state is one object in the repository,
@@ -19,9 +21,16 @@ within ``p99_floor_ms`` of it), and, when a shadow ran first, answer agreement (
 requests in the step, so a bad candidate is rolled back at once; a step ends when it has
 lasted ``min_seconds`` and the candidate served ``min_requests`` -- a step short of traffic
 *holds* (state ``holding``, with how much it waits for) and never fails for want of data. A
-failed guard rolls every node back with one push (the versions the cluster settings held
-before, the split removed) and records why. After the last step the candidate is promoted: the
-cluster settings pin ``versions: specific:CANDIDATE``.
+failed guard rolls every node back with one push (the split removed) and records why.
+
+When the rollout ends the policy decides again, so what it would serve then decides the push
+(:func:`policy_serves`). After the last step the candidate is promoted: when the policy serves it
+by itself (``latest`` or ``all`` and a candidate newer than the stable -- the usual case) the
+split is just removed and ``versions`` stays the user's; otherwise (a ``specific`` policy
+without it, a candidate older than the stable) the cluster settings pin
+``versions: specific:CANDIDATE``. On a rollback or abort it is the other way round: when the
+policy would serve the candidate it just turned down (``latest`` and the candidate on disk), the
+cluster settings pin ``versions: specific:STABLE`` in the same push.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from modelserver.rollout import BUCKETS_MS, p99_ms
 from .config import Config
 from .errors import ApplianceError
 from .fleet import Fleet
+from .modelsettings import version_policy
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +54,7 @@ DEFAULT_STEPS = (1.0, 5.0, 25.0, 50.0, 100.0)
 ACTIVE = ("running", "holding")
 DONE = ("promoted", "rolled_back", "aborted")
 MAX_EVENTS = 200
-KEYS = ("versions", "rollout.version", "rollout.percent")
+KEYS = ("rollout.version", "rollout.percent")
 
 
 @dataclass
@@ -76,7 +86,7 @@ class Rollout:
     reference: dict[str, Any] = field(default_factory=dict)  # the stable's last window (for 100 %)
     window: dict[str, Any] = field(default_factory=dict)   # this step's numbers so far
     reason: str = ""
-    versions_before: str | None = None     # the cluster settings' versions before the rollout
+    policy: str = "latest"                 # the model's versions policy when the rollout started
     seq: int = 0                           # bumped by every writer: a stale write is dropped
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -95,6 +105,7 @@ class Rollout:
     def from_json(cls, data: bytes) -> "Rollout":
         doc = json.loads(data)
         doc["guards"] = Guards(**doc.get("guards", {}))
+        doc.pop("versions_before", None)    # written by rollouts that pinned both versions
         return cls(**doc)
 
 
@@ -152,10 +163,10 @@ def start(fleet: Fleet, config: Config, model: str, candidate: int, stable: int,
     steps = [float(s) for s in steps]
     if not steps or any(not 0 < s <= 100 for s in steps) or steps != sorted(steps) or steps[-1] != 100:
         raise ApplianceError(f"steps must rise from above 0 to 100, got {steps}")
-    previous = fleet.read().model(model).get("versions")
+    policy = fleet.read().model(model).get("versions") or config.model.settings[model].versions
     rollout = Rollout(model, candidate, stable, config.node.address, steps, guards or Guards(),
                       id=f"{model}-v{candidate}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}",
-                      step_started=time.time(), versions_before=previous)
+                      step_started=time.time(), policy=str(version_policy(policy)))
     rollout.event(f"started: {stable} -> {candidate} in steps {_steps(steps)}, controller {rollout.controller}")
     _push_step(fleet, rollout)
     _write(fleet, rollout)
@@ -173,6 +184,7 @@ def resume(fleet: Fleet, model: str) -> Rollout:
 def abort(fleet: Fleet, model: str) -> Rollout:
     rollout = _command(fleet, model, (*ACTIVE, "paused"), "aborted", "aborted by the operator")
     _roll_back(fleet, rollout, "aborted by the operator")
+    _write(fleet, rollout)      # with the pin's event, if any
     return rollout
 
 
@@ -200,23 +212,39 @@ def _push_step(fleet: Fleet, rollout: Rollout) -> None:
     """Push the current step; its window starts on each node with that node's first report of
     this revision (:func:`_window`)."""
     rollout.base = {}
-    rollout.revision = fleet.push(rollout.model, {"versions": f"specific:{min(rollout.stable, rollout.candidate)},"
-                                           f"{max(rollout.stable, rollout.candidate)}",
-                               "rollout.version": rollout.candidate, "rollout.percent": rollout.percent},
-               why=f"rollout of {rollout.model} v{rollout.candidate}: step {rollout.step + 1} "
-                   f"({rollout.percent:g}%)").revision
+    rollout.revision = fleet.push(rollout.model, {"rollout.version": rollout.candidate,
+                                                  "rollout.percent": rollout.percent},
+                                  why=f"rollout of {rollout.model} v{rollout.candidate}: step {rollout.step + 1} "
+                                      f"({rollout.percent:g}%)").revision
+
+
+def policy_serves(rollout: Rollout) -> int:
+    """The version the model's versions policy answers requests naming no version with once no
+    rollout names the candidate: the newer of stable and candidate it serves (under ``latest``
+    nothing on disk is newer than both: the policy chose the stable with the candidate there)."""
+    policy = version_policy(rollout.policy)
+    pair = {rollout.stable, rollout.candidate}
+    if policy.kind == "specific":
+        pair &= set(policy.versions)
+    return max(pair, default=rollout.stable)
+
+
+def _end(fleet: Fleet, rollout: Rollout, serving: int, why: str) -> None:
+    """Remove the split; pin ``serving`` only when the policy would serve another version."""
+    chosen = policy_serves(rollout)
+    pin = {} if chosen == serving else {"versions": f"specific:{serving}"}
+    if pin:
+        rollout.event(f"versions pinned to specific:{serving} on every node (the policy "
+                      f"{rollout.policy} would serve v{chosen})")
+    fleet.push(rollout.model, pin, unset=list(KEYS), why=why)
 
 
 def _roll_back(fleet: Fleet, rollout: Rollout, why: str) -> None:
-    before = {"versions": rollout.versions_before} if rollout.versions_before else {}
-    fleet.push(rollout.model, before, unset=[k for k in KEYS if k not in before],
-               why=f"rollback of {rollout.model} v{rollout.candidate}: {why}")
+    _end(fleet, rollout, rollout.stable, f"rollback of {rollout.model} v{rollout.candidate}: {why}")
 
 
 def _promote(fleet: Fleet, rollout: Rollout) -> None:
-    fleet.push(rollout.model, {"versions": f"specific:{rollout.candidate}"},
-               unset=["rollout.version", "rollout.percent"],
-               why=f"rollout of {rollout.model} v{rollout.candidate}: promoted")
+    _end(fleet, rollout, rollout.candidate, f"rollout of {rollout.model} v{rollout.candidate}: promoted")
 
 
 # ----------------------------------------------------------------------------- the controller

@@ -79,7 +79,8 @@ def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
         return _fleet(args, config, fleet, paths)
     action = args.rollout_command
     if action == "start":
-        stable = args.stable if args.stable is not None else _serving_version(config, args.model)
+        stable = args.stable if args.stable is not None else _serving_version(config, fleet, args.model,
+                                                                               args.version)
         guards = canary.Guards(args.min_seconds, args.min_requests, args.max_error_increase,
                                args.max_p99_ratio, args.p99_floor_ms, args.min_agreement)
         steps = [float(s) for s in args.steps.split(",") if s.strip()]
@@ -93,13 +94,17 @@ def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
     return 0
 
 
-def _serving_version(config: Config, model: str) -> int:
+def _serving_version(config: Config, fleet: Fleet, model: str, candidate: int) -> int:
+    """The newest version this node serves that no rollout or shadow names (those are loaded
+    on top of the version policy and are not what it serves)."""
     from .modelstatus import ModelServerClient
 
     if config.node.role != "serving":
         raise ApplianceError("this node serves no model: name the current version with --from")
     status = ModelServerClient.of_node(config).status(model)
-    available = [int(row["version"]) for row in status.versions if row.get("state") == "AVAILABLE"]
+    named = {candidate, *(fleet.read().model(model).get(k) for k in ("rollout.version", "shadow.version"))}
+    available = [int(row["version"]) for row in status.versions
+                 if row.get("state") == "AVAILABLE" and int(row["version"]) not in named]
     if not available:
         raise ApplianceError(f"this node's model server serves no version of {model} "
                              f"({status.error or status.code}): name the current one with --from")

@@ -7,6 +7,16 @@ local file = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.body = file:read("*a")
 file:close()
 
+-- $WRK_DELAY_MS (optional): each connection waits a random time, this long on average
+-- (exponential), between an answer and its next request: a load below the server's capacity
+-- (wrk's closed loop with think time; wrk2's fixed rate is not installed here).
+local mean_delay = tonumber(os.getenv("WRK_DELAY_MS") or "")
+if mean_delay and mean_delay > 0 then
+  function delay()
+    return -mean_delay * math.log(1 - math.random())
+  end
+end
+
 function done(summary, latency, requests)
   local e = summary.errors
   local seconds = summary.duration / 1e6

@@ -6,10 +6,15 @@ bench/post.lua) posts 20-row requests naming no version. Rounds alternate the sh
 (``shadow: {version: 2, sample: P}`` in the model settings file, applied by the server's file
 poll; each round waits until the server took it). Per round: wrk's requests, rate, p50 and p99;
 the model server's own count of OK requests (its Prometheus page) as the cross-check; and, with
-the shadow on, its report's copied / compared / dropped counts. Prints the medians and the on/off
-ratios. A scratch tool like the other bench scripts; not a test.
+the shadow on, its report's copied / compared / dropped counts; and the model server's CPU time
+(/proc/<pid>/stat) per OK request, the figure that stays readable when other work shares the
+machine. Two loads: ``saturated`` (wrk's closed loop, no pause: the core never idles) and
+``paced`` (``--delay-ms``: each connection pauses a random time of that mean between an answer
+and its next request, bench/post.lua's WRK_DELAY_MS, so the server has idle time -- where a
+shadow is meant to run). Prints the medians and the on/off ratios per load. A scratch tool like
+the other bench scripts; not a test.
 
-    flock /tmp/bench.lock .venv/bin/python bench/shadow_bench.py --rounds 4 --sample 10
+    flock /tmp/bench.lock .venv/bin/python bench/shadow_bench.py --rounds 8 --duration 5 --sample 10
 """
 
 from __future__ import annotations
@@ -66,11 +71,45 @@ def served(url: str) -> int:
                if 'model_name="classifier"' in labels and 'status="OK"' in labels)
 
 
-def wrk(url: str, body: Path, concurrency: int, duration: float, cpus: str) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (every thread) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, body: Path, concurrency: int, duration: float, cpus: str, delay_ms: float = 0.0) -> dict:
     proc = subprocess.run(["taskset", "-c", cpus, "wrk", "-t1", f"-c{concurrency}", f"-d{duration:g}s",
                            "--timeout=10s", "-s", str(REPO / "bench/post.lua"), url],
-                          capture_output=True, text=True, env={**os.environ, "WRK_BODY": str(body)}, check=True)
+                          capture_output=True, text=True, check=True,
+                          env={**os.environ, "WRK_BODY": str(body), "WRK_DELAY_MS": f"{delay_ms:g}"})
     return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+
+
+KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us")
+
+
+def one_round(url: str, predict: str, body: Path, settings_file: Path, args: argparse.Namespace, side: str,
+              delay: float, pid: int) -> dict:
+    """One wrk run with the shadow ``side`` ("on"/"off"), cross-checked with the server's counters."""
+    digest = settings(settings_file, args.sample if side == "on" else None)
+    while json.loads(get(url + "/appliance/v1/applied-config"))["model_settings_file"] != digest:
+        time.sleep(0.2)
+    while side == "on" and '"state": "AVAILABLE"' not in get(url + "/v1/models/classifier/versions/2").decode():
+        time.sleep(0.2)
+    before, cpu_before = served(url), cpu_seconds(pid)
+    shadow_before = json.loads(get(url + "/appliance/v1/shadow"))["models"].get("classifier", {})
+    run = wrk(predict, body, args.concurrency, args.duration, args.client_cpus, delay)
+    time.sleep(0.5)      # the copies still queued run now: their CPU is the shadow's, counted here
+    run["server_ok"] = served(url) - before
+    run["cpu_us"] = (cpu_seconds(pid) - cpu_before) * 1e6 / max(run["server_ok"], 1)
+    run["loadavg"] = os.getloadavg()[0]
+    report = json.loads(get(url + "/appliance/v1/shadow"))["models"].get("classifier", {})
+    if side == "on":
+        counts, old = report["requests"], shadow_before.get("requests", {})
+        run["shadow"] = {k: counts[k] - (old.get(k, 0) if shadow_before.get("started") == report["started"]
+                                         else 0) for k in ("seen", "sampled", "compared", "dropped")}
+        run["verdict"] = report["verdict"]
+    return run
 
 
 def main() -> None:
@@ -81,6 +120,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--server-cpus", default="1")
     parser.add_argument("--client-cpus", default="0")
+    parser.add_argument("--delay-ms", type=float, default=4.0,
+                        help="the paced load's mean pause per connection between requests; 0: saturated only")
     args = parser.parse_args()
 
     WORK.mkdir(parents=True, exist_ok=True)
@@ -116,37 +157,28 @@ def main() -> None:
                 time.sleep(0.5)
         predict = url + "/v1/models/classifier:predict"
         wrk(predict, body, args.concurrency, 2, args.client_cpus)        # warm up
-        results: dict[str, list[dict]] = {"off": [], "on": []}
+        loads = {"saturated": 0.0, **({"paced": args.delay_ms} if args.delay_ms > 0 else {})}
+        results: dict[str, dict[str, list[dict]]] = {load: {"off": [], "on": []} for load in loads}
         for round_no in range(args.rounds):
-            for side in (("off", "on") if round_no % 2 == 0 else ("on", "off")):
-                digest = settings(settings_file, args.sample if side == "on" else None)
-                while json.loads(get(url + "/appliance/v1/applied-config"))["model_settings_file"] != digest:
-                    time.sleep(0.2)
-                while side == "on" and '"state": "AVAILABLE"' not in get(url + "/v1/models/classifier/versions/2").decode():
-                    time.sleep(0.2)
-                before = served(url)
-                shadow_before = json.loads(get(url + "/appliance/v1/shadow"))["models"].get("classifier", {})
-                run = wrk(predict, body, args.concurrency, args.duration, args.client_cpus)
-                time.sleep(0.5)
-                run["server_ok"] = served(url) - before
-                report = json.loads(get(url + "/appliance/v1/shadow"))["models"].get("classifier", {})
-                if side == "on":
-                    counts, old = report["requests"], shadow_before.get("requests", {})
-                    run["shadow"] = {k: counts[k] - (old.get(k, 0) if shadow_before.get("started") == report["started"]
-                                                     else 0) for k in ("seen", "sampled", "compared", "dropped")}
-                    run["verdict"] = report["verdict"]
-                results[side].append(run)
-                print(f"round {round_no + 1} {side:3}: {run['rps']:8.1f} req/s  p50 {run['p50_ms']:6.2f} ms  "
-                      f"p99 {run['p99_ms']:6.2f} ms  wrk {run['requests']} / server {run['server_ok']} OK  "
-                      f"errors {run['errors']}  {run.get('shadow', '')}", flush=True)
+            for load, delay in loads.items():
+                for side in (("off", "on") if round_no % 2 == 0 else ("on", "off")):
+                    results[load][side].append(one_round(url, predict, body, settings_file, args, side, delay,
+                                                         server.pid))
+                    run = results[load][side][-1]
+                    print(f"round {round_no + 1} {load:9} {side:3}: {run['rps']:8.1f} req/s  p50 {run['p50_ms']:6.2f} ms  "
+                          f"p99 {run['p99_ms']:6.2f} ms  wrk {run['requests']} / server {run['server_ok']} OK  "
+                          f"{run['cpu_us']:6.1f} us CPU/req  errors {run['errors']}  load {run['loadavg']:.1f}  "
+                          f"{run.get('shadow', '')}", flush=True)
         print(f"\nload average: {os.getloadavg()}")
-        med = {side: {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50_ms", "p99_ms")}
-               for side, runs in results.items()}
-        for key in ("rps", "p50_ms", "p99_ms"):
-            ratios = [on[key] / off[key] for off, on in zip(results["off"], results["on"])]
-            print(f"{key:7}: off {med['off'][key]:8.2f}  on {med['on'][key]:8.2f}  on/off of medians "
-                  f"{med['on'][key] / med['off'][key]:.3f}  median per-round ratio {statistics.median(ratios):.3f}"
-                  f"  (rounds: {', '.join(f'{r:.3f}' for r in ratios)})")
+        for load, sides in results.items():
+            print(f"\n{load} ({'no pause' if not loads[load] else f'{loads[load]:g} ms mean pause'}, "
+                  f"c={args.concurrency}):")
+            med = {side: {k: statistics.median(r[k] for r in runs) for k in KEYS} for side, runs in sides.items()}
+            for key in KEYS:
+                ratios = [on[key] / off[key] for off, on in zip(sides["off"], sides["on"])]
+                print(f"{key:7}: off {med['off'][key]:8.2f}  on {med['on'][key]:8.2f}  on/off of medians "
+                      f"{med['on'][key] / med['off'][key]:.3f}  median per-round ratio {statistics.median(ratios):.3f}"
+                      f"  (rounds: {', '.join(f'{r:.3f}' for r in ratios)})")
         (WORK / "results.json").write_text(json.dumps(results, indent=1))
     finally:
         os.killpg(server.pid, 15)

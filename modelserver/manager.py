@@ -25,7 +25,7 @@ have a SavedModel version and an ONNX one; ``ServedModel.choices`` says which an
 and what its loads ask of the runtime; a changed precision or runtime option loads the model's
 versions again, each old one serving until its replacement is ready.
 
-A model's settings may name candidate versions (a shadow's, :meth:`ModelSettings.candidates`):
+A model's settings may name candidate versions (a shadow's or a rollout's, :meth:`ModelSettings.candidates`):
 they are loaded on top of what the version policy picks among the other versions, and a request
 that names no version never gets one while another version is available, so a candidate can be
 loaded, compared and dropped without a client noticing.
@@ -127,9 +127,15 @@ class ServedModel:
         self.choose_default()
 
     def choose_default(self) -> None:
-        """The version a request naming none gets: the newest available that is no candidate."""
+        """The version a request naming none gets: the newest available that is no candidate,
+        and under a ``specific`` policy one it names when one is loaded -- a new pin and new
+        settings apply before the poll unloads what the pin dropped (a rollback that pins the
+        stable and drops the candidate: no request meets the candidate in between)."""
         available, candidates = self.available, self.candidates()
-        self.default = max((v for v in available if v not in candidates), default=None)
+        served = [v for v in available if v not in candidates]
+        if self.config.policy == "specific":
+            served = [v for v in served if v in self.config.versions] or served
+        self.default = max(served, default=None)
 
 
 def list_versions(base_path: str, model_name: str) -> dict[int, str] | None:
@@ -371,6 +377,7 @@ class ModelManager:
                 else:
                     kept.append(model)
                 model.config = config
+                model.choose_default()      # a new pin picks the version it names at once
                 models[config.name] = model
             removed = [m for name, m in current.items() if name not in models]
             self.models = models
@@ -590,8 +597,8 @@ class ModelManager:
         available = model.available if model is not None else {}
         if version is None:
             if available:
-                chosen = rollout.choose(self.rollout_of(name), available)
-                if chosen is None:   # the newest version that is no shadow's candidate (or the newest)
+                chosen = rollout.choose(self.rollout_of(name), available, model.default)
+                if chosen is None:   # the newest version that is no candidate (or the newest)
                     chosen = model.default if model.default in available else max(available)
                 return available[chosen]
             raise not_found(f"Servable not found for request: Latest({name})")

@@ -95,9 +95,14 @@ class ModelSettings:
     shadow: ShadowSettings | None = None        # None: no shadow
 
     def candidates(self) -> frozenset[int]:
-        """Versions loaded besides the version policy's that unversioned requests never get
-        (the manager's ``lookup``): a shadow's candidate."""
-        return frozenset((self.shadow.version,)) if self.shadow is not None else frozenset()
+        """Versions loaded on top of the version policy's, which the policy never picks: a
+        shadow's candidate (no request naming no version gets it) and a rollout's (only its
+        share does, :func:`modelserver.rollout.choose`). So under ``latest`` a candidate that
+        is the newest version on disk does not become the served one while it is named."""
+        named = [s.version for s in (self.shadow,) if s is not None]
+        if self.rollout is not None:
+            named.append(self.rollout[0])
+        return frozenset(named)
 
     def load_context(self) -> str:
         """What else decides a load, for the quarantine's context; "" at the defaults, so a

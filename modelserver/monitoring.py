@@ -132,11 +132,25 @@ class RequestSlot:
 _REQUEST: contextvars.ContextVar[RequestSlot | None] = contextvars.ContextVar("request", default=None)
 
 
+#: When the last request came in and when the last one ended (``time.perf_counter``, REST and
+#: gRPC, every model): :func:`idle_seconds`, the moments the shadow (modelserver/shadow.py) uses.
+_activity = [0.0, 0.0]
+
+
 def request_started() -> RequestSlot:
     """Called at a request's entry: the slot its model run fills in (see the module doc)."""
     slot = RequestSlot()
     _REQUEST.set(slot)
+    _activity[0] = time.perf_counter()
     return slot
+
+
+def idle_seconds() -> float:
+    """How long the server has had no request to answer: 0 while the one that came in last runs.
+    A heuristic (one of several overlapping requests may still run; a request still in the
+    socket's buffer is not seen), cheap enough for the request path: two stores per request."""
+    started, ended = _activity
+    return 0.0 if ended < started else time.perf_counter() - ended
 
 
 def collect(enabled: bool) -> None:
@@ -164,6 +178,7 @@ def record_request(model_name: str, api: str, entrypoint: str, code: Code, start
                    slot: RequestSlot | None = None) -> None:
     """One finished request: count it by status; its latency only when it succeeded (as TF does).
     ``slot``: what :func:`request_started` returned for it (the version and signature it ran)."""
+    _activity[1] = time.perf_counter()
     if not _collecting or model_name in _muted:
         return
     if code is not Code.OK and not _serves(model_name):

@@ -3,7 +3,9 @@ per-version counts the rollout's guards compare.
 
 While a model's settings hold ``rollout: {"version": N, "percent": P}`` (model-settings.json,
 an appliance extension), a request that names neither a version nor a label goes to version N
-with probability P %, else to the newest other version served (what it got before N existed).
+with probability P %, else to the version the version policy serves: N is loaded on top of the
+policy, which never picks it while the rollout names it (``ModelSettings.candidates``), so under
+``latest`` a candidate that is the newest version on disk serves only its share.
 A request naming ``/versions/V``, ``/labels/L``, ``model_spec.version`` or ``version_label`` is
 never redirected. A client that sends the header (gRPC metadata) ``x-canary-key`` is in the
 slice or out of it by that key alone -- the same answer on every node, at every request, and a
@@ -63,21 +65,21 @@ def set_request_slot(value: float | None) -> None:
     _slot.set(value)
 
 
-def choose(rollout: tuple[int, float] | None, available: Mapping[int, Any]) -> int | None:
-    """The version a request naming none gets under ``rollout`` (None: no rollout, or nothing
-    served: the caller's usual choice, the newest version)."""
+def choose(rollout: tuple[int, float] | None, available: Mapping[int, Any], stable: int | None) -> int | None:
+    """The version a request naming none gets under ``rollout``: the candidate for its share,
+    else ``stable`` (what the version policy serves, ``ServedModel.default``); None when no
+    rollout runs or nothing is served (the caller's usual choice)."""
     if rollout is None or not available:
         return None
     candidate, percent = rollout
-    others = [v for v in available if v != candidate]
-    if not others:
-        return candidate
+    if stable is None or stable not in available:
+        return candidate if candidate in available else None
     if candidate not in available:
-        return max(others)
+        return stable
     draw = _slot.get()
     if draw is None:
         draw = random.random() * 100
-    return candidate if draw < percent else max(others)
+    return candidate if draw < percent else stable
 
 
 class Counts:

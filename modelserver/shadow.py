@@ -3,11 +3,22 @@
 While a model's settings hold a ``shadow`` (:class:`ShadowSettings`), a sample of its requests
 that name no version (REST and gRPC Predict) is handed here *after* the client's answer was
 computed: the request's decoded inputs and the primary's outputs go into a bounded queue, and
-the client's request goes on at once. One worker thread, at the lowest CPU priority, runs each
-copy on the candidate and once more on the primary (the "secondary", Diffy's trick: a model that
-answers differently from run to run must not look like a regression), compares the three
+the client's request goes on at once. One worker thread runs each copy on the candidate and
+once more on the primary (the "secondary", Diffy's trick: a model that answers differently
+from run to run must not look like a regression), compares the three
 answers (:mod:`modelserver.shadow_compare`) and adds them to the model's report. When the queue
 is full the copy is dropped and counted: the shadow never makes a client wait.
+
+Each step of a copy (the secondary's run, the candidate's, the comparison) waits until the server
+has had no request for :data:`IDLE_GAP` (``monitoring.idle_seconds``), so copies use the idle
+time between clients' requests and do not compete for the core or the GIL with them. On a
+server with no idle time the queue fills and copies are dropped, counted: a shadow measures
+nothing there rather than slowing the clients. The thread keeps the normal CPU priority on
+purpose: a low one (the nice 19 it had) throttles only its Python parts -- the model runs on the
+runtime's own threads anyway -- which are exactly where it holds the GIL, and a low-priority
+thread preempted while holding the GIL (by Envoy, by other processes) stalls the event loop that
+waits for it: the clients' tail. The comparison is numpy on whole tensors (the GIL is released
+in the large operations); nothing in it loops over rows in Python.
 
 The report (:meth:`ShadowTap.report`, ``GET /appliance/v1/shadow`` on the REST port, loopback
 peers only) sums the comparisons per output tensor and keeps the :data:`EXAMPLES` most
@@ -20,7 +31,6 @@ from __future__ import annotations
 import base64
 import heapq
 import logging
-import os
 import queue
 import random
 import threading
@@ -30,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from modelserver import monitoring
 from modelserver.core.status import ServingError
 from modelserver.model_settings import ShadowSettings
 from modelserver.shadow_compare import TensorDiff, compare, significant
@@ -43,7 +54,8 @@ SHADOW_PATH = "/appliance/v1/shadow"
 QUEUE_SIZE = 64          # copies waiting for the worker; more are dropped
 EXAMPLES = 10            # most different requests kept per model
 EXAMPLE_VALUES = 4096    # an input with more values is shown by its shape only
-WORKER_NICE = 19
+IDLE_GAP = 0.0005        # seconds without a request before a copy's next step runs
+IDLE_POLL_MAX = 0.01     # the longest sleep between two looks while the server is busy
 
 
 @dataclass
@@ -304,10 +316,6 @@ class ShadowTap:
     # ---------------------------------------------------------------- worker
 
     def _work(self) -> None:
-        try:   # Linux: a thread's own nice value; the client's requests go first
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
-        except (OSError, AttributeError):
-            pass
         while True:
             copy = self._queue.get()
             try:
@@ -325,8 +333,11 @@ class ShadowTap:
             with run.lock:
                 run.skipped += 1
             return
+        _when_idle()
         secondary = self._run(copy.primary, copy)
+        _when_idle()
         answer = self._run(candidate, copy)
+        _when_idle()
         with run.lock:
             run.primary_versions.add(copy.primary.version)
             if isinstance(secondary, str):
@@ -386,6 +397,15 @@ class ShadowTap:
                 self._current(name, settings)
         return {"models": {name: run.report() for name, run in sorted(self.runs.items())},
                 "queue": {"size": self._queue.qsize(), "capacity": self._queue.maxsize}}
+
+
+def _when_idle() -> None:
+    """Return once the server has had no request for :data:`IDLE_GAP` (the copy waits as long as
+    it takes: the bounded queue drops the copies that come meanwhile)."""
+    pause = IDLE_GAP
+    while (idle := monitoring.idle_seconds()) < IDLE_GAP:
+        time.sleep(max(IDLE_GAP - idle, pause))
+        pause = min(pause * 2, IDLE_POLL_MAX)
 
 
 def _score(diffs: Mapping[str, TensorDiff]) -> tuple[float, float, float]:

@@ -8,6 +8,7 @@ Every test puts the cluster settings back; the module removes its models at the 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -368,7 +369,8 @@ def test_cluster_settings_reach_every_node_also_one_whose_agent_was_down(cluster
         assert not warmup(serving[0])
         os.kill(agent, signal.SIGKILL)                # supervisord starts a new agent
     finally:
-        os.kill(agent, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):   # the SIGKILLed agent may be reaped already
+            os.kill(agent, signal.SIGCONT)
     try:
         wait_until(lambda: not warmup(late), timeout=60, what="the restarted agent to apply the push")
         shown = _cli_ok(late, "fleet", "show")

@@ -75,15 +75,21 @@ def test_shadow_start_report_stop_through_envoy(shadowed: Cluster) -> None:
         send_classifier(cluster.rest(node), f"{node.address}:{cluster.ports['grpc.port']}", MODEL, 40, seed=i)
     sent = 40 * len(nodes)
 
+    last: list[dict] = [{}]
+
     def summed() -> dict | None:
         result = _node_cli(first, "shadow", "report", MODEL, "--json")
         if result.returncode != 0:
             return None
-        report = json.loads(result.stdout)[MODEL]
+        report = last[0] = json.loads(result.stdout)[MODEL]
         counts = report["requests"]
         done = counts["compared"] + counts["dropped"] + counts["skipped"]
         return report if counts["seen"] == sent and done == counts["sampled"] else None
-    report = wait_until(summed, timeout=60, interval=0.5, what="every node's report of every request")
+    try:
+        report = wait_until(summed, timeout=60, interval=0.5, what="every node's report of every request")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}; sent {sent}, last report's counts: {last[0].get('requests')}, "
+                             f"nodes {last[0].get('nodes')}") from None
     assert report["candidate"] == 2 and report["primary"] == [1] and report["running"]
     assert len(report["nodes"]) == len(_serving(cluster)) and report["requests"]["compared"] >= sent // 2
     top1 = report["outputs"]["scores"]["classifier"]

@@ -242,3 +242,14 @@ def test_a_newline_in_a_label_value_is_escaped() -> None:
     counter.increment('two\nlines "quoted" \\', "OK")
     [sample] = promtext.parse(registry.prometheus_text())
     assert sample.labels == {"signature": 'two\nlines "quoted" \\', "status": "OK"}
+
+
+def test_idle_seconds_is_zero_while_the_latest_request_runs() -> None:
+    import time
+
+    from modelserver import monitoring
+
+    slot = monitoring.request_started()
+    assert monitoring.idle_seconds() == 0.0       # the shadow's copies wait
+    monitoring.record_request("idle-test", "predict", "REST", Code.OK, time.perf_counter(), slot)
+    assert monitoring.idle_seconds() > 0.0

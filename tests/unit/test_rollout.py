@@ -15,14 +15,23 @@ from modelserver import rollout
 from modelserver.model_settings import parse_model_settings
 
 
-def test_the_split_sends_the_share_to_the_candidate_and_the_rest_to_the_newest_other() -> None:
+def test_the_split_sends_the_share_to_the_candidate_and_the_rest_to_the_stable() -> None:
     served = {1: "v1", 2: "v2", 3: "v3"}
-    picks = [rollout.choose((2, 10.0), served) for _ in range(20000)]
-    assert set(picks) == {2, 3}
-    assert 0.08 < picks.count(2) / len(picks) < 0.12
-    assert rollout.choose(None, served) is None
-    assert rollout.choose((4, 50.0), served) == 3          # the candidate is not served (yet)
-    assert rollout.choose((2, 100.0), {2: "v2"}) == 2       # nothing else served
+    picks = [rollout.choose((3, 10.0), served, 2) for _ in range(20000)]
+    assert set(picks) == {2, 3}          # never 1: the stable is what the policy serves, not the newest
+    assert 0.08 < picks.count(3) / len(picks) < 0.12
+    assert rollout.choose(None, served, 3) is None
+    assert rollout.choose((4, 50.0), served, 3) == 3          # the candidate is not served (yet)
+    assert rollout.choose((2, 100.0), {2: "v2"}, None) == 2   # nothing else served
+
+
+def test_a_rollouts_candidate_is_loaded_on_top_of_the_policy_like_a_shadows() -> None:
+    settings, errors = parse_model_settings({"models": {"m": {"rollout": {"version": 3, "percent": 10},
+                                                              "shadow": {"version": 4}}}})
+    assert not errors and settings["m"].candidates() == {3, 4}
+    config = load_config(None, ["model.name=m", "models.m.versions=specific:1",
+                                "models.m.rollout.version=2", "models.m.rollout.percent=10"])
+    assert config.model.settings["m"].runtime_settings()["rollout"] == {"version": 2, "percent": 10.0}
 
 
 def test_a_canary_key_decides_alone_and_stays_in_as_the_share_grows() -> None:
@@ -33,7 +42,7 @@ def test_a_canary_key_decides_alone_and_stays_in_as_the_share_grows() -> None:
         inside[percent] = set()
         for key in keys:
             rollout.set_request_slot(rollout.request_slot(key))
-            versions = {rollout.choose((2, percent), served) for _ in range(3)}
+            versions = {rollout.choose((2, percent), served, 1) for _ in range(3)}
             assert len(versions) == 1
             if versions == {2}:
                 inside[percent].add(key)
@@ -60,14 +69,10 @@ def test_model_server_settings_read_the_rollout() -> None:
     assert errors
 
 
-def test_rollout_keys_are_checked_against_the_versions_served() -> None:
-    config = load_config(None, ["model.name=m", "models.m.versions=specific:1,2",
-                                "models.m.rollout.version=2", "models.m.rollout.percent=10"])
-    assert config.model.settings["m"].runtime_settings()["rollout"] == {"version": 2, "percent": 10.0}
+def test_rollout_keys_are_checked() -> None:
     assert "rollout" not in load_config(None, ["model.name=m"]).model.settings["m"].runtime_settings()
     with pytest.raises(ConfigError) as exc:
-        load_config(None, ["model.name=m", "models.m.versions=specific:1", "models.m.rollout.version=2",
-                           "models.m.rollout.percent=120"])
+        load_config(None, ["model.name=m", "models.m.rollout.version=-2", "models.m.rollout.percent=120"])
     assert {key for key, _ in exc.value.problems} == {"models.m.rollout.version", "models.m.rollout.percent"}
 
 
@@ -142,7 +147,7 @@ def _start(repo, **guards):
 def test_a_rollout_holds_without_traffic_and_steps_on_when_it_comes(repo) -> None:
     canary, store, config, nodes = repo
     _start(repo)
-    assert store.read().model("m") == {"versions": "specific:1,2", "rollout.version": 2, "rollout.percent": 10.0}
+    assert store.read().model("m") == {"rollout.version": 2, "rollout.percent": 10.0}   # versions untouched
     for _ in range(3):
         canary.tick(store, config)
     state = canary.read(store, "m")
@@ -153,14 +158,14 @@ def test_a_rollout_holds_without_traffic_and_steps_on_when_it_comes(repo) -> Non
     state = canary.read(store, "m")
     assert (state.state, state.step) == ("running", 1)
     assert store.read().model("m")["rollout.percent"] == 50.0
-    for _ in range(2):      # 50 %, then 100 %: promoted, the cluster pins the candidate
+    for _ in range(2):      # 50 %, then 100 %: promoted; latest serves it once no rollout names it
         nodes.applied(canary, config)
         nodes.serve(1, 20)
         nodes.serve(2, 20)
         canary.tick(store, config)
     state = canary.read(store, "m")
     assert state.state == "promoted"
-    assert store.read().model("m") == {"versions": "specific:2"}
+    assert store.read().model("m") == {}
     assert [r.id for r in canary.history(store)] == [state.id]
 
 
@@ -197,7 +202,8 @@ def test_a_slower_candidate_is_rolled_back_by_the_latency_guard_only_in_a_shared
     canary.tick(store, config)
     state = canary.read(store, "m")
     assert state.state == "rolled_back" and state.reason.startswith("p99 latency")
-    assert store.read().model("m") == {}
+    assert store.read().model("m") == {"versions": "specific:1"}    # latest would serve v2 now
+    assert "versions pinned to specific:1 on every node (the policy latest would serve v2)" in state.events[-1]["what"]
 
 
 def test_pause_resume_and_abort(repo) -> None:
@@ -213,5 +219,29 @@ def test_pause_resume_and_abort(repo) -> None:
     canary.resume(store, "m")
     canary.abort(store, "m")
     state = canary.read(store, "m")
-    assert state.state == "aborted" and store.read().model("m") == {}
-    assert [e["what"].split(" ")[0] for e in state.events] == ["started:", "holding", "paused", "resumed", "aborted"]
+    assert state.state == "aborted" and store.read().model("m") == {"versions": "specific:1"}
+    assert [e["what"].split(" ")[0] for e in state.events] == ["started:", "holding", "paused", "resumed", "aborted",
+                                                               "versions"]
+
+
+@pytest.mark.parametrize("policy, stable, candidate, promoted, rolled_back", [
+    ("latest", 1, 2, "latest", "specific:1"),
+    ("latest:2", 3, 2, "specific:2", "latest:2"),           # back to an older version
+    ("specific:1", 1, 2, "specific:2", "specific:1"),
+    ("specific:1,2", 1, 2, "specific:1,2", "specific:1"),
+    ("all", 1, 2, "all", "specific:1"),
+])
+def test_the_end_of_a_rollout_pins_only_what_the_policy_would_not_serve(repo, policy, stable, candidate,
+                                                                         promoted, rolled_back) -> None:
+    canary, store, config, _ = repo
+    for end, expected in (("promote", promoted), ("abort", rolled_back)):
+        store.push("m", {"versions": policy})
+        state = canary.start(store, config, "m", candidate, stable)
+        if end == "promote":
+            canary._promote(store, state)
+            canary._write(store, state)
+        else:
+            canary.abort(store, "m")
+        assert store.read().model("m") == {"versions": expected}
+        state.state = "promoted"            # the next round may start
+        canary._write(store, state)
