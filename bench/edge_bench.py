@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -88,6 +89,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def envoy_2xx(target: dict) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{target['admin']}/stats?filter=^http.rest.downstream_rq_2xx$",
                                 timeout=5) as resp:
@@ -101,9 +107,11 @@ def wrk(target: dict, body: Path, concurrency: int, seconds: float) -> dict:
         cmd += ["-H", f"{name}: {value}"]
     before = envoy_2xx(target)
     cpu_before = {name: cpu_seconds(pid) for name, pid in target["pids"].items()}
+    wrk_before = _children_cpu()
     proc = subprocess.run(cmd + [target["url"]], capture_output=True, text=True,
                           env={**os.environ, "WRK_BODY": str(body)}, timeout=seconds + 60)
     cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in target["pids"].items()}
+    cpu["wrk"] = _children_cpu() - wrk_before   # the client's TLS runs on the same 2 cores
     line = [l for l in proc.stdout.splitlines() if l.startswith("{")]
     if proc.returncode != 0 or not line:
         raise RuntimeError(f"wrk failed: {proc.stdout}{proc.stderr}")
@@ -138,7 +146,8 @@ def main() -> int:
                 print(f"round {round_no + 1} {target['name']:5s} {result['rps']:8.1f} req/s "
                       f"p50 {result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms errors {result['errors']} "
                       f"wrk ok {result['requests'] - result['errors']} envoy 2xx {result['envoy_2xx']} "
-                      f"CPU/request: model server {result['model_server_cpu_us']} us, envoy {result['envoy_cpu_us']} us",
+                      f"CPU/request: model server {result['model_server_cpu_us']} us, envoy {result['envoy_cpu_us']} us, "
+                      f"wrk {result['wrk_cpu_us']} us",
                       file=sys.stderr)
         ratios = [e["rps"] / p["rps"] for p, e in zip(runs["plain"], runs["edge"])]
         summary = {
@@ -150,7 +159,7 @@ def main() -> int:
             "plain_p99_ms": statistics.median(r["p99_ms"] for r in runs["plain"]),
             "edge_p99_ms": statistics.median(r["p99_ms"] for r in runs["edge"]),
             "cpu_us_per_request": {side: {name: statistics.median(r[f"{name}_cpu_us"] for r in runs[side])
-                                          for name in ("model_server", "envoy")} for side in runs},
+                                          for name in ("model_server", "envoy", "wrk")} for side in runs},
             "errors": sum(r["errors"] for rs in runs.values() for r in rs),
             "wrk_vs_envoy": [(r["requests"] - r["errors"], r["envoy_2xx"]) for rs in runs.values() for r in rs]}
         print(json.dumps(summary, indent=2))

@@ -252,25 +252,6 @@ def prometheus_page() -> bytes:
     return REGISTRY.prometheus_text().encode("utf-8")
 
 
-def run_cost_micros(wall_micros: int, before: resource.struct_rusage, after: resource.struct_rusage) -> float:
-    """What one run cost, for inline.py's decision: its wall time, unless it computed in this thread
-    alone, then its CPU time.
-
-    On a core shared with Envoy the kernel preempts the model server in the middle of a 20 us run
-    now and then, and the wall clock then counts Envoy's time slice too: one such run used to push
-    a cheap model out of the inline path for the next dozen requests (about 30% of requests
-    behind Envoy on one core took the pool path). A run during which this thread never waited (no
-    voluntary context switch: no hand-off to another thread, no lock, no I/O) computed in this
-    thread only, so its CPU time is its cost, whatever else the core did meanwhile. Any run that
-    waited (TF's inter-op pool, intra-op workers, the GIL) keeps its wall time, so a heavy model is
-    never under-counted.
-    """
-    if after.ru_nvcsw != before.ru_nvcsw:
-        return wall_micros
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    return min(wall_micros, cpu * 1_000_000)
-
-
 class InstrumentedModel(LoadedModel):
     """Times every run of a loaded model for ``runtime_latency``; everything else is delegated.
 
@@ -297,7 +278,9 @@ class InstrumentedModel(LoadedModel):
         start = time.perf_counter()
         result = self.inner.run(signature_name, inputs)
         micros = micros_since(start)
-        self.run_cost.observe(run_cost_micros(micros, before, resource.getrusage(resource.RUSAGE_THREAD)))
+        after = resource.getrusage(resource.RUSAGE_THREAD)
+        self.run_cost.observe_run(micros, ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) * 1e6,
+                                  after.ru_nvcsw != before.ru_nvcsw)
         cell = self._cells.get(signature_name)
         if cell is not None and self.model_name not in _muted:
             cell.add(micros)

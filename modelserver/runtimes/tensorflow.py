@@ -122,7 +122,7 @@ class TensorFlowModel(LoadedModel):
                 log.warning("signature %r of %s cannot be served: %s", name, path, exc)
 
     def _run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        run = (self._in_caller if self.run_cost.cheap() else self._callables).get(signature.name)
+        run = (self._in_caller if self.run_cost.computes_here() else self._callables).get(signature.name)
         if run is None:
             raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature.name}" not found.')
         try:

@@ -60,18 +60,54 @@ def test_batching_and_instrumented_models_say_whether_they_wait() -> None:
 
 def test_run_cost_is_cpu_time_only_for_runs_that_never_waited() -> None:
     """A preempted run that computed alone costs its CPU time; a run that waited keeps its wall time."""
-    import resource
+    cost = RunCost()
+    cost.observe_run(900, 30, waited=False)   # 900 us of wall clock, 30 computing: preempted once
+    assert cost.mean == pytest.approx(30)
+    cost = RunCost()
+    cost.observe_run(900, 30, waited=True)    # waited for another thread (TF's pool, a lock)
+    assert cost.mean == 900
+    cost = RunCost()
+    cost.observe_run(40, 500, waited=False)   # never more than the wall time
+    assert cost.mean == 40
 
-    from modelserver.monitoring import run_cost_micros
 
-    def usage(cpu_s: float, voluntary: int, involuntary: int) -> resource.struct_rusage:
-        fields = [0] * 16
-        fields[0], fields[14], fields[15] = cpu_s, voluntary, involuntary  # ru_utime, ru_nvcsw, ru_nivcsw
-        return resource.struct_rusage(fields)
+def test_runs_computed_here_cost_their_cpu_time_and_probes_bring_a_cheap_model_back() -> None:
+    """A slow spell (GIL waits, a busy core) no longer keeps a cheap model off the event loop."""
+    cost = RunCost()
+    for _ in range(inline.MIN_SAMPLES):       # first runs in TF's pool, measured slow on a busy core
+        assert not cost.computes_here()
+        cost.observe_run(inline.INLINE_MAX_MICROS * 5, 20, waited=True)
+    assert not cost.cheap()
+    probes = 0
+    for _ in range(inline.PROBE_EVERY * 40):
+        if cost.cheap():
+            break
+        here = cost.computes_here()
+        probes += here
+        cost.observe_run(inline.INLINE_MAX_MICROS * 5, 20, waited=True)   # pool runs stay slow
+    assert cost.cheap() and probes >= 1
+    for _ in range(50):                       # inline: a GIL wait after the run costs no CPU
+        assert cost.computes_here()
+        cost.observe_run(5000, 25, waited=True)
+    assert cost.cheap()
 
-    start = usage(1.0, 5, 7)
-    # 900 us of wall clock, of which 30 us computing: preempted once, never waited
-    assert run_cost_micros(900, start, usage(1.00003, 5, 8)) == pytest.approx(30)
-    # waited for another thread (TF's pool, a lock): the wall clock is the cost
-    assert run_cost_micros(900, start, usage(1.00003, 6, 8)) == 900
-    assert run_cost_micros(40, start, usage(1.0005, 5, 7)) == 40   # never more than the wall time
+
+def test_a_lone_spike_computed_here_leaves_a_cheap_model_inline() -> None:
+    cost = RunCost()
+    for micros in [30] * inline.MIN_SAMPLES + [8000] + [30] * 5 + [8000] + [30]:
+        cost.computes_here()
+        cost.observe_run(micros, micros, waited=False)
+        assert cost.samples < inline.MIN_SAMPLES or cost.cheap()
+    for _ in range(10):                       # a model that turned heavy leaves within a few runs
+        cost.computes_here()
+        cost.observe_run(8000, 8000, waited=False)
+    assert not cost.cheap()
+
+
+def test_a_heavy_model_measures_heavy_in_its_probes() -> None:
+    cost = RunCost()
+    for _ in range(inline.PROBE_EVERY * 10):
+        cost.computes_here()
+        cost.observe_run(20000, 15000, waited=True)
+    assert not cost.cheap()
+    assert sum(cost.computes_here() for _ in range(inline.PROBE_EVERY * 4)) == 4   # one run in 16 probes
