@@ -36,7 +36,7 @@ import struct
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, NamedTuple, Union
+from typing import Awaitable, Callable, NamedTuple, Union
 
 from modelserver import hpack
 from modelserver.budget import BodyBudget
