@@ -22,8 +22,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -101,8 +99,11 @@ def envoy_2xx(target: dict) -> int:
     return int(found.group(1)) if found else 0
 
 
-def wrk(target: dict, body: Path, concurrency: int, seconds: float) -> dict:
-    cmd = ["wrk", "-t2", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "--timeout", "10s", "-s", str(LUA)]
+def wrk(target: dict, body: Path, concurrency: int, seconds: float, pinned: bool) -> dict:
+    # Pinned: wrk on CPU 0, the node on CPU 1 (as serving_bench.py does), so what the client's
+    # own TLS costs is not taken from the node's core.
+    cmd = (["taskset", "-c", "0", "wrk", "-t1"] if pinned else ["wrk", "-t2"]) + [
+        f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "--timeout", "10s", "-s", str(LUA)]
     for name, value in target["headers"].items():
         cmd += ["-H", f"{name}: {value}"]
     before = envoy_2xx(target)
@@ -128,6 +129,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--no-tls", action="store_true", help="the edge node without TLS")
+    parser.add_argument("--pin", action="store_true",
+                        help="the nodes' Envoy and model server on CPU 1, wrk on CPU 0 (default: not pinned)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     body = WORK / "body.json"
@@ -136,12 +139,17 @@ def main() -> int:
     try:
         for name in ("plain", "edge"):
             targets.append(node(name, not args.no_tls, started))
+        pinned = args.pin
         for target in targets:
-            wrk(target, body, args.concurrency, 2)    # warm-up
+            if pinned:
+                for pid in target["pids"].values():
+                    subprocess.run(["taskset", "-a", "-p", "-c", "1", str(pid)], check=True,
+                                   capture_output=True, timeout=30)
+            wrk(target, body, args.concurrency, 2, pinned)    # warm-up
         runs: dict[str, list[dict]] = {"plain": [], "edge": []}
         for round_no in range(args.rounds):
             for target in targets if round_no % 2 == 0 else targets[::-1]:
-                result = wrk(target, body, args.concurrency, args.duration)
+                result = wrk(target, body, args.concurrency, args.duration, pinned)
                 runs[target["name"]].append(result)
                 print(f"round {round_no + 1} {target['name']:5s} {result['rps']:8.1f} req/s "
                       f"p50 {result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms errors {result['errors']} "
@@ -153,6 +161,7 @@ def main() -> int:
         summary = {
             "concurrency": args.concurrency, "edge": "TLS + API key + rate limits" if not args.no_tls
             else "API key + rate limits", "loadavg": os.getloadavg(),
+            "cpus": "nodes on CPU 1, wrk on CPU 0" if pinned else "not pinned",
             "plain_rps_median": round(statistics.median(r["rps"] for r in runs["plain"]), 1),
             "edge_rps_median": round(statistics.median(r["rps"] for r in runs["edge"]), 1),
             "ratios": [round(r, 3) for r in ratios], "ratio_median": round(statistics.median(ratios), 3),
