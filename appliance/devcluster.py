@@ -271,21 +271,20 @@ def rolling_switch(base: Path, release: str | None, names: list[str] | None = No
             continue
         others = [n for n in nodes if n is not node]
         live = _live_nodes(others, progress)
-        phases = {"out": time.monotonic()}
+        started = time.monotonic()
         if node.role == "serving":
             _check_not_last(node, nodes, live)
             _take_out(node, others, live, progress)
             time.sleep(DRAIN_SECONDS)
-        phases["switch"] = time.monotonic()
+        switching = time.monotonic()
         progress(f"{node.name} ({node.address}): {releases.current()} -> {target}")
         switch_node(NodePaths(Path(node.root)), target, progress)
-        phases["back in"] = time.monotonic()
+        switched = time.monotonic()
         if node.role == "serving":
             _change_members(others, "add-node", node.address, live, progress)
             wait_in_rotation(live + [node], [node.address], progress)
-        took = ", ".join(f"{name} {end - start:.1f}s" for (name, start), end in
-                         zip(phases.items(), [*list(phases.values())[1:], time.monotonic()]))
-        progress(f"{node.name} serves on {target} ({took})")
+        progress(f"{node.name} serves on {target} (out {switching - started:.1f}s, switch "
+                 f"{switched - switching:.1f}s, back in {time.monotonic() - switched:.1f}s)")
 
 
 def _take_out(node: DevNode, others: list[DevNode], live: list[DevNode],

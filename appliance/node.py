@@ -111,6 +111,15 @@ class Node:
             changed.append(runconfig.path(self.paths))
         return changed
 
+    def ensure_logviewer_secrets(self, progress: Callable[[str], None] = print) -> None:
+        """The log browser's password, and the metrics page's token (served on the logviewer's
+        port), so the operator finds it where `up` says it is before anything has scraped."""
+        self.ensure_logviewer_password(progress)
+        if self.config.logviewer.enabled:
+            from .nodemetrics import scrape_token
+
+            scrape_token(self.config, self.paths)
+
     def ensure_logviewer_password(self, progress: Callable[[str], None] = print,
                                   terminal: bool | None = None) -> None:
         """First start: generate the log browser's password and store its hash.
@@ -123,11 +132,6 @@ class Node:
             return
         from logviewer import credentials
 
-        # The metrics page's token too, so the operator finds it where `up` says it is before
-        # anything has scraped (it is otherwise made on first use).
-        from .nodemetrics import scrape_token
-
-        scrape_token(self.config, self.paths)
         password = credentials.ensure_password(self.paths.etc)
         if not password:
             return
@@ -175,7 +179,7 @@ class Node:
         if self.config.node.role == "serving":
             self.check_models()
         self.render()
-        self.ensure_logviewer_password(progress)
+        self.ensure_logviewer_secrets(progress)
         if foreground:
             self._run_foreground(timeout, progress)
             return
@@ -229,7 +233,7 @@ class Node:
             self.check_models()
         self._xds_rejected = xds_rejections(self.config.envoy.admin_port)
         changed = self.render()
-        self.ensure_logviewer_password(progress)
+        self.ensure_logviewer_secrets(progress)
         self._apply_changes(changed, progress)
 
     def _apply_changes(self, changed: list[Path], progress: Callable[[str], None]) -> None:
