@@ -373,10 +373,14 @@ def test_cluster_settings_reach_every_node_also_one_whose_agent_was_down(cluster
             os.kill(agent, signal.SIGCONT)
     try:
         wait_until(lambda: not warmup(late), timeout=60, what="the restarted agent to apply the push")
-        shown = _cli_ok(late, "fleet", "show")
+
+        def every_node_reported() -> str:     # a report follows its apply within REPORT_SECONDS
+            shown = _cli_ok(late, "fleet", "show")
+            revision = re.search(r"revision (\d+)", shown).group(1)
+            done = all(f"node {n.address}: applied revision {revision}" in shown for n in serving)
+            return shown if done else ""
+        shown = wait_until(every_node_reported, timeout=30, what="every serving node to report the revision")
         assert f"models.{MODEL}.warmup = false" in shown
-        revision = re.search(r"revision (\d+)", shown).group(1)
-        assert all(f"node {n.address}: applied revision {revision}" in shown for n in serving), shown
     finally:
         _cli_ok(serving[0], "fleet", "unset", MODEL, "warmup")
     assert all(warmup(n) for n in serving)

@@ -71,12 +71,12 @@ def test_buckets_limit_and_say_when_to_retry(tmp_path) -> None:
 
 
 def test_a_token_bucket_refills_at_its_rate() -> None:
-    bucket = TokenBucket(10.0)
-    start = bucket.stamp
-    assert bucket.capacity == 5.0
-    assert [bucket.take(start) for _ in range(6)] == [0] * 5 + [1]
-    assert [bucket.take(start + 0.2) for _ in range(3)] == [0] * 2 + [1]   # 2 more a fifth later
-    assert bucket.take(start + 10) == 0 and bucket.tokens == 4.0            # never more than 5
+    bucket = TokenBucket(8.0)
+    start = bucket.stamp = 1024.0        # times exact in binary: start + 0.25 - start is 0.25
+    assert bucket.capacity == 4.0
+    assert [bucket.take(start) for _ in range(5)] == [0] * 4 + [1]
+    assert [bucket.take(start + 0.25) for _ in range(3)] == [0] * 2 + [1]   # 2 more a quarter later
+    assert bucket.take(start + 10) == 0 and bucket.tokens == 3.0            # never more than 4
 
 
 def test_a_reread_keeps_buckets_whose_rate_did_not_change(tmp_path) -> None:
