@@ -148,7 +148,9 @@ def report_text(report: dict[str, Any]) -> str:
              f"atol {report['settings']['atol']:g}, rtol {report['settings']['rtol']:g}",
              f"requests: {counts['seen']} seen, {counts['sampled']} copied, {counts['compared']} compared, "
              f"{counts['dropped']} dropped (busy), {counts['skipped']} skipped (candidate not loaded), "
-             f"{counts['candidate_errors']} candidate errors"]
+             f"{counts['candidate_errors']} candidate errors",
+             f"noise: the current version ran again on {counts.get('secondary_runs', 0)} copies"
+             + (" (it answered bit for bit alike, so now on 1 copy in 16)" if report.get("deterministic") else "")]
     if report["last_error"]:
         lines.append(f"last candidate error: {report['last_error']}")
     for alias, out in report["outputs"].items():

@@ -5,7 +5,8 @@ that name no version (REST and gRPC Predict) is handed here *after* the client's
 computed: the request's decoded inputs and the primary's outputs go into a bounded queue, and
 the client's request goes on at once. One worker thread runs each copy on the candidate and
 once more on the primary (the "secondary", Diffy's trick: a model that answers differently
-from run to run must not look like a regression), compares the three
+from run to run must not look like a regression; a model that proved bit for bit deterministic
+gets its secondary on one copy in :data:`SECONDARY_EVERY` only), compares the three
 answers (:mod:`modelserver.shadow_compare`) and adds them to the model's report. When the queue
 is full the copy is dropped and counted: the shadow never makes a client wait.
 
@@ -56,6 +57,11 @@ EXAMPLES = 10            # most different requests kept per model
 EXAMPLE_VALUES = 4096    # an input with more values is shown by its shape only
 IDLE_GAP = 0.0005        # seconds without a request before a copy's next step runs
 IDLE_POLL_MAX = 0.01     # the longest sleep between two looks while the server is busy
+# A model whose secondary answered bit for bit as its primary this many copies in a row is taken
+# as deterministic: its secondary then runs on one copy in SECONDARY_EVERY only (a copy costs one
+# model run instead of two); the first secondary that differs makes it run on every copy again.
+DETERMINISTIC_AFTER = 32
+SECONDARY_EVERY = 16
 
 
 @dataclass
@@ -164,11 +170,29 @@ class _Run:
     skipped: int = 0         # the candidate was not loaded (yet), or was the primary itself
     candidate_errors: int = 0
     secondary_errors: int = 0
+    secondary_runs: int = 0
+    identical: int = 0       # copies in a row whose secondary answered exactly as the primary
+    noisy: bool = False      # a secondary differed: it runs on every copy from then on
     primary_versions: set[int] = field(default_factory=set)
     tensors: dict[str, _TensorTotals] = field(default_factory=dict)
     examples: list[tuple[tuple, int, dict]] = field(default_factory=list)   # a min-heap on the score
     last_error: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def deterministic(self) -> bool:
+        """Whether the model answered bit for bit alike so far (its secondary then runs on few copies)."""
+        return not self.noisy and self.identical >= DETERMINISTIC_AFTER
+
+    def wants_secondary(self) -> bool:
+        return not self.deterministic() or self.compared % SECONDARY_EVERY == 0
+
+    def saw_secondary(self, primary: Mapping[str, np.ndarray], secondary: Mapping[str, np.ndarray]) -> None:
+        """Count a secondary's answer toward (or against) the model being deterministic."""
+        self.secondary_runs += 1
+        if all(np.array_equal(value, secondary.get(alias)) for alias, value in primary.items()):
+            self.identical += 1
+        else:
+            self.noisy = True
 
     def report(self) -> dict[str, Any]:
         with self.lock:
@@ -181,7 +205,9 @@ class _Run:
                 "requests": {"seen": self.seen, "sampled": self.sampled, "dropped": self.dropped,
                              "compared": self.compared, "skipped": self.skipped,
                              "candidate_errors": self.candidate_errors,
-                             "secondary_errors": self.secondary_errors},
+                             "secondary_errors": self.secondary_errors,
+                             "secondary_runs": self.secondary_runs},
+                "deterministic": self.deterministic(),
                 "last_error": self.last_error,
                 "outputs": {alias: totals.as_dict(self.settings.topk) for alias, totals in sorted(self.tensors.items())},
                 "examples": [example for _, _, example in sorted(self.examples, key=lambda e: e[:2], reverse=True)]})
@@ -237,6 +263,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
         "stopped": None if any(r["running"] for r in same) else max(r["stopped"] or 0 for r in same),
         "running": any(r["running"] for r in same),
         "nodes": sorted(r.get("node", "") for r in same), "requests": requests,
+        "deterministic": all(r.get("deterministic", False) for r in same),
         "last_error": next((r["last_error"] for r in same if r["last_error"]), ""),
         "outputs": {alias: t.as_dict(topk) for alias, t in sorted(totals.items())},
         "examples": examples[:EXAMPLES]})
@@ -333,8 +360,10 @@ class ShadowTap:
             with run.lock:
                 run.skipped += 1
             return
-        _when_idle()
-        secondary = self._run(copy.primary, copy)
+        secondary: Mapping[str, np.ndarray] | str | None = None
+        if run.wants_secondary():
+            _when_idle()
+            secondary = self._run(copy.primary, copy)
         _when_idle()
         answer = self._run(candidate, copy)
         _when_idle()
@@ -343,6 +372,8 @@ class ShadowTap:
             if isinstance(secondary, str):
                 run.secondary_errors += 1
                 secondary = None
+            elif secondary is not None:
+                run.saw_secondary(copy.outputs, secondary)
             if isinstance(answer, str):
                 run.candidate_errors += 1
                 run.last_error = answer

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from modelserver.shadow import DETERMINISTIC_AFTER, SECONDARY_EVERY
 from tests.conftest import Processes, wait_until
 from tests.tfmodels import classifier, save_version, send_classifier, serve_config
 
@@ -111,6 +112,7 @@ def test_candidates_within_tolerance_differing_and_noisy(server) -> None:
     assert noise["differing_percent"] > 50 and noise["noise_percent"] > 50      # dropout: every run differs
     assert noise["classifier"]["top1_changed_percent"] > 5                     # ...and so does its top class
     assert not noise["regression"] and not noise["classifier"]["regression"] and noisy["noisy"] == ["scores"]
+    assert not noisy["deterministic"] and noisy["requests"]["secondary_runs"] == noisy["requests"]["compared"]
 
     # The candidate now flips the top class of 1 row in 20: a new report for the new candidate.
     _apply(root, url, {"cls": {"version": 3, "sample": 100}}, {"cls": {1, 3}, "noisy": {1}})
@@ -120,6 +122,11 @@ def test_candidates_within_tolerance_differing_and_noisy(server) -> None:
     top1 = flipped["outputs"]["scores"]["classifier"]
     assert abs(top1["top1_changed_percent"] - 5.0) <= 1.0 and top1["top1_noise"] == 0 and top1["regression"]
     assert flipped["regressions"] == ["scores"] and flipped["agreement_percent"] == 95.0
+    # Version 1 answered its secondary runs bit for bit alike: after DETERMINISTIC_AFTER copies
+    # its secondary runs on one copy in SECONDARY_EVERY only.
+    compared = flipped["requests"]["compared"]
+    assert compared == 60 and flipped["deterministic"], flipped["requests"]
+    assert flipped["requests"]["secondary_runs"] == DETERMINISTIC_AFTER + -(-(compared - DETERMINISTIC_AFTER) // SECONDARY_EVERY)
     examples = flipped["examples"]
     assert examples and {example["api"] for example in examples} <= {"REST", "gRPC"}
     for example in examples:
