@@ -269,7 +269,11 @@ def start_model_server(processes, args: list[str], log: Path, timeout: float = 1
 
     from tests.conftest import GiveUp, free_port, venv_bin, wait_until
 
+    # A --port among ``args`` was drawn and let go: the kernel may hand the same port out again.
+    drawn = {arg.split("=", 1)[1] for arg in args if arg.startswith("--port=")}
     port = free_port()
+    while str(port) in drawn:
+        port = free_port()
     proc = processes.start([venv_bin("appliance-model-server"), "--listen_address=127.0.0.1", "--port=0",
                             f"--rest_api_port={port}", *args], log=log, **popen)
     url = f"http://127.0.0.1:{port}"

@@ -16,6 +16,7 @@ import shutil
 import stat
 import time
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -132,8 +133,10 @@ def test_login_live_tail_and_model_page_in_chromium(node, browser) -> None:
     assert any(":predict" in r.text and "POST" in r.text for r in rows)
     shot(browser, "04-access-table")
 
-    # Models: the list, then the model page with the serving version and its signature.
+    # Models: the list, then the model page with the serving version and its signature. The
+    # access table has links named MODEL too: only the models page's own are waited for.
     browser.find_element(By.LINK_TEXT, "Models").click()
+    wait.until(lambda d: urlsplit(d.current_url).path == "/models")
     wait.until(ec.presence_of_element_located((By.LINK_TEXT, MODEL)))
     shot(browser, "05-models")
     browser.find_element(By.LINK_TEXT, MODEL).click()
@@ -146,6 +149,7 @@ def test_login_live_tail_and_model_page_in_chromium(node, browser) -> None:
 
     # The cluster as Envoy sees it.
     browser.find_element(By.LINK_TEXT, "Cluster").click()
+    wait.until(lambda d: urlsplit(d.current_url).path == "/cluster")   # the model page has cards too
     wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "section.card")))
     assert "HEALTHY" in browser.page_source and "model_server_rest" in browser.page_source
     shot(browser, "07-cluster")

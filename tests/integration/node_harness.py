@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from appliance.supervision import pid_alive
-from tests.conftest import free_port
+from tests.conftest import free_ports
 
 CLI = [sys.executable, "-m", "appliance.cli"]
 
@@ -91,8 +91,7 @@ def new_node(root: Path, models: Path, names: list[str], address: str = "127.0.0
     store.mkdir(parents=True)
     for name in names:
         (store / name).symlink_to(models / name, target_is_directory=True)
-    return NodeUnderTest(root, address, free_port(address), free_port(address), free_port(),
-                         free_port(address), free_port(address), free_port(address), free_port(address))
+    return NodeUnderTest(root, address, *free_ports(address, address, "127.0.0.1", *[address] * 4))
 
 
 def wait_gone(pids: list[int], timeout: float = 30) -> list[int]:

@@ -16,7 +16,7 @@ import pytest
 
 from appliance import doctor
 from appliance.config import load_config
-from tests.conftest import free_port
+from tests.conftest import free_ports
 from tests.unit.test_doctor import _node, _problems
 
 CLI = [sys.executable, "-m", "appliance.cli"]
@@ -67,12 +67,13 @@ def test_port_taken_read_only_store_and_missing_model_are_each_reported(tmp_path
     store = tmp_path / "data/models"
     (store / "half/1").mkdir(parents=True)
     (store / "half/1/saved_model.pb").write_bytes(saved_model_bytes(64))
-    ports = {k: free_port() for k in ("grpc.port", "envoy.admin.port", "serving.rest.port",
-                                      "serving.grpc.port", "logviewer.port", "repo.port")}
+    keys = ("grpc.port", "envoy.admin.port", "serving.rest.port", "serving.grpc.port",
+            "logviewer.port", "repo.port")
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
+        ports = dict(zip(keys, free_ports(*["127.0.0.1"] * len(keys))))   # none is the held one
         sets = ["--set", "node.address=127.0.0.1", "--set", f"http.port={taken}",
                 "--set", "model.name=half,missing"]
         from appliance.config import KEYS

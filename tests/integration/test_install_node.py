@@ -26,7 +26,7 @@ import requests
 import yaml
 
 from appliance.releases import Releases, release_env
-from tests.conftest import REPO, Processes, free_port, wait_until
+from tests.conftest import REPO, Processes, free_ports, wait_until
 from tests.integration.node_harness import wait_gone
 
 SCRIPT = REPO / "scripts" / "install-node.sh"
@@ -198,7 +198,8 @@ def test_the_installed_node_answers_the_user_guide_through_envoy(
     # Boot-time config the way the unit makes it: bootstrap from a file of appliance keys.
     values: dict[str, object] = {"node.address": "127.0.0.1", "model.name": MODEL,
                                  "enable.access.log": True, "envoy.concurrency": 1}
-    values.update({key: free_port() for key in _installed_keys(venv) if key.endswith(".port")})
+    port_keys = [key for key in _installed_keys(venv) if key.endswith(".port")]
+    values.update(zip(port_keys, free_ports(*["127.0.0.1"] * len(port_keys))))
     given = tmp_path / "node.yaml"
     given.write_text(yaml.safe_dump(values))
     boot = subprocess.run([appliance, "--root", str(root), "bootstrap", "--from", str(given)],
@@ -364,8 +365,10 @@ class UserNode:
 def _user_node(root: Path, address: str, keys: set[str]) -> UserNode:
     from tests.integration.objectstore_harness import free_port_block
 
-    ports = {key: free_port(address) for key in keys if key.endswith(".port")}
-    ports["envoy.admin.port"] = free_port()
+    port_keys = sorted(key for key in keys if key.endswith(".port"))
+    *drawn, admin = free_ports(*[address] * len(port_keys), "127.0.0.1")
+    ports = dict(zip(port_keys, drawn))
+    ports["envoy.admin.port"] = admin
     ports["repo.internal.port.base"] = free_port_block(8)
     return UserNode(root, address, ports)
 

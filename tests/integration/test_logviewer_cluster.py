@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from appliance.render import find_binary
-from tests.conftest import Processes, free_port, wait_until
+from tests.conftest import Processes, free_ports, wait_until
 from tests.unit.test_logviewer_app import build_site, text
 
 pytestmark = pytest.mark.slow
@@ -76,8 +76,8 @@ class Answer(BaseHTTPRequestHandler):
 def envoy(tmp_path: Path, processes: Processes) -> Iterator[dict]:
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    ports = {"admin": free_port(), "listen": free_port(), "alive": upstream.server_address[1],
-             "dead": free_port()}
+    admin, listen, dead = free_ports("127.0.0.1", "127.0.0.1", "127.0.0.1")
+    ports = {"admin": admin, "listen": listen, "alive": upstream.server_address[1], "dead": dead}
     config = tmp_path / "envoy.yaml"
     config.write_text(BOOTSTRAP.format(**ports))
     processes.start([find_binary("envoy"), "-c", str(config), "--disable-hot-restart",

@@ -101,17 +101,20 @@ def test_status_shows_processes_uptime_and_model_versions(node: NodeUnderTest) -
 
 
 def test_access_log_names_the_upstream(node: NodeUnderTest) -> None:
-    requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict",
-                  data='{"instances": [3.0]}', timeout=30)
+    # Told apart by its size: Envoy flushes the log once a second, so the last line there may
+    # still be an earlier test's (a GET of :predict among them).
+    body = '{"instances": [3.0]}' + " " * 321
+    requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict", data=body, timeout=30)
     log = node.root / "var/log/appliance/access.log"
 
     def predict_lines() -> list[dict]:
         lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        return [entry for entry in lines if entry["path"].endswith(":predict")]
+        return [entry for entry in lines if entry["path"].endswith(":predict")
+                and int(entry["bytes_received"]) == len(body)]
 
-    entries = wait_until(predict_lines, timeout=15, what="access log lines")
-    assert entries[-1]["upstream_host"] == f"127.0.0.1:{node.rest_port}"   # its own, on loopback
-    assert entries[-1]["method"] == "POST"
+    (entry,) = wait_until(predict_lines, timeout=15, what="the request's access log line")
+    assert entry["upstream_host"] == f"127.0.0.1:{node.rest_port}"   # its own, on loopback
+    assert entry["method"] == "POST"
 
 
 def test_up_again_changes_nothing(node: NodeUnderTest) -> None:

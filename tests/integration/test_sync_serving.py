@@ -144,9 +144,11 @@ def test_replacing_v1_by_v2_under_load_fails_no_request(
 
         def retired() -> bool:
             nonlocal seen_available, order_ok
+            # The dirs first: read after the states, they could be gone because the new version
+            # became AVAILABLE (and the agent retired the old ones) in between.
+            gone = not any((store / str(v)).exists() for v in range(1, new))
             states = served_versions(node, "half")
             seen_available = seen_available or states.get(new) == "AVAILABLE"
-            gone = not any((store / str(v)).exists() for v in range(1, new))
             if gone and not seen_available:
                 order_ok = False
             return gone

@@ -11,7 +11,7 @@ import pytest
 
 from appliance import doctor, portowners
 from appliance.config import NodePaths, load_config
-from tests.conftest import free_port
+from tests.conftest import free_port, free_ports
 
 
 def _node(tmp_path: Path, text: str = "") -> NodePaths:
@@ -68,8 +68,8 @@ def test_a_port_taken_by_another_process_names_it_and_the_key_to_change(tmp_path
 
 
 def test_free_ports_are_ok(tmp_path: Path) -> None:
-    ports = {key: free_port() for key in ("http.port", "grpc.port", "envoy.admin.port",
-                                          "serving.rest.port", "serving.grpc.port")}
+    keys = ("http.port", "grpc.port", "envoy.admin.port", "serving.rest.port", "serving.grpc.port")
+    ports = dict(zip(keys, free_ports(*["127.0.0.1"] * len(keys))))
     text = "node.address: 127.0.0.1\nlogviewer.enabled: false\n" if "logviewer.enabled" in \
         _schema_names() else "node.address: 127.0.0.1\n"
     paths = _node(tmp_path, text + "".join(f"{k}: {v}\n" for k, v in ports.items()))
