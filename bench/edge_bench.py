@@ -9,6 +9,7 @@ edge node reaches >= 90% of the plain node's throughput (median of the per-round
 
     .venv/bin/python bench/edge_bench.py --rounds 5 --duration 10
     .venv/bin/python bench/edge_bench.py --no-tls     # keys + limits only (no edge TLS)
+    .venv/bin/python bench/edge_bench.py --variants plain,edge,plain2,tls,keys   # noise, and the parts
 """
 
 from __future__ import annotations
@@ -29,9 +30,18 @@ REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "bench/.work/edge"
 PYTHON = REPO / ".venv/bin/python"
 HPT = "saved_model_half_plus_two_mkl"
-ADDRESSES = {"plain": "127.0.12.40", "edge": "127.0.12.41"}
 LUA = REPO / "bench/post.lua"
 HUGE = 1_000_000    # requests/s: the buckets run on every request and never refuse
+KEYS_AND_LIMITS = {"auth.required": True, "rate.node": HUGE, "models.{model}.rate": HUGE}
+# name -> (address, settings over the defaults, TLS). "plain2" is a second plain node: its ratio
+# to "plain" is the method's own noise; "tls" and "keys" split the edge's cost in two.
+VARIANTS: dict[str, tuple[str, dict, bool]] = {
+    "plain": ("127.0.12.40", {}, False),
+    "edge": ("127.0.12.41", {**KEYS_AND_LIMITS, "tls.plaintext": False}, True),
+    "plain2": ("127.0.12.42", {}, False),
+    "tls": ("127.0.12.43", {"tls.plaintext": False}, True),
+    "keys": ("127.0.12.44", KEYS_AND_LIMITS, False),
+}
 
 
 def free_port(address: str) -> int:
@@ -49,11 +59,12 @@ def cli(root: Path, *args: str, timeout: float = 600) -> str:
     return result.stdout
 
 
-def node(name: str, tls: bool, started: list[Path]) -> dict:
-    """Start one node (its root added to ``started`` first: a failed `up` is stopped too); what
-    wrk needs to reach it."""
+def node(name: str, started: list[Path], no_tls: bool = False) -> dict:
+    """Start one node of :data:`VARIANTS` (its root added to ``started`` first: a failed `up` is
+    stopped too); what wrk needs to reach it."""
+    address, extra, tls = VARIANTS[name]
+    tls = tls and not no_tls
     root = WORK / name
-    address = ADDRESSES[name]
     store = root / "data/models"
     if not (store / HPT).exists():
         cli(root, "builtin-models", "--only", HPT)
@@ -61,15 +72,14 @@ def node(name: str, tls: bool, started: list[Path]) -> dict:
                                                  "serving.grpc.port", "logviewer.port")}
     values: dict[str, object] = {"model.name": HPT, "node.address": address,
                                  "envoy.admin.port": free_port("127.0.0.1"), **ports}
-    if name == "edge":
-        values.update({"auth.required": True, "rate.node": HUGE, f"models.{HPT}.rate": HUGE})
-        if tls:
-            values["tls.plaintext"] = False
+    values.update({key.format(model=HPT): value for key, value in extra.items()})
+    if not tls:
+        values.pop("tls.plaintext", None)
     config = root / "etc/appliance/appliance.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in values.items()))
     headers = {}
-    if name == "edge":
+    if values.get("auth.required"):
         out = cli(root, "keys", "add", "bench", "--rate", str(HUGE))
         key = re.search(r"^bench: (\S+)$", out, re.M).group(1)
         headers["Authorization"] = f"Bearer {key}"
@@ -77,7 +87,7 @@ def node(name: str, tls: bool, started: list[Path]) -> dict:
     cli(root, "up", "--timeout", "300")
     status = json.loads(cli(root, "status", "--json"))
     pids = {p["name"]: p["pid"] for p in status["processes"] if p["name"] in ("model_server", "envoy")}
-    scheme = "https" if name == "edge" and tls else "http"
+    scheme = "https" if tls else "http"
     return {"name": name, "root": root, "url": f"{scheme}://{address}:{ports['http.port']}/v1/models/{HPT}:predict",
             "admin": values["envoy.admin.port"], "headers": headers, "pids": pids}
 
@@ -131,14 +141,18 @@ def main() -> int:
     parser.add_argument("--no-tls", action="store_true", help="the edge node without TLS")
     parser.add_argument("--pin", action="store_true",
                         help="the nodes' Envoy and model server on CPU 1, wrk on CPU 0 (default: not pinned)")
+    parser.add_argument("--variants", default="plain,edge",
+                        help=f"nodes to compare with plain, in rounds (of {', '.join(VARIANTS)}); e.g. "
+                             "plain,edge,plain2,tls,keys: plain2 shows the method's noise, tls and keys the edge's parts")
     args = parser.parse_args()
+    names = list(dict.fromkeys(["plain", *args.variants.split(",")]))
     WORK.mkdir(parents=True, exist_ok=True)
     body = WORK / "body.json"
     body.write_text('{"instances": [1.0, 2.0, 5.0]}')
     targets, started = [], []
     try:
-        for name in ("plain", "edge"):
-            targets.append(node(name, not args.no_tls, started))
+        for name in names:
+            targets.append(node(name, started, args.no_tls))
         pinned = args.pin
         for target in targets:
             if pinned:
@@ -146,33 +160,42 @@ def main() -> int:
                     subprocess.run(["taskset", "-a", "-p", "-c", "1", str(pid)], check=True,
                                    capture_output=True, timeout=30)
             wrk(target, body, args.concurrency, 2, pinned)    # warm-up
-        runs: dict[str, list[dict]] = {"plain": [], "edge": []}
+        runs: dict[str, list[dict]] = {name: [] for name in names}
         for round_no in range(args.rounds):
             for target in targets if round_no % 2 == 0 else targets[::-1]:
                 result = wrk(target, body, args.concurrency, args.duration, pinned)
                 runs[target["name"]].append(result)
-                print(f"round {round_no + 1} {target['name']:5s} {result['rps']:8.1f} req/s "
+                print(f"round {round_no + 1} {target['name']:6s} {result['rps']:8.1f} req/s "
                       f"p50 {result['p50_ms']:.2f} ms p99 {result['p99_ms']:.2f} ms errors {result['errors']} "
                       f"wrk ok {result['requests'] - result['errors']} envoy 2xx {result['envoy_2xx']} "
                       f"CPU/request: model server {result['model_server_cpu_us']} us, envoy {result['envoy_cpu_us']} us, "
                       f"wrk {result['wrk_cpu_us']} us",
                       file=sys.stderr)
-        ratios = [e["rps"] / p["rps"] for p, e in zip(runs["plain"], runs["edge"])]
+
+        def ratios(name: str) -> list[float]:
+            return [v["rps"] / p["rps"] for p, v in zip(runs["plain"], runs[name])]
+
+        def server_cost(result: dict) -> float:
+            return result["model_server_cpu_us"] + result["envoy_cpu_us"]
+
         summary = {
             "concurrency": args.concurrency, "edge": "TLS + API key + rate limits" if not args.no_tls
             else "API key + rate limits", "loadavg": os.getloadavg(),
             "cpus": "nodes on CPU 1, wrk on CPU 0" if pinned else "not pinned",
-            "plain_rps_median": round(statistics.median(r["rps"] for r in runs["plain"]), 1),
-            "edge_rps_median": round(statistics.median(r["rps"] for r in runs["edge"]), 1),
-            "ratios": [round(r, 3) for r in ratios], "ratio_median": round(statistics.median(ratios), 3),
-            "plain_p99_ms": statistics.median(r["p99_ms"] for r in runs["plain"]),
-            "edge_p99_ms": statistics.median(r["p99_ms"] for r in runs["edge"]),
-            "cpu_us_per_request": {side: {name: statistics.median(r[f"{name}_cpu_us"] for r in runs[side])
-                                          for name in ("model_server", "envoy", "wrk")} for side in runs},
+            "rps_median": {name: round(statistics.median(r["rps"] for r in runs[name]), 1) for name in names},
+            "p99_ms_median": {name: statistics.median(r["p99_ms"] for r in runs[name]) for name in names},
+            # Per round, vs plain: throughput, and the servers' CPU per request (its inverse: the
+            # second measure of the same ratio, which holds whatever else the machine ran).
+            "ratios": {name: [round(r, 3) for r in ratios(name)] for name in names[1:]},
+            "ratio_median": {name: round(statistics.median(ratios(name)), 3) for name in names[1:]},
+            "cost_ratio_median": {name: round(statistics.median(
+                server_cost(p) / server_cost(v) for p, v in zip(runs["plain"], runs[name])), 3) for name in names[1:]},
+            "cpu_us_per_request": {name: {part: statistics.median(r[f"{part}_cpu_us"] for r in runs[name])
+                                          for part in ("model_server", "envoy", "wrk")} for name in names},
             "errors": sum(r["errors"] for rs in runs.values() for r in rs),
             "wrk_vs_envoy": [(r["requests"] - r["errors"], r["envoy_2xx"]) for rs in runs.values() for r in rs]}
         print(json.dumps(summary, indent=2))
-        return 0 if summary["ratio_median"] >= 0.9 else 1
+        return 0 if summary["ratio_median"].get("edge", 1.0) >= 0.9 else 1
     finally:
         for root in started:
             try:
