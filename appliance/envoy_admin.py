@@ -106,11 +106,25 @@ def unhealthy_of(admin_port: int, addresses: list[str]) -> list[str]:
     return [a for a in addresses if not all(a in seen for seen in healthy)]
 
 
-def xds_rejections(admin_port: int) -> int:
-    """How many listener (LDS) and cluster (CDS) files Envoy has refused since it started (a
-    port it cannot bind, ...); 0 when its admin does not answer."""
+def xds_updates(admin_port: int) -> dict[str, int]:
+    """How many listener (``lds``) and cluster (``cds``) files Envoy has taken and refused since
+    it started (``{"lds.update_success": 3, "lds.update_rejected": 0, ...}``; a refusal: a port it
+    cannot bind, ...); {} when its admin does not answer."""
     code, stats = http_json(f"http://127.0.0.1:{admin_port}/stats?format=json&filter="
-                            "%5E(listener_manager%5C.lds%7Ccluster_manager%5C.cds)%5C.update_rejected%24")
+                            "%5E(listener_manager%5C.lds%7Ccluster_manager%5C.cds)%5C.update_(success%7Crejected)%24")
     if code != 200 or not isinstance(stats, dict):
-        return 0
-    return sum(_int(s.get("value", 0)) for s in stats.get("stats", []) or [] if "value" in s)
+        return {}
+    return {s["name"].split(".", 1)[1]: _int(s.get("value", 0)) for s in stats.get("stats", []) or []
+            if "value" in s and "." in str(s.get("name", ""))}
+
+
+def xds_rejections(admin_port: int) -> int:
+    """How many listener and cluster files Envoy has refused since it started (see :func:`xds_updates`)."""
+    return sum(count for name, count in xds_updates(admin_port).items() if name.endswith("rejected"))
+
+
+def xds_taken(before: dict[str, int], now: dict[str, int], kinds: set[str]) -> bool:
+    """Envoy has loaded (or refused) a new file of each of ``kinds`` ("lds", "cds") since ``before``."""
+    def seen(counts: dict[str, int], kind: str) -> int:
+        return counts.get(f"{kind}.update_success", 0) + counts.get(f"{kind}.update_rejected", 0)
+    return all(seen(now, kind) > seen(before, kind) for kind in kinds)

@@ -23,7 +23,7 @@ from modelserver.core.choice import Choice
 from modelserver.core.platforms import has_version
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import Config, NodePaths, local_store
-from .envoy_admin import read_cluster_view, unhealthy_of, xds_rejections
+from .envoy_admin import read_cluster_view, unhealthy_of, xds_rejections, xds_taken, xds_updates
 from .errors import ApplianceError, SupervisorError
 from .localhttp import get_text
 from .modelstatus import ModelServerClient
@@ -68,6 +68,10 @@ class Node:
         self.supervisor = Supervisor(render.supervisor_socket(paths))
         # Envoy's refused LDS/CDS files before this change (a refusal since is this change's).
         self._xds_rejected = 0
+        # Envoy's LDS/CDS load counts before this change, and which of the two it must load anew
+        # (swapped in without a restart) before the change is applied.
+        self._xds_before: dict[str, int] = {}
+        self._xds_pending: set[str] = set()
 
     # ------------------------------------------------------------------ construction
 
@@ -231,7 +235,8 @@ class Node:
                                  "`appliance up` starts it")
         if self.config.node.role == "serving":
             self.check_models()
-        self._xds_rejected = xds_rejections(self.config.envoy.admin_port)
+        self._xds_before = xds_updates(self.config.envoy.admin_port)
+        self._xds_rejected = sum(n for name, n in self._xds_before.items() if name.endswith("rejected"))
         changed = self.render()
         self.ensure_logviewer_secrets(progress)
         self._apply_changes(changed, progress)
@@ -259,7 +264,8 @@ class Node:
             progress("envoy.yaml (Envoy's bootstrap: admin port, node id) changed: restarting envoy")
             self.supervisor.restart("envoy")
         elif names & {"lds.yaml", "cds.yaml"} and "envoy" not in restarted:
-            progress("Envoy's listeners or clusters changed: Envoy swapped them in (no restart)")
+            progress("Envoy's listeners or clusters changed: Envoy swaps them in (no restart)")
+            self._xds_pending = {kind for kind in ("lds", "cds") if f"{kind}.yaml" in names}
         if render.MONITORING_CONFIG in names and "model_server" not in restarted:
             # The model server reads its Prometheus page's path at start only.
             progress("monitoring.config (metrics.path) changed: restarting model_server")
@@ -378,6 +384,10 @@ class Node:
                 step(f"model {name} AVAILABLE on the model server", lambda n=name: server.available(n))
         admin = f"http://127.0.0.1:{self.config.envoy.admin_port}/ready"
         step("envoy ready", lambda: get_text(admin)[0] == 200)
+        if self._xds_pending:   # until then Envoy still serves with its previous listeners
+            step("Envoy loaded the new " + " and ".join(
+                     {"lds": "listeners", "cds": "clusters"}[kind] for kind in sorted(self._xds_pending, reverse=True)),
+                 lambda: xds_taken(self._xds_before, xds_updates(self.config.envoy.admin_port), self._xds_pending))
         if self.config.node.role == "repo":
             step("object store with its bucket", self._objectstore_ready)
             # Anonymous S3 gets 403 (AccessDenied): the store answers through Envoy.

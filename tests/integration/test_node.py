@@ -301,7 +301,8 @@ def test_a_change_reaches_envoy_and_the_logviewer_and_reload_does_what_up_does(
     reloaded = node.cli("reload", "--timeout", "120", *off)
     assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
     assert "running config changed" in reloaded.stdout
-    assert "Envoy swapped them in (no restart)" in reloaded.stdout
+    assert "Envoy swaps them in (no restart)" in reloaded.stdout
+    assert "ok  Envoy loaded the new listeners" in reloaded.stdout   # before reload says it is done
     assert "enable.access.log=true" in session.get(f"{node.logviewer_url}/access", timeout=30).text
     same = node.cli("up", "--timeout", "120", *off)
     assert same.returncode == 0 and "already up; nothing changed" in same.stdout, same.stdout
