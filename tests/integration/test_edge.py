@@ -22,6 +22,7 @@ import yaml
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from appliance.envoy_admin import read_cluster_view
+from modelserver.atomic import write_atomic
 from tests.conftest import ARTIFACTS
 from tests.edgeload import BODY, Sender, load, rest_sender
 from tests.integration.node_harness import NodeUnderTest, new_node, node_running
@@ -58,7 +59,8 @@ def _edit(node: NodeUnderTest, **values: object) -> None:
             doc.pop(key, None)
         else:
             doc[key] = value
-    path.write_text(yaml.safe_dump(doc))
+    # Renamed into place: the agent, which follows the file too, never reads half of it.
+    write_atomic(path, yaml.safe_dump(doc), path.stat().st_mode & 0o777)
     result = node.cli("reload", "--timeout", "120", *node.overrides)
     assert result.returncode == 0, result.stdout + result.stderr
 
