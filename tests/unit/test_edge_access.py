@@ -109,7 +109,7 @@ def test_paths_name_their_model() -> None:
 
 def test_config_keys_render_a_keys_file_of_digests() -> None:
     key, digest = apikeys.new_key()
-    config = build({"model.name": MODEL, "auth.required": "true", f"keys.alice.sha256": digest,
+    config = build({"model.name": MODEL, "auth.required": "true", "keys.alice.sha256": digest,
                     "keys.alice.models": MODEL, "keys.alice.rate": 3, f"models.{MODEL}.rate": 7})
     text = apikeys.keys_file(config)
     assert key not in text and digest in text
