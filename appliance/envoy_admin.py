@@ -118,9 +118,9 @@ def xds_updates(admin_port: int) -> dict[str, int]:
             if "value" in s and "." in str(s.get("name", ""))}
 
 
-def xds_rejections(admin_port: int) -> int:
-    """How many listener and cluster files Envoy has refused since it started (see :func:`xds_updates`)."""
-    return sum(count for name, count in xds_updates(admin_port).items() if name.endswith("rejected"))
+def xds_rejected(counts: dict[str, int]) -> int:
+    """How many listener and cluster files Envoy had refused, of :func:`xds_updates`' counts."""
+    return sum(count for name, count in counts.items() if name.endswith("rejected"))
 
 
 def xds_taken(before: dict[str, int], now: dict[str, int], kinds: set[str]) -> bool:

@@ -23,7 +23,7 @@ from modelserver.core.choice import Choice
 from modelserver.core.platforms import has_version
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import Config, NodePaths, local_store
-from .envoy_admin import read_cluster_view, unhealthy_of, xds_rejections, xds_taken, xds_updates
+from .envoy_admin import read_cluster_view, unhealthy_of, xds_rejected, xds_taken, xds_updates
 from .errors import ApplianceError, SupervisorError
 from .localhttp import get_text
 from .modelstatus import ModelServerClient
@@ -66,10 +66,9 @@ class Node:
         self.config_file = config_file
         self.overrides = list(overrides or [])
         self.supervisor = Supervisor(render.supervisor_socket(paths))
-        # Envoy's refused LDS/CDS files before this change (a refusal since is this change's).
-        self._xds_rejected = 0
-        # Envoy's LDS/CDS load counts before this change, and which of the two it must load anew
-        # (swapped in without a restart) before the change is applied.
+        # Envoy's LDS/CDS load and refusal counts before this change (a refusal since is this
+        # change's), and which of the two it must load anew (swapped in without a restart)
+        # before the change is applied.
         self._xds_before: dict[str, int] = {}
         self._xds_pending: set[str] = set()
 
@@ -236,7 +235,6 @@ class Node:
         if self.config.node.role == "serving":
             self.check_models()
         self._xds_before = xds_updates(self.config.envoy.admin_port)
-        self._xds_rejected = sum(n for name, n in self._xds_before.items() if name.endswith("rejected"))
         changed = self.render()
         self.ensure_logviewer_secrets(progress)
         self._apply_changes(changed, progress)
@@ -444,7 +442,7 @@ class Node:
     def _raise_if_envoy_refused(self) -> None:
         """A listener Envoy cannot open (its port taken) does not stop Envoy: it keeps its
         previous listeners (none at a first start), counts the refusal and logs why."""
-        if xds_rejections(self.config.envoy.admin_port) > self._xds_rejected:
+        if xds_rejected(xds_updates(self.config.envoy.admin_port)) > xds_rejected(self._xds_before):
             log_file = self.paths.logs / "envoy.log"
             raise SupervisorError(f"envoy failed to start its listeners or clusters (it refused "
                                   f"them); last lines of {log_file}:\n{_tail(log_file)}")
