@@ -35,8 +35,11 @@ peer_venv() {  # name, pip requirements...
   fi
   "$dir/bin/python" -c "import httptools, uvloop" || { echo "[bench] $dir lacks httptools/uvloop" >&2; exit 1; }
 }
-peer_venv mlserver mlserver==1.7.1 tensorflow-cpu==2.21.0 uvloop httptools
-peer_venv kserve kserve==0.21.0 tensorflow-cpu==2.21.0 uvloop httptools
+case " $* " in
+  *" --no-peers "*) ;;   # only the appliance: the peers' venvs are not needed
+  *) peer_venv mlserver mlserver==1.7.1 tensorflow-cpu==2.21.0 uvloop httptools
+     peer_venv kserve kserve==0.21.0 tensorflow-cpu==2.21.0 uvloop httptools ;;
+esac
 
 export TF_CPP_MIN_LOG_LEVEL=2
 exec .venv/bin/python bench/serving_bench.py "$@"
