@@ -17,7 +17,22 @@ if mean_delay and mean_delay > 0 then
   end
 end
 
+-- $WRK_HISTOGRAM (optional): a file to write every latency wrk recorded into, one "microseconds
+-- count" line per distinct value, so rounds can be pooled into one distribution.
+local histogram = os.getenv("WRK_HISTOGRAM")
+
 function done(summary, latency, requests)
+  if histogram and histogram ~= "" then
+    local out = assert(io.open(histogram, "w"))
+    -- latency(i) is the i-th distinct value and its count; past the last one wrk returns value 0
+    -- (with the last count), and every latency is at least 1 us.
+    for i = 1, 100000 do
+      local value, count = latency(i)
+      if value == 0 then break end
+      out:write(string.format("%d %d\n", value, count))
+    end
+    out:close()
+  end
   local e = summary.errors
   local seconds = summary.duration / 1e6
   io.write(string.format(
