@@ -145,6 +145,7 @@ def main() -> int:
                         help=f"nodes to compare with plain, in rounds (of {', '.join(VARIANTS)}); e.g. "
                              "plain,edge,plain2,tls,keys: plain2 shows the method's noise, tls and keys the edge's parts")
     args = parser.parse_args()
+    subprocess.run([str(REPO / "bench/load_tools.sh")], check=True)   # wrk, when missing
     names = list(dict.fromkeys(["plain", *args.variants.split(",")]))
     WORK.mkdir(parents=True, exist_ok=True)
     body = WORK / "body.json"

@@ -6,17 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian load generators (not test dependencies): wrk (REST), h2load (gRPC, in nghttp2-client).
-missing=()
-for pkg in wrk nghttp2-client; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "[bench] apt-get install ${missing[*]}"
-  $sudo apt-get update -qq >/dev/null || true
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bench/load_tools.sh   # wrk and h2load, when missing
 
 [ -x .venv/bin/appliance ] || scripts/install.sh
 

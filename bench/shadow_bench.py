@@ -146,6 +146,7 @@ def main() -> None:
                         help="the paced load's mean pause per connection between requests; 0: saturated only")
     parser.add_argument("--paced-only", action="store_true", help="skip the saturated load")
     args = parser.parse_args()
+    subprocess.run([str(REPO / "bench/load_tools.sh")], check=True)   # wrk, when missing
 
     WORK.mkdir(parents=True, exist_ok=True)
     build(WORK / "models/classifier")
