@@ -30,10 +30,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from serving_bench import percentile  # noqa: E402
 WORK = REPO / "bench/.work/shadow"
 # One series per version, signature, API and entrypoint: summed.
 COUNT = re.compile(r':tensorflow:serving:request_count\{([^}]*)\} (\d+)')
@@ -95,16 +98,10 @@ def wrk(url: str, body: Path, concurrency: int, duration: float, cpus: str, dela
 def pooled_percentile(runs: list[dict], percent: float) -> float:
     """The ``percent`` percentile in ms of every request of ``runs`` together (their histograms
     summed): one distribution of ~10^5 requests per side instead of a median of noisy rounds."""
-    counts: dict[int, int] = {}
+    counts: Counter[int] = Counter()
     for run in runs:
-        for value, count in run["latency_us"].items():
-            counts[int(value)] = counts.get(int(value), 0) + count
-    rank, seen = percent / 100 * sum(counts.values()), 0
-    for value in sorted(counts):
-        seen += counts[value]
-        if seen >= rank:
-            return value / 1000
-    return 0.0
+        counts.update(run["latency_us"])
+    return percentile(sorted(counts.elements()), percent) / 1000
 
 
 KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us")
