@@ -15,8 +15,9 @@ typed (:mod:`appliance.agent.fleetwatch`); its state is one object in the reposi
 
 Each tick sums the per-version counts every serving node reports since the step began and
 checks the guards against the stable: error rate (at most ``max_error_increase`` above the
-stable's), p99 latency (at most ``max_p99_ratio`` times the stable's in the same window, or
-within ``p99_floor_ms`` of it), and, when a shadow ran first, answer agreement (the hook
+stable's), latency (a p99 at most ``max_p99_ratio`` times the stable's in the same window and
+a p50 at most ``max_p50_ratio`` times, each passing when within ``p99_floor_ms`` of the
+stable's), and, when a shadow ran first, answer agreement (the hook
 :func:`shadow_agreement`). Guards are judged as soon as the candidate has ``min_requests``
 requests in the step, so a bad candidate is rolled back at once; a step ends when it has
 lasted ``min_seconds`` and the candidate served ``min_requests`` -- a step short of traffic
@@ -41,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable
 
-from modelserver.rollout import BUCKETS_MS, p99_ms
+from modelserver.rollout import BUCKETS_MS, percentile_ms
 
 from .config import Config
 from .errors import ApplianceError
@@ -63,8 +64,11 @@ class Guards:
     min_requests: int = 100            # ... and the candidate serves at least this many in it
     max_error_increase: float = 0.01   # candidate error rate minus stable's (0.01 = 1 point)
     max_p99_ratio: float = 1.5         # candidate p99 / stable p99
-    p99_floor_ms: float = 2.0          # a p99 this close to the stable's is never a regression
+    p99_floor_ms: float = 2.0          # a p50/p99 this close to the stable's is never a regression
     min_agreement: float = 0.99        # shadow answer agreement (when a shadow report exists)
+    # The median too: one stall on a busy node moves a p99 of a few hundred requests as much as
+    # the candidate does, while a candidate twice as slow shows in every request.
+    max_p50_ratio: float = 1.5         # candidate p50 / stable p50
 
 
 @dataclass
@@ -323,11 +327,12 @@ def _failed_guard(rollout: Rollout, cand: dict[str, Any], stable: dict[str, Any]
         return (f"error rate {cand_rate:.1%} on v{rollout.candidate} vs {stable_rate:.1%} on "
                 f"v{rollout.stable} (allowed: +{g.max_error_increase:.1%}), "
                 f"{cand['errors']} of {cand['requests']} requests failed")
-    cand_p99, stable_p99 = cand.get("p99_ms"), stable.get("p99_ms")
-    if (same_window and cand_p99 is not None and stable_p99 and cand_p99 > stable_p99 * g.max_p99_ratio
-            and cand_p99 - stable_p99 > g.p99_floor_ms):
-        return (f"p99 latency {cand_p99:.1f} ms on v{rollout.candidate} vs {stable_p99:.1f} ms on "
-                f"v{rollout.stable} (allowed: x{g.max_p99_ratio:g})")
+    for name, ratio in (("p99", g.max_p99_ratio), ("p50", g.max_p50_ratio)):
+        mine, theirs = cand.get(f"{name}_ms"), stable.get(f"{name}_ms")
+        if (same_window and mine is not None and theirs and mine > theirs * ratio
+                and mine - theirs > g.p99_floor_ms):
+            return (f"{name} latency {mine:.1f} ms on v{rollout.candidate} vs {theirs:.1f} ms on "
+                    f"v{rollout.stable} (allowed: x{ratio:g})")
     agreement = shadow_agreement(rollout)
     if agreement is not None and agreement < g.min_agreement:
         return f"answer agreement {agreement:.1%} in the shadow run (needed: {g.min_agreement:.1%})"
@@ -345,10 +350,10 @@ def shadow_agreement(rollout: Rollout) -> float | None:
 
 def _describe(cand: dict[str, Any], stable: dict[str, Any]) -> str:
     def one(side: dict[str, Any]) -> str:
-        p99 = side.get("p99_ms")
         rate = side["errors"] / side["requests"] if side.get("requests") else 0.0
-        return f"{side.get('requests', 0)} requests, {rate:.1%} errors, p99 " + (
-            f"{p99:.1f} ms" if p99 is not None else "-")
+        latency = ", ".join(f"{q} " + (f"{side[f'{q}_ms']:.1f} ms" if side.get(f"{q}_ms") is not None else "-")
+                            for q in ("p50", "p99"))
+        return f"{side.get('requests', 0)} requests, {rate:.1%} errors, {latency}"
     return f"candidate {one(cand)}; stable {one(stable)}"
 
 
@@ -383,7 +388,8 @@ def _window(fleet: Fleet, rollout: Rollout) -> dict[str, Any]:
             errors += row["errors"] - base.get("errors", 0)
             old = base.get("buckets") or [0] * len(buckets)
             buckets = [b + n - o for b, n, o in zip(buckets, row["buckets"], old)]
-        out[side] = {"version": version, "requests": requests, "errors": errors, "p99_ms": p99_ms(buckets)}
+        out[side] = {"version": version, "requests": requests, "errors": errors,
+                     "p50_ms": percentile_ms(buckets, 0.5), "p99_ms": percentile_ms(buckets, 0.99)}
     return out
 
 

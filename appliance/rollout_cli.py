@@ -57,8 +57,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                        help="candidate error rate above the current's, 0.01 = 1 point (default %(default)s)")
     start.add_argument("--max-p99-ratio", type=float, default=g.max_p99_ratio,
                        help="candidate p99 latency over the current's (default %(default)s)")
+    start.add_argument("--max-p50-ratio", type=float, default=g.max_p50_ratio,
+                       help="candidate median latency over the current's (default %(default)s)")
     start.add_argument("--p99-floor-ms", type=float, default=g.p99_floor_ms,
-                       help="a p99 within this of the current's always passes (default %(default)s)")
+                       help="a p99 or p50 within this of the current's always passes (default %(default)s)")
     start.add_argument("--min-agreement", type=float, default=g.min_agreement,
                        help="answer agreement a shadow run must have shown (default %(default)s)")
     status = rsub.add_parser("status", help="state, step, numbers and events of the last rollouts")
@@ -81,8 +83,10 @@ def dispatch(args: argparse.Namespace, paths: NodePaths) -> int:
     if action == "start":
         stable = args.stable if args.stable is not None else _serving_version(config, fleet, args.model,
                                                                                args.version)
-        guards = canary.Guards(args.min_seconds, args.min_requests, args.max_error_increase,
-                               args.max_p99_ratio, args.p99_floor_ms, args.min_agreement)
+        guards = canary.Guards(min_seconds=args.min_seconds, min_requests=args.min_requests,
+                               max_error_increase=args.max_error_increase, max_p99_ratio=args.max_p99_ratio,
+                               p99_floor_ms=args.p99_floor_ms, min_agreement=args.min_agreement,
+                               max_p50_ratio=args.max_p50_ratio)
         steps = [float(s) for s in args.steps.split(",") if s.strip()]
         started = canary.start(fleet, config, args.model, args.version, stable, steps, guards)
         print("\n".join(canary.status_lines(started)))

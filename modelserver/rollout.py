@@ -126,17 +126,21 @@ class Counts:
 COUNTS = Counts()
 
 
-def p99_ms(buckets: list[int]) -> float | None:
-    """The 99th percentile of a histogram of :data:`BUCKETS_MS` (its bucket's bound)."""
+def percentile_ms(buckets: list[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a histogram of :data:`BUCKETS_MS` (its bucket's bound)."""
     total = sum(buckets)
     if not total:
         return None
     seen = 0
     for bound, count in zip((*BUCKETS_MS, float("inf")), buckets):
         seen += count
-        if seen >= 0.99 * total:
+        if seen >= q * total:
             return bound
     return float("inf")
+
+
+def p99_ms(buckets: list[int]) -> float | None:
+    return percentile_ms(buckets, 0.99)
 
 
 class Rollout:

@@ -2,7 +2,8 @@
 
 Two models of their own, pushed to the repository and served as ``versions: specific:1`` on
 every node: ``canary_half`` (v1: 0.5x+2; v2: 0.5x+3; v3: 0.5x+3 but failing for x >= 0.9) and
-``canary_slow`` (v1 and a v2 doing twice the work). The answer says which version served it.
+``canary_slow`` (v1 and a v2 doing twice the work: medians of some 6 and 12 ms here, well apart
+from the guards' 2 ms floor). The answer says which version served it.
 Every test puts the cluster settings back; the module removes its models at the end.
 """
 
@@ -47,7 +48,7 @@ def canary(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
     built = tmp_path_factory.mktemp("canary-models")
     versions = {HALF: {1: build(2.0), 2: build(3.0), 3: build(3.0, fail_at=0.9)},
-                SLOW: {1: build(2.0, work=150), 2: build(3.0, work=300)}}
+                SLOW: {1: build(2.0, work=400), 2: build(3.0, work=800)}}
     nodes = devcluster.load(cluster.base)
     serving = [n for n in nodes if n.role == "serving"]
     for name, builds in versions.items():
@@ -258,10 +259,10 @@ def test_a_candidate_failing_on_some_inputs_is_rolled_back_everywhere_at_once(ca
     gone_at: dict[str, float] = {}
     try:
         with KeyedLoad(cluster, HALF, keys) as load:
-            # Only the error guard judges here (a tiny model's p99 is all noise of a busy machine).
+            # Only the error guard judges here (a tiny model's p50 and p99 are all noise of a busy machine).
             _cli_ok(starter, "rollout", "start", HALF, "--version", "3", "--steps", "10,50,100",
                     "--min-seconds", "30", "--min-requests", "40", "--max-error-increase", "0.02",
-                    "--max-p99-ratio", "1000")
+                    "--max-p99-ratio", "1000", "--max-p50-ratio", "1000")
             state = _wait_state(cluster, HALF, ("rolled_back",), timeout=180)
 
             def unloaded() -> bool:
@@ -295,7 +296,8 @@ def test_a_candidate_failing_on_some_inputs_is_rolled_back_everywhere_at_once(ca
 
 
 def test_a_candidate_twice_as_slow_is_rolled_back_by_the_latency_guard(canary: Cluster) -> None:
-    """Must show 3 (latency): p99 on v2 twice v1's trips the guard; every node rolls back."""
+    """Must show 3 (latency): v2 doing twice v1's work trips the latency guard (its p50 or p99
+    over 1.5x v1's in the same window); every node rolls back."""
     cluster = canary
     starter = _serving(cluster)[0]
     try:
@@ -305,7 +307,7 @@ def test_a_candidate_twice_as_slow_is_rolled_back_by_the_latency_guard(canary: C
             state = _wait_state(cluster, SLOW, ("rolled_back", "promoted"), timeout=180)
         REPORT["canary_latency_rollback"] = {"reason": state.reason, "window": state.window}
         print(json.dumps(REPORT["canary_latency_rollback"]))
-        assert state.state == "rolled_back" and "p99 latency" in state.reason, state.reason
+        assert state.state == "rolled_back" and re.match(r"p(50|99) latency", state.reason), state.reason
     finally:
         _reset(cluster, SLOW)
 
@@ -317,7 +319,8 @@ def test_a_step_short_of_traffic_holds_and_goes_on_when_traffic_returns(canary: 
     starter = _serving(cluster)[0]
     try:
         _cli_ok(starter, "rollout", "start", HALF, "--version", "2", "--steps", "20,100",
-                "--min-seconds", "1", "--min-requests", "30", "--max-p99-ratio", "1000")
+                "--min-seconds", "1", "--min-requests", "30", "--max-p99-ratio", "1000",
+                "--max-p50-ratio", "1000")
         held = _wait_state(cluster, HALF, ("holding",), timeout=60)
         time.sleep(2)    # still holding, not failed
         assert rollout.read(_fleet(cluster), HALF).state == "holding"

@@ -206,6 +206,33 @@ def test_a_slower_candidate_is_rolled_back_by_the_latency_guard_only_in_a_shared
     assert "versions pinned to specific:1 on every node (the policy latest would serve v2)" in state.events[-1]["what"]
 
 
+def test_a_candidate_twice_as_slow_in_the_median_is_rolled_back_though_stalls_hide_it_in_the_p99(repo) -> None:
+    """A busy node stalls 2 % of every version's requests: both p99s are the stall's, yet the
+    candidate's median is twice the stable's."""
+    canary, store, config, nodes = repo
+    _start(repo)
+    for version, ms, requests in ((1, 6.0, 300), (2, 12.0, 100)):
+        nodes.serve(version, requests - requests // 50, ms=ms)
+        nodes.serve(version, requests // 50, ms=40.0)
+    canary.tick(store, config)
+    state = canary.read(store, "m")
+    assert state.state == "rolled_back", state.reason
+    assert state.reason.startswith("p50 latency 12.") and "vs 6." in state.reason and "(allowed: x1.5)" in state.reason
+    window = state.window
+    assert window["candidate"]["p99_ms"] == window["stable"]["p99_ms"]
+
+
+def test_a_candidate_as_fast_passes_the_latency_guards(repo) -> None:
+    canary, store, config, nodes = repo
+    _start(repo, max_p50_ratio=1.2)
+    nodes.serve(1, 300, ms=6.0)
+    nodes.serve(2, 100, ms=6.5)
+    canary.tick(store, config)
+    state = canary.read(store, "m")
+    assert state.state == "running" and state.step == 1, state.reason
+    assert any("p50 6." in e["what"] for e in state.events)
+
+
 def test_pause_resume_and_abort(repo) -> None:
     canary, store, config, nodes = repo
     _start(repo)
