@@ -118,6 +118,14 @@ def special(tf, v1):
     return {"serving_default": _sig(v1, {"x": x}, {"y": tf.math.special.bessel_i0e(x)})}
 
 
+def conv(tf, v1):
+    """A 2x2 convolution of a [?, 4, 4, 1] image: TF's oneDNN kernel aborts the process on a
+    3-D one unless the model server refuses it first (modelserver/runtimes/tensorflow.py)."""
+    x = v1.placeholder(tf.float32, shape=[None, 4, 4, 1], name="x")
+    y = tf.nn.conv2d(x, tf.ones([2, 2, 1, 1]), strides=1, padding="VALID", name="y")
+    return {"serving_default": _sig(v1, {"x": x}, {"y": y})}
+
+
 def write_warmup(version_dir: Path, records: list[bytes]) -> None:
     """``assets.extra/tf_serving_warmup_requests`` of ``version_dir``: a TFRecord of PredictionLogs."""
     import tensorflow as tf
@@ -225,6 +233,7 @@ MODELS = {
     "strings": {1: strings},
     "ints": {1: ints},
     "numbers": {1: numbers},
+    "conv": {1: conv},
 }
 
 

@@ -17,12 +17,19 @@ preemption of the event loop). So each signature also gets a second callable wit
 ``INLINE_MAX_MICROS`` uses it (``run_cost``, kept by the server, which also decides from it that a
 request runs on its event loop: ``modelserver/core/inline.py``); heavier graphs, and a
 version whose cost is not known yet, keep the pool and its parallelism.
+
+Ranks: TF's oneDNN kernels (on by default on x86) trust their input's rank, and a convolution
+fed a 3-D image aborts the whole process on a failed CHECK (plain TF answers "convolution input
+must be 4-dimensional"). So a request whose input has another rank than its placeholder's is
+run through TF's shape inference first (:class:`RankCheck`), once per signature and ranks.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import threading
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -97,6 +104,73 @@ def _scalar(value: Any) -> np.ndarray:
     return np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
 
 
+#: Input ranks a model checks besides its placeholders' own, at most (each check imports the
+#: graph again: a client cannot make a model import without end).
+MAX_RANK_CHECKS = 8
+
+
+class RankCheck:
+    """Whether TF's shape inference takes a signature's inputs at ranks other than their
+    placeholders' (TF Serving feeds any shape: half_plus_two's ``[-1, 1]`` ``x`` takes a
+    ``[3]``), before a kernel that trusts the rank sees them. The verdict of each signature and
+    ranks is kept; at most :data:`MAX_RANK_CHECKS` of them per model."""
+
+    def __init__(self, graph: Any, signatures: Mapping[str, Signature]) -> None:
+        self._graph = graph
+        self._ranks: dict[str, list[int | None]] = {}   # signature -> each input's placeholder rank
+        for name, signature in signatures.items():
+            ranks = []
+            for spec in signature.inputs.values():
+                try:
+                    ranks.append(graph.get_tensor_by_name(spec.tensor_name).shape.rank)
+                except (KeyError, ValueError):
+                    ranks.append(None)
+            if any(rank is not None for rank in ranks):
+                self._ranks[name] = ranks
+        self._verdicts: dict[tuple[str, tuple[int | None, ...]], str] = {}
+        self._lock = threading.Lock()
+
+    def check(self, signature: Signature, values: list[np.ndarray]) -> None:
+        ranks = self._ranks.get(signature.name)
+        if ranks is None:
+            return
+        key = tuple(None if rank is None or value.ndim == rank else value.ndim for rank, value in zip(ranks, values))
+        if not any(rank is not None for rank in key):
+            return
+        verdict = self._verdicts.get((signature.name, key))
+        if verdict is None:
+            verdict = self._infer(signature, key)
+        if verdict:
+            raise ServingError(Code.INVALID_ARGUMENT, verdict)
+
+    def _infer(self, signature: Signature, key: tuple[int | None, ...]) -> str:
+        with self._lock:
+            if (signature.name, key) in self._verdicts:
+                return self._verdicts[(signature.name, key)]
+            if len(self._verdicts) >= MAX_RANK_CHECKS:
+                return (f"inputs of ranks {list(key)} in signature {signature.name}: this model checked "
+                        f"{MAX_RANK_CHECKS} other input ranks already")
+            specs = list(signature.inputs.values())
+            graph = tf.Graph()
+            with graph.as_default():
+                replaced = {specs[i].tensor_name: tf.compat.v1.placeholder(
+                    self._graph.get_tensor_by_name(specs[i].tensor_name).dtype, shape=[None] * rank)
+                    for i, rank in enumerate(key) if rank is not None}
+                try:
+                    tf.graph_util.import_graph_def(self._graph.as_graph_def(), input_map=replaced, name="checked")
+                    verdict = ""
+                except ValueError as exc:
+                    reason = str(exc).splitlines()[0].replace("checked/", "")
+                    # "... for '{{node y}} = Conv2D[T=DT_FLOAT, ...](...)' with input shapes: ...": the node and op
+                    reason = re.sub(r" for '\{\{node (\S+)\}\} = (\w+)\[.*", r" for node \1 (\2)", reason)
+                    ranks = ", ".join(f"{alias} of rank {rank}" for alias, rank in zip(signature.inputs, key)
+                                      if rank is not None)
+                    verdict = f"The model cannot take input {ranks}: {reason}"
+            log.info("signature %s, inputs of ranks %s: %s", signature.name, list(key), verdict or "fine")
+            self._verdicts[(signature.name, key)] = verdict
+            return verdict
+
+
 class TensorFlowModel(LoadedModel):
     """A SavedModel in its own Session, with one prepared callable per signature."""
 
@@ -120,13 +194,16 @@ class TensorFlowModel(LoadedModel):
                 self._in_caller[name] = session._make_callable_from_options(callable_options)
             except Exception as exc:  # noqa: BLE001 - a broken signature must not fail the others
                 log.warning("signature %r of %s cannot be served: %s", name, path, exc)
+        self._ranks = RankCheck(session.graph, self.signatures)
 
     def _run(self, signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         run = (self._in_caller if self.run_cost.computes_here() else self._callables).get(signature.name)
         if run is None:
             raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature.name}" not found.')
+        feed = [inputs[alias] for alias in signature.inputs]
+        self._ranks.check(signature, feed)
         try:
-            values = run(*[inputs[alias] for alias in signature.inputs])
+            values = run(*feed)
         except Exception as exc:  # noqa: BLE001 - every runtime failure becomes a status
             raise _serving_error(exc) from None
         return {alias: value if type(value) is np.ndarray else _scalar(value)

@@ -29,7 +29,7 @@ tf = pytest.importorskip("tensorflow")
 
 SEED = 20261122
 COUNT = 240
-MODELS = ("half_plus_two", "two_inputs", "strings", "ints", "numbers")
+MODELS = ("half_plus_two", "two_inputs", "strings", "ints", "numbers", "conv")
 BAD_GRPC = {grpc.StatusCode.OK, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE}
 
 
@@ -85,6 +85,11 @@ def _rest_cases(rng: random.Random) -> Iterator[tuple[str, bytes]]:
         ("half_plus_two:classify", b'{"signature_name": "classify_x_to_y", "examples": [{"x": "text"}]}'),
         ("nope:predict", b'{"instances": [1.0]}'),
         ("half_plus_two/versions/99999999999999999999:predict", b'{"instances": [1.0]}'),
+        # an image without its batch dimension, and other ranks: TF's oneDNN convolution aborts
+        # the process on them unless they are refused first
+        ("conv:predict", json.dumps({"inputs": {"x": [[[1.0]] * 4] * 4}}).encode()),
+        ("conv:predict", json.dumps({"instances": [[1.0] * 4] * 4}).encode()),
+        ("conv:predict", b'{"inputs": {"x": 1.0}}'),
     ]
     yield from fixed
     verbs = ["half_plus_two:predict", "two_inputs:predict", "strings:predict", "ints:predict",
@@ -162,6 +167,14 @@ def _grpc_cases(rng: random.Random) -> Iterator[tuple[str, Callable[[], Any] | b
     from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                          inference_pb2, predict_pb2, regression_pb2)
 
+    for shape in ([4, 4, 1], [4, 4], [1, 4, 4, 1, 1]):     # see the conv cases of _rest_cases
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "conv"
+        request.inputs["x"].dtype = 1
+        for size in shape:
+            request.inputs["x"].tensor_shape.dim.add().size = size
+        request.inputs["x"].float_val.append(1.0)
+        yield "Predict", request
     for i in range(COUNT):
         mode = i % 8
         if mode == 0:

@@ -54,6 +54,35 @@ def test_runtime_load_and_run(half_plus_two: Path) -> None:
     assert set(model.signature_def_map().signature_def) == {"serving_default", "classify_x_to_y", "regress_x_to_y"}
 
 
+def test_an_input_of_a_rank_its_kernels_cannot_take_is_refused_before_it_runs(half_plus_two: Path,
+                                                                            tmp_path: Path) -> None:
+    """A 3-D image to a convolution: INVALID_ARGUMENT from TF's shape inference (run as is, the
+    oneDNN kernel aborts this process). Other ranks TF takes still run; the checks are bounded."""
+    from modelserver.runtimes import LoadOptions, get_runtime
+    from modelserver.runtimes.tensorflow import MAX_RANK_CHECKS
+    from tests import tfmodels
+
+    tfmodels.save_version(tmp_path / "conv", tfmodels.conv)
+    conv = get_runtime("tensorflow").load(str(tmp_path / "conv"), LoadOptions())
+    for shape in ((4, 4, 1), (4, 4), (1, 4, 4, 1, 1)):
+        with pytest.raises(ServingError) as info:
+            conv.run("serving_default", {"x": np.ones(shape, np.float32)})
+        assert info.value.code == Code.INVALID_ARGUMENT
+        assert info.value.message == (f"The model cannot take input x of rank {len(shape)}: Shape must be rank 4 "
+                                      f"but is rank {len(shape)} for node y (Conv2D)"), info.value.message
+    assert conv.run("serving_default", {"x": np.ones((1, 4, 4, 1), np.float32)})["y"].tolist() == [[[[4.0]] * 3] * 3]
+
+    model = get_runtime("tensorflow").load(str(half_plus_two), LoadOptions())
+    for rank in range(MAX_RANK_CHECKS + 1):
+        if rank != 2:                                  # x is [-1, 1]: rank 2 needs no check
+            x = np.full((2,) * rank, 4.0, np.float32)
+            assert model.run("serving_default", {"x": x})["y"].tolist() == (x * 0.5 + 2).tolist()
+    with pytest.raises(ServingError) as info:
+        model.run("serving_default", {"x": np.ones((1,) * (MAX_RANK_CHECKS + 1), np.float32)})
+    assert info.value.message.endswith(f"this model checked {MAX_RANK_CHECKS} other input ranks already")
+    assert model.run("serving_default", {"x": np.ones((3,), np.float32)})["y"].tolist() == [2.5] * 3
+
+
 def test_runtime_load_failure_and_unknown_platform(tmp_path: Path) -> None:
     from modelserver.runtimes import LoadOptions, get_runtime
 
