@@ -548,7 +548,8 @@ def check_certificates(config: Config, paths: NodePaths) -> list[Finding]:
 
 def run_checks(paths: NodePaths, config_path: Path | None = None, overrides: list[str] | None = None,
                bin_dir: Path | None = None) -> list[Finding]:
-    from .doctor_node import check_applied, check_clock, check_metrics, check_releases, check_unit
+    from .doctor_node import (check_applied, check_clock, check_metrics, check_releases, check_runtimes,
+                              check_unit)
     from .render import bin_dir as default_bin_dir
 
     config, findings = check_config(paths, config_path, overrides or [])
@@ -559,7 +560,8 @@ def run_checks(paths: NodePaths, config_path: Path | None = None, overrides: lis
                    (check_repository, paths, config), (check_versions, paths, config),
                    (check_processes, paths), (check_applied, paths, config),
                    (check_releases, paths, our_pids(paths)), (check_unit, paths),
-                   (check_certificates, config, paths), (check_metrics, config, paths)]
+                   (check_certificates, config, paths), (check_metrics, config, paths),
+                   (check_runtimes, paths, config)]
         if config.s3.type != "none" and config.node.role == "serving":
             checks.append((check_clock, s3_endpoint(config)))
     for check, *args in checks:

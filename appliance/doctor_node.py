@@ -297,3 +297,72 @@ def _scrape_problem(config: Config, paths: NodePaths) -> str:
         return f"answered HTTP {exc.code} to the node's own token"
     except OSError:
         return ""
+
+
+# ----------------------------------------------------------------------------- runtimes
+
+
+#: The module each runtime needs in the release (looked up, not imported: TensorFlow takes seconds).
+RUNTIME_MODULES = {"tensorflow": "tensorflow", "onnx": "onnxruntime", "openvino": "openvino"}
+
+
+def check_runtimes(paths: NodePaths, config: Config) -> list[Finding]:
+    """The runtimes a serving node's models may run on: installed in this release, their cache
+    of converted models taking the service user's writes, and on a running node which runtime
+    serves each version (what ``platform: auto`` chose, measured and refused)."""
+    import importlib.util
+
+    from modelserver.core.platforms import AUTO
+
+    from . import runconfig
+    from .doctor import _user_can_write, _write_probe, service_user
+    from .errors import ApplianceError
+    from .modelstatus import ModelServerClient
+
+    if config.node.role != "serving":
+        return []
+    try:
+        config = runconfig.read(paths).config     # with the cluster's settings, as it runs
+    except ApplianceError:
+        pass
+    findings = []
+    wanted: dict[str, list[str]] = {}
+    for name in config.model.names:
+        entry = config.model.settings[name]
+        for runtime in entry.auto.runtimes if entry.platform == AUTO else (entry.platform,):
+            wanted.setdefault(runtime, []).append(name)
+    for runtime, names in sorted(wanted.items()):
+        if importlib.util.find_spec(RUNTIME_MODULES[runtime]) is None:
+            findings.append(_problem("runtimes", f"{runtime} is not installed in this release "
+                                     f"(module {RUNTIME_MODULES[runtime]}), yet model(s) "
+                                     f"{', '.join(names)} may run on it",
+                                     "install the release again (its dependencies include every "
+                                     "runtime), or set the models' platform without it"))
+    cache = paths.runtime_cache
+    if cache.is_dir():
+        error, user = _write_probe(cache), service_user(paths)
+        if error is None and os.geteuid() == 0 and user and not _user_can_write(cache, user):
+            error = PermissionError(f"not writable by the service user {user}")
+        if error is not None:
+            findings.append(_problem("runtimes", f"the runtime cache {cache} is not writable "
+                                     f"({getattr(error, 'strerror', None) or error}): every start "
+                                     "converts and measures the models again",
+                                     f"chown -R {user or '<service user>'}: {cache}"))
+        else:
+            entries = [p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")]
+            size = sum(f.stat().st_size for p in entries for f in p.rglob("*") if f.is_file())
+            findings.append(_ok("runtimes", f"runtime cache {cache}: {len(entries)} entr"
+                                f"{'y' if len(entries) == 1 else 'ies'}, {size / 1e6:.1f} MB of "
+                                f"{config.serving.runtime_cache_bytes / 1e6:.0f} MB"))
+    served = ModelServerClient.of_node(config).runtimes()
+    for name in config.model.names if served is not None else ():
+        platform = config.model.settings[name].platform
+        for version, choice in sorted(served.get(name, {}).items()):
+            line = f"model {name} version {version}: {choice.describe()}"
+            if platform not in (AUTO, choice.platform):
+                findings.append(_problem("runtimes", f"{line}, though its platform is {platform}",
+                                         "`appliance reload` (or restart the node) to apply the "
+                                         "platform"))
+            else:
+                findings.append(_ok("runtimes", line))
+    return findings or [_ok("runtimes", "every runtime the models may use is installed")]

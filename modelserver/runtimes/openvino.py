@@ -126,71 +126,123 @@ class _Compiled:
                 f"pinning {get('ENABLE_CPU_PINNING')}, infer requests {self.size}")
 
 
+#: Input shapes a network compiles besides its declared one, at most (each costs a conversion,
+#: a compile and their memory: a client cannot make a model compile without end).
+MAX_SHAPE_VARIANTS = 8
+
+
 class Network:
     """A converted network: one stage of a signature, compiled with the model's settings.
 
     ``feeds[i]`` names the tensor fed to input port i, ``fetches[i]`` the name output port i's
-    value gets. Requests are checked against the ports' types and shapes first, so a bad request
-    is a client error with a clear message, never a crash inside the plugin. The CPU plugin needs
-    every input's rank; where TensorFlow could not infer one (``ParseExample`` of a placeholder
-    of unknown shape: any Classify signature), the network compiles at the first request of each
-    rank.
+    value gets. Requests are checked against the ports' types first, so a bad request is a
+    client error with a clear message, never a crash inside the plugin.
+
+    Shapes: the CPU plugin compiles for a rank. An input of no known rank (``ParseExample`` of a
+    placeholder of unknown shape: any Classify signature) compiles at the first request of each
+    rank. A SavedModel's placeholder shape is a hint TensorFlow does not enforce when it is fed
+    (TF Serving's own half_plus_two declares ``x`` as ``[-1, 1]`` and answers the user guide's
+    ``{"instances": [1.0, 2.0, 5.0]}``, a ``[3]``), so where ``convert_again`` is given (the
+    network of a SavedModel) an input the declared shape does not admit gets a variant: the
+    network converted again with that input of no known shape and compiled for its rank, at its
+    first request; where its ops cannot take that rank, the request fails as on TensorFlow, an
+    INVALID_ARGUMENT naming the declared shape. IR and ONNX files declare the shapes they take
+    (as ONNX Runtime holds them): other shapes are refused. At most :data:`MAX_SHAPE_VARIANTS`
+    variants, compiled or refused, per network.
     """
 
     def __init__(self, model: Any, compile_model: Callable[[Any], Any], feeds: list[str], fetches: list[str],
-                 aliases: Mapping[str, str], label: str) -> None:
+                 aliases: Mapping[str, str], label: str,
+                 convert_again: Callable[[frozenset[str]], Any] | None = None) -> None:
         self.feeds = feeds
         self.fetches = fetches
         self.label = label
-        self._model = model  # kept only while some rank is open, to compile more shapes of it
         self._compile_model = compile_model
+        self._convert_again = convert_again
         self._ports = [(port.get_element_type(), port.get_partial_shape()) for port in model.inputs]
         self._numpy_types = [element.to_dtype() for element, _ in self._ports]
-        self._open_ranks = [i for i, (_, shape) in enumerate(self._ports) if shape.rank.is_dynamic]
+        self._open = [shape.rank.is_dynamic for _, shape in self._ports]
+        self._model = model if any(self._open) else None  # to compile more ranks of it
         self._aliases = aliases  # tensor name -> the input alias a client knows it by
-        self._by_ranks: dict[tuple[int, ...], _Compiled] = {}
+        # per input: None (as declared) or the rank it is compiled for -> compiled, or why not
+        self._variants: dict[tuple[int | None, ...], _Compiled | str] = {}
         self._lock = threading.Lock()
-        if not self._open_ranks:
-            self._by_ranks[()] = self._compile(model)
-            self._model = None
+        if not any(self._open):
+            self._variants[(None,) * len(self._ports)] = self._compile(model)
 
     @property
     def compiled(self) -> list[Any]:
-        return [c.compiled for c in self._by_ranks.values()]
+        return [c.compiled for c in self._variants.values() if isinstance(c, _Compiled)]
 
     def __call__(self, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = [self._checked(i, values[name]) for i, name in enumerate(self.feeds)]
-        ranks = tuple(feed[i].ndim for i in self._open_ranks)
-        compiled = self._by_ranks.get(ranks) or self._compile_for(ranks)
+        key = tuple(self._rank_key(i, value) for i, value in enumerate(feed))
+        compiled = self._variants.get(key)
+        if compiled is None:
+            compiled = self._compile_for(key)
+        if isinstance(compiled, str):
+            shapes = self._refusal(feed, key)
+            raise ServingError(Code.INVALID_ARGUMENT, f"{shapes} Please fix either the inputs or the model.{compiled}"
+                               if shapes else compiled.strip())
         return dict(zip(self.fetches, compiled.infer(feed)))
 
-    def _compile_for(self, ranks: tuple[int, ...]) -> _Compiled:
+    def _rank_key(self, index: int, value: np.ndarray) -> int | None:
+        """None when the declared shape takes ``value``, else the rank to compile it for."""
+        if self._open[index]:
+            return value.ndim
+        if self._ports[index][1].compatible(_partial_shape(value.shape)):
+            return None
+        if self._convert_again is None:
+            raise ServingError(Code.INVALID_ARGUMENT, f"{self._refusal([value], [value.ndim], index)} "
+                                                      "Please fix either the inputs or the model.")
+        return value.ndim
+
+    def _refusal(self, values: list[np.ndarray], key: Any, first: int = 0) -> str:
+        """TensorFlow's words for the inputs of ``key`` the declared shapes do not admit."""
+        return "; ".join(f"Invalid shape for input: {self._alias(i)} Got: {list(value.shape)} "
+                         f"Expected: {self._ports[i][1]}" for i, (value, rank) in enumerate(zip(values, key), first)
+                         if rank is not None and not self._open[i])
+
+    def _compile_for(self, key: tuple[int | None, ...]) -> "_Compiled | str":
+        """The variant for inputs of these ranks, compiled now; or why not (a text for the error)."""
         import openvino as ov
 
         with self._lock, _SERIAL:
-            if ranks not in self._by_ranks:
-                model = self._model.clone()
+            if key in self._variants:
+                return self._variants[key]
+            if len(self._variants) > MAX_SHAPE_VARIANTS:
+                return f" (this model compiled {MAX_SHAPE_VARIANTS} other input shapes already)"
+            unshaped = frozenset(self.feeds[i] for i, rank in enumerate(key) if rank is not None and not self._open[i])
+            try:
+                model = self._convert_again(unshaped) if unshaped else self._model.clone()
                 model.reshape({model.inputs[i]: ov.PartialShape.dynamic(ov.Dimension(rank))
-                               for i, rank in zip(self._open_ranks, ranks)})
-                self._by_ranks[ranks] = self._compile(model)
-            return self._by_ranks[ranks]
+                               for i, rank in enumerate(key) if rank is not None})
+                self._variants[key] = self._compile(model)
+            except Exception as exc:  # noqa: BLE001 - the network's ops cannot take that shape
+                lines = str(exc).strip().splitlines()
+                reason = exc.message if isinstance(exc, ServingError) else lines[-1] if lines else type(exc).__name__
+                log.info("openvino: %s: inputs of ranks %s refused: %s", self.label, key, reason)
+                # An input of a rank the declared shape does not admit: TensorFlow's words (the
+                # caller's); one of no declared rank: the compiler's.
+                self._variants[key] = "" if unshaped else f" {reason}"
+            return self._variants[key]
 
     def _compile(self, model: Any) -> _Compiled:
         compiled = _Compiled(self._compile_model(model))
         log.info("openvino: %s: %s", self.label, compiled.describe())
         return compiled
 
+    def _alias(self, index: int) -> str:
+        return self._aliases.get(self.feeds[index], self.feeds[index])
+
     def _checked(self, index: int, value: np.ndarray) -> np.ndarray:
-        element, shape = self._ports[index]
-        alias = self._aliases.get(self.feeds[index], self.feeds[index])
+        element = self._ports[index][0]
         if value.dtype != self._numpy_types[index]:
             wanted, got = _type_text(element.get_type_name()), _type_text(_ov_type_name(value.dtype))
             raise ServingError(Code.INVALID_ARGUMENT,
-                               f"Expects arg[{index}] ({alias}) to be {wanted} but {got} is provided")
-        if not shape.compatible(_partial_shape(value.shape)):
-            raise ServingError(Code.INVALID_ARGUMENT, f"Invalid shape for input: {alias} Got: {list(value.shape)} "
-                                                      f"Expected: {shape} Please fix either the inputs or the model.")
-        return np.ascontiguousarray(value)
+                               f"Expects arg[{index}] ({self._alias(index)}) to be {wanted} but {got} is provided")
+        # not np.ascontiguousarray: it makes a scalar (rank 0) an array of rank 1
+        return value if value.flags.c_contiguous else np.ascontiguousarray(value)
 
 
 def perturbed(model: Any, scale: float) -> Any:
@@ -301,7 +353,8 @@ class OpenVinoRuntime(Runtime):
         return model
 
     def network(self, config: Mapping[str, str], options: LoadOptions, model: Any, feeds: list[str],
-                fetches: list[str], aliases: Mapping[str, str], label: str) -> Network:
+                fetches: list[str], aliases: Mapping[str, str], label: str,
+                convert_again: Callable[[frozenset[str]], Any] | None = None) -> Network:
         """A :class:`Network` of ``model`` compiled with the model's settings."""
         scale = float(options.runtime_options.get("perturb_weights", 0.0))
 
@@ -314,7 +367,7 @@ class OpenVinoRuntime(Runtime):
                 lines = str(exc).strip().splitlines()
                 raise ServingError(Code.INVALID_ARGUMENT, f"OpenVINO cannot compile {label}: "
                                                           f"{lines[-1] if lines else type(exc).__name__}") from None
-        return Network(model, compile_model, feeds, fetches, aliases, label)
+        return Network(model, compile_model, feeds, fetches, aliases, label, convert_again)
 
     def _load_file(self, path: str, kind: str, config: Mapping[str, str], options: LoadOptions) -> OpenVinoModel:
         """IR or ONNX: one ``serving_default`` predict signature from the model's inputs and outputs."""

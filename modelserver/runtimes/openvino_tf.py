@@ -141,11 +141,16 @@ def load(path: str, options: LoadOptions, compile_network: Compile) -> OpenVinoM
     return _build(path, converted, options, compile_network)
 
 
-def convert(path: str, options: LoadOptions) -> Converted:
-    """Load, freeze and split the SavedModel at ``path``; convert each signature's network."""
+def convert(path: str, options: LoadOptions, only: str | None = None,
+            unshaped: frozenset[str] = frozenset()) -> Converted:
+    """Load, freeze and split the SavedModel at ``path``; convert each signature's network.
+
+    ``only``: that signature alone, its network inputs named in ``unshaped`` converted as of no
+    known shape (a variant for requests of another rank, :func:`_variant`)."""
     session, meta_graph = load_session(path, options)
     try:
-        signatures = {name: sig for name, sig in signatures_of(meta_graph).items() if servable(sig)}
+        signatures = {name: sig for name, sig in signatures_of(meta_graph).items()
+                      if servable(sig) and only in (None, name)}
         fetches = sorted({spec.tensor_name for sig in signatures.values() for spec in sig.outputs.values()})
         flat = _inline(_freeze(session, fetches), fetches)
     finally:
@@ -153,7 +158,7 @@ def convert(path: str, options: LoadOptions) -> Converted:
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(flat, name="")
-    plans = {name: _plan(path, graph, flat, sig) for name, sig in signatures.items()}
+    plans = {name: _plan(path, graph, flat, sig, unshaped) for name, sig in signatures.items()}
     host_nodes = sorted({name.split(":")[0] for plan in plans.values() for name in plan.host_fetches})
     host_graph = (tf.compat.v1.graph_util.extract_sub_graph(flat, host_nodes) if host_nodes
                   else tf.compat.v1.GraphDef())
@@ -177,10 +182,30 @@ def _build(path: str, converted: Converted, options: LoadOptions, compile_networ
         if plan.network is not None:
             aliases = {spec.tensor_name: alias for alias, spec in signatures[name].inputs.items()}
             stages.append(compile_network(plan.network, plan.network_feeds, plan.network_fetches, aliases,
-                                          f"{path} signature {name}"))
+                                          f"{path} signature {name}",
+                                          _variant(path, options, name, plan.network_feeds, plan.network_fetches)))
         pipelines[name] = stages
     sigdefs = dict(converted.sigdefs.signature_def)
     return OpenVinoModel(path, signatures, pipelines, lambda: signature_def_map(sigdefs))
+
+
+def _variant(path: str, options: LoadOptions, signature_name: str, feeds: list[str],
+             fetches: list[str]) -> Callable[[frozenset[str]], Any]:
+    """How a network is converted again with some inputs of no known shape (the
+    :class:`~modelserver.runtimes.openvino.Network` of a request whose shape TensorFlow would
+    take, not the declared one): converted with their declared shapes, OpenVINO bakes them in
+    (a scalar weight becomes ``[1, 1]`` for an input ``[?, 1]``, so an input ``[3]`` would
+    answer ``[1, 3]``, not TensorFlow's ``[3]``). Ports in the order of ``feeds`` and ``fetches``."""
+    def convert_again(unshaped: frozenset[str]) -> Any:
+        import openvino as ov
+
+        plan = convert(path, options, only=signature_name, unshaped=unshaped).plans[signature_name]
+        params, results = plan.network.get_parameters(), plan.network.get_results()
+        if sorted(plan.network_feeds) != sorted(feeds) or sorted(plan.network_fetches) != sorted(fetches):
+            raise ValueError(f"the network converted again has other ports: {plan.network_feeds}")
+        return ov.Model([results[plan.network_fetches.index(name)] for name in fetches],
+                        [params[plan.network_feeds.index(name)] for name in feeds], signature_name)
+    return convert_again
 
 
 def _parallel_loops(graph_def: Any) -> Any:
@@ -266,7 +291,7 @@ def _touches_host_types(op: Any) -> bool:
     return any(t.dtype.base_dtype in HOST_DTYPES for t in (*op.inputs, *op.outputs))
 
 
-def _plan(path: str, graph: Any, flat: Any, signature: Signature) -> Plan:
+def _plan(path: str, graph: Any, flat: Any, signature: Signature, unshaped: frozenset[str] = frozenset()) -> Plan:
     """The signature's plan: TensorFlow for its host ops (if any), then its network (if any).
 
     ``crossing`` are the tensors the network reads: from the host ops or straight from the
@@ -289,7 +314,7 @@ def _plan(path: str, graph: Any, flat: Any, signature: Signature) -> Plan:
     plan = Plan([n for n, t in feeds.items() if t.op in _closure(x.op for x in host_fetches)] if host_fetches else [],
                 [t.name for t in host_fetches])
     if network_outputs:
-        plan.network = _convert(path, signature.name, _body(flat, host_ops, crossing, network_outputs))
+        plan.network = _convert(path, signature.name, _body(flat, host_ops, crossing, network_outputs, unshaped))
         plan.network_feeds = [crossing[_index(p, INPUT_PREFIX)].name for p in plan.network.inputs]
         plan.network_fetches = [network_outputs[_index(p, OUTPUT_PREFIX)].name for p in plan.network.outputs]
     log.info("openvino: %s signature %s: %d op(s) on TensorFlow, %d on OpenVINO", path, signature.name,
@@ -325,8 +350,10 @@ def _host_stage(session: Any, feeds: list[str], fetches: list[str], options: Loa
     return stage
 
 
-def _body(flat: Any, host_ops: set[Any], crossing: list[Any], outputs: list[Any]) -> Any:
-    """The GraphDef of the network: placeholders for the crossing tensors, an Identity per output."""
+def _body(flat: Any, host_ops: set[Any], crossing: list[Any], outputs: list[Any],
+          unshaped: frozenset[str] = frozenset()) -> Any:
+    """The GraphDef of the network: placeholders for the crossing tensors (with the shapes
+    TensorFlow inferred, but for those in ``unshaped``), an Identity per output."""
     body = tf.compat.v1.GraphDef()
     body.versions.CopyFrom(flat.versions)
     body.library.CopyFrom(flat.library)
@@ -335,7 +362,8 @@ def _body(flat: Any, host_ops: set[Any], crossing: list[Any], outputs: list[Any]
     for i, tensor in enumerate(crossing):
         node = body.node.add(name=f"{INPUT_PREFIX}{i}", op="Placeholder")
         node.attr["dtype"].type = tensor.dtype.as_datatype_enum
-        node.attr["shape"].shape.CopyFrom(tensor.shape.as_proto())
+        if tensor.name not in unshaped:
+            node.attr["shape"].shape.CopyFrom(tensor.shape.as_proto())
         replaced[tensor.name] = node.name
         if tensor.value_index == 0:
             replaced[tensor.op.name] = node.name

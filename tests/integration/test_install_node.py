@@ -11,6 +11,7 @@ install and takes about a minute here; reusing the dev venv would test something
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -466,7 +467,9 @@ def _wait_answering(node: UserNode, proc, log: Path, url: str, status: int,
 @pytest.mark.slow
 def test_a_repo_node_and_a_serving_node_run_as_the_service_user_and_serve_a_pushed_model(
         user_installs, processes: Processes, tmp_path: Path) -> None:
-    from tests.tfmodels import build_all
+    import numpy as np
+
+    from tests.tfmodels import build_all, predict_log, write_warmup
 
     _, repo, serving, uid_gid = user_installs
     repo.bootstrap({"node.role": "repo"}, tmp_path)
@@ -483,8 +486,10 @@ def test_a_repo_node_and_a_serving_node_run_as_the_service_user_and_serve_a_push
         written = [p for p in (repo.root / "data/objectstore").rglob("*")]
         assert written and {p.stat().st_uid for p in written} == {uid_gid[0]}
 
-        # A model pushed to the repo node's S3 port (Envoy on its address), by a client elsewhere.
+        # A model pushed to the repo node's S3 port (Envoy on its address), by a client elsewhere;
+        # it ships a warmup set, so platform auto (the default) measures its runtimes.
         model = build_all(tmp_path / "models", only=("half_plus_two",))["half_plus_two"] / "1"
+        write_warmup(model, [predict_log("half", {"x": np.array([1.0, 2.0, 5.0], np.float32)})])
         client = {"s3.type": "seaweedfs", "s3.endpoint": endpoint, "model.base.path": "s3://models"}
         sets = [a for k, v in client.items() for a in ("--set", f"{k}={v}")]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": keys["s3.access.key"],
@@ -506,8 +511,11 @@ def test_a_repo_node_and_a_serving_node_run_as_the_service_user_and_serve_a_push
         served = serving.root / "data/models/half/1"
         assert served.is_dir() and served.stat().st_uid == uid_gid[0]
         _see_it_as_the_service_user(serving, uid_gid, url)
+        _choose_openvino_as_the_service_user(serving, uid_gid, url)
 
-        # After a restart of the whole node, the same pages answer with the same token.
+        # After a restart of the whole node, the same pages answer with the same token, and the
+        # model is on OpenVINO again, from the runtime cache (not converted again).
+        reads = _cache_reads(serving)
         before = _node_pids(serving.appliance, serving.root)
         processes.stop(serving_up, timeout=90)
         assert wait_gone(before, 30) == []
@@ -516,6 +524,10 @@ def test_a_repo_node_and_a_serving_node_run_as_the_service_user_and_serve_a_push
                         '{"instances": [1.0, 2.0, 5.0]}')
         pids += _node_pids(serving.appliance, serving.root)
         _see_it_as_the_service_user(serving, uid_gid, url)
+        runtime = _runtime_of(serving, uid_gid, "half")
+        assert (runtime["platform"], runtime["how"]) == ("openvino", "configured"), runtime
+        assert _cache_reads(serving) > reads
+        _shows_the_runtime(serving, uid_gid, "openvino f32 (configured)")
     finally:
         for proc in processes.procs:
             processes.stop(proc, timeout=90)
@@ -558,10 +570,56 @@ def _see_it_as_the_service_user(node: UserNode, uid_gid: tuple[int, int], url: s
     assert page.status_code == 200 and 'id="dashboard-data"' in page.text
 
     for cmd in (["capacity", "--no-hook"], ["status"], ["doctor"]):
-        run = subprocess.run(_as_user(*uid_gid, [node.appliance, "--root", str(node.root), *cmd]),
-                             capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, (cmd, run.stdout, run.stderr)
-        assert "Traceback" not in run.stderr and "Permission denied" not in run.stdout + run.stderr, run
+        _user_cli(node, uid_gid, *cmd)
+
+
+def _user_cli(node: UserNode, uid_gid: tuple[int, int], *args: str) -> str:
+    """An `appliance` command run by the service user; its output (it must succeed, cleanly)."""
+    run = subprocess.run(_as_user(*uid_gid, [node.appliance, "--root", str(node.root), *args]),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (args, run.stdout, run.stderr)
+    assert "Traceback" not in run.stderr and "Permission denied" not in run.stdout + run.stderr, run
+    return run.stdout
+
+
+def _runtime_of(node: UserNode, uid_gid: tuple[int, int], model: str) -> dict:
+    """What serves the model's newest version, as `status --json` says (run by the service user)."""
+    versions = json.loads(_user_cli(node, uid_gid, "status", "--json"))["models"][model]
+    runtime = versions[0].get("runtime")
+    assert runtime, versions
+    return runtime
+
+
+def _cache_reads(node: UserNode) -> int:
+    """How often the model server loaded a converted network from its runtime cache."""
+    log = node.root / "var/log/appliance/model_server.log"
+    return log.read_text(errors="replace").count("converted network read from the cache")
+
+
+def _shows_the_runtime(node: UserNode, uid_gid: tuple[int, int], text: str) -> None:
+    """`status`, `models ls` and `doctor` name the runtime serving half v1."""
+    assert f"runtime: {text}" in _user_cli(node, uid_gid, "status")
+    assert f"runtime: {text}" in _user_cli(node, uid_gid, "models", "ls")
+    assert f"ok   [runtimes] model half version 1: {text}" in _user_cli(node, uid_gid, "doctor")
+
+
+def _choose_openvino_as_the_service_user(node: UserNode, uid_gid: tuple[int, int], url: str) -> None:
+    """Issue 19 on an installed node run by the service user: platform auto measured TensorFlow
+    and OpenVINO on the version's warmup set and said so; `models set half platform=openvino`
+    moves it onto OpenVINO, converted into the node's runtime cache, answering the same."""
+    auto = _runtime_of(node, uid_gid, "half")
+    verdicts = {c["runtime"]: c["verdict"] for c in auto["candidates"] if c["precision"] == "f32"}
+    assert auto["how"] == "measured" and verdicts == {"tensorflow": "reference", "openvino": "agrees"}, auto
+    _shows_the_runtime(node, uid_gid, f"{auto['platform']} f32 (measured)")
+    _user_cli(node, uid_gid, "models", "set", "half", "platform=openvino")
+    wait_until(lambda: _runtime_of(node, uid_gid, "half")["platform"] == "openvino", timeout=120,
+               what="half served on OpenVINO")
+    assert requests.post(url, data='{"instances": [1.0, 2.0, 5.0]}', timeout=30).json() == {
+        "predictions": [2.5, 3.0, 4.5]}
+    cache = node.root / "var/lib/appliance/runtime-cache"
+    entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert entries and {p.stat().st_uid for p in [cache, *entries]} == {uid_gid[0]}
+    _shows_the_runtime(node, uid_gid, "openvino f32 (configured)")
 
 
 def _uid_of(pid: int) -> int:

@@ -102,6 +102,58 @@ def test_predict_matches_tensorflow(server: str) -> None:
     assert openvino == tensorflow == {"predictions": [[2.5], [3.0], [4.5]]}
 
 
+@pytest.mark.parametrize("instances", [[1.0, 2.0, 5.0], [[1.0, 2.0], [3.0, 4.0]], [[[1.0], [2.0]]]],
+                         ids=["rank-1", "rank-2-other-dims", "rank-3"])
+def test_shapes_the_placeholder_does_not_declare_answer_as_on_tensorflow(server: str, stub, instances) -> None:
+    """x is declared [-1, 1]; TensorFlow takes any shape (TF Serving's own README sends
+    ``[1.0, 2.0, 5.0]``), and so does OpenVINO, REST and gRPC (a variant of the network)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    openvino, tensorflow = both(server, "half_plus_two", "predict", {"instances": instances})
+    assert openvino == tensorflow == {"predictions": (np.array(instances) * 0.5 + 2).tolist()}
+    answers = []
+    for model in ("half_plus_two", "half_plus_two_tf"):
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array(instances, np.float32)))
+        answers.append(stub.Predict(request, timeout=60).outputs["y"])
+    assert answers[0] == answers[1]
+
+
+def test_a_shape_the_network_cannot_take_is_a_client_error_and_variants_are_bounded(tmp_path: Path) -> None:
+    """A convolution given an image without its batch dimension: refused as on TensorFlow, with
+    the declared shape named. Past MAX_SHAPE_VARIANTS other shapes, a network compiles no more."""
+    from modelserver.core.status import Code, ServingError
+    from modelserver.runtimes import LoadOptions, get_runtime
+    from modelserver.runtimes.openvino import MAX_SHAPE_VARIANTS
+
+    for name, build in (("conv", tfmodels.conv), ("half", tfmodels.half_plus(2.0))):
+        tfmodels.save_version(tmp_path / name / "1", build)
+    on_tf, on_openvino = (get_runtime(p).load(str(tmp_path / "conv" / "1"), LoadOptions())
+                          for p in ("tensorflow", "openvino"))
+    image = np.ones((4, 4, 1), np.float32)
+    with pytest.raises(ServingError) as tf_error:
+        on_tf.run("serving_default", {"x": image})
+    with pytest.raises(ServingError) as info:
+        on_openvino.run("serving_default", {"x": image})
+    assert tf_error.value.code == info.value.code == Code.INVALID_ARGUMENT
+    assert info.value.message == ("Invalid shape for input: x Got: [4, 4, 1] Expected: [?,4,4,1] Please fix "
+                                  "either the inputs or the model."), info.value.message
+    np.testing.assert_allclose(on_openvino.run("serving_default", {"x": image[None]})["y"],
+                               on_tf.run("serving_default", {"x": image[None]})["y"])
+
+    half = get_runtime("openvino").load(str(tmp_path / "half" / "1"), LoadOptions())
+    for rank in (0, 1, 3, 4, 5, 6, 7, 8):              # [?, 1] as declared, then 8 other ranks
+        x = np.full((2,) * rank, 3.0, np.float32)
+        np.testing.assert_array_equal(half.run("serving_default", {"x": x})["y"], x * 0.5 + 2)
+    with pytest.raises(ServingError) as info:
+        half.run("serving_default", {"x": np.ones((1,) * 9, np.float32)})
+    assert info.value.code == Code.INVALID_ARGUMENT
+    assert info.value.message.endswith(f"(this model compiled {MAX_SHAPE_VARIANTS} other input shapes already)")
+    assert half.run("serving_default", {"x": np.ones((1, 1), np.float32)})["y"].tolist() == [[2.5]]
+
+
 @pytest.mark.parametrize("verb,signature", [("classify", "classify_x_to_y"), ("regress", "regress_x_to_y")])
 def test_classify_and_regress_match_tensorflow(server: str, verb: str, signature: str) -> None:
     body = {"signature_name": signature, "examples": [{"x": 1.0}, {"x": 3.0}]}
@@ -138,9 +190,9 @@ def test_error_bodies_are_client_errors(server: str, stub) -> None:
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
-    r = post(server, "/v1/models/half_plus_two:predict", {"instances": [1.0, 2.0]})
-    assert r.status_code == 400
-    assert r.json() == {"error": "Invalid shape for input: x Got: [2] Expected: [?,1] Please fix either the "
+    r = post(server, "/v1/models/two_io:predict", {"inputs": {"a": [1, 2], "n": [5, 6]}})
+    assert r.status_code == 400      # an ONNX file declares the shapes it takes, as ONNX Runtime holds them
+    assert r.json() == {"error": "Invalid shape for input: a Got: [2] Expected: [?,2] Please fix either the "
                                  "inputs or the model."}
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "half_plus_two"
@@ -233,10 +285,9 @@ def _official_feed(spec) -> np.ndarray:
 @pytest.mark.skipif(not TFS_TESTDATA.is_dir(), reason=f"TF Serving testdata not found at {TFS_TESTDATA}")
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_official_test_models_answer_as_on_tensorflow(name: str) -> None:
-    """Every signature, Predict, Classify and Regress, answers as on TensorFlow. One known difference:
-    half_plus_three's SignatureDef says ``x`` is a scalar while its graph says [?,1]: TensorFlow runs a
-    scalar, OpenVINO (which checks shapes against the graph) refuses it as a client error."""
-    from modelserver.core.status import Code, ServingError
+    """Every signature, Predict, Classify and Regress, answers as on TensorFlow; also half_plus_three's,
+    whose SignatureDef says ``x`` is a scalar while its graph says [?,1] (a variant of its network)."""
+    from modelserver.core.status import ServingError
     from modelserver.runtimes import LoadOptions, get_runtime
     from modelserver.runtimes.tensorflow import servable
 
@@ -251,14 +302,10 @@ def test_official_test_models_answer_as_on_tensorflow(name: str) -> None:
                 on_openvino.run(signature.name, inputs)
             assert (info.value.code, info.value.message) == (exc.code, exc.message)
             continue
-        if (name, signature.name) == ("saved_model_half_plus_three", "serving_default"):
-            with pytest.raises(ServingError, match="Invalid shape for input: x Got: ") as info:
-                on_openvino.run(signature.name, inputs)
-            assert info.value.code == Code.INVALID_ARGUMENT
-            continue
         got = on_openvino.run(signature.name, inputs)
         assert got.keys() == expected.keys()
         for alias in expected:
+            assert got[alias].shape == expected[alias].shape, (signature.name, alias)
             np.testing.assert_allclose(got[alias], expected[alias], rtol=1e-6, err_msg=f"{signature.name} {alias}")
 
 

@@ -296,3 +296,28 @@ def test_releases_current_must_name_a_complete_release_and_a_checkout_has_none(t
     (home / "releases/1.0-aaa/.appliance-release").write_text("stamp\n")
     [finding] = check_releases(paths, {os.getpid()})     # this process runs no release
     assert finding.ok and finding.message == "current release 1.0-aaa"
+
+
+def test_runtimes_a_platform_whose_runtime_is_missing_and_a_cache_the_service_user_cannot_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance import doctor_node
+
+    paths = _node(tmp_path, "model.name: a,b\nmodels:\n  a: {platform: openvino}\n  b: {platform: tensorflow}\n")
+    config = load_config(paths.config_file)
+    assert doctor_node.check_runtimes(paths, config) == [
+        doctor.Finding("runtimes", True, "every runtime the models may use is installed")]
+    monkeypatch.setitem(doctor_node.RUNTIME_MODULES, "openvino", "no_such_module_here")
+    (problem,) = _problems(doctor_node.check_runtimes(paths, config))
+    assert problem.message == ("openvino is not installed in this release (module no_such_module_here), yet "
+                               "model(s) a may run on it")
+    monkeypatch.undo()
+    paths.runtime_cache.mkdir(parents=True)
+    (paths.runtime_cache / "0123abcd").mkdir()
+    (paths.runtime_cache / "0123abcd" / "network-0.bin").write_bytes(b"x" * 2_000_000)
+    (ok,) = doctor_node.check_runtimes(paths, config)
+    assert ok.ok and ok.message == f"runtime cache {paths.runtime_cache}: 1 entry, 2.0 MB of 4295 MB"
+    if os.geteuid() == 0:
+        os.chown(paths.config_file.parent, 65534, 65534)   # nobody: the "service user"
+        (problem,) = doctor_node.check_runtimes(paths, config)
+        assert not problem.ok and "not writable by the service user" in problem.message
+        assert problem.fix == f"chown -R {doctor.service_user(paths)}: {paths.runtime_cache}"
