@@ -3,7 +3,9 @@
 While a model's settings hold a ``shadow`` (:class:`ShadowSettings`), a sample of its requests
 that name no version (REST and gRPC Predict) is handed here *after* the client's answer was
 computed: the request's decoded inputs and the primary's outputs go into a bounded queue, and
-the client's request goes on at once. One worker thread runs each copy on the candidate and
+the client's request goes on at once. Nothing on the request path wakes the worker: it looks for
+copies every :data:`EMPTY_POLL` when it has none (a wake-up handed it the GIL while the request
+still had its answer to write: bench/README.md, issue 18, session 9). One worker thread runs each copy on the candidate and
 once more on the primary (the "secondary", Diffy's trick: a model that answers differently
 from run to run must not look like a regression; a model that proved bit for bit deterministic
 gets its secondary on one copy in :data:`SECONDARY_EVERY` only), compares the three
@@ -30,9 +32,9 @@ shadow is stopped its last report stays readable until the model gets a new one.
 from __future__ import annotations
 
 import base64
+import collections
 import heapq
 import logging
-import queue
 import random
 import threading
 import time
@@ -53,6 +55,9 @@ log = logging.getLogger(__name__)
 
 SHADOW_PATH = "/appliance/v1/shadow"
 QUEUE_SIZE = 64          # copies waiting for the worker; more are dropped
+# How often the worker looks for copies when it has none: the request path never wakes it (a
+# wake-up there hands the GIL to the worker while the request still has its answer to write).
+EMPTY_POLL = 0.02
 EXAMPLES = 10            # most different requests kept per model
 EXAMPLE_VALUES = 4096    # an input with more values is shown by its shape only
 IDLE_GAP = 0.0005        # seconds without a request before a copy's next step runs
@@ -283,7 +288,10 @@ class ShadowTap:
     def __init__(self, manager: ModelManager, queue_size: int = QUEUE_SIZE) -> None:
         self.manager = manager
         self.runs: dict[str, _Run] = {}       # the current or last shadow of each model
-        self._queue: queue.Queue[_Copy] = queue.Queue(queue_size)
+        # A deque, not a queue.Queue: its append signals no one (see EMPTY_POLL); appends and
+        # pops are atomic, and the size check before an append may let one or two more in.
+        self._queue: collections.deque[_Copy] = collections.deque()
+        self._capacity = queue_size
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -307,12 +315,11 @@ class ShadowTap:
             run.sampled += copied
         if not copied:
             return
-        try:
-            self._queue.put_nowait(_Copy(name, api, primary, signature, inputs, outputs, run))
-        except queue.Full:
+        if len(self._queue) >= self._capacity:
             with run.lock:
                 run.dropped += 1
             return
+        self._queue.append(_Copy(name, api, primary, signature, inputs, outputs, run))
         if self._thread is None:
             self._start()
 
@@ -344,7 +351,10 @@ class ShadowTap:
 
     def _work(self) -> None:
         while True:
-            copy = self._queue.get()
+            if not self._queue:
+                time.sleep(EMPTY_POLL)
+                continue
+            copy = self._queue.popleft()    # the one consumer
             try:
                 self._compare(copy)
             except Exception:  # noqa: BLE001 - one bad copy never stops the shadow
@@ -427,7 +437,7 @@ class ShadowTap:
             if run.stopped is None and settings != run.settings:
                 self._current(name, settings)
         return {"models": {name: run.report() for name, run in sorted(self.runs.items())},
-                "queue": {"size": self._queue.qsize(), "capacity": self._queue.maxsize}}
+                "queue": {"size": len(self._queue), "capacity": self._capacity}}
 
 
 def _when_idle() -> None:
