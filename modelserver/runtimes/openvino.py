@@ -181,7 +181,8 @@ class Network:
         if compiled is None:
             compiled = self._compile_for(key)
         if isinstance(compiled, str):
-            shapes = self._refusal(feed, key)
+            shapes = self._refusal({i: feed[i].shape for i, rank in enumerate(key)
+                                    if rank is not None and not self._open[i]})
             raise ServingError(Code.INVALID_ARGUMENT, f"{shapes} Please fix either the inputs or the model.{compiled}"
                                if shapes else compiled.strip())
         return dict(zip(self.fetches, compiled.infer(feed)))
@@ -193,15 +194,14 @@ class Network:
         if self._ports[index][1].compatible(_partial_shape(value.shape)):
             return None
         if self._convert_again is None:
-            raise ServingError(Code.INVALID_ARGUMENT, f"{self._refusal([value], [value.ndim], index)} "
+            raise ServingError(Code.INVALID_ARGUMENT, f"{self._refusal({index: value.shape})} "
                                                       "Please fix either the inputs or the model.")
         return value.ndim
 
-    def _refusal(self, values: list[np.ndarray], key: Any, first: int = 0) -> str:
-        """TensorFlow's words for the inputs of ``key`` the declared shapes do not admit."""
-        return "; ".join(f"Invalid shape for input: {self._alias(i)} Got: {list(value.shape)} "
-                         f"Expected: {self._ports[i][1]}" for i, (value, rank) in enumerate(zip(values, key), first)
-                         if rank is not None and not self._open[i])
+    def _refusal(self, shapes: Mapping[int, tuple[int, ...]]) -> str:
+        """TensorFlow's words for inputs (by port) whose shapes the declared ones do not admit."""
+        return "; ".join(f"Invalid shape for input: {self._alias(i)} Got: {list(shape)} Expected: {self._ports[i][1]}"
+                         for i, shape in shapes.items())
 
     def _compile_for(self, key: tuple[int | None, ...]) -> "_Compiled | str":
         """The variant for inputs of these ranks, compiled now; or why not (a text for the error)."""
