@@ -327,6 +327,17 @@ def _user_can_write(path: Path, user: str) -> bool:
     return bool(st.st_mode & stat.S_IWOTH)
 
 
+def unwritable(directory: Path, user: str) -> OSError | None:
+    """Why ``directory`` would refuse the node's writes, or None: a temp file created and removed
+    (the only test a read-only mount fails for root), then, when root checks on behalf of the
+    service user ``user``, that user's permission bits. The error's ``strerror`` completes
+    "<directory> is not writable: ..."."""
+    error = _write_probe(directory)
+    if error is None and os.geteuid() == 0 and user and not _user_can_write(directory, user):
+        error = PermissionError(errno.EACCES, f"the service user {user} lacks write permission")
+    return error
+
+
 def check_model_store(paths: NodePaths, config: Config) -> list[Finding]:
     """The local store must exist and take writes (the sync agent stages versions into it)."""
     if config.node.role == "repo":
@@ -334,19 +345,18 @@ def check_model_store(paths: NodePaths, config: Config) -> list[Finding]:
     store = paths.local("/data/models") if config.s3.type != "none" else paths.local(config.model.base_path)
     if not store.is_dir():
         return []   # reported by check_repository with its fix
-    error = _write_probe(store)
-    if error is not None:
-        if error.errno == errno.EROFS:
-            fix = (f"remount the filesystem of {store} read-write (see `findmnt -T {store}`), "
-                   "or set model.base.path to a writable directory")
-        else:
-            fix = f"give the node write access: chown -R <service user> {store} (or chmod u+w)"
-        return [_problem("model store", f"{store} is not writable: {error.strerror}", fix)]
     user = service_user(paths)
-    if os.geteuid() == 0 and user and not _user_can_write(store, user):
-        return [_problem("model store", f"{store} is not writable by the service user {user}",
-                         f"chown -R {user}: {store}")]
-    return [_ok("model store", f"{store} is writable")]
+    error = unwritable(store, user)
+    if error is None:
+        return [_ok("model store", f"{store} is writable")]
+    if error.errno == errno.EROFS:
+        fix = (f"remount the filesystem of {store} read-write (see `findmnt -T {store}`), "
+               "or set model.base.path to a writable directory")
+    elif user and os.geteuid() == 0:
+        fix = f"chown -R {user}: {store}"
+    else:
+        fix = f"give the node write access: chown -R <service user> {store} (or chmod u+w)"
+    return [_problem("model store", f"{store} is not writable: {error.strerror}", fix)]
 
 
 # ----------------------------------------------------------------------------- repository

@@ -148,22 +148,18 @@ def check_unit(paths: NodePaths, unit: str = "appliance.service") -> list[Findin
 
 def check_repo_data(paths: NodePaths, config: Config, user: str) -> list[Finding]:
     """The object store's data dir (repo.data.path) exists or can be made, writable by the node."""
-    from .doctor import _existing_ancestor, _user_can_write, _write_probe
+    from .doctor import _existing_ancestor, unwritable
 
     data = paths.local(config.repo.data_path)
     where = data if data.is_dir() else _existing_ancestor(data)
-    owner = f"the service user {user}" if user else "this user"
-    if user and os.geteuid() == 0:
-        writable = _user_can_write(where, user)
-    else:
-        writable = _write_probe(where) is None
-    if writable:
+    error = unwritable(where, user)
+    if error is None:
         what = "is writable" if where == data else f"can be created (in {where})"
         return [_ok("repo data", f"{data} {what}")]
     fix = (f"mkdir -p {data} && chown -R {user}: {data}" if user
            else f"make {data} writable for this user (chown -R $(id -un) {data}), or set repo.data.path")
     return [_problem("repo data", f"the object store's data dir {data} (repo.data.path) is not "
-                     f"writable by {owner}" + ("" if where == data else f" ({where} is not)"), fix)]
+                     f"writable: {error.strerror}" + ("" if where == data else f" ({where} is not)"), fix)]
 
 
 # ----------------------------------------------------------------------------- releases
@@ -315,7 +311,7 @@ def check_runtimes(paths: NodePaths, config: Config) -> list[Finding]:
     from modelserver.core.platforms import AUTO
 
     from . import runconfig
-    from .doctor import _user_can_write, _write_probe, service_user
+    from .doctor import service_user, unwritable
     from .errors import ApplianceError
     from .modelstatus import ModelServerClient
 
@@ -340,13 +336,12 @@ def check_runtimes(paths: NodePaths, config: Config) -> list[Finding]:
                                      "runtime), or set the models' platform without it"))
     cache = paths.runtime_cache
     if cache.is_dir():
-        error, user = _write_probe(cache), service_user(paths)
-        if error is None and os.geteuid() == 0 and user and not _user_can_write(cache, user):
-            error = PermissionError(f"not writable by the service user {user}")
+        user = service_user(paths)
+        error = unwritable(cache, user)
         if error is not None:
             findings.append(_problem("runtimes", f"the runtime cache {cache} is not writable "
-                                     f"({getattr(error, 'strerror', None) or error}): every start "
-                                     "converts and measures the models again",
+                                     f"({error.strerror}): every start converts and measures the "
+                                     "models again",
                                      f"chown -R {user or '<service user>'}: {cache}"))
         else:
             entries = [p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")]

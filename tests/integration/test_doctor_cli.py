@@ -225,7 +225,7 @@ def test_a_repo_data_dir_the_service_user_cannot_write_is_reported_and_the_fix_w
     config = load_config(paths.config_file)
     (problem,) = _problems(doctor.check_repository(paths, config))
     assert problem.message.startswith(f"the object store's data dir {tmp_path}/data/objectstore")
-    assert "not writable by the service user nobody" in problem.message
+    assert "not writable: the service user nobody lacks write permission" in problem.message
     subprocess.run(problem.fix, shell=True, check=True)
     (finding,) = doctor.check_repository(paths, config)
     assert finding.ok

@@ -142,7 +142,7 @@ def test_a_store_the_service_user_cannot_write_is_reported_to_root(tmp_path: Pat
     user = doctor.service_user(paths)
     assert user
     (problem,) = doctor.check_model_store(paths, load_config(paths.config_file))
-    assert problem.message.endswith(f"is not writable by the service user {user}")
+    assert problem.message.endswith(f"is not writable: the service user {user} lacks write permission")
     assert problem.fix == f"chown -R {user}: {paths.models}"
 
 
@@ -319,5 +319,5 @@ def test_runtimes_a_platform_whose_runtime_is_missing_and_a_cache_the_service_us
     if os.geteuid() == 0:
         os.chown(paths.config_file.parent, 65534, 65534)   # nobody: the "service user"
         (problem,) = doctor_node.check_runtimes(paths, config)
-        assert not problem.ok and "not writable by the service user" in problem.message
+        assert not problem.ok and "(the service user nobody lacks write permission)" in problem.message
         assert problem.fix == f"chown -R {doctor.service_user(paths)}: {paths.runtime_cache}"
