@@ -516,9 +516,8 @@ SCHEMA: tuple[Key, ...] = (
         "Proxies in front of the nodes that append to X-Forwarded-For: the client address is "
         "taken that many hops from its right end; 0: the connection's peer."),
     Key("rate.node", "rate", "node", non_negative, 0,
-        "Requests per second each public port (REST, gRPC) of this node lets through (TLS and "
-        "plain clients counted apart while tls.plaintext is on); 429 (gRPC RESOURCE_EXHAUSTED) "
-        "past it. 0: no limit."),
+        "Requests per second this node lets through, REST and gRPC, TLS and plain together "
+        "(one bucket); 429 (gRPC RESOURCE_EXHAUSTED) past it. 0: no limit."),
     Key("rate.cluster", "rate", "cluster", non_negative, 0,
         "Requests per second for the whole cluster, divided evenly over the serving members "
         "(cluster.members and cluster.dns) as they join and leave. 0: no limit."),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .localhttp import get_json as http_json
-from .membership import CLUSTERS
+from .membership import CLUSTERS, PUBLIC_ROUTES
 
 
 @dataclass
@@ -107,15 +107,22 @@ def unhealthy_of(admin_port: int, addresses: list[str]) -> list[str]:
 
 
 def xds_updates(admin_port: int) -> dict[str, int]:
-    """How many listener (``lds``) and cluster (``cds``) files Envoy has taken and refused since
-    it started (``{"lds.update_success": 3, "lds.update_rejected": 0, ...}``; a refusal: a port it
-    cannot bind, ...); {} when its admin does not answer."""
+    """How many listener (``lds``), public route (``rds``) and cluster (``cds``) files Envoy has
+    taken and refused since it started (``{"lds.update_success": 3, "lds.update_rejected": 0, ...}``;
+    a refusal: a port it cannot bind, ...); {} when its admin does not answer. The routes' counters
+    sit under the connection manager that first asked for them (``http.rest.rds.public.*``)."""
     code, stats = http_json(f"http://127.0.0.1:{admin_port}/stats?format=json&filter="
-                            "%5E(listener_manager%5C.lds%7Ccluster_manager%5C.cds)%5C.update_(success%7Crejected)%24")
+                            "%5E(listener_manager%5C.lds%7Ccluster_manager%5C.cds%7Chttp%5C.%5B%5E.%5D%2B%5C.rds%5C."
+                            f"{PUBLIC_ROUTES}" "%29%5C.update_(success%7Crejected)%24")
     if code != 200 or not isinstance(stats, dict):
         return {}
-    return {s["name"].split(".", 1)[1]: _int(s.get("value", 0)) for s in stats.get("stats", []) or []
-            if "value" in s and "." in str(s.get("name", ""))}
+    counts: dict[str, int] = {}
+    for s in stats.get("stats", []) or []:
+        parts = str(s.get("name", "")).split(".")
+        if "value" in s and len(parts) >= 3:
+            key = f"{'rds' if 'rds' in parts else parts[1]}.{parts[-1]}"
+            counts[key] = counts.get(key, 0) + _int(s.get("value", 0))
+    return counts
 
 
 def xds_rejected(counts: dict[str, int]) -> int:
@@ -124,7 +131,7 @@ def xds_rejected(counts: dict[str, int]) -> int:
 
 
 def xds_taken(before: dict[str, int], now: dict[str, int], kinds: set[str]) -> bool:
-    """Envoy has loaded (or refused) a new file of each of ``kinds`` ("lds", "cds") since ``before``."""
+    """Envoy has loaded (or refused) a new file of each of ``kinds`` ("lds", "rds", "cds") since ``before``."""
     def seen(counts: dict[str, int], kind: str) -> int:
         return counts.get(f"{kind}.update_success", 0) + counts.get(f"{kind}.update_rejected", 0)
     return all(seen(now, kind) > seen(before, kind) for kind in kinds)

@@ -35,6 +35,9 @@ CLUSTERS = {"model_server_rest": "rest", "model_server_grpc": "grpc"}
 INTERNODE_MATCH = {"envoy.transport_socket_match": {"internode": True}}
 #: Where a node's model server listens: loopback only, reached through the node's own Envoy.
 MODEL_SERVER_HOST = "127.0.0.1"
+#: The one route configuration of every public listener (envoy/rds.yaml.j2): one copy in Envoy,
+#: so the node's token bucket on it is one bucket for REST and gRPC, plain and TLS.
+PUBLIC_ROUTES = "public"
 
 
 def xds_dir(paths: NodePaths) -> Path:

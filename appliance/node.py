@@ -261,9 +261,9 @@ class Node:
             # Only what Envoy reads at start: its admin port or node id (node.address).
             progress("envoy.yaml (Envoy's bootstrap: admin port, node id) changed: restarting envoy")
             self.supervisor.restart("envoy")
-        elif names & {"lds.yaml", "cds.yaml"} and "envoy" not in restarted:
-            progress("Envoy's listeners or clusters changed: Envoy swaps them in (no restart)")
-            self._xds_pending = {kind for kind in ("lds", "cds") if f"{kind}.yaml" in names}
+        elif names & {"lds.yaml", "rds.yaml", "cds.yaml"} and "envoy" not in restarted:
+            progress("Envoy's listeners, routes or clusters changed: Envoy swaps them in (no restart)")
+            self._xds_pending = {kind for kind in ("lds", "rds", "cds") if f"{kind}.yaml" in names}
         if render.MONITORING_CONFIG in names and "model_server" not in restarted:
             # The model server reads its Prometheus page's path at start only.
             progress("monitoring.config (metrics.path) changed: restarting model_server")
@@ -384,7 +384,7 @@ class Node:
         step("envoy ready", lambda: get_text(admin)[0] == 200)
         if self._xds_pending:   # until then Envoy still serves with its previous listeners
             step("Envoy loaded the new " + " and ".join(
-                     {"lds": "listeners", "cds": "clusters"}[kind] for kind in sorted(self._xds_pending, reverse=True)),
+                     {"lds": "listeners", "rds": "routes", "cds": "clusters"}[kind] for kind in sorted(self._xds_pending, reverse=True)),
                  lambda: xds_taken(self._xds_before, xds_updates(self.config.envoy.admin_port), self._xds_pending))
         if self.config.node.role == "repo":
             step("object store with its bucket", self._objectstore_ready)

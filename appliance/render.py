@@ -153,6 +153,8 @@ def _context(config: Config, paths: NodePaths, members: list[str]) -> dict:
         "model_server_files": {"models": MODELS_CONFIG, "settings": MODEL_SETTINGS,
                                "monitoring": MONITORING_CONFIG, "api_keys": API_KEYS},
         "edge": edge_context(config, members),
+        "public_routes": membership.PUBLIC_ROUTES,
+        "xds_dir": membership.xds_dir(paths),
         "bin": {"model_server": find_binary("appliance-model-server"), "envoy": find_binary("envoy"),
                 "python": sys.executable},
     }
@@ -253,6 +255,7 @@ def render_all(config: Config, paths: NodePaths, addresses: list[str] | None = N
     files = []
     xds = membership.xds_dir(paths)
     for template, target in (("envoy/cds.yaml.j2", xds / "cds.yaml"),
+                             ("envoy/rds.yaml.j2", xds / "rds.yaml"),
                              ("envoy/lds.yaml.j2", xds / "lds.yaml"),
                              ("envoy/envoy.yaml.j2", paths.run / "envoy.yaml"),
                              ("supervisor/supervisord.conf.j2", paths.run / "supervisord.conf")):
@@ -287,9 +290,10 @@ def validate_envoy(content: str, workdir: Path) -> None:
         os.unlink(tmp)
 
 
-#: Envoy's files: its bootstrap (read at start only) and its listeners and clusters (file-based
-#: LDS and CDS, read whenever renamed into place, like the EDS files).
-ENVOY_FILES = ("envoy.yaml", "lds.yaml", "cds.yaml")
+#: Envoy's files: its bootstrap (read at start only), its listeners, the public listeners' routes
+#: and its clusters (file-based LDS, RDS and CDS, read whenever renamed into place, like the EDS
+#: files).
+ENVOY_FILES = ("envoy.yaml", "lds.yaml", "rds.yaml", "cds.yaml")
 
 
 def static_bootstrap(envoy: dict[str, str]) -> str:
@@ -301,6 +305,17 @@ def static_bootstrap(envoy: dict[str, str]) -> str:
         key: [{k: v for k, v in r.items() if k != "@type"}
               for r in yaml.safe_load(envoy[name]).get("resources") or []]
         for key, name in (("listeners", "lds.yaml"), ("clusters", "cds.yaml"))}
+    routes = {r["name"]: {k: v for k, v in r.items() if k != "@type"}
+              for r in (yaml.safe_load(envoy.get("rds.yaml", "")) or {}).get("resources") or []}
+    for listener in doc["static_resources"]["listeners"]:
+        for chain in listener.get("filter_chains", []):
+            for network_filter in chain.get("filters", []):
+                manager = network_filter.get("typed_config", {})
+                if "rds" in manager:   # the named route configuration, inline
+                    name = manager.pop("rds")["route_config_name"]
+                    if name not in routes:
+                        raise RenderError(f"listener {listener.get('name')} names routes {name!r} that rds.yaml lacks")
+                    manager["route_config"] = routes[name]
     return yaml.safe_dump(doc, sort_keys=False)
 
 

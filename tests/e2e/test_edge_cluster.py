@@ -43,19 +43,16 @@ def _members(node: devcluster.DevNode, action: str, address: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def bucket_rate(node: devcluster.DevNode, listener: str = "rest") -> float:
-    """Requests per second of the local_ratelimit bucket the node's Envoy runs (0: none)."""
-    _, dump = get_json(f"http://127.0.0.1:{node.admin_port}/config_dump?resource=dynamic_listeners")
+def bucket_rate(node: devcluster.DevNode) -> float:
+    """Requests per second of the node's local_ratelimit bucket, on the public listeners' one
+    route configuration (0: none)."""
+    _, dump = get_json(f"http://127.0.0.1:{node.admin_port}/config_dump?resource=dynamic_route_configs")
     for entry in dump.get("configs", []) if isinstance(dump, dict) else []:
-        active = entry.get("active_state", {}).get("listener", {})
-        if active.get("name") != listener:
-            continue
-        for chain in active.get("filter_chains", []):
-            for network_filter in chain.get("filters", []):
-                for http_filter in network_filter.get("typed_config", {}).get("http_filters", []):
-                    bucket = http_filter.get("typed_config", {}).get("token_bucket")
-                    if bucket:
-                        return int(bucket["tokens_per_fill"]) / float(bucket["fill_interval"].rstrip("s"))
+        for host in entry.get("route_config", {}).get("virtual_hosts", []):
+            for per_filter in host.get("typed_per_filter_config", {}).values():
+                bucket = per_filter.get("token_bucket")
+                if bucket:
+                    return int(bucket["tokens_per_fill"]) / float(bucket["fill_interval"].rstrip("s"))
     return 0.0
 
 

@@ -21,10 +21,12 @@ import pytest
 import yaml
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from appliance import pki
+from appliance.config import NodePaths
 from appliance.envoy_admin import read_cluster_view
 from modelserver.atomic import write_atomic
 from tests.conftest import ARTIFACTS
-from tests.edgeload import BODY, Sender, load, rest_sender
+from tests.edgeload import BODY, Sender, grpc_sender, load, rest_sender
 from tests.integration.node_harness import NodeUnderTest, new_node, node_running
 
 MODEL = "saved_model_half_plus_two_mkl"
@@ -236,9 +238,10 @@ def _sender(node: NodeUnderTest, path: str = f"/v1/models/{MODEL}:predict", head
     return rest_sender(node.address, node.http_port, path, headers)
 
 
-def _envoy_rate_limited(node: NodeUnderTest, listener: str = "rest") -> int:
+def _envoy_rate_limited(node: NodeUnderTest) -> int:
+    """Requests the node's bucket refused: one bucket for every public listener (rds.yaml)."""
     conn = http.client.HTTPConnection("127.0.0.1", node.admin_port, timeout=5)
-    conn.request("GET", f"/stats?filter=edge_rate_{listener}.http_local_rate_limit.rate_limited")
+    conn.request("GET", "/stats?filter=^edge_rate.http_local_rate_limit.rate_limited$")
     text = conn.getresponse().read().decode()
     conn.close()
     found = re.search(r"rate_limited: (\d+)", text)
@@ -259,6 +262,31 @@ def test_the_nodes_rate_limit_under_load(node: NodeUnderTest) -> None:
         assert result["retry_after_on_every_429"]
         assert result["envoy_rate_limited"] == result["counts"][429], "Envoy's own count agrees"
         assert _grpc_until_exhausted(node)
+    finally:
+        _edit(node, rate_node=None)
+
+
+def test_one_bucket_for_the_node_whichever_port_and_transport_a_client_uses(node: NodeUnderTest) -> None:
+    """rate.node is the node's rate, not each listener's: REST in plain text, REST over TLS and
+    gRPC at once are allowed the configured rate together (one bucket on the public listeners'
+    shared route configuration), and every refusal is counted by that one bucket."""
+    rate = 40
+    _edit(node, rate_node=rate)
+    try:
+        cafile = str(pki.tls_dir(NodePaths(node.root)) / "edge.crt")
+        senders = [_sender(node), rest_sender(node.address, node.http_port, f"/v1/models/{MODEL}:predict", cafile=cafile),
+                   grpc_sender(node.address, node.grpc_port, MODEL)]
+        assert all(send()[0] in (200, 429) for send in senders), "each way in answers"
+        limited_before = _envoy_rate_limited(node)
+        result = load(senders, 6.0, threads=2)
+        result["envoy_rate_limited"] = _envoy_rate_limited(node) - limited_before
+        REPORT["node_rate_three_ways"] = {"configured": rate, **result}
+        print(json.dumps(REPORT["node_rate_three_ways"]))
+        assert set(result["counts"]) <= {200, 429}, result["counts"]
+        assert result["allowed_per_second"] == pytest.approx(rate, rel=0.10), \
+            "REST, REST over TLS and gRPC share the node's one bucket"
+        assert result["retry_after_on_every_429"]
+        assert result["envoy_rate_limited"] == result["counts"][429], "the one bucket refused every 429"
     finally:
         _edit(node, rate_node=None)
 
