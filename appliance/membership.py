@@ -87,7 +87,8 @@ def is_self(config: Config, address: str) -> bool:
 
 def _endpoint(config: Config, address: str, kind: str) -> dict:
     if is_self(config, address):
-        port = config.serving.rest_port if kind == "rest" else config.serving.grpc_port
+        # REST and gRPC alike over HTTP/2 to the gRPC port, which answers REST too (issue 15).
+        port = config.serving.grpc_port
         # gRPC has no health service in stock TF Serving: health-check the REST port.
         return {"endpoint": {
             "address": {"socket_address": {"address": MODEL_SERVER_HOST, "port_value": port}},

@@ -134,11 +134,14 @@ def _context(config: Config, paths: NodePaths, members: list[str]) -> dict:
         # Envoy closes idle upstream connections well before the model server would.
         "upstream_idle_timeout": f"{min(30.0, config.serving.idle_timeout_seconds / 2):g}s",
         "listeners": [
+            # REST reaches the model servers over HTTP/2, on their gRPC port (which answers REST
+            # too): many requests on one connection per Envoy worker, not one connection per
+            # request in flight (issue 15). The REST port stays for direct clients.
             {"name": "rest", "port": config.http_port, "codec": "AUTO", "cluster": "model_server_rest",
-             "upstream_port": config.serving.rest_port, "alpn": "h2, http/1.1",
+             "upstream_port": config.serving.grpc_port, "upstream_h2": True, "alpn": "h2, http/1.1",
              "retry_on": "connect-failure,refused-stream,reset,gateway-error,retriable-status-codes"},
             {"name": "grpc", "port": config.grpc_port, "codec": "HTTP2", "cluster": "model_server_grpc",
-             "upstream_port": config.serving.grpc_port, "alpn": "h2",
+             "upstream_port": config.serving.grpc_port, "upstream_h2": True, "alpn": "h2",
              "retry_on": "connect-failure,refused-stream,reset,unavailable,retriable-headers"},
         ],
         "objectstore": ({"port": config.repo.port, "upstream_port": objectstore.store_port(config)}

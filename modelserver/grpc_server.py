@@ -55,6 +55,8 @@ class GrpcOptions:
     enable_health: bool = False
     body_budget: int = 2 ** 30      # shared with nothing: the REST port has a budget of its own
     read_timeout: float = 50.0
+    rest: Any = None                # the REST API answering REST over HTTP/2 on this port (None: 415)
+    rest_max_body: int = 2 ** 31 - 1
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, Any]]:
@@ -384,4 +386,5 @@ async def start_grpc_server(manager: ModelManager, executor: Executor, host: str
     """Serve on ``host:port`` (and the unix socket); ``host`` may be a :class:`GrpcOptions`."""
     options = host if isinstance(host, GrpcOptions) else GrpcOptions(host=host, port=port)
     api = GrpcApi(manager, executor, options.enable_health, hooks, access)
-    return await start_server(api, options.host, options.port, options.socket_path, grpc_limits(options))
+    return await start_server(api, options.host, options.port, options.socket_path, grpc_limits(options),
+                              options.rest, options.rest_max_body)

@@ -10,6 +10,13 @@ message), so this module serves exactly that, the way the REST port serves HTTP/
 ``asyncio.Protocol`` per connection parsing frames, a cheap request answered synchronously in the
 same loop turn (inline.py), everything else in a task.
 
+The same port answers REST over HTTP/2 (any request that is not ``application/grpc``), through
+the REST port's own API (handlers.RestApi): Envoy reaches the model server's REST API this way,
+many requests multiplexed on one connection per Envoy worker, instead of one HTTP/1.1 connection
+per request in flight (bench/README.md, issue 15: a REST request through Envoy cost the two of
+them 390 us of CPU, a gRPC call 205 us). The REST port stays for direct clients (the
+``tensorflow_model_server`` drop-in).
+
 What it implements of HTTP/2 (RFC 9113): the connection preface, SETTINGS, HEADERS with
 CONTINUATION and full HPACK decoding (hpack.py), DATA with padding, flow control both ways
 (answers larger than the client's windows wait for its WINDOW_UPDATEs), PING, RST_STREAM,
@@ -36,11 +43,14 @@ import struct
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Awaitable, Callable, NamedTuple, Union
+from typing import TYPE_CHECKING, Awaitable, Callable, NamedTuple, Union
 
-from modelserver import hpack
+from modelserver import hpack, rollout
 from modelserver.budget import BodyBudget
 from modelserver.sweep import ConnectionSweep
+
+if TYPE_CHECKING:
+    from modelserver.handlers import Response, RestApi
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +79,10 @@ OK, CANCELLED, UNKNOWN, INTERNAL, UNIMPLEMENTED, RESOURCE_EXHAUSTED = 0, 1, 2, 1
 _GRPC_HEAD = hpack.indexed(":status", "200") + hpack.literal("content-type", "application/grpc")
 _STATUS_415 = hpack.literal(":status", "415")  # not a gRPC request (gRPC over HTTP/2's answer)
 _TRAILERS_OK = hpack.literal("grpc-status", "0")
+# HTTP/1.1's own headers, which HTTP/2 forbids (RFC 9113 8.2.2): never copied from a REST answer.
+_HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+                         "content-length"))
+GZIP_MAX_INFLATED = 100 * 1024 * 1024   # as the REST port (net_http's kMaxUncompressedBytes)
 
 
 class Reply(NamedTuple):
@@ -131,7 +145,7 @@ def _status_block(code: int, message: str) -> bytes:
 
 class _Stream:
     __slots__ = ("id", "headers", "body", "size", "held", "ended", "answered", "task", "send_window",
-                 "pending", "trailers", "received")
+                 "pending", "trailers", "received", "rest")
 
     def __init__(self, stream_id: int, headers: dict[str, str], window: int) -> None:
         self.id = stream_id
@@ -144,8 +158,9 @@ class _Stream:
         self.task: asyncio.Task | None = None
         self.send_window = window
         self.pending: memoryview | None = None  # answer bytes waiting for flow-control window
-        self.trailers = b""           # the trailers block to send after them
+        self.trailers: bytes | None = b""  # the trailers block to send after them (None: END_STREAM on the last DATA)
         self.received = 0             # DATA bytes since our last WINDOW_UPDATE for this stream
+        self.rest = False             # a REST request (not application/grpc), answered by the REST API
 
 
 class Http2Connection(asyncio.Protocol):
@@ -361,6 +376,12 @@ class Http2Connection(asyncio.Protocol):
             return
         stream = _Stream(stream_id, dict(headers), self.peer_window)
         self.streams[stream_id] = stream
+        if self.server.rest is not None and not stream.headers.get("content-type", "").startswith("application/grpc"):
+            stream.rest = True
+            length = stream.headers.get("content-length", "")
+            if length.isdigit() and int(length) > self.server.rest_max_body:
+                self._refuse(stream, RESOURCE_EXHAUSTED, f"Request body larger than {self.server.rest_max_body} bytes", 413)
+                return
         if flags & END_STREAM:
             self._ended(stream)
 
@@ -396,7 +417,11 @@ class Http2Connection(asyncio.Protocol):
         """Keep a piece of the request, unless the message is too large or the budget is spent."""
         before = stream.size
         stream.size += len(data)
-        if before < 5 <= stream.size:
+        if stream.rest:
+            if stream.size > self.server.rest_max_body:
+                self._refuse(stream, RESOURCE_EXHAUSTED, f"Request body larger than {self.server.rest_max_body} bytes", 413)
+                return
+        elif before < 5 <= stream.size:
             head = b"".join(stream.body) + data
             length = _U32.unpack_from(head, 1)[0]
             if length > self.limits.max_receive:
@@ -423,6 +448,9 @@ class Http2Connection(asyncio.Protocol):
         stream.ended = True
         if stream.answered:
             self._finish(stream)
+            return
+        if stream.rest:
+            self._rest(stream)
             return
         headers = stream.headers
         if headers.get(":method") != "POST" or not headers.get("content-type", "").startswith("application/grpc"):
@@ -486,6 +514,69 @@ class Http2Connection(asyncio.Protocol):
         if not self.closing and self.streams.get(stream.id) is stream:
             self._answer(stream, reply)
 
+    # ---------------------------------------------------------------- REST requests
+
+    def _rest(self, stream: _Stream) -> None:
+        """A whole REST request: answered by the REST API, now (inline) or from a task."""
+        headers = stream.headers
+        body = b"".join(stream.body)
+        self._release(stream)
+        stream.answered = True
+        method, path = headers.get(":method", ""), headers.get(":path", "").partition("?")[0]
+        fields = {name: value for name, value in headers.items() if name[0] != ":"}
+        if ":authority" in headers:
+            fields.setdefault("host", headers[":authority"])
+        if "gzip" in fields.get("content-encoding", "").lower():
+            body = _gunzip(body)
+        rollout.set_request_slot(rollout.request_slot(fields.get(rollout.SPLIT_HEADER)))
+        api = self.server.rest
+        try:
+            response = api.handle_now(method, path, fields, body)
+        except Exception:  # noqa: BLE001 - as the REST port: the task below answers it
+            log.exception("unexpected error answering %s %s inline", method, path)
+            response = None
+        if response is not None:
+            self._answer_rest(stream, response, method == "HEAD")
+            return
+        peer = self.transport.get_extra_info("peername")
+        pending = api.handle(method, path, fields, body, peer=peer[0] if isinstance(peer, tuple) else "")
+        stream.task = asyncio.get_running_loop().create_task(self._await_rest(stream, pending, method))
+
+    async def _await_rest(self, stream: _Stream, pending: Awaitable["Response"], method: str) -> None:
+        from modelserver.handlers import JSON_HEADERS, Response, error_body
+
+        try:
+            response = await pending
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - last line of defence for one request
+            log.exception("unexpected error answering %s %s", method, stream.headers.get(":path", ""))
+            response = Response(500, JSON_HEADERS, error_body(f"Internal error: {type(exc).__name__}"))
+        if not self.closing and self.streams.get(stream.id) is stream:
+            self._answer_rest(stream, response, method == "HEAD")
+
+    def _answer_rest(self, stream: _Stream, response: "Response", head: bool = False) -> None:
+        """Send a REST answer: its headers, then its body with END_STREAM on the last DATA."""
+        stream.answered = True
+        body = b"" if head else response.body
+        block = _rest_head(response.status, response.headers) + hpack.literal("content-length", str(len(response.body)))
+        if not body:
+            self._emit(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
+            self._finish(stream)
+            return
+        size = len(body)
+        if size <= min(stream.send_window, self.send_window, self.peer_max_frame):
+            stream.send_window -= size
+            self.send_window -= size
+            self._emit(_frame(HEADERS, END_HEADERS, stream.id, block)
+                       + _HEAD.pack(size >> 16, size & 0xFFFF, DATA, END_STREAM, stream.id) + body)
+            self._finish(stream)
+            return
+        self._emit(_frame(HEADERS, END_HEADERS, stream.id, block))
+        stream.pending = memoryview(body)
+        stream.trailers = None
+        self._send_pending(stream)
+
     def _answer(self, stream: _Stream, reply: Reply) -> None:
         """Send ``reply`` on ``stream``: headers, message and trailers, or trailers only."""
         stream.answered = True
@@ -523,12 +614,15 @@ class Http2Connection(asyncio.Protocol):
                     self.blocked.append(stream)
                 stream.pending = pending
                 return
-            self._emit(_frame(DATA, 0, stream.id, bytes(pending[:size])))
+            last = size == len(pending) and stream.trailers is None
+            self._emit(_frame(DATA, END_STREAM if last else 0, stream.id, bytes(pending[:size])))
             stream.send_window -= size
             self.send_window -= size
             pending = pending[size:]
         stream.pending = None
-        if stream.trailers:
+        if stream.trailers is None:
+            self._finish(stream)
+        elif stream.trailers:
             self._emit(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, stream.trailers))
             self._finish(stream)
 
@@ -549,8 +643,15 @@ class Http2Connection(asyncio.Protocol):
         if self.streams.pop(stream.id, None) is not None and self.going_away and not self.streams:
             self._close()
 
-    def _refuse(self, stream: _Stream, code: int, message: str) -> None:
+    def _refuse(self, stream: _Stream, code: int, message: str, status: int = 429) -> None:
+        """Refuse a request before it is whole: gRPC ``code``, or HTTP ``status`` for a REST
+        request (429 for the body budget, 413 for a body too large, as the REST port)."""
         self._release(stream)
+        if stream.rest:
+            from modelserver.handlers import JSON_HEADERS, Response, error_body
+
+            self._answer_rest(stream, Response(status, JSON_HEADERS, error_body(message)))
+            return
         self._answer(stream, Reply(code, message))
 
     def _drop(self, stream: _Stream) -> None:
@@ -599,6 +700,27 @@ class Http2Connection(asyncio.Protocol):
         self._goaway(NO_ERROR)
 
 
+@functools.lru_cache(maxsize=256)
+def _rest_head(status: int, headers: tuple[tuple[str, str], ...]) -> bytes:
+    """A REST answer's header block but its length, encoded once per status and headers (the
+    same few for every answer of a model version)."""
+    code = str(status)
+    block = hpack.indexed(":status", code) if (":status", code) in hpack.STATIC_TABLE else hpack.literal(":status", code)
+    return block + b"".join(hpack.literal(name.lower(), value) for name, value in headers
+                            if name.lower() not in _HOP_BY_HOP)
+
+
+def _gunzip(body: bytes) -> bytes:
+    """A gzip request body inflated, as the REST port does: empty when it is not whole, valid gzip
+    or inflates past :data:`GZIP_MAX_INFLATED` (TF Serving's handler then answers its own 400)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, GZIP_MAX_INFLATED + 1)
+    except zlib.error:
+        return b""
+    return out if inflater.eof and len(out) <= GZIP_MAX_INFLATED and not inflater.unused_data else b""
+
+
 class _ConnectionError(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(code)
@@ -614,10 +736,12 @@ class _CallError(Exception):
 class _ServerState(ConnectionSweep):
     """What the connections of one gRPC server share: limits, the body budget, the idle sweep."""
 
-    def __init__(self, limits: GrpcLimits) -> None:
+    def __init__(self, limits: GrpcLimits, rest: "RestApi | None" = None, rest_max_body: int = 2 ** 31 - 1) -> None:
         super().__init__(limits.idle_timeout, limits.read_timeout)
         self.limits = limits
         self.budget = BodyBudget(limits.body_budget)
+        self.rest = rest                    # answers REST requests on this port (None: 415 to them)
+        self.rest_max_body = rest_max_body
 
 
 class GrpcServer:
@@ -636,10 +760,12 @@ class GrpcServer:
 
 
 async def start_server(handler: Handler, host: str, port: int, socket_path: str = "",
-                       limits: GrpcLimits = GrpcLimits()) -> GrpcServer:
-    """Listen on ``host:port`` (when ``port`` > 0) and on ``socket_path`` (when given)."""
+                       limits: GrpcLimits = GrpcLimits(), rest: "RestApi | None" = None,
+                       rest_max_body: int = 2 ** 31 - 1) -> GrpcServer:
+    """Listen on ``host:port`` (when ``port`` > 0) and on ``socket_path`` (when given); REST
+    requests are answered by ``rest`` when given."""
     loop = asyncio.get_running_loop()
-    state = _ServerState(limits)
+    state = _ServerState(limits, rest, rest_max_body)
     servers: list[asyncio.AbstractServer] = []
     factory = lambda: Http2Connection(handler, state)  # noqa: E731
     try:

@@ -154,12 +154,13 @@ async def _run_servers(options: Options, manager: ModelManager, features: Server
     access.start()
     hooks = Rollout(ShadowTap(manager))
     servers = []
+    # One REST API for the REST port and for REST over HTTP/2 on the gRPC port (how Envoy reaches it).
+    api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support,
+                  metrics_path=features.monitoring.prometheus_path, hooks=hooks, access=access)
     try:
         if options.port > 0 or options.grpc_socket_path:
-            servers.append(await _start_grpc(options, manager, executor, hooks, access))
+            servers.append(await _start_grpc(options, manager, executor, hooks, access, api))
         if options.rest_api_port > 0:
-            api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support,
-                          metrics_path=features.monitoring.prometheus_path, hooks=hooks, access=access)
             servers.append(await start_rest_server(api, options.listen_address, options.rest_api_port,
                                                    _rest_limits(options)))
             log.info("Exporting HTTP/REST API at:%s:%d ...", options.listen_address, options.rest_api_port)
@@ -189,7 +190,7 @@ def _rest_limits(options: Options) -> object:
 
 
 async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadPoolExecutor,
-                      hooks: object, access: Access) -> object:
+                      hooks: object, access: Access, rest: object = None) -> object:
     try:
         from modelserver.grpc_server import GrpcOptions, start_grpc_server
     except ImportError:
@@ -199,7 +200,8 @@ async def _start_grpc(options: Options, manager: ModelManager, executor: ThreadP
     grpc_options = GrpcOptions(host=options.listen_address, port=options.port, socket_path=options.grpc_socket_path,
                                channel_arguments=options.grpc_channel_arguments,
                                enable_health=options.enable_grpc_healthcheck_service,
-                               body_budget=limits.body_budget, read_timeout=limits.read_timeout)
+                               body_budget=limits.body_budget, read_timeout=limits.read_timeout,
+                               rest=rest, rest_max_body=limits.max_body)
     if options.grpc_max_threads:
         log.info("--grpc_max_threads=%d: gRPC runs on the event loop here, with no thread per RPC to cap; "
                  "inference concurrency is the runtime pool's size", options.grpc_max_threads)

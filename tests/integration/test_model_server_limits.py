@@ -499,3 +499,81 @@ def test_grpc_messages_and_streams_are_bounded(server: Server) -> None:
         crowd.close()
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         assert grpc_predict(channel) == 3.0
+
+
+# ----------------------------------------------------------------------------- REST over HTTP/2
+
+
+def _curl_h2(server: Server, path: str, *args: str) -> tuple[int, dict[str, str], bytes]:
+    """curl over HTTP/2 (prior knowledge) to the gRPC port: (status, headers, body)."""
+    import subprocess
+
+    dump = [] if "-I" in args else ["-D", "-"]    # -I prints the headers itself
+    done = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", *dump, *args,
+                           f"http://127.0.0.1:{server.grpc_port}{path}"], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    head, _, body = done.stdout.partition(b"\r\n\r\n")
+    lines = head.decode().strip().split("\r\n")
+    assert lines[0].startswith("HTTP/2 "), lines[0]
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_the_grpc_port_answers_rest_over_http2_as_the_rest_port_does(server: Server) -> None:
+    """How Envoy reaches the REST API (issue 15): the same answers as the REST port, errors in TF
+    Serving's format, HEAD without a body, a gzip body inflated."""
+    body = '{"instances": [1.0, 2.0, 5.0]}'
+    status, headers, answer = _curl_h2(server, f"{MODEL}:predict", "-d", body)
+    assert (status, json.loads(answer)) == (200, {"predictions": [2.5, 3.0, 4.5]})
+    assert requests.post(f"{server.url}{MODEL}:predict", data=body, timeout=30).content == answer
+    assert headers["content-type"] == "application/json" and int(headers["content-length"]) == len(answer)
+    status, _, answer = _curl_h2(server, MODEL)
+    assert status == 200 and json.loads(answer)["model_version_status"][0]["state"] == "AVAILABLE"
+    status, _, answer = _curl_h2(server, "/v1/models/no_such_model:predict", "-d", body)
+    assert status == 404 and json.loads(answer) == requests.post(
+        f"{server.url}/v1/models/no_such_model:predict", data=body, timeout=30).json()
+    status, headers, answer = _curl_h2(server, f"{MODEL}:predict", "-d", "{")
+    assert status == 400 and "error" in json.loads(answer)
+    status, headers, answer = _curl_h2(server, MODEL, "-I")
+    assert status == requests.head(f"{server.url}{MODEL}", timeout=30).status_code
+    assert answer == b"" and int(headers["content-length"]) > 0
+    packed = gzip.compress(body.encode())
+    import subprocess
+    done = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "--data-binary", "@-", "-H", "Content-Encoding: gzip",
+                           f"http://127.0.0.1:{server.grpc_port}{MODEL}:predict"], input=packed,
+                          capture_output=True, timeout=60)
+    assert json.loads(done.stdout) == {"predictions": [2.5, 3.0, 4.5]}
+
+
+def test_a_rest_answer_larger_than_the_clients_window_waits_for_its_window_updates(server: Server) -> None:
+    """HTTP/2 flow control on REST answers: 64 KiB (the default window) goes out, the rest only as
+    the client grants it, the last DATA frame ending the stream."""
+    from modelserver.hpack import literal
+
+    body = ('{"instances": [' + ", ".join(["1.0"] * 40000) + "]}").encode()
+    client = H2Client(server)
+    try:
+        client.start()
+        head = b"".join(literal(name, value) for name, value in (
+            (":method", "POST"), (":scheme", "http"), (":path", f"{MODEL}:predict"), (":authority", "x"),
+            ("content-type", "application/json"), ("content-length", str(len(body)))))
+        client.send(h2_frame(HEADERS, 0x4, 1, head)
+                    + b"".join(h2_frame(DATA, 0, 1, body[i:i + 16384]) for i in range(0, len(body), 16384))
+                    + h2_frame(DATA, 0x1, 1, b""))
+        received, status, granted = b"", None, False
+        for kind, flags, stream, payload in client.frames():
+            if kind == HEADERS and stream == 1:
+                status = payload[":status"]
+            elif kind == DATA and stream == 1:
+                received += payload
+                if flags & 0x1:
+                    break
+                if len(received) >= 65535 and not granted:
+                    assert len(received) == 65535, "no more than the window before an update"
+                    granted = True
+                    client.send(h2_frame(8, 0, 0, (1 << 20).to_bytes(4, "big"))
+                                + h2_frame(8, 0, 1, (1 << 20).to_bytes(4, "big")))
+        assert status == "200" and granted
+        assert json.loads(received) == {"predictions": [2.5] * 40000}
+    finally:
+        client.close()

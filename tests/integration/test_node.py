@@ -113,7 +113,8 @@ def test_access_log_names_the_upstream(node: NodeUnderTest) -> None:
                 and int(entry["bytes_received"]) == len(body)]
 
     (entry,) = wait_until(predict_lines, timeout=15, what="the request's access log line")
-    assert entry["upstream_host"] == f"127.0.0.1:{node.rest_port}"   # its own, on loopback
+    # Its own model server, on loopback: REST over HTTP/2 on the gRPC port (issue 15).
+    assert entry["upstream_host"] == f"127.0.0.1:{node.model_grpc_port}"
     assert entry["method"] == "POST"
 
 
