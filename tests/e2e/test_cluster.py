@@ -53,7 +53,7 @@ def test_any_node_answers_and_requests_spread_over_every_serving_node(cluster: C
             log = Path(node.root) / "var/log/appliance/access.log"
             for line in log.read_text().splitlines() if log.exists() else []:
                 entry = json.loads(line)
-                if entry["path"].endswith(":predict"):
+                if entry["path"].endswith(":predict") and entry.get("upstream_host"):   # not a local 429
                     # the node's own model server is on loopback; a peer is peer:cluster.port
                     host = entry["upstream_host"].split(":")[0]
                     seen.add(node.address if host == "127.0.0.1" else host)
