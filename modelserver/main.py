@@ -152,7 +152,9 @@ async def _run_servers(options: Options, manager: ModelManager, features: Server
     executor = features.executor(options.rest_api_num_threads)
     access = Access(options.api_keys_file)
     access.start()
-    hooks = Rollout(ShadowTap(manager))
+    shadow = ShadowTap(manager)
+    shadow.attach(loop)     # cheap models' copies run on the loop, in its idle turns
+    hooks = Rollout(shadow)
     servers = []
     # One REST API for the REST port and for REST over HTTP/2 on the gRPC port (how Envoy reaches it).
     api = RestApi(manager, executor, enable_cors=options.rest_api_enable_cors_support,

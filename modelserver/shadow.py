@@ -3,9 +3,14 @@
 While a model's settings hold a ``shadow`` (:class:`ShadowSettings`), a sample of its requests
 that name no version (REST and gRPC Predict) is handed here *after* the client's answer was
 computed: the request's decoded inputs and the primary's outputs go into a bounded queue, and
-the client's request goes on at once. Nothing on the request path wakes the worker: it looks for
-copies every :data:`EMPTY_POLL` when it has none (a wake-up handed it the GIL while the request
-still had its answer to write: bench/README.md, issue 18, session 9). One worker thread runs each copy on the candidate and
+the client's request goes on at once. Copies of models whose runs are cheap (inline.py: the
+ones the server itself runs on its event loop) are worked through *on the event loop*, one step
+per idle loop turn (:meth:`ShadowTap._tick`): no thread to wake, no GIL to hand over while a
+client's request waits (session 10; before, a worker thread's wake-ups and GIL hand-offs cost
+each copy ~270 us of server CPU for ~35 us of work). Other copies go to a worker thread, which
+nothing on the request path wakes: it looks for copies every :data:`EMPTY_POLL` when it has none
+(a wake-up handed it the GIL while the request still had its answer to write: bench/README.md,
+issue 18, session 9). Either way each copy runs on the candidate and
 once more on the primary (the "secondary", Diffy's trick: a model that answers differently
 from run to run must not look like a regression; a model that proved bit for bit deterministic
 gets its secondary on one copy in :data:`SECONDARY_EVERY` only), compares the three
@@ -31,6 +36,7 @@ shadow is stopped its last report stays readable until the model gets a new one.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import heapq
@@ -39,7 +45,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 
@@ -62,6 +68,7 @@ EXAMPLES = 10            # most different requests kept per model
 EXAMPLE_VALUES = 4096    # an input with more values is shown by its shape only
 IDLE_GAP = 0.0005        # seconds without a request before a copy's next step runs
 IDLE_POLL_MAX = 0.01     # the longest sleep between two looks while the server is busy
+LOOP_POLL_MAX = 0.002    # the same for the event loop's ticks (a look costs it a timer, no wake-up)
 # A model whose secondary answered bit for bit as its primary this many copies in a row is taken
 # as deterministic: its secondary then runs on one copy in SECONDARY_EVERY only (a copy costs one
 # model run instead of two); the first secondary that differs makes it run on every copy again.
@@ -294,6 +301,12 @@ class ShadowTap:
         self._capacity = queue_size
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._threaded: collections.deque[_Copy] = collections.deque()   # copies too costly for the loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._ticking = False
+        self._job: Iterator[None] | None = None     # the copy the loop is stepping through
+        self._pause = IDLE_GAP                      # the loop's next look while the server is busy
 
     # ---------------------------------------------------------------- request path
 
@@ -320,7 +333,10 @@ class ShadowTap:
                 run.dropped += 1
             return
         self._queue.append(_Copy(name, api, primary, signature, inputs, outputs, run))
-        if self._thread is None:
+        if self._loop is not None:
+            if not self._ticking:
+                self._kick()
+        elif self._thread is None:
             self._start()
 
     def _current(self, name: str, settings: ShadowSettings | None) -> _Run | None:
@@ -349,18 +365,90 @@ class ShadowTap:
 
     # ---------------------------------------------------------------- worker
 
-    def _work(self) -> None:
-        while True:
+    # ---------------------------------------------------------------- on the event loop
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the copies of cheap models on ``loop`` (the server's), in its idle turns."""
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def _kick(self) -> None:
+        """Start the loop's ticks (from the request path: the loop thread, or a pool thread)."""
+        with self._lock:
+            if self._ticking:
+                return
+            self._ticking = True
+        if threading.get_ident() == self._loop_thread:
+            self._loop.call_soon(self._tick)
+        else:
+            self._loop.call_soon_threadsafe(self._tick)
+
+    def _tick(self) -> None:
+        """One step of a copy when the server is idle, then the next tick: at once after a step,
+        when the server goes idle while it is busy, every :data:`EMPTY_POLL` when no copy waits.
+        A copy whose models do not run inline (inline.py: a few hundred microseconds at most, a
+        small input) goes to the worker thread instead, as all copies do without a loop."""
+        loop = self._loop
+        if self._job is None:
             if not self._queue:
+                loop.call_later(EMPTY_POLL, self._tick)
+                return
+            copy = self._queue.popleft()
+            if not self._inline(copy):
+                self._threaded.append(copy)
+                if self._thread is None:
+                    self._start()
+                loop.call_soon(self._tick)
+                return
+            self._job = self._steps(copy)
+        idle = monitoring.idle_seconds()
+        if idle < IDLE_GAP:
+            if idle > 0:    # no request runs: idle enough by then, unless one comes meanwhile
+                loop.call_later(IDLE_GAP - idle, self._tick)
+            else:           # one runs: look again later, less often the longer the server stays busy
+                loop.call_later(self._pause, self._tick)
+                self._pause = min(self._pause * 2, LOOP_POLL_MAX)
+            return
+        self._pause = IDLE_GAP
+        try:
+            next(self._job)
+        except StopIteration:
+            self._job = None
+        except Exception:  # noqa: BLE001 - one bad copy never stops the shadow
+            log.exception("shadow comparison failed")
+            self._job = None
+        loop.call_soon(self._tick)
+
+    def _inline(self, copy: _Copy) -> bool:
+        """Whether every run of the copy may go on the event loop (its models' runs are cheap)."""
+        from modelserver.core.inline import runs_inline
+
+        size = sum(getattr(value, "nbytes", 0) for value in copy.inputs.values())
+        try:
+            candidate = self.manager.lookup(copy.name, version=copy.run.settings.version)
+        except ServingError:
+            return True    # nothing to run: the copy is skipped at once
+        models = [copy.primary.model, candidate.model if candidate is not None else None]
+        return all(model is None or runs_inline(model, size) for model in models)
+
+    # ---------------------------------------------------------------- worker thread
+
+    def _work(self) -> None:
+        queue = self._threaded if self._loop is not None else self._queue
+        while True:
+            if not queue:
                 time.sleep(EMPTY_POLL)
                 continue
-            copy = self._queue.popleft()    # the one consumer
+            copy = queue.popleft()    # the one consumer
             try:
-                self._compare(copy)
+                for _ in self._steps(copy):
+                    _when_idle()
             except Exception:  # noqa: BLE001 - one bad copy never stops the shadow
                 log.exception("shadow comparison of model %s failed", copy.name)
 
-    def _compare(self, copy: _Copy) -> None:
+    def _steps(self, copy: _Copy) -> Iterator[None]:
+        """Compare one copy, yielding before each model run and before the comparison: whoever
+        drives it (the loop's ticks, the worker thread) waits there for the server's idle time."""
         run, settings = copy.run, copy.run.settings
         try:
             candidate = self.manager.lookup(copy.name, version=settings.version)
@@ -372,11 +460,11 @@ class ShadowTap:
             return
         secondary: Mapping[str, np.ndarray] | str | None = None
         if run.wants_secondary():
-            _when_idle()
+            yield
             secondary = self._run(copy.primary, copy)
-        _when_idle()
+        yield
         answer = self._run(candidate, copy)
-        _when_idle()
+        yield
         with run.lock:
             run.primary_versions.add(copy.primary.version)
             if isinstance(secondary, str):
