@@ -85,7 +85,7 @@ def is_self(config: Config, address: str) -> bool:
         return False
 
 
-def _endpoint(config: Config, address: str, kind: str) -> dict:
+def _endpoint(config: Config, address: str) -> dict:
     if is_self(config, address):
         # REST and gRPC alike over HTTP/2 to the gRPC port, which answers REST too (issue 15).
         port = config.serving.grpc_port
@@ -120,8 +120,8 @@ def eds_documents(config: Config, addresses: list[str]) -> dict[str, str]:
     """The EDS DiscoveryResponse of each upstream cluster, as YAML text."""
     docs = {}
     left_out = peers_left_out(config, addresses)
-    for cluster, kind in CLUSTERS.items():
-        endpoints = [_endpoint(config, addr, kind) for addr in addresses if addr not in left_out]
+    for cluster in CLUSTERS:   # the same endpoints: REST and gRPC both go to the gRPC port
+        endpoints = [_endpoint(config, addr) for addr in addresses if addr not in left_out]
         doc = {
             "version_info": ",".join(addresses) or "none",
             "resources": [{

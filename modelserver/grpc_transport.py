@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable, NamedTuple, Union
 
 from modelserver import hpack, rollout
 from modelserver.budget import BodyBudget
+from modelserver.rest import GZIP_MAX_INFLATED
 from modelserver.sweep import ConnectionSweep
 
 if TYPE_CHECKING:
@@ -82,7 +83,6 @@ _TRAILERS_OK = hpack.literal("grpc-status", "0")
 # HTTP/1.1's own headers, which HTTP/2 forbids (RFC 9113 8.2.2): never copied from a REST answer.
 _HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
                          "content-length"))
-GZIP_MAX_INFLATED = 100 * 1024 * 1024   # as the REST port (net_http's kMaxUncompressedBytes)
 
 
 class Reply(NamedTuple):
@@ -564,18 +564,7 @@ class Http2Connection(asyncio.Protocol):
             self._emit(_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, block))
             self._finish(stream)
             return
-        size = len(body)
-        if size <= min(stream.send_window, self.send_window, self.peer_max_frame):
-            stream.send_window -= size
-            self.send_window -= size
-            self._emit(_frame(HEADERS, END_HEADERS, stream.id, block)
-                       + _HEAD.pack(size >> 16, size & 0xFFFF, DATA, END_STREAM, stream.id) + body)
-            self._finish(stream)
-            return
-        self._emit(_frame(HEADERS, END_HEADERS, stream.id, block))
-        stream.pending = memoryview(body)
-        stream.trailers = None
-        self._send_pending(stream)
+        self._send(stream, block, (body,), None)
 
     def _answer(self, stream: _Stream, reply: Reply) -> None:
         """Send ``reply`` on ``stream``: headers, message and trailers, or trailers only."""
@@ -589,20 +578,27 @@ class Http2Connection(asyncio.Protocol):
                               _GRPC_HEAD + extra + _status_block(code, message)))
             self._finish(stream)
             return
-        data = _U32.pack(len(body))
-        head = _frame(HEADERS, END_HEADERS, stream.id, _GRPC_HEAD + extra)
-        size = 5 + len(body)
-        if not reply.more and size <= min(stream.send_window, self.send_window, self.peer_max_frame):
-            # The common case: everything in one write.
+        self._send(stream, _GRPC_HEAD + extra, (b"\x00", _U32.pack(len(body)), body),
+                   b"" if reply.more else _TRAILERS_OK)
+
+    def _send(self, stream: _Stream, block: bytes, parts: tuple[bytes, ...], trailers: bytes | None) -> None:
+        """The answer's header ``block``, its body ``parts`` as DATA, then ``trailers`` (None:
+        END_STREAM on the last DATA frame; b"": the stream stays open). The common case, a body
+        within the windows and one frame, leaves in one write; the rest as the client's windows
+        allow (:meth:`_send_pending`)."""
+        head = _frame(HEADERS, END_HEADERS, stream.id, block)
+        size = sum(map(len, parts))
+        if trailers != b"" and size <= min(stream.send_window, self.send_window, self.peer_max_frame):
             stream.send_window -= size
             self.send_window -= size
-            self._emit(head + _HEAD.pack(size >> 16, size & 0xFFFF, DATA, 0, stream.id) + b"\x00" + data + body
-                       + _frame(HEADERS, END_HEADERS | END_STREAM, stream.id, _TRAILERS_OK))
+            self._emit(head + _HEAD.pack(size >> 16, size & 0xFFFF, DATA, END_STREAM if trailers is None else 0,
+                                         stream.id) + b"".join(parts)
+                       + (_frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers) if trailers else b""))
             self._finish(stream)
             return
         self._emit(head)
-        stream.pending = memoryview(b"\x00" + data + body)
-        stream.trailers = b"" if reply.more else _TRAILERS_OK
+        stream.pending = memoryview(b"".join(parts))
+        stream.trailers = trailers
         self._send_pending(stream)
 
     def _send_pending(self, stream: _Stream) -> None:
