@@ -106,6 +106,16 @@ class Processes:
             self.stop(proc)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The shared dev cluster (tests/e2e/conftest.py, session-scoped) lives from its first test to
+    the session's end, four idle nodes costing about half a core: its tests run after every other
+    test, those that leave it broken (``destructive``) last."""
+    def order(item: pytest.Item) -> tuple[bool, bool]:
+        return ("cluster" in getattr(item, "fixturenames", ()),
+                item.get_closest_marker("destructive") is not None)
+    items.sort(key=order)     # stable: the files' own order otherwise
+
+
 @pytest.fixture
 def processes() -> Iterator[Processes]:
     procs = Processes()

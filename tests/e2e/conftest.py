@@ -1,5 +1,5 @@
-"""The e2e tier's shared dev cluster (see shared_cluster.py) and test order: tests marked
-``destructive`` (they leave the cluster broken) run last."""
+"""The e2e tier's shared dev cluster (see shared_cluster.py); the test order is in
+tests/conftest.py (the cluster's tests run last, those marked ``destructive`` after them)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,6 @@ from tests.conftest import ARTIFACTS
 from tests.e2e.shared_cluster import (FIRST, MODEL, REPORT, Cluster, _free_block, _free_everywhere,
                                       _free_internal_base)
 from tests.integration.node_harness import wait_gone
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)
 
 
 @pytest.fixture(scope="session")
