@@ -191,14 +191,14 @@ class ModelSource(ABC):
     def versions(self, name: str) -> dict[int, RemoteVersion]:
         """The numeric version directories of ``name``, with their objects and push manifests."""
         grouped: dict[str, list[RemoteObject]] = {}
-        manifests: dict[str, str] = {}
+        manifests: dict[str, tuple[str, str]] = {}
         prefix = f"{name}/"
         for key, size, etag in self._list(prefix):
             rest = key[len(prefix):]
             first, sep, inner = rest.partition("/")
             if not sep:
                 if first.endswith(MANIFEST_SUFFIX):
-                    manifests[first[:-len(MANIFEST_SUFFIX)]] = key
+                    manifests[first[:-len(MANIFEST_SUFFIX)]] = (key, etag.strip('"'))
                 continue
             if parse_version(first) is None or not inner or inner.endswith("/"):
                 continue   # not a version dir, or a directory marker object
@@ -210,11 +210,33 @@ class ModelSource(ABC):
             if number in out:
                 log.warning("model %s: version dirs %s and %s are both version %d; using %s",
                             name, out[number].dirname, dirname, number, dirname)
-            manifest = self._manifest(manifests[dirname]) if dirname in manifests else None
+            manifest = self._manifest(*manifests[dirname]) if dirname in manifests else None
             out[number] = RemoteVersion(name, number, dirname, tuple(grouped[dirname]), manifest)
+        cache, listed = self._manifests(), {key for key, _ in manifests.values()}
+        for key in [key for key in cache if key.startswith(prefix) and key not in listed]:
+            del cache[key]      # its version left the repository
         return out
 
-    def _manifest(self, key: str) -> tuple[RemoteObject, ...] | None:
+    def _manifests(self) -> dict[str, tuple[str, tuple[RemoteObject, ...] | None]]:
+        """Push manifests read before, by key: (the ETag they were listed with, the manifest)."""
+        cache = self.__dict__.get("_manifest_cache")
+        if cache is None:
+            cache = self.__dict__["_manifest_cache"] = {}
+        return cache
+
+    def _manifest(self, key: str, etag: str = "") -> tuple[RemoteObject, ...] | None:
+        """The push manifest at ``key``. One listed with the same ETag as when it was last read
+        is not read again: an idle agent's poll is then one listing per model (the object store
+        gives every new content a new ETag; a backend without ETags is read every time)."""
+        cache = self._manifests()
+        if etag and key in cache and cache[key][0] == etag:
+            return cache[key][1]
+        manifest = self._parse_manifest(key)
+        if etag:
+            cache[key] = (etag, manifest)
+        return manifest
+
+    def _parse_manifest(self, key: str) -> tuple[RemoteObject, ...] | None:
         try:
             doc = json.loads(self._read_small(key))
             if doc.get("format") != MANIFEST_FORMAT:

@@ -237,6 +237,40 @@ def test_an_object_that_changes_while_downloading_fails_its_checksum_or_etag_che
     assert not list((tmp_path / "staging3").rglob("variables.data-00000-of-00001"))
 
 
+def test_an_unchanged_push_manifest_is_read_once_and_a_new_one_again(store: ObjectStore,
+                                                                      tmp_path: Path) -> None:
+    """An idle agent polls the repository every interval: the listing says whether a version's
+    manifest changed (its ETag), so an unchanged one is not fetched and parsed again."""
+    node = Node(tmp_path / "node", store, "polled")
+    v1 = make_model(tmp_path / "src/1", seed=8)
+    assert node.cli("models", "push", str(v1), "--name", "polled").returncode == 0
+    pairs = [a for a in node.overrides if a != "--set"]
+    config = load_config(None, [*pairs, f"s3.access.key={store.access_key}",
+                                f"s3.secret.key={store.secret_key}"])
+    source = open_source(config, NodePaths(node.root))
+    reads: list[str] = []
+    read_small = source._read_small
+
+    def counted(key: str) -> bytes:     # the real S3 GET, counted
+        reads.append(key)
+        return read_small(key)
+
+    source._read_small = counted
+    first = source.versions("polled")[1]
+    assert [source.versions("polled")[1] for _ in range(3)] == [first] * 3
+    assert len(reads) == 1 and first.manifest
+    # The version pushed again with other bytes: a new manifest, a new ETag, read again.
+    (v1 / "variables/variables.index").write_bytes(os.urandom(300))
+    assert node.cli("models", "push", str(v1), "--name", "polled").returncode == 0
+    second = source.versions("polled")[1]
+    assert len(reads) == 2 and second.manifest != first.manifest
+    assert not second.manifest_problems()
+    # Its manifest deleted: the version is listed without one, and nothing stale is kept.
+    store.boto3().delete_object(Bucket=store.bucket, Key=reads[0])
+    assert source.versions("polled")[1].manifest is None
+    assert not any(key.startswith("polled/") for key in source._manifests())
+
+
 def test_a_version_that_left_the_repository_stays_until_its_replacement_is_available(
         store: ObjectStore, tmp_path: Path) -> None:
     """Without a model server answering, nothing is retired: serving never loses its version."""
