@@ -179,6 +179,13 @@ def main() -> int:
         def server_cost(result: dict) -> float:
             return result["model_server_cpu_us"] + result["envoy_cpu_us"]
 
+        def pooled(name: str) -> tuple[float, float]:
+            """Every round of a node as one run: its requests over its time, and its servers'
+            CPU per request weighted by its requests (a round's swing weighs as much as it lasts)."""
+            done = sum(r["envoy_2xx"] for r in runs[name])
+            return (sum(r["rps"] for r in runs[name]) / len(runs[name]),
+                    sum(server_cost(r) * r["envoy_2xx"] for r in runs[name]) / max(1, done))
+
         summary = {
             "concurrency": args.concurrency, "edge": "TLS + API key + rate limits" if not args.no_tls
             else "API key + rate limits", "loadavg": os.getloadavg(),
@@ -189,6 +196,9 @@ def main() -> int:
             # second measure of the same ratio, which holds whatever else the machine ran).
             "ratios": {name: [round(r, 3) for r in ratios(name)] for name in names[1:]},
             "ratio_median": {name: round(statistics.median(ratios(name)), 3) for name in names[1:]},
+            # All rounds pooled (equal durations: mean req/s), the ratio to plain's pooled.
+            "ratio_pooled": {name: round(pooled(name)[0] / pooled("plain")[0], 3) for name in names[1:]},
+            "cost_ratio_pooled": {name: round(pooled("plain")[1] / pooled(name)[1], 3) for name in names[1:]},
             "cost_ratio_median": {name: round(statistics.median(
                 server_cost(p) / server_cost(v) for p, v in zip(runs["plain"], runs[name])), 3) for name in names[1:]},
             "cpu_us_per_request": {name: {part: statistics.median(r[f"{part}_cpu_us"] for r in runs[name])

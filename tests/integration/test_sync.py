@@ -21,6 +21,7 @@ import pytest
 from appliance.agent.transfer import Downloader, VerificationError
 from appliance.config import load_config, NodePaths
 from appliance.sources import open_source
+from appliance.sources.base import ModelSource
 from tests.conftest import Processes, wait_until
 from tests.integration.objectstore_harness import CLI, ObjectStore, objectstore_for_module
 from tests.tfmodels import saved_model_bytes
@@ -197,6 +198,17 @@ def test_a_corrupted_and_a_deleted_object_refuse_the_version_and_v1_keeps_servin
     assert digest_tree(node.models / "guarded/1") == digest_tree(v1)
 
 
+def _pushed(store: ObjectStore, tmp_path: Path, name: str, seed: int) -> tuple[Path, Node, ModelSource]:
+    """Version 1 of ``name`` pushed with the CLI; its directory, the node, the node's source."""
+    node = Node(tmp_path / "node", store, name)
+    v1 = make_model(tmp_path / "src/1", seed=seed)
+    assert node.cli("models", "push", str(v1), "--name", name).returncode == 0
+    pairs = [a for a in node.overrides if a != "--set"]
+    config = load_config(None, [*pairs, f"s3.access.key={store.access_key}",
+                                f"s3.secret.key={store.secret_key}"])
+    return v1, node, open_source(config, NodePaths(node.root))
+
+
 def test_an_object_that_changes_while_downloading_fails_its_checksum_or_etag_check(
         store: ObjectStore, tmp_path: Path) -> None:
     """Verification against what was listed/pushed: same size, different bytes.
@@ -204,13 +216,7 @@ def test_an_object_that_changes_while_downloading_fails_its_checksum_or_etag_che
     A CLI push has a manifest with block checksums, which the download checks; a version
     without one (s3cmd) falls back to the MD5 ETag, single-part and multipart alike.
     """
-    node = Node(tmp_path / "node", store, "racy")
-    v1 = make_model(tmp_path / "src/1", seed=6)
-    assert node.cli("models", "push", str(v1), "--name", "racy").returncode == 0
-    pairs = [a for a in node.overrides if a != "--set"]
-    config = load_config(None, [*pairs, f"s3.access.key={store.access_key}",
-                                f"s3.secret.key={store.secret_key}"])
-    source = open_source(config, NodePaths(node.root))
+    v1, _, source = _pushed(store, tmp_path, "racy", seed=6)
     listed = source.versions("racy")[1]
     assert listed.manifest and all(o.blocks for o in listed.manifest)
     s3 = store.boto3()
@@ -241,13 +247,7 @@ def test_an_unchanged_push_manifest_is_read_once_and_a_new_one_again(store: Obje
                                                                       tmp_path: Path) -> None:
     """An idle agent polls the repository every interval: the listing says whether a version's
     manifest changed (its ETag), so an unchanged one is not fetched and parsed again."""
-    node = Node(tmp_path / "node", store, "polled")
-    v1 = make_model(tmp_path / "src/1", seed=8)
-    assert node.cli("models", "push", str(v1), "--name", "polled").returncode == 0
-    pairs = [a for a in node.overrides if a != "--set"]
-    config = load_config(None, [*pairs, f"s3.access.key={store.access_key}",
-                                f"s3.secret.key={store.secret_key}"])
-    source = open_source(config, NodePaths(node.root))
+    v1, node, source = _pushed(store, tmp_path, "polled", seed=8)
     reads: list[str] = []
     read_small = source._read_small
 
