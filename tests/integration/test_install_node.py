@@ -418,9 +418,10 @@ def test_the_install_gives_the_node_data_to_the_service_user(user_installs) -> N
 
 @pytest.mark.slow
 def test_an_object_store_that_cannot_write_its_data_dir_fails_at_once_naming_the_fix(
-        user_installs, tmp_path: Path) -> None:
+        installed, user_installs, tmp_path: Path) -> None:
     """The state of an older install (a root-owned data dir): one clear error, no traceback;
-    the fix it names (re-run the install) makes the dir the service user's again."""
+    the fix it names (re-run the install, with the options it was run with) makes the dir the
+    service user's again."""
     base, repo, _, (uid, gid) = user_installs
     data = repo.root / "data/objectstore"
     os.chown(data, 0, 0)
@@ -431,7 +432,8 @@ def test_an_object_store_that_cannot_write_its_data_dir_fails_at_once_naming_the
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"the object store cannot use {data}: not writable (it runs as {SERVICE_USER}" in run.stderr
     assert "Traceback" not in run.stderr and "scripts/install-node.sh" in run.stderr
-    again = _install(base / "src", repo.root, "--user", SERVICE_USER, "--python", "/usr/bin/python3.11")
+    again = _install(base / "src", repo.root, "--user", SERVICE_USER, "--python", SYSTEM_PYTHON,
+                     "--deps-from", str(installed[1] / "opt/appliance/current"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert (data.stat().st_uid, data.stat().st_gid) == (uid, gid)
 
