@@ -101,18 +101,36 @@ class Rules:
     required_models: frozenset[str] = frozenset()
     keys: Mapping[str, KeyRule] = field(default_factory=dict)   # sha256 hex -> rule
     model_buckets: Mapping[str, TokenBucket] = field(default_factory=dict)
-    # Presented key -> its rule (None: unknown), in memory only, dropped with these rules.
-    seen: dict[str, KeyRule | None] = field(default_factory=dict)
+    # (credential headers, model) -> what :meth:`admit` decided but the buckets, in memory only,
+    # dropped with these rules: a call repeating a client's credentials pays one dict lookup.
+    seen: dict[tuple[str, str, str], tuple[KeyRule | None, AccessDenied | None, TokenBucket | None]] = field(
+        default_factory=dict)
 
     def rule_of(self, key: str) -> KeyRule | None:
+        return self.keys.get(hash_key(key))
+
+    def admit(self, model: str, authorization: str, api_key: str) -> tuple[KeyRule | None, AccessDenied | None,
+                                                                           TokenBucket | None]:
+        """The key's rule, the refusal (None: admitted but for the buckets) and the model's bucket
+        for a call to ``model`` presenting these headers; remembered (hashing a key costs more than
+        the rest)."""
+        memo = (authorization, api_key, model)
         try:
-            return self.seen[key]
+            return self.seen[memo]
         except KeyError:
-            rule = self.keys.get(hash_key(key))
-        if len(self.seen) >= SEEN_KEYS:   # a client trying keys gets no memory out of it
+            pass
+        key = presented_key({"authorization": authorization, "x-api-key": api_key}.get)
+        rule = self.rule_of(key) if key else None
+        denied = None
+        if rule is None and (key or self.required or model in self.required_models):
+            denied = AccessDenied(Code.UNAUTHENTICATED, "Missing or invalid API key: send it as "
+                                  "'Authorization: Bearer <key>'" if not key else "Invalid API key")
+        elif rule is not None and rule.models and model not in rule.models:
+            denied = AccessDenied(Code.PERMISSION_DENIED, f"API key {rule.name} may not call model {model}")
+        if len(self.seen) >= SEEN_KEYS:   # a client trying keys (or model names) gets no memory out of it
             self.seen.clear()
-        self.seen[key] = rule
-        return rule
+        decided = self.seen[memo] = (rule, denied, self.model_buckets.get(model))
+        return decided
 
     @property
     def idle(self) -> bool:
@@ -231,23 +249,21 @@ class Access:
         rules = self.rules
         if rules.idle or (status_read and get(INTERNAL_HEADER)):
             return ""
-        key = presented_key(get)
-        rule = rules.rule_of(key) if key else None
-        if rule is None and (key or rules.required or model in rules.required_models):
-            raise AccessDenied(Code.UNAUTHENTICATED, "Missing or invalid API key: send it as "
-                               "'Authorization: Bearer <key>'" if not key else "Invalid API key")
-        if rule is not None and rule.models and model not in rule.models:
-            raise AccessDenied(Code.PERMISSION_DENIED, f"API key {rule.name} may not call model {model}")
+        rule, denied, bucket = rules.admit(model, get("authorization") or "", get("x-api-key") or "")
+        if denied is not None:
+            raise AccessDenied(denied.code, denied.message)
         now = time.monotonic()
-        bucket = rules.model_buckets.get(model)
-        wait = bucket.take(now) if bucket is not None else 0
-        if wait:
-            raise AccessDenied(Code.RESOURCE_EXHAUSTED, f"Rate limit of model {model} exceeded", wait)
-        if rule is not None and rule.bucket is not None:
+        if bucket is not None:
+            wait = bucket.take(now)
+            if wait:
+                raise AccessDenied(Code.RESOURCE_EXHAUSTED, f"Rate limit of model {model} exceeded", wait)
+        if rule is None:
+            return ""
+        if rule.bucket is not None:
             wait = rule.bucket.take(now)
             if wait:
                 raise AccessDenied(Code.RESOURCE_EXHAUSTED, f"Rate limit of API key {rule.name} exceeded", wait)
-        return rule.name if rule is not None else ""
+        return rule.name
 
 
 _MODEL_PATH = re.compile(r"/v1/models/([^/:]+)", re.IGNORECASE)

@@ -12,8 +12,8 @@ from appliance import apikeys
 from appliance.config import build
 from appliance.errors import ConfigError
 from appliance.render import edge_context, token_bucket
-from modelserver.access import (Access, AccessDenied, TokenBucket, hash_key, model_of_path, parse_rules,
-                                presented_key)
+from modelserver.access import (SEEN_KEYS, Access, AccessDenied, TokenBucket, hash_key, model_of_path,
+                                parse_rules, presented_key)
 from modelserver.core.status import Code
 
 MODEL = "saved_model_half_plus_two_mkl"
@@ -68,6 +68,28 @@ def test_buckets_limit_and_say_when_to_retry(tmp_path) -> None:
         access.check(MODEL, _headers("k").get)
     assert denied.value.code == Code.RESOURCE_EXHAUSTED and denied.value.http_status == 429
     assert denied.value.retry_after == 1
+
+
+def test_a_decision_is_remembered_per_credentials_and_model_never_past_its_rules(tmp_path) -> None:
+    access = _access(tmp_path, {"required": True, "keys": {hash_key("k"): {"name": "a", "models": [MODEL]}}})
+    refusals = []
+    for _ in range(2):      # the second call is answered from memory, as the first
+        assert access.check(MODEL, _headers("k").get) == "a"
+        with pytest.raises(AccessDenied) as denied:
+            access.check("other", _headers("k").get)
+        refusals.append(denied.value)
+    assert refusals[0] is not refusals[1] and refusals[1].code == Code.PERMISSION_DENIED
+    assert len(access.rules.seen) == 2
+    for n in range(SEEN_KEYS + 10):       # keys tried at random take no memory beyond the bound
+        with pytest.raises(AccessDenied):
+            access.check(MODEL, _headers(f"guess{n}").get)
+    assert len(access.rules.seen) <= SEEN_KEYS
+    (tmp_path / "api-keys.json").write_text(json.dumps({"required": True}))   # the key revoked
+    time.sleep(0.01)
+    assert access.refresh()
+    with pytest.raises(AccessDenied) as denied:
+        access.check(MODEL, _headers("k").get)
+    assert denied.value.code == Code.UNAUTHENTICATED
 
 
 def test_a_token_bucket_refills_at_its_rate() -> None:
