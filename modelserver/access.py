@@ -78,12 +78,15 @@ class TokenBucket:
 
     def take(self, now: float) -> int:
         """0 when a request may pass (and is counted), else the seconds until one may."""
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.capacity:
+            tokens = self.capacity
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
             return 0
-        return max(1, math.ceil((1.0 - self.tokens) / self.rate))
+        self.tokens = tokens
+        return max(1, math.ceil((1.0 - tokens) / self.rate))
 
 
 @dataclass(frozen=True)

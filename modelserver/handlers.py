@@ -76,6 +76,7 @@ class RestApi:
         self.extra_headers = CORS_HEADERS if enable_cors else ()
         self.metrics_path = metrics_path  # Prometheus page, registered as an exact URI like TF's
         self.budget: BodyBudget | None = None  # the REST server's; JSON decoding is charged to it
+        self._headers_of: dict[str, tuple[tuple[str, str], ...]] = {}   # key name -> answer headers
 
     async def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
                      peer: str = "") -> Response:
@@ -105,14 +106,16 @@ class RestApi:
             status, payload = _error(exc, method, path)
         return Response(status, admitted, payload)
 
-    def _admit(self, method: str, path: str, headers: Mapping[str, str]) -> Response | tuple[tuple[str, str], ...]:
-        """The access check (access.py): the refusal, or the headers of the answer (with the key's
-        name for Envoy's access log). A CORS preflight carries no credentials and is not checked."""
+    def _admit(self, method: str, path: str, headers: Mapping[str, str],
+               model: str | None = None) -> Response | tuple[tuple[str, str], ...]:
+        """The access check (access.py) of a call to ``model`` (None: the one ``path`` names): the
+        refusal, or the headers of the answer (with the key's name for Envoy's access log). A CORS
+        preflight carries no credentials and is not checked."""
         if self.access.rules.idle:
-            return JSON_HEADERS + self.extra_headers
+            return self._answer_headers("")
         try:
-            name = "" if method == "OPTIONS" else self.access.check(model_of_path(path), headers.get,
-                                                                     status_read=method == "GET")
+            name = "" if method == "OPTIONS" else self.access.check(
+                model_of_path(path) if model is None else model, headers.get, status_read=method == "GET")
         except AccessDenied as exc:
             extra: tuple[tuple[str, str], ...] = ()
             if exc.retry_after:
@@ -120,9 +123,18 @@ class RestApi:
             elif exc.code == Code.UNAUTHENTICATED:
                 extra = (("WWW-Authenticate", "Bearer"),)
             return Response(exc.http_status, JSON_HEADERS + self.extra_headers + extra, error_body(exc.message))
-        if name:
-            return JSON_HEADERS + self.extra_headers + ((KEY_NAME_HEADER, name),)
-        return JSON_HEADERS + self.extra_headers
+        return self._answer_headers(name)
+
+    def _answer_headers(self, key_name: str) -> tuple[tuple[str, str], ...]:
+        """An admitted answer's headers, built once per key name (the names in the keys file)."""
+        try:
+            return self._headers_of[key_name]
+        except KeyError:
+            headers = JSON_HEADERS + self.extra_headers + (((KEY_NAME_HEADER, key_name),) if key_name else ())
+            if len(self._headers_of) >= 4096:
+                self._headers_of.clear()
+            self._headers_of[key_name] = headers
+            return headers
 
     def handle_now(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response | None:
         """:meth:`handle`'s answer computed on the spot when it needs no thread and no await (a
@@ -135,7 +147,7 @@ class RestApi:
         state = self._inline(name, version, label, len(body)) if verb.lower() == "predict" else None
         if state is None:
             return None
-        admitted = self._admit(method, path, headers)
+        admitted = self._admit(method, path, headers, unquote(name) if "%" in name else name)
         if isinstance(admitted, Response):
             return admitted
         try:
