@@ -89,6 +89,9 @@ class TokenBucket:
         return max(1, math.ceil((1.0 - tokens) / self.rate))
 
 
+Refusal = tuple[Code, str]      # a 401 or 403: its code and message
+
+
 @dataclass(frozen=True)
 class KeyRule:
     name: str
@@ -106,30 +109,27 @@ class Rules:
     model_buckets: Mapping[str, TokenBucket] = field(default_factory=dict)
     # (credential headers, model) -> what :meth:`admit` decided but the buckets, in memory only,
     # dropped with these rules: a call repeating a client's credentials pays one dict lookup.
-    seen: dict[tuple[str, str, str], tuple[KeyRule | None, AccessDenied | None, TokenBucket | None]] = field(
+    seen: dict[tuple[str, str, str], tuple[KeyRule | None, Refusal | None, TokenBucket | None]] = field(
         default_factory=dict)
 
-    def rule_of(self, key: str) -> KeyRule | None:
-        return self.keys.get(hash_key(key))
-
-    def admit(self, model: str, authorization: str, api_key: str) -> tuple[KeyRule | None, AccessDenied | None,
+    def admit(self, model: str, authorization: str, api_key: str) -> tuple[KeyRule | None, Refusal | None,
                                                                            TokenBucket | None]:
-        """The key's rule, the refusal (None: admitted but for the buckets) and the model's bucket
-        for a call to ``model`` presenting these headers; remembered (hashing a key costs more than
-        the rest)."""
+        """The key's rule, the refusal's code and message (None: admitted but for the buckets) and
+        the model's bucket for a call to ``model`` presenting these headers; remembered (hashing a
+        key costs more than the rest)."""
         memo = (authorization, api_key, model)
         try:
             return self.seen[memo]
         except KeyError:
             pass
         key = presented_key({"authorization": authorization, "x-api-key": api_key}.get)
-        rule = self.rule_of(key) if key else None
-        denied = None
+        rule = self.keys.get(hash_key(key)) if key else None
+        denied: Refusal | None = None
         if rule is None and (key or self.required or model in self.required_models):
-            denied = AccessDenied(Code.UNAUTHENTICATED, "Missing or invalid API key: send it as "
-                                  "'Authorization: Bearer <key>'" if not key else "Invalid API key")
+            denied = (Code.UNAUTHENTICATED, "Missing or invalid API key: send it as "
+                      "'Authorization: Bearer <key>'" if not key else "Invalid API key")
         elif rule is not None and rule.models and model not in rule.models:
-            denied = AccessDenied(Code.PERMISSION_DENIED, f"API key {rule.name} may not call model {model}")
+            denied = (Code.PERMISSION_DENIED, f"API key {rule.name} may not call model {model}")
         if len(self.seen) >= SEEN_KEYS:   # a client trying keys (or model names) gets no memory out of it
             self.seen.clear()
         decided = self.seen[memo] = (rule, denied, self.model_buckets.get(model))
@@ -254,7 +254,7 @@ class Access:
             return ""
         rule, denied, bucket = rules.admit(model, get("authorization") or "", get("x-api-key") or "")
         if denied is not None:
-            raise AccessDenied(denied.code, denied.message)
+            raise AccessDenied(*denied)
         now = time.monotonic()
         if bucket is not None:
             wait = bucket.take(now)
@@ -275,10 +275,13 @@ _MODEL_PATH = re.compile(r"/v1/models/([^/:]+)", re.IGNORECASE)
 def model_of_path(path: str) -> str:
     """The model a REST path names (``/v1/models/NAME[/...][:verb]``, TF Serving's ``[^/:]+``), or ""."""
     match = _MODEL_PATH.match(path)
-    if match is None:
-        return ""
-    name = match.group(1)
-    return unquote(name) if "%" in name else name
+    return "" if match is None else model_name(match.group(1))
+
+
+def model_name(segment: str) -> str:
+    """A REST path's model name segment (as ``model_of_path`` or a route's own regex found it) as
+    the name it means: percent-decoded."""
+    return unquote(segment) if "%" in segment else segment
 
 
 def model_of_request(request: Any) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 from urllib.parse import unquote
 
 from modelserver import json_numbers, json_predict
-from modelserver.access import KEY_NAME_HEADER, Access, AccessDenied, model_of_path
+from modelserver.access import KEY_NAME_HEADER, Access, AccessDenied, model_name, model_of_path
 from modelserver.core.applied import APPLIED_PATH, RUNTIMES_PATH
 from modelserver.budget import CHARGED_BODY, BodyBudget, charging
 from modelserver.core.inline import runs_inline
@@ -74,9 +74,9 @@ class RestApi:
         self.access = access or Access()   # API keys and per-model / per-key rate limits
         self.executor = executor
         self.extra_headers = CORS_HEADERS if enable_cors else ()
+        self.answer_headers = JSON_HEADERS + self.extra_headers   # an admitted JSON answer's
         self.metrics_path = metrics_path  # Prometheus page, registered as an exact URI like TF's
         self.budget: BodyBudget | None = None  # the REST server's; JSON decoding is charged to it
-        self._headers_of: dict[str, tuple[tuple[str, str], ...]] = {}   # key name -> answer headers
 
     async def handle(self, method: str, path: str, headers: Mapping[str, str], body: bytes,
                      peer: str = "") -> Response:
@@ -112,7 +112,7 @@ class RestApi:
         refusal, or the headers of the answer (with the key's name for Envoy's access log). A CORS
         preflight carries no credentials and is not checked."""
         if self.access.rules.idle:
-            return self._answer_headers("")
+            return self.answer_headers
         try:
             name = "" if method == "OPTIONS" else self.access.check(
                 model_of_path(path) if model is None else model, headers.get, status_read=method == "GET")
@@ -122,19 +122,8 @@ class RestApi:
                 extra = (("Retry-After", str(exc.retry_after)),)
             elif exc.code == Code.UNAUTHENTICATED:
                 extra = (("WWW-Authenticate", "Bearer"),)
-            return Response(exc.http_status, JSON_HEADERS + self.extra_headers + extra, error_body(exc.message))
-        return self._answer_headers(name)
-
-    def _answer_headers(self, key_name: str) -> tuple[tuple[str, str], ...]:
-        """An admitted answer's headers, built once per key name (the names in the keys file)."""
-        try:
-            return self._headers_of[key_name]
-        except KeyError:
-            headers = JSON_HEADERS + self.extra_headers + (((KEY_NAME_HEADER, key_name),) if key_name else ())
-            if len(self._headers_of) >= 4096:
-                self._headers_of.clear()
-            self._headers_of[key_name] = headers
-            return headers
+            return Response(exc.http_status, self.answer_headers + extra, error_body(exc.message))
+        return self.answer_headers + ((KEY_NAME_HEADER, name),) if name else self.answer_headers
 
     def handle_now(self, method: str, path: str, headers: Mapping[str, str], body: bytes) -> Response | None:
         """:meth:`handle`'s answer computed on the spot when it needs no thread and no await (a
@@ -147,7 +136,7 @@ class RestApi:
         state = self._inline(name, version, label, len(body)) if verb.lower() == "predict" else None
         if state is None:
             return None
-        admitted = self._admit(method, path, headers, unquote(name) if "%" in name else name)
+        admitted = self._admit(method, path, headers, model_name(name))
         if isinstance(admitted, Response):
             return admitted
         try:

@@ -85,6 +85,11 @@ def tree_state(root: Path) -> dict[str, tuple]:
 SYSTEM_PYTHON = "/usr/bin/python3.11"
 
 
+def _deps_of(installed: tuple[Path, Path]) -> Path:
+    """The full install's release: the service user's installs read their dependencies from it."""
+    return installed[1] / "opt/appliance/current"
+
+
 @pytest.fixture(scope="module")
 def installed() -> Iterator[tuple[Path, Path]]:
     """The one full install of the module (every dependency from the index, about a minute).
@@ -387,7 +392,7 @@ def user_installs(installed: tuple[Path, Path]) -> Iterator[tuple[Path, UserNode
 
     if os.geteuid() != 0 or shutil.which("setpriv") is None or not Path(SYSTEM_PYTHON).exists():
         pytest.skip(f"needs root, setpriv and {SYSTEM_PYTHON}")
-    deps = installed[1] / "opt/appliance/current"
+    deps = _deps_of(installed)
     uid_gid = _service_user()
     base = Path(tempfile.mkdtemp(prefix="appliance-user-", dir="/tmp"))
     base.chmod(0o755)
@@ -433,7 +438,7 @@ def test_an_object_store_that_cannot_write_its_data_dir_fails_at_once_naming_the
     assert f"the object store cannot use {data}: not writable (it runs as {SERVICE_USER}" in run.stderr
     assert "Traceback" not in run.stderr and "scripts/install-node.sh" in run.stderr
     again = _install(base / "src", repo.root, "--user", SERVICE_USER, "--python", SYSTEM_PYTHON,
-                     "--deps-from", str(installed[1] / "opt/appliance/current"))
+                     "--deps-from", str(_deps_of(installed)))
     assert again.returncode == 0, again.stderr[-3000:]
     assert (data.stat().st_uid, data.stat().st_gid) == (uid, gid)
 
