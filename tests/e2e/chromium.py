@@ -70,3 +70,13 @@ def login(driver, url: str, password: str, timeout: float = 30) -> None:
     driver.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
     wait.until(lambda d: "/login" not in d.current_url and d.execute_script(
         "return document.readyState") == "complete")
+
+
+def wait_drawn(driver, timeout: float = 30) -> None:
+    """Waits until the dashboard's script has drawn its charts (``<body data-drawn>``), read by a
+    script rather than through an element: the login's redirect may replace the document between a
+    lookup and its read, which selenium reports as a stale element."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.execute_script("return document.body ? document.body.dataset.drawn : null;"))

@@ -74,18 +74,11 @@ def loaded(cluster):
 
 
 def test_the_dashboard_draws_every_model_and_node_in_chromium(cluster, loaded, browser) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
     first, serving, _, _ = loaded
     base = logviewer(cluster, first)
     password = (Path(first.root) / "etc/appliance/logviewer.initial-password").read_text().strip()
-    wait = WebDriverWait(browser, 30)
-    browser.get(f"{base}/dashboard?minutes=15")
-    wait.until(ec.presence_of_element_located((By.ID, "password"))).send_keys(password)
-    browser.find_element(By.CSS_SELECTOR, "form.login button[type=submit]").click()
-    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-drawn"))
+    chromium.login(browser, f"{base}/dashboard?minutes=15", password)
+    chromium.wait_drawn(browser)
     assert "/dashboard" in browser.current_url
 
     def drawn(chart: str) -> dict[str, int]:
@@ -157,13 +150,9 @@ def test_an_hour_of_data_renders_in_under_300_ms_server_time(cluster, loaded, br
               f"server time {', '.join(f'{t:.0f}' for t in timings)} ms")
         assert statistics.median(timings) < 300, timings
 
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support.ui import WebDriverWait
-
         password = (Path(first.root) / "etc/appliance/logviewer.initial-password").read_text().strip()
         chromium.login(browser, f"{base}/dashboard?minutes=60", password)
-        WebDriverWait(browser, 30).until(
-            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-drawn"))
+        chromium.wait_drawn(browser)
         chromium.shot(browser, SHOTS, "03-dashboard-an-hour")
     finally:
         with db:
