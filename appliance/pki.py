@@ -24,6 +24,7 @@ import secrets
 import socket
 import ssl
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,11 +151,30 @@ def fingerprint(pem: str) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
+#: What openssl said of certificates already read (by file and content) and of chains already
+#: verified (by both contents, with when): an agent applies every config edit through
+#: :func:`ensure`, and two openssl runs per edit (0.1-0.3 s on a busy node) would delay a
+#: membership change for nothing when no certificate changed. Small: a node has two or three.
+_READ: dict[tuple[Path, str], CertInfo] = {}
+_VERIFIED: dict[tuple[bytes, bytes], float] = {}
+CACHED = 16
+VERIFIED_SECONDS = 3600.0   # a verified chain is checked again after this (the CA may expire)
+
+
 def read_cert(path: Path) -> CertInfo:
     try:
         pem = path.read_text()
     except OSError as exc:
         return CertInfo(path, problem=f"missing ({exc.strerror})")
+    info = _READ.get((path, pem))
+    if info is None:
+        info = _READ[(path, pem)] = _read_pem(path, pem)
+        if len(_READ) > CACHED:
+            _READ.clear()
+    return info
+
+
+def _read_pem(path: Path, pem: str) -> CertInfo:
     try:
         out = subp.run(["openssl", "x509", "-noout", "-enddate", "-subject", "-ext",
                         "subjectAltName", "-in", str(path)], timeout=30).stdout
@@ -177,10 +197,20 @@ def read_cert(path: Path) -> CertInfo:
 def signed_by(cert: Path, ca: Path) -> bool:
     """``cert`` chains to the CA certificate ``ca`` (and is valid now)."""
     try:
-        subp.run(["openssl", "verify", "-CAfile", str(ca), str(cert)], timeout=30)
+        key = (cert.read_bytes(), ca.read_bytes())
+    except OSError:
+        return False
+    verified = _VERIFIED.get(key)
+    if verified is not None and time.monotonic() - verified < VERIFIED_SECONDS:
         return True
+    try:
+        subp.run(["openssl", "verify", "-CAfile", str(ca), str(cert)], timeout=30)
     except ProcessError:
         return False
+    if len(_VERIFIED) >= CACHED:
+        _VERIFIED.clear()
+    _VERIFIED[key] = time.monotonic()
+    return True
 
 
 def node_cert_problem(config: Config, paths: NodePaths) -> str:

@@ -175,7 +175,7 @@ def edge_context(config: Config, members: list[str]) -> dict:
     allow = [*config.ip.allow, *own] if config.ip.allow else []
     rates = [r for r in (config.rate.node, config.rate.cluster / max(1, len(members))) if r]
     return {"allow": nets(tuple(dict.fromkeys(allow))), "deny": nets(config.ip.deny),
-            "trusted_hops": config.ip.trusted_proxies, "members": len(members),
+            "trusted_hops": config.ip.trusted_proxies,
             "bucket": token_bucket(min(rates)) if rates else None}
 
 

@@ -31,8 +31,9 @@ from .state import StateFile, state_path
 
 log = logging.getLogger(__name__)
 
-#: An edit must rest this long before it is applied: an editor's save is often several writes.
-SETTLE_SECONDS = 0.5
+#: An edit must rest this long before it is applied: an editor's save is often several writes,
+#: milliseconds apart. Short, as a cluster.members edit reaches Envoy only once it is applied.
+SETTLE_SECONDS = 0.25
 
 
 class ConfigFileWatch:

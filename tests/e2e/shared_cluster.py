@@ -24,7 +24,7 @@ import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from appliance import devcluster
-from appliance.envoy_admin import read_cluster_view
+from appliance.envoy_admin import http_json, parse_clusters, read_cluster_view
 from tests.integration.node_harness import CLI
 
 MODEL = "saved_model_half_plus_two_mkl"
@@ -179,5 +179,31 @@ def envoy_hosts(node: devcluster.DevNode, cluster_name: str = "model_server_rest
     _, clusters = read_cluster_view(node.admin_port)
     return {h.node: h.health for c in clusters if c.name == cluster_name
             for h in c.hosts}
+
+
+def seconds_until_listed(nodes: list[devcluster.DevNode], address: str, since: float,
+                         timeout: float = 30, present: bool = True) -> dict[str, float]:
+    """Per node, the seconds from ``since`` (time.monotonic()) until its Envoy lists ``address``
+    in both model server clusters (``present=False``: in neither). Each look is one admin call
+    per node not yet there, so the figures are what Envoy did, not how long a round of looks at
+    every node takes on a loaded machine."""
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < len(nodes):
+        for node in nodes:
+            if node.name in seen:
+                continue
+            code, body = http_json(f"http://127.0.0.1:{node.admin_port}/clusters?format=json")
+            if code != 200:
+                continue   # an admin that does not answer says nothing either way
+            hosts = {c.name: {h.node for h in c.hosts} for c in parse_clusters(body)}
+            listed = [address in hosts.get(name, ()) for name in ("model_server_rest", "model_server_grpc")]
+            if all(listed) if present else not any(listed):
+                seen[node.name] = time.monotonic() - since
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout} s, {address} is {'not yet' if present else 'still'} "
+                                 f"listed by {sorted({n.name for n in nodes} - set(seen))}")
+        time.sleep(0.02)
+    return seen
 
 

@@ -17,8 +17,8 @@ def _config(ca: dict[str, str], *overrides: str):
                               *overrides])
 
 
-def test_a_node_issues_its_certificate_from_the_cluster_ca_once(tmp_path: Path,
-                                                                cluster_ca: dict[str, str]) -> None:
+def test_a_node_issues_its_certificate_from_the_cluster_ca_once(tmp_path: Path, cluster_ca: dict[str, str],
+                                                                monkeypatch) -> None:
     paths, config = NodePaths(tmp_path), _config(cluster_ca)
     files = pki.node_files(paths)
     edge = pki.edge_files(config, paths)
@@ -27,6 +27,11 @@ def test_a_node_issues_its_certificate_from_the_cluster_ca_once(tmp_path: Path,
     assert pki.signed_by(files.cert, files.ca)
     assert "IP Address:127.0.11.21" in pki.read_cert(files.cert).sans
     assert pki.ensure(config, paths) == []                      # nothing to do the second time
+    # ... and no openssl run for it: every config edit an agent applies goes through ensure().
+    runs: list[str] = []
+    real_run = pki.subp.run
+    monkeypatch.setattr(pki.subp, "run", lambda argv, **kw: runs.append(" ".join(argv[:2])) or real_run(argv, **kw))
+    assert pki.ensure(config, paths) == [] and runs == []
     openssl = subprocess.run(["openssl", "x509", "-noout", "-fingerprint", "-sha256", "-in", str(edge.cert)],
                              capture_output=True, text=True, check=True).stdout
     assert openssl.strip().split("=", 1)[1] == pki.read_cert(edge.cert).fingerprint

@@ -83,3 +83,21 @@ def test_eds_files_reach_this_node_on_loopback_and_peers_over_mtls(tmp_path: Pat
     assert membership.write_endpoints(config, paths) == []          # unchanged: not rewritten
     empty = membership.eds_documents(load_config(None, ["node.role=repo"]), [])
     assert yaml.safe_load(empty["model_server_rest"])["resources"][0]["endpoints"] == []
+
+
+@pytest.mark.parametrize("rate", ["rate.node=50", "rate.cluster=90"])
+def test_a_membership_change_renders_only_endpoints_and_never_a_listener(tmp_path: Path, rate: str) -> None:
+    """A member joining or leaving rewrites the EDS files (and, for rate.cluster, the routes'
+    bucket); never the listeners, whose swap drains every client connection of the node, nor
+    anything else that would make an apply validate Envoy's whole config first."""
+    from appliance.render import render_all
+
+    config = load_config(None, ["node.address=127.0.0.2", "cluster.members=127.0.0.2,127.0.0.3",
+                                "ip.allow=10.0.0.0/8", rate, *FAKE_CA_OVERRIDES])
+    paths = NodePaths(tmp_path)
+    three, four = ({f.path.name: f.content for f in render_all(config, paths, members)}
+                   for members in (["127.0.0.2", "127.0.0.3", "127.0.0.4"],
+                                   ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]))
+    changed = sorted(name for name in three if three[name] != four[name])
+    routes = ["rds.yaml"] if rate.startswith("rate.cluster") else []
+    assert changed == sorted(["eds_model_server_grpc.yaml", "eds_model_server_rest.yaml", *routes])
