@@ -18,6 +18,7 @@ dependency); a private key only ever goes to a 0600 file, never to a pipe, an ar
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 import secrets
@@ -151,13 +152,12 @@ def fingerprint(pem: str) -> str:
     return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
 
 
-#: What openssl said of certificates already read (by file and content) and of chains already
-#: verified (by both contents, with when): an agent applies every config edit through
-#: :func:`ensure`, and two openssl runs per edit (0.1-0.3 s on a busy node) would delay a
+#: What openssl said is remembered: of a certificate by its file and content (:func:`_read_pem`),
+#: of a chain by both contents and when (``_VERIFIED``). An agent applies every config edit
+#: through :func:`ensure`, and two openssl runs per edit (0.1-0.3 s on a busy node) would delay a
 #: membership change for nothing when no certificate changed. Small: a node has two or three.
-_READ: dict[tuple[Path, str], CertInfo] = {}
-_VERIFIED: dict[tuple[bytes, bytes], float] = {}
 CACHED = 16
+_VERIFIED: dict[tuple[bytes, bytes], float] = {}
 VERIFIED_SECONDS = 3600.0   # a verified chain is checked again after this (the CA may expire)
 
 
@@ -166,14 +166,10 @@ def read_cert(path: Path) -> CertInfo:
         pem = path.read_text()
     except OSError as exc:
         return CertInfo(path, problem=f"missing ({exc.strerror})")
-    info = _READ.get((path, pem))
-    if info is None:
-        info = _READ[(path, pem)] = _read_pem(path, pem)
-        if len(_READ) > CACHED:
-            _READ.clear()
-    return info
+    return _read_pem(path, pem)
 
 
+@functools.lru_cache(maxsize=CACHED)
 def _read_pem(path: Path, pem: str) -> CertInfo:
     try:
         out = subp.run(["openssl", "x509", "-noout", "-enddate", "-subject", "-ext",

@@ -24,7 +24,7 @@ import requests
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from appliance import devcluster
-from appliance.envoy_admin import http_json, parse_clusters, read_cluster_view
+from appliance.envoy_admin import Cluster as EnvoyCluster, http_json, parse_clusters
 from tests.integration.node_harness import CLI
 
 MODEL = "saved_model_half_plus_two_mkl"
@@ -175,9 +175,14 @@ def grpc_sender(target: str, model: str = MODEL, not_found: list[int] | None = N
     return send
 
 
+def envoy_clusters(node: devcluster.DevNode) -> list[EnvoyCluster] | None:
+    """The clusters and hosts this node's Envoy admin lists (one call), None when it does not answer."""
+    code, body = http_json(f"http://127.0.0.1:{node.admin_port}/clusters?format=json")
+    return parse_clusters(body) if code == 200 and isinstance(body, dict) else None
+
+
 def envoy_hosts(node: devcluster.DevNode, cluster_name: str = "model_server_rest") -> dict[str, str]:
-    _, clusters = read_cluster_view(node.admin_port)
-    return {h.node: h.health for c in clusters if c.name == cluster_name
+    return {h.node: h.health for c in envoy_clusters(node) or () if c.name == cluster_name
             for h in c.hosts}
 
 
@@ -193,10 +198,10 @@ def seconds_until_listed(nodes: list[devcluster.DevNode], address: str, since: f
         for node in nodes:
             if node.name in seen:
                 continue
-            code, body = http_json(f"http://127.0.0.1:{node.admin_port}/clusters?format=json")
-            if code != 200:
+            clusters = envoy_clusters(node)
+            if clusters is None:
                 continue   # an admin that does not answer says nothing either way
-            hosts = {c.name: {h.node for h in c.hosts} for c in parse_clusters(body)}
+            hosts = {c.name: {h.node for h in c.hosts} for c in clusters}
             listed = [address in hosts.get(name, ()) for name in ("model_server_rest", "model_server_grpc")]
             if all(listed) if present else not any(listed):
                 seen[node.name] = time.monotonic() - since
