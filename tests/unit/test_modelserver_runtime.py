@@ -108,7 +108,13 @@ def _tf_pool_switches() -> int:
 
 
 def test_cheap_graphs_run_in_the_calling_thread(half_plus_two: Path) -> None:
-    """Once a version's runs are known to be cheap, TF's inter-op pool is no longer woken per run."""
+    """Once a version's runs are known to be cheap, TF's inter-op pool is no longer woken per run.
+
+    A run counts as handed to the pool when TF's pool threads switched during that run: counted
+    over the run alone, not the pauses between runs, so TF work of other threads in this process
+    (earlier tests' leftovers) is hardly ever counted. Only runs that start while the version is
+    cheap are judged: a noisy machine may push its cost over the line for a while, and moving it
+    to the pool then is the cost measure's job, not a fault."""
     from modelserver.core.inline import MIN_SAMPLES
     from modelserver.monitoring import InstrumentedModel
     from modelserver.runtimes import LoadOptions, get_runtime
@@ -117,21 +123,34 @@ def test_cheap_graphs_run_in_the_calling_thread(half_plus_two: Path) -> None:
                               "hp2", "tensorflow")
     x = {"x": np.array([2.0, 3.0], np.float32)}
 
-    def paced_runs(count: int) -> int:
-        """Runs 5 ms apart (TF's pool threads spin a moment before they sleep); their pool switches."""
-        before = _tf_pool_switches()
-        for _ in range(count):
-            assert model.run("serving_default", x)["y"].tolist() == [3.0, 3.5]
-            time.sleep(0.005)
-        return _tf_pool_switches() - before
+    def run() -> None:
+        assert model.run("serving_default", x)["y"].tolist() == [3.0, 3.5]
 
-    assert paced_runs(MIN_SAMPLES) >= MIN_SAMPLES // 2   # cost unknown yet: TF's own pool
+    def handed_to_pool(count: int, cheap: bool) -> int:
+        """Of ``count`` runs 5 ms apart (TF's pool threads spin a moment before they sleep), each
+        started while the version is cheap if ``cheap``: those the pool computed."""
+        handed = judged = 0
+        for _ in range(20 * count):
+            if judged == count:
+                break
+            if cheap and not model.run_cost.cheap():
+                run()                     # measured again: back under the line once it is cheap
+                continue
+            pool = _tf_pool_switches()
+            run()
+            handed += _tf_pool_switches() != pool
+            judged += 1
+            time.sleep(0.005)
+        assert judged == count, f"only {judged} of {count} runs started cheap: {model.run_cost.mean:.0f} us"
+        return handed
+
+    assert handed_to_pool(MIN_SAMPLES, cheap=False) >= MIN_SAMPLES // 2   # cost unknown yet: TF's pool
     for _ in range(1000):
         if model.run_cost.cheap():
             break
-        model.run("serving_default", x)
+        run()
     assert model.run_cost.cheap(), f"half_plus_two averages {model.run_cost.mean:.0f} us per run"
-    assert paced_runs(50) < 10
+    assert handed_to_pool(50, cheap=True) < 5
 
 
 def test_a_tf2_saved_model_loads_without_an_init_op_warning(tmp_path: Path,
