@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import os
 import ssl
+import sys
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +26,11 @@ class Peer(http.server.ThreadingHTTPServer):
 
     answer = "page"
     seen: list[tuple[str, str]]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A reader that hangs up mid-page (the huge page's, by design) is not a fault to print."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError)):
+            super().handle_error(request, client_address)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
