@@ -300,7 +300,7 @@ MODEL_SCHEMA: tuple[Key, ...] = (
     Key("batching.max_enqueued_batches", "batching", "max_enqueued_batches", positive, 100,
         "Batches that may wait; past that a request gets UNAVAILABLE (HTTP 503)."),
     Key("batching.num_batch_threads", "batching", "num_batch_threads", non_negative, 0,
-        "Threads running batches; 0 means one per CPU."),
+        "Threads running batches; 0 means one per CPU the model server may use."),
     Key("batching.allowed_batch_sizes", "batching", "allowed_batch_sizes", _batch_sizes, "",
         "Batch sizes a batch is padded up to (a list, increasing, the last one max_batch_size); "
         "empty means any size."),

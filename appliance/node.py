@@ -21,6 +21,7 @@ from modelserver.atomic import write_atomic
 from modelserver.core.applied import digest
 from modelserver.core.choice import Choice
 from modelserver.core.platforms import has_version
+from modelserver.cpus import usable_cpus
 from .builtin_models.half_plus_two import NAME as HALF_PLUS_TWO
 from .config import Config, NodePaths, local_store
 from .envoy_admin import read_cluster_view, unhealthy_of, xds_rejected, xds_taken, xds_updates
@@ -459,7 +460,7 @@ class Node:
         progress("stopped")
 
     def status(self) -> "NodeStatus":
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
         status = NodeStatus(root=str(self.paths.root), role=self.config.node.role, cpus=cpus,
                             envoy_workers=self.config.envoy.concurrency or cpus,
                             model_server_threads=self.config.serving.num_threads or cpus)
@@ -469,6 +470,7 @@ class Node:
         except SupervisorError:
             status.supervisord = "STOPPED"
             return status
+        _running_sizing(status)
         if self.config.node.role == "serving":
             from .agent.state import version_notes
 
@@ -509,6 +511,27 @@ class Node:
                     "flags": host.flags, "requests": host.stats.get("rq_total", 0),
                     "errors": host.stats.get("rq_error", 0)})
         return status
+
+
+def _running_sizing(status: "NodeStatus") -> None:
+    """The sizing the running processes have, in place of what this command would render: a
+    node started pinned or under a CPU quota, or before a change of its settings, runs with its
+    own (Envoy's ``wrk:worker_N`` threads, the model server's ``--rest_api_num_threads``)."""
+    pids = {p.name: p.pid for p in status.processes if p.state == "RUNNING" and p.pid}
+    try:
+        if "envoy" in pids:
+            tasks = Path(f"/proc/{pids['envoy']}/task")
+            status.envoy_workers = sum(1 for comm in tasks.glob("*/comm")
+                                       if comm.read_text().startswith("wrk:worker"))
+        if "model_server" in pids:
+            args = Path(f"/proc/{pids['model_server']}/cmdline").read_bytes().split(b"\0")
+            threads = [a.split(b"=", 1)[1] for a in args if a.startswith(b"--rest_api_num_threads=")]
+            if threads and int(threads[-1]) > 0:
+                status.model_server_threads = int(threads[-1])
+        if pids:
+            status.cpus = usable_cpus(pids.get("model_server") or pids.get("envoy"))
+    except (OSError, ValueError):    # a process that just exited: the rendered sizing stays
+        pass
 
 
 @dataclass

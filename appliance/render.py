@@ -28,6 +28,7 @@ import yaml
 from . import apikeys, logbudget, membership, objectstore, pki, subp
 from modelserver.access import BURST_SECONDS
 from modelserver.atomic import write_atomic
+from modelserver.cpus import usable_cpus
 from .config import Config, NodePaths, local_store
 from .errors import ProcessError, RenderError
 from .modelsettings import VersionPolicy
@@ -106,7 +107,7 @@ def _internode(config: Config, paths: NodePaths) -> dict | None:
 
 
 def _context(config: Config, paths: NodePaths, members: list[str]) -> dict:
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     edge = pki.edge_files(config, paths)
     return {
         "config": config,

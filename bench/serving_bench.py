@@ -359,7 +359,8 @@ class Bench:
                            capture_output=True)
         ports = {key: free_port(address) for key in ("http.port", "grpc.port", "envoy.admin.port",
                                                      "serving.rest.port", "serving.grpc.port")}
-        sets = {"node.address": address, "model.name": f"{HPT},resnet", "logviewer.enabled": "false", **ports}
+        sets = {"node.address": address, "model.name": f"{HPT},resnet", "logviewer.enabled": "false", **ports,
+                **dict(item.split("=", 1) for item in self.args.set)}
         self.results["settings"]["node"] = sets
         cmd = ["taskset", "-c", self.args.server_cpus, *APPLIANCE, "--root", str(self.node_root), "up"]
         for key, value in sets.items():
@@ -913,6 +914,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="--rest_api_num_threads of the direct model servers (0: as the node: one per CPU)")
     parser.add_argument("--peer-workers", type=int, default=1, help="MLServer/KServe workers")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a node setting for `appliance up` (A/B runs, e.g. envoy.concurrency=1)")
     parser.add_argument("--no-peers", action="store_true", help="skip MLServer and KServe")
     parser.add_argument("--scenarios", default="rest,grpc,protocols,resnet,batching,memory",
                         help="which to run (comma-separated; the node's cold start is always measured)")

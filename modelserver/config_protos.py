@@ -14,10 +14,10 @@ The messages live in a private descriptor pool, so they can never clash with a r
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import Any
 
+from modelserver.cpus import usable_cpus
 from modelserver.model_config import ConfigFileError
 from modelserver.core.status import Code, ServingError
 
@@ -121,7 +121,7 @@ class BatchingSettings:
 
     @property
     def threads(self) -> int:
-        return self.num_batch_threads if self.num_batch_threads > 0 else (os.cpu_count() or 1)
+        return self.num_batch_threads if self.num_batch_threads > 0 else usable_cpus()
 
 
 # Without a file, TF Serving only names the pool (server.cc); everything else is a default.

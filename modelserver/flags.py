@@ -9,9 +9,10 @@ Serving. Flags we accept for drop-in compatibility but do not implement yet are 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
+
+from modelserver.cpus import usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +30,14 @@ class Flag:
 
 
 def _cpus() -> int:
-    return os.cpu_count() or 1
+    return usable_cpus()
 
 
 FLAGS: dict[str, Flag] = {f.name: f for f in [
     Flag("port", int, 8500, "TCP port of the gRPC API"),
     Flag("rest_api_port", int, 0, "TCP port of the HTTP/REST API; 0 disables it"),
     Flag("listen_address", str, "0.0.0.0", "address both ports bind (appliance extension)"),
-    Flag("rest_api_num_threads", int, 0, "size of the inference thread pool; 0 means the CPU count"),
+    Flag("rest_api_num_threads", int, 0, "size of the inference thread pool; 0 means the CPUs this process may use"),
     Flag("rest_api_timeout_in_ms", int, 30000, "timeout of one REST inference (TF RunOptions)"),
     Flag("rest_api_enable_cors_support", bool, False, "add CORS headers to REST responses"),
     Flag("rest_api_max_body_bytes", int, 2 ** 31 - 1,

@@ -17,6 +17,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from modelserver.access import Access
+from modelserver.cpus import usable_cpus
 from modelserver.features import ServerFeatures
 from modelserver.flags import FlagError, Options, parse_flags, usage, warn_ignored
 from modelserver.manager import ModelConfig, ModelManager, WarmupOptions
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                   "Skipped exporting HTTP/REST API.")
         options.values["rest_api_port"] = 0
     manager = ModelManager(configs, _load_options(options), options.file_system_poll_wait_seconds,
-                           load_threads=4 * (os.cpu_count() or 1),
+                           load_threads=4 * usable_cpus(),
                            warmup=WarmupOptions(options.enable_model_warmup,
                                                 max(options.num_request_iterations_for_warmup, 1)),
                            quarantine_dir=options.quarantine_dir, settings=settings)

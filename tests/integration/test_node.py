@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import socket
+import subprocess
 from pathlib import Path
 from typing import Iterator
 
@@ -96,6 +97,10 @@ def test_status_shows_processes_uptime_and_model_versions(node: NodeUnderTest) -
     assert all(p["uptime_seconds"] >= 0 for p in processes.values())
     assert status["models"]["saved_model_half_plus_two_mkl"][0]["state"] == "AVAILABLE"
     assert status["models"]["resnet"][0]["state"] == "AVAILABLE"
+    # the sizing the processes run with (the harness sets two Envoy workers)
+    envoy = Path(f"/proc/{processes['envoy']['pid']}/task")
+    assert status["sizing"]["envoy_workers"] == 2 == sum(
+        1 for comm in envoy.glob("*/comm") if comm.read_text().startswith("wrk:worker"))
     text = node.cli("status").stdout
     assert "model_server" in text and "RUNNING" in text and "resnet" in text and "AVAILABLE" in text
 
@@ -154,6 +159,27 @@ def test_foreground_up_stops_every_process_on_ctrl_c(builtin_models: Path, tmp_p
     assert "stopped" in log.read_text()
     with pytest.raises(OSError):
         socket.create_connection((node.address, node.http_port), timeout=1)
+
+
+def test_a_node_started_on_one_cpu_sizes_itself_for_one(builtin_models: Path, tmp_path: Path) -> None:
+    """`appliance up` pinned to one CPU (as taskset, a cpuset or a container's --cpuset-cpus
+    would) runs one Envoy worker and one runtime thread, not one per CPU of the machine, and
+    `status` reads that from the running processes."""
+    node = new_node(tmp_path, builtin_models, ["saved_model_half_plus_two_mkl"])
+    pairs = node.overrides[1::2]
+    overrides = [arg for pair in pairs if not pair.startswith("envoy.concurrency=") for arg in ("--set", pair)]
+    started = subprocess.run(["taskset", "-c", "0", *CLI, "--root", str(node.root), "up", "--timeout", "240",
+                              "--set", "model.name=saved_model_half_plus_two_mkl", *overrides],
+                             capture_output=True, text=True, timeout=300)
+    with node_running(node, started):
+        envoy = next(p["pid"] for p in node.status()["processes"] if p["name"] == "envoy")
+        workers = [c for c in Path(f"/proc/{envoy}/task").glob("*/comm") if c.read_text().startswith("wrk:worker")]
+        assert len(workers) == 1
+        assert node.status()["sizing"] == {"cpus": 1, "envoy_workers": 1, "model_server_threads": 1}
+        assert "sizing: 1 CPUs -> 1 Envoy workers, 1 model server threads" in node.cli("status").stdout
+        resp = requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict",
+                             data='{"instances": [1.0]}', timeout=10)
+        assert resp.json() == {"predictions": [2.5]}
 
 
 def test_up_refuses_a_missing_model_and_starts_nothing(tmp_path: Path) -> None:
