@@ -150,7 +150,10 @@ def report_text(report: dict[str, Any]) -> str:
              f"{counts['dropped']} dropped (busy), {counts['skipped']} skipped (candidate not loaded), "
              f"{counts['candidate_errors']} candidate errors",
              f"noise: the current version ran again on {counts.get('secondary_runs', 0)} copies"
-             + (" (it answered bit for bit alike, so now on 1 copy in 16)" if report.get("deterministic") else "")]
+             + (" (it answered bit for bit alike, so now on 1 copy in 16)" if report.get("deterministic") else ""),
+             f"cost: {report.get('cpu_seconds', 0.0):.3f} s of CPU on the comparing threads"
+             + (f", {report.get('cpu_seconds', 0.0) * 1e6 / counts['compared']:.0f} us per compared copy"
+                if counts["compared"] else "")]
     if report["last_error"]:
         lines.append(f"last candidate error: {report['last_error']}")
     for alias, out in report["outputs"].items():

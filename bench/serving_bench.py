@@ -349,7 +349,8 @@ class Bench:
     def start_node(self) -> dict:
         """``appliance up`` of a node with both built-in models; cold start measured here.
 
-        Envoy runs with the product's worker count (``envoy.concurrency`` unset: one per CPU).
+        Envoy runs with the product's worker count (``envoy.concurrency`` unset: one per CPU the
+        node may use, modelserver/cpus.py: 1 under ``taskset -c 1``); ``--set`` overrides settings.
         """
         address = self.args.address
         models = self.node_root / "data/models"
@@ -555,7 +556,7 @@ class Bench:
         """The second CPU layout: no pinning at all, the kernel schedules everything on every core.
 
         The servers (all their threads) are re-pinned to every CPU with ``taskset -a -p`` for this
-        scenario and pinned back afterwards; wrk runs unpinned too. Envoy keeps its worker count.
+        scenario and pinned back afterwards; wrk runs unpinned too. Envoy keeps the worker count it started with.
         Rounds alternate which side goes first.
         """
         every = f"0-{(os.cpu_count() or 1) - 1}"

@@ -11,7 +11,9 @@ the shadow on, its report's copied / compared / dropped counts; and the model se
 machine. Two loads: ``saturated`` (wrk's closed loop, no pause: the core never idles) and
 ``paced`` (``--delay-ms``: each connection pauses a random time of that mean between an answer
 and its next request, bench/post.lua's WRK_DELAY_MS, so the server has idle time -- where a
-shadow is meant to run). Prints the medians and the on/off ratios per load. A scratch tool like
+shadow is meant to run). ``--keep-candidate`` keeps version 2 loaded on both sides, so a switch
+loads and unloads nothing (without it, every switch on loads version 2, every switch off drops
+it). Prints the medians and the on/off ratios per load. A scratch tool like
 the other bench scripts; not a test.
 
     flock /tmp/bench.lock .venv/bin/python bench/shadow_bench.py --rounds 8 --duration 5 --sample 10
@@ -61,9 +63,13 @@ def build(models: Path) -> None:
             save_version(models / str(version), model)
 
 
-def settings(path: Path, sample: float | None) -> str:
-    shadow = None if sample is None else {"version": 2, "sample": sample}
-    data = json.dumps({"models": {"classifier": {"shadow": shadow}}}).encode()
+def settings(path: Path, sample: float | None, keep: bool = False) -> str:
+    """The model settings file of one side; ``keep``: version 2 stays loaded on both sides (a
+    rollout that sends it 0 %), so that only the copies differ, not a version load and unload."""
+    entry: dict = {"shadow": None if sample is None else {"version": 2, "sample": sample}}
+    if keep:
+        entry["rollout"] = {"version": 2, "percent": 0}
+    data = json.dumps({"models": {"classifier": entry}}).encode()
     path.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
 
@@ -110,10 +116,10 @@ KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us")
 def one_round(url: str, predict: str, body: Path, settings_file: Path, args: argparse.Namespace, side: str,
               delay: float, pid: int) -> dict:
     """One wrk run with the shadow ``side`` ("on"/"off"), cross-checked with the server's counters."""
-    digest = settings(settings_file, args.sample if side == "on" else None)
+    digest = settings(settings_file, args.sample if side == "on" else None, args.keep_candidate)
     while json.loads(get(url + "/appliance/v1/applied-config"))["model_settings_file"] != digest:
         time.sleep(0.2)
-    while side == "on" and '"state": "AVAILABLE"' not in get(url + "/v1/models/classifier/versions/2").decode():
+    while (side == "on" or args.keep_candidate) and '"state": "AVAILABLE"' not in get(url + "/v1/models/classifier/versions/2").decode():
         time.sleep(0.2)
     before, cpu_before = served(url), cpu_seconds(pid)
     shadow_before = json.loads(get(url + "/appliance/v1/shadow"))["models"].get("classifier", {})
@@ -125,8 +131,12 @@ def one_round(url: str, predict: str, body: Path, settings_file: Path, args: arg
     report = json.loads(get(url + "/appliance/v1/shadow"))["models"].get("classifier", {})
     if side == "on":
         counts, old = report["requests"], shadow_before.get("requests", {})
-        run["shadow"] = {k: counts[k] - (old.get(k, 0) if shadow_before.get("started") == report["started"]
-                                         else 0) for k in ("seen", "sampled", "compared", "dropped")}
+        same = shadow_before.get("started") == report["started"]
+        run["shadow"] = {k: counts[k] - (old.get(k, 0) if same else 0) for k in ("seen", "sampled", "compared", "dropped")}
+        # The server's own account of the copies' CPU (their runs and comparisons, on the
+        # comparing thread), next to the bench's: the CPU per request on vs off.
+        spent = report.get("cpu_seconds", 0.0) - (shadow_before.get("cpu_seconds", 0.0) if same else 0.0)
+        run["shadow"]["cpu_us_per_copy"] = round(spent * 1e6 / max(run["shadow"]["compared"], 1), 1)
         run["verdict"] = report["verdict"]
     return run
 
@@ -142,6 +152,9 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=4.0,
                         help="the paced load's mean pause per connection between requests; 0: saturated only")
     parser.add_argument("--paced-only", action="store_true", help="skip the saturated load")
+    parser.add_argument("--keep-candidate", action="store_true",
+                        help="keep version 2 loaded with the shadow off too (a 0 %% rollout on both sides): the "
+                             "steady state of a running shadow, without a version load or unload at each switch")
     args = parser.parse_args()
     subprocess.run([str(REPO / "bench/load_tools.sh")], check=True)   # wrk, when missing
 
@@ -152,7 +165,7 @@ def main() -> None:
                       "model_version_policy { specific { versions: 1 } } } }\n" % (WORK / "models/classifier"))
     (WORK / "monitoring.config").write_text('prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n')
     settings_file = WORK / "model-settings.json"
-    settings(settings_file, None)
+    settings(settings_file, None, args.keep_candidate)
     rng = random.Random(0)
     rows = [rng.sample([0.1, 0.4, 0.7, 1.0], 4) for _ in range(20)]
     body = WORK / "body.json"

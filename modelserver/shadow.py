@@ -183,6 +183,7 @@ class _Run:
     candidate_errors: int = 0
     secondary_errors: int = 0
     secondary_runs: int = 0
+    cpu_seconds: float = 0.0  # the comparing thread's CPU in the copies' steps (runs, comparisons)
     identical: int = 0       # copies in a row whose secondary answered exactly as the primary
     noisy: bool = False      # a secondary differed: it runs on every copy from then on
     primary_versions: set[int] = field(default_factory=set)
@@ -220,6 +221,7 @@ class _Run:
                              "secondary_errors": self.secondary_errors,
                              "secondary_runs": self.secondary_runs},
                 "deterministic": self.deterministic(),
+                "cpu_seconds": round(self.cpu_seconds, 6),
                 "last_error": self.last_error,
                 "outputs": {alias: totals.as_dict(self.settings.topk) for alias, totals in sorted(self.tensors.items())},
                 "examples": [example for _, _, example in sorted(self.examples, key=lambda e: e[:2], reverse=True)]})
@@ -276,6 +278,7 @@ def merge(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
         "running": any(r["running"] for r in same),
         "nodes": sorted(r.get("node", "") for r in same), "requests": requests,
         "deterministic": all(r.get("deterministic", False) for r in same),
+        "cpu_seconds": round(sum(r.get("cpu_seconds", 0.0) for r in same), 6),
         "last_error": next((r["last_error"] for r in same if r["last_error"]), ""),
         "outputs": {alias: t.as_dict(topk) for alias, t in sorted(totals.items())},
         "examples": examples[:EXAMPLES]})
@@ -306,6 +309,7 @@ class ShadowTap:
         self._loop_thread = 0
         self._ticking = False
         self._job: Iterator[None] | None = None     # the copy the loop is stepping through
+        self._job_run: _Run | None = None
         self._pause = IDLE_GAP                      # the loop's next look while the server is busy
 
     # ---------------------------------------------------------------- request path
@@ -400,7 +404,7 @@ class ShadowTap:
                     self._start()
                 loop.call_soon(self._tick)
                 return
-            self._job = self._steps(copy)
+            self._job, self._job_run = self._steps(copy), copy.run
         idle = monitoring.idle_seconds()
         if idle < IDLE_GAP:
             if idle > 0:    # no request runs: idle enough by then, unless one comes meanwhile
@@ -410,14 +414,26 @@ class ShadowTap:
                 self._pause = min(self._pause * 2, LOOP_POLL_MAX)
             return
         self._pause = IDLE_GAP
-        try:
-            next(self._job)
-        except StopIteration:
-            self._job = None
-        except Exception:  # noqa: BLE001 - one bad copy never stops the shadow
-            log.exception("shadow comparison failed")
-            self._job = None
+        self._step(self._job, self._job_run)
         loop.call_soon(self._tick)
+
+    def _step(self, job: Iterator[None], run: _Run) -> bool:
+        """One step of a copy, its CPU time counted to ``run``; False once the copy is done."""
+        start = time.thread_time()
+        try:
+            next(job)
+            return True
+        except StopIteration:
+            pass
+        except Exception:  # noqa: BLE001 - one bad copy never stops the shadow
+            log.exception("shadow comparison of model %s failed", run.model)
+        finally:
+            spent = time.thread_time() - start
+            with run.lock:
+                run.cpu_seconds += spent
+        if job is self._job:
+            self._job = None
+        return False
 
     def _inline(self, copy: _Copy) -> bool:
         """Whether every run of the copy may go on the event loop (its models' runs are cheap)."""
@@ -440,11 +456,9 @@ class ShadowTap:
                 time.sleep(EMPTY_POLL)
                 continue
             copy = queue.popleft()    # the one consumer
-            try:
-                for _ in self._steps(copy):
-                    _when_idle()
-            except Exception:  # noqa: BLE001 - one bad copy never stops the shadow
-                log.exception("shadow comparison of model %s failed", copy.name)
+            steps = self._steps(copy)
+            while self._step(steps, copy.run):
+                _when_idle()
 
     def _steps(self, copy: _Copy) -> Iterator[None]:
         """Compare one copy, yielding before each model run and before the comparison: whoever

@@ -7,7 +7,7 @@ the same rules:
 
 * a float value differs only when its absolute error exceeds ``atol`` *and* its relative error
   exceeds ``rtol`` (Polygraphy's element-wise check): 1e-7 on 0.3 is no difference, 1e-3 on 1e-9
-  is one; NaN equals NaN; any other dtype (ints, strings) must be equal;
+  is one; NaN equals NaN, an infinity only itself; any other dtype (ints, strings) must be equal;
 * a tensor of another shape or dtype differs everywhere;
 * a float tensor of rank 2 with at least two columns is read as a classifier's scores, one row
   per input: its top-1 class must agree, and its top-k classes overlap by some fraction.
@@ -50,18 +50,41 @@ def differing(reference: np.ndarray, other: np.ndarray, atol: float, rtol: float
         return None
     if not np.issubdtype(reference.dtype, np.inexact):
         return np.asarray(reference != other).reshape(reference.shape)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        error = np.abs(other.astype(np.float64) - reference.astype(np.float64))
-        scale = np.abs(reference.astype(np.float64))
-        relative = np.where(error == 0, 0.0, error / scale)
-        out = (error > atol) & (relative > rtol)
-    both_nan = np.isnan(reference) & np.isnan(other)
-    one_nan = np.isnan(reference) ^ np.isnan(other)
-    return (out | one_nan) & ~both_nan
+    return _beyond(_error(reference, other), reference, other, atol, rtol)
+
+
+def _error(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``|other - reference|`` in float64 (a complex value's real part, as numpy casts it)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        if reference.dtype.kind == "f":     # one pass: no float64 copies of the inputs
+            error = np.asarray(np.subtract(other, reference, dtype=np.float64))
+        else:
+            error = np.asarray(other.astype(np.float64) - reference.astype(np.float64))
+        return np.abs(error, out=error)
+
+
+def _beyond(error: np.ndarray, reference: np.ndarray, other: np.ndarray, atol: float,
+            rtol: float) -> np.ndarray:
+    """The values whose absolute ``error`` exceeds ``atol`` and relative error exceeds ``rtol``;
+    NaN in one answer differs, NaN in both does not."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # error 0 over |reference| 0 is NaN, which exceeds nothing: no difference, as it should be;
+        # an infinite error (a finite value against an infinite one) exceeds every tolerance
+        relative = error / np.abs(reference.astype(np.float64, copy=False))
+        out = (error > atol) & ((relative > rtol) | np.isinf(error))
+    # A NaN's error is NaN, which exceeds nothing; a complex value's NaN may be in the imaginary part.
+    if reference.dtype.kind == "c" or np.isnan(error).any():
+        out |= np.isnan(reference) != np.isnan(other)
+    return out
+
+
+def _within(error: np.ndarray, atol: float) -> bool:
+    """No value can differ: every absolute error at most ``atol`` (a NaN error is not)."""
+    return error.size == 0 or bool(error.max() <= atol)
 
 
 def is_classifier(tensor: np.ndarray) -> bool:
-    return tensor.ndim == 2 and tensor.shape[1] >= 2 and np.issubdtype(tensor.dtype, np.floating)
+    return tensor.ndim == 2 and tensor.shape[1] >= 2 and tensor.dtype.kind == "f"
 
 
 def _rows_of(mask: np.ndarray) -> np.ndarray:
@@ -81,40 +104,60 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     return float((a[:, :, None] == b[:, None, :]).any(axis=2).sum()) / k
 
 
+def _compared(reference: np.ndarray, other: np.ndarray, atol: float,
+              rtol: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(mask, error)``: :func:`differing`'s mask, None for a mismatch of shape or dtype, or
+    ``False`` (no value differs) straight from the largest error when it is within ``atol``: a
+    candidate within tolerance, the common case, costs four numpy calls, not a dozen. The float64
+    error comes with it for inexact dtypes."""
+    if reference.shape != other.shape or reference.dtype != other.dtype:
+        return None, None
+    if not np.issubdtype(reference.dtype, np.inexact):
+        return np.asarray(reference != other).reshape(reference.shape), None
+    error = _error(reference, other)
+    if reference.dtype.kind == "f" and _within(error, atol):   # a complex NaN may hide in its imaginary part
+        return False, error
+    return _beyond(error, reference, other, atol, rtol), error
+
+
 def compare_tensor(primary: np.ndarray, secondary: np.ndarray | None, candidate: np.ndarray,
                    atol: float, rtol: float, topk: int) -> TensorDiff:
     """``secondary`` None: the secondary failed, no noise is known for this request."""
     rows = primary.shape[0] if primary.ndim else 1
     diff = TensorDiff(rows=rows, values=int(primary.size))
-    raw = differing(primary, candidate, atol, rtol)
+    raw, error = _compared(primary, candidate, atol, rtol)
     if raw is None:
         diff.raw_values, diff.raw_rows = diff.values, list(range(rows))
         diff.max_abs = diff.max_rel = float("inf")
-    else:
+    elif raw is not False:
         diff.raw_values = int(raw.sum())
         diff.raw_rows = _rows_of(raw).tolist()
-        if diff.raw_values and np.issubdtype(primary.dtype, np.inexact):
+        if diff.raw_values and error is not None:
             with np.errstate(invalid="ignore", divide="ignore"):
-                error = np.abs(candidate.astype(np.float64) - primary.astype(np.float64))[raw]
-                scale = np.abs(primary.astype(np.float64))[raw]
+                error = error[raw]
+                scale = np.abs(primary.astype(np.float64, copy=False))[raw]
                 diff.max_abs = float(np.nanmax(error, initial=0.0))
                 diff.max_rel = float(np.nanmax(np.where(scale == 0, np.inf, error / scale), initial=0.0))
     if secondary is not None:
-        noise = differing(primary, secondary, atol, rtol)
-        diff.noise_values = diff.values if noise is None else int(noise.sum())
-        diff.noise_rows = rows if noise is None else int(len(_rows_of(noise)))
+        noise, _ = _compared(primary, secondary, atol, rtol)
+        if noise is None:
+            diff.noise_values, diff.noise_rows = diff.values, rows
+        elif noise is not False:
+            diff.noise_values, diff.noise_rows = int(noise.sum()), int(len(_rows_of(noise)))
     if topk > 0 and is_classifier(primary) and raw is not None:
         diff.classifier = True
         k = min(topk, primary.shape[1])
         first = np.argmax(primary, axis=1)
         diff.top1_raw = np.nonzero(np.argmax(candidate, axis=1) != first)[0].tolist()
-        top = _topk(primary, k)
-        diff.topk_raw = _overlap(top, _topk(candidate, k))
-        if secondary is not None and secondary.shape == primary.shape:
+        noisy = secondary is not None and secondary.shape == primary.shape
+        if noisy:
             diff.top1_noise = int(np.count_nonzero(np.argmax(secondary, axis=1) != first))
-            diff.topk_noise = _overlap(top, _topk(secondary, k))
+        if k == primary.shape[1]:       # the top k of k classes are all of them, in any answer
+            diff.topk_raw = diff.topk_noise = float(rows)
         else:
-            diff.topk_noise = float(rows)
+            top = _topk(primary, k)
+            diff.topk_raw = _overlap(top, _topk(candidate, k))
+            diff.topk_noise = _overlap(top, _topk(secondary, k)) if noisy else float(rows)
     return diff
 
 

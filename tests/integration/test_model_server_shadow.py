@@ -105,6 +105,7 @@ def test_candidates_within_tolerance_differing_and_noisy(server) -> None:
     scores = close["outputs"]["scores"]
     assert scores["differing_rows"] == 0 and scores["classifier"]["top1_agreement_percent"] == 100.0
     assert scores["rows"] == ROWS * close["requests"]["compared"]
+    assert close["cpu_seconds"] > 0            # what the copies' runs and comparisons took
 
     noisy = _drained(url, "noisy", 20)
     assert noisy["verdict"] == "agrees", noisy

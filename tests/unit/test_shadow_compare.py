@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 
@@ -20,6 +21,46 @@ def test_a_value_differs_only_when_both_errors_exceed_their_tolerances() -> None
                      1e-5, 1e-5).tolist() == [False, True]
 
 
+def _differs(reference: float, other: float, atol: float, rtol: float) -> bool:
+    """The rule of one value, in plain Python: the definition the arrays are checked against."""
+    if math.isnan(reference) or math.isnan(other):
+        return math.isnan(reference) != math.isnan(other)
+    if reference == other:
+        return False
+    error = abs(other - reference)
+    if math.isinf(error):
+        return True
+    return error > atol and (reference == 0 or error / abs(reference) > rtol)
+
+
+def test_whole_tensors_follow_the_rule_of_one_value() -> None:
+    """Random answers seeded with NaNs, infinities, zeros and differences at and around the
+    tolerances, in float16/32/64: counts, rows and the within-tolerance shortcut (a candidate
+    whose every error is at most atol is taken as equal without the per-value masks) agree with
+    the plain-Python rule."""
+    rng = np.random.default_rng(15)
+    specials = [np.nan, np.inf, -np.inf, 0.0]
+    for trial in range(3000):
+        dtype = (np.float16, np.float32, np.float64)[trial % 3]
+        shape = [(6, 4), (5,), (3, 2, 2), (1, 3)][trial % 4]
+        primary = rng.random(shape).astype(dtype)
+        flat = primary.reshape(-1)
+        if trial % 5 == 0:
+            flat[rng.integers(flat.size)] = specials[trial % 4]
+        candidate = primary.copy()
+        step = [0.0, 1e-7, 1e-5, 1e-3, 0.5][trial % 5]
+        candidate.reshape(-1)[rng.integers(flat.size, size=2)] += dtype(step)
+        if trial % 7 == 0:
+            candidate.reshape(-1)[rng.integers(flat.size)] = specials[(trial // 7) % 4]
+        atol, rtol = [(1e-5, 1e-5), (1e-4, 1e-3), (0.0, 0.0), (1e-2, 0.0)][trial % 4]
+        expected = [_differs(float(r), float(o), atol, rtol) for r, o in zip(primary.reshape(-1), candidate.reshape(-1))]
+        assert differing(primary, candidate, atol, rtol).reshape(-1).tolist() == expected
+        diff = compare({"y": primary}, {"y": primary.copy()}, {"y": candidate}, atol, rtol, topk=2)["y"]
+        assert diff.raw_values == sum(expected) and diff.noise_values == 0 and diff.noise_rows == 0
+        rows = np.array(expected).reshape(shape[0], -1).any(axis=1)
+        assert diff.raw_rows == np.nonzero(rows)[0].tolist()
+
+
 def test_rows_top1_and_topk_with_noise() -> None:
     primary = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.3, 0.1]], dtype=np.float32)
     candidate = primary.copy()
@@ -33,6 +74,13 @@ def test_rows_top1_and_topk_with_noise() -> None:
     assert diff.raw_rows == [1] and diff.top1_raw == [1]
     assert diff.noise_rows == 1 and diff.top1_noise == 0
     assert diff.topk_raw == 3.5 and diff.topk_noise == 4.0
+    # k as many as the classes: every answer's top k are all of them
+    every = compare({"p": primary}, {"p": secondary}, {"p": candidate}, 1e-5, 1e-5, topk=5)["p"]
+    assert every.top1_raw == [1] and every.topk_raw == 4.0 and every.topk_noise == 4.0
+    # within tolerance everywhere: the shortcut reports no difference and no largest error
+    close = compare({"p": primary}, None, {"p": primary + np.float32(1e-7)}, 1e-5, 1e-5, topk=2)["p"]
+    assert (close.raw_values, close.raw_rows, close.max_abs, close.top1_raw) == (0, [], 0.0, [])
+    assert close.topk_raw == 4.0 and close.topk_noise == 4.0
 
 
 def test_a_missing_or_reshaped_output_differs_everywhere() -> None:
@@ -136,7 +184,11 @@ def test_report_text_and_refused_settings(tmp_path) -> None:
     run.compared, run.primary_versions, run.candidate_errors, run.last_error = 10, {1}, 1, "INVALID_ARGUMENT: boom"
     run.tensors["scores"] = _TensorTotals(rows=200, values=800, raw_rows=10, classifier_rows=200, top1_raw=10,
                                           topk_raw=195.0, topk_noise=200.0)
-    text = shadow.report_text(merge([{**run.report(), "node": "10.0.0.1"}]))
+    run.cpu_seconds = 0.0012
+    merged = merge([{**run.report(), "node": "10.0.0.1"}, {**run.report(), "node": "10.0.0.2"}])
+    assert merged["cpu_seconds"] == 0.0024 and merged["requests"]["compared"] == 20   # the nodes' sums
+    text = shadow.report_text(merged)
+    assert "cost: 0.002 s of CPU on the comparing threads, 120 us per compared copy" in text
     assert "candidate version 3 vs 1 -- running" in text and "verdict: FAILS" in text
     assert "agreement 85.5% of inputs" in text                     # 95 % of rows, 9 in 10 requests without error
     assert "top-1 agreement 95.0% (changed 5.0%, noise 0.0%), top-5 overlap 97.5%  REGRESSION" in text
