@@ -110,11 +110,11 @@ def pooled_percentile(runs: list[dict], percent: float) -> float:
     return percentile(sorted(counts.elements()), percent) / 1000
 
 
-KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us")
+KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us", "busy")
 
 
 def one_round(url: str, predict: str, body: Path, settings_file: Path, args: argparse.Namespace, side: str,
-              delay: float, pid: int) -> dict:
+              delay: float, pid: int, duration: float | None = None) -> dict:
     """One wrk run with the shadow ``side`` ("on"/"off"), cross-checked with the server's counters."""
     digest = settings(settings_file, args.sample if side == "on" else None, args.keep_candidate)
     while json.loads(get(url + "/appliance/v1/applied-config"))["model_settings_file"] != digest:
@@ -123,10 +123,11 @@ def one_round(url: str, predict: str, body: Path, settings_file: Path, args: arg
         time.sleep(0.2)
     before, cpu_before = served(url), cpu_seconds(pid)
     shadow_before = json.loads(get(url + "/appliance/v1/shadow"))["models"].get("classifier", {})
-    run = wrk(predict, body, args.concurrency, args.duration, args.client_cpus, delay)
+    run = wrk(predict, body, args.concurrency, duration or args.duration, args.client_cpus, delay)
     time.sleep(0.5)      # the copies still queued run now: their CPU is the shadow's, counted here
     run["server_ok"] = served(url) - before
     run["cpu_us"] = (cpu_seconds(pid) - cpu_before) * 1e6 / max(run["server_ok"], 1)
+    run["busy"] = run["cpu_us"] * run["rps"] / 1e6     # the share of the server's core in use
     run["loadavg"] = os.getloadavg()[0]
     report = json.loads(get(url + "/appliance/v1/shadow"))["models"].get("classifier", {})
     if side == "on":
@@ -141,6 +142,20 @@ def one_round(url: str, predict: str, body: Path, settings_file: Path, args: arg
     return run
 
 
+def calibrate(url: str, predict: str, body: Path, settings_file: Path, args: argparse.Namespace, pid: int) -> float:
+    """The mean pause (ms) that keeps the server's core ``args.utilization`` busy with the shadow
+    off: a few short runs, each moving the pause by the busy share it measured (a connection's
+    cycle is its answer's latency plus its pause; the rate is the connections over the cycle)."""
+    delay = args.delay_ms
+    for _ in range(4):
+        run = one_round(url, predict, body, settings_file, args, "off", delay, pid, duration=3.0)
+        busy = run["busy"]
+        latency = run["p50_ms"]
+        delay = max(0.05, (delay + latency) * busy / args.utilization - latency)
+        print(f"calibrating: {busy:.0%} busy at {run['rps']:.0f} req/s -> mean pause {delay:.2f} ms", flush=True)
+    return delay
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4, help="rounds of off + on")
@@ -152,6 +167,9 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=4.0,
                         help="the paced load's mean pause per connection between requests; 0: saturated only")
     parser.add_argument("--paced-only", action="store_true", help="skip the saturated load")
+    parser.add_argument("--utilization", type=float, default=0.0,
+                        help="pace the load to keep the server's core this busy with the shadow off (e.g. 0.5), "
+                             "found by short runs first, instead of a fixed --delay-ms")
     parser.add_argument("--keep-candidate", action="store_true",
                         help="keep version 2 loaded with the shadow off too (a 0 %% rollout on both sides): the "
                              "steady state of a running shadow, without a version load or unload at each switch")
@@ -191,6 +209,8 @@ def main() -> None:
                 time.sleep(0.5)
         predict = url + "/v1/models/classifier:predict"
         wrk(predict, body, args.concurrency, 2, args.client_cpus)        # warm up
+        if args.utilization > 0:
+            args.delay_ms = calibrate(url, predict, body, settings_file, args, server.pid)
         loads = {**({} if args.paced_only else {"saturated": 0.0}),
                  **({"paced": args.delay_ms} if args.delay_ms > 0 else {})}
         results: dict[str, dict[str, list[dict]]] = {load: {"off": [], "on": []} for load in loads}
@@ -202,7 +222,7 @@ def main() -> None:
                     run = results[load][side][-1]
                     print(f"round {round_no + 1} {load:9} {side:3}: {run['rps']:8.1f} req/s  p50 {run['p50_ms']:6.2f} ms  "
                           f"p99 {run['p99_ms']:6.2f} ms  wrk {run['requests']} / server {run['server_ok']} OK  "
-                          f"{run['cpu_us']:6.1f} us CPU/req  errors {run['errors']}  load {run['loadavg']:.1f}  "
+                          f"{run['cpu_us']:6.1f} us CPU/req  busy {run['busy']:4.0%}  errors {run['errors']}  load {run['loadavg']:.1f}  "
                           f"{run.get('shadow', '')}", flush=True)
         print(f"\nload average: {os.getloadavg()}")
         for load, sides in results.items():

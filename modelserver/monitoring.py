@@ -137,6 +137,17 @@ _REQUEST: contextvars.ContextVar[RequestSlot | None] = contextvars.ContextVar("r
 _activity = [0.0, 0.0]
 
 
+#: Called once, at the next request's end (and then forgotten): the shadow's copy that waits for
+#: a busy server (:func:`when_request_ends`). None nearly always: one load and test per request.
+_at_request_end: Callable[[], None] | None = None
+
+
+def when_request_ends(callback: Callable[[], None]) -> None:
+    """Call ``callback`` once, when the next request ends (in the thread that ends it)."""
+    global _at_request_end
+    _at_request_end = callback
+
+
 def request_started() -> RequestSlot:
     """Called at a request's entry: the slot its model run fills in (see the module doc)."""
     slot = RequestSlot()
@@ -178,7 +189,12 @@ def record_request(model_name: str, api: str, entrypoint: str, code: Code, start
                    slot: RequestSlot | None = None) -> None:
     """One finished request: count it by status; its latency only when it succeeded (as TF does).
     ``slot``: what :func:`request_started` returned for it (the version and signature it ran)."""
+    global _at_request_end
     _activity[1] = time.perf_counter()
+    callback = _at_request_end
+    if callback is not None:
+        _at_request_end = None
+        callback()
     if not _collecting or model_name in _muted:
         return
     if code is not Code.OK and not _serves(model_name):

@@ -68,7 +68,6 @@ EXAMPLES = 10            # most different requests kept per model
 EXAMPLE_VALUES = 4096    # an input with more values is shown by its shape only
 IDLE_GAP = 0.0005        # seconds without a request before a copy's next step runs
 IDLE_POLL_MAX = 0.01     # the longest sleep between two looks while the server is busy
-LOOP_POLL_MAX = 0.002    # the same for the event loop's ticks (a look costs it a timer, no wake-up)
 # A model whose secondary answered bit for bit as its primary this many copies in a row is taken
 # as deterministic: its secondary then runs on one copy in SECONDARY_EVERY only (a copy costs one
 # model run instead of two); the first secondary that differs makes it run on every copy again.
@@ -310,7 +309,7 @@ class ShadowTap:
         self._ticking = False
         self._job: Iterator[None] | None = None     # the copy the loop is stepping through
         self._job_run: _Run | None = None
-        self._pause = IDLE_GAP                      # the loop's next look while the server is busy
+        self._next: asyncio.Handle | None = None    # the loop's one next tick
 
     # ---------------------------------------------------------------- request path
 
@@ -382,40 +381,57 @@ class ShadowTap:
             if self._ticking:
                 return
             self._ticking = True
+        self._from_any_thread(0.0)
+
+    def _from_any_thread(self, delay: float) -> None:
+        """:meth:`_after`, from the loop's thread or another (a pool thread ending a request)."""
         if threading.get_ident() == self._loop_thread:
-            self._loop.call_soon(self._tick)
+            self._after(delay)
         else:
-            self._loop.call_soon_threadsafe(self._tick)
+            self._loop.call_soon_threadsafe(self._after, delay)
+
+    def _after(self, delay: float) -> None:
+        """Make the ticks' one next tick run after ``delay`` seconds (on the loop's thread): the
+        tick it replaces is cancelled, so there is never more than one."""
+        if self._next is not None:
+            self._next.cancel()
+        self._next = self._loop.call_later(delay, self._tick) if delay > 0 else self._loop.call_soon(self._tick)
+
+    def _request_ended(self) -> None:
+        """A request ended while a copy's step waited for a busy server: look once the server
+        has been idle for :data:`IDLE_GAP` (called by :func:`monitoring.record_request`)."""
+        self._from_any_thread(IDLE_GAP)
 
     def _tick(self) -> None:
-        """One step of a copy when the server is idle, then the next tick: at once after a step,
-        when the server goes idle while it is busy, every :data:`EMPTY_POLL` when no copy waits.
-        A copy whose models do not run inline (inline.py: a few hundred microseconds at most, a
-        small input) goes to the worker thread instead, as all copies do without a loop."""
-        loop = self._loop
+        """One step of a copy when the server is idle, then the next tick: at once after a step;
+        while a request runs, when one ends (:meth:`_request_ended`: no timer fires meanwhile; a
+        look every :data:`EMPTY_POLL` all the same, should a request never be recorded as ended);
+        every :data:`EMPTY_POLL` when no copy waits. A copy whose models do not run inline
+        (inline.py: a few hundred microseconds at most, a small input) goes to the worker thread
+        instead, as all copies do without a loop."""
+        self._next = None    # this tick was it
         if self._job is None:
             if not self._queue:
-                loop.call_later(EMPTY_POLL, self._tick)
+                self._after(EMPTY_POLL)
                 return
             copy = self._queue.popleft()
             if not self._inline(copy):
                 self._threaded.append(copy)
                 if self._thread is None:
                     self._start()
-                loop.call_soon(self._tick)
+                self._after(0.0)
                 return
             self._job, self._job_run = self._steps(copy), copy.run
         idle = monitoring.idle_seconds()
         if idle < IDLE_GAP:
             if idle > 0:    # no request runs: idle enough by then, unless one comes meanwhile
-                loop.call_later(IDLE_GAP - idle, self._tick)
-            else:           # one runs: look again later, less often the longer the server stays busy
-                loop.call_later(self._pause, self._tick)
-                self._pause = min(self._pause * 2, LOOP_POLL_MAX)
+                self._after(IDLE_GAP - idle)
+            else:           # one runs: look again when a request ends, not on a timer meanwhile
+                self._after(EMPTY_POLL)
+                monitoring.when_request_ends(self._request_ended)
             return
-        self._pause = IDLE_GAP
         self._step(self._job, self._job_run)
-        loop.call_soon(self._tick)
+        self._after(0.0)
 
     def _step(self, job: Iterator[None], run: _Run) -> bool:
         """One step of a copy, its CPU time counted to ``run``; False once the copy is done."""

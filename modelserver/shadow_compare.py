@@ -46,32 +46,27 @@ class TensorDiff:
 def differing(reference: np.ndarray, other: np.ndarray, atol: float, rtol: float) -> np.ndarray | None:
     """A boolean array of the values of ``other`` that differ from ``reference``; None when the
     shapes or dtypes do not match (everything differs)."""
-    if reference.shape != other.shape or reference.dtype != other.dtype:
-        return None
-    if not np.issubdtype(reference.dtype, np.inexact):
-        return np.asarray(reference != other).reshape(reference.shape)
-    return _beyond(_error(reference, other), reference, other, atol, rtol)
+    with np.errstate(all="ignore"):
+        return _compared(reference, other, atol, rtol, shortcut=False)[0]
 
 
 def _error(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
     """``|other - reference|`` in float64 (a complex value's real part, as numpy casts it)."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        if reference.dtype.kind == "f":     # one pass: no float64 copies of the inputs
-            error = np.asarray(np.subtract(other, reference, dtype=np.float64))
-        else:
-            error = np.asarray(other.astype(np.float64) - reference.astype(np.float64))
-        return np.abs(error, out=error)
+    if reference.dtype.kind == "f":     # one pass: no float64 copies of the inputs
+        error = np.asarray(np.subtract(other, reference, dtype=np.float64))
+    else:
+        error = np.asarray(other.astype(np.float64) - reference.astype(np.float64))
+    return np.abs(error, out=error)
 
 
 def _beyond(error: np.ndarray, reference: np.ndarray, other: np.ndarray, atol: float,
             rtol: float) -> np.ndarray:
     """The values whose absolute ``error`` exceeds ``atol`` and relative error exceeds ``rtol``;
     NaN in one answer differs, NaN in both does not."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # error 0 over |reference| 0 is NaN, which exceeds nothing: no difference, as it should be;
-        # an infinite error (a finite value against an infinite one) exceeds every tolerance
-        relative = error / np.abs(reference.astype(np.float64, copy=False))
-        out = (error > atol) & ((relative > rtol) | np.isinf(error))
+    # error 0 over |reference| 0 is NaN, which exceeds nothing: no difference, as it should be;
+    # an infinite error (a finite value against an infinite one) exceeds every tolerance
+    relative = error / np.abs(reference.astype(np.float64, copy=False))
+    out = (error > atol) & ((relative > rtol) | np.isinf(error))
     # A NaN's error is NaN, which exceeds nothing; a complex value's NaN may be in the imaginary part.
     if reference.dtype.kind == "c" or np.isnan(error).any():
         out |= np.isnan(reference) != np.isnan(other)
@@ -104,18 +99,19 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     return float((a[:, :, None] == b[:, None, :]).any(axis=2).sum()) / k
 
 
-def _compared(reference: np.ndarray, other: np.ndarray, atol: float,
-              rtol: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _compared(reference: np.ndarray, other: np.ndarray, atol: float, rtol: float,
+              shortcut: bool = True) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(mask, error)``: :func:`differing`'s mask, None for a mismatch of shape or dtype, or
     ``False`` (no value differs) straight from the largest error when it is within ``atol``: a
     candidate within tolerance, the common case, costs four numpy calls, not a dozen. The float64
-    error comes with it for inexact dtypes."""
+    error comes with it for inexact dtypes. numpy's floating-point warnings are the caller's to
+    silence (:func:`compare` does, once for all the tensors of an answer)."""
     if reference.shape != other.shape or reference.dtype != other.dtype:
         return None, None
-    if not np.issubdtype(reference.dtype, np.inexact):
+    if reference.dtype.kind not in "fc":     # not inexact: ints, bools, strings must be equal
         return np.asarray(reference != other).reshape(reference.shape), None
     error = _error(reference, other)
-    if reference.dtype.kind == "f" and _within(error, atol):   # a complex NaN may hide in its imaginary part
+    if shortcut and reference.dtype.kind == "f" and _within(error, atol):   # a complex NaN may hide in its imaginary part
         return False, error
     return _beyond(error, reference, other, atol, rtol), error
 
@@ -133,11 +129,10 @@ def compare_tensor(primary: np.ndarray, secondary: np.ndarray | None, candidate:
         diff.raw_values = int(raw.sum())
         diff.raw_rows = _rows_of(raw).tolist()
         if diff.raw_values and error is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                error = error[raw]
-                scale = np.abs(primary.astype(np.float64, copy=False))[raw]
-                diff.max_abs = float(np.nanmax(error, initial=0.0))
-                diff.max_rel = float(np.nanmax(np.where(scale == 0, np.inf, error / scale), initial=0.0))
+            error = error[raw]
+            scale = np.abs(primary.astype(np.float64, copy=False))[raw]
+            diff.max_abs = float(np.nanmax(error, initial=0.0))
+            diff.max_rel = float(np.nanmax(np.where(scale == 0, np.inf, error / scale), initial=0.0))
     if secondary is not None:
         noise, _ = _compared(primary, secondary, atol, rtol)
         if noise is None:
@@ -166,10 +161,11 @@ def compare(primary: Mapping[str, np.ndarray], secondary: Mapping[str, np.ndarra
     """Every output tensor of the primary's answer compared; a tensor the candidate lacks
     differs everywhere (compared with an empty array of another shape)."""
     missing = np.empty((0,), dtype=np.uint8)
-    return {alias: compare_tensor(np.asarray(value),
-                                  None if secondary is None else np.asarray(secondary.get(alias, missing)),
-                                  np.asarray(candidate.get(alias, missing)), atol, rtol, topk)
-            for alias, value in sorted(primary.items())}
+    with np.errstate(all="ignore"):    # inf - inf, 0 / 0: NaNs the rules handle, not warnings
+        return {alias: compare_tensor(np.asarray(value),
+                                      None if secondary is None else np.asarray(secondary.get(alias, missing)),
+                                      np.asarray(candidate.get(alias, missing)), atol, rtol, topk)
+                for alias, value in sorted(primary.items())}
 
 
 def significant(raw: float, noise: float, total: float, relative: float = 0.2, absolute: float = 0.0003) -> bool:
