@@ -453,12 +453,13 @@ def test_a_model_added_to_every_config_file_serves_everywhere_and_no_agent_resta
         "served_everywhere_seconds_after_edit": round(seconds, 2)}
     print(json.dumps(REPORT["model_added_by_config_file"], indent=2))
     assert agent_pids() == agents, "no agent restarted"
-    # Within two intervals of the edit every agent has started the sync; the model is on every
-    # node once its files are fetched and installed, which a busy CI machine stretches (4.03 s
-    # in one full-suite run, session 15): 2 s of slack for that. Serving it adds the model
-    # server's poll (1 s) and its load, stretched the same way (as above).
-    assert installed <= 2 * interval + 2
-    assert seconds <= 2 * interval + 5
+    # Every agent sees the edit at its next look and syncs in its next cycle (one may be running
+    # when the edit lands); the model is on every node once its files are fetched and installed,
+    # which a busy machine stretches: 4.0-7.6 s measured in session 15 (4.0 in session 14's CI).
+    # The bound, three intervals and 3 s, still fails the 16 s backoff of old; an agent that had
+    # to restart fails the check above. Serving it adds the model server's poll (1 s) and load.
+    assert installed <= 3 * interval + 3
+    assert seconds <= 3 * interval + 6
 
 
 def _stats(node: devcluster.DevNode, pattern: str) -> dict[str, int]:
