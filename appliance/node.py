@@ -513,6 +513,11 @@ class Node:
         return status
 
 
+def envoy_worker_threads(pid: int) -> int:
+    """How many worker threads (``wrk:worker_N``) the Envoy process ``pid`` runs."""
+    return sum(1 for comm in Path(f"/proc/{pid}/task").glob("*/comm") if comm.read_text().startswith("wrk:worker"))
+
+
 def _running_sizing(status: "NodeStatus") -> None:
     """The sizing the running processes have, in place of what this command would render: a
     node started pinned or under a CPU quota, or before a change of its settings, runs with its
@@ -520,9 +525,7 @@ def _running_sizing(status: "NodeStatus") -> None:
     pids = {p.name: p.pid for p in status.processes if p.state == "RUNNING" and p.pid}
     try:
         if "envoy" in pids:
-            tasks = Path(f"/proc/{pids['envoy']}/task")
-            status.envoy_workers = sum(1 for comm in tasks.glob("*/comm")
-                                       if comm.read_text().startswith("wrk:worker"))
+            status.envoy_workers = envoy_worker_threads(pids["envoy"])
         if "model_server" in pids:
             args = Path(f"/proc/{pids['model_server']}/cmdline").read_bytes().split(b"\0")
             threads = [a.split(b"=", 1)[1] for a in args if a.startswith(b"--rest_api_num_threads=")]

@@ -835,7 +835,8 @@ def envoy_counter(admin: str, prefix: str, suffix: str) -> Callable[[], float]:
 
 def envoy_workers(pid: int) -> int:
     """How many worker threads (``wrk:worker_N``) an Envoy process runs."""
-    return sum(1 for comm in Path(f"/proc/{pid}/task").glob("*/comm") if comm.read_text().startswith("wrk:worker"))
+    from appliance.node import envoy_worker_threads
+    return envoy_worker_threads(pid)
 
 
 def cpu_list(cpus: str) -> list[int]:
