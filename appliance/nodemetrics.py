@@ -38,6 +38,8 @@ from typing import Iterable
 from urllib.parse import quote
 from urllib.request import HTTPRedirectHandler
 
+from modelserver.cpus import usable_cpus
+
 from .config import Config, NodePaths
 from .localhttp import get_text
 
@@ -178,8 +180,9 @@ def node_metrics_text(config: Config, paths: NodePaths) -> str:
                          [({"source": s}, v) for s, v in sorted(up.items())]))
     parts.append(_family("appliance_node_info", "gauge", "The node's role.",
                          [({"role": config.node.role}, 1)]))
-    parts.append(_family("appliance_node_cpu_cores", "gauge", "CPUs the node's processes may use.",
-                         [({}, len(os.sched_getaffinity(0)))]))
+    parts.append(_family("appliance_node_cpu_cores", "gauge",
+                         "CPUs the node's processes may use: the fewest of the machine's, the affinity and the quota.",
+                         [({}, usable_cpus())]))
     return "".join(with_label(part, "node", node) for part in parts if part)
 
 
