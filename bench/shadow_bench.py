@@ -13,10 +13,14 @@ machine. Two loads: ``saturated`` (wrk's closed loop, no pause: the core never i
 and its next request, bench/post.lua's WRK_DELAY_MS, so the server has idle time -- where a
 shadow is meant to run). ``--keep-candidate`` keeps version 2 loaded on both sides, so a switch
 loads and unloads nothing (without it, every switch on loads version 2, every switch off drops
-it). Prints the medians and the on/off ratios per load. A scratch tool like
-the other bench scripts; not a test.
+it). Prints the medians and the on/off ratios per load, the pooled percentiles (every round's
+latencies of one side together) and a 95 % bootstrap interval of the pooled ratios, drawn over
+round pairs. Short rounds and many of them (the server looks at its settings file every 0.1 s) keep
+the two sides in the same seconds of a VM whose speed drifts by 2x within minutes. A scratch tool
+like the other bench scripts; not a test.
 
-    flock /tmp/bench.lock .venv/bin/python bench/shadow_bench.py --rounds 8 --duration 5 --sample 10
+    flock /tmp/bench.lock .venv/bin/python bench/shadow_bench.py --paced-only --keep-candidate \
+        --rounds 100 --duration 1 --settle 0.3 --sample 10
 """
 
 from __future__ import annotations
@@ -110,6 +114,33 @@ def pooled_percentile(runs: list[dict], percent: float) -> float:
     return percentile(sorted(counts.elements()), percent) / 1000
 
 
+def pair_interval(sides: dict[str, list[dict]], percent: float, resamples: int = 1000,
+                  seed: int = 0) -> tuple[float, float]:
+    """A 95 % bootstrap interval of the pooled ``percent`` percentile's on/off ratio: the round
+    pairs (an off round and the on round next to it) drawn again with replacement, each draw
+    pooled per side. Rounds, not requests, are the unit drawn: a slow second of the VM slows every
+    request in it, so requests of one round are not independent."""
+    import numpy as np
+
+    def latencies(run: dict) -> np.ndarray:
+        return np.repeat(np.fromiter(run["latency_us"], dtype=np.int64, count=len(run["latency_us"])),
+                         np.fromiter(run["latency_us"].values(), dtype=np.int64, count=len(run["latency_us"])))
+    arrays = {side: [latencies(run) for run in runs] for side, runs in sides.items()}
+    pairs = len(arrays["off"])
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(resamples):
+        draw = rng.integers(0, pairs, pairs)
+        value = {}
+        for side, rounds in arrays.items():
+            pooled = np.concatenate([rounds[i] for i in draw])
+            rank = min(len(pooled) - 1, int(len(pooled) * percent / 100))    # nearest rank, as percentile()
+            value[side] = np.partition(pooled, rank)[rank]
+        ratios.append(value["on"] / value["off"])
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
 KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us", "busy")
 
 
@@ -118,13 +149,13 @@ def one_round(url: str, predict: str, body: Path, settings_file: Path, args: arg
     """One wrk run with the shadow ``side`` ("on"/"off"), cross-checked with the server's counters."""
     digest = settings(settings_file, args.sample if side == "on" else None, args.keep_candidate)
     while json.loads(get(url + "/appliance/v1/applied-config"))["model_settings_file"] != digest:
-        time.sleep(0.2)
+        time.sleep(0.02)     # the server looks at its settings file every 0.1 s
     while (side == "on" or args.keep_candidate) and '"state": "AVAILABLE"' not in get(url + "/v1/models/classifier/versions/2").decode():
         time.sleep(0.2)
     before, cpu_before = served(url), cpu_seconds(pid)
     shadow_before = json.loads(get(url + "/appliance/v1/shadow"))["models"].get("classifier", {})
     run = wrk(predict, body, args.concurrency, duration or args.duration, args.client_cpus, delay)
-    time.sleep(0.5)      # the copies still queued run now: their CPU is the shadow's, counted here
+    time.sleep(args.settle)   # the copies still queued run now: their CPU is the shadow's, counted here
     run["server_ok"] = served(url) - before
     run["cpu_us"] = (cpu_seconds(pid) - cpu_before) * 1e6 / max(run["server_ok"], 1)
     run["busy"] = run["cpu_us"] * run["rps"] / 1e6     # the share of the server's core in use
@@ -173,6 +204,8 @@ def main() -> None:
     parser.add_argument("--keep-candidate", action="store_true",
                         help="keep version 2 loaded with the shadow off too (a 0 %% rollout on both sides): the "
                              "steady state of a running shadow, without a version load or unload at each switch")
+    parser.add_argument("--settle", type=float, default=0.5,
+                        help="seconds after each round before the server's counters are read (queued copies run)")
     args = parser.parse_args()
     subprocess.run([str(REPO / "bench/load_tools.sh")], check=True)   # wrk, when missing
 
@@ -239,6 +272,9 @@ def main() -> None:
                 f"p{p:g} off {pooled['off'][p]:.3f} on {pooled['on'][p]:.3f} ms (on/off {pooled['on'][p] / pooled['off'][p]:.3f})"
                 for p in (50, 99, 99.9)) + f"  over {sum(r['requests'] for r in sides['off'])} / "
                 f"{sum(r['requests'] for r in sides['on'])} requests")
+            if len(sides["off"]) >= 5:
+                print("95 % interval of the pooled on/off ratio (bootstrap over round pairs): " + "  ".join(
+                    "p{:g} {:.3f}-{:.3f}".format(p, *pair_interval(sides, p)) for p in (50, 99)))
         (WORK / "results.json").write_text(json.dumps(results, indent=1))
     finally:
         os.killpg(server.pid, 15)
