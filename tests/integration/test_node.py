@@ -16,7 +16,7 @@ import pytest
 import requests
 import yaml
 
-from appliance import runconfig
+from appliance import promtext, runconfig
 from appliance.config import NodePaths
 from tests.conftest import Processes, wait_until
 from tests.integration.node_harness import CLI, NodeUnderTest, new_node, node_running, wait_gone
@@ -177,6 +177,12 @@ def test_a_node_started_on_one_cpu_sizes_itself_for_one(builtin_models: Path, tm
         assert len(workers) == 1
         assert node.status()["sizing"] == {"cpus": 1, "envoy_workers": 1, "model_server_threads": 1}
         assert "sizing: 1 CPUs -> 1 Envoy workers, 1 model server threads" in node.cli("status").stdout
+        # The node's metrics page counts the same CPUs (`capacity` divides the CPU time by them).
+        token = (node.root / "etc/appliance/metrics.token").read_text().strip()
+        page = requests.get(f"{node.logviewer_url}/metrics", headers={"Authorization": f"Bearer {token}"},
+                            timeout=30)
+        assert page.status_code == 200, page.text[:300]
+        assert [s.value for s in promtext.parse(page.text) if s.name == "appliance_node_cpu_cores"] == [1.0]
         resp = requests.post(f"{node.url}/v1/models/saved_model_half_plus_two_mkl:predict",
                              data='{"instances": [1.0]}', timeout=10)
         assert resp.json() == {"predictions": [2.5]}
