@@ -382,7 +382,8 @@ class Bench:
         status = json.loads(subprocess.run(APPLIANCE + ["--root", str(self.node_root), "status", "--json"],
                                            capture_output=True, text=True, check=True).stdout)
         self.node_pids = {p["name"]: p["pid"] for p in status["processes"]}
-        self.envoy_workers = envoy_workers(self.node_pids["envoy"])
+        from appliance.node import envoy_worker_threads   # REPO is on sys.path from main() on
+        self.envoy_workers = envoy_worker_threads(self.node_pids["envoy"])
         self.results["settings"]["envoy_workers"] = self.envoy_workers
         cold = {"first_predict_s": first, "first_resnet_predict_s": resnet_first, "appliance_up_returned_s": up_done,
                 "model_server_rss_mb": rss_mb(self.node_pids["model_server"]),
@@ -831,12 +832,6 @@ def envoy_counter(admin: str, prefix: str, suffix: str) -> Callable[[], float]:
                 total += float(value)
         return total
     return read
-
-
-def envoy_workers(pid: int) -> int:
-    """How many worker threads (``wrk:worker_N``) an Envoy process runs."""
-    from appliance.node import envoy_worker_threads
-    return envoy_worker_threads(pid)
 
 
 def cpu_list(cpus: str) -> list[int]:

@@ -114,31 +114,33 @@ def pooled_percentile(runs: list[dict], percent: float) -> float:
     return percentile(sorted(counts.elements()), percent) / 1000
 
 
-def pair_interval(sides: dict[str, list[dict]], percent: float, resamples: int = 1000,
-                  seed: int = 0) -> tuple[float, float]:
-    """A 95 % bootstrap interval of the pooled ``percent`` percentile's on/off ratio: the round
-    pairs (an off round and the on round next to it) drawn again with replacement, each draw
-    pooled per side. Rounds, not requests, are the unit drawn: a slow second of the VM slows every
-    request in it, so requests of one round are not independent."""
+def pair_intervals(sides: dict[str, list[dict]], percents: tuple[float, ...], resamples: int = 1000,
+                   seed: int = 0) -> dict[float, tuple[float, float]]:
+    """95 % bootstrap intervals of the pooled percentiles' on/off ratios: the round pairs (an off
+    round and the on round next to it) drawn again with replacement, each draw pooled per side
+    and read at every one of ``percents``. Rounds, not requests, are the unit drawn: a slow second
+    of the VM slows every request in it, so requests of one round are not independent."""
     import numpy as np
 
     def latencies(run: dict) -> np.ndarray:
-        return np.repeat(np.fromiter(run["latency_us"], dtype=np.int64, count=len(run["latency_us"])),
-                         np.fromiter(run["latency_us"].values(), dtype=np.int64, count=len(run["latency_us"])))
+        values = run["latency_us"]
+        return np.repeat(np.fromiter(values, dtype=np.int64, count=len(values)),
+                         np.fromiter(values.values(), dtype=np.int64, count=len(values)))
     arrays = {side: [latencies(run) for run in runs] for side, runs in sides.items()}
     pairs = len(arrays["off"])
     rng = np.random.default_rng(seed)
-    ratios = []
+    ratios: dict[float, list[float]] = {p: [] for p in percents}
     for _ in range(resamples):
         draw = rng.integers(0, pairs, pairs)
-        value = {}
+        value: dict[str, dict[float, float]] = {}
         for side, rounds in arrays.items():
             pooled = np.concatenate([rounds[i] for i in draw])
-            rank = min(len(pooled) - 1, int(len(pooled) * percent / 100))    # nearest rank, as percentile()
-            value[side] = np.partition(pooled, rank)[rank]
-        ratios.append(value["on"] / value["off"])
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
+            ranks = [min(len(pooled) - 1, int(len(pooled) * p / 100)) for p in percents]  # nearest rank
+            ordered = np.partition(pooled, ranks)
+            value[side] = {p: ordered[rank] for p, rank in zip(percents, ranks)}
+        for p in percents:
+            ratios[p].append(value["on"][p] / value["off"][p])
+    return {p: tuple(float(x) for x in np.percentile(ratios[p], [2.5, 97.5])) for p in percents}
 
 
 KEYS = ("rps", "p50_ms", "p99_ms", "cpu_us", "busy")
@@ -273,8 +275,9 @@ def main() -> None:
                 for p in (50, 99, 99.9)) + f"  over {sum(r['requests'] for r in sides['off'])} / "
                 f"{sum(r['requests'] for r in sides['on'])} requests")
             if len(sides["off"]) >= 5:
+                intervals = pair_intervals(sides, (50, 99))
                 print("95 % interval of the pooled on/off ratio (bootstrap over round pairs): " + "  ".join(
-                    "p{:g} {:.3f}-{:.3f}".format(p, *pair_interval(sides, p)) for p in (50, 99)))
+                    "p{:g} {:.3f}-{:.3f}".format(p, *low_high) for p, low_high in intervals.items()))
         (WORK / "results.json").write_text(json.dumps(results, indent=1))
     finally:
         os.killpg(server.pid, 15)
